@@ -1,0 +1,292 @@
+//! `LeaderPolicy` (`coordination.kube-zen.io/v1alpha1`): one per pool.
+//!
+//! Field doc comments become the CRD's schema descriptions, which is what
+//! `kubectl explain leaderpolicy.spec` shows: they are written for users.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use crate::election::{TimingNames, Timings};
+
+/// Bounds of `spec.leaseDurationSeconds`, also enforced by the CRD schema.
+pub const LEASE_DURATION_RANGE: std::ops::RangeInclusive<i32> = 5..=300;
+/// Bounds of `spec.renewDeadlineSeconds` and `spec.retryPeriodSeconds` on their
+/// own; their relation to the lease duration is checked by the CEL rules.
+pub const RENEW_RETRY_RANGE: std::ops::RangeInclusive<i32> = 1..=300;
+
+/// Desired behaviour of a pool: election timings, how candidates are
+/// identified, and what followers do.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[kube(
+    group = "coordination.kube-zen.io",
+    version = "v1alpha1",
+    kind = "LeaderPolicy",
+    plural = "leaderpolicies",
+    singular = "leaderpolicy",
+    namespaced,
+    shortname = "lp",
+    category = "zen-lead",
+    status = "LeaderPolicyStatus",
+    derive = "PartialEq",
+    doc = "A pool of replicas of which exactly one is active at a time. Workloads join the pool \
+           named NAME with the annotation `zen-lead/pool: NAME` in the policy's namespace.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Electing while no live candidate holds the pool's Lease, Stable otherwise"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.currentHolder.name",
+        description = "Pod that currently holds the pool's Lease"
+    ),
+    printcolumn(
+        name = "Candidates",
+        type_ = "integer",
+        json_path = ".status.candidates",
+        description = "Pool pods with a running election agent"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.followerMode",
+        description = "What followers do: standby or scaleDown"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // Pods carry the policy name in the `zen-lead/pool` label, and label
+    // values stop at 63 characters.
+    validation = Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name of a LeaderPolicy must be at most 63 characters: pods carry it in the zen-lead/pool label")
+        .reason(Reason::FieldValueInvalid)
+)]
+// Both rules reference defaulted fields: the API server applies schema
+// defaults before it evaluates CEL, so the fields are always present here.
+#[x_kube(
+    validation = Rule::new("self.renewDeadlineSeconds < self.leaseDurationSeconds")
+        .message("renewDeadlineSeconds must be less than leaseDurationSeconds: a leader has to give up before another candidate may take over")
+        .field_path(".renewDeadlineSeconds")
+        .reason(Reason::FieldValueInvalid),
+    // retry * 1.2 < renew, kept in integers (retry * 6 < renew * 5) so the
+    // boundary is exact, the same as `election::Timings`.
+    validation = Rule::new("self.retryPeriodSeconds * 6 < self.renewDeadlineSeconds * 5")
+        .message("retryPeriodSeconds times 1.2 must be less than renewDeadlineSeconds: a leader needs room for at least one retry before its renew deadline")
+        .field_path(".retryPeriodSeconds")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderPolicySpec {
+    /// Seconds a leader's claim stays valid after its last renewal. A crashed
+    /// leader is replaced at most this long after it stopped renewing.
+    #[serde(default = "default_lease_duration_seconds")]
+    #[schemars(range(min = 5, max = 300))]
+    pub lease_duration_seconds: i32,
+
+    /// Seconds the leader keeps trying to renew before it steps down. Must be
+    /// less than leaseDurationSeconds.
+    #[serde(default = "default_renew_deadline_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub renew_deadline_seconds: i32,
+
+    /// Seconds between election attempts. retryPeriodSeconds times 1.2 must be
+    /// less than renewDeadlineSeconds.
+    #[serde(default = "default_retry_period_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub retry_period_seconds: i32,
+
+    /// How a candidate is named in the Lease. `pod`: the pod's name plus part
+    /// of its UID, so a re-created pod with the same name starts a new term.
+    /// `custom`: the value of the pod's `zen-lead/identity` annotation.
+    #[serde(default)]
+    pub identity_strategy: IdentityStrategy,
+
+    /// What followers do. `standby`: their pods keep running, kept inactive
+    /// by the activation mode. `scaleDown`: the pool's Deployments and
+    /// StatefulSets are scaled so the pool runs one replica in total
+    /// (original counts are restored when the mode or policy goes away).
+    #[serde(default)]
+    pub follower_mode: FollowerMode,
+
+    /// How a follower is kept inactive. `api`: every replica runs and the
+    /// agent lets only the leader's Kubernetes API writes through (hot
+    /// standby). `start`: the app containers of a follower do not start
+    /// until it leads (cold standby). `auto`: `api` for Deployments and
+    /// StatefulSets, `start` for Jobs and CronJobs.
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+fn default_lease_duration_seconds() -> i32 {
+    15
+}
+fn default_renew_deadline_seconds() -> i32 {
+    10
+}
+fn default_retry_period_seconds() -> i32 {
+    2
+}
+
+impl Default for LeaderPolicySpec {
+    fn default() -> Self {
+        Self {
+            lease_duration_seconds: default_lease_duration_seconds(),
+            renew_deadline_seconds: default_renew_deadline_seconds(),
+            retry_period_seconds: default_retry_period_seconds(),
+            identity_strategy: IdentityStrategy::default(),
+            follower_mode: FollowerMode::default(),
+            activation: Activation::default(),
+        }
+    }
+}
+
+impl LeaderPolicySpec {
+    /// Client-side mirror of the CRD's schema bounds and CEL rules, for
+    /// values that did not come through the API server (tests, dry runs,
+    /// older servers): errors name the `spec.*` field to fix.
+    pub fn timings(&self) -> Result<Timings, ApiError> {
+        let names = TimingNames::POLICY;
+        let checks = [
+            (
+                self.lease_duration_seconds,
+                names.lease_duration,
+                &LEASE_DURATION_RANGE,
+            ),
+            (
+                self.renew_deadline_seconds,
+                names.renew_deadline,
+                &RENEW_RETRY_RANGE,
+            ),
+            (
+                self.retry_period_seconds,
+                names.retry_period,
+                &RENEW_RETRY_RANGE,
+            ),
+        ];
+        for (value, field, range) in checks {
+            if !range.contains(&value) {
+                return Err(ApiError::OutOfRange {
+                    field,
+                    value: i64::from(value),
+                    min: i64::from(*range.start()),
+                    max: i64::from(*range.end()),
+                });
+            }
+        }
+        let secs = |s: i32| Duration::from_secs(u64::from(s.unsigned_abs()));
+        Ok(Timings::new(
+            secs(self.lease_duration_seconds),
+            secs(self.renew_deadline_seconds),
+            secs(self.retry_period_seconds),
+            names,
+        )?)
+    }
+}
+
+/// How a candidate is named in the pool's Lease.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum IdentityStrategy {
+    /// Pod name plus a UID fragment.
+    #[default]
+    Pod,
+    /// The pod's `zen-lead/identity` annotation.
+    Custom,
+}
+
+/// What the followers of a pool do.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum FollowerMode {
+    /// Followers keep running, inactive.
+    #[default]
+    Standby,
+    /// The pool is scaled to one replica in total.
+    ScaleDown,
+}
+
+/// How a follower is kept inactive.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Activation {
+    /// `api` for Deployments and StatefulSets, `start` for Jobs and CronJobs.
+    #[default]
+    Auto,
+    /// Hot standby: only the leader's API writes pass the agent.
+    Api,
+    /// Cold standby: a follower's app containers wait until it leads.
+    Start,
+}
+
+/// Observed state of a pool, written by the zen-lead controller.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderPolicyStatus {
+    /// `Electing` while no live candidate holds the pool's Lease, `Stable`
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The candidate holding the pool's Lease, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_holder: Option<Holder>,
+
+    /// Number of pool pods whose election agent has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub candidates: Option<i32>,
+
+    /// How many times leadership changed hands (the Lease's
+    /// leaseTransitions). The current term's value is its fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub lease_transitions: Option<i32>,
+
+    /// When leadership last changed hands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Standard conditions: PolicyReady, LeaderElected, CandidatesAvailable,
+    /// ScaledDown, AgentMissing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Phase of a pool.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// No live candidate holds the Lease.
+    Electing,
+    /// A live candidate holds the Lease.
+    Stable,
+}
+
+/// The candidate holding a pool's Lease.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Holder {
+    /// Name of the leader pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+
+    /// UID of the leader pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+
+    /// The holderIdentity written in the Lease.
+    pub identity: String,
+
+    /// When this holder acquired the Lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}

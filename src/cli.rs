@@ -1,0 +1,494 @@
+//! Command-line interface. Every flag has an environment twin
+//! (`--log-level` = `ZEN_LEAD_LOG_LEVEL`) so the same binary is configured
+//! by flags on a laptop and by env in a Pod spec.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+use crate::webhook::TlsMode;
+
+const ABOUT: &str = "High availability for Kubernetes workloads, configured by annotation";
+
+const LONG_ABOUT: &str = "\
+zen-lead keeps exactly one replica of a pool active and the others on standby.
+Annotate a workload with `zen-lead/pool: NAME`, create a LeaderPolicy NAME in the
+same namespace, and zen-lead does the rest: its webhook adds an election agent to
+each pod, and its controller keeps the pool's Lease and status current.
+
+One binary, several roles:
+  controller  admission webhook + controllers (the zen-lead Deployment)
+  agent       a pod's candidacy in its pool (injected as a sidecar)
+  lock        run a command while holding a Lease (scripts, CI, Jobs)
+  crd         print the LeaderPolicy CustomResourceDefinition
+  certs       generate a development CA and serving certificate
+  version     print version and git commit
+
+Examples:
+  zen-lead crd | kubectl apply --server-side -f -
+  zen-lead certs --out certs --dns localhost --ip 127.0.0.1
+  zen-lead --log-format json controller";
+
+/// Version with the git commit, as shown by `--version` and `zen-lead version`.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ZEN_LEAD_GIT_COMMIT"),
+    ")"
+);
+
+/// `zen-lead`: the whole command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zen-lead",
+    version = env!("CARGO_PKG_VERSION"),
+    long_version = LONG_VERSION,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "ZEN_LEAD_LOG_FORMAT",
+        default_value_t = LogFormat::Plain
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or directives
+    /// such as `info,zen_lead=debug,kube=warn`.
+    #[arg(
+        long,
+        global = true,
+        env = "ZEN_LEAD_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission webhook and the controllers (the zen-lead Deployment).
+    #[command(long_about = CONTROLLER_ABOUT)]
+    Controller(ControllerArgs),
+
+    /// Run a pod's election agent (injected into pool pods by the webhook).
+    #[command(long_about = AGENT_ABOUT)]
+    Agent(AgentArgs),
+
+    /// Run a command while holding a Lease: a distributed lock.
+    #[command(long_about = LOCK_ABOUT)]
+    Lock(LockArgs),
+
+    /// Print the LeaderPolicy CustomResourceDefinition as YAML.
+    #[command(long_about = CRD_ABOUT)]
+    Crd,
+
+    /// Generate a development CA and a serving certificate signed by it.
+    #[command(long_about = CERTS_ABOUT)]
+    Certs(CertsArgs),
+
+    /// Print the version and git commit.
+    Version,
+}
+
+const CONTROLLER_ABOUT: &str = "\
+Run the mutating admission webhook (on every replica) and the controllers (on
+the replica that holds the controller's own Lease). The controllers keep each
+LeaderPolicy's Lease, status, pod roles and scaleDown replica counts current.
+
+Uses the in-cluster configuration, or KUBECONFIG / ~/.kube/config outside a cluster.
+
+Examples:
+  zen-lead controller --tls-cert-file certs/tls.crt --tls-key-file certs/tls.key
+  ZEN_LEAD_TLS_MODE=self-managed zen-lead controller --namespace zen-lead";
+
+const AGENT_ABOUT: &str = "\
+Run one pod's candidacy in its pool's Lease election. The webhook injects this
+as a native sidecar and fills every flag from the downward API; you rarely run
+it by hand.
+
+Example:
+  zen-lead agent --pool my-pool --pod-name \"$POD_NAME\" \\
+    --pod-namespace \"$POD_NAMESPACE\" --pod-uid \"$POD_UID\"";
+
+const LOCK_ABOUT: &str = "\
+Wait until this process holds the Lease NAME, run CMD while renewing it, release
+it when CMD exits, and exit with CMD's status. If the Lease is lost while CMD
+runs, CMD is stopped (SIGTERM, then SIGKILL after --grace-period) and the exit
+status is non-zero: two CMDs never run under the same lock.
+
+Examples:
+  zen-lead lock nightly-report -- ./send-report.sh
+  zen-lead lock db-migrate --namespace shop --timeout 5m -- migrate up";
+
+const CRD_ABOUT: &str = "\
+Print the LeaderPolicy CustomResourceDefinition, generated from the Rust types.
+The copy in charts/zen-lead/crds/ must equal this output (`make crd` rewrites it).
+
+Example:
+  zen-lead crd | kubectl apply --server-side -f -";
+
+const CERTS_ABOUT: &str = "\
+Generate a development CA (ca.crt, ca.key) and a serving certificate signed by
+it (tls.crt, tls.key) in --out. Use them to run the webhook outside the cluster:
+the API server trusts ca.crt through the webhook configuration's caBundle.
+Existing files are kept unless --force is given. Keys are written mode 0600.
+
+Example:
+  zen-lead certs --out certs --dns localhost --ip 127.0.0.1";
+
+/// Flags of `zen-lead controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Address the HTTPS admission webhook listens on.
+    #[arg(long, env = "ZEN_LEAD_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+
+    /// Address of the plain-HTTP admin server: /metrics, /livez, /readyz.
+    #[arg(long, env = "ZEN_LEAD_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Where the webhook's certificate comes from: `files` (for example a
+    /// cert-manager Secret mounted into the pod, reloaded on rotation) or
+    /// `self-managed` (zen-lead makes its own CA and keeps the webhook
+    /// configuration's caBundle current).
+    #[arg(long, value_enum, env = "ZEN_LEAD_TLS_MODE", default_value_t = TlsMode::Files)]
+    pub tls_mode: TlsMode,
+
+    /// Serving certificate (PEM) for `--tls-mode files`.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_TLS_CERT_FILE",
+        default_value = "/etc/zen-lead/tls/tls.crt"
+    )]
+    pub tls_cert_file: PathBuf,
+
+    /// Private key (PEM) for `--tls-mode files`.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_TLS_KEY_FILE",
+        default_value = "/etc/zen-lead/tls/tls.key"
+    )]
+    pub tls_key_file: PathBuf,
+
+    /// Namespace zen-lead runs in: holds the controller's own Lease and, in
+    /// self-managed TLS mode, the certificate Secret.
+    #[arg(long, env = "ZEN_LEAD_NAMESPACE", default_value = "zen-lead")]
+    pub namespace: String,
+
+    /// Image of the agent sidecar the webhook injects.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_AGENT_IMAGE",
+        default_value = concat!("ghcr.io/kube-zen/zen-lead:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub agent_image: String,
+
+    /// Evict pool pods that run without the agent (admitted while the
+    /// webhook was down) so they come back through the webhook.
+    #[arg(long, env = "ZEN_LEAD_EVICT_UNINJECTED")]
+    pub evict_uninjected: bool,
+}
+
+/// Flags of `zen-lead agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Pool (LeaderPolicy name) this pod is a candidate in.
+    #[arg(long, env = "ZEN_LEAD_POOL")]
+    pub pool: String,
+
+    /// This pod's name (downward API `metadata.name`).
+    #[arg(long, env = "ZEN_LEAD_POD_NAME")]
+    pub pod_name: String,
+
+    /// This pod's namespace (downward API `metadata.namespace`).
+    #[arg(long, env = "ZEN_LEAD_POD_NAMESPACE")]
+    pub pod_namespace: String,
+
+    /// This pod's UID (downward API `metadata.uid`).
+    #[arg(long, env = "ZEN_LEAD_POD_UID")]
+    pub pod_uid: String,
+
+    /// Candidate identity for `identityStrategy: custom` (the pod's
+    /// `zen-lead/identity` annotation). Empty: derived from the pod name and UID.
+    #[arg(long, env = "ZEN_LEAD_IDENTITY", default_value = "")]
+    pub identity: String,
+
+    /// Address of the agent's HTTP server (probes, /v1/leader, /metrics).
+    /// Not 8080/8081, which many apps in the same pod already use.
+    #[arg(long, env = "ZEN_LEAD_AGENT_HTTP_ADDR", default_value = "0.0.0.0:9466")]
+    pub http_addr: SocketAddr,
+
+    /// On SIGTERM, how long to try releasing the Lease before exiting anyway.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_RELEASE_TIMEOUT",
+        default_value = "2s",
+        value_parser = parse_duration
+    )]
+    pub release_timeout: Duration,
+}
+
+/// Flags of `zen-lead lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Name of the Lease that is the lock (created if missing).
+    #[arg(env = "ZEN_LEAD_LOCK_NAME")]
+    pub name: String,
+
+    /// Namespace of the Lease. Default: the kubeconfig context's namespace,
+    /// or the pod's own namespace inside a cluster.
+    #[arg(long, short = 'n', env = "ZEN_LEAD_LOCK_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Holder identity written in the Lease. Empty: `<hostname>-<pid>`.
+    #[arg(long, env = "ZEN_LEAD_LOCK_IDENTITY", default_value = "")]
+    pub identity: String,
+
+    /// Give up (exit non-zero, CMD not run) if the lock is not acquired
+    /// within this long. `0s` waits forever.
+    #[arg(long, env = "ZEN_LEAD_LOCK_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// How long the claim stays valid after the last renewal.
+    #[arg(long, env = "ZEN_LEAD_LOCK_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long to keep trying to renew before giving the lock up (and
+    /// stopping CMD). Must be shorter than --lease-duration.
+    #[arg(long, env = "ZEN_LEAD_LOCK_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// Pause between attempts; times 1.2 it must be shorter than --renew-deadline.
+    #[arg(long, env = "ZEN_LEAD_LOCK_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+
+    /// After the lock is lost: time between SIGTERM and SIGKILL to CMD.
+    #[arg(long, env = "ZEN_LEAD_LOCK_GRACE_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    /// The command to run under the lock, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Flags of `zen-lead certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, ca.key, tls.crt and tls.key into (created if missing).
+    #[arg(long, env = "ZEN_LEAD_CERTS_OUT", default_value = "certs")]
+    pub out: PathBuf,
+
+    /// DNS name the serving certificate is valid for; repeat or separate with commas.
+    #[arg(
+        long = "dns",
+        env = "ZEN_LEAD_CERTS_DNS",
+        value_delimiter = ',',
+        default_value = "localhost"
+    )]
+    pub dns: Vec<String>,
+
+    /// IP address the serving certificate is valid for; repeat or separate with commas.
+    #[arg(
+        long = "ip",
+        env = "ZEN_LEAD_CERTS_IP",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub ip: Vec<IpAddr>,
+
+    /// Validity of both certificates, in days.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_CERTS_DAYS",
+        default_value_t = 365,
+        value_parser = clap::value_parser!(u32).range(1..=3650)
+    )]
+    pub days: u32,
+
+    /// Overwrite existing files in --out.
+    #[arg(long, env = "ZEN_LEAD_CERTS_FORCE")]
+    pub force: bool,
+}
+
+/// Parses durations such as `500ms`, `10s`, `2m`, `1h` or `1m30s`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    const HINT: &str = "use a number with a unit, such as 500ms, 10s, 2m, 1h or 1m30s";
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(format!("empty duration; {HINT}"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {input:?}; {HINT}"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {input:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "" => return Err(format!("invalid duration {input:?}: missing unit; {HINT}")),
+            unit => {
+                return Err(format!(
+                    "invalid duration {input:?}: unknown unit {unit:?}; {HINT}"
+                ));
+            }
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag must be settable from the environment with a `ZEN_LEAD_`
+    /// variable: the webhook and the chart configure pods by env.
+    #[test]
+    fn every_flag_has_an_env_twin() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_last_set() {
+                    continue;
+                }
+                let env = arg
+                    .get_env()
+                    .unwrap_or_else(|| panic!("{path} --{id} has no env twin"));
+                assert!(
+                    env.to_string_lossy().starts_with("ZEN_LEAD_"),
+                    "{path} --{id}: env {env:?} lacks the ZEN_LEAD_ prefix"
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "zen-lead");
+    }
+
+    #[test]
+    fn help_teaches_with_examples() {
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("Examples:"), "{help}");
+        for sub in ["controller", "agent", "lock", "crd", "certs"] {
+            let mut sub_cmd = Cli::command()
+                .find_subcommand(sub)
+                .cloned()
+                .unwrap_or_else(|| panic!("subcommand {sub}"));
+            let help = sub_cmd.render_long_help().to_string();
+            assert!(
+                help.contains("Example"),
+                "{sub} --help has no example:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "zen-lead",
+            "crd",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ])
+        .expect("parse");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_level, "debug");
+        assert!(matches!(cli.command, Command::Crd));
+    }
+
+    #[test]
+    fn certs_defaults_and_lists() {
+        let cli = Cli::try_parse_from([
+            "zen-lead",
+            "certs",
+            "--dns",
+            "a.example,b.example",
+            "--dns",
+            "c.example",
+            "--ip",
+            "::1",
+        ])
+        .expect("parse");
+        let Command::Certs(args) = cli.command else {
+            panic!("certs expected");
+        };
+        assert_eq!(args.dns, ["a.example", "b.example", "c.example"]);
+        assert_eq!(args.ip, ["::1".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(args.out, PathBuf::from("certs"));
+        assert_eq!(args.days, 365);
+        assert!(!args.force);
+    }
+
+    #[test]
+    fn lock_takes_the_command_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "zen-lead",
+            "lock",
+            "nightly",
+            "--timeout",
+            "5m",
+            "--",
+            "sh",
+            "-c",
+            "echo --not-ours",
+        ])
+        .expect("parse");
+        let Command::Lock(args) = cli.command else {
+            panic!("lock expected");
+        };
+        assert_eq!(args.name, "nightly");
+        assert_eq!(args.timeout, Duration::from_secs(300));
+        assert_eq!(args.lease_duration, Duration::from_secs(15));
+        assert_eq!(args.command, ["sh", "-c", "echo --not-ours"]);
+        assert!(Cli::try_parse_from(["zen-lead", "lock", "nightly"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "10", "s", "10x", "1.5s", "-1s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("duration"), "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `zen-lead controller` (issue 6): keeps each LeaderPolicy's Lease, status,
+//! pod roles and scaleDown replica counts current, and serves the webhook
+//! (issue 5) on every replica.
+//!
+//! What exists now is its configuration, validated at start-up.
+
+use std::net::SocketAddr;
+
+use crate::api::validate_dns_label;
+use crate::cli::ControllerArgs;
+use crate::webhook::{self, WebhookError};
+
+/// Validated controller settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub webhook: webhook::Config,
+    pub admin_addr: SocketAddr,
+    pub namespace: String,
+    pub agent_image: String,
+    pub evict_uninjected: bool,
+}
+
+/// Errors of the controller module.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+
+    #[error("--namespace (ZEN_LEAD_NAMESPACE) {value:?} is not a valid namespace name: {reason}")]
+    InvalidNamespace { value: String, reason: String },
+
+    #[error(
+        "--agent-image (ZEN_LEAD_AGENT_IMAGE) {value:?} is not an image reference: it must be \
+         non-empty and contain no whitespace"
+    )]
+    InvalidAgentImage { value: String },
+}
+
+impl Config {
+    /// Builds the controller's settings from its flags.
+    pub fn from_args(args: &ControllerArgs) -> Result<Self, ControllerError> {
+        let webhook = webhook::Config::from_args(args)?;
+        validate_dns_label(&args.namespace).map_err(|reason| {
+            ControllerError::InvalidNamespace {
+                value: args.namespace.clone(),
+                reason,
+            }
+        })?;
+        let image = args.agent_image.trim();
+        if image.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(ControllerError::InvalidAgentImage {
+                value: args.agent_image.clone(),
+            });
+        }
+        Ok(Self {
+            webhook,
+            admin_addr: args.admin_addr,
+            namespace: args.namespace.clone(),
+            agent_image: image.to_owned(),
+            evict_uninjected: args.evict_uninjected,
+        })
+    }
+}

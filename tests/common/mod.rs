@@ -1,0 +1,194 @@
+//! Shared helpers for tests that run against the local Kubernetes cluster
+//! (`make cluster-up`). No mock stands in for the API server: when no cluster
+//! is reachable these helpers make the test FAIL, saying how to start one.
+//!
+//! Each test file uses a subset; the rest would warn as dead code there.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config};
+
+/// Label on every namespace a test creates, so leftovers are easy to find:
+/// `kubectl delete ns -l zen-lead.io/test=true`.
+pub const TEST_LABEL: &str = "zen-lead.io/test";
+
+/// Field manager for the tests' server-side applies.
+pub const FIELD_MANAGER: &str = "zen-lead-tests";
+
+const CLUSTER_HINT: &str = "run `make cluster-up` (or point KUBECONFIG at a reachable cluster)";
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig the tests use: `$KUBECONFIG` if set, else the one
+/// `make cluster-up` writes to `<repo>/.cluster/kubeconfig`.
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os("KUBECONFIG") {
+        // KUBECONFIG may be a list; the first entry is the one we mean.
+        Some(v) if !v.is_empty() => std::env::split_paths(&v)
+            .next()
+            .unwrap_or_else(|| repo_root().join(".cluster/kubeconfig")),
+        _ => repo_root().join(".cluster/kubeconfig"),
+    }
+}
+
+/// `kubectl` built with the local cluster, `$ZEN_LEAD_KUBECTL` overriding it.
+pub fn kubectl_path() -> PathBuf {
+    std::env::var_os("ZEN_LEAD_KUBECTL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tests/cluster/bin/kubectl"))
+}
+
+/// A client for the local cluster, or a panic explaining how to get one.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("no kubeconfig at {} ({e}); {CLUSTER_HINT}", path.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "unusable kubeconfig {} ({e}); {CLUSTER_HINT}",
+                path.display()
+            )
+        });
+    let client = Client::try_from(config).unwrap_or_else(|e| {
+        panic!(
+            "cannot build a client from {} ({e}); {CLUSTER_HINT}",
+            path.display()
+        )
+    });
+    match tokio::time::timeout(Duration::from_secs(15), client.apiserver_version()).await {
+        Ok(Ok(_)) => client,
+        Ok(Err(e)) => panic!(
+            "the API server in {} is not reachable ({e}); {CLUSTER_HINT}",
+            path.display()
+        ),
+        Err(_) => panic!(
+            "the API server in {} did not answer within 15s; {CLUSTER_HINT}",
+            path.display()
+        ),
+    }
+}
+
+/// Runs `body` with a fresh namespace (server-generated unique name starting
+/// with `zl-<prefix>-`) and deletes the namespace afterwards, also when
+/// `body` panics; the panic is then re-raised.
+pub async fn with_namespace<F, Fut>(client: &Client, prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("zl-{prefix}-")),
+            labels: Some([(TEST_LABEL.to_owned(), "true".to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    let created = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create a test namespace: {e}"));
+    let name = created
+        .metadata
+        .name
+        .unwrap_or_else(|| panic!("the API server returned a namespace without a name"));
+
+    let outcome = AssertUnwindSafe(body(client.clone(), name.clone()))
+        .catch_unwind()
+        .await;
+
+    // Background deletion: the namespace controller finishes it; the test
+    // need not wait for every object to go.
+    if let Err(e) = namespaces.delete(&name, &DeleteParams::background()).await {
+        eprintln!("warning: could not delete test namespace {name}: {e}");
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Applies a CRD (server-side apply) and waits until the API server serves it.
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let name = crd
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| panic!("CRD without a name"));
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying CRD {name} failed: {e}"));
+    wait_for(
+        &format!("CRD {name} to be Established"),
+        Duration::from_secs(30),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
+pub async fn wait_for<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// Polls `probe` until it returns `Some`, at most until `limit`: for checks
+/// that have no watch to wait on (e.g. output of a CLI).
+pub async fn eventually<T, Fut>(what: &str, limit: Duration, mut probe: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}; last observation: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs the cluster's kubectl against the tests' kubeconfig, with a private
+/// discovery cache (a shared one may predate a CRD the test just applied).
+pub fn kubectl(args: &[&str], cache_dir: &Path) -> std::process::Output {
+    let kubectl = kubectl_path();
+    std::process::Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); it is built by `make cluster-up`, or set ZEN_LEAD_KUBECTL",
+                kubectl.display()
+            )
+        })
+}
