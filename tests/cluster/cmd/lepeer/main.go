@@ -1,0 +1,110 @@
+// lepeer is the reference peer zen-lead is measured against: a process that
+// campaigns for a Lease with client-go's leaderelection package at its
+// documented defaults (lease 15s, renew deadline 10s, retry 2s) and
+// ReleaseOnCancel, exactly as a typical controller would.
+//
+// It prints one JSON line per event on stdout so a benchmark harness can time
+// hand-offs:
+//
+//	{"event":"started","id":"a","unixNano":...}
+//	{"event":"leading","id":"a","unixNano":...}      OnStartedLeading
+//	{"event":"stopped_leading","id":"a","unixNano":...}
+//	{"event":"new_leader","id":"a","leader":"b","unixNano":...}
+//	{"event":"exit","id":"a","requests":N,"unixNano":...}
+//
+// "requests" counts every HTTP request the elector sent to the API server, so
+// a harness can compute a follower's steady-state request rate.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+)
+
+var (
+	out      = json.NewEncoder(os.Stdout)
+	outMu    sync.Mutex
+	requests atomic.Int64
+)
+
+func emit(fields map[string]any) {
+	fields["unixNano"] = time.Now().UnixNano()
+	outMu.Lock()
+	defer outMu.Unlock()
+	_ = out.Encode(fields)
+}
+
+type countingTransport struct{ next http.RoundTripper }
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	requests.Add(1)
+	return c.next.RoundTrip(r)
+}
+
+func main() {
+	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "path to a kubeconfig")
+	namespace := flag.String("namespace", "default", "namespace of the Lease")
+	name := flag.String("lease", "lepeer", "name of the Lease")
+	id := flag.String("id", "", "this candidate's identity (required)")
+	leaseDuration := flag.Duration("lease-duration", 15*time.Second, "client-go LeaseDuration")
+	renewDeadline := flag.Duration("renew-deadline", 10*time.Second, "client-go RenewDeadline")
+	retryPeriod := flag.Duration("retry-period", 2*time.Second, "client-go RetryPeriod")
+	flag.Parse()
+	if *id == "" {
+		fmt.Fprintln(os.Stderr, "lepeer: --id is required")
+		os.Exit(2)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lepeer: kubeconfig: %v\n", err)
+		os.Exit(1)
+	}
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt} }
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lepeer: client: %v\n", err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() { <-sig; cancel() }()
+
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: *namespace, Name: *name},
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: *id},
+	}
+	emit(map[string]any{"event": "started", "id": *id})
+	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   *leaseDuration,
+		RenewDeadline:   *renewDeadline,
+		RetryPeriod:     *retryPeriod,
+		ReleaseOnCancel: true,
+		Name:            *name,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(context.Context) { emit(map[string]any{"event": "leading", "id": *id}) },
+			OnStoppedLeading: func() { emit(map[string]any{"event": "stopped_leading", "id": *id}) },
+			OnNewLeader: func(leader string) {
+				emit(map[string]any{"event": "new_leader", "id": *id, "leader": leader})
+			},
+		},
+	})
+	emit(map[string]any{"event": "exit", "id": *id, "requests": requests.Load()})
+}
