@@ -74,14 +74,28 @@ pub async fn client() -> Client {
     match tokio::time::timeout(Duration::from_secs(15), client.apiserver_version()).await {
         Ok(Ok(_)) => client,
         Ok(Err(e)) => panic!(
-            "the API server in {} is not reachable ({e}); {CLUSTER_HINT}",
-            path.display()
+            "the API server in {} is not reachable ({}); {CLUSTER_HINT}",
+            path.display(),
+            error_chain(&e)
         ),
         Err(_) => panic!(
             "the API server in {} did not answer within 15s; {CLUSTER_HINT}",
             path.display()
         ),
     }
+}
+
+/// `err: cause: cause ...`, because kube's top-level messages ("client error
+/// (Connect)") hide the part that says what went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs `body` with a fresh namespace (server-generated unique name starting

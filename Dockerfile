@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+#
+# zen-lead image: one static binary (musl) on a minimal non-root base.
+#   docker build --build-arg ZEN_LEAD_GIT_COMMIT="$(git rev-parse --short HEAD)" -t zen-lead .
+# The build context has no .git (see .dockerignore), so the commit is passed in;
+# build.rs falls back to "unknown" without it.
+#
+# Base images are pinned by version; pin them by digest as well when publishing.
+
+ARG RUST_VERSION=1.95.0
+
+FROM rust:${RUST_VERSION}-alpine AS build
+# ring compiles a little C and assembly; musl-dev provides the headers.
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+
+# Dependencies first, with a placeholder crate, so this layer is reused while
+# only src/ changes.
+COPY Cargo.toml Cargo.lock build.rs ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src target/release/.fingerprint/zen-lead-* target/release/deps/zen_lead-* \
+           target/release/deps/libzen_lead-* target/release/zen-lead
+
+ARG ZEN_LEAD_GIT_COMMIT=unknown
+ENV ZEN_LEAD_GIT_COMMIT=${ZEN_LEAD_GIT_COMMIT}
+COPY src ./src
+RUN cargo build --release --locked \
+ && install -D -m 0755 target/release/zen-lead /out/zen-lead \
+ && /out/zen-lead version
+
+# Static binary: no libc, shell or package manager needed at run time.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/zen-lead /usr/local/bin/zen-lead
+# distroless "nonroot": uid/gid 65532.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/zen-lead"]

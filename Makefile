@@ -1,0 +1,64 @@
+# zen-lead developer entry points. `make help` lists them.
+#
+# Fresh machine: `make demo` (see it work) and `make test` (everything,
+# local cluster included). Both bring the local cluster up first.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# kubeconfig written by `make cluster-up`.
+CLUSTER_KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+# The cluster build's kubectl when it exists, else the one on PATH. Expanded
+# when used, so a kubectl built by cluster-up earlier in the same run is found.
+KUBECTL ?= $(shell if [ -x "$(CURDIR)/tests/cluster/bin/kubectl" ]; then echo "$(CURDIR)/tests/cluster/bin/kubectl"; else echo kubectl; fi)
+BIN := $(CURDIR)/target/release/zen-lead
+CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
+DEMO_NAMESPACE := zen-lead-demo
+
+.PHONY: help build crd install run test demo lint cluster-up cluster-down certs
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## Build the release binary (target/release/zen-lead)
+	$(CARGO) build --release --locked
+
+crd: ## Regenerate the committed CRD from the Rust types
+	$(CARGO) run --quiet --locked -- crd > $(CRD_FILE).tmp
+	mv $(CRD_FILE).tmp $(CRD_FILE)
+	@echo "wrote $(CRD_FILE)"
+
+install: ## Apply the CRDs to the cluster of the current kubeconfig
+	$(KUBECTL) apply --server-side --field-manager=zen-lead -f charts/zen-lead/crds/
+	$(KUBECTL) wait --for=condition=Established --timeout=60s -f charts/zen-lead/crds/
+
+run: build ## Run the controller against the current kubeconfig
+	$(BIN) controller --tls-cert-file certs/tls.crt --tls-key-file certs/tls.key
+
+certs: build ## Generate development certificates into certs/ (kept if present)
+	@if [ -f certs/tls.crt ]; then echo "certs/ already has certificates (zen-lead certs --force to replace)"; \
+	else $(BIN) certs --out certs --dns localhost --ip 127.0.0.1; fi
+
+cluster-up: ## Build (if needed) and start the local cluster
+	bash tests/cluster/up.sh
+
+cluster-down: ## Stop the local cluster and remove its state
+	bash tests/cluster/down.sh
+
+test: cluster-up ## Run every test, local-cluster tests included
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --all-targets
+
+demo: cluster-up build ## Local cluster + zen-lead + an example pool
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory install
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) create namespace $(DEMO_NAMESPACE) --dry-run=client -o yaml \
+	  | KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) apply -f -
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) apply -n $(DEMO_NAMESPACE) -f examples/basic/leaderpolicy.yaml
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) get leaderpolicy -A
+	@echo
+	@echo "Try: export KUBECONFIG=$(CLUSTER_KUBECONFIG); $(KUBECTL) get lp -n $(DEMO_NAMESPACE) -o yaml"
+
+lint: ## Check formatting and clippy lints
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
