@@ -28,6 +28,7 @@ var commands = map[string]command{
 	"up":                      {"start the local cluster (idempotent)", runUp},
 	"down":                    {"stop the processes `up` started and remove the state", runDown},
 	"status":                  {"report whether the local cluster is up", runStatus},
+	"restart":                 {"stop one component and start it again (fault injection)", runRestart},
 }
 
 func main() {

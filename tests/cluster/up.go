@@ -38,12 +38,14 @@ const (
 // state is what `up` records so that `down` and `status` (and a second `up`)
 // know exactly which processes belong to this cluster.
 type state struct {
-	Dir        string         `json:"dir"`
-	Binary     string         `json:"binary"`
-	Ports      map[string]int `json:"ports"`
-	PIDs       map[string]int `json:"pids"`
-	Kubeconfig string         `json:"kubeconfig"`
-	StartedAt  time.Time      `json:"startedAt"`
+	Dir    string         `json:"dir"`
+	Binary string         `json:"binary"`
+	Ports  map[string]int `json:"ports"`
+	PIDs   map[string]int `json:"pids"`
+	// Argv of each component, so `restart` can start it again identically.
+	Argv       map[string][]string `json:"argv"`
+	Kubeconfig string              `json:"kubeconfig"`
+	StartedAt  time.Time           `json:"startedAt"`
 }
 
 // Components in start order; `down` stops them in reverse.
@@ -130,7 +132,7 @@ func bringUp(o *upOptions) (*state, error) {
 	if err != nil {
 		return nil, fmt.Errorf("allocating ports: %w", err)
 	}
-	st := &state{Dir: o.dir, Binary: self, Ports: ports, PIDs: map[string]int{}, StartedAt: time.Now(),
+	st := &state{Dir: o.dir, Binary: self, Ports: ports, PIDs: map[string]int{}, Argv: map[string][]string{}, StartedAt: time.Now(),
 		Kubeconfig: filepath.Join(o.dir, "kubeconfig")}
 	_, svcNet, _ := net.ParseCIDR(serviceCIDR)
 	serviceIP := make(net.IP, 4)
@@ -372,7 +374,13 @@ func (st *state) spawn(name, binary, subcommand string, args ...string) error {
 	if subcommand != "" {
 		args = append([]string{subcommand}, args...)
 	}
-	cmd := exec.Command(binary, args...)
+	st.Argv[name] = append([]string{binary}, args...)
+	return st.start(name, logf)
+}
+
+func (st *state) start(name string, logf *os.File) error {
+	argv := st.Argv[name]
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = st.Dir
 	// Own session: the cluster outlives the shell that started it and is not
@@ -382,7 +390,7 @@ func (st *state) spawn(name, binary, subcommand string, args ...string) error {
 		return fmt.Errorf("starting %s: %w", name, err)
 	}
 	st.PIDs[name] = cmd.Process.Pid
-	fmt.Printf("zl-cluster: started %-24s pid %-7d log %s\n", name, cmd.Process.Pid, logPath)
+	fmt.Printf("zl-cluster: started %-24s pid %-7d log %s\n", name, cmd.Process.Pid, logf.Name())
 	// Record every PID at once so a failure half-way still lets `down` clean up.
 	if err := st.save(); err != nil {
 		return err
@@ -443,27 +451,32 @@ func (st *state) health() string {
 
 func (st *state) stop() {
 	for i := len(componentOrder) - 1; i >= 0; i-- {
-		name := componentOrder[i]
-		pid, ok := st.PIDs[name]
-		if !ok || !st.ours(pid) {
-			continue
-		}
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		deadline := time.Now().Add(15 * time.Second)
-		for st.ours(pid) && time.Now().Before(deadline) {
+		st.stopOne(componentOrder[i])
+	}
+}
+
+func (st *state) stopOne(name string) {
+	pid, ok := st.PIDs[name]
+	if !ok || !st.ours(pid) {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	// kube-apiserver stops serving at once on SIGTERM but can linger for many
+	// seconds afterwards; this is disposable test state, so don't wait long.
+	deadline := time.Now().Add(5 * time.Second)
+	for st.ours(pid) && time.Now().Before(deadline) {
+		reap(pid)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.ours(pid) {
+		fmt.Printf("zl-cluster: %s (pid %d) still running 5s after SIGTERM; killing\n", name, pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		for st.ours(pid) && time.Now().Before(deadline.Add(5*time.Second)) {
 			reap(pid)
 			time.Sleep(50 * time.Millisecond)
 		}
-		if st.ours(pid) {
-			fmt.Printf("zl-cluster: %s (pid %d) ignored SIGTERM; killing\n", name, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			for st.ours(pid) && time.Now().Before(deadline.Add(5*time.Second)) {
-				reap(pid)
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-		fmt.Printf("zl-cluster: stopped %s (pid %d)\n", name, pid)
 	}
+	fmt.Printf("zl-cluster: stopped %s (pid %d)\n", name, pid)
 }
 
 // reap collects pid if it is our child (only when `up` itself fails half-way);
@@ -596,4 +609,55 @@ func waitFor(timeout time.Duration, what string, fn func() error, st *state) err
 		time.Sleep(200 * time.Millisecond)
 	}
 	return fmt.Errorf("timed out after %s waiting for %s: %v", timeout, what, err)
+}
+
+// runRestart stops one component and starts it again with the same command
+// line, for fault-injection tests ("the API server restarts").
+func runRestart(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: zl-cluster restart [--state DIR] COMPONENT")
+		return 2
+	}
+	name := args[len(args)-1]
+	o, err := parseUpFlags("restart", args[:len(args)-1])
+	if err != nil {
+		return 2
+	}
+	st, err := loadState(o.dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "zl-cluster: no cluster state in %s: %v\n", o.dir, err)
+		return 1
+	}
+	if _, ok := st.Argv[name]; !ok {
+		fmt.Fprintf(os.Stderr, "zl-cluster: unknown component %q (one of %s)\n", name, strings.Join(componentOrder, ", "))
+		return 2
+	}
+	start := time.Now()
+	st.stopOne(name)
+	logf, err := os.OpenFile(filepath.Join(st.Dir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "zl-cluster: %v\n", err)
+		return 1
+	}
+	defer logf.Close()
+	if err := st.start(name, logf); err != nil {
+		fmt.Fprintf(os.Stderr, "zl-cluster: %v\n", err)
+		return 1
+	}
+	if name == "kube-apiserver" {
+		admin, err := clientFor(st.Kubeconfig)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "zl-cluster: %v\n", err)
+			return 1
+		}
+		if err := waitFor(o.timeout, "kube-apiserver /readyz", func() error {
+			_, err := admin.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(context.Background())
+			return err
+		}, st); err != nil {
+			fmt.Fprintf(os.Stderr, "zl-cluster: %v\n", err)
+			return 1
+		}
+	}
+	fmt.Printf("zl-cluster: restarted %s in %.1fs\n", name, time.Since(start).Seconds())
+	return 0
 }
