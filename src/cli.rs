@@ -56,6 +56,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_enum,
         env = "ZEN_LEAD_LOG_FORMAT",
         default_value_t = LogFormat::Plain
@@ -67,6 +68,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "ZEN_LEAD_LOG_LEVEL",
         default_value = "info"
     )]
