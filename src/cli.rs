@@ -110,6 +110,10 @@ Run the mutating admission webhook (on every replica) and the controllers (on
 the replica that holds the controller's own Lease). The controllers keep each
 LeaderPolicy's Lease, status, pod roles and scaleDown replica counts current.
 
+In this version only the webhook and the admin server (--admin-addr: /livez,
+/readyz, /metrics) run; the controllers are not part of this build yet, so
+Leases and LeaderPolicy status are not maintained.
+
 Uses the in-cluster configuration, or KUBECONFIG / ~/.kube/config outside a cluster.
 
 Examples:
@@ -202,6 +206,48 @@ pub struct ControllerArgs {
     /// webhook was down) so they come back through the webhook.
     #[arg(long, env = "ZEN_LEAD_EVICT_UNINJECTED")]
     pub evict_uninjected: bool,
+
+    /// imagePullPolicy of the injected agent container. Empty: the
+    /// cluster's default for the image's tag.
+    #[arg(long, env = "ZEN_LEAD_AGENT_IMAGE_PULL_POLICY", default_value = "",
+          value_parser = ["", "Always", "IfNotPresent", "Never"])]
+    pub agent_image_pull_policy: String,
+
+    /// CPU request of the injected agent container.
+    #[arg(long, env = "ZEN_LEAD_AGENT_CPU_REQUEST", default_value = "10m")]
+    pub agent_cpu_request: String,
+
+    /// Memory request of the injected agent container.
+    #[arg(long, env = "ZEN_LEAD_AGENT_MEMORY_REQUEST", default_value = "16Mi")]
+    pub agent_memory_request: String,
+
+    /// Memory limit of the injected agent container.
+    #[arg(long, env = "ZEN_LEAD_AGENT_MEMORY_LIMIT", default_value = "64Mi")]
+    pub agent_memory_limit: String,
+
+    /// Largest admission request body accepted; larger ones get HTTP 413.
+    #[arg(long, env = "ZEN_LEAD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// How often --tls-cert-file/--tls-key-file are checked for rotation.
+    #[arg(long, env = "ZEN_LEAD_TLS_RELOAD_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Self-managed TLS: the MutatingWebhookConfiguration whose caBundle
+    /// zen-lead keeps current.
+    #[arg(long, env = "ZEN_LEAD_WEBHOOK_CONFIG_NAME", default_value = "zen-lead")]
+    pub webhook_config_name: String,
+
+    /// Self-managed TLS: the Service in front of the webhook; the serving
+    /// certificate is issued for SERVICE.NAMESPACE.svc.
+    #[arg(long, env = "ZEN_LEAD_WEBHOOK_SERVICE", default_value = "zen-lead-webhook")]
+    pub webhook_service: String,
+
+    /// Self-managed TLS: the Secret (in --namespace) holding the CA and
+    /// serving certificate, shared by all replicas.
+    #[arg(long, env = "ZEN_LEAD_TLS_SECRET", default_value = "zen-lead-webhook-tls")]
+    pub tls_secret: String,
 }
 
 /// Flags of `zen-lead agent`.

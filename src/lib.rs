@@ -75,10 +75,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Controller(args) => {
             let config = controller::Config::from_args(&args)?;
             tracing::debug!(?config, "controller configuration");
-            Err(Error::NotImplemented {
-                command: "controller",
-                issue: "issue 5: the webhook; issue 6: the controllers",
-            })
+            Ok(controller::run(&config).await?)
         }
         Command::Agent(args) => {
             let config = agent::Config::from_args(&args)?;

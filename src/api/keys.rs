@@ -41,6 +41,32 @@ pub const ROLE_FOLLOWER: &str = "follower";
 /// updates.
 pub const CANDIDATE_READINESS_GATE: &str = "zen-lead.io/candidate";
 
+/// Annotation the webhook puts on pods it injected: `<zen-lead version>/sha256:<hash>`
+/// of what it added. Its presence (with the agent container) makes a second
+/// admission pass a no-op.
+pub const INJECTED_ANNOTATION: &str = "zen-lead.io/injected";
+
+/// Annotation on injected pods: the activation mode that was wired (`start`).
+pub const ACTIVATION_ANNOTATION: &str = "zen-lead.io/activation";
+
+/// Annotation on injected pods: where `zen-lead/pool` was found, `pod` or
+/// `<Kind>/<name>` of the owning workload (e.g. `CronJob/nightly-report`).
+pub const POOL_FROM_ANNOTATION: &str = "zen-lead.io/pool-from";
+
+/// Annotation on a pool's Lease (written by the controller): seconds, decimal
+/// allowed (`"10"`, `"0.5"`), that the leader keeps retrying to renew before it
+/// steps down. Absent: two thirds of `spec.leaseDurationSeconds`.
+pub const RENEW_DEADLINE_ANNOTATION: &str = "zen-lead.io/renew-deadline-seconds";
+
+/// Annotation on a pool's Lease: seconds between the leader's renewals (and
+/// between retries). Absent: 2/15 of `spec.leaseDurationSeconds`.
+pub const RETRY_PERIOD_ANNOTATION: &str = "zen-lead.io/retry-period-seconds";
+
+/// Annotation on a pool's Lease: the candidate identity the controller wants
+/// to lead next. The holder, if it is someone else, releases the Lease; other
+/// candidates briefly defer to the named one.
+pub const PREFERRED_HOLDER_ANNOTATION: &str = "zen-lead.io/preferred-holder";
+
 /// Field manager zen-lead uses for server-side apply.
 pub const FIELD_MANAGER: &str = "zen-lead";
 

@@ -2,7 +2,8 @@
 //! pod roles and scaleDown replica counts current, and serves the webhook
 //! (issue 5) on every replica.
 //!
-//! What exists now is its configuration, validated at start-up.
+//! What runs now is the webhook and the admin server; the controllers
+//! themselves come with issue 6.
 
 use std::net::SocketAddr;
 
@@ -34,6 +35,47 @@ pub enum ControllerError {
          non-empty and contain no whitespace"
     )]
     InvalidAgentImage { value: String },
+
+    #[error(
+        "no Kubernetes configuration: {0}; inside a cluster the pod needs a service account, \
+         outside one set KUBECONFIG"
+    )]
+    Kube(#[source] kube::Error),
+
+    #[error("could not install the signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Runs `zen-lead controller` until SIGTERM or Ctrl-C: for now the webhook
+/// (HTTPS) and the admin server.
+pub async fn run(config: &Config) -> Result<(), ControllerError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(ControllerError::Kube)?;
+    let shutdown = shutdown_signal()?;
+    let registry = crate::telemetry::new_registry();
+    webhook::serve(
+        &config.webhook,
+        config.admin_addr,
+        &config.namespace,
+        client,
+        registry,
+        shutdown,
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ControllerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(ControllerError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        }
+    })
 }
 
 impl Config {

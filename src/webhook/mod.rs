@@ -1,14 +1,28 @@
-//! The mutating admission webhook (issue 5): injects the election agent,
-//! readiness gate and activation wiring into pool pods. Served over rustls by
-//! every `zen-lead controller` replica.
+//! The mutating admission webhook: injects the election agent, readiness
+//! gate and activation wiring into pool pods. Served over rustls by every
+//! `zen-lead controller` replica.
 //!
-//! What exists now is its configuration, checked at start-up so a wrong flag
-//! fails fast with a message naming it.
+//! - [`inject`]: what is done to a pod (pure, no I/O; golden-tested).
+//! - [`review`]: AdmissionReview in, AdmissionReview out.
+//! - [`lookup`]: owners' annotations and LeaderPolicies, from watch-fed indexes.
+//! - [`certs`]: the serving certificate, reloaded on rotation.
+//! - [`self_managed`]: zen-lead's own CA, Secret and caBundle.
+//! - [`server`]: HTTPS `/mutate` and the admin server.
+
+pub mod certs;
+pub mod inject;
+pub mod lookup;
+pub mod review;
+pub mod self_managed;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cli::ControllerArgs;
+pub use inject::InjectConfig;
+pub use server::{Running, ServeOptions};
 
 /// Where the webhook's serving certificate comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,8 +38,12 @@ pub enum TlsMode {
 /// Certificate source with everything it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
-    Files { cert: PathBuf, key: PathBuf },
-    SelfManaged,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        reload_interval: Duration,
+    },
+    SelfManaged(self_managed::Settings),
 }
 
 /// Validated webhook settings.
@@ -33,6 +51,10 @@ pub enum TlsSource {
 pub struct Config {
     pub addr: SocketAddr,
     pub tls: TlsSource,
+    pub max_body_bytes: usize,
+    /// Agent image, pull policy and resources are filled in by the
+    /// controller's configuration (`--agent-*` flags).
+    pub inject: InjectConfig,
 }
 
 /// Errors of the webhook module.
@@ -53,6 +75,38 @@ pub enum WebhookError {
 
     #[error("the webhook (--webhook-addr) and admin server (--admin-addr) cannot share {addr}")]
     AddrClash { addr: SocketAddr },
+
+    #[error("{flag} {value:?} is not a Kubernetes quantity (examples: 10m, 0.1, 16Mi, 1Gi)")]
+    InvalidQuantity { flag: &'static str, value: String },
+
+    #[error(
+        "could not read {flag} {}: {source}; mount the webhook's TLS Secret there or pass \
+         the right path",
+        path.display()
+    )]
+    ReadCertificate {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("unusable webhook certificate ({origin}): {reason}")]
+    BadCertificate { origin: String, reason: String },
+
+    #[error("could not build the TLS configuration: {0}")]
+    TlsConfig(String),
+
+    #[error("could not listen on {addr} for the {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    SelfManaged(#[from] self_managed::SelfManagedError),
 }
 
 impl Config {
@@ -64,7 +118,7 @@ impl Config {
             });
         }
         let tls = match args.tls_mode {
-            TlsMode::SelfManaged => TlsSource::SelfManaged,
+            TlsMode::SelfManaged => TlsSource::SelfManaged(self_managed::Settings::from_args(args)?),
             TlsMode::Files => {
                 for (flag, path) in [
                     ("--tls-cert-file", &args.tls_cert_file),
@@ -82,12 +136,98 @@ impl Config {
                 TlsSource::Files {
                     cert: args.tls_cert_file.clone(),
                     key: args.tls_key_file.clone(),
+                    reload_interval: args.tls_reload_interval.max(Duration::from_millis(100)),
                 }
             }
         };
+        for (flag, value) in [
+            ("--agent-cpu-request", &args.agent_cpu_request),
+            ("--agent-memory-request", &args.agent_memory_request),
+            ("--agent-memory-limit", &args.agent_memory_limit),
+        ] {
+            if !is_quantity(value) {
+                return Err(WebhookError::InvalidQuantity {
+                    flag,
+                    value: value.clone(),
+                });
+            }
+        }
+        let mut inject = InjectConfig::with_image(args.agent_image.trim());
+        inject.image_pull_policy =
+            (!args.agent_image_pull_policy.is_empty()).then(|| args.agent_image_pull_policy.clone());
+        inject.cpu_request = args.agent_cpu_request.clone();
+        inject.memory_request = args.agent_memory_request.clone();
+        inject.memory_limit = args.agent_memory_limit.clone();
         Ok(Self {
             addr: args.webhook_addr,
             tls,
+            // The flag's range keeps this far below usize::MAX.
+            max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+            inject,
         })
     }
+}
+
+/// A Kubernetes quantity as resource requests take it: a decimal number with
+/// an optional suffix (`m`, `k`, `M`, `G`, `Ki`, `Mi`, `Gi`, ...). Checked
+/// here so a typo fails at start, not as a rejected pod.
+fn is_quantity(value: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    !number.is_empty()
+        && number != "."
+        && number.matches('.').count() <= 1
+        && SUFFIXES.contains(&suffix)
+}
+
+/// Runs the webhook until `shutdown` resolves: certificates per
+/// [`TlsSource`], owner/policy indexes from `client`, both servers.
+/// `registry` gets the webhook's metrics and is served on `/metrics`.
+pub async fn serve(
+    config: &Config,
+    admin_addr: SocketAddr,
+    namespace: &str,
+    client: kube::Client,
+    registry: prometheus_client::registry::Registry,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WebhookError> {
+    let lookup = lookup::ClusterLookup::start(client.clone());
+    let options = ServeOptions {
+        addr: config.addr,
+        admin_addr,
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
+        inject: config.inject.clone(),
+    };
+    let (store, background) = match &config.tls {
+        TlsSource::Files { cert, key, .. } => {
+            // A bad certificate at start is fatal: better no webhook than
+            // one the API server cannot talk to.
+            let store = certs::CertStore::from_files(cert, key)?;
+            (store, None)
+        }
+        TlsSource::SelfManaged(settings) => {
+            let manager = self_managed::Manager::new(client.clone(), namespace, settings.clone());
+            let store = manager.initialise().await?;
+            (store, Some(manager))
+        }
+    };
+    let running = server::start(options, store.clone(), lookup, registry).await?;
+    let metrics = running.metrics.clone();
+    let task = match (&config.tls, background) {
+        (TlsSource::Files { reload_interval, .. }, _) => {
+            store.spawn_reloader(*reload_interval, move |ok| metrics.reloaded(ok))
+        }
+        (_, Some(manager)) => manager.spawn(store, metrics),
+        _ => tokio::spawn(async {}),
+    };
+    shutdown.await;
+    task.abort();
+    running.shutdown().await;
+    Ok(())
 }

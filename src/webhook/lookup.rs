@@ -1,0 +1,376 @@
+//! The facts the webhook needs beyond the pod: the annotations of the pod's
+//! owners and whether its LeaderPolicy exists.
+//!
+//! In a cluster both come from in-memory indexes fed by watches (metadata only
+//! for workloads), so admitting a pod normally costs no API request. An owner
+//! or policy the index has not seen yet (created a moment ago, the watch still
+//! catching up) is read with one GET, bounded by [`FALLBACK_TIMEOUT`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::runtime::watcher::{self, Event};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::inject::{OWNER_KINDS, OwnerMeta, PolicyState, controller_of};
+use crate::api::keys::{JOIN_ANNOTATION, POOL_ANNOTATION};
+use crate::api::{Activation, LeaderPolicy};
+
+/// Longest time one fallback GET may take; the API server gives the whole
+/// webhook call at most `timeoutSeconds` (5 in our manifests).
+pub const FALLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors of a lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("reading {kind} {namespace}/{name} failed: {source}")]
+    Get {
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("reading {kind} {namespace}/{name} took longer than {FALLBACK_TIMEOUT:?}")]
+    Timeout {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+}
+
+/// Where the webhook's handler gets owner and policy facts from.
+pub trait Lookup: Send + Sync + 'static {
+    /// The owner `owner` of an object in `namespace`, if it (still) exists
+    /// with that UID and is of a kind in [`OWNER_KINDS`].
+    fn owner(
+        &self,
+        namespace: &str,
+        owner: &OwnerReference,
+    ) -> impl Future<Output = Result<Option<OwnerMeta>, LookupError>> + Send;
+
+    /// Whether LeaderPolicy `name` exists in `namespace`, and its activation.
+    fn policy(&self, namespace: &str, name: &str) -> impl Future<Output = PolicyState> + Send;
+}
+
+/// Owner metadata from an object's `ObjectMeta`.
+pub fn owner_meta(kind: &str, meta: &ObjectMeta) -> OwnerMeta {
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    OwnerMeta {
+        kind: kind.to_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        pool: annotation(POOL_ANNOTATION),
+        join: annotation(JOIN_ANNOTATION),
+        controller: controller_of(meta.owner_references.as_ref()).cloned(),
+    }
+}
+
+/// A fixed set of owners and policies: golden tests, the fuzz target and
+/// the benchmark.
+#[derive(Debug, Clone, Default)]
+pub struct StaticLookup {
+    /// By `(namespace, uid)`.
+    pub owners: HashMap<(String, String), OwnerMeta>,
+    /// By `(namespace, name)`.
+    pub policies: HashMap<(String, String), Activation>,
+}
+
+impl StaticLookup {
+    pub fn with_policy(mut self, namespace: &str, name: &str, activation: Activation) -> Self {
+        self.policies
+            .insert((namespace.to_owned(), name.to_owned()), activation);
+        self
+    }
+
+    pub fn with_owner(mut self, namespace: &str, owner: OwnerMeta) -> Self {
+        self.owners
+            .insert((namespace.to_owned(), owner.uid.clone()), owner);
+        self
+    }
+}
+
+impl Lookup for StaticLookup {
+    async fn owner(
+        &self,
+        namespace: &str,
+        owner: &OwnerReference,
+    ) -> Result<Option<OwnerMeta>, LookupError> {
+        Ok(self
+            .owners
+            .get(&(namespace.to_owned(), owner.uid.clone()))
+            .filter(|o| o.kind == owner.kind && o.name == owner.name)
+            .cloned())
+    }
+
+    async fn policy(&self, namespace: &str, name: &str) -> PolicyState {
+        match self.policies.get(&(namespace.to_owned(), name.to_owned())) {
+            Some(activation) => PolicyState::Found {
+                activation: *activation,
+            },
+            None => PolicyState::Missing,
+        }
+    }
+}
+
+type OwnerMap = HashMap<String, Arc<OwnerMeta>>;
+
+/// One watched kind's index.
+#[derive(Default)]
+struct KindIndex {
+    /// By UID.
+    objects: RwLock<OwnerMap>,
+    synced: AtomicBool,
+}
+
+/// Watch-fed indexes of workload owners and LeaderPolicies, with GET
+/// fallback on a miss.
+pub struct ClusterLookup {
+    client: Client,
+    kinds: Vec<(&'static str, Arc<KindIndex>)>,
+    policies: Arc<RwLock<HashMap<(String, String), Activation>>>,
+    policies_synced: Arc<AtomicBool>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A panic while holding the lock cannot leave a HashMap half-updated in
+    // a way that matters here; keep serving.
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ClusterLookup {
+    /// Starts the watches (tasks on the current runtime) and returns at once;
+    /// until they have listed, lookups fall back to GETs.
+    pub fn start(client: Client) -> Arc<Self> {
+        let kinds: Vec<(&'static str, Arc<KindIndex>)> = OWNER_KINDS
+            .iter()
+            .map(|(_, kind)| (*kind, Arc::new(KindIndex::default())))
+            .collect();
+        let lookup = Arc::new(Self {
+            client: client.clone(),
+            kinds,
+            policies: Arc::default(),
+            policies_synced: Arc::default(),
+        });
+        for (kind, index) in &lookup.kinds {
+            let index = index.clone();
+            let client = client.clone();
+            match *kind {
+                "ReplicaSet" => spawn_owner_watch::<ReplicaSet>(client, kind, index),
+                "StatefulSet" => spawn_owner_watch::<StatefulSet>(client, kind, index),
+                "DaemonSet" => spawn_owner_watch::<DaemonSet>(client, kind, index),
+                "Deployment" => spawn_owner_watch::<Deployment>(client, kind, index),
+                "Job" => spawn_owner_watch::<Job>(client, kind, index),
+                "CronJob" => spawn_owner_watch::<CronJob>(client, kind, index),
+                _ => {}
+            }
+        }
+        spawn_policy_watch(
+            client,
+            lookup.policies.clone(),
+            lookup.policies_synced.clone(),
+        );
+        lookup
+    }
+
+    /// Whether every watch has completed its first list.
+    pub fn synced(&self) -> bool {
+        self.policies_synced.load(Ordering::Relaxed)
+            && self
+                .kinds
+                .iter()
+                .all(|(_, i)| i.synced.load(Ordering::Relaxed))
+    }
+
+    async fn fetch_owner(
+        &self,
+        namespace: &str,
+        owner: &OwnerReference,
+    ) -> Result<Option<OwnerMeta>, LookupError> {
+        let c = self.client.clone();
+        let (ns, name) = (namespace, owner.name.as_str());
+        let fut = async {
+            match owner.kind.as_str() {
+                "ReplicaSet" => get_meta::<ReplicaSet>(c, ns, name).await,
+                "StatefulSet" => get_meta::<StatefulSet>(c, ns, name).await,
+                "DaemonSet" => get_meta::<DaemonSet>(c, ns, name).await,
+                "Deployment" => get_meta::<Deployment>(c, ns, name).await,
+                "Job" => get_meta::<Job>(c, ns, name).await,
+                "CronJob" => get_meta::<CronJob>(c, ns, name).await,
+                _ => Ok(None),
+            }
+        };
+        let meta = tokio::time::timeout(FALLBACK_TIMEOUT, fut)
+            .await
+            .map_err(|_| LookupError::Timeout {
+                kind: owner.kind.clone(),
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            })?
+            .map_err(|source| LookupError::Get {
+                kind: owner.kind.clone(),
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(meta
+            .map(|m| owner_meta(&owner.kind, &m))
+            // Same name, different incarnation: not our owner.
+            .filter(|m| m.uid == owner.uid))
+    }
+}
+
+async fn get_meta<K>(client: Client, ns: &str, name: &str) -> Result<Option<ObjectMeta>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client, ns);
+    Ok(api.get_metadata_opt(name).await?.map(|m| m.metadata))
+}
+
+fn spawn_owner_watch<K>(client: Client, kind: &'static str, index: Arc<KindIndex>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let api: Api<PartialObjectMeta<K>> = Api::all(client);
+        let mut stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .boxed();
+        let mut buffer: Option<OwnerMap> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(obj)) => {
+                    let meta = owner_meta(kind, &obj.metadata);
+                    write(&index.objects).insert(meta.uid.clone(), Arc::new(meta));
+                }
+                Ok(Event::Delete(obj)) => {
+                    if let Some(uid) = &obj.metadata.uid {
+                        write(&index.objects).remove(uid);
+                    }
+                }
+                Ok(Event::Init) => buffer = Some(OwnerMap::new()),
+                Ok(Event::InitApply(obj)) => {
+                    let meta = owner_meta(kind, &obj.metadata);
+                    buffer
+                        .get_or_insert_with(OwnerMap::new)
+                        .insert(meta.uid.clone(), Arc::new(meta));
+                }
+                Ok(Event::InitDone) => {
+                    *write(&index.objects) = buffer.take().unwrap_or_default();
+                    if !index.synced.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(kind, "owner index synced");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(kind, error = %err, "watching owners failed; retrying (lookups fall back to GET)");
+                }
+            }
+        }
+    });
+}
+
+fn spawn_policy_watch(
+    client: Client,
+    policies: Arc<RwLock<HashMap<(String, String), Activation>>>,
+    synced: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        let api: Api<LeaderPolicy> = Api::all(client);
+        let mut stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .boxed();
+        let key = |p: &LeaderPolicy| {
+            (
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        let mut buffer: Option<HashMap<(String, String), Activation>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(p)) => {
+                    write(&policies).insert(key(&p), p.spec.activation);
+                }
+                Ok(Event::Delete(p)) => {
+                    write(&policies).remove(&key(&p));
+                }
+                Ok(Event::Init) => buffer = Some(HashMap::new()),
+                Ok(Event::InitApply(p)) => {
+                    buffer
+                        .get_or_insert_with(HashMap::new)
+                        .insert(key(&p), p.spec.activation);
+                }
+                Ok(Event::InitDone) => {
+                    *write(&policies) = buffer.take().unwrap_or_default();
+                    synced.store(true, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "watching LeaderPolicies failed; retrying (lookups fall back to GET)");
+                }
+            }
+        }
+    });
+}
+
+impl Lookup for ClusterLookup {
+    async fn owner(
+        &self,
+        namespace: &str,
+        owner: &OwnerReference,
+    ) -> Result<Option<OwnerMeta>, LookupError> {
+        let Some((_, index)) = self.kinds.iter().find(|(k, _)| *k == owner.kind) else {
+            return Ok(None);
+        };
+        if let Some(hit) = read(&index.objects).get(&owner.uid) {
+            return Ok(Some(OwnerMeta::clone(hit)));
+        }
+        tracing::debug!(kind = %owner.kind, name = %owner.name, "owner not indexed yet; reading it");
+        let fetched = self.fetch_owner(namespace, owner).await?;
+        if let Some(meta) = &fetched {
+            write(&index.objects).insert(meta.uid.clone(), Arc::new(meta.clone()));
+        }
+        Ok(fetched)
+    }
+
+    async fn policy(&self, namespace: &str, name: &str) -> PolicyState {
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(activation) = read(&self.policies).get(&key) {
+            return PolicyState::Found {
+                activation: *activation,
+            };
+        }
+        // Not indexed: created a moment ago, or really missing. Ask.
+        let api: Api<LeaderPolicy> = Api::namespaced(self.client.clone(), namespace);
+        match tokio::time::timeout(FALLBACK_TIMEOUT, api.get_opt(name)).await {
+            Ok(Ok(Some(p))) => PolicyState::Found {
+                activation: p.spec.activation,
+            },
+            Ok(Ok(None)) => PolicyState::Missing,
+            Ok(Err(err)) => PolicyState::Unknown {
+                reason: err.to_string(),
+            },
+            Err(_) => PolicyState::Unknown {
+                reason: format!("no answer within {FALLBACK_TIMEOUT:?}"),
+            },
+        }
+    }
+}

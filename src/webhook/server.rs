@@ -1,0 +1,386 @@
+//! HTTPS serving of `POST /mutate` (axum on hyper over rustls) and the
+//! plain-HTTP admin server (`/livez`, `/readyz`, `/metrics`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::WebhookError;
+use super::certs::{CertStore, server_config};
+use super::inject::InjectConfig;
+use super::lookup::Lookup;
+use super::review::admit;
+use crate::telemetry;
+
+/// Default largest request body. The API server sends whole pods; a pod is
+/// bounded by etcd's 1.5 MiB object limit, so 3 MiB leaves room for the
+/// AdmissionReview envelope and JSON escaping.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Default bound on one admission (the API server waits at most 5 s with
+/// our manifests; answering later is pointless).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Longest a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to serve and how.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// HTTPS address of `/mutate` (port 0: any free port).
+    pub addr: SocketAddr,
+    /// Plain-HTTP admin address (port 0: any free port).
+    pub admin_addr: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub inject: InjectConfig,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// The webhook's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    latency: Family<OutcomeLabels, Histogram>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let latency = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs .. ~1.6 s
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "webhook_admission_duration_seconds",
+            "Time to answer one admission request, by outcome (injected, not_in_pool, ...)",
+            latency.clone(),
+        );
+        registry.register(
+            "webhook_certificate_reloads",
+            "Serving certificate reloads, by result (ok, error)",
+            reloads.clone(),
+        );
+        Self { latency, reloads }
+    }
+
+    fn observe(&self, outcome: &'static str, elapsed: Duration) {
+        self.latency
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a certificate reload.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+}
+
+struct AppState<L> {
+    lookup: Arc<L>,
+    inject: InjectConfig,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    metrics: Metrics,
+}
+
+/// A running webhook. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting connections; connections in progress finish on their own.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+async fn mutate<L: Lookup>(State(state): State<Arc<AppState<L>>>, request: Request) -> Response {
+    let started = Instant::now();
+    let limit = state.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        state.metrics.observe("too_large", started.elapsed());
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes (--max-body-bytes)"),
+        );
+    }
+    let work = async {
+        // Limited also while reading: Content-Length may be absent (chunked).
+        let body = http_body_util::Limited::new(request.into_body(), limit);
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    return (
+                        "too_large",
+                        text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "request body is larger than the limit of {limit} bytes (--max-body-bytes)"
+                            ),
+                        ),
+                    );
+                }
+                return (
+                    "bad_request",
+                    text(StatusCode::BAD_REQUEST, format!("could not read the request body: {err}")),
+                );
+            }
+        };
+        let reply = admit(&bytes, state.lookup.as_ref(), &state.inject).await;
+        let content_type = if reply.status == StatusCode::OK {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        let mut response = Response::new(Body::from(reply.body));
+        *response.status_mut() = reply.status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        (reply.outcome, response)
+    };
+    let (outcome, response) = match tokio::time::timeout(state.request_timeout, work).await {
+        Ok(done) => done,
+        Err(_) => (
+            "timeout",
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "zen-lead could not answer within {:?}",
+                    state.request_timeout
+                ),
+            ),
+        ),
+    };
+    state.metrics.observe(outcome, started.elapsed());
+    response
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "zen-lead webhook: POST /mutate")
+}
+
+/// The HTTPS router (also used by tests without TLS).
+fn router<L: Lookup>(state: Arc<AppState<L>>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate::<L>))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn admin_router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { text(StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        text(StatusCode::OK, "ok\n")
+                    } else {
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the webhook has no serving certificate loaded yet\n",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    match telemetry::render(&registry) {
+                        Ok(body) => (
+                            [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
+                            body,
+                        )
+                            .into_response(),
+                        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+                    }
+                }
+            }),
+        )
+}
+
+/// Binds both listeners and starts serving. Returns once both accept
+/// connections; `/readyz` is 200 from then on (the certificate is loaded
+/// before this is called).
+pub async fn start<L: Lookup>(
+    options: ServeOptions,
+    certs: Arc<CertStore>,
+    lookup: Arc<L>,
+    mut registry: Registry,
+) -> Result<Running, WebhookError> {
+    let metrics = Metrics::register(&mut registry);
+    let tls = server_config(certs)?;
+    let acceptor = TlsAcceptor::from(tls);
+    let listener = TcpListener::bind(options.addr)
+        .await
+        .map_err(|source| WebhookError::Bind {
+            what: "webhook (--webhook-addr)",
+            addr: options.addr,
+            source,
+        })?;
+    let admin = TcpListener::bind(options.admin_addr)
+        .await
+        .map_err(|source| WebhookError::Bind {
+            what: "admin server (--admin-addr)",
+            addr: options.admin_addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| WebhookError::Bind {
+        what: "webhook (--webhook-addr)",
+        addr: options.addr,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| WebhookError::Bind {
+        what: "admin server (--admin-addr)",
+        addr: options.admin_addr,
+        source,
+    })?;
+
+    let state = Arc::new(AppState {
+        lookup,
+        inject: options.inject,
+        max_body_bytes: options.max_body_bytes,
+        request_timeout: options.request_timeout,
+        metrics: metrics.clone(),
+    });
+    let app = router(state);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stop_rx) = watch::channel(false);
+
+    let mut stop_https = stop_rx.clone();
+    let https = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop_https.changed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %err, "accepting a webhook connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let service = TowerToHyperService::new(app);
+                if let Err(err) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %err, "webhook connection ended with an error");
+                }
+            });
+        }
+    });
+
+    let registry = Arc::new(registry);
+    let admin_app = admin_router(registry, ready.clone());
+    let mut stop_admin = stop_rx;
+    let admin_task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop_admin.changed().await;
+        };
+        if let Err(err) = axum::serve(admin, admin_app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %err, "admin server failed");
+        }
+    });
+
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(%addr, %admin_addr, "webhook serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        metrics,
+        ready,
+        stop,
+        tasks: vec![https, admin_task],
+    })
+}
