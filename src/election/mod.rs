@@ -1,10 +1,23 @@
-//! Leader election over one `coordination.k8s.io/v1` Lease per pool.
+//! Leader election over one `coordination.k8s.io/v1` Lease per pool, shared
+//! by `zen-lead agent` and `zen-lead lock`.
 //!
-//! The Lease state machine, the watch-driven follower and the renewing leader
-//! arrive with issue 4. What lives here already is what every caller needs to
-//! agree on first: the timing rules. They are client-go's rules, so a Lease
-//! shared with client-go tooling behaves the same, and the CRD's CEL rules
-//! (see [`crate::api`]) enforce the same thing server-side.
+//! - [`record`]: what is read from and written to the Lease (client-go's
+//!   fields plus zen-lead's annotations; the "Lease contract" in
+//!   docs/ARCHITECTURE.md).
+//! - [`machine`]: the decisions, pure and table-tested.
+//! - [`driver`]: the watch, the compare-and-swap writes, the status channel.
+//! - [`clock`]: monotonic timestamps comparable across processes.
+//!
+//! The timing rules below are client-go's, so a Lease shared with client-go
+//! tooling behaves the same, and the CRD's CEL rules (see [`crate::api`])
+//! enforce the same thing server-side.
+
+pub mod clock;
+pub mod driver;
+pub mod machine;
+pub mod record;
+
+pub use driver::{Elector, ElectorConfig, LeaderStatus, Metrics, RunError, counting_client};
 
 use std::time::Duration;
 

@@ -1,0 +1,850 @@
+//! The election's I/O: watches the Lease, performs the [`Machine`]'s actions
+//! as compare-and-swap writes with per-request timeouts, and publishes the
+//! result (a [`LeaderStatus`] channel, the leadership log, metrics).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Timings;
+use super::clock;
+use super::machine::{
+    Action, EndReason, Failure, LeadEvent, Machine, MachineConfig, Observation, WriteKind,
+};
+use super::record::{Record, SpecWrite, apply_spec, format_seconds};
+use crate::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
+
+/// Settings of one candidate's election.
+#[derive(Debug, Clone)]
+pub struct ElectorConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// Create the Lease when it is missing (lock; agent with --create-lease).
+    pub can_create: bool,
+    /// Our own timings (lock) instead of the Lease's (agent).
+    pub fixed: Option<Timings>,
+    /// Timings written into a Lease we create from nothing.
+    pub create_timings: Timings,
+    pub preferred_defer: Duration,
+    /// Give up on 401/403 instead of retrying (lock: a person is waiting).
+    pub fail_on_denied: bool,
+    /// JSON line per leadership change, with CLOCK_MONOTONIC timestamps.
+    pub leadership_log: Option<PathBuf>,
+}
+
+/// What the election currently knows, for the agent's API and for `lock`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaderStatus {
+    /// Identity named in the Lease (`None`: free, missing or unknown).
+    pub holder: Option<String>,
+    /// We lead, until `lead_until`.
+    pub leading: bool,
+    pub lead_until: Option<Instant>,
+    /// `leaseTransitions` of the observed term: the fencing token.
+    pub token: Option<i32>,
+    /// Start of the observed term (the Lease's acquireTime).
+    pub since: Option<SystemTime>,
+    /// The Lease's state has been observed at least once.
+    pub observed: bool,
+    /// The Lease exists.
+    pub lease_exists: bool,
+    /// The watch on the Lease is established.
+    pub connected: bool,
+}
+
+impl LeaderStatus {
+    /// Whether we lead at `now`: also false once the term's deadline passed,
+    /// even if the election task has not run since (a paused process).
+    pub fn leading_at(&self, now: Instant) -> bool {
+        self.leading && self.lead_until.is_some_and(|until| now < until)
+    }
+}
+
+/// Errors that stop an election.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "access to Lease {namespace}/{name} was denied ({message}); the identity in use needs \
+         get, list, watch and update{create} on leases.coordination.k8s.io in namespace \
+         {namespace}"
+    )]
+    Denied {
+        namespace: String,
+        name: String,
+        message: String,
+        create: &'static str,
+    },
+
+    #[error("could not write the leadership log {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the watch task of Lease {namespace}/{name} stopped")]
+    WatchStopped { namespace: String, name: String },
+}
+
+/// Election metrics (registered under `zen_lead_`).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub is_leader: Gauge,
+    pub became_leader: Counter,
+    pub fencing_token: Gauge,
+    pub api_requests: Counter,
+    pub renew_latency: Gauge<f64, AtomicU64>,
+    pub renew_failures: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "is_leader",
+            "1 while this candidate holds the pool's Lease",
+            self.is_leader.clone(),
+        );
+        registry.register(
+            "leadership_acquired",
+            "Times this candidate became leader",
+            self.became_leader.clone(),
+        );
+        registry.register(
+            "lease_transitions",
+            "leaseTransitions of the observed term (the fencing token)",
+            self.fencing_token.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "HTTP requests sent to the Kubernetes API server (watch requests included)",
+            self.api_requests.clone(),
+        );
+        registry.register(
+            "renew_latency_seconds",
+            "Duration of the last successful renewal",
+            self.renew_latency.clone(),
+        );
+        registry.register(
+            "renew_failures",
+            "Renewal attempts that failed",
+            self.renew_failures.clone(),
+        );
+    }
+}
+
+/// Errors building the API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no Kubernetes configuration found ({0}); run inside a pod with a ServiceAccount, or set \
+         KUBECONFIG"
+    )]
+    Config(#[source] kube::config::InferConfigError),
+    #[error("could not build the Kubernetes client: {0}")]
+    Build(#[source] kube::Error),
+}
+
+/// A client whose every request increments `requests`; kube's own retry
+/// layer is off (the election retries on its own schedule).
+pub async fn counting_client(requests: Counter) -> Result<Client, ClientError> {
+    let mut config = kube::Config::infer().await.map_err(ClientError::Config)?;
+    config.default_retry = false;
+    config.connect_timeout = Some(Duration::from_secs(2));
+    let layer = tower::util::MapRequestLayer::new(move |req| {
+        requests.inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(ClientError::Build)?
+        .with_layer(&layer)
+        .build())
+}
+
+enum WatchMsg {
+    Listed {
+        lease: Option<Lease>,
+        resource_version: Option<String>,
+    },
+    Applied(Lease),
+    Deleted(Lease),
+    Connected(bool),
+}
+
+/// The leadership log: one JSON line per change of our own leadership.
+struct LeadershipLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl LeadershipLog {
+    fn open(path: &Path) -> Result<Self, RunError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| RunError::Log {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<(), RunError> {
+        let mut text = line.to_string();
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|source| RunError::Log {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// One candidate's election on one Lease.
+pub struct Elector {
+    api: Api<Lease>,
+    cfg: ElectorConfig,
+    machine: Machine,
+    last_lease: Option<Lease>,
+    status: watch::Sender<LeaderStatus>,
+    log: Option<LeadershipLog>,
+    metrics: Metrics,
+    connected: bool,
+}
+
+impl Elector {
+    /// Prepares the election; nothing is sent until [`Elector::run`].
+    pub fn new(
+        client: Client,
+        cfg: ElectorConfig,
+        metrics: Metrics,
+    ) -> Result<(Self, watch::Receiver<LeaderStatus>), RunError> {
+        clock::init();
+        let api = Api::namespaced(client, &cfg.namespace);
+        let machine = Machine::new(MachineConfig {
+            identity: cfg.identity.clone(),
+            can_create: cfg.can_create,
+            fixed: cfg.fixed,
+            create_timings: cfg.create_timings,
+            preferred_defer: cfg.preferred_defer,
+        });
+        let log = cfg
+            .leadership_log
+            .as_deref()
+            .map(LeadershipLog::open)
+            .transpose()?;
+        let (status, rx) = watch::channel(LeaderStatus::default());
+        Ok((
+            Self {
+                api,
+                cfg,
+                machine,
+                last_lease: None,
+                status,
+                log,
+                metrics,
+                connected: false,
+            },
+            rx,
+        ))
+    }
+
+    /// Campaigns until `shutdown` becomes true, then releases the Lease if
+    /// it names us (bounded by `release_timeout`).
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        release_timeout: Duration,
+    ) -> Result<(), RunError> {
+        let span = info_span!("election", namespace = %self.cfg.namespace, lease = %self.cfg.name, identity = %self.cfg.identity);
+        async move {
+            let (tx, mut events) = mpsc::channel(64);
+            let watcher = tokio::spawn(
+                watch_lease(self.api.clone(), self.cfg.name.clone(), tx).in_current_span(),
+            );
+            let result = self.campaign(&mut events, &mut shutdown).await;
+            watcher.abort();
+            if result.is_ok() {
+                self.release(release_timeout).await;
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn campaign(
+        &mut self,
+        events: &mut mpsc::Receiver<WatchMsg>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RunError> {
+        let mut waiting_logged = false;
+        loop {
+            while let Ok(msg) = events.try_recv() {
+                self.apply_watch(msg)?;
+            }
+            let now = Instant::now();
+            if let Some(ev) = self.machine.expire(now) {
+                self.emit(ev)?;
+            }
+            self.publish();
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let action = self.machine.decide(now);
+            match action {
+                Action::Wait(until) => {
+                    if until.is_none() && !self.machine.leading(now) {
+                        if self.machine.observed() && self.machine.record().is_none() {
+                            if !waiting_logged {
+                                info!(
+                                    "Lease {}/{} does not exist yet; waiting for the zen-lead \
+                                     controller to create it (or start with --create-lease)",
+                                    self.cfg.namespace, self.cfg.name
+                                );
+                                waiting_logged = true;
+                            }
+                        } else {
+                            waiting_logged = false;
+                        }
+                    }
+                    let wake = match (until, self.machine.lead_deadline()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    tokio::select! {
+                        msg = events.recv() => match msg {
+                            Some(msg) => self.apply_watch(msg)?,
+                            None => return Err(RunError::WatchStopped {
+                                namespace: self.cfg.namespace.clone(),
+                                name: self.cfg.name.clone(),
+                            }),
+                        },
+                        () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                        changed = shutdown.changed() => {
+                            if changed.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Action::Read => self.read().await?,
+                Action::Create(write) => self.write(WriteKind::Create, None, write).await?,
+                Action::Replace {
+                    kind,
+                    base_resource_version,
+                    write,
+                } => {
+                    if let Some(ev) = self.machine.begin(
+                        &Action::Replace {
+                            kind,
+                            base_resource_version: base_resource_version.clone(),
+                            write: write.clone(),
+                        },
+                        now,
+                    ) {
+                        self.emit(ev)?;
+                        self.publish();
+                    }
+                    self.write(kind, Some(base_resource_version), write).await?;
+                }
+            }
+        }
+    }
+
+    fn apply_watch(&mut self, msg: WatchMsg) -> Result<(), RunError> {
+        let now = Instant::now();
+        let event = match msg {
+            WatchMsg::Connected(up) => {
+                self.connected = up;
+                None
+            }
+            WatchMsg::Listed {
+                lease: Some(lease), ..
+            }
+            | WatchMsg::Applied(lease) => self.observe_lease(lease, now),
+            WatchMsg::Listed {
+                lease: None,
+                resource_version,
+            } => self.machine.observe(
+                Observation::Missing {
+                    continuous: false,
+                    resource_version,
+                },
+                now,
+            ),
+            WatchMsg::Deleted(lease) => {
+                let resource_version = lease.metadata.resource_version.clone();
+                if self.machine.leading(now) {
+                    warn!("Lease deleted while we lead; our term lasts until its deadline");
+                }
+                self.machine.observe(
+                    Observation::Missing {
+                        continuous: true,
+                        resource_version,
+                    },
+                    now,
+                )
+            }
+        };
+        if let Some(ev) = event {
+            self.emit(ev)?;
+        }
+        Ok(())
+    }
+
+    fn observe_lease(&mut self, lease: Lease, now: Instant) -> Option<LeadEvent> {
+        let rec = Record::from_lease(&lease)?;
+        let newer = self
+            .machine
+            .record()
+            .is_none_or(|r| r.resource_version != rec.resource_version);
+        let event = self.machine.observe(Observation::Present(rec), now);
+        if newer
+            && self.machine.record().is_some_and(|r| {
+                Some(&r.resource_version) == lease.metadata.resource_version.as_ref()
+            })
+        {
+            self.last_lease = Some(lease);
+        }
+        event
+    }
+
+    async fn read(&mut self) -> Result<(), RunError> {
+        let limit = self.machine.request_timeout();
+        let result = timeout(limit, self.api.get_opt(&self.cfg.name)).await;
+        let now = Instant::now();
+        match result {
+            Ok(Ok(Some(lease))) => {
+                if let Some(ev) = self.observe_lease(lease, now) {
+                    self.emit(ev)?;
+                }
+            }
+            Ok(Ok(None)) => {
+                if let Some(ev) = self.machine.observe(
+                    Observation::Missing {
+                        continuous: false,
+                        resource_version: None,
+                    },
+                    now,
+                ) {
+                    self.emit(ev)?;
+                }
+            }
+            Ok(Err(err)) => {
+                self.check_denied(&err)?;
+                debug!(error = %err, "reading the Lease failed");
+                self.machine.write_failed(Failure::Transient, now);
+            }
+            Err(_) => {
+                debug!(?limit, "reading the Lease timed out");
+                self.machine.write_failed(Failure::Transient, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_denied(&self, err: &kube::Error) -> Result<(), RunError> {
+        if let kube::Error::Api(status) = err
+            && matches!(status.code, 401 | 403)
+        {
+            let denied = RunError::Denied {
+                namespace: self.cfg.namespace.clone(),
+                name: self.cfg.name.clone(),
+                message: status.message.clone(),
+                create: if self.cfg.can_create {
+                    " and create"
+                } else {
+                    ""
+                },
+            };
+            if self.cfg.fail_on_denied {
+                return Err(denied);
+            }
+            warn!("{denied}");
+        }
+        Ok(())
+    }
+
+    fn lease_body(&self, kind: WriteKind, base_rv: Option<&str>, write: &SpecWrite) -> Lease {
+        let base = self.last_lease.as_ref();
+        let mut metadata = base.map(|l| l.metadata.clone()).unwrap_or_default();
+        if kind == WriteKind::Create {
+            // A fresh object: keep what describes it (labels, annotations,
+            // owners), drop what belonged to the deleted one.
+            metadata = ObjectMeta {
+                name: Some(self.cfg.name.clone()),
+                namespace: Some(self.cfg.namespace.clone()),
+                labels: metadata.labels,
+                annotations: metadata.annotations,
+                owner_references: metadata.owner_references,
+                ..ObjectMeta::default()
+            };
+            if base.is_none() {
+                let t = self.cfg.fixed.unwrap_or(self.cfg.create_timings);
+                let annotations: BTreeMap<String, String> = [
+                    (
+                        RENEW_DEADLINE_ANNOTATION.to_owned(),
+                        format_seconds(t.renew_deadline()),
+                    ),
+                    (
+                        RETRY_PERIOD_ANNOTATION.to_owned(),
+                        format_seconds(t.retry_period()),
+                    ),
+                ]
+                .into();
+                metadata.annotations = Some(annotations);
+            }
+        } else {
+            metadata.resource_version = base_rv.map(str::to_owned);
+            metadata.managed_fields = None;
+        }
+        Lease {
+            metadata,
+            spec: Some(apply_spec(base.and_then(|l| l.spec.as_ref()), write)),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        kind: WriteKind,
+        base_rv: Option<String>,
+        write: SpecWrite,
+    ) -> Result<(), RunError> {
+        let body = self.lease_body(kind, base_rv.as_deref(), &write);
+        let limit = self.machine.request_timeout();
+        let sent_at = Instant::now();
+        let api = self.api.clone();
+        let name = self.cfg.name.clone();
+        let request = async move {
+            match kind {
+                WriteKind::Create => api.create(&PostParams::default(), &body).await,
+                _ => api.replace(&name, &PostParams::default(), &body).await,
+            }
+        };
+        let result = {
+            let mut request = std::pin::pin!(timeout(limit, request));
+            // Our term may end while the request is in flight: say so on time.
+            loop {
+                let deadline = self.machine.lead_deadline();
+                tokio::select! {
+                    r = &mut request => break r,
+                    () = sleep_until(deadline.unwrap_or(sent_at)), if deadline.is_some() => {
+                        let now = Instant::now();
+                        if let Some(ev) = self.machine.expire(now) {
+                            self.emit(ev)?;
+                            self.publish();
+                        }
+                    }
+                }
+            }
+        };
+        let now = Instant::now();
+        match result {
+            Ok(Ok(lease)) => {
+                let Some(rec) = Record::from_lease(&lease) else {
+                    self.machine.write_failed(Failure::Stale, now);
+                    return Ok(());
+                };
+                if kind == WriteKind::Renew {
+                    self.metrics
+                        .renew_latency
+                        .set((now - sent_at).as_secs_f64());
+                }
+                self.last_lease = Some(lease);
+                if let Some(ev) = self.machine.write_ok(kind, sent_at, rec, now) {
+                    self.emit(ev)?;
+                }
+            }
+            Ok(Err(err)) => {
+                if kind == WriteKind::Renew {
+                    self.metrics.renew_failures.inc();
+                }
+                self.check_denied(&err)?;
+                let stale = matches!(&err, kube::Error::Api(s) if s.code == 409 || s.code == 404);
+                debug!(?kind, error = %err, stale, "write failed");
+                let failure = if stale {
+                    Failure::Stale
+                } else {
+                    Failure::Transient
+                };
+                self.machine.write_failed(failure, now);
+            }
+            Err(_) => {
+                if kind == WriteKind::Renew {
+                    self.metrics.renew_failures.inc();
+                }
+                debug!(?kind, ?limit, "write timed out");
+                self.machine.write_failed(Failure::Transient, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown: stop leading first, then clear our name by CAS.
+    async fn release(&mut self, limit: Duration) {
+        let now = Instant::now();
+        if let Some(ev) = self.machine.step_down(now, EndReason::Shutdown) {
+            if let Err(err) = self.emit(ev) {
+                warn!("{err}");
+            }
+        }
+        self.publish();
+        let deadline = now + limit;
+        let mut attempts = 0;
+        while Instant::now() < deadline && attempts < 5 {
+            attempts += 1;
+            let Some(Action::Replace {
+                kind,
+                base_resource_version,
+                write,
+            }) = self.machine.release_action()
+            else {
+                return;
+            };
+            let body = self.lease_body(kind, Some(&base_resource_version), &write);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match timeout(
+                remaining,
+                self.api
+                    .replace(&self.cfg.name, &PostParams::default(), &body),
+            )
+            .await
+            {
+                Ok(Ok(lease)) => {
+                    info!("released the Lease");
+                    if let Some(rec) = Record::from_lease(&lease) {
+                        self.machine
+                            .observe(Observation::Present(rec), Instant::now());
+                    }
+                    self.publish();
+                    return;
+                }
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 => {
+                    // Changed meanwhile (e.g. by the controller): look again;
+                    // if it still names us, release that version.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match timeout(remaining, self.api.get_opt(&self.cfg.name)).await {
+                        Ok(Ok(Some(lease))) => {
+                            self.observe_lease(lease, Instant::now());
+                        }
+                        Ok(Ok(None)) => return,
+                        _ => {}
+                    }
+                }
+                Ok(Err(err)) => {
+                    warn!(error = %err, "releasing the Lease failed");
+                    sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => break,
+            }
+        }
+        warn!(
+            ?limit,
+            "could not release the Lease in time; the others take over when it expires"
+        );
+    }
+
+    fn emit(&mut self, ev: LeadEvent) -> Result<(), RunError> {
+        let (line, leading) = match ev {
+            LeadEvent::Started { token, at } => {
+                info!(token, "leading");
+                self.metrics.became_leader.inc();
+                (
+                    serde_json::json!({
+                        "event": "leading",
+                        "id": self.cfg.identity,
+                        "token": token,
+                        "mono_ns": clock::mono_ns(at) as u64,
+                        "unix_ns": clock::unix_ns() as u64,
+                    }),
+                    true,
+                )
+            }
+            LeadEvent::Ended { at, reason } => {
+                info!(reason = reason.as_str(), "stopped leading");
+                let late = Instant::now().saturating_duration_since(at);
+                (
+                    serde_json::json!({
+                        "event": "stopped",
+                        "id": self.cfg.identity,
+                        "reason": reason.as_str(),
+                        "mono_ns": clock::mono_ns(at) as u64,
+                        "unix_ns": clock::unix_ns().saturating_sub(late.as_nanos()) as u64,
+                    }),
+                    false,
+                )
+            }
+        };
+        self.metrics.is_leader.set(i64::from(leading));
+        self.publish();
+        if let Some(log) = &mut self.log {
+            log.write(&line)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let rec = self.machine.record();
+        let status = LeaderStatus {
+            holder: rec.and_then(|r| r.holder.clone()),
+            leading: self.machine.leading(now),
+            lead_until: self.machine.lead_deadline(),
+            token: self
+                .machine
+                .token()
+                .or_else(|| rec.filter(|r| r.holder.is_some()).map(|r| r.transitions)),
+            since: rec.and_then(|r| r.acquired),
+            observed: self.machine.observed(),
+            lease_exists: rec.is_some(),
+            connected: self.connected,
+        };
+        if let Some(token) = status.token {
+            self.metrics.fencing_token.set(i64::from(token));
+        }
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+}
+
+fn is_gone(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 410)
+}
+
+/// Lists the Lease once, then watches it from that version; re-watches from
+/// the last seen version when a watch ends, and lists again only when the
+/// version is too old (410). No polling: an idle candidate has one open
+/// request.
+async fn watch_lease(api: Api<Lease>, name: String, tx: mpsc::Sender<WatchMsg>) {
+    let fields = format!("metadata.name={name}");
+    let mut backoff = Duration::from_millis(100);
+    let max_backoff = Duration::from_secs(1);
+    'list: loop {
+        let listed = timeout(
+            Duration::from_secs(5),
+            api.list(&ListParams::default().fields(&fields)),
+        )
+        .await;
+        let list = match listed {
+            Ok(Ok(list)) => list,
+            other => {
+                if let Ok(Err(err)) = &other {
+                    debug!(error = %err, "listing the Lease failed");
+                }
+                if tx.send(WatchMsg::Connected(false)).await.is_err() {
+                    return;
+                }
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+                continue;
+            }
+        };
+        let mut resource_version = list.metadata.resource_version.clone().unwrap_or_default();
+        let lease = list.items.into_iter().next();
+        if tx
+            .send(WatchMsg::Listed {
+                lease,
+                resource_version: list.metadata.resource_version,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let params = WatchParams::default().fields(&fields).timeout(290);
+            let stream = match timeout(
+                Duration::from_secs(5),
+                api.watch(&params, &resource_version),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    let _ = tx.send(WatchMsg::Connected(false)).await;
+                    if is_gone(&err) {
+                        continue 'list;
+                    }
+                    debug!(error = %err, "watching the Lease failed");
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(max_backoff);
+                    continue;
+                }
+                Err(_) => {
+                    let _ = tx.send(WatchMsg::Connected(false)).await;
+                    continue;
+                }
+            };
+            if tx.send(WatchMsg::Connected(true)).await.is_err() {
+                return;
+            }
+            backoff = Duration::from_millis(100);
+            let mut stream = std::pin::pin!(stream.boxed());
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(WatchEvent::Added(lease) | WatchEvent::Modified(lease))) => {
+                        if let Some(rv) = &lease.metadata.resource_version {
+                            resource_version.clone_from(rv);
+                        }
+                        if tx.send(WatchMsg::Applied(lease)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(WatchEvent::Deleted(lease))) => {
+                        if let Some(rv) = &lease.metadata.resource_version {
+                            resource_version.clone_from(rv);
+                        }
+                        if tx.send(WatchMsg::Deleted(lease)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(WatchEvent::Bookmark(bookmark))) => {
+                        resource_version = bookmark.metadata.resource_version;
+                    }
+                    Ok(Some(WatchEvent::Error(status))) => {
+                        let _ = tx.send(WatchMsg::Connected(false)).await;
+                        if status.code != 410 {
+                            debug!(?status, "watch error");
+                            sleep(backoff).await;
+                        }
+                        continue 'list;
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        debug!(error = %err, "the Lease watch broke");
+                        let _ = tx.send(WatchMsg::Connected(false)).await;
+                        sleep(backoff).await;
+                        backoff = (backoff * 2).min(max_backoff);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

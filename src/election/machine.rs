@@ -1,0 +1,631 @@
+//! The election's decisions, free of I/O: given what was last observed of the
+//! Lease, when (on the local monotonic clock) it last changed, and who we
+//! are, what to do next. The driver ([`super::driver`]) performs the actions
+//! and feeds the outcomes back.
+//!
+//! Safety rests on two rules:
+//! - every write is a compare-and-swap on the observed `resourceVersion`, so
+//!   a write succeeds only if nobody else wrote since we looked;
+//! - a leader whose last successful renewal was *sent* at `s` leads until at
+//!   most `s + renewDeadline`, while anyone else may take over no earlier than
+//!   `leaseDuration` after *observing* that renewal (which happens after `s`).
+//!   `renewDeadline < leaseDuration` leaves the difference as margin.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Timings;
+use super::record::{Record, SpecWrite, lease_duration_seconds};
+
+/// Fixed settings of one candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Holder identity written into the Lease.
+    pub identity: String,
+    /// May this candidate create the Lease when it is missing?
+    pub can_create: bool,
+    /// `Some` (lock): our own timings, written as `leaseDurationSeconds` on
+    /// every acquire/renew. `None` (agent): the Lease's timings rule.
+    pub fixed: Option<Timings>,
+    /// Timings for a Lease we create without having seen one.
+    pub create_timings: Timings,
+    /// How long non-preferred candidates wait on a free Lease that names a
+    /// preferred holder, so that one can take it first.
+    pub preferred_defer: Duration,
+}
+
+/// One observation of the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    Present(Record),
+    /// The Lease does not exist. `continuous`: seen as a watch DELETED event
+    /// that directly follows what we observed before (nothing was missed).
+    /// `resource_version`: of the deletion or of the list that found nothing.
+    Missing {
+        continuous: bool,
+        resource_version: Option<String>,
+    },
+}
+
+/// What kind of write an action is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Create,
+    Acquire,
+    Renew,
+    Release,
+}
+
+/// The next step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// GET the Lease (after a conflict, or before anything is known).
+    Read,
+    /// POST a new Lease.
+    Create(SpecWrite),
+    /// PUT with `metadata.resourceVersion = base_resource_version`.
+    Replace {
+        kind: WriteKind,
+        base_resource_version: String,
+        write: SpecWrite,
+    },
+    /// Nothing to do until this instant (`None`: until the next watch event).
+    Wait(Option<Instant>),
+}
+
+/// Why a write failed, as far as the decision is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 409 (changed since observed, or already exists) or 404 on a PUT:
+    /// our view is stale; re-read, never overwrite.
+    Stale,
+    /// Timeout, connection error, 5xx, 429...: retry after a short pause.
+    Transient,
+}
+
+/// Why a term ended, for logs and the leadership log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// We cleared the holder ourselves (hand-off to a preferred candidate).
+    Released,
+    /// No renewal succeeded within renewDeadline.
+    DeadlinePassed,
+    /// The Lease names someone else (written by hand or by the controller).
+    Superseded,
+    /// The process is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::DeadlinePassed => "deadline_passed",
+            EndReason::Superseded => "superseded",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A change of our own leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadEvent {
+    Started { token: i32, at: Instant },
+    Ended { at: Instant, reason: EndReason },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Prior {
+    /// The Lease was free when it went away.
+    Free,
+    /// It was ours, and nobody can have taken it since.
+    Mine,
+    /// Someone (known or not) may hold a claim until this instant.
+    Claimed { until: Instant },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum View {
+    Unknown,
+    Present {
+        rec: Record,
+        changed_at: Instant,
+        /// The holder's claim ends here (local monotonic clock).
+        claim_until: Instant,
+        /// Longest lease duration seen for the current holder: a shortened
+        /// leaseDurationSeconds applies from the next holder on.
+        claim_ld: Duration,
+        /// A free Lease may not be taken before this (a claim carried over a
+        /// deletion).
+        free_not_before: Instant,
+    },
+    Missing {
+        prior: Prior,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lead {
+    token: i32,
+    valid_until: Instant,
+    next_renew: Instant,
+    last_sent: Instant,
+    timings: Timings,
+    preferred_seen: Option<String>,
+}
+
+/// The election state of one candidate.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    cfg: MachineConfig,
+    view: View,
+    lead: Option<Lead>,
+    stale: bool,
+    backoff_until: Option<Instant>,
+    /// Highest resourceVersion seen (when numeric): older observations that
+    /// arrive late (a slow watch event after our own write) are ignored.
+    high_water: Option<u64>,
+    /// Last `leaseTransitions` seen, so a re-created Lease continues the count.
+    last_transitions: Option<i32>,
+    /// Last lease duration seen, for claims of unknown holders.
+    known_ld: Duration,
+}
+
+fn later(a: Instant, b: Instant) -> Instant {
+    if a > b { a } else { b }
+}
+
+fn earlier(a: Instant, b: Instant) -> Instant {
+    if a < b { a } else { b }
+}
+
+impl Machine {
+    pub fn new(cfg: MachineConfig) -> Self {
+        let known_ld = cfg.fixed.unwrap_or(cfg.create_timings).lease_duration();
+        Self {
+            cfg,
+            view: View::Unknown,
+            lead: None,
+            stale: false,
+            backoff_until: None,
+            high_water: None,
+            last_transitions: None,
+            known_ld,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.cfg.identity
+    }
+
+    /// True while we lead (`now` before the end of our term).
+    pub fn leading(&self, now: Instant) -> bool {
+        self.lead.as_ref().is_some_and(|l| now < l.valid_until)
+    }
+
+    /// End of our current term unless a renewal extends it.
+    pub fn lead_deadline(&self) -> Option<Instant> {
+        self.lead.as_ref().map(|l| l.valid_until)
+    }
+
+    /// Fencing token of our term.
+    pub fn token(&self) -> Option<i32> {
+        self.lead.as_ref().map(|l| l.token)
+    }
+
+    /// The last observed record (`None`: missing or not yet known).
+    pub fn record(&self) -> Option<&Record> {
+        match &self.view {
+            View::Present { rec, .. } => Some(rec),
+            _ => None,
+        }
+    }
+
+    /// Whether anything about the Lease is known yet.
+    pub fn observed(&self) -> bool {
+        !matches!(self.view, View::Unknown)
+    }
+
+    /// The timings in force for us.
+    pub fn timings(&self) -> Timings {
+        if let Some(fixed) = self.cfg.fixed {
+            return fixed;
+        }
+        match &self.view {
+            View::Present { rec, .. } => rec.timings,
+            _ => self
+                .lead
+                .as_ref()
+                .map_or(self.cfg.create_timings, |l| l.timings),
+        }
+    }
+
+    /// Per-request timeout: far below renewDeadline, so the leader gets
+    /// several attempts before its deadline.
+    pub fn request_timeout(&self) -> Duration {
+        let t = self.timings();
+        t.retry_period()
+            .min(t.renew_deadline() / 3)
+            .max(Duration::from_millis(100))
+    }
+
+    fn failure_backoff(&self) -> Duration {
+        (self.timings().retry_period() / 2)
+            .min(Duration::from_millis(500))
+            .max(Duration::from_millis(50))
+    }
+
+    /// Is this observation older than one already seen?
+    fn outdated(&self, resource_version: Option<&str>) -> bool {
+        match (
+            self.high_water,
+            resource_version.and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            (Some(high), Some(rv)) => rv < high,
+            _ => false,
+        }
+    }
+
+    fn raise_high_water(&mut self, resource_version: Option<&str>) {
+        if let Some(rv) = resource_version.and_then(|v| v.parse::<u64>().ok()) {
+            self.high_water = Some(self.high_water.map_or(rv, |h| h.max(rv)));
+        }
+    }
+
+    /// Takes in one observation (watch event, list or read).
+    pub fn observe(&mut self, obs: Observation, now: Instant) -> Option<LeadEvent> {
+        match obs {
+            Observation::Present(rec) => self.observe_record(rec, now),
+            Observation::Missing {
+                continuous,
+                resource_version,
+            } => {
+                if self.outdated(resource_version.as_deref()) {
+                    return None;
+                }
+                self.raise_high_water(resource_version.as_deref());
+                self.stale = false;
+                let prior = if self.leading(now) {
+                    Prior::Mine
+                } else {
+                    match (&self.view, continuous) {
+                        (View::Missing { prior }, _) => prior.clone(),
+                        (
+                            View::Present {
+                                rec, claim_until, ..
+                            },
+                            true,
+                        ) => match rec.holder.as_deref() {
+                            None => Prior::Free,
+                            Some(h) if h == self.cfg.identity => Prior::Mine,
+                            Some(_) => Prior::Claimed {
+                                until: *claim_until,
+                            },
+                        },
+                        // Something may have happened that we did not see:
+                        // assume a fresh claim of the longest known duration.
+                        _ => Prior::Claimed {
+                            until: now + self.known_ld,
+                        },
+                    }
+                };
+                self.view = View::Missing { prior };
+                None
+            }
+        }
+    }
+
+    fn observe_record(&mut self, rec: Record, now: Instant) -> Option<LeadEvent> {
+        if self.outdated(Some(&rec.resource_version)) {
+            return None;
+        }
+        self.raise_high_water(Some(&rec.resource_version));
+        self.stale = false;
+        self.last_transitions = Some(rec.transitions);
+        self.known_ld = rec.timings.lease_duration();
+        let (claim_ld, free_not_before) = match &self.view {
+            View::Present {
+                rec: old,
+                claim_ld,
+                free_not_before,
+                ..
+            } => {
+                if old.resource_version == rec.resource_version && old.uid == rec.uid {
+                    return None; // same record: nothing changed, the clock keeps running
+                }
+                let ld = if old.holder.is_some() && old.holder == rec.holder {
+                    (*claim_ld).max(rec.timings.lease_duration())
+                } else {
+                    rec.timings.lease_duration()
+                };
+                let not_before = if old.uid == rec.uid {
+                    *free_not_before
+                } else {
+                    now
+                };
+                (ld, not_before)
+            }
+            View::Missing {
+                prior: Prior::Claimed { until },
+            } => (rec.timings.lease_duration(), *until),
+            _ => (rec.timings.lease_duration(), now),
+        };
+        let claim_until = later(now + claim_ld, free_not_before);
+        let mine = rec.holder.as_deref() == Some(self.cfg.identity.as_str());
+        let mut event = None;
+        if let Some(lead) = &mut self.lead {
+            if mine {
+                if self.cfg.fixed.is_none() && lead.timings != rec.timings {
+                    // Changed timings count from our last renewal; a shorter
+                    // deadline can only shorten the term.
+                    lead.timings = rec.timings;
+                    lead.valid_until = earlier(
+                        lead.valid_until,
+                        lead.last_sent + rec.timings.renew_deadline(),
+                    );
+                    lead.next_renew =
+                        earlier(lead.next_renew, lead.last_sent + rec.timings.retry_period());
+                }
+                if rec.preferred.is_none()
+                    || rec.preferred.as_deref() == Some(self.cfg.identity.as_str())
+                {
+                    lead.preferred_seen = rec.preferred.clone();
+                }
+            } else {
+                self.lead = None;
+                event = Some(LeadEvent::Ended {
+                    at: now,
+                    reason: EndReason::Superseded,
+                });
+            }
+        }
+        self.view = View::Present {
+            rec,
+            changed_at: now,
+            claim_until,
+            claim_ld,
+            free_not_before,
+        };
+        event
+    }
+
+    /// Ends our term if its deadline has passed. The end is reported at the
+    /// deadline itself, even when noticed later (a paused process).
+    pub fn expire(&mut self, now: Instant) -> Option<LeadEvent> {
+        let lead = self.lead.as_ref()?;
+        if now < lead.valid_until {
+            return None;
+        }
+        let at = lead.valid_until;
+        self.lead = None;
+        Some(LeadEvent::Ended {
+            at,
+            reason: EndReason::DeadlinePassed,
+        })
+    }
+
+    /// Ends our term now (shutdown), before the release is sent.
+    pub fn step_down(&mut self, now: Instant, reason: EndReason) -> Option<LeadEvent> {
+        self.lead.take().map(|lead| LeadEvent::Ended {
+            at: earlier(now, lead.valid_until),
+            reason,
+        })
+    }
+
+    /// Call just before performing `action`: a release ends our term first,
+    /// so we stop acting before anyone else can start.
+    pub fn begin(&mut self, action: &Action, now: Instant) -> Option<LeadEvent> {
+        match action {
+            Action::Replace {
+                kind: WriteKind::Release,
+                ..
+            } => self.step_down(now, EndReason::Released),
+            _ => None,
+        }
+    }
+
+    /// The write that clears our name from the Lease, if it names us.
+    pub fn release_action(&self) -> Option<Action> {
+        let View::Present { rec, .. } = &self.view else {
+            return None;
+        };
+        (rec.holder.as_deref() == Some(self.cfg.identity.as_str())).then(|| Action::Replace {
+            kind: WriteKind::Release,
+            base_resource_version: rec.resource_version.clone(),
+            write: SpecWrite {
+                holder: None,
+                transitions: rec.transitions,
+                new_term: false,
+                lease_duration_seconds: None,
+            },
+        })
+    }
+
+    fn fixed_lease_seconds(&self) -> Option<i32> {
+        self.cfg
+            .fixed
+            .map(|t| lease_duration_seconds(t.lease_duration()))
+    }
+
+    /// The next step at `now`. Call [`Machine::expire`] first.
+    pub fn decide(&self, now: Instant) -> Action {
+        if let Some(until) = self.backoff_until
+            && now < until
+        {
+            let until = self.lead_deadline().map_or(until, |d| earlier(d, until));
+            return Action::Wait(Some(until));
+        }
+        if self.stale || matches!(self.view, View::Unknown) {
+            return Action::Read;
+        }
+        let me = self.cfg.identity.as_str();
+        if let Some(lead) = &self.lead {
+            return match &self.view {
+                View::Present { rec, .. } => {
+                    let preferred_other = rec
+                        .preferred
+                        .as_deref()
+                        .is_some_and(|p| p != me && rec.preferred != lead.preferred_seen);
+                    if preferred_other {
+                        Action::Replace {
+                            kind: WriteKind::Release,
+                            base_resource_version: rec.resource_version.clone(),
+                            write: SpecWrite {
+                                holder: None,
+                                transitions: rec.transitions,
+                                new_term: false,
+                                lease_duration_seconds: None,
+                            },
+                        }
+                    } else if now >= lead.next_renew {
+                        Action::Replace {
+                            kind: WriteKind::Renew,
+                            base_resource_version: rec.resource_version.clone(),
+                            write: SpecWrite {
+                                holder: Some(me.to_owned()),
+                                transitions: rec.transitions,
+                                new_term: false,
+                                lease_duration_seconds: self.fixed_lease_seconds(),
+                            },
+                        }
+                    } else {
+                        Action::Wait(Some(earlier(lead.next_renew, lead.valid_until)))
+                    }
+                }
+                View::Missing { .. } if self.cfg.can_create => Action::Create(SpecWrite {
+                    holder: Some(me.to_owned()),
+                    transitions: lead.token,
+                    new_term: false,
+                    lease_duration_seconds: self.fixed_lease_seconds(),
+                }),
+                _ => Action::Wait(Some(lead.valid_until)),
+            };
+        }
+        match &self.view {
+            View::Unknown => Action::Read,
+            View::Missing { prior } => {
+                if !self.cfg.can_create {
+                    return Action::Wait(None);
+                }
+                let create = Action::Create(SpecWrite {
+                    holder: Some(me.to_owned()),
+                    transitions: self.last_transitions.map_or(0, |t| t.saturating_add(1)),
+                    new_term: true,
+                    lease_duration_seconds: Some(lease_duration_seconds(
+                        self.cfg
+                            .fixed
+                            .unwrap_or(self.cfg.create_timings)
+                            .lease_duration(),
+                    )),
+                });
+                match prior {
+                    Prior::Free | Prior::Mine => create,
+                    Prior::Claimed { until } if now >= *until => create,
+                    Prior::Claimed { until } => Action::Wait(Some(*until)),
+                }
+            }
+            View::Present {
+                rec,
+                changed_at,
+                claim_until,
+                free_not_before,
+                ..
+            } => {
+                let acquire = |reclaim: bool| Action::Replace {
+                    kind: WriteKind::Acquire,
+                    base_resource_version: rec.resource_version.clone(),
+                    write: SpecWrite {
+                        holder: Some(me.to_owned()),
+                        // client-go's rule: the count goes up whenever the
+                        // holder changes to us (also from an empty holder).
+                        transitions: if reclaim {
+                            rec.transitions
+                        } else {
+                            rec.transitions.saturating_add(1)
+                        },
+                        new_term: !reclaim,
+                        lease_duration_seconds: self.fixed_lease_seconds(),
+                    },
+                };
+                match rec.holder.as_deref() {
+                    None => {
+                        let mut at = *free_not_before;
+                        if rec.preferred.as_deref().is_some_and(|p| p != me) {
+                            at = later(at, *changed_at + self.cfg.preferred_defer);
+                        }
+                        if now >= at {
+                            acquire(false)
+                        } else {
+                            Action::Wait(Some(at))
+                        }
+                    }
+                    Some(h) if h == me => acquire(true),
+                    Some(_) if now >= *claim_until => acquire(false),
+                    Some(_) => Action::Wait(Some(*claim_until)),
+                }
+            }
+        }
+    }
+
+    /// A write succeeded; `sent_at` is when it was sent, `rec` what the API
+    /// server returned.
+    pub fn write_ok(
+        &mut self,
+        kind: WriteKind,
+        sent_at: Instant,
+        rec: Record,
+        now: Instant,
+    ) -> Option<LeadEvent> {
+        self.backoff_until = None;
+        let mine = rec.holder.as_deref() == Some(self.cfg.identity.as_str());
+        let token = rec.transitions;
+        let preferred = rec.preferred.clone();
+        let rec_timings = rec.timings;
+        let ended = self.observe_record(rec, now);
+        if !mine || kind == WriteKind::Release {
+            return ended;
+        }
+        let timings = self.cfg.fixed.unwrap_or(rec_timings);
+        let valid_until = sent_at + timings.renew_deadline();
+        let next_renew = sent_at + timings.retry_period();
+        if now >= valid_until {
+            // The answer came too late (a paused process): this term is
+            // already over; the next decision renews again.
+            self.lead = None;
+            return ended;
+        }
+        match &mut self.lead {
+            Some(lead) => {
+                lead.valid_until = valid_until;
+                lead.next_renew = next_renew;
+                lead.last_sent = sent_at;
+                lead.timings = timings;
+                lead.token = token;
+                None
+            }
+            None => {
+                self.lead = Some(Lead {
+                    token,
+                    valid_until,
+                    next_renew,
+                    last_sent: sent_at,
+                    timings,
+                    preferred_seen: preferred,
+                });
+                Some(LeadEvent::Started { token, at: now })
+            }
+        }
+    }
+
+    /// A write (or read) failed.
+    pub fn write_failed(&mut self, failure: Failure, now: Instant) {
+        match failure {
+            Failure::Stale => self.stale = true,
+            Failure::Transient => self.backoff_until = Some(now + self.failure_backoff()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,502 @@
+use super::*;
+use crate::election::TimingNames;
+
+const ME: &str = "me";
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn timings(lease: u64, renew: u64, retry: u64) -> Timings {
+    Timings::new(ms(lease), ms(renew), ms(retry), TimingNames::POLICY).expect("timings")
+}
+
+fn cfg() -> MachineConfig {
+    MachineConfig {
+        identity: ME.into(),
+        can_create: false,
+        fixed: None,
+        create_timings: Timings::default(),
+        preferred_defer: ms(300),
+    }
+}
+
+fn rec(rv: u64, holder: Option<&str>, transitions: i32) -> Record {
+    Record {
+        uid: "u1".into(),
+        resource_version: rv.to_string(),
+        holder: holder.map(str::to_owned),
+        transitions,
+        preferred: None,
+        timings: timings(3000, 2000, 500),
+        acquired: None,
+    }
+}
+
+fn present(r: Record) -> Observation {
+    Observation::Present(r)
+}
+
+fn acquire_write(transitions: i32, new_term: bool) -> SpecWrite {
+    SpecWrite {
+        holder: Some(ME.into()),
+        transitions,
+        new_term,
+        lease_duration_seconds: None,
+    }
+}
+
+/// Makes `m` the leader at `t0` with a lease record at resourceVersion 2.
+fn leading_machine(t0: Instant) -> Machine {
+    let mut m = Machine::new(cfg());
+    m.observe(present(rec(1, None, 4)), t0);
+    assert!(matches!(
+        m.decide(t0),
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            ..
+        }
+    ));
+    let ev = m.write_ok(WriteKind::Acquire, t0, rec(2, Some(ME), 5), t0);
+    assert_eq!(ev, Some(LeadEvent::Started { token: 5, at: t0 }));
+    m
+}
+
+/// Table: a follower's decision for one observed record at a given age.
+#[test]
+fn follower_decisions() {
+    struct Case {
+        name: &'static str,
+        holder: Option<&'static str>,
+        preferred: Option<&'static str>,
+        age_ms: u64,
+        want: fn(Instant) -> Action,
+    }
+    let cases = [
+        Case {
+            name: "free lease: acquire at once, transitions +1 (client-go counts releases too)",
+            holder: None,
+            preferred: None,
+            age_ms: 0,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(8, true),
+            },
+        },
+        Case {
+            name: "held by another, not expired: wait for the expiry",
+            holder: Some("other"),
+            preferred: None,
+            age_ms: 1000,
+            want: |t0| Action::Wait(Some(t0 + ms(3000))),
+        },
+        Case {
+            name: "held by another, just at expiry: acquire",
+            holder: Some("other"),
+            preferred: None,
+            age_ms: 3000,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(8, true),
+            },
+        },
+        Case {
+            name: "holder is me (restarted process): reclaim, same term and count",
+            holder: Some(ME),
+            preferred: None,
+            age_ms: 0,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(7, false),
+            },
+        },
+        Case {
+            name: "free lease naming another preferred holder: defer",
+            holder: None,
+            preferred: Some("pref"),
+            age_ms: 100,
+            want: |t0| Action::Wait(Some(t0 + ms(300))),
+        },
+        Case {
+            name: "free lease naming another preferred holder, defer over: acquire",
+            holder: None,
+            preferred: Some("pref"),
+            age_ms: 300,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(8, true),
+            },
+        },
+        Case {
+            name: "free lease naming me preferred: acquire at once",
+            holder: None,
+            preferred: Some(ME),
+            age_ms: 0,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(8, true),
+            },
+        },
+        Case {
+            name: "expired holder that was preferred: no defer needed",
+            holder: Some("pref"),
+            preferred: Some("pref"),
+            age_ms: 3000,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(8, true),
+            },
+        },
+    ];
+    for case in cases {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg());
+        let mut r = rec(10, case.holder, 7);
+        r.preferred = case.preferred.map(str::to_owned);
+        m.observe(present(r), t0);
+        let got = m.decide(t0 + ms(case.age_ms));
+        assert_eq!(got, (case.want)(t0), "{}", case.name);
+    }
+}
+
+#[test]
+fn expiry_counts_from_the_last_observed_change_not_from_renew_time() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    m.observe(present(rec(10, Some("other"), 1)), t0);
+    // The same record seen again (a relist) does not restart the clock.
+    m.observe(present(rec(10, Some("other"), 1)), t0 + ms(2000));
+    assert_eq!(m.decide(t0 + ms(2000)), Action::Wait(Some(t0 + ms(3000))));
+    // A renewal (new resourceVersion) does.
+    m.observe(present(rec(11, Some("other"), 1)), t0 + ms(2500));
+    assert_eq!(m.decide(t0 + ms(3000)), Action::Wait(Some(t0 + ms(5500))));
+}
+
+#[test]
+fn late_older_events_are_ignored() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    // The watch delivers the pre-acquire record after our write's answer.
+    assert_eq!(m.observe(present(rec(1, None, 4)), t0 + ms(10)), None);
+    assert!(m.leading(t0 + ms(10)));
+    assert_eq!(m.record().map(|r| r.resource_version.as_str()), Some("2"));
+}
+
+#[test]
+fn leader_renews_every_retry_period_and_leads_until_send_plus_deadline() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    assert_eq!(m.decide(t0 + ms(100)), Action::Wait(Some(t0 + ms(500))));
+    let renew = m.decide(t0 + ms(500));
+    assert_eq!(
+        renew,
+        Action::Replace {
+            kind: WriteKind::Renew,
+            base_resource_version: "2".into(),
+            write: acquire_write(5, false),
+        }
+    );
+    // Renewal sent at 500 ms, answered at 700 ms: lead until 500 + 2000.
+    let ev = m.write_ok(
+        WriteKind::Renew,
+        t0 + ms(500),
+        rec(3, Some(ME), 5),
+        t0 + ms(700),
+    );
+    assert_eq!(ev, None);
+    assert_eq!(m.lead_deadline(), Some(t0 + ms(2500)));
+    assert_eq!(m.token(), Some(5));
+}
+
+#[test]
+fn failing_renewals_end_the_term_at_the_deadline_not_later() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    for step in 1..=8u64 {
+        let now = t0 + ms(250 * step);
+        if m.expire(now).is_some() {
+            break;
+        }
+        m.write_failed(Failure::Transient, now);
+    }
+    assert!(!m.leading(t0 + ms(2000)));
+    // Noticed late (paused process): reported at the deadline itself.
+    let mut m = leading_machine(t0);
+    assert_eq!(
+        m.expire(t0 + ms(9000)),
+        Some(LeadEvent::Ended {
+            at: t0 + ms(2000),
+            reason: EndReason::DeadlinePassed
+        })
+    );
+    // The next step is to try again, as a follower that sees its own name.
+    assert!(matches!(
+        m.decide(t0 + ms(9000)),
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_renewal_answered_after_the_deadline_does_not_extend_the_term() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let ev = m.write_ok(
+        WriteKind::Renew,
+        t0 + ms(500),
+        rec(3, Some(ME), 5),
+        t0 + ms(2600),
+    );
+    assert_eq!(ev, None);
+    assert!(!m.leading(t0 + ms(2600)));
+}
+
+#[test]
+fn conflict_means_read_never_overwrite() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    m.observe(present(rec(10, None, 0)), t0);
+    m.write_failed(Failure::Stale, t0);
+    assert_eq!(m.decide(t0), Action::Read);
+    // The read shows someone else won.
+    m.observe(present(rec(11, Some("other"), 1)), t0 + ms(5));
+    assert_eq!(m.decide(t0 + ms(5)), Action::Wait(Some(t0 + ms(3005))));
+}
+
+#[test]
+fn transient_failures_back_off() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    m.observe(present(rec(10, None, 0)), t0);
+    m.write_failed(Failure::Transient, t0);
+    assert_eq!(m.decide(t0), Action::Wait(Some(t0 + ms(250))));
+}
+
+#[test]
+fn another_holder_in_the_record_ends_our_term_at_once() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let ev = m.observe(present(rec(3, Some("intruder"), 6)), t0 + ms(100));
+    assert_eq!(
+        ev,
+        Some(LeadEvent::Ended {
+            at: t0 + ms(100),
+            reason: EndReason::Superseded
+        })
+    );
+}
+
+#[test]
+fn hand_off_to_a_preferred_holder_happens_once() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let mut r = rec(3, Some(ME), 5);
+    r.preferred = Some("pref".into());
+    m.observe(present(r), t0 + ms(100));
+    let action = m.decide(t0 + ms(100));
+    assert!(
+        matches!(
+            action,
+            Action::Replace {
+                kind: WriteKind::Release,
+                ..
+            }
+        ),
+        "{action:?}"
+    );
+    // Releasing ends our term before the write is sent.
+    assert!(matches!(
+        m.begin(&action, t0 + ms(100)),
+        Some(LeadEvent::Ended {
+            reason: EndReason::Released,
+            ..
+        })
+    ));
+    let mut released = rec(4, None, 5);
+    released.preferred = Some("pref".into());
+    m.write_ok(
+        WriteKind::Release,
+        t0 + ms(100),
+        released.clone(),
+        t0 + ms(110),
+    );
+    assert!(!m.leading(t0 + ms(110)));
+    // We defer to the preferred candidate ...
+    assert_eq!(m.decide(t0 + ms(120)), Action::Wait(Some(t0 + ms(410))));
+    // ... and if it never comes, take the Lease back and keep it: the
+    // annotation we saw at the start of the term does not make us release.
+    let action = m.decide(t0 + ms(410));
+    assert!(matches!(
+        action,
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            ..
+        }
+    ));
+    let mut mine = rec(5, Some(ME), 6);
+    mine.preferred = Some("pref".into());
+    m.write_ok(WriteKind::Acquire, t0 + ms(410), mine, t0 + ms(420));
+    assert!(matches!(m.decide(t0 + ms(430)), Action::Wait(_)));
+}
+
+#[test]
+fn shutdown_release_only_when_the_record_names_us() {
+    let t0 = Instant::now();
+    let m = leading_machine(t0);
+    assert!(matches!(
+        m.release_action(),
+        Some(Action::Replace {
+            kind: WriteKind::Release,
+            write: SpecWrite {
+                holder: None,
+                transitions: 5,
+                ..
+            },
+            ..
+        })
+    ));
+    let mut f = Machine::new(cfg());
+    f.observe(present(rec(1, Some("other"), 1)), t0);
+    assert_eq!(f.release_action(), None);
+}
+
+#[test]
+fn missing_lease_rules() {
+    let t0 = Instant::now();
+    let creating = MachineConfig {
+        can_create: true,
+        ..cfg()
+    };
+    let missing = |continuous| Observation::Missing {
+        continuous,
+        resource_version: Some("50".into()),
+    };
+
+    // Without create permission: wait for the controller to create it.
+    let mut m = Machine::new(cfg());
+    m.observe(missing(false), t0);
+    assert_eq!(m.decide(t0), Action::Wait(None));
+
+    // Never seen: someone unknown may hold a claim; wait a lease duration.
+    let mut m = Machine::new(creating.clone());
+    m.observe(missing(false), t0);
+    assert_eq!(m.decide(t0), Action::Wait(Some(t0 + ms(15_000))));
+    assert!(matches!(
+        m.decide(t0 + ms(15_000)),
+        Action::Create(SpecWrite {
+            transitions: 0,
+            new_term: true,
+            ..
+        })
+    ));
+
+    // Deleted while free (continuous watch): create at once.
+    let mut m = Machine::new(creating.clone());
+    m.observe(present(rec(10, None, 3)), t0);
+    m.observe(missing(true), t0 + ms(10));
+    assert!(matches!(
+        m.decide(t0 + ms(10)),
+        Action::Create(SpecWrite { transitions: 4, .. })
+    ));
+
+    // Deleted while another held it: its claim still runs out first.
+    let mut m = Machine::new(creating.clone());
+    m.observe(present(rec(10, Some("other"), 3)), t0);
+    m.observe(missing(true), t0 + ms(10));
+    assert_eq!(m.decide(t0 + ms(10)), Action::Wait(Some(t0 + ms(3000))));
+    // ... also when it is re-created free by someone else meanwhile.
+    m.observe(
+        present(Record {
+            uid: "u2".into(),
+            ..rec(60, None, 0)
+        }),
+        t0 + ms(20),
+    );
+    assert_eq!(m.decide(t0 + ms(20)), Action::Wait(Some(t0 + ms(3000))));
+
+    // Deleted under the leader: it keeps its term and re-creates at once,
+    // continuing the same term and fencing token.
+    let mut m = Machine::new(creating);
+    m.observe(present(rec(1, None, 4)), t0);
+    m.write_ok(WriteKind::Acquire, t0, rec(2, Some(ME), 5), t0);
+    m.observe(missing(true), t0 + ms(100));
+    assert!(m.leading(t0 + ms(100)));
+    assert_eq!(
+        m.decide(t0 + ms(100)),
+        Action::Create(SpecWrite {
+            holder: Some(ME.into()),
+            transitions: 5,
+            new_term: false,
+            lease_duration_seconds: None
+        })
+    );
+}
+
+#[test]
+fn deleted_lease_without_create_permission_keeps_the_term_until_its_deadline() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    m.observe(
+        Observation::Missing {
+            continuous: true,
+            resource_version: Some("9".into()),
+        },
+        t0 + ms(100),
+    );
+    assert_eq!(m.decide(t0 + ms(100)), Action::Wait(Some(t0 + ms(2000))));
+}
+
+#[test]
+fn shortened_lease_duration_applies_from_the_next_holder() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    m.observe(present(rec(10, Some("other"), 1)), t0);
+    let mut shorter = rec(11, Some("other"), 1);
+    shorter.timings = timings(1000, 600, 100);
+    m.observe(present(shorter), t0 + ms(100));
+    // Still the old 3 s from the latest change, not 1 s.
+    assert_eq!(m.decide(t0 + ms(100)), Action::Wait(Some(t0 + ms(3100))));
+}
+
+#[test]
+fn lock_writes_its_own_lease_duration() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(MachineConfig {
+        fixed: Some(timings(2500, 1500, 300)),
+        ..cfg()
+    });
+    m.observe(present(rec(10, None, 0)), t0);
+    let Action::Replace { write, .. } = m.decide(t0) else {
+        panic!("acquire expected");
+    };
+    assert_eq!(write.lease_duration_seconds, Some(3));
+    m.write_ok(WriteKind::Acquire, t0, rec(11, Some(ME), 1), t0);
+    // Our own renew deadline rules our term.
+    assert_eq!(m.lead_deadline(), Some(t0 + ms(1500)));
+}
+
+#[test]
+fn changed_timings_shorten_the_running_term() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let mut r = rec(3, Some(ME), 5);
+    r.timings = timings(2000, 1000, 200);
+    m.observe(present(r), t0 + ms(50));
+    assert_eq!(m.lead_deadline(), Some(t0 + ms(1000)));
+    assert_eq!(
+        m.decide(t0 + ms(200)),
+        Action::Replace {
+            kind: WriteKind::Renew,
+            base_resource_version: "3".into(),
+            write: acquire_write(5, false),
+        }
+    );
+}
