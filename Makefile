@@ -17,7 +17,7 @@ BIN := $(CURDIR)/target/release/zen-lead
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd install run test demo lint cluster-up cluster-down certs
+.PHONY: help build crd install run bench-webhook test demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,8 +34,16 @@ install: ## Apply the CRDs to the cluster of the current kubeconfig
 	$(KUBECTL) apply --server-side --field-manager=zen-lead -f charts/zen-lead/crds/
 	$(KUBECTL) wait --for=condition=Established --timeout=60s -f charts/zen-lead/crds/
 
-run: build ## Run the controller against the current kubeconfig
-	$(BIN) controller --tls-cert-file certs/tls.crt --tls-key-file certs/tls.key
+# make run WEBHOOK_PORT=... ADMIN_PORT=... to move the local ports.
+WEBHOOK_PORT ?= 9443
+ADMIN_PORT ?= 9480
+
+run: build ## Run the controller (webhook) on loopback and register it with the current kubeconfig's cluster
+	BIN=$(BIN) KUBECTL=$(KUBECTL) WEBHOOK_PORT=$(WEBHOOK_PORT) ADMIN_PORT=$(ADMIN_PORT) bash webhook-config/run-local.sh
+
+bench-webhook: ## Admission latency/throughput over TLS vs. a controller-runtime peer
+	bash tests/peers/go-webhook/build.sh
+	$(CARGO) bench --locked --bench webhook
 
 certs: build ## Generate development certificates into certs/ (kept if present)
 	@if [ -f certs/tls.crt ]; then echo "certs/ already has certificates (zen-lead certs --force to replace)"; \

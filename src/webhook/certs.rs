@@ -37,7 +37,9 @@ pub fn certified_key(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("the certificate is not valid PEM: {e}")))?;
     if chain.is_empty() {
-        return Err(bad("the certificate file has no PEM CERTIFICATE block".to_owned()));
+        return Err(bad(
+            "the certificate file has no PEM CERTIFICATE block".to_owned()
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| bad(format!("the private key is not a PEM private key: {e}")))?;
@@ -45,8 +47,11 @@ pub fn certified_key(
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
     // Checks that the key belongs to the certificate.
-    CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| bad(format!("the certificate and key do not form a TLS identity: {e}")))
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        bad(format!(
+            "the certificate and key do not form a TLS identity: {e}"
+        ))
+    })
 }
 
 /// The certificate currently served, and where it is reloaded from.
@@ -97,7 +102,11 @@ impl CertStore {
     }
 
     /// A store for a certificate held in memory (self-managed mode, tests).
-    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<Arc<Self>, WebhookError> {
+    pub fn from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        origin: &str,
+    ) -> Result<Arc<Self>, WebhookError> {
         let certified = certified_key(cert_pem, key_pem, origin)?;
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(certified)),
@@ -108,9 +117,19 @@ impl CertStore {
 
     /// Serves `cert_pem`/`key_pem` from the next handshake on, if valid.
     /// Returns whether they differ from what was served.
-    pub fn replace_pem(&self, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<bool, WebhookError> {
+    pub fn replace_pem(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        origin: &str,
+    ) -> Result<bool, WebhookError> {
         let print = fingerprint(cert_pem, key_pem);
-        if *self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == print {
+        if *self
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == print
+        {
             return Ok(false);
         }
         let result = certified_key(cert_pem, key_pem, origin);

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::{AddOperation, MoveOperation, PatchOperation};
 use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, MoveOperation, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
@@ -155,9 +155,15 @@ impl std::fmt::Display for PoolOrigin {
 pub enum Membership {
     /// No `zen-lead/pool` annotation on the pod or its owners.
     None,
-    /// `zen-lead/join: "false"`.
-    OptedOut { pool: String },
-    Member { pool: String, origin: PoolOrigin },
+    /// `zen-lead/join: "false"` (`pool`: the pool it would have joined, if
+    /// one is named).
+    OptedOut {
+        pool: Option<String>,
+    },
+    Member {
+        pool: String,
+        origin: PoolOrigin,
+    },
 }
 
 /// The first thing the handler asks: can the pod alone settle membership, or
@@ -190,10 +196,14 @@ pub enum Denial {
 /// What is known about the pool's LeaderPolicy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyState {
-    Found { activation: Activation },
+    Found {
+        activation: Activation,
+    },
     Missing,
     /// The lookup failed; the pod still gets the defaults.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
 }
 
 /// What happened to a pod, for logs and metrics.
@@ -330,8 +340,10 @@ pub fn membership(pod: &Pod, chain: &[OwnerMeta]) -> Result<Membership, Denial> 
         }
     }
     Ok(match (pool, join) {
+        (pool, Some(false)) => Membership::OptedOut {
+            pool: pool.map(|(p, _)| p),
+        },
         (None, _) => Membership::None,
-        (Some((pool, _)), Some(false)) => Membership::OptedOut { pool },
         (Some((pool, origin)), _) => Membership::Member { pool, origin },
     })
 }
@@ -568,7 +580,10 @@ fn injection_patch(
     // Readiness gate, unless the user already declared it.
     let gate = json!({ "conditionType": CANDIDATE_READINESS_GATE });
     match spec.and_then(|s| s.readiness_gates.as_ref()) {
-        Some(gates) if gates.iter().any(|g| g.condition_type == CANDIDATE_READINESS_GATE) => {}
+        Some(gates)
+            if gates
+                .iter()
+                .any(|g| g.condition_type == CANDIDATE_READINESS_GATE) => {}
         Some(gates) if !gates.is_empty() => ops.push(add(&["spec", "readinessGates", "-"], gate)),
         _ => ops.push(add(&["spec", "readinessGates"], Value::Array(vec![gate]))),
     }
@@ -661,8 +676,15 @@ mod tests {
         assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
         let injected = apply(&p, &d.patch);
         let names = |p: &Pod| -> Vec<String> {
-            p.spec.as_ref().expect("spec").init_containers.as_ref().expect("init")
-                .iter().map(|c| c.name.clone()).collect()
+            p.spec
+                .as_ref()
+                .expect("spec")
+                .init_containers
+                .as_ref()
+                .expect("init")
+                .iter()
+                .map(|c| c.name.clone())
+                .collect()
         };
         assert_eq!(names(&injected), [AGENT_CONTAINER, "migrate"]);
         // Another webhook prepends an init container; reinvocation fixes the order.
@@ -673,7 +695,10 @@ mod tests {
         inits.push(agent);
         let fix = reinvocation(&displaced);
         assert_eq!(fix.outcome, Outcome::Reordered);
-        assert_eq!(names(&apply(&displaced, &fix.patch)), [AGENT_CONTAINER, "migrate"]);
+        assert_eq!(
+            names(&apply(&displaced, &fix.patch)),
+            [AGENT_CONTAINER, "migrate"]
+        );
     }
 
     #[test]
@@ -720,7 +745,7 @@ mod tests {
         assert_eq!(
             membership(&p, &[opted, cron]).expect("ok"),
             Membership::OptedOut {
-                pool: "reports".into()
+                pool: Some("reports".into())
             }
         );
     }
@@ -749,7 +774,11 @@ mod tests {
         );
         assert_eq!(d.outcome, Outcome::ApiUnavailable);
         assert!(d.patch.is_empty());
-        assert!(d.warnings[0].contains("not provide yet"), "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].contains("not provide yet"),
+            "{:?}",
+            d.warnings
+        );
     }
 
     #[test]

@@ -118,7 +118,9 @@ impl Config {
             });
         }
         let tls = match args.tls_mode {
-            TlsMode::SelfManaged => TlsSource::SelfManaged(self_managed::Settings::from_args(args)?),
+            TlsMode::SelfManaged => {
+                TlsSource::SelfManaged(self_managed::Settings::from_args(args)?)
+            }
             TlsMode::Files => {
                 for (flag, path) in [
                     ("--tls-cert-file", &args.tls_cert_file),
@@ -153,8 +155,8 @@ impl Config {
             }
         }
         let mut inject = InjectConfig::with_image(args.agent_image.trim());
-        inject.image_pull_policy =
-            (!args.agent_image_pull_policy.is_empty()).then(|| args.agent_image_pull_policy.clone());
+        inject.image_pull_policy = (!args.agent_image_pull_policy.is_empty())
+            .then(|| args.agent_image_pull_policy.clone());
         inject.cpu_request = args.agent_cpu_request.clone();
         inject.memory_request = args.agent_memory_request.clone();
         inject.memory_limit = args.agent_memory_limit.clone();
@@ -220,9 +222,12 @@ pub async fn serve(
     let running = server::start(options, store.clone(), lookup, registry).await?;
     let metrics = running.metrics.clone();
     let task = match (&config.tls, background) {
-        (TlsSource::Files { reload_interval, .. }, _) => {
-            store.spawn_reloader(*reload_interval, move |ok| metrics.reloaded(ok))
-        }
+        (
+            TlsSource::Files {
+                reload_interval, ..
+            },
+            _,
+        ) => store.spawn_reloader(*reload_interval, move |ok| metrics.reloaded(ok)),
         (_, Some(manager)) => manager.spawn(store, metrics),
         _ => tokio::spawn(async {}),
     };

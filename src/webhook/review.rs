@@ -119,7 +119,13 @@ fn review_reply(api_version: &str, response: ResponseOut<'_>, outcome: &'static 
     }
 }
 
-fn refuse(api_version: &str, uid: &str, code: u16, message: String, outcome: &'static str) -> Reply {
+fn refuse(
+    api_version: &str,
+    uid: &str,
+    code: u16,
+    message: String,
+    outcome: &'static str,
+) -> Reply {
     review_reply(
         api_version,
         ResponseOut {

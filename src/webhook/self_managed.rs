@@ -282,7 +282,13 @@ impl Manager {
             let mut config = api.get(name).await.map_err(err)?;
             let mut changed = false;
             for hook in config.webhooks.iter_mut().flatten() {
-                if hook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca) {
+                if hook
+                    .client_config
+                    .ca_bundle
+                    .as_ref()
+                    .map(|b| b.0.as_slice())
+                    != Some(ca)
+                {
                     hook.client_config.ca_bundle = Some(ByteString(ca.to_vec()));
                     changed = true;
                 }

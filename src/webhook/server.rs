@@ -171,7 +171,10 @@ async fn mutate<L: Lookup>(State(state): State<Arc<AppState<L>>>, request: Reque
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(err) => {
-                if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     return (
                         "too_large",
                         text(
@@ -184,7 +187,10 @@ async fn mutate<L: Lookup>(State(state): State<Arc<AppState<L>>>, request: Reque
                 }
                 return (
                     "bad_request",
-                    text(StatusCode::BAD_REQUEST, format!("could not read the request body: {err}")),
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!("could not read the request body: {err}"),
+                    ),
                 );
             }
         };

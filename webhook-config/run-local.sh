@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# `make run`: zen-lead controller on this host against the current kubeconfig,
+# with the development certificates in certs/, and the local webhook
+# configuration registered so annotated workloads applied afterwards are
+# injected. Ctrl-C stops the controller and removes the registration (a
+# registration pointing at nothing would block labelled pods: failurePolicy Fail).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-target/release/zen-lead}
+KUBECTL=${KUBECTL:-kubectl}
+WEBHOOK_PORT=${WEBHOOK_PORT:-9443}
+ADMIN_PORT=${ADMIN_PORT:-9480}
+
+if [ ! -f certs/tls.crt ] || [ ! -f certs/ca.crt ]; then
+  "$BIN" certs --out certs --dns localhost --ip 127.0.0.1
+fi
+
+"$BIN" controller \
+  --webhook-addr "127.0.0.1:${WEBHOOK_PORT}" \
+  --admin-addr "127.0.0.1:${ADMIN_PORT}" \
+  --tls-cert-file certs/tls.crt --tls-key-file certs/tls.key &
+pid=$!
+cleanup() {
+  "$KUBECTL" delete mutatingwebhookconfiguration zen-lead --ignore-not-found >/dev/null 2>&1 || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+# Register only once the webhook answers, so the Fail entry never points at
+# a server that is not there yet.
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$pid" 2>/dev/null; then echo "zen-lead controller exited" >&2; exit 1; fi
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null
+
+ca=$(base64 -w0 certs/ca.crt)
+sed -e "s|\${WEBHOOK_PORT}|${WEBHOOK_PORT}|g" -e "s|\${CA_BUNDLE}|${ca}|g" webhook-config/local.yaml \
+  | "$KUBECTL" apply -f -
+echo "zen-lead webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate (admin http://127.0.0.1:${ADMIN_PORT}); Ctrl-C stops it"
+wait "$pid"
