@@ -103,6 +103,11 @@ pub enum Command {
 
     /// Print the version and git commit.
     Version,
+
+    /// Internal: the supervisor `zen-lead lock` runs CMD under, so CMD is
+    /// stopped on time even if the lock process itself is paused or killed.
+    #[command(hide = true)]
+    LockGuard(LockGuardArgs),
 }
 
 const CONTROLLER_ABOUT: &str = "\
@@ -287,6 +292,48 @@ pub struct AgentArgs {
         value_parser = parse_duration
     )]
     pub release_timeout: Duration,
+
+    /// How the candidate is named in the Lease. `pod`: `<pod-name>_<first 8
+    /// characters of the UID>`. `custom`: the value of --identity (the pod's
+    /// zen-lead/identity annotation). `auto`: custom when --identity is set.
+    #[arg(
+        long,
+        value_enum,
+        env = "ZEN_LEAD_IDENTITY_STRATEGY",
+        default_value_t = AgentIdentityStrategy::Auto
+    )]
+    pub identity_strategy: AgentIdentityStrategy,
+
+    /// Create the Lease when it does not exist (standalone use and tests). In
+    /// a cluster the controller creates it, and candidates may not.
+    #[arg(long, env = "ZEN_LEAD_CREATE_LEASE")]
+    pub create_lease: bool,
+
+    /// When the Lease is free and names another preferred holder
+    /// (zen-lead.io/preferred-holder), wait this long before competing for it.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_PREFERRED_DEFER",
+        default_value = "300ms",
+        value_parser = parse_duration
+    )]
+    pub preferred_defer: Duration,
+
+    /// Append one JSON line per change of this agent's leadership to FILE,
+    /// with CLOCK_MONOTONIC timestamps (for tests and audits).
+    #[arg(long, env = "ZEN_LEAD_LEADERSHIP_LOG", value_name = "FILE")]
+    pub leadership_log: Option<PathBuf>,
+}
+
+/// `zen-lead agent --identity-strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentIdentityStrategy {
+    /// `custom` when --identity is non-empty, else `pod`.
+    Auto,
+    /// Pod name plus the first 8 characters of the pod UID.
+    Pod,
+    /// The value of --identity.
+    Custom,
 }
 
 /// Flags of `zen-lead lock`.
@@ -324,10 +371,28 @@ pub struct LockArgs {
     pub retry_period: Duration,
 
     /// After the lock is lost: time between SIGTERM and SIGKILL to CMD.
-    #[arg(long, env = "ZEN_LEAD_LOCK_GRACE_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    /// --renew-deadline plus this must stay below --lease-duration, so CMD is
+    /// gone before anyone else can acquire the lock.
+    #[arg(long, env = "ZEN_LEAD_LOCK_GRACE_PERIOD", default_value = "4s", value_parser = parse_duration)]
     pub grace_period: Duration,
 
     /// The command to run under the lock, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Flags of the internal `zen-lead lock-guard`.
+#[derive(Debug, Args)]
+pub struct LockGuardArgs {
+    /// Unix socket of the `zen-lead lock` process that started this guard.
+    #[arg(long, env = "ZEN_LEAD_LOCK_GUARD_SOCKET")]
+    pub socket: PathBuf,
+
+    /// Time between SIGTERM and SIGKILL when CMD must stop.
+    #[arg(long, env = "ZEN_LEAD_LOCK_GUARD_GRACE_PERIOD", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    /// The command to run.
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,
 }

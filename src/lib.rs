@@ -80,19 +80,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Agent(args) => {
             let config = agent::Config::from_args(&args)?;
             tracing::debug!(?config, "agent configuration");
-            Err(Error::NotImplemented {
-                command: "agent",
-                issue: "issue 4",
-            })
+            Ok(agent::run(&config).await?)
         }
         Command::Lock(args) => {
             let request = lock::Request::from_args(&args)?;
             tracing::debug!(?request, "lock request");
-            Err(Error::NotImplemented {
-                command: "lock",
-                issue: "issue 4",
-            })
+            Ok(lock::run(request).await?)
         }
+        Command::LockGuard(args) => Ok(lock::guard::run(&args).await?),
         Command::Crd => print(&api::crd_yaml()?),
         Command::Certs(args) => certs(&args),
         Command::Version => print(&format!("zen-lead {}\n", cli::LONG_VERSION)),

@@ -1,15 +1,28 @@
-//! `zen-lead agent` (issue 4): one pod's candidacy in its pool's Lease
-//! election, injected into pool pods as a native sidecar. Serves probes, the
-//! local leadership API and metrics; later (issue 8) it also gates the app's
-//! Kubernetes API writes.
+//! `zen-lead agent`: one pod's candidacy in its pool's Lease election,
+//! injected into pool pods as a native sidecar. Serves probes, the local
+//! leadership API and metrics (see [`http`]); later (issue 8) it also gates
+//! the app's Kubernetes API writes.
 //!
-//! What exists now is its configuration, validated at start-up.
+//! Losing leadership never ends the agent: it becomes a follower again. Only
+//! SIGTERM/SIGINT end it, after releasing the Lease if it holds it.
+
+pub mod http;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
 use crate::api::validate_pool_name;
-use crate::cli::AgentArgs;
+use crate::cli::{AgentArgs, AgentIdentityStrategy};
+use crate::election::{
+    Elector, ElectorConfig, Metrics, RunError, Timings, counting_client, driver::ClientError,
+};
 
 /// The pod the agent runs in, from the downward API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +37,13 @@ pub struct PodRef {
 pub struct Config {
     pub pool: String,
     pub pod: PodRef,
-    /// `Some` for `identityStrategy: custom`.
-    pub custom_identity: Option<String>,
+    /// The holder identity this candidate writes into the Lease.
+    pub identity: String,
     pub http_addr: SocketAddr,
     pub release_timeout: Duration,
+    pub create_lease: bool,
+    pub preferred_defer: Duration,
+    pub leadership_log: Option<PathBuf>,
 }
 
 /// Errors of the agent module.
@@ -50,6 +66,47 @@ pub enum AgentError {
          Lease's holderIdentity and the pod's zen-lead/identity annotation stays readable"
     )]
     IdentityTooLong { len: usize },
+
+    #[error(
+        "--identity-strategy custom needs --identity (ZEN_LEAD_IDENTITY), filled from the pod's \
+         zen-lead/identity annotation; the annotation is missing or empty"
+    )]
+    MissingCustomIdentity,
+
+    #[error(
+        "could not listen on --http-addr (ZEN_LEAD_AGENT_HTTP_ADDR) {addr}: {source}; choose a \
+         free port"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("could not install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Client(#[from] ClientError),
+
+    #[error(transparent)]
+    Election(#[from] RunError),
+
+    #[error("the agent's HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// `<pod-name>_<first 8 characters of the UID>`. Pod names cannot contain
+/// `_`, so the controller can split an identity back into the pod name; the
+/// UID part makes a re-created pod with the same name (StatefulSets) a
+/// different candidate, so it never inherits the previous pod's term.
+pub fn pod_identity(pod: &PodRef) -> String {
+    let uid: String = pod.uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{}_{uid}", pod.name)
 }
 
 impl Config {
@@ -72,22 +129,169 @@ impl Config {
                 return Err(AgentError::MissingPodField { flag, env });
             }
         }
-        let identity = args.identity.trim();
-        if identity.len() > 255 {
-            return Err(AgentError::IdentityTooLong {
-                len: identity.len(),
-            });
+        let custom = args.identity.trim();
+        if custom.len() > 255 {
+            return Err(AgentError::IdentityTooLong { len: custom.len() });
         }
+        let pod = PodRef {
+            name: args.pod_name.trim().to_owned(),
+            namespace: args.pod_namespace.trim().to_owned(),
+            uid: args.pod_uid.trim().to_owned(),
+        };
+        let identity = match args.identity_strategy {
+            AgentIdentityStrategy::Pod => pod_identity(&pod),
+            AgentIdentityStrategy::Custom if custom.is_empty() => {
+                return Err(AgentError::MissingCustomIdentity);
+            }
+            AgentIdentityStrategy::Custom => custom.to_owned(),
+            AgentIdentityStrategy::Auto if custom.is_empty() => pod_identity(&pod),
+            AgentIdentityStrategy::Auto => custom.to_owned(),
+        };
         Ok(Self {
             pool: args.pool.clone(),
-            pod: PodRef {
-                name: args.pod_name.clone(),
-                namespace: args.pod_namespace.clone(),
-                uid: args.pod_uid.clone(),
-            },
-            custom_identity: (!identity.is_empty()).then(|| identity.to_owned()),
+            pod,
+            identity,
             http_addr: args.http_addr,
             release_timeout: args.release_timeout,
+            create_lease: args.create_lease,
+            preferred_defer: args.preferred_defer,
+            leadership_log: args.leadership_log.clone(),
         })
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: &Config) -> Result<(), AgentError> {
+    let metrics = Metrics::default();
+    let mut registry = crate::telemetry::new_registry();
+    metrics.register(&mut registry);
+    let client = counting_client(metrics.api_requests.clone()).await?;
+    let (elector, status) = Elector::new(
+        client,
+        ElectorConfig {
+            namespace: config.pod.namespace.clone(),
+            name: config.pool.clone(),
+            identity: config.identity.clone(),
+            can_create: config.create_lease,
+            fixed: None,
+            create_timings: Timings::default(),
+            preferred_defer: config.preferred_defer,
+            fail_on_denied: false,
+            leadership_log: config.leadership_log.clone(),
+        },
+        metrics,
+    )?;
+
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.http_addr,
+            source,
+        })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    info!(
+        pool = %config.pool,
+        namespace = %config.pod.namespace,
+        identity = %config.identity,
+        addr = %config.http_addr,
+        "agent started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = http::State {
+        status,
+        registry: Arc::new(registry),
+        namespace: config.pod.namespace.clone(),
+        lease: config.pool.clone(),
+        identity: config.identity.clone(),
+    };
+    let mut server = tokio::spawn(http::serve(listener, state, stop_rx.clone()));
+    let mut election = tokio::spawn(elector.run(stop_rx, config.release_timeout));
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: stepping down"); Ok(()) }
+        _ = sigint.recv() => { info!("SIGINT: stepping down"); Ok(()) }
+        result = &mut election => {
+            // The election only ends by itself on a fatal error.
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.into()),
+                Err(join) => Err(AgentError::Election(RunError::WatchStopped {
+                    namespace: format!("{} ({join})", config.pod.namespace),
+                    name: config.pool.clone(),
+                })),
+            };
+        }
+        result = &mut server => match result {
+            Ok(Err(err)) => Err(AgentError::Serve(err)),
+            _ => Ok(()),
+        },
+    };
+    let _ = stop_tx.send(true);
+    // The release is bounded inside the election; this is only a backstop.
+    match tokio::time::timeout(config.release_timeout + Duration::from_secs(1), election).await {
+        Ok(Ok(Err(err))) => warn!("{err}"),
+        Ok(_) => {}
+        Err(_) => warn!("the election did not stop in time"),
+    }
+    server.abort();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(extra: &[&str]) -> Result<Config, AgentError> {
+        let mut argv = vec![
+            "zen-lead",
+            "agent",
+            "--pool",
+            "web",
+            "--pod-name",
+            "web-0",
+            "--pod-namespace",
+            "shop",
+            "--pod-uid",
+            "1f0c9a7e-2b3d-4c5e-8f90-123456789abc",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("parse");
+        let crate::cli::Command::Agent(args) = cli.command else {
+            panic!("agent expected");
+        };
+        Config::from_args(&args)
+    }
+
+    #[test]
+    fn pod_identity_is_name_and_uid_prefix() {
+        let config = parse(&[]).expect("config");
+        assert_eq!(config.identity, "web-0_1f0c9a7e");
+        assert!(!config.create_lease);
+        assert_eq!(config.preferred_defer, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn custom_identity_rules() {
+        assert_eq!(
+            parse(&["--identity", "db-primary"]).expect("auto").identity,
+            "db-primary"
+        );
+        assert_eq!(
+            parse(&["--identity", "x", "--identity-strategy", "pod"])
+                .expect("pod")
+                .identity,
+            "web-0_1f0c9a7e"
+        );
+        let err = parse(&["--identity-strategy", "custom"]).unwrap_err();
+        assert!(err.to_string().contains("zen-lead/identity"), "{err}");
     }
 }

@@ -603,10 +603,10 @@ impl Elector {
     /// Shutdown: stop leading first, then clear our name by CAS.
     async fn release(&mut self, limit: Duration) {
         let now = Instant::now();
-        if let Some(ev) = self.machine.step_down(now, EndReason::Shutdown) {
-            if let Err(err) = self.emit(ev) {
-                warn!("{err}");
-            }
+        if let Some(ev) = self.machine.step_down(now, EndReason::Shutdown)
+            && let Err(err) = self.emit(ev)
+        {
+            warn!("{err}");
         }
         self.publish();
         let deadline = now + limit;

@@ -125,6 +125,8 @@ enum Prior {
     Claimed { until: Instant },
 }
 
+// One per process and never moved in a hot path: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum View {
     Unknown,

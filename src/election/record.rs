@@ -132,7 +132,7 @@ pub fn parse_seconds(value: &str) -> Option<Duration> {
 /// Formats a duration the way [`parse_seconds`] reads it.
 pub fn format_seconds(value: Duration) -> String {
     let millis = value.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else {
         format!("{}.{:03}", millis / 1000, millis % 1000)

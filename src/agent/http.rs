@@ -1,0 +1,244 @@
+//! The agent's HTTP API (plain HTTP on the pod network; the kubelet probes
+//! it on the pod IP):
+//!
+//! | path | answers |
+//! |---|---|
+//! | `/livez` | 200 while the process runs |
+//! | `/readyz` | 200 once the Lease watch is established and the Lease's state is known |
+//! | `/startz` | 200 only while this pod leads (startup probe of `start` activation) |
+//! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
+//! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
+//! | `/metrics` | Prometheus/OpenMetrics |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State as Extract;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::Stream;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::election::LeaderStatus;
+use crate::telemetry::{METRICS_CONTENT_TYPE, render};
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct State {
+    pub status: watch::Receiver<LeaderStatus>,
+    pub registry: Arc<Registry>,
+    pub namespace: String,
+    pub lease: String,
+    pub identity: String,
+}
+
+/// Body of `GET /v1/leader` and of each server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderView {
+    pub namespace: String,
+    pub lease: String,
+    /// This candidate's identity.
+    pub identity: String,
+    /// Identity named in the Lease; `null` when free or unknown.
+    pub holder: Option<String>,
+    /// This pod leads right now.
+    pub leading: bool,
+    /// `leaseTransitions` of the current term: increases with every new
+    /// term, so writes stamped with it can be fenced.
+    pub fencing_token: Option<i32>,
+    /// Start of the current term (RFC 3339, from the Lease's acquireTime).
+    pub since: Option<String>,
+    pub lease_exists: bool,
+    /// The Lease watch is established.
+    pub connected: bool,
+}
+
+impl State {
+    fn view(&self) -> LeaderView {
+        let status = self.status.borrow().clone();
+        LeaderView {
+            namespace: self.namespace.clone(),
+            lease: self.lease.clone(),
+            identity: self.identity.clone(),
+            holder: status.holder.clone(),
+            leading: status.leading_at(Instant::now()),
+            fencing_token: status.token,
+            since: status.since.map(rfc3339),
+            lease_exists: status.lease_exists,
+            connected: status.connected,
+        }
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    k8s_openapi::jiff::Timestamp::try_from(time)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The router, separate from [`serve`] for tests.
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/startz", get(startz))
+        .route("/v1/leader", get(leader))
+        .route("/v1/leader/watch", get(leader_watch))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves until `stop` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    state: State,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+async fn readyz(Extract(state): Extract<State>) -> Response {
+    let status = state.status.borrow().clone();
+    if status.connected && status.observed {
+        (StatusCode::OK, "ok\n").into_response()
+    } else if !status.connected {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not watching the Lease yet (API server unreachable?)\n",
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Lease state not known yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn startz(Extract(state): Extract<State>) -> Response {
+    if state.status.borrow().leading_at(Instant::now()) {
+        (StatusCode::OK, "leading\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not leading\n").into_response()
+    }
+}
+
+async fn leader(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        return leader_watch(Extract(state)).await.into_response();
+    }
+    axum::Json(state.view()).into_response()
+}
+
+async fn leader_watch(
+    Extract(state): Extract<State>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    Sse::new(changes(state)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// One event now, then one per change of the view. A term can also end by
+/// time alone (its deadline), so the stream wakes at the deadline too.
+fn changes(state: State) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(
+        (state, None::<LeaderView>),
+        |(mut state, last)| async move {
+            loop {
+                let view = state.view();
+                if last.as_ref() != Some(&view) {
+                    let event = Event::default()
+                        .event("leader")
+                        .json_data(&view)
+                        .unwrap_or_else(|_| Event::default().event("leader"));
+                    return Some((Ok(event), (state, Some(view))));
+                }
+                let deadline = {
+                    let status = state.status.borrow();
+                    status.lead_until.filter(|_| status.leading)
+                };
+                tokio::select! {
+                    changed = state.status.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                }
+            }
+        },
+    )
+}
+
+async fn metrics(Extract(state): Extract<State>) -> Response {
+    match render(&state.registry) {
+        Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(status: LeaderStatus) -> (watch::Sender<LeaderStatus>, State) {
+        let (tx, rx) = watch::channel(status);
+        (
+            tx,
+            State {
+                status: rx,
+                registry: Arc::new(crate::telemetry::new_registry()),
+                namespace: "ns".into(),
+                lease: "pool".into(),
+                identity: "me".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn view_reports_leadership_only_before_the_deadline() {
+        let now = Instant::now();
+        let (_tx, s) = state(LeaderStatus {
+            holder: Some("me".into()),
+            leading: true,
+            lead_until: Some(now + Duration::from_secs(5)),
+            token: Some(3),
+            ..LeaderStatus::default()
+        });
+        let view = s.view();
+        assert!(view.leading);
+        assert_eq!(view.fencing_token, Some(3));
+        let (_tx, s) = state(LeaderStatus {
+            holder: Some("me".into()),
+            leading: true,
+            lead_until: Some(now),
+            ..LeaderStatus::default()
+        });
+        assert!(!s.view().leading);
+    }
+
+    #[test]
+    fn since_is_rfc3339() {
+        use std::time::UNIX_EPOCH;
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(86_400)),
+            "1970-01-02T00:00:00Z"
+        );
+    }
+}

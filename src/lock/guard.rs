@@ -1,0 +1,134 @@
+//! `zen-lead lock-guard` (internal): runs CMD for `zen-lead lock` and stops
+//! it when the lock may no longer be held.
+//!
+//! The lock process connects over a private Unix socket and sends lines:
+//! `until <CLOCK_MONOTONIC ns>` after every renewal, `stop` when the lock is
+//! lost. The guard stops CMD (SIGTERM to its process group, SIGKILL after the
+//! grace period) when the time passes without a newer `until`, on `stop`, or
+//! when the socket closes (the lock process died). It exits with CMD's
+//! status, or [`super::EXIT_LOST`] when it had to stop CMD.
+//!
+//! CMD runs in its own process group so that everything it started is
+//! stopped with it.
+
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::{EXIT_INTERNAL, EXIT_LOST, LockError, exit_code};
+use crate::cli::LockGuardArgs;
+use crate::election::clock;
+
+fn parse_until(line: &str) -> Option<Instant> {
+    let ns: u128 = line.strip_prefix("until ")?.trim().parse().ok()?;
+    Some(clock::instant_from_mono_ns(ns))
+}
+
+/// Runs the guard; exits the process with CMD's status.
+pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
+    clock::init();
+    let guard_err = |what| move |source| LockError::Guard { what, source };
+    let stream = UnixStream::connect(&args.socket)
+        .await
+        .map_err(guard_err("connect to the lock process"))?;
+    let mut lines = BufReader::new(stream).lines();
+    let first = timeout(Duration::from_secs(10), lines.next_line()).await;
+    let Some(mut deadline) = first
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .and_then(|l| parse_until(&l))
+    else {
+        eprintln!("zen-lead lock-guard: no lease deadline from the lock process; CMD not run");
+        std::process::exit(EXIT_INTERNAL);
+    };
+    if Instant::now() >= deadline {
+        eprintln!("zen-lead lock-guard: the lock expired before CMD could start; CMD not run");
+        std::process::exit(EXIT_LOST);
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        std::process::exit(EXIT_INTERNAL);
+    };
+    let mut child = match tokio::process::Command::new(program)
+        .args(rest)
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("zen-lead lock: cannot run {program:?}: {err}");
+            let code = if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            std::process::exit(code);
+        }
+    };
+    let group = child
+        .id()
+        .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?));
+    let signal_group = |sig: Signal| {
+        if let Some(pgid) = group {
+            // ESRCH (already gone) is fine.
+            let _ = kill_process_group(pgid, sig);
+        }
+    };
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| LockError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+
+    let mut kill_at: Option<Instant> = None;
+    let mut kill_sent = false;
+    let mut socket_open = true;
+    loop {
+        let stop_now = tokio::select! {
+            exit = child.wait() => {
+                // Leftovers of CMD's group must not outlive the lock.
+                signal_group(Signal::KILL);
+                let code = match exit {
+                    Ok(status) => exit_code(&status),
+                    Err(_) => EXIT_INTERNAL,
+                };
+                std::process::exit(if kill_at.is_some() { EXIT_LOST } else { code });
+            }
+            line = lines.next_line(), if socket_open => match line {
+                Ok(Some(line)) if line.trim() == "stop" => true,
+                Ok(Some(line)) => {
+                    if let Some(until) = parse_until(&line) {
+                        deadline = until;
+                    }
+                    false
+                }
+                // The lock process is gone: nobody renews any more.
+                Ok(None) | Err(_) => {
+                    socket_open = false;
+                    true
+                }
+            },
+            () = sleep_until(deadline), if kill_at.is_none() => true,
+            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !kill_sent => {
+                signal_group(Signal::KILL);
+                kill_sent = true;
+                false
+            }
+            _ = term.recv() => { signal_group(Signal::TERM); false }
+            _ = int.recv() => { signal_group(Signal::INT); false }
+            _ = hup.recv() => { signal_group(Signal::HUP); false }
+        };
+        if stop_now && kill_at.is_none() {
+            signal_group(Signal::TERM);
+            kill_at = Some(Instant::now() + args.grace_period);
+        }
+    }
+}
