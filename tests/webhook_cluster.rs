@@ -1,0 +1,418 @@
+//! The webhook against the local cluster: the real API server calls a
+//! webhook started by the test on loopback, registered with
+//! `webhook-config/local.yaml` scoped to the test's namespace (so parallel
+//! tests do not see each other's webhooks) and removed afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use zen_lead::api::keys::{CANDIDATE_READINESS_GATE, POOL_FROM_ANNOTATION, POOL_LABEL};
+use zen_lead::tls::{CertRequest, generate};
+use zen_lead::webhook::certs::CertStore;
+use zen_lead::webhook::inject::{AGENT_CONTAINER, InjectConfig};
+use zen_lead::webhook::lookup::ClusterLookup;
+use zen_lead::webhook::server::{self, Running, ServeOptions};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Webhook {
+    running: Running,
+    config_name: String,
+    client: Client,
+}
+
+impl Webhook {
+    async fn stop(self) {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let _ = api
+            .delete(&self.config_name, &DeleteParams::default())
+            .await;
+        self.running.shutdown().await;
+    }
+
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.running.admin_addr)
+            .await
+            .expect("admin");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.expect("read");
+        out
+    }
+}
+
+/// Starts the webhook on a free loopback port and registers it for `ns` only;
+/// returns once the API server demonstrably calls it.
+async fn start_webhook(client: &Client, ns: &str) -> Webhook {
+    zen_lead_test_provider();
+    let certs = generate(&CertRequest {
+        dns_names: vec!["localhost".into()],
+        ip_addresses: vec!["127.0.0.1".parse().expect("ip")],
+        validity: Duration::from_secs(2 * 86400),
+    })
+    .expect("certs");
+    let store = CertStore::from_pem(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes(), "test")
+        .expect("store");
+    let running = server::start(
+        ServeOptions {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_addr: "127.0.0.1:0".parse().expect("addr"),
+            max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
+            request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
+            inject: InjectConfig::with_image("ghcr.io/kube-zen/zen-lead:test"),
+        },
+        store,
+        ClusterLookup::start(client.clone()),
+        zen_lead::telemetry::new_registry(),
+    )
+    .await
+    .expect("webhook starts");
+
+    // The shipped local manifest, pointed at this server and this namespace.
+    let template = std::fs::read_to_string(common::repo_root().join("webhook-config/local.yaml"))
+        .expect("webhook-config/local.yaml");
+    let ca = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(certs.ca_cert_pem.as_bytes())
+    };
+    let text = template
+        .replace("${WEBHOOK_PORT}", &running.addr.port().to_string())
+        .replace("${CA_BUNDLE}", &ca);
+    let mut config: MutatingWebhookConfiguration =
+        serde_saphyr::from_str(&text).expect("local.yaml is a MutatingWebhookConfiguration");
+    let config_name = format!("zen-lead-test-{ns}");
+    config.metadata.name = Some(config_name.clone());
+    for hook in config.webhooks.iter_mut().flatten() {
+        hook.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("kubernetes.io/metadata.name".to_owned(), ns.to_owned())].into()),
+            ..LabelSelector::default()
+        });
+    }
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    api.create(&PostParams::default(), &config)
+        .await
+        .expect("register the webhook");
+    let webhook = Webhook {
+        running,
+        config_name,
+        client: client.clone(),
+    };
+
+    // The API server picks registrations up asynchronously: wait until a
+    // probe pod is injected, so the test's own pods certainly are.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    common::eventually("the API server to call the new webhook", WAIT, || {
+        let pods = pods.clone();
+        async move {
+            let probe: Pod = serde_json::from_value(json!({
+                "metadata": {"generateName": "probe-", "annotations": {"zen-lead/pool": "probe"}},
+                // Compliant with Pod Security `restricted`, so it probes any namespace.
+                "spec": {"containers": [{"name": "c", "image": "probe", "securityContext": {
+                    "runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]}
+            }))
+            .expect("pod");
+            let created = pods
+                .create(&PostParams::default(), &probe)
+                .await
+                .map_err(|e| e.to_string())?;
+            let name = created.metadata.name.clone().unwrap_or_default();
+            let _ = pods.delete(&name, &DeleteParams::background()).await;
+            if has_agent(&created) {
+                Ok(())
+            } else {
+                Err(format!("probe pod {name} was not injected"))
+            }
+        }
+    })
+    .await;
+    webhook
+}
+
+fn zen_lead_test_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn has_agent(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.first())
+        .is_some_and(|c| c.name == AGENT_CONTAINER)
+}
+
+/// Asserts everything the webhook promises on an injected pod.
+fn assert_injected(pod: &Pod, pool: &str, from: &str) {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    assert!(
+        has_agent(pod),
+        "pod {name}: agent is not the first init container"
+    );
+    let spec = pod.spec.as_ref().expect("spec");
+    let agent = &spec.init_containers.as_ref().expect("init")[0];
+    assert_eq!(
+        agent.restart_policy.as_deref(),
+        Some("Always"),
+        "pod {name}"
+    );
+    assert!(
+        spec.readiness_gates
+            .iter()
+            .flatten()
+            .any(|g| g.condition_type == CANDIDATE_READINESS_GATE),
+        "pod {name}: no readiness gate"
+    );
+    assert_eq!(
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POOL_LABEL))
+            .map(String::as_str),
+        Some(pool),
+        "pod {name}: pool label"
+    );
+    assert_eq!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POOL_FROM_ANNOTATION))
+            .map(String::as_str),
+        Some(from),
+        "pod {name}: pool-from annotation"
+    );
+}
+
+async fn pods_with(client: &Client, ns: &str, selector: &str, count: usize) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = selector.to_owned();
+    common::eventually(&format!("{count} pods with {selector}"), WAIT, || {
+        let pods = pods.clone();
+        let selector = selector.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            if list.items.len() >= count {
+                Ok(list.items)
+            } else {
+                Err(format!("{} pods so far", list.items.len()))
+            }
+        }
+    })
+    .await
+}
+
+async fn create_policy(client: &Client, ns: &str, name: &str) {
+    common::apply_crd(client, &zen_lead::api::crd()).await;
+    let api: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let policy: zen_lead::api::LeaderPolicy = serde_json::from_value(json!({
+        "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+        "metadata": {"name": name}, "spec": {}
+    }))
+    .expect("policy");
+    api.create(&PostParams::default(), &policy)
+        .await
+        .expect("create LeaderPolicy");
+}
+
+fn deployment(
+    name: &str,
+    replicas: i32,
+    metadata_annotations: serde_json::Value,
+    template_annotations: serde_json::Value,
+) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": metadata_annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": template_annotations},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+            }
+        }
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test]
+async fn annotated_deployment_pods_carry_the_agent_and_gate() {
+    let client = common::client().await;
+    common::with_namespace(&client, "wh-deploy", |client, ns| async move {
+        let webhook = start_webhook(&client, &ns).await;
+        create_policy(&client, &ns, "orders").await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        // Annotation on the pod template (the seed's style) ...
+        deployments
+            .create(
+                &PostParams::default(),
+                &deployment("tmpl", 2, json!({}), json!({"zen-lead/pool": "orders"})),
+            )
+            .await
+            .expect("deployment");
+        // ... and on the Deployment's own metadata only.
+        deployments
+            .create(
+                &PostParams::default(),
+                &deployment("meta", 1, json!({"zen-lead/pool": "orders"}), json!({})),
+            )
+            .await
+            .expect("deployment");
+        for pod in pods_with(&client, &ns, "app=tmpl", 2).await {
+            assert_injected(&pod, "orders", "pod");
+        }
+        for pod in pods_with(&client, &ns, "app=meta", 1).await {
+            // The ReplicaSet carries the Deployment's annotations (the
+            // Deployment controller copies them), so it is the nearest owner
+            // that names the pool.
+            let from = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(POOL_FROM_ANNOTATION))
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                from.starts_with("ReplicaSet/meta-") || from == "Deployment/meta",
+                "{from}"
+            );
+            assert_injected(&pod, "orders", &from);
+        }
+        webhook.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn annotated_cronjob_job_pods_carry_the_agent() {
+    let client = common::client().await;
+    common::with_namespace(&client, "wh-cron", |client, ns| async move {
+        let webhook = start_webhook(&client, &ns).await;
+        create_policy(&client, &ns, "report-generator").await;
+        let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+        // Suspended, so the test, not the clock, decides when a Job exists.
+        let cron: CronJob = serde_json::from_value(json!({
+            "metadata": {"name": "daily-report", "annotations": {"zen-lead/pool": "report-generator"}},
+            "spec": {
+                "schedule": "* * * * *", "suspend": true,
+                "jobTemplate": {"spec": {"template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "report", "image": "registry.example/report:1"}]}}}}
+            }
+        }))
+        .expect("cronjob");
+        let cron = cronjobs.create(&PostParams::default(), &cron).await.expect("cronjob");
+        // A Job as the CronJob controller makes it: its template, owned by the CronJob.
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "daily-report-manual", "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "CronJob", "name": "daily-report",
+                "uid": cron.metadata.uid.clone().expect("uid"), "controller": true, "blockOwnerDeletion": true}]},
+            "spec": serde_json::to_value(&cron.spec.as_ref().expect("spec").job_template.spec).expect("spec"),
+        }))
+        .expect("job");
+        Api::<Job>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("job");
+        let pods = pods_with(&client, &ns, "batch.kubernetes.io/job-name=daily-report-manual", 1).await;
+        assert_injected(&pods[0], "report-generator", "CronJob/daily-report");
+        webhook.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unannotated_pods_are_untouched() {
+    let client = common::client().await;
+    common::with_namespace(&client, "wh-plain", |client, ns| async move {
+        let webhook = start_webhook(&client, &ns).await;
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &deployment("plain", 2, json!({}), json!({})),
+            )
+            .await
+            .expect("deployment");
+        let pods = pods_with(&client, &ns, "app=plain", 2).await;
+        for pod in &pods {
+            assert!(!has_agent(pod), "unannotated pod was injected");
+            assert!(
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.readiness_gates.as_ref())
+                    .is_none()
+            );
+            assert!(
+                pod.metadata
+                    .labels
+                    .as_ref()
+                    .is_none_or(|l| !l.contains_key(POOL_LABEL))
+            );
+        }
+        // Not vacuous: the webhook did see them, and said "not in a pool".
+        let metrics = webhook.metrics().await;
+        assert!(metrics.contains("outcome=\"not_in_pool\""), "{metrics}");
+        webhook.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn restricted_namespace_admits_injected_pods() {
+    let client = common::client().await;
+    common::with_namespace(&client, "wh-restricted", |client, ns| async move {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .patch(
+                &ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest"}}})),
+            )
+            .await
+            .expect("label namespace");
+        let webhook = start_webhook(&client, &ns).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // The control: a non-compliant pod is refused here, so the namespace
+        // really enforces `restricted`.
+        let plain: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "not-compliant"},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+        }))
+        .expect("pod");
+        let err = pods.create(&PostParams::default(), &plain).await.expect_err("must be refused");
+        assert!(err.to_string().contains("restricted"), "{err}");
+        // A compliant app in a pool: admitted with the agent.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "compliant", "annotations": {"zen-lead/pool": "secure"}},
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "app", "image": "registry.example/app:1",
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]
+            }
+        }))
+        .expect("pod");
+        let created = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("an injected compliant pod must pass `restricted`: {e}"));
+        assert_injected(&created, "secure", "pod");
+        webhook.stop().await;
+    })
+    .await;
+}
