@@ -1,0 +1,411 @@
+//! Safety and liveness of the election under faults, against the local
+//! cluster with agents and locks as real processes.
+//!
+//! - `chaos`: 5 agents on one pool and 3 `zen-lead lock` loops on one lock
+//!   go through ZEN_LEAD_CHAOS_FAULTS (default 200) random faults: SIGKILL,
+//!   SIGTERM and SIGSTOP/SIGCONT of the leader, SIGKILL of followers, API
+//!   server pauses and restarts, the Leases deleted by hand, SIGKILL and
+//!   SIGSTOP of lock holders. Every agent logs its own view of "I lead" with
+//!   CLOCK_MONOTONIC timestamps; the checker finds no two overlapping terms,
+//!   and no two lock commands ever ran at once. After every fault a single
+//!   leader exists again within leaseDuration + a bound.
+//! - `short_api_outage_keeps_the_leader`: an outage shorter than
+//!   renewDeadline changes nothing.
+//!
+//! Both disturb the shared API server, so they run one at a time.
+
+mod common;
+mod election_util;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use election_util::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::DeleteParams;
+use rustix::process::Signal;
+use zen_lead::election::clock::now_mono_ns;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const POOL: &str = "chaos";
+const LOCK: &str = "chaos-lock";
+
+/// xorshift64*: reproducible faults from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillLeader,
+    TermLeader,
+    StopLeader,
+    KillFollower,
+    PauseApiServer,
+    RestartApiServer,
+    DeleteLease,
+    KillLockHolder,
+    StopLockHolder,
+}
+
+impl Fault {
+    fn pick(rng: &mut Rng) -> Fault {
+        match rng.below(100) {
+            0..20 => Fault::KillLeader,
+            20..35 => Fault::TermLeader,
+            35..55 => Fault::StopLeader,
+            55..63 => Fault::KillFollower,
+            63..73 => Fault::PauseApiServer,
+            73..77 => Fault::RestartApiServer,
+            77..87 => Fault::DeleteLease,
+            87..94 => Fault::KillLockHolder,
+            _ => Fault::StopLockHolder,
+        }
+    }
+}
+
+/// Three loops running `zen-lead lock` over and over; each command checks,
+/// with an atomic mkdir, that no other command is inside.
+struct LockLoops {
+    stop: Arc<AtomicBool>,
+    pids: Arc<Mutex<Vec<Option<u32>>>>,
+    threads: Vec<std::thread::JoinHandle<Vec<Option<i32>>>>,
+}
+
+impl LockLoops {
+    fn start(dir: &Path, ns: &str, t: TestTimings) -> LockLoops {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pids = Arc::new(Mutex::new(vec![None; 3]));
+        let held = dir.join("lock-held");
+        let script = format!(
+            "trap 'rmdir {held}; exit 143' TERM INT; \
+             mkdir {held} 2>/dev/null || echo \"overlap $(date +%s%N)\" >> {v}; \
+             echo run >> {runs}; sleep 0.3; rmdir {held}",
+            held = held.display(),
+            v = dir.join("lock-violations").display(),
+            runs = dir.join("lock-runs").display(),
+        );
+        let threads = (0..3)
+            .map(|slot| {
+                let stop = stop.clone();
+                let pids = pids.clone();
+                let script = script.clone();
+                let ns = ns.to_owned();
+                let log = dir.join(format!("lock{slot}.log"));
+                std::thread::spawn(move || {
+                    let mut codes = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let stderr = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&log)
+                            .map(Stdio::from)
+                            .unwrap_or_else(|_| Stdio::null());
+                        let child = Command::new(BIN)
+                            .env("KUBECONFIG", common::kubeconfig_path())
+                            .args(["lock", LOCK, "--namespace", &ns])
+                            .args(t.lock_flags())
+                            .args(["--grace-period", "500ms", "--timeout", "20s"])
+                            .args(["--", "sh", "-c", &script])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(stderr)
+                            .spawn();
+                        let Ok(mut child) = child else {
+                            break;
+                        };
+                        if let Ok(mut p) = pids.lock() {
+                            p[slot] = Some(child.id());
+                        }
+                        let code = child.wait().ok().and_then(|s| s.code());
+                        if let Ok(mut p) = pids.lock() {
+                            p[slot] = None;
+                        }
+                        codes.push(code);
+                    }
+                    codes
+                })
+            })
+            .collect();
+        LockLoops {
+            stop,
+            pids,
+            threads,
+        }
+    }
+
+    fn running(&self) -> Vec<u32> {
+        self.pids
+            .lock()
+            .map(|p| p.iter().flatten().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn finish(self) -> Vec<Option<i32>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    }
+}
+
+struct Pool {
+    dir: std::path::PathBuf,
+    ns: String,
+    agents: Vec<Agent>,
+    retired: Vec<Agent>,
+    generation: usize,
+}
+
+impl Pool {
+    fn start_agent(&mut self, slot: usize) -> Agent {
+        self.generation += 1;
+        Agent::start(
+            &self.dir,
+            &self.ns,
+            POOL,
+            &format!("c{slot}g{}", self.generation),
+            &["--create-lease"],
+        )
+    }
+
+    /// Replaces agents that exited (keeps their logs for the checker).
+    fn restart_dead(&mut self) {
+        for slot in 0..self.agents.len() {
+            if self.agents[slot].exited.is_some() {
+                let fresh = self.start_agent(slot);
+                let old = std::mem::replace(&mut self.agents[slot], fresh);
+                self.retired.push(old);
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        single_leader(&self.agents)
+    }
+}
+
+fn faults_from_env() -> usize {
+    std::env::var("ZEN_LEAD_CHAOS_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+#[tokio::test]
+async fn chaos() {
+    let _serial = SERIAL.lock().await;
+    let client = common::client().await;
+    common::with_namespace(&client, "chaos", |client, ns| async move {
+        let t = TestTimings::FAST;
+        let dir = scratch_dir("chaos");
+        let faults = faults_from_env();
+        let seed = std::env::var("ZEN_LEAD_CHAOS_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| (now_mono_ns() as u64) | 1);
+        eprintln!(
+            "chaos: {faults} faults, seed {seed} (ZEN_LEAD_CHAOS_SEED), logs in {}",
+            dir.display()
+        );
+        let mut rng = Rng(seed);
+
+        create_lease(&client, &ns, POOL, t).await;
+        let mut pool = Pool {
+            dir: dir.clone(),
+            ns: ns.clone(),
+            agents: Vec::new(),
+            retired: Vec::new(),
+            generation: 0,
+        };
+        for slot in 0..5 {
+            let agent = pool.start_agent(slot);
+            pool.agents.push(agent);
+        }
+        let locks = LockLoops::start(&dir, &ns, t);
+        until("the first leader", Duration::from_secs(30), || {
+            pool.leader().is_some()
+        })
+        .await;
+
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let liveness_bound = t.lease() + Duration::from_secs(4);
+        let mut worst: std::collections::BTreeMap<Fault, Duration> = Default::default();
+        for n in 0..faults {
+            let fault = Fault::pick(&mut rng);
+            let leader = pool.leader();
+            match fault {
+                Fault::KillLeader | Fault::TermLeader | Fault::StopLeader => {
+                    let Some(i) = leader else { continue };
+                    match fault {
+                        Fault::KillLeader => {
+                            pool.agents[i].kill();
+                            pool.agents[i].wait_exit(Duration::from_secs(5)).await;
+                        }
+                        Fault::TermLeader => {
+                            pool.agents[i].signal(Signal::TERM);
+                            let status = pool.agents[i].wait_exit(Duration::from_secs(5)).await;
+                            assert!(status.success(), "fault {n}: SIGTERM exit {status}");
+                        }
+                        _ => {
+                            let pause = rng.millis(200, 4500);
+                            pool.agents[i].signal(Signal::STOP);
+                            tokio::time::sleep(pause).await;
+                            pool.agents[i].signal(Signal::CONT);
+                        }
+                    }
+                }
+                Fault::KillFollower => {
+                    let followers: Vec<usize> = (0..pool.agents.len())
+                        .filter(|i| Some(*i) != leader)
+                        .collect();
+                    let i = followers[rng.below(followers.len() as u64) as usize];
+                    pool.agents[i].kill();
+                    pool.agents[i].wait_exit(Duration::from_secs(5)).await;
+                }
+                Fault::PauseApiServer => {
+                    let pid = apiserver_pid();
+                    signal(pid, Signal::STOP);
+                    tokio::time::sleep(rng.millis(300, 1500)).await;
+                    signal(pid, Signal::CONT);
+                }
+                Fault::RestartApiServer => {
+                    tokio::task::spawn_blocking(restart_apiserver)
+                        .await
+                        .expect("restart");
+                }
+                Fault::DeleteLease => {
+                    let name = if rng.below(3) == 0 { LOCK } else { POOL };
+                    let _ = leases.delete(name, &DeleteParams::default()).await;
+                }
+                Fault::KillLockHolder | Fault::StopLockHolder => {
+                    let running = locks.running();
+                    if running.is_empty() {
+                        continue;
+                    }
+                    let pid = running[rng.below(running.len() as u64) as usize];
+                    if fault == Fault::KillLockHolder {
+                        signal(pid, Signal::KILL);
+                    } else {
+                        signal(pid, Signal::STOP);
+                        tokio::time::sleep(rng.millis(200, 4000)).await;
+                        signal(pid, Signal::CONT);
+                    }
+                }
+            }
+            // Liveness: one leader again, within the bound.
+            let took = until(
+                &format!("a single leader after fault {n} ({fault:?}), seed {seed}"),
+                liveness_bound,
+                || pool.leader().is_some(),
+            )
+            .await;
+            let entry = worst.entry(fault).or_default();
+            *entry = (*entry).max(took);
+            pool.restart_dead();
+        }
+        eprintln!("chaos: slowest recovery per fault kind: {worst:?}");
+
+        // Stop everything and check the logs.
+        for agent in pool.agents.iter() {
+            agent.signal(Signal::CONT);
+            agent.signal(Signal::TERM);
+        }
+        for agent in pool.agents.iter_mut() {
+            agent.wait_exit(Duration::from_secs(10)).await;
+        }
+        let codes = tokio::task::spawn_blocking(move || locks.finish())
+            .await
+            .expect("locks");
+        let mut all = Vec::new();
+        for agent in pool.agents.iter().chain(pool.retired.iter()) {
+            let end = agent.exited.map(|(_, at)| at).unwrap_or_else(now_mono_ns);
+            all.extend(intervals(&agent.entries(), end));
+        }
+        let terms = all.len();
+        let found = overlaps(all);
+        assert!(
+            found.is_empty(),
+            "{} overlapping leadership terms (seed {seed}), first: {:?}",
+            found.len(),
+            found.first()
+        );
+        assert!(terms > faults / 4, "only {terms} terms in {faults} faults");
+        let violations = std::fs::read_to_string(dir.join("lock-violations")).unwrap_or_default();
+        assert!(
+            violations.is_empty(),
+            "two lock commands ran at once:\n{violations}"
+        );
+        let runs = std::fs::read_to_string(dir.join("lock-runs"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        assert!(runs > 10, "lock commands ran only {runs} times");
+        eprintln!(
+            "chaos: {faults} faults, {terms} leadership terms, no overlap; {runs} lock commands, \
+             none concurrent; lock exit codes seen: {:?}",
+            codes.iter().collect::<std::collections::BTreeSet<_>>()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn short_api_outage_keeps_the_leader() {
+    let _serial = SERIAL.lock().await;
+    let client = common::client().await;
+    common::with_namespace(&client, "outage", |client, ns| async move {
+        let t = TestTimings {
+            lease_secs: 6,
+            renew: Duration::from_secs(4),
+            retry: Duration::from_secs(1),
+        };
+        let dir = scratch_dir("outage");
+        create_lease(&client, &ns, POOL, t).await;
+        let agents: Vec<Agent> = (0..3)
+            .map(|i| Agent::start(&dir, &ns, POOL, &format!("o{i}"), &[]))
+            .collect();
+        until("a leader", Duration::from_secs(20), || {
+            single_leader(&agents).is_some()
+        })
+        .await;
+        let leader = single_leader(&agents).expect("leader");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        // Two pauses of 2 s (half the renew deadline), 3 s apart.
+        for _ in 0..2 {
+            let pid = apiserver_pid();
+            signal(pid, Signal::STOP);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            signal(pid, Signal::CONT);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        for (i, agent) in agents.iter().enumerate() {
+            let entries = agent.entries();
+            let expected = if i == leader { 1 } else { 0 };
+            assert_eq!(entries.len(), expected, "agent {i}: {entries:?}");
+        }
+        let holder = lease_holder(&client, &ns, POOL).await;
+        assert_eq!(holder, agents[leader].identity);
+    })
+    .await;
+}

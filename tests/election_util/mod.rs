@@ -1,0 +1,387 @@
+//! Helpers for the election tests: agents and locks as real processes (the
+//! built `zen-lead` binary), their leadership logs, the Lease, faults.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use rustix::process::{Pid, Signal, kill_process};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use zen_lead::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
+use zen_lead::election::clock::now_mono_ns;
+
+use crate::common::{kubeconfig_path, repo_root};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
+
+/// Lease timings for tests: short, so expiries take seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct TestTimings {
+    pub lease_secs: i32,
+    pub renew: Duration,
+    pub retry: Duration,
+}
+
+impl TestTimings {
+    pub const FAST: TestTimings = TestTimings {
+        lease_secs: 3,
+        renew: Duration::from_secs(2),
+        retry: Duration::from_millis(500),
+    };
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.lease_secs).unwrap_or(1))
+    }
+
+    pub fn lock_flags(&self) -> Vec<String> {
+        vec![
+            "--lease-duration".into(),
+            format!("{}s", self.lease_secs),
+            "--renew-deadline".into(),
+            format!("{}ms", self.renew.as_millis()),
+            "--retry-period".into(),
+            format!("{}ms", self.retry.as_millis()),
+        ]
+    }
+}
+
+/// Creates the pool's Lease the way the controller does: free, with timings.
+pub async fn create_lease(client: &Client, ns: &str, name: &str, t: TestTimings) -> Lease {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let annotations: BTreeMap<String, String> = [
+        (
+            RENEW_DEADLINE_ANNOTATION.to_owned(),
+            format!("{:.3}", t.renew.as_secs_f64()),
+        ),
+        (
+            RETRY_PERIOD_ANNOTATION.to_owned(),
+            format!("{:.3}", t.retry.as_secs_f64()),
+        ),
+    ]
+    .into();
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            lease_duration_seconds: Some(t.lease_secs),
+            ..LeaseSpec::default()
+        }),
+    };
+    api.create(&PostParams::default(), &lease)
+        .await
+        .unwrap_or_else(|e| panic!("creating Lease {ns}/{name}: {e}"))
+}
+
+/// The Lease's current holder (empty string: none).
+pub async fn lease_holder(client: &Client, ns: &str, name: &str) -> String {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A scratch directory under target/, kept after the test for inspection.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = repo_root()
+        .join("target/test-scratch")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+pub fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, sig);
+    }
+}
+
+/// One `zen-lead agent` process.
+pub struct Agent {
+    pub identity: String,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Child,
+    pub exited: Option<(ExitStatus, u128)>,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, ns: &str, pool: &str, name: &str, extra: &[&str]) -> Agent {
+        let uid = format!("{:08x}-0000", (now_mono_ns() as u64) & 0xffff_ffff);
+        let port = free_port();
+        let log = dir.join(format!("{name}.leadership.jsonl"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .unwrap_or_else(|e| panic!("agent log: {e}"));
+        let child = Command::new(BIN)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
+            .args(["agent", "--pool", pool, "--pod-name", name])
+            .args(["--pod-namespace", ns, "--pod-uid", &uid])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .arg("--leadership-log")
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        Agent {
+            identity: format!("{name}_{}", &uid[..8]),
+            port,
+            log,
+            child,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        if self.exited.is_none() {
+            signal(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to end; records when (CLOCK_MONOTONIC).
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some((status, _)) = self.exited {
+            return status;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exited = Some((status, now_mono_ns()));
+                    return status;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => panic!(
+                    "agent {} did not exit within {limit:?} ({other:?})",
+                    self.identity
+                ),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        self.signal(Signal::CONT);
+        self.signal(Signal::KILL);
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        read_entries(&self.log)
+    }
+
+    /// Leading according to its own log (last entry is "leading").
+    pub fn leads_by_log(&self) -> bool {
+        self.exited.is_none() && self.entries().last().is_some_and(|e| e.event == "leading")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One line of a leadership log.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Entry {
+    pub event: String,
+    pub id: String,
+    pub mono_ns: u128,
+    #[serde(default)]
+    pub token: Option<i32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+pub fn read_entries(path: &Path) -> Vec<Entry> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+        .collect()
+}
+
+/// Minimal HTTP/1.0 GET against 127.0.0.1:port (status 0 when unreachable).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(text)) => {
+            let status = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            (status, body)
+        }
+        _ => (0, String::new()),
+    }
+}
+
+/// A leadership interval of one process, in CLOCK_MONOTONIC nanoseconds.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    pub id: String,
+    pub start: u128,
+    pub end: u128,
+}
+
+/// Turns leadership logs into intervals. A term without an end closes at
+/// `ended_by` (the moment the process was seen dead, or the check time).
+pub fn intervals(entries: &[Entry], ended_by: u128) -> Vec<Interval> {
+    let mut out = Vec::new();
+    let mut open: Option<(String, u128)> = None;
+    for e in entries {
+        match e.event.as_str() {
+            "leading" => {
+                if let Some((id, start)) = open.take() {
+                    out.push(Interval {
+                        id,
+                        start,
+                        end: e.mono_ns,
+                    });
+                }
+                open = Some((e.id.clone(), e.mono_ns));
+            }
+            _ => {
+                if let Some((id, start)) = open.take() {
+                    out.push(Interval {
+                        id,
+                        start,
+                        end: e.mono_ns,
+                    });
+                }
+            }
+        }
+    }
+    if let Some((id, start)) = open {
+        out.push(Interval {
+            id,
+            start,
+            end: ended_by,
+        });
+    }
+    out
+}
+
+/// Pairs of intervals of different processes that overlap in time.
+pub fn overlaps(mut all: Vec<Interval>) -> Vec<(Interval, Interval)> {
+    all.sort_by_key(|i| i.start);
+    let mut found = Vec::new();
+    for (n, a) in all.iter().enumerate() {
+        for b in &all[n + 1..] {
+            if b.start >= a.end {
+                break;
+            }
+            if a.id != b.id {
+                found.push((a.clone(), b.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// The cluster's state file (PIDs change when a component restarts).
+pub fn apiserver_pid() -> u32 {
+    let path = repo_root().join(".cluster/cluster.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (is the local cluster up?)", path.display()));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    json["pids"]["kube-apiserver"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no kube-apiserver pid in {}", path.display()))
+}
+
+/// Restarts the API server and waits until it is ready again.
+pub fn restart_apiserver() {
+    let root = repo_root();
+    let out = Command::new(root.join("tests/cluster/bin/zl-cluster"))
+        .args(["restart", "--state"])
+        .arg(root.join(".cluster"))
+        .arg("kube-apiserver")
+        .output()
+        .unwrap_or_else(|e| panic!("zl-cluster restart: {e}"));
+    assert!(
+        out.status.success(),
+        "zl-cluster restart kube-apiserver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `probe` holds, checking every 20 ms; panics with `what`.
+pub async fn until<F: FnMut() -> bool>(what: &str, limit: Duration, mut probe: F) -> Duration {
+    let start = Instant::now();
+    loop {
+        if probe() {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Exactly one live agent leads by its own log; returns its index.
+pub fn single_leader(agents: &[Agent]) -> Option<usize> {
+    let leaders: Vec<usize> = agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.leads_by_log())
+        .map(|(i, _)| i)
+        .collect();
+    (leaders.len() == 1).then(|| leaders[0])
+}
