@@ -79,6 +79,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process; boxing the larger flag sets would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the admission webhook and the controllers (the zen-lead Deployment).

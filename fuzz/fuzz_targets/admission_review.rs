@@ -16,7 +16,10 @@ use zen_lead::webhook::review::admit;
 fn check(body: &[u8], lookup: &StaticLookup, config: &InjectConfig) {
     let reply = futures::executor::block_on(admit(body, lookup, config));
     if reply.status != 200 {
-        assert!(!reply.body.is_empty(), "an error reply must say what is wrong");
+        assert!(
+            !reply.body.is_empty(),
+            "an error reply must say what is wrong"
+        );
         return;
     }
     let review: Value = serde_json::from_slice(&reply.body).expect("200 must be JSON");

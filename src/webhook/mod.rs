@@ -105,8 +105,15 @@ pub enum WebhookError {
         source: std::io::Error,
     },
 
+    // Boxed: kube::Error inside is large, and this enum travels in every Result.
     #[error(transparent)]
-    SelfManaged(#[from] self_managed::SelfManagedError),
+    SelfManaged(Box<self_managed::SelfManagedError>),
+}
+
+impl From<self_managed::SelfManagedError> for WebhookError {
+    fn from(err: self_managed::SelfManagedError) -> Self {
+        Self::SelfManaged(Box::new(err))
+    }
 }
 
 impl Config {

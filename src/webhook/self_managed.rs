@@ -64,7 +64,7 @@ pub enum SelfManagedError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     #[error(
@@ -74,7 +74,7 @@ pub enum SelfManagedError {
     WebhookConfig {
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     #[error("Secret {namespace}/{name} holds an unusable certificate: {reason}")]
@@ -155,7 +155,7 @@ impl Manager {
             action,
             namespace: self.namespace.clone(),
             name: self.settings.secret.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -276,7 +276,7 @@ impl Manager {
         let name = &self.settings.webhook_config;
         let err = |source| SelfManagedError::WebhookConfig {
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         for _ in 0..5 {
             let mut config = api.get(name).await.map_err(err)?;

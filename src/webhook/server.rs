@@ -243,14 +243,21 @@ fn admin_router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
             "/readyz",
             get(move || {
                 let ready = ready.load(Ordering::Relaxed);
+                // Conditions of other parts of the process (the controller's caches).
+                let pending = telemetry::not_ready();
                 async move {
-                    if ready {
-                        text(StatusCode::OK, "ok\n")
-                    } else {
+                    if !ready {
                         text(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "the webhook has no serving certificate loaded yet\n",
                         )
+                    } else if !pending.is_empty() {
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}\n", pending.join(", ")),
+                        )
+                    } else {
+                        text(StatusCode::OK, "ok\n")
                     }
                 }
             }),
