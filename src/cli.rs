@@ -117,9 +117,9 @@ Run the mutating admission webhook (on every replica) and the controllers (on
 the replica that holds the controller's own Lease). The controllers keep each
 LeaderPolicy's Lease, status, pod roles and scaleDown replica counts current.
 
-In this version only the webhook and the admin server (--admin-addr: /livez,
-/readyz, /metrics) run; the controllers are not part of this build yet, so
-Leases and LeaderPolicy status are not maintained.
+Every replica serves the webhook and the admin server (--admin-addr: /livez,
+/readyz, /metrics). A standby replica takes over the controllers within
+--controller-lease-duration when the active one stops.
 
 Uses the in-cluster configuration, or KUBECONFIG / ~/.kube/config outside a cluster.
 
@@ -213,6 +213,45 @@ pub struct ControllerArgs {
     /// webhook was down) so they come back through the webhook.
     #[arg(long, env = "ZEN_LEAD_EVICT_UNINJECTED")]
     pub evict_uninjected: bool,
+
+    /// Only manage LeaderPolicies and pool pods in this namespace. Empty:
+    /// every namespace (the chart's ClusterRole).
+    #[arg(long, env = "ZEN_LEAD_WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
+
+    /// Name of the controller's own Lease (in --namespace): the replica
+    /// holding it runs the controllers; the others only serve the webhook.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_CONTROLLER_LEASE_NAME",
+        default_value = "zen-lead-controller"
+    )]
+    pub controller_lease_name: String,
+
+    /// Lease duration of the controller's own Lease: how long a standby
+    /// replica waits before taking over from a crashed one. Renew deadline
+    /// and retry period are 2/3 and 2/15 of it.
+    #[arg(long, env = "ZEN_LEAD_CONTROLLER_LEASE_DURATION", default_value = "15s",
+          value_parser = parse_duration)]
+    pub controller_lease_duration: Duration,
+
+    /// Identity in the controller's own Lease. Empty: $POD_NAME (downward
+    /// API) or the host name, plus the process id.
+    #[arg(long, env = "ZEN_LEAD_CONTROLLER_IDENTITY", default_value = "")]
+    pub controller_identity: String,
+
+    /// Pools reconciled in parallel.
+    #[arg(long, env = "ZEN_LEAD_WORKERS", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    /// Also watch the metadata of pods WITHOUT the zen-lead/pool label, to
+    /// find pods that carry the zen-lead/pool annotation but were admitted
+    /// while the webhook was down. Costs one metadata watch over all pods
+    /// of the watched namespaces.
+    #[arg(long, env = "ZEN_LEAD_DETECT_UNINJECTED", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub detect_uninjected: bool,
 
     /// imagePullPolicy of the injected agent container. Empty: the
     /// cluster's default for the image's tag.

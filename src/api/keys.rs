@@ -67,6 +67,42 @@ pub const RETRY_PERIOD_ANNOTATION: &str = "zen-lead.io/retry-period-seconds";
 /// candidates briefly defer to the named one.
 pub const PREFERRED_HOLDER_ANNOTATION: &str = "zen-lead.io/preferred-holder";
 
+/// Label on the Leases the controller manages: the name of the LeaderPolicy
+/// (same namespace). The controller watches Leases with this label only, so
+/// node heartbeats and other Leases cost it nothing.
+pub const LEASE_POLICY_LABEL: &str = "zen-lead.io/policy";
+
+/// Annotation the controller puts on a Deployment or StatefulSet before
+/// `followerMode: scaleDown` scales it: the replica count to restore.
+pub const ORIGINAL_REPLICAS_ANNOTATION: &str = "zen-lead.io/original-replicas";
+
+/// Annotation next to [`ORIGINAL_REPLICAS_ANNOTATION`]: the pool whose
+/// scaleDown changed the workload, so a restore finds it even at 0 replicas.
+pub const SCALED_BY_ANNOTATION: &str = "zen-lead.io/scaled-by";
+
+/// Finalizer on a LeaderPolicy while workloads of its pool are scaled down,
+/// so deleting the policy restores their replica counts first.
+pub const RESTORE_FINALIZER: &str = "zen-lead.io/restore-replicas";
+
+/// Default name of the controller's own Lease (in its `--namespace`).
+pub const CONTROLLER_LEASE_NAME: &str = "zen-lead-controller";
+
+/// Characters of the pod UID in a `pod`-strategy identity.
+pub const POD_IDENTITY_UID_CHARS: usize = 8;
+
+/// Candidate identity under `identityStrategy: pod`:
+/// `<pod-name>_<first 8 characters of the pod UID>`, so a StatefulSet pod
+/// re-created with the same name is a different candidate.
+pub fn pod_identity(pod_name: &str, pod_uid: &str) -> String {
+    // Same rule as the agent's `agent::pod_identity` (dashes skipped).
+    let uid: String = pod_uid
+        .chars()
+        .filter(|c| *c != '-')
+        .take(POD_IDENTITY_UID_CHARS)
+        .collect();
+    format!("{pod_name}_{uid}")
+}
+
 /// Field manager zen-lead uses for server-side apply.
 pub const FIELD_MANAGER: &str = "zen-lead";
 

@@ -1,11 +1,25 @@
-//! `zen-lead controller` (issue 6): keeps each LeaderPolicy's Lease, status,
-//! pod roles and scaleDown replica counts current, and serves the webhook
-//! (issue 5) on every replica.
+//! `zen-lead controller`: the webhook (every replica) and the controllers
+//! (the replica holding the controller's own Lease), which keep each
+//! LeaderPolicy's Lease, status, pod roles, readiness gates, RBAC and
+//! scaleDown replica counts current.
 //!
-//! What runs now is the webhook and the admin server; the controllers
-//! themselves come with issue 6.
+//! - [`decide`]: every decision, pure and table-tested.
+//! - [`cache`]: the scoped watches and what a change queues.
+//! - [`queue`]: the de-duplicating pool queue.
+//! - [`reconcile`]: one pool's observe-decide-write pass.
+//! - [`runner`]: the controller Lease and the workers.
+
+pub mod cache;
+pub mod decide;
+pub mod metrics;
+pub mod queue;
+pub mod reconcile;
+pub mod runner;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use crate::api::validate_dns_label;
 use crate::cli::ControllerArgs;
@@ -19,6 +33,7 @@ pub struct Config {
     pub namespace: String,
     pub agent_image: String,
     pub evict_uninjected: bool,
+    pub controllers: runner::Settings,
 }
 
 /// Errors of the controller module.
@@ -44,17 +59,50 @@ pub enum ControllerError {
 
     #[error("could not install the signal handler: {0}")]
     Signal(#[source] std::io::Error),
+
+    #[error(
+        "--watch-namespace (ZEN_LEAD_WATCH_NAMESPACE) {value:?} is not a valid namespace name: {reason}"
+    )]
+    InvalidWatchNamespace { value: String, reason: String },
+
+    #[error(
+        "--controller-lease-name (ZEN_LEAD_CONTROLLER_LEASE_NAME) {value:?} cannot name a Lease: {reason}"
+    )]
+    InvalidLeaseName { value: String, reason: String },
+
+    #[error(
+        "--controller-lease-duration (ZEN_LEAD_CONTROLLER_LEASE_DURATION) must be at least 2s, got {value:?}"
+    )]
+    LeaseTooShort { value: Duration },
+
+    #[error("the controller election stopped: {0}")]
+    Election(#[from] crate::election::RunError),
 }
 
-/// Runs `zen-lead controller` until SIGTERM or Ctrl-C: for now the webhook
-/// (HTTPS) and the admin server.
+/// Runs `zen-lead controller` until SIGTERM or Ctrl-C: the webhook and admin
+/// server on this replica, and the controllers while it holds the
+/// controller Lease (released on shutdown, so a standby takes over at once).
 pub async fn run(config: &Config) -> Result<(), ControllerError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(ControllerError::Kube)?;
+    let metrics = metrics::Metrics::default();
+    let election_metrics = crate::election::Metrics::default();
+    let mut registry = crate::telemetry::new_registry();
+    metrics.register(&mut registry);
+    election_metrics.register(registry.sub_registry_with_prefix("controller_lease"));
+    let client = counting_client(metrics.api_requests.clone()).await?;
     let shutdown = shutdown_signal()?;
-    let registry = crate::telemetry::new_registry();
-    webhook::serve(
+
+    let ready = Arc::new(AtomicBool::new(false));
+    crate::telemetry::register_readiness("controller caches", ready.clone());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let controllers = tokio::spawn(runner::lead_and_run(
+        client.clone(),
+        config.controllers.clone(),
+        metrics,
+        ready,
+        election_metrics,
+        stop_rx,
+    ));
+    let served = webhook::serve(
         &config.webhook,
         config.admin_addr,
         &config.namespace,
@@ -62,9 +110,31 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
         registry,
         shutdown,
     )
-    .await?;
+    .await;
+    let _ = stop.send(true);
+    let elected = controllers.await.unwrap_or(Ok(()));
+    served?;
+    elected?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The client every controller request goes through; each request
+/// increments `requests` (the API load metric the scale benchmark reads).
+async fn counting_client(
+    requests: prometheus_client::metrics::counter::Counter,
+) -> Result<kube::Client, ControllerError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| ControllerError::Kube(kube::Error::InferConfig(e)))?;
+    let layer = tower::util::MapRequestLayer::new(move |req| {
+        requests.inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(ControllerError::Kube)?
+        .with_layer(&layer)
+        .build())
 }
 
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ControllerError> {
@@ -94,12 +164,59 @@ impl Config {
                 value: args.agent_image.clone(),
             });
         }
+        let watch = args.watch_namespace.trim();
+        if !watch.is_empty() {
+            validate_dns_label(watch).map_err(|reason| ControllerError::InvalidWatchNamespace {
+                value: args.watch_namespace.clone(),
+                reason,
+            })?;
+        }
+        crate::api::validate_dns_subdomain(&args.controller_lease_name).map_err(|reason| {
+            ControllerError::InvalidLeaseName {
+                value: args.controller_lease_name.clone(),
+                reason,
+            }
+        })?;
+        if args.controller_lease_duration < Duration::from_secs(2) {
+            return Err(ControllerError::LeaseTooShort {
+                value: args.controller_lease_duration,
+            });
+        }
+        let identity = match args.controller_identity.trim() {
+            "" => default_identity(),
+            given => given.to_owned(),
+        };
+        let controllers = runner::Settings {
+            watch_namespace: (!watch.is_empty()).then(|| watch.to_owned()),
+            namespace: args.namespace.clone(),
+            lease_name: args.controller_lease_name.clone(),
+            lease_timings: crate::election::record::proportional(args.controller_lease_duration),
+            identity,
+            workers: args.workers,
+            evict_uninjected: args.evict_uninjected,
+            detect_uninjected: args.detect_uninjected,
+            resync: Duration::from_secs(300),
+        };
         Ok(Self {
             webhook,
             admin_addr: args.admin_addr,
             namespace: args.namespace.clone(),
             agent_image: image.to_owned(),
             evict_uninjected: args.evict_uninjected,
+            controllers,
         })
     }
+}
+
+/// `$POD_NAME` (downward API) or the host name, plus the process id, so two
+/// processes on one host never share an identity.
+fn default_identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "zen-lead".to_owned());
+    format!("{base}_{}", std::process::id())
 }

@@ -1,0 +1,878 @@
+//! The controller's decisions, free of I/O: what a pool pod is, who leads,
+//! whether to hand off or expire the Lease, which labels and readiness-gate
+//! conditions pods should carry, what the status says, and how scaleDown
+//! sizes the pool's workloads. [`super::reconcile`] observes and writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::keys::{
+    self, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, ROLE_ANNOTATION, ROLE_FOLLOWER,
+    ROLE_LABEL, ROLE_LEADER, conditions,
+};
+use crate::api::{FollowerMode, Holder, IdentityStrategy, LeaderPolicyStatus, Phase};
+use crate::webhook::inject::AGENT_CONTAINER;
+
+/// What the controller needs to know about one pool pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub uid: String,
+    pub node: Option<String>,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    /// `status.phase` is Failed or Succeeded.
+    pub finished: bool,
+    /// The pod spec has the agent container (the webhook injected it).
+    pub injected: bool,
+    /// The agent container has started (`started: true` or ready).
+    pub agent_started: bool,
+    /// Identity the pod's agent uses in the Lease.
+    pub identity: Option<String>,
+    pub role_label: Option<String>,
+    pub role_annotation: Option<String>,
+    /// Current `zen-lead.io/candidate` condition: (status, reason).
+    pub candidate: Option<(String, String)>,
+    pub service_account: String,
+    /// `Kind/name` of the controlling owner (ReplicaSet, StatefulSet, Job...).
+    pub owner: Option<(String, String)>,
+    /// `pod-template-hash` label (Deployment pods): the ReplicaSet's suffix.
+    pub template_hash: Option<String>,
+}
+
+impl PodView {
+    /// Reads a pod under the policy's identity strategy.
+    pub fn from_pod(pod: &Pod, strategy: IdentityStrategy) -> Self {
+        let meta = &pod.metadata;
+        let name = meta.name.clone().unwrap_or_default();
+        let uid = meta.uid.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let injected = spec.is_some_and(|s| {
+            s.containers.iter().any(|c| c.name == AGENT_CONTAINER)
+                || s.init_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == AGENT_CONTAINER)
+        });
+        let agent_started = status.is_some_and(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+                .any(|c| {
+                    c.name == AGENT_CONTAINER
+                        && (c.started == Some(true) || c.ready)
+                        && c.state.as_ref().is_some_and(|st| st.running.is_some())
+                })
+        });
+        let finished = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Failed" || p == "Succeeded");
+        let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+        let identity = match strategy {
+            IdentityStrategy::Pod => {
+                (!name.is_empty() && !uid.is_empty()).then(|| keys::pod_identity(&name, &uid))
+            }
+            IdentityStrategy::Custom => annotation(IDENTITY_ANNOTATION)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+        };
+        let candidate = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == CANDIDATE_READINESS_GATE))
+            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
+        let owner = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.kind.clone(), o.name.clone()));
+        PodView {
+            name,
+            uid,
+            node: spec.and_then(|s| s.node_name.clone()),
+            terminating: meta.deletion_timestamp.is_some(),
+            finished,
+            injected,
+            agent_started,
+            identity,
+            role_label: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ROLE_LABEL))
+                .cloned(),
+            role_annotation: annotation(ROLE_ANNOTATION),
+            candidate,
+            service_account: spec
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+            owner,
+            template_hash: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"))
+                .cloned(),
+        }
+    }
+
+    /// Alive as far as the pool is concerned: not terminating, not finished,
+    /// and not on a node that is NotReady.
+    pub fn alive(&self, node_ready: &dyn Fn(&str) -> bool) -> bool {
+        !self.terminating && !self.finished && self.node.as_deref().is_none_or(node_ready)
+    }
+
+    /// A candidate: alive with a started agent.
+    pub fn candidate(&self, node_ready: &dyn Fn(&str) -> bool) -> bool {
+        self.alive(node_ready) && self.agent_started
+    }
+}
+
+/// The pool's Lease as the controller sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    pub transitions: i32,
+    pub acquired: Option<Time>,
+    pub preferred: Option<String>,
+    /// No renewal was observed for a whole lease duration.
+    pub expired: bool,
+}
+
+/// Why the holder is no longer fit to lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderGone {
+    /// No pool pod has the identity (deleted, or re-created with a new UID).
+    PodGone,
+    Failed,
+    NodeNotReady,
+}
+
+impl HolderGone {
+    pub fn reason(self) -> &'static str {
+        match self {
+            HolderGone::PodGone => "HolderPodGone",
+            HolderGone::Failed => "HolderPodFinished",
+            HolderGone::NodeNotReady => "HolderNodeNotReady",
+        }
+    }
+}
+
+/// What to do about the Lease's holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failover {
+    Nothing,
+    /// The holder is shutting down but its agent may still renew: name a
+    /// successor (`zen-lead.io/preferred-holder`) so the holder releases.
+    HandOff {
+        to: String,
+    },
+    /// The holder cannot renew any more: clear `holderIdentity` by
+    /// compare-and-swap so a follower acquires at once.
+    Expire {
+        why: HolderGone,
+    },
+}
+
+/// Decides on the holder. `holder_pod` is the pool pod whose identity is the
+/// Lease's holder (if any pod has it). Holders that no pool pod explains are
+/// expired only when `confirmed_gone` (the caller re-read the API server:
+/// a cache may lag behind a Lease acquired by a brand-new pod).
+pub fn failover(
+    lease: &LeaseView,
+    holder_pod: Option<&PodView>,
+    pods: &[PodView],
+    node_ready: &dyn Fn(&str) -> bool,
+    confirmed_gone: bool,
+) -> Failover {
+    let Some(holder) = lease.holder.as_deref() else {
+        return Failover::Nothing;
+    };
+    match holder_pod {
+        None if confirmed_gone => Failover::Expire {
+            why: HolderGone::PodGone,
+        },
+        None => Failover::Nothing,
+        Some(pod) if pod.finished => Failover::Expire {
+            why: HolderGone::Failed,
+        },
+        Some(pod) if pod.node.as_deref().is_some_and(|n| !node_ready(n)) => Failover::Expire {
+            why: HolderGone::NodeNotReady,
+        },
+        Some(pod) if pod.terminating => match successor(pods, holder, node_ready) {
+            Some(to) if lease.preferred.as_deref() != Some(to.as_str()) => Failover::HandOff { to },
+            _ => Failover::Nothing,
+        },
+        Some(_) => Failover::Nothing,
+    }
+}
+
+/// The candidate to hand off to: the oldest-named live candidate other than
+/// the holder (deterministic, so repeated reconciles name the same one).
+fn successor(pods: &[PodView], holder: &str, node_ready: &dyn Fn(&str) -> bool) -> Option<String> {
+    pods.iter()
+        .filter(|p| p.candidate(node_ready) && p.identity.as_deref() != Some(holder))
+        .filter_map(|p| p.identity.clone())
+        .min()
+}
+
+/// Whether the holder identity names a pod that the cache cannot explain,
+/// so the caller should confirm with the API server before expiring.
+pub fn needs_confirmation(lease: &LeaseView, holder_pod: Option<&PodView>) -> bool {
+    lease.holder.is_some() && holder_pod.is_none()
+}
+
+/// The pool pod that holds the Lease.
+pub fn holder_pod<'a>(lease: &LeaseView, pods: &'a [PodView]) -> Option<&'a PodView> {
+    let holder = lease.holder.as_deref()?;
+    pods.iter().find(|p| p.identity.as_deref() == Some(holder))
+}
+
+/// The pod that leads: holds an unexpired Lease and is a live candidate.
+pub fn leader<'a>(
+    lease: &LeaseView,
+    pods: &'a [PodView],
+    node_ready: &dyn Fn(&str) -> bool,
+) -> Option<&'a PodView> {
+    if lease.expired {
+        return None;
+    }
+    holder_pod(lease, pods).filter(|p| p.alive(node_ready))
+}
+
+/// A change of a pod's role label and annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChange {
+    pub pod: String,
+    /// `None`: remove both (the pod left the pool or the policy is gone).
+    pub role: Option<&'static str>,
+}
+
+/// Role changes in the order they must be written: every demotion of a pod
+/// labelled leader comes before the promotion of the new leader, so two pods
+/// never carry `zen-lead.io/role: leader` at once. `also_leader` names pods
+/// this controller labelled leader that the cache may not show yet.
+pub fn role_changes(
+    pods: &[PodView],
+    leader: Option<&str>,
+    also_leader: &BTreeSet<String>,
+) -> Vec<RoleChange> {
+    let mut demote = Vec::new();
+    let mut promote = Vec::new();
+    let mut follow = Vec::new();
+    for pod in pods {
+        let want = if Some(pod.name.as_str()) == leader {
+            ROLE_LEADER
+        } else {
+            ROLE_FOLLOWER
+        };
+        let labelled_leader =
+            pod.role_label.as_deref() == Some(ROLE_LEADER) || also_leader.contains(&pod.name);
+        let current_ok = pod.role_label.as_deref() == Some(want)
+            && pod.role_annotation.as_deref() == Some(want)
+            && (want == ROLE_LEADER || !also_leader.contains(&pod.name));
+        if current_ok {
+            continue;
+        }
+        let change = RoleChange {
+            pod: pod.name.clone(),
+            role: Some(want),
+        };
+        if want == ROLE_LEADER {
+            promote.push(change);
+        } else if labelled_leader {
+            demote.push(change);
+        } else {
+            follow.push(change);
+        }
+    }
+    demote.extend(promote);
+    demote.extend(follow);
+    demote
+}
+
+/// Removal of role labels from every pod that has one (pool without policy).
+pub fn role_removals(pods: &[PodView]) -> Vec<RoleChange> {
+    pods.iter()
+        .filter(|p| p.role_label.is_some() || p.role_annotation.is_some())
+        .map(|p| RoleChange {
+            pod: p.name.clone(),
+            role: None,
+        })
+        .collect()
+}
+
+/// The `zen-lead.io/candidate` condition a pod should carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateCondition {
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Candidate condition for a pool pod; `policy_exists` is false when no
+/// LeaderPolicy (or one being deleted) names the pool.
+pub fn candidate_condition(policy_exists: bool, pool: &str, pod: &PodView) -> CandidateCondition {
+    if !policy_exists {
+        return CandidateCondition {
+            status: false,
+            reason: "PolicyMissing",
+            message: format!(
+                "no LeaderPolicy {pool:?} exists in this namespace; create it, or remove the \
+                 zen-lead/pool annotation"
+            ),
+        };
+    }
+    if !pod.injected {
+        return CandidateCondition {
+            status: false,
+            reason: "AgentMissing",
+            message: format!(
+                "the pod has no {AGENT_CONTAINER} container (admitted while the zen-lead webhook \
+                 was unavailable); delete it so it is re-created through the webhook"
+            ),
+        };
+    }
+    if !pod.agent_started {
+        return CandidateCondition {
+            status: false,
+            reason: "AgentNotStarted",
+            message: format!("the {AGENT_CONTAINER} container has not started yet"),
+        };
+    }
+    CandidateCondition {
+        status: true,
+        reason: "AgentStarted",
+        message: format!("candidate in pool {pool:?}"),
+    }
+}
+
+/// Whether the pod's current condition already says what `want` says. A
+/// True condition is accepted whatever its reason (the kubelet of a test
+/// node may have set it), a False one must have our reason.
+pub fn candidate_condition_current(pod: &PodView, want: &CandidateCondition) -> bool {
+    match &pod.candidate {
+        Some((status, reason)) => {
+            if want.status {
+                status == "True"
+            } else {
+                status == "False" && reason == want.reason
+            }
+        }
+        None => false,
+    }
+}
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone)]
+pub struct StatusInput<'a> {
+    pub generation: Option<i64>,
+    pub pool: &'a str,
+    pub previous: Option<&'a LeaderPolicyStatus>,
+    /// `Err(reason, message)`: the policy is unusable (timings) or the
+    /// Lease could not be ensured.
+    pub policy_ready: Result<(), (&'static str, String)>,
+    pub lease: Option<&'a LeaseView>,
+    pub leader: Option<&'a PodView>,
+    pub pods: &'a [PodView],
+    /// Live pool pods with a started agent.
+    pub candidates: usize,
+    /// Pods (labelled or only annotated) that run without the agent.
+    pub agent_missing: &'a [String],
+    pub follower_mode: FollowerMode,
+    /// scaleDown outcome (`None` in standby mode).
+    pub scaled: Option<Result<String, (&'static str, String)>>,
+    pub now: Time,
+}
+
+fn condition(
+    previous: Option<&LeaderPolicyStatus>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+/// The LeaderPolicy status for `input`. Condition transition times and the
+/// holder's `since` are kept from `previous` when nothing changed, so an
+/// unchanged pool yields an identical status (and no write).
+pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
+    let prev = input.previous;
+    let g = input.generation;
+    let now = &input.now;
+    let mut conds = Vec::new();
+
+    let ready = match &input.policy_ready {
+        Ok(()) => condition(
+            prev,
+            conditions::POLICY_READY,
+            true,
+            "LeaseReady",
+            format!("Lease {} carries the policy's timings", input.pool),
+            g,
+            now,
+        ),
+        Err((reason, message)) => condition(
+            prev,
+            conditions::POLICY_READY,
+            false,
+            reason,
+            message.clone(),
+            g,
+            now,
+        ),
+    };
+    conds.push(ready);
+
+    let holder = input.leader.map(|pod| Holder {
+        name: Some(pod.name.clone()),
+        uid: Some(pod.uid.clone()),
+        identity: pod.identity.clone().unwrap_or_default(),
+        since: input.lease.and_then(|l| l.acquired.clone()).or_else(|| {
+            prev.and_then(|p| p.current_holder.as_ref())
+                .filter(|h| h.identity == pod.identity.clone().unwrap_or_default())
+                .and_then(|h| h.since.clone())
+        }),
+    });
+    let elected = match (input.leader, input.lease) {
+        (Some(pod), _) => condition(
+            prev,
+            conditions::LEADER_ELECTED,
+            true,
+            "LeaderElected",
+            format!("pod {} holds the Lease", pod.name),
+            g,
+            now,
+        ),
+        (None, Some(lease)) if lease.holder.is_some() && lease.expired => condition(
+            prev,
+            conditions::LEADER_ELECTED,
+            false,
+            "LeaseExpired",
+            format!(
+                "the Lease names {:?} but was not renewed within its duration; a candidate \
+                 takes it over",
+                lease.holder.clone().unwrap_or_default()
+            ),
+            g,
+            now,
+        ),
+        (None, Some(lease)) if lease.holder.is_some() => condition(
+            prev,
+            conditions::LEADER_ELECTED,
+            false,
+            "HolderNotLive",
+            format!(
+                "the Lease names {:?}, which is not a live pool pod; it is being taken over",
+                lease.holder.clone().unwrap_or_default()
+            ),
+            g,
+            now,
+        ),
+        _ if input.candidates == 0 => condition(
+            prev,
+            conditions::LEADER_ELECTED,
+            false,
+            "NoCandidates",
+            "nobody holds the Lease and no pool pod runs a started agent".to_owned(),
+            g,
+            now,
+        ),
+        _ => condition(
+            prev,
+            conditions::LEADER_ELECTED,
+            false,
+            "Electing",
+            "nobody holds the Lease yet; the candidates are electing a leader".to_owned(),
+            g,
+            now,
+        ),
+    };
+    conds.push(elected);
+
+    let live: Vec<&PodView> = input
+        .pods
+        .iter()
+        .filter(|p| !p.terminating && !p.finished)
+        .collect();
+    let available = if input.candidates > 0 {
+        condition(
+            prev,
+            conditions::CANDIDATES_AVAILABLE,
+            true,
+            "CandidatesRunning",
+            format!("{} pool pod(s) run a started agent", input.candidates),
+            g,
+            now,
+        )
+    } else if live.is_empty() {
+        condition(
+            prev,
+            conditions::CANDIDATES_AVAILABLE,
+            false,
+            "NoPoolPods",
+            format!(
+                "no running pod carries zen-lead/pool={}; annotate a workload's pod template \
+                 with it",
+                input.pool
+            ),
+            g,
+            now,
+        )
+    } else {
+        condition(
+            prev,
+            conditions::CANDIDATES_AVAILABLE,
+            false,
+            "AgentsNotStarted",
+            format!(
+                "{} pool pod(s) exist but none runs a started zen-lead agent; check the \
+                 {AGENT_CONTAINER} container's logs",
+                live.len()
+            ),
+            g,
+            now,
+        )
+    };
+    conds.push(available);
+
+    let scaled = match (&input.scaled, input.follower_mode) {
+        (Some(Ok(message)), _) => condition(
+            prev,
+            conditions::SCALED_DOWN,
+            true,
+            "ScaledDown",
+            message.clone(),
+            g,
+            now,
+        ),
+        (Some(Err((reason, message))), _) => condition(
+            prev,
+            conditions::SCALED_DOWN,
+            false,
+            reason,
+            message.clone(),
+            g,
+            now,
+        ),
+        (None, _) => condition(
+            prev,
+            conditions::SCALED_DOWN,
+            false,
+            "FollowerModeStandby",
+            "followerMode is standby: followers keep running".to_owned(),
+            g,
+            now,
+        ),
+    };
+    conds.push(scaled);
+
+    let missing = if input.agent_missing.is_empty() {
+        condition(
+            prev,
+            conditions::AGENT_MISSING,
+            false,
+            "AllPodsInjected",
+            "every pool pod runs the zen-lead agent".to_owned(),
+            g,
+            now,
+        )
+    } else {
+        condition(
+            prev,
+            conditions::AGENT_MISSING,
+            true,
+            "PodsWithoutAgent",
+            format!(
+                "pod(s) {} carry zen-lead/pool but run without the agent (admitted while the \
+                 webhook was unavailable); delete them, or run the controller with \
+                 --evict-uninjected",
+                list(input.agent_missing)
+            ),
+            g,
+            now,
+        )
+    };
+    conds.push(missing);
+
+    let phase = if input.leader.is_some() {
+        Phase::Stable
+    } else {
+        Phase::Electing
+    };
+    let last_transition_time = {
+        let prev_identity = prev
+            .and_then(|p| p.current_holder.as_ref())
+            .map(|h| h.identity.as_str());
+        let identity = holder.as_ref().map(|h| h.identity.as_str());
+        if prev.is_some() && prev_identity == identity {
+            prev.and_then(|p| p.last_transition_time.clone())
+        } else if prev.is_none() && identity.is_none() {
+            None
+        } else {
+            Some(now.clone())
+        }
+    };
+    LeaderPolicyStatus {
+        phase: Some(phase),
+        current_holder: holder,
+        candidates: Some(i32::try_from(input.candidates).unwrap_or(i32::MAX)),
+        lease_transitions: input.lease.map(|l| l.transitions),
+        last_transition_time,
+        observed_generation: g,
+        conditions: conds,
+    }
+}
+
+/// A leader change worth an event, a log line and a metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderChange {
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// Compares the previous and new holder names (pod names, or identities
+/// when no pod is known).
+pub fn leader_change(
+    previous: Option<&LeaderPolicyStatus>,
+    next: &LeaderPolicyStatus,
+) -> Option<LeaderChange> {
+    let name = |s: Option<&LeaderPolicyStatus>| {
+        s.and_then(|s| s.current_holder.as_ref())
+            .map(|h| h.name.clone().unwrap_or_else(|| h.identity.clone()))
+    };
+    let old = name(previous);
+    let new = name(Some(next));
+    (old != new).then_some(LeaderChange { old, new })
+}
+
+/// A workload that belongs to the pool (or did, and was scaled by it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkloadView {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: &'static str,
+    pub name: String,
+    /// `spec.replicas` (defaults to 1 like the API server does).
+    pub replicas: i32,
+    /// The workload (or its pod template) names this pool and joins it.
+    pub in_pool: bool,
+    /// [`keys::ORIGINAL_REPLICAS_ANNOTATION`] when [`keys::SCALED_BY_ANNOTATION`]
+    /// names this pool.
+    pub original: Option<i32>,
+    /// An HPA targets it.
+    pub hpa: Option<String>,
+}
+
+/// One step of scaleDown bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleAction {
+    /// Write the original count before the first scale (never overwritten
+    /// afterwards, so a restart cannot record an already reduced count).
+    Remember {
+        kind: &'static str,
+        name: String,
+        original: i32,
+    },
+    Scale {
+        kind: &'static str,
+        name: String,
+        replicas: i32,
+    },
+    /// Drop the bookkeeping annotations once the count is restored.
+    Forget { kind: &'static str, name: String },
+}
+
+/// The scaleDown plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePlan {
+    pub actions: Vec<ScaleAction>,
+    /// `Err` refuses: (reason, message).
+    pub outcome: Option<Result<String, (&'static str, String)>>,
+}
+
+/// Plans scaleDown (`scale_down` = the policy exists, is not being deleted,
+/// and says `followerMode: scaleDown`) or the restore of every workload the
+/// pool scaled. `keep` is the workload that runs the current leader, which
+/// keeps its one replica.
+pub fn scale_plan(
+    workloads: &[WorkloadView],
+    scale_down: bool,
+    keep: Option<(&str, &str)>,
+) -> ScalePlan {
+    let mut actions = Vec::new();
+    // Restore everything that should no longer be scaled.
+    for w in workloads {
+        if let Some(original) = w.original
+            && (!scale_down || !w.in_pool)
+        {
+            if w.replicas != original {
+                actions.push(ScaleAction::Scale {
+                    kind: w.kind,
+                    name: w.name.clone(),
+                    replicas: original,
+                });
+            }
+            actions.push(ScaleAction::Forget {
+                kind: w.kind,
+                name: w.name.clone(),
+            });
+        }
+    }
+    if !scale_down {
+        return ScalePlan {
+            actions,
+            outcome: None,
+        };
+    }
+    let members: Vec<&WorkloadView> = workloads.iter().filter(|w| w.in_pool).collect();
+    if let Some(w) = members.iter().find(|w| w.hpa.is_some()) {
+        return ScalePlan {
+            actions,
+            outcome: Some(Err((
+                "HorizontalPodAutoscalerConflict",
+                format!(
+                    "{} {} is scaled by HorizontalPodAutoscaler {}; zen-lead does not fight it. \
+                     Remove the HPA or use followerMode: standby",
+                    w.kind,
+                    w.name,
+                    w.hpa.clone().unwrap_or_default()
+                ),
+            ))),
+        };
+    }
+    if members.is_empty() {
+        return ScalePlan {
+            actions,
+            outcome: Some(Err((
+                "NoWorkloads",
+                "no Deployment or StatefulSet of this namespace names the pool; bare pods and \
+                 Jobs are not scaled"
+                    .to_owned(),
+            ))),
+        };
+    }
+    // Who keeps the single replica: the leader's workload, else the first
+    // by kind and name that has (or had) replicas.
+    let keeper = keep
+        .and_then(|(kind, name)| members.iter().find(|w| w.kind == kind && w.name == name))
+        .or_else(|| {
+            members
+                .iter()
+                .filter(|w| w.original.unwrap_or(w.replicas) > 0)
+                .min_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)))
+        })
+        .map(|w| (w.kind, w.name.clone()));
+    let mut summary = Vec::new();
+    for w in &members {
+        let target = i32::from(
+            keeper
+                .as_ref()
+                .is_some_and(|(k, n)| *k == w.kind && *n == w.name),
+        );
+        if w.original.is_none() {
+            if w.replicas == target {
+                summary.push(format!("{} {}: {target}", w.kind, w.name));
+                continue;
+            }
+            actions.push(ScaleAction::Remember {
+                kind: w.kind,
+                name: w.name.clone(),
+                original: w.replicas,
+            });
+        }
+        if w.replicas != target {
+            actions.push(ScaleAction::Scale {
+                kind: w.kind,
+                name: w.name.clone(),
+                replicas: target,
+            });
+        }
+        summary.push(format!("{} {}: {target}", w.kind, w.name));
+    }
+    ScalePlan {
+        actions,
+        outcome: Some(Ok(format!(
+            "the pool runs one replica in total ({})",
+            summary.join(", ")
+        ))),
+    }
+}
+
+/// The workload that owns a pod: a StatefulSet directly, a Deployment
+/// through its ReplicaSet (`<deployment>-<pod-template-hash>`).
+pub fn pod_workload(pod: &PodView) -> Option<(&'static str, String)> {
+    let (kind, name) = pod.owner.as_ref()?;
+    match kind.as_str() {
+        "StatefulSet" => Some(("StatefulSet", name.clone())),
+        "ReplicaSet" => {
+            let hash = pod.template_hash.as_deref()?;
+            let deployment = name.strip_suffix(&format!("-{hash}"))?;
+            Some(("Deployment", deployment.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// Sorted, de-duplicated ServiceAccounts of the pool's pods: the subjects of
+/// the RoleBinding that lets their agents use the Lease.
+pub fn service_accounts(pods: &[PodView]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| !p.finished)
+        .map(|p| p.service_account.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Whether a workload's metadata or pod template joins `pool`.
+pub fn joins_pool(
+    meta_annotations: Option<&BTreeMap<String, String>>,
+    template_annotations: Option<&BTreeMap<String, String>>,
+    template_labels: Option<&BTreeMap<String, String>>,
+    pool: &str,
+) -> bool {
+    let get = |m: Option<&BTreeMap<String, String>>, k: &str| m.and_then(|m| m.get(k)).cloned();
+    let named = get(template_annotations, keys::POOL_ANNOTATION)
+        .or_else(|| get(template_labels, keys::POOL_LABEL))
+        .or_else(|| get(meta_annotations, keys::POOL_ANNOTATION));
+    let join = get(template_annotations, keys::JOIN_ANNOTATION)
+        .or_else(|| get(meta_annotations, keys::JOIN_ANNOTATION));
+    named.as_deref().map(str::trim) == Some(pool) && join.as_deref() != Some("false")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,539 @@
+use super::*;
+use k8s_openapi::jiff::Timestamp;
+
+fn pod(name: &str) -> PodView {
+    PodView {
+        name: name.to_owned(),
+        uid: format!("{name}-uid"),
+        node: Some("n1".to_owned()),
+        terminating: false,
+        finished: false,
+        injected: true,
+        agent_started: true,
+        identity: Some(format!("{name}_id")),
+        role_label: None,
+        role_annotation: None,
+        candidate: None,
+        service_account: "default".to_owned(),
+        owner: None,
+        template_hash: None,
+    }
+}
+
+fn ready(_: &str) -> bool {
+    true
+}
+
+fn not_ready(n: &str) -> bool {
+    n != "n1"
+}
+
+fn held_by(id: &str) -> LeaseView {
+    LeaseView {
+        holder: Some(id.to_owned()),
+        ..LeaseView::default()
+    }
+}
+
+#[test]
+fn pod_view_reads_agent_and_identity() {
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "a", "uid": "1234abcd-ef00-1111", "labels": {"zen-lead.io/role": "leader", "pod-template-hash": "5f6"},
+            "annotations": {"zen-lead/identity": "custom-a"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f6", "uid": "x", "controller": true}]},
+        "spec": {"nodeName": "n1", "initContainers": [{"name": "zen-lead-agent", "restartPolicy": "Always"}], "containers": [{"name": "app"}]},
+        "status": {"phase": "Running",
+            "initContainerStatuses": [{"name": "zen-lead-agent", "image": "", "imageID": "", "ready": false, "restartCount": 0, "started": true, "state": {"running": {}}}],
+            "conditions": [{"type": "zen-lead.io/candidate", "status": "True", "reason": "AgentStarted"}]}
+    }))
+    .expect("pod");
+    let v = PodView::from_pod(&p, IdentityStrategy::Pod);
+    assert!(v.injected && v.agent_started && !v.finished && !v.terminating);
+    assert_eq!(v.identity.as_deref(), Some("a_1234abcd"));
+    assert_eq!(v.role_label.as_deref(), Some("leader"));
+    assert_eq!(
+        v.candidate,
+        Some(("True".to_owned(), "AgentStarted".to_owned()))
+    );
+    assert_eq!(pod_workload(&v), Some(("Deployment", "web".to_owned())));
+    let c = PodView::from_pod(&p, IdentityStrategy::Custom);
+    assert_eq!(c.identity.as_deref(), Some("custom-a"));
+}
+
+#[test]
+fn failover_table() {
+    let mut terminating = pod("a");
+    terminating.terminating = true;
+    let mut finished = pod("a");
+    finished.finished = true;
+    let b = pod("b");
+    let c = pod("c");
+    let lease = held_by("a_id");
+    let cases: Vec<(
+        &str,
+        Option<PodView>,
+        Vec<PodView>,
+        fn(&str) -> bool,
+        bool,
+        Failover,
+    )> = vec![
+        (
+            "healthy holder",
+            Some(pod("a")),
+            vec![pod("a"), b.clone()],
+            ready,
+            false,
+            Failover::Nothing,
+        ),
+        (
+            "holder unexplained, not confirmed: wait",
+            None,
+            vec![b.clone()],
+            ready,
+            false,
+            Failover::Nothing,
+        ),
+        (
+            "holder confirmed gone",
+            None,
+            vec![b.clone()],
+            ready,
+            true,
+            Failover::Expire {
+                why: HolderGone::PodGone,
+            },
+        ),
+        (
+            "holder finished",
+            Some(finished.clone()),
+            vec![finished.clone(), b.clone()],
+            ready,
+            false,
+            Failover::Expire {
+                why: HolderGone::Failed,
+            },
+        ),
+        (
+            "holder's node NotReady",
+            Some(pod("a")),
+            vec![pod("a"), b.clone()],
+            not_ready,
+            false,
+            Failover::Expire {
+                why: HolderGone::NodeNotReady,
+            },
+        ),
+        (
+            "holder terminating: hand off to the first live candidate",
+            Some(terminating.clone()),
+            vec![terminating.clone(), c.clone(), b.clone()],
+            ready,
+            false,
+            Failover::HandOff {
+                to: "b_id".to_owned(),
+            },
+        ),
+        (
+            "holder terminating, nobody to hand to",
+            Some(terminating.clone()),
+            vec![terminating.clone()],
+            ready,
+            false,
+            Failover::Nothing,
+        ),
+    ];
+    for (what, holder, pods, nr, confirmed, want) in cases {
+        let got = failover(&lease, holder.as_ref(), &pods, &nr, confirmed);
+        assert_eq!(got, want, "{what}");
+    }
+    // Already asked: not asked again.
+    let mut asked = held_by("a_id");
+    asked.preferred = Some("b_id".to_owned());
+    assert_eq!(
+        failover(
+            &asked,
+            Some(&terminating),
+            &[terminating.clone(), b.clone()],
+            &ready,
+            false
+        ),
+        Failover::Nothing
+    );
+    // Free Lease: nothing to do.
+    assert_eq!(
+        failover(&LeaseView::default(), None, &[b], &ready, true),
+        Failover::Nothing
+    );
+}
+
+#[test]
+fn demotion_always_precedes_promotion() {
+    let mut old = pod("old");
+    old.role_label = Some("leader".to_owned());
+    old.role_annotation = Some("leader".to_owned());
+    let new = pod("new");
+    let other = pod("other");
+    let changes = role_changes(
+        &[new.clone(), other.clone(), old.clone()],
+        Some("new"),
+        &BTreeSet::new(),
+    );
+    let order: Vec<(&str, Option<&str>)> =
+        changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
+    assert_eq!(
+        order,
+        vec![
+            ("old", Some("follower")),
+            ("new", Some("leader")),
+            ("other", Some("follower"))
+        ]
+    );
+    // A pod we labelled leader that the cache still shows unlabelled is
+    // demoted first too.
+    let remembered = BTreeSet::from(["other".to_owned()]);
+    let changes = role_changes(&[new.clone(), other.clone()], Some("new"), &remembered);
+    assert_eq!(changes[0].pod, "other");
+    assert_eq!(changes[1].pod, "new");
+    // Everything current: nothing to write.
+    let mut l = pod("l");
+    l.role_label = Some("leader".to_owned());
+    l.role_annotation = Some("leader".to_owned());
+    let mut f = pod("f");
+    f.role_label = Some("follower".to_owned());
+    f.role_annotation = Some("follower".to_owned());
+    assert!(role_changes(&[l, f], Some("l"), &BTreeSet::new()).is_empty());
+}
+
+#[test]
+fn candidate_condition_table() {
+    let mut uninjected = pod("u");
+    uninjected.injected = false;
+    let mut not_started = pod("n");
+    not_started.agent_started = false;
+    let cases = [
+        (false, pod("a"), false, "PolicyMissing"),
+        (true, uninjected, false, "AgentMissing"),
+        (true, not_started, false, "AgentNotStarted"),
+        (true, pod("a"), true, "AgentStarted"),
+    ];
+    for (exists, p, status, reason) in cases {
+        let c = candidate_condition(exists, "pool", &p);
+        assert_eq!((c.status, c.reason), (status, reason), "{p:?}");
+        assert!(!c.message.is_empty());
+    }
+    // True set by someone else counts as current; False needs our reason.
+    let mut p = pod("a");
+    p.candidate = Some(("True".to_owned(), String::new()));
+    assert!(candidate_condition_current(
+        &p,
+        &candidate_condition(true, "pool", &p)
+    ));
+    p.candidate = Some(("False".to_owned(), "Other".to_owned()));
+    assert!(!candidate_condition_current(
+        &p,
+        &candidate_condition(false, "pool", &p)
+    ));
+}
+
+fn input<'a>(
+    pods: &'a [PodView],
+    lease: Option<&'a LeaseView>,
+    leader: Option<&'a PodView>,
+    previous: Option<&'a LeaderPolicyStatus>,
+    now: Time,
+) -> StatusInput<'a> {
+    StatusInput {
+        generation: Some(3),
+        pool: "web",
+        previous,
+        policy_ready: Ok(()),
+        lease,
+        leader,
+        pods,
+        candidates: pods.iter().filter(|p| p.candidate(&ready)).count(),
+        agent_missing: &[],
+        follower_mode: FollowerMode::Standby,
+        scaled: None,
+        now,
+    }
+}
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).expect("time"))
+}
+
+#[test]
+fn status_phases_and_conditions() {
+    let pods = vec![pod("a"), pod("b")];
+    let lease = held_by("a_id");
+    let free = LeaseView::default();
+    // Electing: nobody holds.
+    let s = status(&input(&pods, Some(&free), None, None, t(100)));
+    assert_eq!(s.phase, Some(Phase::Electing));
+    assert_eq!(s.candidates, Some(2));
+    assert_eq!(s.observed_generation, Some(3));
+    assert!(s.current_holder.is_none());
+    let reason = |s: &LeaderPolicyStatus, ty: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == ty)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    assert_eq!(
+        reason(&s, "LeaderElected"),
+        Some(("False".into(), "Electing".into()))
+    );
+    assert_eq!(
+        reason(&s, "CandidatesAvailable"),
+        Some(("True".into(), "CandidatesRunning".into()))
+    );
+    assert_eq!(
+        reason(&s, "AgentMissing"),
+        Some(("False".into(), "AllPodsInjected".into()))
+    );
+    // Stable with a holder; transition time set.
+    let s2 = status(&input(
+        &pods,
+        Some(&lease),
+        Some(&pods[0]),
+        Some(&s),
+        t(200),
+    ));
+    assert_eq!(s2.phase, Some(Phase::Stable));
+    assert_eq!(
+        s2.current_holder.as_ref().and_then(|h| h.name.as_deref()),
+        Some("a")
+    );
+    assert_eq!(s2.last_transition_time, Some(t(200)));
+    let elected = s2
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "LeaderElected")
+        .expect("cond");
+    assert_eq!(elected.last_transition_time, t(200));
+    // Same input later: identical status (no write, times kept).
+    let s3 = status(&input(
+        &pods,
+        Some(&lease),
+        Some(&pods[0]),
+        Some(&s2),
+        t(300),
+    ));
+    assert_eq!(s3, s2);
+    // Changes observed: leader change detected.
+    assert_eq!(
+        leader_change(Some(&s), &s2),
+        Some(LeaderChange {
+            old: None,
+            new: Some("a".into())
+        })
+    );
+    assert_eq!(leader_change(Some(&s2), &s3), None);
+    // Expired Lease: Electing with LeaseExpired.
+    let mut expired = held_by("a_id");
+    expired.expired = true;
+    let s4 = status(&input(&pods, Some(&expired), None, Some(&s2), t(400)));
+    assert_eq!(s4.phase, Some(Phase::Electing));
+    assert_eq!(
+        reason(&s4, "LeaderElected"),
+        Some(("False".into(), "LeaseExpired".into()))
+    );
+    // No pods at all.
+    let s5 = status(&input(&[], Some(&free), None, None, t(1)));
+    assert_eq!(
+        reason(&s5, "CandidatesAvailable"),
+        Some(("False".into(), "NoPoolPods".into()))
+    );
+    assert_eq!(
+        reason(&s5, "LeaderElected"),
+        Some(("False".into(), "NoCandidates".into()))
+    );
+    // Invalid policy and missing agents are reported with what to do.
+    let missing = vec!["x".to_owned()];
+    let mut bad = input(&pods, None, None, None, t(1));
+    bad.policy_ready = Err(("InvalidTimings", "spec.renewDeadlineSeconds ...".into()));
+    bad.agent_missing = &missing;
+    let s6 = status(&bad);
+    assert_eq!(
+        reason(&s6, "PolicyReady"),
+        Some(("False".into(), "InvalidTimings".into()))
+    );
+    let am = s6
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "AgentMissing")
+        .expect("cond");
+    assert_eq!(am.status, "True");
+    assert!(
+        am.message.contains("x") && am.message.contains("--evict-uninjected"),
+        "{}",
+        am.message
+    );
+}
+
+fn w(kind: &'static str, name: &str, replicas: i32, original: Option<i32>) -> WorkloadView {
+    WorkloadView {
+        kind,
+        name: name.to_owned(),
+        replicas,
+        in_pool: true,
+        original,
+        hpa: None,
+    }
+}
+
+#[test]
+fn scale_plan_table() {
+    // First scaleDown: remember before scaling; the leader's workload keeps 1.
+    let plan = scale_plan(
+        &[
+            w("Deployment", "a", 3, None),
+            w("StatefulSet", "b", 2, None),
+        ],
+        true,
+        Some(("StatefulSet", "b")),
+    );
+    assert_eq!(
+        plan.actions,
+        vec![
+            ScaleAction::Remember {
+                kind: "Deployment",
+                name: "a".into(),
+                original: 3
+            },
+            ScaleAction::Scale {
+                kind: "Deployment",
+                name: "a".into(),
+                replicas: 0
+            },
+            ScaleAction::Remember {
+                kind: "StatefulSet",
+                name: "b".into(),
+                original: 2
+            },
+            ScaleAction::Scale {
+                kind: "StatefulSet",
+                name: "b".into(),
+                replicas: 1
+            },
+        ]
+    );
+    assert!(matches!(plan.outcome, Some(Ok(_))));
+    // After a restart: already remembered and scaled -> nothing at all
+    // (never scales twice, never overwrites the original).
+    let plan = scale_plan(&[w("Deployment", "a", 1, Some(3))], true, None);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    // Remembered but the scale was interrupted: scale only.
+    let plan = scale_plan(&[w("Deployment", "a", 3, Some(3))], true, None);
+    assert_eq!(
+        plan.actions,
+        vec![ScaleAction::Scale {
+            kind: "Deployment",
+            name: "a".into(),
+            replicas: 1
+        }]
+    );
+    // Back to standby: restore, then forget.
+    let plan = scale_plan(&[w("Deployment", "a", 1, Some(3))], false, None);
+    assert_eq!(
+        plan.actions,
+        vec![
+            ScaleAction::Scale {
+                kind: "Deployment",
+                name: "a".into(),
+                replicas: 3
+            },
+            ScaleAction::Forget {
+                kind: "Deployment",
+                name: "a".into()
+            },
+        ]
+    );
+    assert_eq!(plan.outcome, None);
+    // Left the pool while in scaleDown: restored.
+    let mut left = w("Deployment", "gone", 0, Some(2));
+    left.in_pool = false;
+    let plan = scale_plan(&[left, w("Deployment", "a", 1, Some(3))], true, None);
+    assert_eq!(
+        plan.actions[0],
+        ScaleAction::Scale {
+            kind: "Deployment",
+            name: "gone".into(),
+            replicas: 2
+        }
+    );
+    assert_eq!(
+        plan.actions[1],
+        ScaleAction::Forget {
+            kind: "Deployment",
+            name: "gone".into()
+        }
+    );
+    // An HPA: refuse, touch nothing.
+    let mut auto = w("Deployment", "auto", 2, None);
+    auto.hpa = Some("auto-hpa".into());
+    let plan = scale_plan(&[auto], true, None);
+    assert!(plan.actions.is_empty());
+    assert!(matches!(
+        plan.outcome,
+        Some(Err(("HorizontalPodAutoscalerConflict", _)))
+    ));
+    // Standby, nothing scaled: nothing.
+    let plan = scale_plan(&[w("Deployment", "a", 3, None)], false, None);
+    assert!(plan.actions.is_empty());
+}
+
+#[test]
+fn joins_pool_reads_template_then_workload() {
+    let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert!(joins_pool(
+        None,
+        Some(&m(&[("zen-lead/pool", "web")])),
+        None,
+        "web"
+    ));
+    assert!(joins_pool(
+        Some(&m(&[("zen-lead/pool", "web")])),
+        None,
+        None,
+        "web"
+    ));
+    assert!(joins_pool(
+        None,
+        None,
+        Some(&m(&[("zen-lead/pool", "web")])),
+        "web"
+    ));
+    assert!(!joins_pool(
+        None,
+        Some(&m(&[("zen-lead/pool", "other")])),
+        None,
+        "web"
+    ));
+    assert!(!joins_pool(
+        None,
+        Some(&m(&[("zen-lead/pool", "web"), ("zen-lead/join", "false")])),
+        None,
+        "web"
+    ));
+}
+
+#[test]
+fn service_accounts_are_sorted_and_unique() {
+    let mut a = pod("a");
+    a.service_account = "zeta".into();
+    let mut b = pod("b");
+    b.service_account = "alpha".into();
+    let c = pod("c");
+    let mut d = pod("d");
+    d.service_account = "zeta".into();
+    assert_eq!(
+        service_accounts(&[a, b, c, d]),
+        vec!["alpha", "default", "zeta"]
+    );
+}

@@ -1,0 +1,1287 @@
+//! One pool's reconciliation: observe (caches), decide ([`super::decide`]),
+//! write. Writes to the Lease are compare-and-swap (PUT with the observed
+//! resourceVersion); everything else is a patch of fields zen-lead owns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, EvictParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::cache::{Cache, Unlabelled};
+use super::decide::{
+    self, CandidateCondition, Failover, LeaseView, PodView, RoleChange, ScaleAction, StatusInput,
+    WorkloadView,
+};
+use super::metrics::Metrics;
+use super::queue::PoolKey;
+use crate::api::keys::{
+    CANDIDATE_READINESS_GATE, FIELD_MANAGER, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION,
+    PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RESTORE_FINALIZER,
+    RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION,
+};
+use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicyStatus};
+use crate::election::record::{Record, format_seconds};
+
+/// Errors of one reconciliation; the pool is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{action} {kind} {namespace}/{name} failed: {source}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error(
+        "Lease {namespace}/{name} exists but is not managed by zen-lead and could not be adopted: \
+         {reason}"
+    )]
+    Adopt {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+}
+
+impl ReconcileError {
+    /// The step, for the reconcile_errors metric.
+    pub fn step(&self) -> &'static str {
+        match self {
+            ReconcileError::Api { kind, .. } => kind,
+            ReconcileError::Adopt { .. } => "Lease",
+        }
+    }
+
+    /// A 409: someone wrote first; retry soon without alarm.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ReconcileError::Api { source: kube::Error::Api(e), .. } if e.code == 409)
+    }
+}
+
+fn api_err(
+    action: &'static str,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let namespace = namespace.to_owned();
+    let name = name.to_owned();
+    move |source| ReconcileError::Api {
+        action,
+        kind,
+        namespace,
+        name,
+        source,
+    }
+}
+
+fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(e) if e.code == code)
+}
+
+/// What the controller remembers about a pool between reconciliations.
+/// Lost on restart by design: everything here can be re-derived.
+#[derive(Debug, Default)]
+struct PoolMemory {
+    /// resourceVersion of the Lease last seen, and when (monotonic): the
+    /// expiry clock, as client-go judges it.
+    lease_seen: Option<(String, Instant)>,
+    /// Pods this controller labelled leader (the cache may lag behind).
+    leaders: BTreeSet<String>,
+    /// Hash of the Role/RoleBinding last applied.
+    rbac: Option<u64>,
+    /// Fingerprint of the last scaleDown check, and when.
+    scale_checked: Option<(u64, Instant)>,
+    scale_outcome: Option<Result<String, (&'static str, String)>>,
+    /// HPA targets last listed: (kind, name, hpa).
+    hpas: Vec<(String, String, String)>,
+    /// Holder name last reported, and since when the pool is leaderless.
+    last_holder: Option<Option<String>>,
+    leaderless_since: Option<SystemTime>,
+    /// Pods already reported as running without the agent.
+    warned: BTreeSet<String>,
+    /// Owners whose pods were evicted recently (no eviction storms).
+    evicted: HashMap<String, Instant>,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub cache: Cache,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub evict_uninjected: bool,
+    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+}
+
+/// Re-check scaleDown at least this often even without changes.
+const SCALE_RECHECK: Duration = Duration::from_secs(60);
+
+/// At most one eviction per owner in this window.
+const EVICTION_PAUSE: Duration = Duration::from_secs(30);
+
+/// How long after a failed reconcile it is retried.
+pub const ERROR_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cache: Cache,
+        recorder: Recorder,
+        metrics: Metrics,
+        evict_uninjected: bool,
+    ) -> Self {
+        Self {
+            client,
+            cache,
+            recorder,
+            metrics,
+            evict_uninjected,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with_memory<T>(&self, key: &PoolKey, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
+        let mut map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(key.clone()).or_default())
+    }
+
+    fn forget(&self, key: &PoolKey) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+fn now_time() -> Time {
+    // Whole seconds: what the API server keeps, so a status computed now
+    // compares equal to the same status read back.
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
+}
+
+fn truncate(t: &Time) -> Time {
+    Time(Timestamp::from_second(t.0.as_second()).unwrap_or(t.0))
+}
+
+/// Reconciles one pool. `Ok(Some(d))`: look again after `d` (a Lease may
+/// expire then).
+pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>, ReconcileError> {
+    ctx.metrics.reconciles.inc();
+    let policy = ctx.cache.policy(key);
+    let pods = ctx.cache.pods_of(key);
+    match policy {
+        None => {
+            orphan(ctx, key, &pods).await?;
+            ctx.forget(key);
+            Ok(None)
+        }
+        Some(p) if p.meta().deletion_timestamp.is_some() => {
+            finalize(ctx, key, &p).await?;
+            orphan(ctx, key, &pods).await?;
+            Ok(None)
+        }
+        Some(p) => active(ctx, key, &p, &pods).await,
+    }
+}
+
+/// A pool whose policy is missing: its pods are not candidates and nobody
+/// leads.
+async fn orphan(ctx: &Context, key: &PoolKey, pods: &[Arc<Pod>]) -> Result<(), ReconcileError> {
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|p| PodView::from_pod(p, Default::default()))
+        .collect();
+    for change in decide::role_removals(&views) {
+        write_role(ctx, key, &change).await?;
+    }
+    for pod in &views {
+        let want = decide::candidate_condition(false, &key.name, pod);
+        if !decide::candidate_condition_current(pod, &want) {
+            write_candidate(ctx, key, &pod.name, &want).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn active(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    pods: &[Arc<Pod>],
+) -> Result<Option<Duration>, ReconcileError> {
+    let strategy = policy.spec.identity_strategy;
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|p| PodView::from_pod(p, strategy))
+        .collect();
+    let node_ready = |n: &str| ctx.cache.node_ready(n);
+    let mut requeue = None;
+
+    // Finalizer first, so no scale happens that a deletion could not undo.
+    let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
+    if scale_down && !policy.finalizers().iter().any(|f| f == RESTORE_FINALIZER) {
+        add_finalizer(ctx, key, policy).await?;
+    }
+
+    // 1. The Lease, carrying the policy's timings.
+    let (policy_ready, lease) = match policy.spec.timings() {
+        Err(err) => (Err(("InvalidTimings", err.to_string())), None),
+        Ok(timings) => match ensure_lease(ctx, key, policy, timings).await {
+            Ok(lease) => (Ok(()), Some(lease)),
+            Err(err) if err.is_conflict() => return Err(err),
+            Err(err) => (Err(("LeaseError", err.to_string())), None),
+        },
+    };
+    let mut lease_view = lease.as_ref().map(|l| lease_view(ctx, key, l));
+
+    // 2. RBAC for the candidates' ServiceAccounts.
+    if lease.is_some() {
+        ensure_rbac(ctx, key, policy, &views).await?;
+    }
+
+    // 3. Fast failover.
+    if let (Some(lv), Some(l)) = (lease_view.as_mut(), lease.as_ref()) {
+        let holder_pod = decide::holder_pod(lv, &views);
+        let confirmed_gone = decide::needs_confirmation(lv, holder_pod)
+            && holder_confirmed_gone(ctx, key, policy, lv).await?;
+        match decide::failover(lv, holder_pod, &views, &node_ready, confirmed_gone) {
+            Failover::Nothing => {}
+            Failover::Expire { why } => {
+                let holder = lv.holder.clone().unwrap_or_default();
+                if expire_lease(ctx, key, l).await? {
+                    ctx.metrics.lease_expiries.inc();
+                    info!(pool = %key, holder = %holder, reason = why.reason(), "expired the Lease of a holder that cannot renew; a follower takes over now");
+                    publish(
+                        ctx,
+                        policy,
+                        EventType::Normal,
+                        "LeaseExpired",
+                        "ExpireLease",
+                        format!(
+                            "holder {holder} cannot renew ({}); cleared the Lease so a \
+                             follower takes over without waiting for expiry",
+                            why.reason()
+                        ),
+                        holder_pod_name(&holder).map(|n| pod_ref(&key.namespace, n, None)),
+                    )
+                    .await;
+                    lv.holder = None;
+                    lv.expired = false;
+                }
+            }
+            Failover::HandOff { to } => {
+                let holder = lv.holder.clone().unwrap_or_default();
+                if hand_off(ctx, key, l, &to).await? {
+                    info!(pool = %key, holder = %holder, successor = %to, "holder pod is terminating; asked it to hand over");
+                    lv.preferred = Some(to);
+                }
+            }
+        }
+    }
+
+    // 4. Roles: demotions before the promotion.
+    let leader = lease_view
+        .as_ref()
+        .and_then(|lv| decide::leader(lv, &views, &node_ready));
+    let also = ctx.with_memory(key, |m| m.leaders.clone());
+    for change in decide::role_changes(&views, leader.map(|p| p.name.as_str()), &also) {
+        write_role(ctx, key, &change).await?;
+        ctx.with_memory(key, |m| {
+            if change.role == Some(crate::api::keys::ROLE_LEADER) {
+                m.leaders.insert(change.pod.clone());
+            } else {
+                m.leaders.remove(&change.pod);
+            }
+        });
+    }
+    // Pods that left the pool keep no leader label from us.
+    let names: BTreeSet<&str> = views.iter().map(|p| p.name.as_str()).collect();
+    let stale: Vec<String> = also
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .cloned()
+        .collect();
+    for pod in stale {
+        write_role(
+            ctx,
+            key,
+            &RoleChange {
+                pod: pod.clone(),
+                role: None,
+            },
+        )
+        .await?;
+        ctx.with_memory(key, |m| m.leaders.remove(&pod));
+    }
+
+    // 5. Readiness gate.
+    for pod in &views {
+        let want = decide::candidate_condition(true, &key.name, pod);
+        if !pod.finished && !decide::candidate_condition_current(pod, &want) {
+            write_candidate(ctx, key, &pod.name, &want).await?;
+        }
+    }
+
+    // 6. Safety net.
+    let unlabelled = ctx.cache.unlabelled_of(key);
+    let missing = safety_net(ctx, key, policy, &views, &unlabelled).await;
+
+    // 7. scaleDown.
+    let keep = leader.and_then(decide::pod_workload);
+    let scaled = scale(ctx, key, policy, keep).await?;
+    if !scale_down
+        && policy.finalizers().iter().any(|f| f == RESTORE_FINALIZER)
+        && scaled_restored(ctx, key)
+    {
+        remove_finalizer(ctx, key, policy).await?;
+    }
+
+    // 8. Status, events, metrics.
+    let candidates = views.iter().filter(|p| p.candidate(&node_ready)).count();
+    let previous = policy.status.as_ref();
+    let next = decide::status(&StatusInput {
+        generation: policy.meta().generation,
+        pool: &key.name,
+        previous,
+        policy_ready,
+        lease: lease_view.as_ref(),
+        leader,
+        pods: &views,
+        candidates,
+        agent_missing: &missing,
+        follower_mode: policy.spec.follower_mode,
+        scaled: if scale_down { scaled } else { None },
+        now: now_time(),
+    });
+    report_leader_change(ctx, key, policy, &next).await;
+    if previous != Some(&next) {
+        write_status(ctx, key, &next).await?;
+    }
+
+    // Look again when the holder's Lease would expire without renewals.
+    if let (Some(lv), Some(l)) = (lease_view.as_ref(), lease.as_ref())
+        && lv.holder.is_some()
+        && !lv.expired
+    {
+        let duration = Record::from_lease(l)
+            .map(|r| r.timings.lease_duration())
+            .unwrap_or(Duration::from_secs(15));
+        let seen = ctx.with_memory(key, |m| m.lease_seen.as_ref().map(|(_, at)| *at));
+        if let Some(seen) = seen {
+            let left = (seen + duration).saturating_duration_since(Instant::now());
+            requeue = Some(left + Duration::from_millis(100));
+        }
+    }
+    Ok(requeue)
+}
+
+fn lease_view(ctx: &Context, key: &PoolKey, lease: &Lease) -> LeaseView {
+    let rv = lease.resource_version().unwrap_or_default();
+    let now = Instant::now();
+    let seen = ctx.with_memory(key, |m| match &m.lease_seen {
+        Some((old, at)) if *old == rv => *at,
+        _ => {
+            m.lease_seen = Some((rv.clone(), now));
+            now
+        }
+    });
+    let record = Record::from_lease(lease);
+    let duration = record
+        .as_ref()
+        .map(|r| r.timings.lease_duration())
+        .unwrap_or(Duration::from_secs(15));
+    let spec = lease.spec.as_ref();
+    let holder = spec
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty());
+    LeaseView {
+        expired: holder.is_some() && now.saturating_duration_since(seen) >= duration,
+        holder,
+        transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
+        acquired: spec
+            .and_then(|s| s.acquire_time.as_ref())
+            .map(|t| truncate(&Time(t.0))),
+        preferred: record.and_then(|r| r.preferred),
+    }
+}
+
+/// The pod name in a `pod`-strategy identity (`<name>_<uid prefix>`).
+fn holder_pod_name(identity: &str) -> Option<&str> {
+    identity.rsplit_once('_').map(|(name, _)| name)
+}
+
+fn pod_ref(namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        uid,
+        ..ObjectReference::default()
+    }
+}
+
+fn owner_ref(policy: &LeaderPolicy) -> OwnerReference {
+    OwnerReference {
+        api_version: LeaderPolicy::api_version(&()).into_owned(),
+        kind: LeaderPolicy::kind(&()).into_owned(),
+        name: policy.name_any(),
+        uid: policy.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+/// Creates the Lease or brings its timings, label and owner in line, by
+/// compare-and-swap. Returns the Lease as stored.
+async fn ensure_lease(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    timings: crate::election::Timings,
+) -> Result<Lease, ReconcileError> {
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let lease_secs = policy.spec.lease_duration_seconds;
+    let renew = format_seconds(timings.renew_deadline());
+    let retry = format_seconds(timings.retry_period());
+    let owner = owner_ref(policy);
+    let fix = |lease: &mut Lease| -> bool {
+        let mut changed = false;
+        let meta = &mut lease.metadata;
+        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+        if labels.get(LEASE_POLICY_LABEL) != Some(&key.name) {
+            labels.insert(LEASE_POLICY_LABEL.to_owned(), key.name.clone());
+            changed = true;
+        }
+        let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+        for (k, v) in [
+            (RENEW_DEADLINE_ANNOTATION, &renew),
+            (RETRY_PERIOD_ANNOTATION, &retry),
+        ] {
+            if annotations.get(k) != Some(v) {
+                annotations.insert(k.to_owned(), v.clone());
+                changed = true;
+            }
+        }
+        let owners = meta.owner_references.get_or_insert_with(Vec::new);
+        if !owners.iter().any(|o| o.uid == owner.uid) {
+            // Another controller owner (e.g. a previous policy with the
+            // same name) would block garbage collection: replace it.
+            owners.retain(|o| o.controller != Some(true));
+            owners.push(owner.clone());
+            changed = true;
+        }
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.lease_duration_seconds != Some(lease_secs) {
+            spec.lease_duration_seconds = Some(lease_secs);
+            changed = true;
+        }
+        changed
+    };
+    let current = match ctx.cache.lease(key) {
+        Some(l) => Some((*l).clone()),
+        None => None,
+    };
+    let mut lease = match current {
+        Some(l) => l,
+        None => {
+            let mut fresh = Lease {
+                metadata: ObjectMeta {
+                    name: Some(key.name.clone()),
+                    namespace: Some(key.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(Default::default()),
+            };
+            fix(&mut fresh);
+            match api.create(&PostParams::default(), &fresh).await {
+                Ok(created) => {
+                    info!(pool = %key, "created the pool's Lease");
+                    return Ok(created);
+                }
+                Err(err) if is_status(&err, 409) => {
+                    // Exists without our label (made by an agent or a
+                    // person): adopt it below.
+                    api.get(&key.name).await.map_err(api_err(
+                        "read",
+                        "Lease",
+                        &key.namespace,
+                        &key.name,
+                    ))?
+                }
+                Err(err) => return Err(api_err("create", "Lease", &key.namespace, &key.name)(err)),
+            }
+        }
+    };
+    if !fix(&mut lease) {
+        return Ok(lease);
+    }
+    // CAS: the PUT carries the resourceVersion we read.
+    api.replace(&key.name, &PostParams::default(), &lease)
+        .await
+        .map_err(api_err("update", "Lease", &key.namespace, &key.name))
+}
+
+/// Whether the holder named in the Lease is confirmed gone by the API
+/// server (not just missing from a cache that may lag).
+async fn holder_confirmed_gone(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    lease: &LeaseView,
+) -> Result<bool, ReconcileError> {
+    let Some(holder) = lease.holder.as_deref() else {
+        return Ok(false);
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match policy.spec.identity_strategy {
+        crate::api::IdentityStrategy::Pod => {
+            // `<pod>_<uid prefix>`; pod names cannot contain '_'.
+            let Some((name, _)) = holder.rsplit_once('_') else {
+                // Not a pod identity (a `zen-lead lock` holder, say): not ours to expire.
+                return Ok(false);
+            };
+            match api.get_opt(name).await {
+                Ok(None) => Ok(true),
+                Ok(Some(pod)) => {
+                    let view = PodView::from_pod(&pod, policy.spec.identity_strategy);
+                    // Same name, other UID: a re-created pod (StatefulSet).
+                    Ok(view.identity.as_deref() != Some(holder))
+                }
+                Err(err) => Err(api_err("read", "Pod", &key.namespace, name)(err)),
+            }
+        }
+        crate::api::IdentityStrategy::Custom => {
+            let list = api
+                .list(&ListParams::default().labels(&format!(
+                    "{}={}",
+                    crate::api::keys::POOL_LABEL,
+                    key.name
+                )))
+                .await
+                .map_err(api_err("list", "Pod", &key.namespace, &key.name))?;
+            Ok(!list.items.iter().any(|p| {
+                PodView::from_pod(p, policy.spec.identity_strategy)
+                    .identity
+                    .as_deref()
+                    == Some(holder)
+            }))
+        }
+    }
+}
+
+/// Clears the holder by compare-and-swap. `false`: the Lease changed
+/// meanwhile (the next reconcile decides again).
+async fn expire_lease(ctx: &Context, key: &PoolKey, lease: &Lease) -> Result<bool, ReconcileError> {
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let mut next = lease.clone();
+    if let Some(spec) = next.spec.as_mut() {
+        spec.holder_identity = None;
+    }
+    if let Some(a) = next.metadata.annotations.as_mut() {
+        a.remove(PREFERRED_HOLDER_ANNOTATION);
+    }
+    match api.replace(&key.name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_status(&err, 409) => Ok(false),
+        Err(err) => Err(api_err("expire", "Lease", &key.namespace, &key.name)(err)),
+    }
+}
+
+/// Names `to` as preferred holder by compare-and-swap.
+async fn hand_off(
+    ctx: &Context,
+    key: &PoolKey,
+    lease: &Lease,
+    to: &str,
+) -> Result<bool, ReconcileError> {
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let mut next = lease.clone();
+    next.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(PREFERRED_HOLDER_ANNOTATION.to_owned(), to.to_owned());
+    match api.replace(&key.name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_status(&err, 409) => Ok(false),
+        Err(err) => Err(api_err("hand off", "Lease", &key.namespace, &key.name)(err)),
+    }
+}
+
+async fn write_role(
+    ctx: &Context,
+    key: &PoolKey,
+    change: &RoleChange,
+) -> Result<(), ReconcileError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = json!({
+        "metadata": {
+            "labels": { ROLE_LABEL: change.role },
+            "annotations": { ROLE_ANNOTATION: change.role },
+        }
+    });
+    match api
+        .patch(&change.pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing to label.
+        Err(err) if is_status(&err, 404) => Ok(()),
+        Err(err) => Err(api_err("label", "Pod", &key.namespace, &change.pod)(err)),
+    }
+}
+
+async fn write_candidate(
+    ctx: &Context,
+    key: &PoolKey,
+    pod: &str,
+    want: &CandidateCondition,
+) -> Result<(), ReconcileError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    // Strategic merge: conditions merge by type, other conditions stay.
+    let patch = json!({
+        "status": {
+            "conditions": [{
+                "type": CANDIDATE_READINESS_GATE,
+                "status": if want.status { "True" } else { "False" },
+                "reason": want.reason,
+                "message": want.message,
+                "lastTransitionTime": now_time(),
+            }]
+        }
+    });
+    match api
+        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_status(&err, 404) => Ok(()),
+        Err(err) => Err(api_err(
+            "set the readiness gate of",
+            "Pod",
+            &key.namespace,
+            pod,
+        )(err)),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    key: &PoolKey,
+    status: &LeaderPolicyStatus,
+) -> Result<(), ReconcileError> {
+    let api: Api<LeaderPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let body = json!({
+        "apiVersion": LeaderPolicy::api_version(&()),
+        "kind": LeaderPolicy::kind(&()),
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &key.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_status(&err, 404) => Ok(()),
+        Err(err) => Err(api_err(
+            "write the status of",
+            "LeaderPolicy",
+            &key.namespace,
+            &key.name,
+        )(err)),
+    }
+}
+
+/// Name of the Role and RoleBinding that let a pool's agents use its Lease.
+pub fn rbac_name(pool: &str) -> String {
+    format!("zen-lead-{pool}")
+}
+
+/// Verbs the pool's candidates get on their Lease. `list` is needed
+/// because the agent lists with `metadata.name=<lease>` before watching,
+/// which RBAC matches against resourceNames.
+pub const CANDIDATE_VERBS: &[&str] = &["get", "list", "watch", "update", "patch"];
+
+async fn ensure_rbac(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    pods: &[PodView],
+) -> Result<(), ReconcileError> {
+    let accounts = decide::service_accounts(pods);
+    let owner = owner_ref(policy);
+    let name = rbac_name(&key.name);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&accounts, &owner.uid, &name).hash(&mut hasher);
+    let fingerprint = hasher.finish();
+    if ctx.with_memory(key, |m| m.rbac == Some(fingerprint)) {
+        return Ok(());
+    }
+    let labels = BTreeMap::from([(LEASE_POLICY_LABEL.to_owned(), key.name.clone())]);
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(key.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
+            resources: Some(vec!["leases".to_owned()]),
+            resource_names: Some(vec![key.name.clone()]),
+            verbs: CANDIDATE_VERBS.iter().map(|v| (*v).to_owned()).collect(),
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: name.clone(),
+        },
+        subjects: Some(
+            accounts
+                .iter()
+                .map(|sa| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: sa.clone(),
+                    namespace: Some(key.namespace.clone()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let mut role_body = serde_json::to_value(&role).unwrap_or_default();
+    role_body["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
+    role_body["kind"] = json!("Role");
+    roles
+        .patch(&name, &pp, &Patch::Apply(&role_body))
+        .await
+        .map_err(api_err("apply", "Role", &key.namespace, &name))?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let mut binding_body = serde_json::to_value(&binding).unwrap_or_default();
+    binding_body["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
+    binding_body["kind"] = json!("RoleBinding");
+    bindings
+        .patch(&name, &pp, &Patch::Apply(&binding_body))
+        .await
+        .map_err(api_err("apply", "RoleBinding", &key.namespace, &name))?;
+    ctx.with_memory(key, |m| m.rbac = Some(fingerprint));
+    Ok(())
+}
+
+/// Pods of the pool that run without the agent: reported once each (Warning
+/// event), and evicted with `--evict-uninjected` when a controller will
+/// re-create them. Returns their names for the status.
+async fn safety_net(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    pods: &[PodView],
+    unlabelled: &BTreeMap<String, Unlabelled>,
+) -> Vec<String> {
+    let mut missing: Vec<(String, Option<(String, String)>)> = pods
+        .iter()
+        .filter(|p| !p.injected && !p.terminating && !p.finished)
+        .map(|p| (p.name.clone(), p.owner.clone()))
+        .collect();
+    missing.extend(
+        unlabelled
+            .iter()
+            .map(|(name, u)| (name.clone(), u.owner.clone())),
+    );
+    missing.sort();
+    let names: Vec<String> = missing.iter().map(|(n, _)| n.clone()).collect();
+    let new: Vec<String> = ctx.with_memory(key, |m| {
+        m.warned.retain(|n| names.contains(n));
+        names
+            .iter()
+            .filter(|n| m.warned.insert((*n).clone()))
+            .cloned()
+            .collect()
+    });
+    for name in &new {
+        warn!(pool = %key, pod = %name, "pool pod runs without the zen-lead agent (admitted while the webhook was unavailable)");
+        publish(
+            ctx,
+            policy,
+            EventType::Warning,
+            "AgentMissing",
+            "CheckPod",
+            format!(
+                "pod {name} carries zen-lead/pool={} but runs without the zen-lead agent \
+                 (admitted while the webhook was unavailable); {}",
+                key.name,
+                if ctx.evict_uninjected {
+                    "evicting it so it is re-created through the webhook"
+                } else {
+                    "delete it, or run the controller with --evict-uninjected"
+                }
+            ),
+            Some(pod_ref(&key.namespace, name, None)),
+        )
+        .await;
+    }
+    if ctx.evict_uninjected {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        for (name, owner) in &missing {
+            // A bare pod would not come back: never evict it.
+            let Some((kind, owner_name)) = owner else {
+                continue;
+            };
+            let owner_key = format!("{kind}/{owner_name}");
+            let recent = ctx.with_memory(key, |m| {
+                m.evicted.retain(|_, at| at.elapsed() < EVICTION_PAUSE);
+                m.evicted.contains_key(&owner_key)
+            });
+            if recent {
+                continue;
+            }
+            match api.evict(name, &EvictParams::default()).await {
+                Ok(_) => {
+                    ctx.metrics.evictions.inc();
+                    info!(pool = %key, pod = %name, "evicted a pool pod that ran without the agent");
+                    ctx.with_memory(key, |m| m.evicted.insert(owner_key, Instant::now()));
+                }
+                Err(err) if is_status(&err, 404) => {}
+                Err(err) => {
+                    ctx.metrics.error("eviction");
+                    warn!(pool = %key, pod = %name, error = %err, "could not evict a pool pod without the agent (a PodDisruptionBudget may forbid it now; retried later)");
+                }
+            }
+        }
+    }
+    names
+}
+
+fn scaled_restored(ctx: &Context, key: &PoolKey) -> bool {
+    ctx.with_memory(key, |m| {
+        m.scale_outcome.is_none() && m.scale_checked.is_some()
+    })
+}
+
+/// scaleDown: plan from the namespace's Deployments, StatefulSets and HPAs,
+/// then Remember / Scale / Forget. Skipped when nothing relevant changed
+/// since the last check (and it is less than a minute old).
+async fn scale(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    keep: Option<(&'static str, String)>,
+) -> Result<Option<Result<String, (&'static str, String)>>, ReconcileError> {
+    let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown
+        && policy.meta().deletion_timestamp.is_none();
+    let mut workloads = workloads(ctx, key);
+    if workloads.is_empty() && !scale_down {
+        ctx.with_memory(key, |m| m.scale_outcome = None);
+        return Ok(None);
+    }
+    // HPAs are listed (no watch: they matter only to scaleDown pools) when
+    // something relevant changed, or a minute passed.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (policy.meta().generation, scale_down, &keep, &workloads).hash(&mut hasher);
+    let fingerprint = hasher.finish();
+    let (fresh, hpas) = ctx.with_memory(key, |m| {
+        let fresh = m
+            .scale_checked
+            .as_ref()
+            .is_some_and(|(f, at)| *f == fingerprint && at.elapsed() < SCALE_RECHECK);
+        (fresh, m.hpas.clone())
+    });
+    let hpas = if fresh || !scale_down {
+        hpas
+    } else {
+        list_hpas(ctx, key).await?
+    };
+    for w in &mut workloads {
+        w.hpa = hpas
+            .iter()
+            .find(|(kind, name, _)| kind == w.kind && *name == w.name)
+            .map(|(_, _, hpa)| hpa.clone());
+    }
+    let plan = decide::scale_plan(
+        &workloads,
+        scale_down,
+        keep.as_ref().map(|(k, n)| (*k, n.as_str())),
+    );
+    for action in &plan.actions {
+        apply_scale_action(ctx, key, action).await?;
+    }
+    if let Some(Err((reason, message))) = &plan.outcome {
+        let before = ctx.with_memory(key, |m| m.scale_outcome.clone());
+        if before.as_ref() != Some(&Err((reason, message.clone()))) {
+            publish(ctx, policy, EventType::Warning, reason, "ScaleDown", message.clone(), None).await;
+        }
+    }
+    ctx.with_memory(key, |m| {
+        m.scale_checked = Some((fingerprint, Instant::now()));
+        m.scale_outcome = plan.outcome.clone();
+        m.hpas = hpas;
+    });
+    Ok(plan.outcome)
+}
+
+/// (kind, name, hpa) of every HPA target in the pool's namespace.
+async fn list_hpas(
+    ctx: &Context,
+    key: &PoolKey,
+) -> Result<Vec<(String, String, String)>, ReconcileError> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let list = hpas
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("list", "HorizontalPodAutoscaler", &key.namespace, "*"))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|h| {
+            let target = &h.spec.as_ref()?.scale_target_ref;
+            Some((target.kind.clone(), target.name.clone(), h.name_any()))
+        })
+        .collect())
+}
+
+/// The pool's Deployments and StatefulSets (members, or scaled by it), from
+/// the caches.
+fn workloads(ctx: &Context, key: &PoolKey) -> Vec<WorkloadView> {
+    let original = |meta: &ObjectMeta| {
+        let a = meta.annotations.as_ref()?;
+        if a.get(SCALED_BY_ANNOTATION) != Some(&key.name) {
+            return None;
+        }
+        a.get(ORIGINAL_REPLICAS_ANNOTATION)?.trim().parse::<i32>().ok()
+    };
+    let view = |kind: &'static str,
+                meta: &ObjectMeta,
+                template: Option<&ObjectMeta>,
+                replicas: Option<i32>| {
+        if meta.namespace.as_deref() != Some(key.namespace.as_str()) {
+            return None;
+        }
+        let in_pool = decide::joins_pool(
+            meta.annotations.as_ref(),
+            template.and_then(|t| t.annotations.as_ref()),
+            template.and_then(|t| t.labels.as_ref()),
+            &key.name,
+        );
+        let original = original(meta);
+        (in_pool || original.is_some()).then(|| WorkloadView {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+            replicas: replicas.unwrap_or(1),
+            in_pool,
+            original,
+            hpa: None,
+        })
+    };
+    let mut out: Vec<WorkloadView> = ctx
+        .cache
+        .deployments
+        .state()
+        .iter()
+        .filter_map(|d| {
+            let spec = d.spec.as_ref();
+            view(
+                "Deployment",
+                &d.metadata,
+                spec.and_then(|s| s.template.metadata.as_ref()),
+                spec.and_then(|s| s.replicas),
+            )
+        })
+        .collect();
+    out.extend(ctx.cache.statefulsets.state().iter().filter_map(|s| {
+        let spec = s.spec.as_ref();
+        view(
+            "StatefulSet",
+            &s.metadata,
+            spec.and_then(|s| s.template.metadata.as_ref()),
+            spec.and_then(|s| s.replicas),
+        )
+    }));
+    out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    out
+}
+
+async fn apply_scale_action(
+    ctx: &Context,
+    key: &PoolKey,
+    action: &ScaleAction,
+) -> Result<(), ReconcileError> {
+    let ns = &key.namespace;
+    let pp = PatchParams::default();
+    match action {
+        ScaleAction::Remember {
+            kind,
+            name,
+            original,
+        } => {
+            let patch = json!({"metadata": {"annotations": {
+                ORIGINAL_REPLICAS_ANNOTATION: original.to_string(),
+                SCALED_BY_ANNOTATION: key.name,
+            }}});
+            patch_workload(ctx, ns, kind, name, &patch).await?;
+            info!(pool = %key, workload = %format!("{kind}/{name}"), original, "remembered the original replica count");
+        }
+        ScaleAction::Scale {
+            kind,
+            name,
+            replicas,
+        } => {
+            let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+            let result = match *kind {
+                "StatefulSet" => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                    .patch_scale(name, &pp, &patch)
+                    .await
+                    .map(|_| ()),
+                _ => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+                    .patch_scale(name, &pp, &patch)
+                    .await
+                    .map(|_| ()),
+            };
+            result.map_err(api_err("scale", kind, ns, name))?;
+            info!(pool = %key, workload = %format!("{kind}/{name}"), replicas, "scaled");
+        }
+        ScaleAction::Forget { kind, name } => {
+            let patch = json!({"metadata": {"annotations": {
+                ORIGINAL_REPLICAS_ANNOTATION: null,
+                SCALED_BY_ANNOTATION: null,
+            }}});
+            patch_workload(ctx, ns, kind, name, &patch).await?;
+            info!(pool = %key, workload = %format!("{kind}/{name}"), "restored the original replica count");
+        }
+    }
+    Ok(())
+}
+
+async fn patch_workload(
+    ctx: &Context,
+    ns: &str,
+    kind: &'static str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), ReconcileError> {
+    let pp = PatchParams::default();
+    let result = match kind {
+        "StatefulSet" => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            .patch(name, &pp, &Patch::Merge(patch))
+            .await
+            .map(|_| ()),
+        _ => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+            .patch(name, &pp, &Patch::Merge(patch))
+            .await
+            .map(|_| ()),
+    };
+    result.map_err(api_err("annotate", kind, ns, name))
+}
+
+async fn add_finalizer(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+) -> Result<(), ReconcileError> {
+    let api: Api<LeaderPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let mut finalizers = policy.finalizers().to_vec();
+    finalizers.push(RESTORE_FINALIZER.to_owned());
+    // The resourceVersion makes this a compare-and-swap: finalizers of
+    // other controllers are never overwritten by a stale list.
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": policy.resource_version(),
+    }});
+    api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_err(
+            "add the finalizer to",
+            "LeaderPolicy",
+            &key.namespace,
+            &key.name,
+        ))?;
+    Ok(())
+}
+
+async fn remove_finalizer(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+) -> Result<(), ReconcileError> {
+    let api: Api<LeaderPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let finalizers: Vec<String> = policy
+        .finalizers()
+        .iter()
+        .filter(|f| *f != RESTORE_FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": policy.resource_version(),
+    }});
+    match api
+        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if is_status(&err, 404) => Ok(()),
+        Err(err) => Err(api_err(
+            "remove the finalizer from",
+            "LeaderPolicy",
+            &key.namespace,
+            &key.name,
+        )(err)),
+    }
+}
+
+/// A policy being deleted: restore every workload it scaled, then let it go.
+async fn finalize(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+) -> Result<(), ReconcileError> {
+    if !policy.finalizers().iter().any(|f| f == RESTORE_FINALIZER) {
+        return Ok(());
+    }
+    let plan = decide::scale_plan(&workloads(ctx, key), false, None);
+    for action in &plan.actions {
+        apply_scale_action(ctx, key, action).await?;
+    }
+    remove_finalizer(ctx, key, policy).await?;
+    info!(pool = %key, "policy deleted: replica counts restored, finalizer removed");
+    Ok(())
+}
+
+/// Publishes an event on the policy. `related` (a pod) is part of the
+/// recorder's de-duplication key, so "leader changed to X" for a new X is
+/// a new event rather than a repeat of the previous one.
+async fn publish(
+    ctx: &Context,
+    policy: &LeaderPolicy,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: related,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        ctx.metrics.error("event");
+        warn!(policy = %policy.name_any(), error = %err, "could not publish an event");
+    }
+}
+
+/// Event, log line and metrics for a change of leader.
+async fn report_leader_change(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    next: &LeaderPolicyStatus,
+) {
+    let new = next
+        .current_holder
+        .as_ref()
+        .map(|h| h.name.clone().unwrap_or_else(|| h.identity.clone()));
+    let (old, gap) = ctx.with_memory(key, |m| {
+        let old = match m.last_holder.take() {
+            Some(old) => old,
+            // First sight since start: what the status said.
+            None => policy
+                .status
+                .as_ref()
+                .and_then(|s| s.current_holder.as_ref())
+                .map(|h| h.name.clone().unwrap_or_else(|| h.identity.clone())),
+        };
+        if m.leaderless_since.is_none() && new.is_none() {
+            // Leaderless since the LeaderElected condition turned False.
+            m.leaderless_since = policy
+                .status
+                .as_ref()
+                .and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == crate::api::keys::conditions::LEADER_ELECTED)
+                })
+                .filter(|c| c.status == "False")
+                .map(|c| SystemTime::from(c.last_transition_time.0))
+                .or(Some(SystemTime::now()));
+        }
+        let gap = if new.is_some() {
+            m.leaderless_since.take()
+        } else {
+            None
+        };
+        m.last_holder = Some(new.clone());
+        (old, gap)
+    });
+    if old == new {
+        return;
+    }
+    let gap = gap.and_then(|since| SystemTime::now().duration_since(since).ok());
+    ctx.metrics.leader_changes.inc();
+    if let (Some(gap), Some(_)) = (gap, &new) {
+        ctx.metrics.failover_seconds.observe(gap.as_secs_f64());
+    }
+    let gap_text = match (&new, gap) {
+        (None, _) => "the pool has no leader now".to_owned(),
+        (Some(_), Some(g)) => format!("the pool was leaderless for {:.3}s", g.as_secs_f64()),
+        (Some(_), None) => "no leaderless gap was observed".to_owned(),
+    };
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "<none>".to_owned());
+    info!(
+        pool = %key,
+        old_leader = %show(&old),
+        new_leader = %show(&new),
+        leaderless_seconds = gap.map(|g| g.as_secs_f64()),
+        transitions = next.lease_transitions,
+        "leader changed"
+    );
+    publish(
+        ctx,
+        policy,
+        EventType::Normal,
+        if new.is_some() {
+            "LeaderElected"
+        } else {
+            "LeaderLost"
+        },
+        "Elect",
+        format!(
+            "leader changed from {} to {}; {gap_text}",
+            show(&old),
+            show(&new)
+        ),
+        new.as_ref()
+            .or(old.as_ref())
+            .map(|n| pod_ref(&key.namespace, n, None)),
+    )
+    .await;
+}

@@ -1,0 +1,225 @@
+//! Runs the controllers on the replica that holds the controller's own
+//! Lease, and stops them the moment it no longer does.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::cache;
+use super::metrics::Metrics;
+use super::queue::Queue;
+use super::reconcile::{self, Context, ERROR_BACKOFF};
+use crate::election::{Elector, ElectorConfig, LeaderStatus, Timings};
+
+/// What the controllers need beyond the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `None`: every namespace.
+    pub watch_namespace: Option<String>,
+    /// Where the controller's own Lease lives.
+    pub namespace: String,
+    pub lease_name: String,
+    pub lease_timings: Timings,
+    pub identity: String,
+    pub workers: u16,
+    pub evict_uninjected: bool,
+    pub detect_uninjected: bool,
+    pub resync: Duration,
+}
+
+/// Runs the controllers until the task is aborted: watches, workers and a
+/// periodic resync. `ready` turns true once every watch has listed.
+pub async fn controllers(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) {
+    let queue = Queue::default();
+    let (cache, tasks) = cache::start(
+        &client,
+        settings.watch_namespace.as_deref(),
+        settings.detect_uninjected,
+        &queue,
+    );
+    let _guard = AbortOnDrop(tasks);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "zen-lead".to_owned(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        cache.clone(),
+        recorder,
+        metrics.clone(),
+        settings.evict_uninjected,
+    ));
+    // Do not act on half-listed caches: a pod missing from a partial list
+    // would look deleted.
+    while !cache.synced() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ready.store(true, Ordering::Relaxed);
+    info!("caches synced; reconciling");
+
+    let mut workers = Vec::new();
+    for _ in 0..settings.workers {
+        let ctx = ctx.clone();
+        let queue = queue.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let key = queue.pop().await;
+                let span = info_span!("reconcile", namespace = %key.namespace, policy = %key.name);
+                let result = reconcile::reconcile(&ctx, &key).instrument(span).await;
+                queue.done(&key);
+                match result {
+                    Ok(Some(after)) => queue.push_after(key, after),
+                    Ok(None) => {}
+                    Err(err) => {
+                        ctx.metrics.error(err.step());
+                        if err.is_conflict() {
+                            debug!(pool = %key, error = %err, "conflict; retrying");
+                            queue.push_after(key, Duration::from_millis(200));
+                        } else {
+                            warn!(pool = %key, error = %err, "reconcile failed; retrying");
+                            queue.push_after(key, ERROR_BACKOFF);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let _workers = AbortOnDrop(workers);
+    let mut tick = tokio::time::interval(settings.resync);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        metrics
+            .policies
+            .set(i64::try_from(cache.policies.state().len()).unwrap_or(i64::MAX));
+        metrics
+            .pool_pods
+            .set(i64::try_from(cache.pods.state().len()).unwrap_or(i64::MAX));
+        for key in cache.all_pools() {
+            queue.push(key);
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Campaigns for the controller Lease; runs [`controllers`] while leading.
+/// Returns when `shutdown` turns true (after releasing the Lease).
+pub async fn lead_and_run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    election_metrics: crate::election::Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), crate::election::RunError> {
+    let config = ElectorConfig {
+        namespace: settings.namespace.clone(),
+        name: settings.lease_name.clone(),
+        identity: settings.identity.clone(),
+        can_create: true,
+        fixed: Some(settings.lease_timings),
+        create_timings: settings.lease_timings,
+        preferred_defer: Duration::ZERO,
+        fail_on_denied: false,
+        leadership_log: None,
+    };
+    let (elector, mut status) = Elector::new(client.clone(), config, election_metrics)?;
+    let election = tokio::spawn(elector.run(shutdown.clone(), Duration::from_secs(2)));
+    // A standby replica is ready: it serves the webhook.
+    ready.store(true, Ordering::Relaxed);
+    let span = info_span!("controller", identity = %settings.identity);
+    async {
+        loop {
+            // Wait to lead.
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                if status.borrow().leading_at(Instant::now()) {
+                    break;
+                }
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { break },
+                    _ = shutdown.changed() => {}
+                }
+            }
+            if *shutdown.borrow() || !status.borrow().leading_at(Instant::now()) {
+                break;
+            }
+            info!(lease = %format!("{}/{}", settings.namespace, settings.lease_name), "acquired the controller Lease; starting the controllers");
+            metrics.is_active.set(1);
+            ready.store(false, Ordering::Relaxed);
+            let task = tokio::spawn(
+                controllers(client.clone(), settings.clone(), metrics.clone(), ready.clone())
+                    .in_current_span(),
+            );
+            // Lead until the deadline passes without renewal, or shutdown.
+            loop {
+                let until = lead_until(&status.borrow());
+                let Some(until) = until else { break };
+                if Instant::now() >= until {
+                    break;
+                }
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = shutdown.changed() => if *shutdown.borrow() { break },
+                }
+            }
+            task.abort();
+            let _ = task.await;
+            metrics.is_active.set(0);
+            ready.store(true, Ordering::Relaxed);
+            if *shutdown.borrow() {
+                info!("shutting down: controllers stopped");
+                break;
+            }
+            warn!("lost the controller Lease; controllers stopped, serving the webhook only");
+        }
+    }
+    .instrument(span)
+    .await;
+    // The election ends by itself only on an error; otherwise it releases
+    // the Lease once shutdown is signalled.
+    let mut election = election;
+    let finished_early = tokio::select! {
+        r = &mut election => Some(r),
+        _ = async { let _ = shutdown.wait_for(|s| *s).await; } => None,
+    };
+    let joined = match finished_early {
+        Some(r) => r,
+        None => election.await,
+    };
+    joined.unwrap_or(Ok(()))
+}
+
+fn lead_until(status: &LeaderStatus) -> Option<Instant> {
+    if status.leading {
+        status.lead_until
+    } else {
+        None
+    }
+}

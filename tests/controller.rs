@@ -1,0 +1,1324 @@
+//! The controller against the local cluster: each test runs `zen-lead
+//! controller` (the built binary) scoped to its own namespace
+//! (`--watch-namespace`, its own controller Lease there), and `zen-lead
+//! agent` host processes with the identities of KWOK pods where a running
+//! agent is needed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::json;
+use zen_lead::api::LeaderPolicy;
+use zen_lead::api::keys::{
+    CANDIDATE_READINESS_GATE, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL,
+    SCALED_BY_ANNOTATION, pod_identity,
+};
+
+use common::{apply_crd, client, kubeconfig_path, repo_root, wait_for, with_namespace};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = repo_root()
+        .join("target/test-scratch")
+        .join(format!("controller-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, sig);
+    }
+}
+
+/// A `zen-lead controller` process.
+struct Controller {
+    child: Child,
+    admin: u16,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(dir: &Path, ns: &str, name: &str, extra: &[&str]) -> Controller {
+        let certs = dir.join("certs");
+        if !certs.join("tls.crt").exists() {
+            let out = Command::new(BIN)
+                .args(["certs", "--dns", "localhost", "--ip", "127.0.0.1", "--out"])
+                .arg(&certs)
+                .output()
+                .unwrap_or_else(|e| panic!("zen-lead certs: {e}"));
+            assert!(out.status.success(), "zen-lead certs failed: {out:?}");
+        }
+        let admin = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("controller log: {e}"));
+        let child = Command::new(BIN)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
+            .args(["controller", "--webhook-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .arg("--tls-cert-file")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(certs.join("tls.key"))
+            .args(["--namespace", ns, "--watch-namespace", ns])
+            .args(["--controller-identity", name])
+            .args(["--controller-lease-duration", "3s"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        Controller { child, admin, log }
+    }
+
+    fn kill(&mut self) {
+        signal(self.child.id(), Signal::KILL);
+        let _ = self.child.wait();
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of a metric without labels (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (code, body)
+}
+
+/// A `zen-lead agent` host process with a pod's identity.
+struct HostAgent {
+    child: Child,
+    identity: String,
+}
+
+impl HostAgent {
+    fn start(dir: &Path, pod: &Pod, pool: &str) -> HostAgent {
+        let name = pod.name_any();
+        let ns = pod.namespace().unwrap_or_default();
+        let uid = pod.uid().unwrap_or_default();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("agent-{name}.log")))
+            .unwrap_or_else(|e| panic!("agent log: {e}"));
+        let child = Command::new(BIN)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("POD_NAME", &name)
+            .env("POD_NAMESPACE", &ns)
+            .env("POD_UID", &uid)
+            .args(["agent", "--pool", pool, "--pod-name", &name])
+            .args(["--pod-namespace", &ns, "--pod-uid", &uid])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} agent: {e}"));
+        HostAgent {
+            child,
+            identity: pod_identity(&name, &uid),
+        }
+    }
+
+    /// A crash: no release.
+    fn kill(&mut self) {
+        signal(self.child.id(), Signal::KILL);
+        let _ = self.child.wait();
+    }
+
+    /// A clean stop: releases the Lease.
+    async fn stop(&mut self) {
+        signal(self.child.id(), Signal::TERM);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn setup() -> Client {
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    client
+}
+
+async fn create_policy(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let api: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let lp: LeaderPolicy = serde_json::from_value(json!({
+        "apiVersion": "coordination.kube-zen.io/v1alpha1",
+        "kind": "LeaderPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap_or_else(|e| panic!("policy json: {e}"));
+    api.create(&PostParams::default(), &lp)
+        .await
+        .unwrap_or_else(|e| panic!("create LeaderPolicy {name}: {e}"));
+}
+
+/// Fast timings for policies in tests.
+fn fast() -> serde_json::Value {
+    json!({"leaseDurationSeconds": 5, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1})
+}
+
+/// A bare pool pod as the webhook leaves it: label, agent init container
+/// (native sidecar), readiness gate; on a KWOK node, which marks it running
+/// with `started: true` for the agent.
+fn pool_pod(name: &str, pool: Option<&str>, node: &str, agent: bool) -> Pod {
+    let mut labels = BTreeMap::new();
+    if let Some(pool) = pool {
+        labels.insert("zen-lead/pool".to_owned(), pool.to_owned());
+    }
+    let init = if agent {
+        json!([{"name": "zen-lead-agent", "image": "zen-lead", "restartPolicy": "Always"}])
+    } else {
+        json!([])
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "readinessGates": [{"conditionType": CANDIDATE_READINESS_GATE}],
+            "initContainers": init,
+            "containers": [{"name": "app", "image": "app"}],
+            "terminationGracePeriodSeconds": 0,
+        }
+    }))
+    .unwrap_or_else(|e| panic!("pod json: {e}"))
+}
+
+async fn create_pod(client: &Client, ns: &str, pod: &Pod) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod {}: {e}", pod.name_any()))
+}
+
+/// Waits until the pod's agent container reports started (KWOK).
+async fn running_pod(client: &Client, ns: &str, name: &str) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    common::eventually(&format!("pod {name} running"), LIMIT, || {
+        let api = api.clone();
+        async move {
+            let pod = api.get(name).await.map_err(|e| e.to_string())?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            if phase.as_deref() == Some("Running") {
+                Ok(pod)
+            } else {
+                Err(format!("phase {phase:?}"))
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until the policy satisfies `check`, which says what it is missing.
+async fn policy_until(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&LeaderPolicy) -> Result<(), String>,
+) -> LeaderPolicy {
+    let api: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let check = &check;
+    common::eventually(&format!("LeaderPolicy {name}: {what}"), limit, || {
+        let api = api.clone();
+        async move {
+            let p = api.get(name).await.map_err(|e| e.to_string())?;
+            check(&p).map(|()| p)
+        }
+    })
+    .await
+}
+
+fn condition<'a>(
+    p: &'a LeaderPolicy,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+fn holder_name(p: &LeaderPolicy) -> Option<String> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.current_holder.as_ref())
+        .and_then(|h| h.name.clone())
+}
+
+fn phase(p: &LeaderPolicy) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|ph| format!("{ph:?}"))
+        .unwrap_or_default()
+}
+
+fn candidates(p: &LeaderPolicy) -> i32 {
+    p.status.as_ref().and_then(|s| s.candidates).unwrap_or(-1)
+}
+
+async fn lease(client: &Client, ns: &str, name: &str) -> Option<Lease> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap_or_else(|e| panic!("get Lease {name}: {e}"))
+}
+
+fn lease_holder(l: &Lease) -> Option<String> {
+    l.spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty())
+}
+
+fn pod_role(p: &Pod) -> Option<String> {
+    p.labels().get(ROLE_LABEL).cloned()
+}
+
+fn candidate_condition(p: &Pod) -> Option<(String, String)> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == CANDIDATE_READINESS_GATE))
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+/// Events on the policy.
+async fn policy_events(client: &Client, ns: &str, policy: &str) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut out = Vec::new();
+    if let Ok(list) = api.list(&ListParams::default()).await {
+        for e in list.items {
+            if e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(policy) {
+                out.push((
+                    e.type_.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.note.clone().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    // Older-style events, in case.
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = core.list(&ListParams::default()).await {
+        for e in list.items {
+            if e.involved_object.name.as_deref() == Some(policy) {
+                out.push((
+                    e.type_.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn event_until(
+    client: &Client,
+    ns: &str,
+    policy: &str,
+    reason: &str,
+    contains: &str,
+) -> String {
+    common::eventually(
+        &format!("event {reason} on {policy} containing {contains:?}"),
+        LIMIT,
+        || async {
+            let events = policy_events(client, ns, policy).await;
+            events
+                .iter()
+                .find(|(_, r, n)| r == reason && n.contains(contains))
+                .map(|(_, _, n)| n.clone())
+                .ok_or_else(|| format!("{events:?}"))
+        },
+    )
+    .await
+}
+
+/// Watches the namespace's pods and records every instant at which more
+/// than one pod carried `zen-lead.io/role: leader`.
+struct LeaderLabelWatch {
+    violations: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaderLabelWatch {
+    fn start(client: &Client, ns: &str) -> Self {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let v = violations.clone();
+        let task = tokio::spawn(async move {
+            let mut leaders: BTreeSet<String> = BTreeSet::new();
+            let stream = watcher::watcher(api, watcher::Config::default());
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(ev)) = stream.try_next().await {
+                match ev {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        if pod_role(&p).as_deref() == Some("leader") {
+                            leaders.insert(p.name_any());
+                        } else {
+                            leaders.remove(&p.name_any());
+                        }
+                    }
+                    watcher::Event::Delete(p) => {
+                        leaders.remove(&p.name_any());
+                    }
+                    _ => {}
+                }
+                if leaders.len() > 1 {
+                    v.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{leaders:?}"));
+                }
+            }
+        });
+        LeaderLabelWatch { violations, task }
+    }
+
+    fn assert_never_two(&self) {
+        let v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(v.is_empty(), "two pods were labelled leader at once: {v:?}");
+    }
+}
+
+impl Drop for LeaderLabelWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pods_by_role(client: &Client, ns: &str) -> BTreeMap<String, Option<String>> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("list pods: {e}"))
+        .items
+        .iter()
+        .map(|p| (p.name_any(), pod_role(p)))
+        .collect()
+}
+
+/// Lease, status, roles, readiness gate, RBAC, events and timings of one
+/// pool through an election and a policy change.
+#[tokio::test]
+async fn pool_lease_status_roles_rbac_and_timing_changes() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-pool", |client, ns| async move {
+        let dir = scratch("pool");
+        create_policy(&client, &ns, "web", fast()).await;
+        let mut pods = Vec::new();
+        for (i, node) in ["kwok-0", "kwok-1", "kwok-0"].iter().enumerate() {
+            let name = format!("web-{i}");
+            create_pod(&client, &ns, &pool_pod(&name, Some("web"), node, true)).await;
+            pods.push(running_pod(&client, &ns, &name).await);
+        }
+        let labels = LeaderLabelWatch::start(&client, &ns);
+        let ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+
+        let p = policy_until(&client, &ns, "web", "Electing with 3 candidates", LIMIT, |p| {
+            if phase(p) == "Electing" && candidates(p) == 3 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", p.status))
+            }
+        })
+        .await;
+        assert_eq!(condition(&p, "PolicyReady").map(|c| c.status.as_str()), Some("True"));
+        assert_eq!(condition(&p, "LeaderElected").map(|c| c.reason.as_str()), Some("Electing"));
+        assert_eq!(p.status.as_ref().and_then(|s| s.observed_generation), p.metadata.generation);
+
+        // The Lease: owned by the policy, labelled, with the policy's timings.
+        let l = lease(&client, &ns, "web").await.expect("Lease web exists");
+        let owner = l.owner_references().first().cloned().expect("owner reference");
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("LeaderPolicy", "web"));
+        assert_eq!(owner.uid, p.uid().unwrap_or_default());
+        assert_eq!(l.labels().get(LEASE_POLICY_LABEL).map(String::as_str), Some("web"));
+        assert_eq!(l.spec.as_ref().and_then(|s| s.lease_duration_seconds), Some(5));
+        assert_eq!(l.annotations().get("zen-lead.io/renew-deadline-seconds").map(String::as_str), Some("3"));
+        assert_eq!(l.annotations().get("zen-lead.io/retry-period-seconds").map(String::as_str), Some("1"));
+
+        // RBAC: exactly this Lease, for the pods' ServiceAccount.
+        let role = Api::<Role>::namespaced(client.clone(), &ns).get("zen-lead-web").await.expect("Role");
+        let rules = role.rules.clone().unwrap_or_default();
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0].resource_names.clone().unwrap_or_default(), vec!["web".to_owned()]);
+        assert_eq!(rules[0].resources.clone().unwrap_or_default(), vec!["leases".to_owned()]);
+        let verbs: BTreeSet<String> = rules[0].verbs.iter().cloned().collect();
+        assert!(!verbs.contains("create") && !verbs.contains("delete") && !verbs.contains("*"), "{verbs:?}");
+        for v in ["get", "watch", "update", "patch"] {
+            assert!(verbs.contains(v), "{verbs:?}");
+        }
+        assert_eq!(role.owner_references().first().map(|o| o.name.as_str()), Some("web"));
+        let binding = Api::<RoleBinding>::namespaced(client.clone(), &ns).get("zen-lead-web").await.expect("RoleBinding");
+        let subjects: Vec<String> = binding.subjects.unwrap_or_default().iter().map(|s| format!("{}:{}", s.kind, s.name)).collect();
+        assert_eq!(subjects, vec!["ServiceAccount:default".to_owned()]);
+
+        // Readiness gate True for all three; roles all follower.
+        for pod in &pods {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let name = pod.name_any();
+            common::eventually(&format!("{name} candidate + follower"), LIMIT, || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let p = api.get(&name).await.map_err(|e| e.to_string())?;
+                    match (candidate_condition(&p), pod_role(&p)) {
+                        (Some((s, _)), Some(r)) if s == "True" && r == "follower" => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+            })
+            .await;
+        }
+
+        // An agent for web-1 wins: Stable, its pod alone labelled leader.
+        let _agent = HostAgent::start(&dir, &pods[1], "web");
+        let p = policy_until(&client, &ns, "web", "Stable with web-1", LIMIT, |p| {
+            if phase(p) == "Stable" && holder_name(p).as_deref() == Some("web-1") {
+                Ok(())
+            } else {
+                Err(format!("{:?}", p.status))
+            }
+        })
+        .await;
+        let holder = p.status.as_ref().and_then(|s| s.current_holder.clone()).expect("holder");
+        assert_eq!(holder.uid, pods[1].uid());
+        assert_eq!(holder.identity, pod_identity("web-1", &pods[1].uid().unwrap_or_default()));
+        assert!(holder.since.is_some());
+        assert!(p.status.as_ref().and_then(|s| s.last_transition_time.clone()).is_some());
+        assert_eq!(condition(&p, "LeaderElected").map(|c| c.status.as_str()), Some("True"));
+        common::eventually("web-1 alone labelled leader", LIMIT, || async {
+            let roles = pods_by_role(&client, &ns).await;
+            let leaders: Vec<_> = roles.iter().filter(|(_, r)| r.as_deref() == Some("leader")).collect();
+            if leaders.len() == 1 && leaders[0].0 == "web-1" {
+                Ok(())
+            } else {
+                Err(format!("{roles:?}"))
+            }
+        })
+        .await;
+        let note = event_until(&client, &ns, "web", "LeaderElected", "web-1").await;
+        assert!(note.contains("<none>"), "{note}");
+
+        // Changing the policy's timings changes the Lease's.
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"leaseDurationSeconds": 9, "renewDeadlineSeconds": 6, "retryPeriodSeconds": 2}})))
+            .await
+            .expect("patch policy");
+        common::eventually("Lease with the new timings", LIMIT, || async {
+            let l = lease(&client, &ns, "web").await.ok_or("no lease")?;
+            let secs = l.spec.as_ref().and_then(|s| s.lease_duration_seconds);
+            let renew = l.annotations().get("zen-lead.io/renew-deadline-seconds").cloned();
+            if secs == Some(9) && renew.as_deref() == Some("6") {
+                Ok(())
+            } else {
+                Err(format!("{secs:?} {renew:?}"))
+            }
+        })
+        .await;
+        policy_until(&client, &ns, "web", "observedGeneration 2", LIMIT, |p| {
+            if p.status.as_ref().and_then(|s| s.observed_generation) == Some(2) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", p.status))
+            }
+        })
+        .await;
+
+        // Admin endpoints.
+        assert_eq!(ctl.get("/readyz").await.0, 200);
+        let (_, metrics) = ctl.get("/metrics").await;
+        for name in [
+            "zen_lead_controller_leader_changes_total",
+            "zen_lead_controller_failover_duration_seconds_bucket",
+            "zen_lead_controller_reconciles_total",
+            "zen_lead_controller_api_requests_total",
+        ] {
+            assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+        }
+        assert_eq!(ctl.metric("zen_lead_controller_active").await, 1.0);
+        assert!(ctl.log_text().contains("leader changed"), "{}", ctl.log_text());
+        labels.assert_never_two();
+    })
+    .await;
+}
+
+/// Deleting the holder's pod (its agent crashed with it) hands leadership to
+/// a follower long before the Lease (30 s) would expire.
+#[tokio::test]
+async fn holder_pod_deleted_fails_over_without_waiting_for_expiry() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-failover", |client, ns| async move {
+        let dir = scratch("failover");
+        create_policy(&client, &ns, "db", json!({"leaseDurationSeconds": 30})).await;
+        let mut pods = Vec::new();
+        for i in 0..2 {
+            let name = format!("db-{i}");
+            create_pod(&client, &ns, &pool_pod(&name, Some("db"), "kwok-1", true)).await;
+            pods.push(running_pod(&client, &ns, &name).await);
+        }
+        let labels = LeaderLabelWatch::start(&client, &ns);
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let mut first = HostAgent::start(&dir, &pods[0], "db");
+        policy_until(&client, &ns, "db", "db-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("db-0"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let _second = HostAgent::start(&dir, &pods[1], "db");
+
+        // The pod and its agent die together; nobody releases the Lease.
+        first.kill();
+        let started = tokio::time::Instant::now();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete("db-0", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete db-0");
+        policy_until(
+            &client,
+            &ns,
+            "db",
+            "db-1 leads",
+            Duration::from_secs(20),
+            |p| {
+                (holder_name(p).as_deref() == Some("db-1") && phase(p) == "Stable")
+                    .then_some(())
+                    .ok_or(format!("{:?}", p.status))
+            },
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(15),
+            "failover took {took:?}; the Lease lasts 30s"
+        );
+        let note = event_until(&client, &ns, "db", "LeaderElected", "to db-1").await;
+        assert!(note.contains("leaderless for"), "{note}");
+        assert!(
+            policy_events(&client, &ns, "db")
+                .await
+                .iter()
+                .any(|(_, r, _)| r == "LeaseExpired")
+        );
+        common::eventually("db-1 labelled leader", LIMIT, || async {
+            let roles = pods_by_role(&client, &ns).await;
+            (roles.get("db-1").cloned().flatten().as_deref() == Some("leader"))
+                .then_some(())
+                .ok_or(format!("{roles:?}"))
+        })
+        .await;
+        labels.assert_never_two();
+    })
+    .await;
+}
+
+/// Pods before their policy: not candidates (PolicyMissing). The policy
+/// makes them candidates; deleting it takes that back, removes the role
+/// labels, and garbage-collects the Lease.
+#[tokio::test]
+async fn policy_created_after_pods_and_deleted() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-orphan", |client, ns| async move {
+        let dir = scratch("orphan");
+        for i in 0..2 {
+            create_pod(
+                &client,
+                &ns,
+                &pool_pod(&format!("late-{i}"), Some("late"), "kwok-0", true),
+            )
+            .await;
+            running_pod(&client, &ns, &format!("late-{i}")).await;
+        }
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let gate = |want: &'static str, reason: Option<&'static str>| {
+            let pods = pods.clone();
+            async move {
+                common::eventually(&format!("readiness gate {want} {reason:?}"), LIMIT, || {
+                    let pods = pods.clone();
+                    async move {
+                        let list = pods
+                            .list(&ListParams::default())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let conds: Vec<_> = list.items.iter().map(candidate_condition).collect();
+                        let ok = conds.iter().all(|c| {
+                            c.as_ref()
+                                .is_some_and(|(s, r)| s == want && reason.is_none_or(|x| x == r))
+                        });
+                        ok.then_some(()).ok_or(format!("{conds:?}"))
+                    }
+                })
+                .await
+            }
+        };
+        gate("False", Some("PolicyMissing")).await;
+        assert!(
+            lease(&client, &ns, "late").await.is_none(),
+            "no policy, no Lease"
+        );
+
+        create_policy(&client, &ns, "late", fast()).await;
+        gate("True", None).await;
+        policy_until(&client, &ns, "late", "2 candidates", LIMIT, |p| {
+            (candidates(p) == 2)
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        assert!(lease(&client, &ns, "late").await.is_some());
+
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .delete("late", &DeleteParams::default())
+            .await
+            .expect("delete policy");
+        gate("False", Some("PolicyMissing")).await;
+        common::eventually("role labels removed", LIMIT, || async {
+            let roles = pods_by_role(&client, &ns).await;
+            roles
+                .values()
+                .all(Option::is_none)
+                .then_some(())
+                .ok_or(format!("{roles:?}"))
+        })
+        .await;
+        common::eventually(
+            "Lease garbage-collected",
+            Duration::from_secs(60),
+            || async {
+                match lease(&client, &ns, "late").await {
+                    None => Ok(()),
+                    Some(l) => Err(format!("still there: {:?}", l.metadata.owner_references)),
+                }
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+/// Relabelling a pod moves it from one pool's status to the other's.
+#[tokio::test]
+async fn pod_moves_between_pools() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-move", |client, ns| async move {
+        let dir = scratch("move");
+        create_policy(&client, &ns, "a", fast()).await;
+        create_policy(&client, &ns, "b", fast()).await;
+        for (name, pool) in [("m-0", "a"), ("m-1", "a"), ("m-2", "b")] {
+            create_pod(&client, &ns, &pool_pod(name, Some(pool), "kwok-0", true)).await;
+            running_pod(&client, &ns, name).await;
+        }
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let count = |pool: &'static str, n: i32| {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                policy_until(&client, &ns, pool, &format!("{n} candidates"), LIMIT, |p| {
+                    (candidates(p) == n)
+                        .then_some(())
+                        .ok_or(format!("{:?}", p.status))
+                })
+                .await;
+            }
+        };
+        count("a", 2).await;
+        count("b", 1).await;
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .patch(
+                "m-1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"zen-lead/pool": "b"}}})),
+            )
+            .await
+            .expect("relabel");
+        count("a", 1).await;
+        count("b", 2).await;
+        let rb = Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .get("zen-lead-b")
+            .await
+            .expect("binding b");
+        assert_eq!(rb.subjects.unwrap_or_default().len(), 1);
+    })
+    .await;
+}
+
+/// A StatefulSet pod re-created with the same name is a new candidate: the
+/// old incarnation's Lease is expired at once, and the new pod can lead.
+#[tokio::test]
+async fn statefulset_pod_recreated_with_the_same_name() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-sts", |client, ns| async move {
+        let dir = scratch("sts");
+        create_policy(&client, &ns, "sts", json!({"leaseDurationSeconds": 30})).await;
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "kv"},
+            "spec": {
+                "replicas": 1, "serviceName": "kv",
+                "selector": {"matchLabels": {"app": "kv"}},
+                "template": {
+                    "metadata": {"labels": {"app": "kv", "zen-lead/pool": "sts"}},
+                    "spec": {
+                        "nodeSelector": {"type": "kwok"},
+                        "tolerations": [{"operator": "Exists"}],
+                        "terminationGracePeriodSeconds": 0,
+                        "initContainers": [{"name": "zen-lead-agent", "image": "zen-lead", "restartPolicy": "Always"}],
+                        "containers": [{"name": "app", "image": "app"}]
+                    }
+                }
+            }
+        }))
+        .expect("sts json");
+        Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &sts)
+            .await
+            .expect("create sts");
+        let old = running_pod(&client, &ns, "kv-0").await;
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let mut agent = HostAgent::start(&dir, &old, "sts");
+        let old_identity = agent.identity.clone();
+        policy_until(&client, &ns, "sts", "kv-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("kv-0")).then_some(()).ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        agent.kill();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete("kv-0", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete kv-0");
+        let new = common::eventually("kv-0 re-created with a new UID", LIMIT, || async {
+            let p = Api::<Pod>::namespaced(client.clone(), &ns).get("kv-0").await.map_err(|e| e.to_string())?;
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            (p.uid() != old.uid() && running && p.metadata.deletion_timestamp.is_none())
+                .then_some(p.clone())
+                .ok_or("old incarnation still there".to_owned())
+        })
+        .await;
+        // Without the controller the old identity would hold for 30 s.
+        common::eventually("old identity expired", Duration::from_secs(15), || async {
+            let l = lease(&client, &ns, "sts").await.ok_or("no lease")?;
+            (lease_holder(&l).as_deref() != Some(old_identity.as_str()))
+                .then_some(())
+                .ok_or(format!("{:?}", lease_holder(&l)))
+        })
+        .await;
+        let p = policy_until(&client, &ns, "sts", "not led by the old incarnation", LIMIT, |p| {
+            (phase(p) == "Electing").then_some(()).ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        assert!(holder_name(&p).is_none());
+        let agent2 = HostAgent::start(&dir, &new, "sts");
+        let p = policy_until(&client, &ns, "sts", "new kv-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("kv-0") && phase(p) == "Stable")
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let holder = p.status.and_then(|s| s.current_holder).expect("holder");
+        assert_eq!(holder.identity, agent2.identity);
+        assert_eq!(holder.uid, new.uid());
+    })
+    .await;
+}
+
+/// A holder on a node that turns NotReady, and a holder whose pod fails,
+/// lose the Lease at once.
+#[tokio::test]
+async fn holder_on_not_ready_node_or_failed_pod_is_expired() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-node", |client, ns| async move {
+        let dir = scratch("node");
+        // A node of our own (no kubelet): its status is what we write.
+        let node_name = format!("{ns}-n");
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name, "labels": {"zen-lead.io/test": "true"}},
+        }))
+        .expect("node json");
+        nodes.create(&PostParams::default(), &node).await.expect("create node");
+        let set_ready = |ready: bool| {
+            let nodes = nodes.clone();
+            let node_name = node_name.clone();
+            async move {
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                nodes
+                    .patch_status(&node_name, &PatchParams::default(), &Patch::Strategic(json!({"status": {"conditions": [{
+                        "type": "Ready", "status": if ready { "True" } else { "False" }, "reason": "Test",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}]}})))
+                    .await
+                    .expect("node status");
+            }
+        };
+        set_ready(true).await;
+        create_policy(&client, &ns, "n", json!({"leaseDurationSeconds": 30})).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let mut made = Vec::new();
+        for name in ["n-0", "n-1"] {
+            let pod = create_pod(&client, &ns, &pool_pod(name, Some("n"), &node_name, true)).await;
+            // Play kubelet: running, agent started.
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let p = pods
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+                    "phase": "Running",
+                    "initContainerStatuses": [{"name": "zen-lead-agent", "image": "zen-lead", "imageID": "", "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}}],
+                    "containerStatuses": [{"name": "app", "image": "app", "imageID": "", "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}}]
+                }})))
+                .await
+                .expect("pod status");
+            let _ = pod;
+            made.push(p);
+        }
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let mut a0 = HostAgent::start(&dir, &made[0], "n");
+        policy_until(&client, &ns, "n", "n-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("n-0")).then_some(()).ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        // The node dies with the agent on it.
+        a0.kill();
+        set_ready(false).await;
+        common::eventually("Lease cleared after NotReady", Duration::from_secs(10), || async {
+            let l = lease(&client, &ns, "n").await.ok_or("no lease")?;
+            lease_holder(&l).is_none().then_some(()).ok_or(format!("{:?}", lease_holder(&l)))
+        })
+        .await;
+        let p = policy_until(&client, &ns, "n", "Electing", LIMIT, |p| {
+            (phase(p) == "Electing").then_some(()).ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        assert_eq!(candidates(&p), 0, "pods on a NotReady node are not candidates");
+        assert!(policy_events(&client, &ns, "n").await.iter().any(|(_, r, n)| r == "LeaseExpired" && n.contains("HolderNodeNotReady")));
+
+        // Node back; n-1 leads; then its pod fails.
+        set_ready(true).await;
+        let mut a1 = HostAgent::start(&dir, &made[1], "n");
+        policy_until(&client, &ns, "n", "n-1 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("n-1")).then_some(()).ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        a1.kill();
+        pods.patch_status("n-1", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Failed"}})))
+            .await
+            .expect("fail n-1");
+        common::eventually("Lease cleared after Failed", Duration::from_secs(10), || async {
+            let l = lease(&client, &ns, "n").await.ok_or("no lease")?;
+            lease_holder(&l).is_none().then_some(()).ok_or(format!("{:?}", lease_holder(&l)))
+        })
+        .await;
+        assert!(policy_events(&client, &ns, "n").await.iter().any(|(_, r, n)| r == "LeaseExpired" && n.contains("HolderPodFinished")));
+        let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
+    })
+    .await;
+}
+
+/// Pool pods without the agent: AgentMissing condition, a Warning event,
+/// and with --evict-uninjected the controller-owned ones are evicted.
+#[tokio::test]
+async fn pods_without_agent_are_reported_and_evicted() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-noagent", |client, ns| async move {
+        let dir = scratch("noagent");
+        create_policy(&client, &ns, "bare", fast()).await;
+        // Labelled but not injected (a bare pod: reported, never evicted).
+        create_pod(&client, &ns, &pool_pod("lonely", Some("bare"), "kwok-0", false)).await;
+        // Annotated in the template, admitted without the webhook.
+        let deploy: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "plain"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "plain"}},
+                "template": {"metadata": {"labels": {"app": "plain"}, "annotations": {"zen-lead/pool": "bare"}},
+                    "spec": {"nodeSelector": {"type": "kwok"}, "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "app", "image": "app"}]}}}
+        }))
+        .expect("deployment json");
+        Api::<Deployment>::namespaced(client.clone(), &ns).create(&PostParams::default(), &deploy).await.expect("deployment");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let first = common::eventually("the Deployment's pod", LIMIT, || async {
+            let list = pods.list(&ListParams::default().labels("app=plain")).await.map_err(|e| e.to_string())?;
+            list.items.first().map(|p| p.name_any()).ok_or("none yet".to_owned())
+        })
+        .await;
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &["--evict-uninjected"]);
+        let p = policy_until(&client, &ns, "bare", "AgentMissing True", LIMIT, |p| {
+            let c = condition(p, "AgentMissing");
+            (c.map(|c| c.status.as_str()) == Some("True")).then_some(()).ok_or(format!("{c:?}"))
+        })
+        .await;
+        let msg = condition(&p, "AgentMissing").map(|c| c.message.clone()).unwrap_or_default();
+        assert!(msg.contains("lonely"), "{msg}");
+        event_until(&client, &ns, "bare", "AgentMissing", "lonely").await;
+        // The Deployment's pod is evicted (and comes back, still uninjected here).
+        common::eventually("the uninjected Deployment pod evicted", LIMIT, || async {
+            match pods.get_opt(&first).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(p) if p.metadata.deletion_timestamp.is_some() => Ok(()),
+                Some(_) => Err("still running".to_owned()),
+            }
+        })
+        .await;
+        // The bare pod is never evicted.
+        assert!(pods.get_opt("lonely").await.expect("get").is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
+        let lonely = pods.get("lonely").await.expect("lonely");
+        assert_eq!(candidate_condition(&lonely).map(|c| c.1), Some("AgentMissing".to_owned()));
+    })
+    .await;
+}
+
+async fn deployment_state(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> (i32, Option<String>, Option<String>) {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("get {name}: {e}"));
+    (
+        d.spec.and_then(|s| s.replicas).unwrap_or(1),
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ORIGINAL_REPLICAS_ANNOTATION).cloned()),
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SCALED_BY_ANNOTATION).cloned()),
+    )
+}
+
+async fn replicas_until(client: &Client, ns: &str, name: &str, want: (i32, Option<&str>)) {
+    common::eventually(&format!("Deployment {name} at {want:?}"), LIMIT, || async {
+        let (r, orig, _) = deployment_state(client, ns, name).await;
+        (r == want.0 && orig.as_deref() == want.1)
+            .then_some(())
+            .ok_or(format!("replicas {r}, original {orig:?}"))
+    })
+    .await;
+}
+
+fn annotated_deployment(name: &str, pool: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}, "annotations": {"zen-lead/pool": pool}},
+                "spec": {"nodeSelector": {"type": "kwok"}, "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "app", "image": "app"}]}}}
+    }))
+    .unwrap_or_else(|e| panic!("deployment json: {e}"))
+}
+
+/// scaleDown: one replica in total, original count remembered across a
+/// controller restart, restored on standby and on policy deletion; an HPA
+/// makes it refuse.
+#[tokio::test]
+async fn scale_down_round_trips_with_a_controller_restart() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-scale", |client, ns| async move {
+        let dir = scratch("scale");
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &annotated_deployment("worker", "jobs", 3)).await.expect("deployment");
+        create_policy(&client, &ns, "jobs", json!({"followerMode": "scaleDown"})).await;
+        let mut ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        replicas_until(&client, &ns, "worker", (1, Some("3"))).await;
+        let p = policy_until(&client, &ns, "jobs", "ScaledDown True", LIMIT, |p| {
+            let c = condition(p, "ScaledDown");
+            (c.map(|c| c.status.as_str()) == Some("True")).then_some(()).ok_or(format!("{c:?}"))
+        })
+        .await;
+        assert!(p.finalizers().iter().any(|f| f == "zen-lead.io/restore-replicas"));
+
+        // Restart: the remembered count stays 3 and nothing is scaled twice.
+        ctl.kill();
+        let ctl2 = Controller::start(&dir, &ns, "ctl-b", &[]);
+        common::eventually("the new controller is active", LIMIT, || async {
+            (ctl2.metric("zen_lead_controller_active").await == 1.0).then_some(()).ok_or("standby".to_owned())
+        })
+        .await;
+        // Let it reconcile the pool at least once.
+        common::eventually("reconciled after restart", LIMIT, || async {
+            (ctl2.metric("zen_lead_controller_reconciles_total").await >= 1.0).then_some(()).ok_or("not yet".to_owned())
+        })
+        .await;
+        assert_eq!(deployment_state(&client, &ns, "worker").await.0, 1);
+        assert_eq!(deployment_state(&client, &ns, "worker").await.1.as_deref(), Some("3"));
+
+        // Back to standby: restored, bookkeeping removed.
+        let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        policies.patch("jobs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"followerMode": "standby"}}))).await.expect("standby");
+        replicas_until(&client, &ns, "worker", (3, None)).await;
+        assert_eq!(deployment_state(&client, &ns, "worker").await.2, None);
+
+        // scaleDown again, then delete the policy: the finalizer restores.
+        policies.patch("jobs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"followerMode": "scaleDown"}}))).await.expect("scaleDown");
+        replicas_until(&client, &ns, "worker", (1, Some("3"))).await;
+        policies.delete("jobs", &DeleteParams::default()).await.expect("delete");
+        replicas_until(&client, &ns, "worker", (3, None)).await;
+        common::eventually("policy gone", LIMIT, || async {
+            policies.get_opt("jobs").await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("still there".to_owned()))
+        })
+        .await;
+
+        // A workload leaving the pool is restored too.
+        create_policy(&client, &ns, "jobs", json!({"followerMode": "scaleDown"})).await;
+        replicas_until(&client, &ns, "worker", (1, Some("3"))).await;
+        deployments
+            .patch("worker", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"zen-lead/pool": null}}}}})))
+            .await
+            .expect("leave pool");
+        replicas_until(&client, &ns, "worker", (3, None)).await;
+
+        // An HPA: refuse, with a condition and an event.
+        deployments.create(&PostParams::default(), &annotated_deployment("auto", "hpa", 2)).await.expect("deployment auto");
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "auto"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "auto"}, "minReplicas": 2, "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}
+        }))
+        .expect("hpa json");
+        Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns).create(&PostParams::default(), &hpa).await.expect("hpa");
+        create_policy(&client, &ns, "hpa", json!({"followerMode": "scaleDown"})).await;
+        let p = policy_until(&client, &ns, "hpa", "ScaledDown refused", LIMIT, |p| {
+            let c = condition(p, "ScaledDown");
+            (c.map(|c| c.reason.as_str()) == Some("HorizontalPodAutoscalerConflict")).then_some(()).ok_or(format!("{c:?}"))
+        })
+        .await;
+        assert_eq!(condition(&p, "ScaledDown").map(|c| c.status.as_str()), Some("False"));
+        event_until(&client, &ns, "hpa", "HorizontalPodAutoscalerConflict", "auto").await;
+        assert_eq!(deployment_state(&client, &ns, "auto").await, (2, None, None));
+    })
+    .await;
+}
+
+/// Two controller replicas: one runs the controllers; when it dies without
+/// releasing, the other takes over within the controller Lease duration,
+/// without a restart. Both serve /readyz.
+#[tokio::test]
+async fn standby_controller_takes_over() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-ha", |client, ns| async move {
+        let dir = scratch("ha");
+        let mut a = Controller::start(&dir, &ns, "ctl-a", &[]);
+        common::eventually("ctl-a active", LIMIT, || async {
+            (a.metric("zen_lead_controller_active").await == 1.0)
+                .then_some(())
+                .ok_or("standby".to_owned())
+        })
+        .await;
+        let b = Controller::start(&dir, &ns, "ctl-b", &[]);
+        common::eventually("ctl-b ready (standby)", LIMIT, || async {
+            let (code, body) = b.get("/readyz").await;
+            (code == 200).then_some(()).ok_or(format!("{code} {body}"))
+        })
+        .await;
+        assert_eq!(b.metric("zen_lead_controller_active").await, 0.0);
+        create_policy(&client, &ns, "one", fast()).await;
+        common::eventually("Lease one made by ctl-a", LIMIT, || async {
+            lease(&client, &ns, "one")
+                .await
+                .map(|_| ())
+                .ok_or("none".to_owned())
+        })
+        .await;
+
+        a.kill();
+        let killed = tokio::time::Instant::now();
+        create_policy(&client, &ns, "two", fast()).await;
+        common::eventually("ctl-b active", Duration::from_secs(15), || async {
+            (b.metric("zen_lead_controller_active").await == 1.0)
+                .then_some(())
+                .ok_or("standby".to_owned())
+        })
+        .await;
+        let took = killed.elapsed();
+        // Lease duration 3 s; allow for the watch and process start.
+        assert!(took < Duration::from_secs(8), "took over after {took:?}");
+        common::eventually("Lease two made by ctl-b", LIMIT, || async {
+            lease(&client, &ns, "two")
+                .await
+                .map(|_| ())
+                .ok_or("none".to_owned())
+        })
+        .await;
+        let ctl_lease = lease(&client, &ns, "zen-lead-controller")
+            .await
+            .expect("controller Lease");
+        assert_eq!(lease_holder(&ctl_lease).as_deref(), Some("ctl-b"));
+    })
+    .await;
+}
+
+/// A rolling update of a 3-replica pool Deployment completes, at most one
+/// pod is labelled leader at any instant, and the leaderless gap is
+/// reported. Agents run as host processes for each pod, stopped with
+/// SIGTERM (release) when the pod terminates, as the kubelet would.
+#[tokio::test]
+async fn rolling_update_keeps_a_single_leader() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-roll", |client, ns| async move {
+        let dir = scratch("roll");
+        create_policy(&client, &ns, "roll", fast()).await;
+        let deploy: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "roll"}},
+                "template": {"metadata": {"labels": {"app": "roll", "zen-lead/pool": "roll"}, "annotations": {"zen-lead/pool": "roll", "v": "1"}},
+                    "spec": {"nodeSelector": {"type": "kwok"}, "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 1,
+                        "readinessGates": [{"conditionType": CANDIDATE_READINESS_GATE}],
+                        "initContainers": [{"name": "zen-lead-agent", "image": "zen-lead", "restartPolicy": "Always"}],
+                        "containers": [{"name": "app", "image": "app"}]}}}
+        }))
+        .expect("deployment json");
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&PostParams::default(), &deploy).await.expect("deployment");
+        let labels = LeaderLabelWatch::start(&client, &ns);
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+
+        // Play kubelet for the agents: one per running pod, SIGTERM on
+        // deletion.
+        let agents_dir = dir.clone();
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let kubelet = tokio::spawn(async move {
+            let mut agents: BTreeMap<String, HostAgent> = BTreeMap::new();
+            let stream = watcher::watcher(pods_api, watcher::Config::default().labels("app=roll"));
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(ev)) = stream.next().await {
+                let (p, gone) = match ev {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        let gone = p.metadata.deletion_timestamp.is_some();
+                        (p, gone)
+                    }
+                    watcher::Event::Delete(p) => (p, true),
+                    _ => continue,
+                };
+                let uid = p.uid().unwrap_or_default();
+                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                if gone {
+                    if let Some(mut a) = agents.remove(&uid) {
+                        a.stop().await;
+                    }
+                } else if running && !agents.contains_key(&uid) {
+                    agents.insert(uid, HostAgent::start(&agents_dir, &p, "roll"));
+                }
+            }
+        });
+
+        policy_until(&client, &ns, "roll", "Stable with 3 candidates", Duration::from_secs(45), |p| {
+            (phase(p) == "Stable" && candidates(p) == 3).then_some(()).ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let before = holder_name(&policy_until(&client, &ns, "roll", "a holder", LIMIT, |_| Ok(())).await);
+
+        deployments
+            .patch("roll", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"v": "2"}}}}})))
+            .await
+            .expect("roll");
+        let out = wait_for("kubectl rollout status", Duration::from_secs(120), tokio::task::spawn_blocking({
+            let ns = ns.clone();
+            let cache = dir.join("kubectl-cache");
+            move || common::kubectl(&["-n", &ns, "rollout", "status", "deployment/roll", "--timeout=110s"], &cache)
+        }))
+        .await
+        .expect("kubectl");
+        assert!(out.status.success(), "rollout status: {}", String::from_utf8_lossy(&out.stderr));
+
+        let p = policy_until(&client, &ns, "roll", "Stable on a new pod with 3 candidates", Duration::from_secs(45), |p| {
+            (phase(p) == "Stable" && candidates(p) == 3 && holder_name(p) != before)
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        assert!(holder_name(&p).is_some());
+        let note = event_until(&client, &ns, "roll", "LeaderElected", "leaderless for").await;
+        assert!(note.contains("leader changed from"), "{note}");
+        labels.assert_never_two();
+        kubelet.abort();
+    })
+    .await;
+}
