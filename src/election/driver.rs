@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::api::{ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,7 +25,7 @@ use super::clock;
 use super::machine::{
     Action, EndReason, Failure, LeadEvent, Machine, MachineConfig, Observation, WriteKind,
 };
-use super::record::{Record, SpecWrite, apply_spec, format_seconds};
+use super::record::{Record, SpecWrite, apply_spec, format_seconds, lease_duration_seconds};
 use crate::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
 
 /// Settings of one candidate's election.
@@ -80,7 +80,7 @@ impl LeaderStatus {
 pub enum RunError {
     #[error(
         "access to Lease {namespace}/{name} was denied ({message}); the identity in use needs \
-         get, list, watch and update{create} on leases.coordination.k8s.io in namespace \
+         get, watch and update{create} on leases.coordination.k8s.io named {name} in namespace \
          {namespace}"
     )]
     Denied {
@@ -298,6 +298,7 @@ impl Elector {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RunError> {
         let mut waiting_logged = false;
+        let mut last_logged: Option<Action> = None;
         loop {
             while let Ok(msg) = events.try_recv() {
                 self.apply_watch(msg)?;
@@ -311,6 +312,24 @@ impl Elector {
                 return Ok(());
             }
             let action = self.machine.decide(now);
+            if last_logged.as_ref() != Some(&action) {
+                // Once per distinct decision: enough to reconstruct what a
+                // candidate thought, without a line per renewal.
+                match &action {
+                    Action::Wait(until) => debug!(
+                        wait_ms = until.map(|u| u.saturating_duration_since(now).as_millis()),
+                        holder = ?self.machine.record().and_then(|r| r.holder.as_deref()),
+                        leading = self.machine.leading(now),
+                        "waiting"
+                    ),
+                    Action::Replace {
+                        kind: WriteKind::Renew,
+                        ..
+                    } => {}
+                    other => debug!(action = ?other, "next step"),
+                }
+                last_logged = Some(action.clone());
+            }
             match action {
                 Action::Wait(until) => {
                     if until.is_none() && !self.machine.leading(now) {
@@ -518,9 +537,14 @@ impl Elector {
             metadata.resource_version = base_rv.map(str::to_owned);
             metadata.managed_fields = None;
         }
+        let mut write = write.clone();
+        if base.is_none() && write.lease_duration_seconds.is_none() {
+            let t = self.cfg.fixed.unwrap_or(self.cfg.create_timings);
+            write.lease_duration_seconds = Some(lease_duration_seconds(t.lease_duration()));
+        }
         Lease {
             metadata,
-            spec: Some(apply_spec(base.and_then(|l| l.spec.as_ref()), write)),
+            spec: Some(apply_spec(base.and_then(|l| l.spec.as_ref()), &write)),
         }
     }
 
@@ -737,25 +761,22 @@ fn is_gone(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 410)
 }
 
-/// Lists the Lease once, then watches it from that version; re-watches from
-/// the last seen version when a watch ends, and lists again only when the
+/// Reads the Lease once, then watches it from that version; re-watches from
+/// the last seen version when a watch ends, and reads again only when the
 /// version is too old (410). No polling: an idle candidate has one open
-/// request.
+/// request. GET + WATCH with a `metadata.name` field selector is all it
+/// needs, so RBAC can be limited to that one Lease (resourceNames).
 async fn watch_lease(api: Api<Lease>, name: String, tx: mpsc::Sender<WatchMsg>) {
     let fields = format!("metadata.name={name}");
     let mut backoff = Duration::from_millis(100);
     let max_backoff = Duration::from_secs(1);
     'list: loop {
-        let listed = timeout(
-            Duration::from_secs(5),
-            api.list(&ListParams::default().fields(&fields)),
-        )
-        .await;
-        let list = match listed {
-            Ok(Ok(list)) => list,
+        let read = timeout(Duration::from_secs(5), api.get_opt(&name)).await;
+        let lease = match read {
+            Ok(Ok(lease)) => lease,
             other => {
                 if let Ok(Err(err)) = &other {
-                    debug!(error = %err, "listing the Lease failed");
+                    debug!(error = %err, "reading the Lease failed");
                 }
                 if tx.send(WatchMsg::Connected(false)).await.is_err() {
                     return;
@@ -765,12 +786,19 @@ async fn watch_lease(api: Api<Lease>, name: String, tx: mpsc::Sender<WatchMsg>) 
                 continue;
             }
         };
-        let mut resource_version = list.metadata.resource_version.clone().unwrap_or_default();
-        let lease = list.items.into_iter().next();
+        // Missing: watch from "now" (an empty version); a Lease created in
+        // between arrives as a synthetic ADDED event.
+        let mut resource_version = lease
+            .as_ref()
+            .and_then(|l| l.metadata.resource_version.clone())
+            .unwrap_or_default();
+        let listed_rv = lease
+            .as_ref()
+            .and_then(|l| l.metadata.resource_version.clone());
         if tx
             .send(WatchMsg::Listed {
                 lease,
-                resource_version: list.metadata.resource_version,
+                resource_version: listed_rv,
             })
             .await
             .is_err()

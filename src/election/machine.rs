@@ -514,12 +514,9 @@ impl Machine {
                     holder: Some(me.to_owned()),
                     transitions: self.last_transitions.map_or(0, |t| t.saturating_add(1)),
                     new_term: true,
-                    lease_duration_seconds: Some(lease_duration_seconds(
-                        self.cfg
-                            .fixed
-                            .unwrap_or(self.cfg.create_timings)
-                            .lease_duration(),
-                    )),
+                    // Agents keep the duration of the Lease they knew (the
+                    // driver uses create_timings for a Lease never seen).
+                    lease_duration_seconds: self.fixed_lease_seconds(),
                 });
                 match prior {
                     Prior::Free | Prior::Mine => create,

@@ -398,10 +398,18 @@ fn missing_lease_rules() {
         })
     ));
 
-    // Deleted while free (continuous watch): create at once.
+    // Deleted while free (continuous watch): create at once, keeping the
+    // Lease's duration (the driver copies it from the last Lease seen).
     let mut m = Machine::new(creating.clone());
     m.observe(present(rec(10, None, 3)), t0);
     m.observe(missing(true), t0 + ms(10));
+    assert!(matches!(
+        m.decide(t0 + ms(10)),
+        Action::Create(SpecWrite {
+            lease_duration_seconds: None,
+            ..
+        })
+    ));
     assert!(matches!(
         m.decide(t0 + ms(10)),
         Action::Create(SpecWrite { transitions: 4, .. })
