@@ -17,7 +17,7 @@ BIN := $(CURDIR)/target/release/zen-lead
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd install run bench-webhook bench-election test demo lint cluster-up cluster-down certs
+.PHONY: help build crd install run bench-webhook bench-election bench-controller test demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,9 @@ bench-webhook: ## Admission latency/throughput over TLS vs. a controller-runtime
 
 bench-election: cluster-up ## Hand-off, takeover, idle requests and memory vs. client-go's election
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench election
+
+bench-controller: cluster-up ## 1,000 policies x 3 pods: convergence time, memory, steady API requests
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench controller_scale
 
 certs: build ## Generate development certificates into certs/ (kept if present)
 	@if [ -f certs/tls.crt ]; then echo "certs/ already has certificates (zen-lead certs --force to replace)"; \

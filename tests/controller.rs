@@ -696,6 +696,22 @@ async fn holder_pod_deleted_fails_over_without_waiting_for_expiry() {
         })
         .await;
         labels.assert_never_two();
+
+        // A Lease deleted while held comes back naming its holder (agents
+        // cannot create it), so nobody takes it as free.
+        let l = lease(&client, &ns, "db").await.expect("Lease db");
+        let uid = l.uid();
+        Api::<Lease>::namespaced(client.clone(), &ns)
+            .delete("db", &DeleteParams::default())
+            .await
+            .expect("delete Lease");
+        common::eventually("Lease re-created naming db-1", LIMIT, || async {
+            let l = lease(&client, &ns, "db").await.ok_or("missing")?;
+            (l.uid() != uid && lease_holder(&l).as_deref() == Some(_second.identity.as_str()))
+                .then_some(())
+                .ok_or(format!("{:?}", l.spec))
+        })
+        .await;
     })
     .await;
 }
@@ -939,7 +955,15 @@ async fn holder_on_not_ready_node_or_failed_pod_is_expired() {
             }
         };
         set_ready(true).await;
-        create_policy(&client, &ns, "n", json!({"leaseDurationSeconds": 30})).await;
+        // A long Lease and a short renew deadline: the controller may clear
+        // a holder on a NotReady node only once its renew deadline passed.
+        create_policy(
+            &client,
+            &ns,
+            "n",
+            json!({"leaseDurationSeconds": 30, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}),
+        )
+        .await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut made = Vec::new();
         for name in ["n-0", "n-1"] {

@@ -272,13 +272,16 @@ pub fn start(
     // recorded on them) queues the pools concerned, old and new.
     let stream = reflector::reflector(
         deployment_writer,
-        watcher::watcher(api::<Deployment>(client, namespace), watcher::Config::default())
-            .default_backoff()
-            .modify(|d| {
-                d.managed_fields_mut().clear();
-                // The status is never read; it changes with every pod.
-                d.status = None;
-            }),
+        watcher::watcher(
+            api::<Deployment>(client, namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|d| {
+            d.managed_fields_mut().clear();
+            // The status is never read; it changes with every pod.
+            d.status = None;
+        }),
     );
     let q = queue.clone();
     let mut last: HashMap<String, BTreeSet<PoolKey>> = HashMap::new();
@@ -289,12 +292,15 @@ pub fn start(
     })));
     let stream = reflector::reflector(
         statefulset_writer,
-        watcher::watcher(api::<StatefulSet>(client, namespace), watcher::Config::default())
-            .default_backoff()
-            .modify(|s| {
-                s.managed_fields_mut().clear();
-                s.status = None;
-            }),
+        watcher::watcher(
+            api::<StatefulSet>(client, namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|s| {
+            s.managed_fields_mut().clear();
+            s.status = None;
+        }),
     );
     let q = queue.clone();
     let mut last: HashMap<String, BTreeSet<PoolKey>> = HashMap::new();

@@ -140,6 +140,9 @@ pub struct LeaseView {
     pub preferred: Option<String>,
     /// No renewal was observed for a whole lease duration.
     pub expired: bool,
+    /// No change of the record was observed for the holder's renew deadline:
+    /// by its own rules the holder no longer leads, even if it still runs.
+    pub past_renew_deadline: bool,
 }
 
 /// Why the holder is no longer fit to lead.
@@ -199,9 +202,25 @@ pub fn failover(
         Some(pod) if pod.finished => Failover::Expire {
             why: HolderGone::Failed,
         },
-        Some(pod) if pod.node.as_deref().is_some_and(|n| !node_ready(n)) => Failover::Expire {
-            why: HolderGone::NodeNotReady,
-        },
+        // A NotReady node may still run the agent (the kubelet lost the API
+        // server, the agent did not): clearing the Lease then could make two
+        // leaders. So ask for a hand-off, and clear only once the holder's
+        // renew deadline passed without a renewal, when it has stepped down
+        // by its own rules.
+        Some(pod) if pod.node.as_deref().is_some_and(|n| !node_ready(n)) => {
+            if lease.past_renew_deadline {
+                Failover::Expire {
+                    why: HolderGone::NodeNotReady,
+                }
+            } else {
+                match successor(pods, holder, node_ready) {
+                    Some(to) if lease.preferred.as_deref() != Some(to.as_str()) => {
+                        Failover::HandOff { to }
+                    }
+                    _ => Failover::Nothing,
+                }
+            }
+        }
         Some(pod) if pod.terminating => match successor(pods, holder, node_ready) {
             Some(to) if lease.preferred.as_deref() != Some(to.as_str()) => Failover::HandOff { to },
             _ => Failover::Nothing,

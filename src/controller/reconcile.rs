@@ -103,6 +103,9 @@ struct PoolMemory {
     /// resourceVersion of the Lease last seen, and when (monotonic): the
     /// expiry clock, as client-go judges it.
     lease_seen: Option<(String, Instant)>,
+    /// Holder and leaseTransitions last seen in the Lease: a Lease deleted
+    /// while held is re-created naming them (see the Lease contract).
+    last_holder_seen: Option<(String, i32)>,
     /// Pods this controller labelled leader (the cache may lag behind).
     leaders: BTreeSet<String>,
     /// Hash of the Role/RoleBinding last applied.
@@ -347,9 +350,11 @@ async fn active(
     // 7. scaleDown.
     let keep = leader.and_then(decide::pod_workload);
     let scaled = scale(ctx, key, policy, keep).await?;
+    // The finalizer goes once nothing scaled by this pool is left (the
+    // cache shows the restores of this pass on the next one).
     if !scale_down
         && policy.finalizers().iter().any(|f| f == RESTORE_FINALIZER)
-        && scaled_restored(ctx, key)
+        && workloads(ctx, key).iter().all(|w| w.original.is_none())
     {
         remove_finalizer(ctx, key, policy).await?;
     }
@@ -384,10 +389,20 @@ async fn active(
         let duration = Record::from_lease(l)
             .map(|r| r.timings.lease_duration())
             .unwrap_or(Duration::from_secs(15));
+        let renew = Record::from_lease(l)
+            .map(|r| r.timings.renew_deadline())
+            .unwrap_or(Duration::from_secs(10));
         let seen = ctx.with_memory(key, |m| m.lease_seen.as_ref().map(|(_, at)| *at));
         if let Some(seen) = seen {
-            let left = (seen + duration).saturating_duration_since(Instant::now());
-            requeue = Some(left + Duration::from_millis(100));
+            // Wake at the renew deadline too (a holder on a NotReady node
+            // may be cleared then), and at expiry.
+            let now = Instant::now();
+            let at = if lv.past_renew_deadline {
+                seen + duration
+            } else {
+                seen + renew
+            };
+            requeue = Some(at.saturating_duration_since(now) + Duration::from_millis(100));
         }
     }
     Ok(requeue)
@@ -412,8 +427,18 @@ fn lease_view(ctx: &Context, key: &PoolKey, lease: &Lease) -> LeaseView {
     let holder = spec
         .and_then(|s| s.holder_identity.clone())
         .filter(|h| !h.is_empty());
+    let renew_deadline = record
+        .as_ref()
+        .map(|r| r.timings.renew_deadline())
+        .unwrap_or(Duration::from_secs(10));
+    let silent = now.saturating_duration_since(seen);
+    let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+    ctx.with_memory(key, |m| {
+        m.last_holder_seen = holder.clone().map(|h| (h, transitions));
+    });
     LeaseView {
-        expired: holder.is_some() && now.saturating_duration_since(seen) >= duration,
+        expired: holder.is_some() && silent >= duration,
+        past_renew_deadline: holder.is_some() && silent >= renew_deadline,
         holder,
         transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
         acquired: spec
@@ -496,20 +521,28 @@ async fn ensure_lease(
         }
         changed
     };
-    let current = match ctx.cache.lease(key) {
-        Some(l) => Some((*l).clone()),
-        None => None,
-    };
+    let current = ctx.cache.lease(key).map(|l| (*l).clone());
     let mut lease = match current {
         Some(l) => l,
         None => {
+            // Deleted while held: re-create it naming the last holder, so
+            // candidates treat it as a live claim (not as free).
+            let last = ctx.with_memory(key, |m| m.last_holder_seen.clone());
+            let mut spec = k8s_openapi::api::coordination::v1::LeaseSpec::default();
+            if let Some((holder, transitions)) = last {
+                let now = crate::election::record::now_micro();
+                spec.holder_identity = Some(holder);
+                spec.lease_transitions = Some(transitions);
+                spec.acquire_time = Some(now.clone());
+                spec.renew_time = Some(now);
+            }
             let mut fresh = Lease {
                 metadata: ObjectMeta {
                     name: Some(key.name.clone()),
                     namespace: Some(key.namespace.clone()),
                     ..ObjectMeta::default()
                 },
-                spec: Some(Default::default()),
+                spec: Some(spec),
             };
             fix(&mut fresh);
             match api.create(&PostParams::default(), &fresh).await {
@@ -880,12 +913,6 @@ async fn safety_net(
     names
 }
 
-fn scaled_restored(ctx: &Context, key: &PoolKey) -> bool {
-    ctx.with_memory(key, |m| {
-        m.scale_outcome.is_none() && m.scale_checked.is_some()
-    })
-}
-
 /// scaleDown: plan from the namespace's Deployments, StatefulSets and HPAs,
 /// then Remember / Scale / Forget. Skipped when nothing relevant changed
 /// since the last check (and it is less than a minute old).
@@ -936,7 +963,16 @@ async fn scale(
     if let Some(Err((reason, message))) = &plan.outcome {
         let before = ctx.with_memory(key, |m| m.scale_outcome.clone());
         if before.as_ref() != Some(&Err((reason, message.clone()))) {
-            publish(ctx, policy, EventType::Warning, reason, "ScaleDown", message.clone(), None).await;
+            publish(
+                ctx,
+                policy,
+                EventType::Warning,
+                reason,
+                "ScaleDown",
+                message.clone(),
+                None,
+            )
+            .await;
         }
     }
     ctx.with_memory(key, |m| {
@@ -953,10 +989,12 @@ async fn list_hpas(
     key: &PoolKey,
 ) -> Result<Vec<(String, String, String)>, ReconcileError> {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let list = hpas
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("list", "HorizontalPodAutoscaler", &key.namespace, "*"))?;
+    let list = hpas.list(&ListParams::default()).await.map_err(api_err(
+        "list",
+        "HorizontalPodAutoscaler",
+        &key.namespace,
+        "*",
+    ))?;
     Ok(list
         .items
         .iter()
@@ -975,7 +1013,10 @@ fn workloads(ctx: &Context, key: &PoolKey) -> Vec<WorkloadView> {
         if a.get(SCALED_BY_ANNOTATION) != Some(&key.name) {
             return None;
         }
-        a.get(ORIGINAL_REPLICAS_ANNOTATION)?.trim().parse::<i32>().ok()
+        a.get(ORIGINAL_REPLICAS_ANNOTATION)?
+            .trim()
+            .parse::<i32>()
+            .ok()
     };
     let view = |kind: &'static str,
                 meta: &ObjectMeta,

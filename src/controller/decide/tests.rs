@@ -60,6 +60,16 @@ fn pod_view_reads_agent_and_identity() {
     assert_eq!(c.identity.as_deref(), Some("custom-a"));
 }
 
+/// (what, holder pod, pool pods, node readiness, confirmed gone, expected)
+type FailoverCase = (
+    &'static str,
+    Option<PodView>,
+    Vec<PodView>,
+    fn(&str) -> bool,
+    bool,
+    Failover,
+);
+
 #[test]
 fn failover_table() {
     let mut terminating = pod("a");
@@ -69,14 +79,7 @@ fn failover_table() {
     let b = pod("b");
     let c = pod("c");
     let lease = held_by("a_id");
-    let cases: Vec<(
-        &str,
-        Option<PodView>,
-        Vec<PodView>,
-        fn(&str) -> bool,
-        bool,
-        Failover,
-    )> = vec![
+    let cases: Vec<FailoverCase> = vec![
         (
             "healthy holder",
             Some(pod("a")),
@@ -114,13 +117,13 @@ fn failover_table() {
             },
         ),
         (
-            "holder's node NotReady",
+            "holder's node NotReady, still renewing: hand off",
             Some(pod("a")),
             vec![pod("a"), b.clone()],
             not_ready,
             false,
-            Failover::Expire {
-                why: HolderGone::NodeNotReady,
+            Failover::HandOff {
+                to: "b_id".to_owned(),
             },
         ),
         (
@@ -146,6 +149,21 @@ fn failover_table() {
         let got = failover(&lease, holder.as_ref(), &pods, &nr, confirmed);
         assert_eq!(got, want, "{what}");
     }
+    // NotReady and silent past the renew deadline: the holder stepped down.
+    let mut silent = held_by("a_id");
+    silent.past_renew_deadline = true;
+    assert_eq!(
+        failover(
+            &silent,
+            Some(&pod("a")),
+            &[pod("a"), pod("b")],
+            &not_ready,
+            false
+        ),
+        Failover::Expire {
+            why: HolderGone::NodeNotReady
+        }
+    );
     // Already asked: not asked again.
     let mut asked = held_by("a_id");
     asked.preferred = Some("b_id".to_owned());
