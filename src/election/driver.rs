@@ -392,6 +392,10 @@ impl Elector {
 
     fn apply_watch(&mut self, msg: WatchMsg) -> Result<(), RunError> {
         let now = Instant::now();
+        // A term whose deadline passed ends first, at its deadline.
+        if let Some(ev) = self.machine.expire(now) {
+            self.emit(ev)?;
+        }
         let event = match msg {
             WatchMsg::Connected(up) => {
                 self.connected = up;

@@ -375,11 +375,13 @@ impl Machine {
                     lead.preferred_seen = rec.preferred.clone();
                 }
             } else {
-                self.lead = None;
+                // Noticed late (a paused process), the term still ended at
+                // its deadline: that is what the API reported meanwhile.
                 event = Some(LeadEvent::Ended {
-                    at: now,
+                    at: earlier(now, lead.valid_until),
                     reason: EndReason::Superseded,
                 });
+                self.lead = None;
             }
         }
         self.view = View::Present {

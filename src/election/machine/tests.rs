@@ -508,3 +508,18 @@ fn changed_timings_shorten_the_running_term() {
         }
     );
 }
+
+#[test]
+fn a_term_superseded_after_a_pause_ended_at_its_deadline() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    // Paused for 5 s; the first thing seen afterwards is the new holder.
+    let ev = m.observe(present(rec(9, Some("other"), 6)), t0 + ms(5000));
+    assert_eq!(
+        ev,
+        Some(LeadEvent::Ended {
+            at: t0 + ms(2000),
+            reason: EndReason::Superseded
+        })
+    );
+}
