@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net/url"
@@ -14,7 +15,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubeproxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
 	// Registers the JSON log format and other options the components accept.
 	_ "k8s.io/component-base/logs/json/register"
@@ -30,6 +33,14 @@ func runControllerManager(_ []string) int {
 
 func runScheduler(_ []string) int {
 	return cli.Run(scheduler.NewSchedulerCommand())
+}
+
+func runKubelet(_ []string) int {
+	return cli.Run(kubelet.NewKubeletCommand(context.Background()))
+}
+
+func runKubeProxy(_ []string) int {
+	return cli.Run(kubeproxy.NewProxyCommand())
 }
 
 func runKubectl(_ []string) int {

@@ -104,7 +104,7 @@ type clusterPKI struct {
 	ca, apiserver, admin, controllerManager, scheduler, kubeletClient *keyPair
 }
 
-func makePKI(dir string, serviceIP net.IP) (*clusterPKI, error) {
+func makePKI(dir string, serviceIP net.IP, extraIPs ...net.IP) (*clusterPKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func makePKI(dir string, serviceIP net.IP) (*clusterPKI, error) {
 		{"apiserver", &p.apiserver, certSpec{
 			cn:     "kube-apiserver",
 			dns:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-			ips:    []net.IP{net.ParseIP("127.0.0.1"), serviceIP},
+			ips:    append([]net.IP{net.ParseIP("127.0.0.1"), serviceIP}, extraIPs...),
 			server: true, validFor: year,
 		}},
 		{"admin", &p.admin, certSpec{cn: "zen-lead-admin", orgs: []string{"system:masters"}, client: true, validFor: year}},

@@ -46,9 +46,11 @@ type state struct {
 	Argv       map[string][]string `json:"argv"`
 	Kubeconfig string              `json:"kubeconfig"`
 	StartedAt  time.Time           `json:"startedAt"`
+	// Components in start order (the real node's only when it runs).
+	Components []string `json:"components"`
 }
 
-// Components in start order; `down` stops them in reverse.
+// Control-plane components in start order; `down` stops them in reverse.
 var componentOrder = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
 
 type upOptions struct {
@@ -56,6 +58,8 @@ type upOptions struct {
 	kwok      string
 	kwokNodes int
 	timeout   time.Duration
+	realNode  bool
+	images    string
 }
 
 func parseUpFlags(name string, args []string) (*upOptions, error) {
@@ -69,6 +73,8 @@ func parseUpFlags(name string, args []string) (*upOptions, error) {
 	fs.StringVar(&o.kwok, "kwok", filepath.Join(filepath.Dir(self), "kwok"), "path to the kwok binary")
 	fs.IntVar(&o.kwokNodes, "kwok-nodes", 2, "number of KWOK (simulated) nodes")
 	fs.DurationVar(&o.timeout, "timeout", 4*time.Minute, "how long to wait for the cluster to work")
+	fs.BoolVar(&o.realNode, "real-node", true, "also run a real node (containerd, runc, kubelet, kube-proxy) as real-0")
+	fs.StringVar(&o.images, "images", filepath.Join(filepath.Dir(self), "images"), "directory of OCI image archives to import into the real node")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -89,6 +95,13 @@ func runUp(args []string) int {
 	if st, err := loadState(o.dir); err == nil {
 		if problem := st.health(); problem == "" {
 			fmt.Printf("zl-cluster: already running (state %s)\n", o.dir)
+			if _, ok := st.PIDs["containerd"]; ok {
+				// Images may have been rebuilt since: importing is cheap when unchanged.
+				if err := st.importImages(o.images); err != nil {
+					fmt.Fprintf(os.Stderr, "zl-cluster: %v\n", err)
+					return 1
+				}
+			}
 			printExport(st)
 			return 0
 		} else {
@@ -128,7 +141,13 @@ func bringUp(o *upOptions) (*state, error) {
 			return nil, err
 		}
 	}
-	ports, err := freePorts("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+	if o.realNode {
+		if why := realNodePreflight(); why != "" {
+			return nil, fmt.Errorf("cannot start the real node: %s (use --real-node=false for a KWOK-only cluster)", why)
+		}
+	}
+	ports, err := freePorts("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+		"kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics")
 	if err != nil {
 		return nil, fmt.Errorf("allocating ports: %w", err)
 	}
@@ -138,11 +157,23 @@ func bringUp(o *upOptions) (*state, error) {
 	serviceIP := make(net.IP, 4)
 	copy(serviceIP, svcNet.IP.To4())
 	serviceIP[3]++
-	pki, err := makePKI(filepath.Join(o.dir, "pki"), serviceIP)
+	st.Components = append([]string{}, componentOrder...)
+	// Without the real node everything is loopback. With it, the API server
+	// serves on the bridge's host address so pods reach it through the
+	// `kubernetes` Service (an Endpoint may not be a loopback address).
+	apiAddr := "127.0.0.1"
+	if o.realNode {
+		apiAddr = realHostIP
+		st.Components = append(st.Components, realComponents...)
+		if err := setupHostNetwork(); err != nil {
+			return st, fmt.Errorf("real node network: %w", err)
+		}
+	}
+	pki, err := makePKI(filepath.Join(o.dir, "pki"), serviceIP, net.ParseIP(realHostIP))
 	if err != nil {
 		return nil, fmt.Errorf("making certificates: %w", err)
 	}
-	server := fmt.Sprintf("https://127.0.0.1:%d", ports["kube-apiserver"])
+	server := fmt.Sprintf("https://%s:%d", apiAddr, ports["kube-apiserver"])
 	cfgDir := filepath.Join(o.dir, "config")
 	for _, kc := range []struct {
 		path string
@@ -179,8 +210,8 @@ func bringUp(o *upOptions) (*state, error) {
 	// kube-apiserver
 	if err := st.spawn("kube-apiserver", self, "kube-apiserver",
 		"--etcd-servers=http://"+addr+":"+port("etcd"),
-		"--bind-address="+addr,
-		"--advertise-address="+addr,
+		"--bind-address="+apiAddr,
+		"--advertise-address="+apiAddr,
 		"--secure-port="+port("kube-apiserver"),
 		"--tls-cert-file="+p("apiserver.crt"),
 		"--tls-private-key-file="+p("apiserver.key"),
@@ -287,6 +318,11 @@ leaderElection:
 	if err := st.save(); err != nil {
 		return st, err
 	}
+	if o.realNode {
+		if err := startRealNode(o, st, pki, server); err != nil {
+			return st, err
+		}
+	}
 	for i := 0; i < o.kwokNodes; i++ {
 		if err := createKwokNode(ctx, admin, fmt.Sprintf("kwok-%d", i)); err != nil {
 			return st, err
@@ -330,6 +366,11 @@ leaderElection:
 	}
 	for _, c := range checks {
 		if err := waitFor(o.timeout, c.what, c.fn, st); err != nil {
+			return st, err
+		}
+	}
+	if o.realNode {
+		if err := waitRealNodeReady(ctx, o, st); err != nil {
 			return st, err
 		}
 	}
@@ -431,7 +472,7 @@ func (st *state) ours(pid int) bool {
 
 // health returns "" when every component runs and the API server is ready.
 func (st *state) health() string {
-	for _, name := range componentOrder {
+	for _, name := range st.Components {
 		pid, ok := st.PIDs[name]
 		if !ok || !st.ours(pid) {
 			return name + " is not running"
@@ -450,6 +491,7 @@ func (st *state) health() string {
 }
 
 func (st *state) stop() {
+	st.stopRealNode()
 	for i := len(componentOrder) - 1; i >= 0; i-- {
 		st.stopOne(componentOrder[i])
 	}
@@ -629,7 +671,7 @@ func runRestart(args []string) int {
 		return 1
 	}
 	if _, ok := st.Argv[name]; !ok {
-		fmt.Fprintf(os.Stderr, "zl-cluster: unknown component %q (one of %s)\n", name, strings.Join(componentOrder, ", "))
+		fmt.Fprintf(os.Stderr, "zl-cluster: unknown component %q (one of %s)\n", name, strings.Join(st.Components, ", "))
 		return 2
 	}
 	start := time.Now()

@@ -5,5 +5,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 start=$SECONDS
 bash "$here/build.sh"
+if [[ "${ZL_REAL_NODE:-1}" == 1 ]]; then
+  bash "$here/images.sh"
+  set -- --real-node=true "$@"
+else
+  set -- --real-node=false "$@"
+fi
 "$here/bin/zl-cluster" up --state "$repo/.cluster" --kwok "$here/bin/kwok" "$@"
 echo "cluster-up: total $((SECONDS - start))s"
