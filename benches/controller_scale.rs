@@ -88,6 +88,34 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat
+/// (clock ticks are 1/100 s on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the ")" that ends the command name; utime, stime are 14, 15.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The local cluster's kube-apiserver process, to split CPU time.
+fn apiserver_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.contains("zl-cluster") && cmd.contains("kube-apiserver")).then_some(pid)
+    })
+}
+
 async fn metric(port: u16, name: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -268,6 +296,24 @@ async fn run() {
     }
     eprintln!("setup took {:.1}s", setup.elapsed().as_secs_f64());
 
+    // The controller's own Lease exists (free) as in any cluster where
+    // zen-lead ran before; a missing one makes the election wait one lease
+    // duration for an unknown claim (see the Lease contract).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": zen_lead::api::keys::CONTROLLER_LEASE_NAME},
+                "spec": {"leaseDurationSeconds": 15}
+            }))
+            .unwrap_or_else(|e| fail(format!("lease json: {e}"))),
+        )
+        .await
+        .unwrap_or_else(|e| fail(format!("controller Lease: {e}")));
+
     // The controller.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-controller");
     let _ = std::fs::create_dir_all(&dir);
@@ -288,6 +334,8 @@ async fn run() {
         .unwrap_or_else(|e| fail(format!("port: {e}")));
     let log = std::fs::File::create(dir.join("controller.log"))
         .unwrap_or_else(|e| fail(format!("log: {e}")));
+    let apiserver = apiserver_pid();
+    let apiserver_cpu0 = apiserver.map(cpu_seconds).unwrap_or(0.0);
     let started = Instant::now();
     let mut child = Command::new(BIN)
         .env("KUBECONFIG", kubeconfig())
@@ -298,7 +346,6 @@ async fn run() {
         .arg("--tls-key-file")
         .arg(certs.join("tls.key"))
         .args(["--namespace", &ns, "--watch-namespace", &ns])
-        .args(["--controller-lease-duration", "2s"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -323,6 +370,9 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let active_at = active_at.unwrap_or(converged);
+    let controller_cpu = cpu_seconds(pid);
+    let apiserver_cpu = apiserver.map(cpu_seconds).unwrap_or(0.0) - apiserver_cpu0;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rss = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let hwm = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let requests_converged = metric(admin, "zen_lead_controller_api_requests_total")
@@ -377,6 +427,22 @@ async fn run() {
         mib(hwm)
     );
     println!("| API requests until converged | {requests_converged:.0} | | |");
+    println!(
+        "| CPU until converged: controller / kube-apiserver | {controller_cpu:.1} s / {apiserver_cpu:.1} s | | |"
+    );
+    println!(
+        "| machine load average (1, 5, 15 min) at convergence | {} | | |",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "| CPUs | {} | | |",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!(
         "| API requests/s at steady state ({:.0} s window) | {rate:.3} | flat in pods | {} |",
         steady.as_secs_f64(),

@@ -241,7 +241,7 @@ pub struct ControllerArgs {
     pub controller_identity: String,
 
     /// Pools reconciled in parallel.
-    #[arg(long, env = "ZEN_LEAD_WORKERS", default_value_t = 16,
+    #[arg(long, env = "ZEN_LEAD_WORKERS", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 

@@ -209,7 +209,7 @@ pub fn start(
             watcher::Config::default().labels(POOL_LABEL),
         )
         .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear()),
+        .modify(slim_pod),
     );
     let q = queue.clone();
     let index = cache.pool_pods.clone();
@@ -482,6 +482,52 @@ fn workload_event<K: Resource + Clone>(
     if !now.is_empty() {
         last.insert(uid, now);
     }
+}
+
+/// Keeps only what [`super::decide::PodView`] reads, so the pod cache costs
+/// a few hundred bytes per pod whatever the pod spec holds.
+fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("zen-lead") || k == crate::api::keys::IDENTITY_ANNOTATION);
+    }
+    let name_only = |c: &Container| Container {
+        name: c.name.clone(),
+        ..Container::default()
+    };
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        service_account_name: s.service_account_name,
+        containers: s.containers.iter().map(name_only).collect(),
+        init_containers: s
+            .init_containers
+            .map(|cs| cs.iter().map(name_only).collect()),
+        ..PodSpec::default()
+    });
+    let slim_status = |c: &ContainerStatus| ContainerStatus {
+        name: c.name.clone(),
+        ready: c.ready,
+        started: c.started,
+        state: c.state.clone(),
+        ..ContainerStatus::default()
+    };
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == crate::api::keys::CANDIDATE_READINESS_GATE)
+                .collect()
+        }),
+        container_statuses: s
+            .container_statuses
+            .map(|cs| cs.iter().map(slim_status).collect()),
+        init_container_statuses: s
+            .init_container_statuses
+            .map(|cs| cs.iter().map(slim_status).collect()),
+        ..PodStatus::default()
+    });
 }
 
 fn node_is_ready(node: &Node) -> bool {

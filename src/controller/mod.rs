@@ -94,8 +94,10 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     let ready = Arc::new(AtomicBool::new(false));
     crate::telemetry::register_readiness("controller caches", ready.clone());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let election_client = counting_client(metrics.api_requests.clone()).await?;
     let controllers = tokio::spawn(runner::lead_and_run(
         client.clone(),
+        election_client,
         config.controllers.clone(),
         metrics,
         ready,

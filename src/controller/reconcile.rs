@@ -31,7 +31,7 @@ use super::queue::PoolKey;
 use crate::api::keys::{
     CANDIDATE_READINESS_GATE, FIELD_MANAGER, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION,
     PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RESTORE_FINALIZER,
-    RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION,
+    RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, ROLE_LEADER, SCALED_BY_ANNOTATION,
 };
 use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicyStatus};
 use crate::election::record::{Record, format_seconds};
@@ -244,21 +244,24 @@ async fn active(
         add_finalizer(ctx, key, policy).await?;
     }
 
-    // 1. The Lease, carrying the policy's timings.
+    // 1. The Lease, carrying the policy's timings, and 2. RBAC for the
+    // candidates' ServiceAccounts: independent, so written concurrently.
     let (policy_ready, lease) = match policy.spec.timings() {
         Err(err) => (Err(("InvalidTimings", err.to_string())), None),
-        Ok(timings) => match ensure_lease(ctx, key, policy, timings).await {
-            Ok(lease) => (Ok(()), Some(lease)),
-            Err(err) if err.is_conflict() => return Err(err),
-            Err(err) => (Err(("LeaseError", err.to_string())), None),
-        },
+        Ok(timings) => {
+            let (lease, rbac) = tokio::join!(
+                ensure_lease(ctx, key, policy, timings),
+                ensure_rbac(ctx, key, policy, &views)
+            );
+            rbac?;
+            match lease {
+                Ok(lease) => (Ok(()), Some(lease)),
+                Err(err) if err.is_conflict() => return Err(err),
+                Err(err) => (Err(("LeaseError", err.to_string())), None),
+            }
+        }
     };
     let mut lease_view = lease.as_ref().map(|l| lease_view(ctx, key, l));
-
-    // 2. RBAC for the candidates' ServiceAccounts.
-    if lease.is_some() {
-        ensure_rbac(ctx, key, policy, &views).await?;
-    }
 
     // 3. Fast failover.
     if let (Some(lv), Some(l)) = (lease_view.as_mut(), lease.as_ref()) {
@@ -300,48 +303,70 @@ async fn active(
         }
     }
 
-    // 4. Roles: demotions before the promotion.
+    // 4. Roles: every demotion (including pods that left the pool) is
+    // written, and must succeed, before the promotion; plain follower
+    // labels after it go out in parallel.
     let leader = lease_view
         .as_ref()
         .and_then(|lv| decide::leader(lv, &views, &node_ready));
     let also = ctx.with_memory(key, |m| m.leaders.clone());
-    for change in decide::role_changes(&views, leader.map(|p| p.name.as_str()), &also) {
+    let names: BTreeSet<&str> = views.iter().map(|p| p.name.as_str()).collect();
+    for pod in also.iter().filter(|n| !names.contains(n.as_str())) {
+        let change = RoleChange {
+            pod: pod.clone(),
+            role: None,
+        };
         write_role(ctx, key, &change).await?;
+        ctx.with_memory(key, |m| m.leaders.remove(pod));
+    }
+    let changes = decide::role_changes(&views, leader.map(|p| p.name.as_str()), &also);
+    let labelled_leader = |name: &str| {
+        also.contains(name)
+            || views
+                .iter()
+                .any(|p| p.name == name && p.role_label.as_deref() == Some(ROLE_LEADER))
+    };
+    let ordered = changes
+        .iter()
+        .position(|c| c.role == Some(ROLE_LEADER))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| changes.iter().filter(|c| labelled_leader(&c.pod)).count());
+    for change in &changes[..ordered] {
+        write_role(ctx, key, change).await?;
         ctx.with_memory(key, |m| {
-            if change.role == Some(crate::api::keys::ROLE_LEADER) {
+            if change.role == Some(ROLE_LEADER) {
                 m.leaders.insert(change.pod.clone());
             } else {
                 m.leaders.remove(&change.pod);
             }
         });
     }
-    // Pods that left the pool keep no leader label from us.
-    let names: BTreeSet<&str> = views.iter().map(|p| p.name.as_str()).collect();
-    let stale: Vec<String> = also
-        .iter()
-        .filter(|n| !names.contains(n.as_str()))
-        .cloned()
-        .collect();
-    for pod in stale {
-        write_role(
-            ctx,
-            key,
-            &RoleChange {
-                pod: pod.clone(),
-                role: None,
-            },
-        )
+    futures::future::try_join_all(changes[ordered..].iter().map(|c| write_role(ctx, key, c)))
         .await?;
-        ctx.with_memory(key, |m| m.leaders.remove(&pod));
-    }
 
     // 5. Readiness gate.
-    for pod in &views {
-        let want = decide::candidate_condition(true, &key.name, pod);
-        if !pod.finished && !decide::candidate_condition_current(pod, &want) {
-            write_candidate(ctx, key, &pod.name, &want).await?;
-        }
-    }
+    let wanted: Vec<(String, CandidateCondition)> = views
+        .iter()
+        .filter(|pod| !pod.finished)
+        .map(|pod| {
+            (
+                pod.name.clone(),
+                decide::candidate_condition(true, &key.name, pod),
+            )
+        })
+        .filter(|(name, want)| {
+            views
+                .iter()
+                .find(|p| &p.name == name)
+                .is_some_and(|p| !decide::candidate_condition_current(p, want))
+        })
+        .collect();
+    futures::future::try_join_all(
+        wanted
+            .iter()
+            .map(|(name, want)| write_candidate(ctx, key, name, want)),
+    )
+    .await?;
 
     // 6. Safety net.
     let unlabelled = ctx.cache.unlabelled_of(key);

@@ -129,6 +129,7 @@ impl Drop for AbortOnDrop {
 /// Returns when `shutdown` turns true (after releasing the Lease).
 pub async fn lead_and_run(
     client: Client,
+    election_client: Client,
     settings: Settings,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
@@ -146,7 +147,9 @@ pub async fn lead_and_run(
         fail_on_denied: false,
         leadership_log: None,
     };
-    let (elector, mut status) = Elector::new(client.clone(), config, election_metrics)?;
+    // Its own client (connection pool): renewals never queue behind a
+    // burst of reconcile requests.
+    let (elector, mut status) = Elector::new(election_client, config, election_metrics)?;
     let election = tokio::spawn(elector.run(shutdown.clone(), Duration::from_secs(2)));
     // A standby replica is ready: it serves the webhook.
     ready.store(true, Ordering::Relaxed);
