@@ -172,6 +172,26 @@ async fn malformed_input_gets_a_review_or_a_400_with_a_message() {
         .expect("message");
     assert!(message.contains("not a valid Pod"), "{message}");
 
+    // A pod without a spec (the fuzzer's first find: the patch built for it
+    // did not apply) is refused as malformed too.
+    let (status, body) = conn
+        .post(
+            "/mutate",
+            review(
+                "u-3",
+                json!({"metadata": {"annotations": {"zen-lead/pool": "p"}}, "qpec": {}}),
+            ),
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).expect("review");
+    assert_eq!(v["response"]["allowed"], false);
+    let message = v["response"]["status"]["message"]
+        .as_str()
+        .expect("message");
+    assert!(message.contains("has no spec"), "{message}");
+
     // Unparseable: 400 with a message.
     for bad in [
         &b"{not json"[..],

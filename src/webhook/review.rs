@@ -238,6 +238,17 @@ pub async fn admit<L: Lookup>(body: &[u8], lookup: &L, config: &InjectConfig) ->
             );
         }
     };
+    // Found by fuzzing: without a spec there is nothing to inject into, and a
+    // patch adding under /spec would not apply. The API server requires it too.
+    if pod.spec.is_none() {
+        return refuse(
+            api_version,
+            uid,
+            400,
+            "zen-lead: request.object is not a valid Pod: it has no spec".to_owned(),
+            "malformed",
+        );
+    }
     let namespace = request
         .namespace
         .as_deref()
