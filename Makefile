@@ -17,7 +17,7 @@ BIN := $(CURDIR)/target/release/zen-lead
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd install run bench-webhook bench-election bench-controller test demo lint cluster-up cluster-down certs
+.PHONY: help build crd install run bench bench-webhook bench-election bench-controller test demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,8 +61,12 @@ cluster-up: ## Build (if needed) and start the local cluster
 cluster-down: ## Stop the local cluster and remove its state
 	bash tests/cluster/down.sh
 
+# Benchmarks are not tests: `cargo test --all-targets` would run their full
+# measurement loops. They are compiled by `make lint` and run by `make bench`.
 test: cluster-up ## Run every test, local-cluster tests included
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --all-targets
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --lib --bins --tests
+
+bench: bench-webhook bench-election bench-controller ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
 demo: cluster-up build ## Local cluster + zen-lead + an example pool
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory install
