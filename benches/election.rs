@@ -254,16 +254,26 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
     s[rank.clamp(1, s.len()) - 1]
 }
 
-fn vm_rss_kib(pid: u32) -> u64 {
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// Private (anonymous) resident memory: what each extra candidate costs;
+/// the rest of VmRSS is the executable's pages, shared through the page cache.
+fn rss_anon_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "RssAnon:")
 }
 
 fn median_u64(mut v: Vec<u64>) -> u64 {
@@ -373,10 +383,15 @@ async fn bench(client: kube::Client, ns: String) {
     }
     let (mut zen_leader_rss, mut zen_follower_rss, mut go_leader_rss, mut go_follower_rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut zen_anon, mut go_anon) = (Vec::new(), Vec::new());
     for pool in &pools {
         let leader = pool.leader();
         for (i, c) in pool.cands.iter().enumerate() {
             let rss = vm_rss_kib(c.pid());
+            match pool.kind {
+                Kind::ZenLead => zen_anon.push(rss_anon_kib(c.pid())),
+                Kind::ClientGo => go_anon.push(rss_anon_kib(c.pid())),
+            }
             match (pool.kind, Some(i) == leader) {
                 (Kind::ZenLead, true) => zen_leader_rss.push(rss),
                 (Kind::ZenLead, false) => zen_follower_rss.push(rss),
@@ -497,6 +512,18 @@ async fn bench(client: kube::Client, ns: String) {
         format!(
             "{:.1}x (followers)",
             median_u64(go_follower_rss) as f64 / median_u64(zen_follower_rss).max(1) as f64
+        )
+    );
+    println!(
+        "| {:<34} | {:>12} | {:>12} | {:>13} | {:>13} | {:>22} |",
+        "private memory (RssAnon), median",
+        mib(median_u64(zen_anon.clone())),
+        "",
+        mib(median_u64(go_anon.clone())),
+        "",
+        format!(
+            "{:.1}x",
+            median_u64(go_anon) as f64 / median_u64(zen_anon).max(1) as f64
         )
     );
     println!();
