@@ -287,12 +287,20 @@ pub struct ControllerArgs {
 
     /// Self-managed TLS: the Service in front of the webhook; the serving
     /// certificate is issued for SERVICE.NAMESPACE.svc.
-    #[arg(long, env = "ZEN_LEAD_WEBHOOK_SERVICE", default_value = "zen-lead-webhook")]
+    #[arg(
+        long,
+        env = "ZEN_LEAD_WEBHOOK_SERVICE",
+        default_value = "zen-lead-webhook"
+    )]
     pub webhook_service: String,
 
     /// Self-managed TLS: the Secret (in --namespace) holding the CA and
     /// serving certificate, shared by all replicas.
-    #[arg(long, env = "ZEN_LEAD_TLS_SECRET", default_value = "zen-lead-webhook-tls")]
+    #[arg(
+        long,
+        env = "ZEN_LEAD_TLS_SECRET",
+        default_value = "zen-lead-webhook-tls"
+    )]
     pub tls_secret: String,
 }
 

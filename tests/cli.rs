@@ -45,10 +45,11 @@ fn version_prints_version_and_commit() {
     assert_eq!(text(&zen_lead(&["--version"]).stdout), stdout);
 }
 
+/// `agent` and `lock` check their settings before contacting any cluster,
+/// and say which flag to change.
 #[test]
-fn unfinished_subcommands_fail_clearly() {
-    for (args, issue) in [
-        (vec!["controller"], "issue 6"),
+fn agent_and_lock_reject_unsafe_settings_before_starting() {
+    for (args, needle) in [
         (
             vec![
                 "agent",
@@ -60,18 +61,24 @@ fn unfinished_subcommands_fail_clearly() {
                 "ns",
                 "--pod-uid",
                 "u",
+                "--identity-strategy",
+                "custom",
             ],
-            "issue 4",
+            "zen-lead/identity",
         ),
-        (vec!["lock", "nightly", "--", "true"], "issue 4"),
+        (
+            vec!["lock", "nightly", "--grace-period", "6s", "--", "true"],
+            "--grace-period",
+        ),
+        (
+            vec!["lock", "nightly", "--renew-deadline", "15s", "--", "true"],
+            "--renew-deadline",
+        ),
     ] {
         let out = zen_lead(&args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("not implemented yet") && stderr.contains(issue),
-            "{args:?}: {stderr}"
-        );
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
     }
 }
