@@ -69,6 +69,22 @@ async fn three_agents_elect_one_and_their_apis_agree() {
             assert!(metrics.contains(&expected), "{metrics}");
             assert!(metrics.contains("zen_lead_api_requests_total"), "{metrics}");
         }
+        // The change stream starts with the current state.
+        let event = first_sse_event(agents[leader].port, "/v1/leader/watch", "*/*").await;
+        assert!(event.contains("text/event-stream"), "{event}");
+        assert!(event.contains("event: leader"), "{event}");
+        assert!(event.contains("\"leading\":true"), "{event}");
+        let event = first_sse_event(
+            agents[(leader + 1) % 3].port,
+            "/v1/leader",
+            "text/event-stream",
+        )
+        .await;
+        assert!(event.contains("\"leading\":false"), "{event}");
+        assert!(
+            event.contains(&format!("\"holder\":\"{holder}\"")),
+            "{event}"
+        );
         // Nobody else ever claimed leadership.
         for agent in &agents {
             let leading = agent

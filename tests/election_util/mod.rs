@@ -269,6 +269,42 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     }
 }
 
+/// Opens the server-sent event stream at `path` and returns the first event
+/// (up to the blank line that ends it).
+pub async fn first_sse_event(port: u16, path: &str, accept: &str) -> String {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // The first event ends with a blank line after its data.
+            if text
+                .find("data:")
+                .is_some_and(|i| text[i..].contains("\n\n"))
+            {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(text)
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
 /// A leadership interval of one process, in CLOCK_MONOTONIC nanoseconds.
 #[derive(Debug, Clone)]
 pub struct Interval {
