@@ -29,7 +29,7 @@ bin="$repo/target/release/zen-lead"
 zen_adds=(--add "$bin:/usr/local/bin/zen-lead:0755")
 while read -r lib; do
   [[ -n "$lib" ]] && zen_adds+=(--add "$lib:$lib:0755")
-done < <(ldd "$bin" | awk '/=> \//{print $3} /^\s*\/lib/{print $1}' | sort -u)
+done < <(ldd "$bin" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}' | sort -u)
 
 build() { # archive name, then zl-cluster image flags
   local archive="$out/$1.tar"; shift
