@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::keys::{
-    self, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, ROLE_ANNOTATION, ROLE_FOLLOWER,
-    ROLE_LABEL, ROLE_LEADER, conditions,
+    self, ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, ROLE_ANNOTATION,
+    ROLE_FOLLOWER, ROLE_LABEL, ROLE_LEADER, conditions,
 };
 use crate::api::{FollowerMode, Holder, IdentityStrategy, LeaderPolicyStatus, Phase};
 use crate::webhook::inject::AGENT_CONTAINER;
@@ -40,6 +40,10 @@ pub struct PodView {
     pub owner: Option<(String, String)>,
     /// `pod-template-hash` label (Deployment pods): the ReplicaSet's suffix.
     pub template_hash: Option<String>,
+    /// The agent fences the app (`api` activation): once it stops leading,
+    /// the app's writes stop with it. In `start` activation the app runs on
+    /// until the kubelet stops it, whatever the Lease says.
+    pub fenced: bool,
 }
 
 impl PodView {
@@ -116,6 +120,7 @@ impl PodView {
                 .as_ref()
                 .and_then(|l| l.get("pod-template-hash"))
                 .cloned(),
+            fenced: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("api"),
         }
     }
 
@@ -221,6 +226,11 @@ pub fn failover(
                 }
             }
         }
+        // A terminating holder whose app is not fenced (`start` activation)
+        // keeps running its app until the kubelet stops it; its agent, a
+        // native sidecar, releases only after that. Asking it to hand off
+        // earlier would let the successor's app start beside the old one.
+        Some(pod) if pod.terminating && !pod.fenced => Failover::Nothing,
         Some(pod) if pod.terminating => match successor(pods, holder, node_ready) {
             Some(to) if lease.preferred.as_deref() != Some(to.as_str()) => Failover::HandOff { to },
             _ => Failover::Nothing,

@@ -17,6 +17,7 @@ fn pod(name: &str) -> PodView {
         service_account: "default".to_owned(),
         owner: None,
         template_hash: None,
+        fenced: true,
     }
 }
 
@@ -135,6 +136,17 @@ fn failover_table() {
             Failover::HandOff {
                 to: "b_id".to_owned(),
             },
+        ),
+        (
+            "holder terminating, app not fenced (start activation): wait for its own release",
+            Some(PodView {
+                fenced: false,
+                ..terminating.clone()
+            }),
+            vec![terminating.clone(), c.clone(), b.clone()],
+            ready,
+            false,
+            Failover::Nothing,
         ),
         (
             "holder terminating, nobody to hand to",
