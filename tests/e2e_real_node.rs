@@ -1,0 +1,445 @@
+//! End to end on the real node: `zen-lead controller` (webhook + controllers,
+//! as a host process) injects the agent from the `localhost/zen-lead:dev`
+//! image into annotated pods on `real-0`, and the kubelet runs the app only
+//! in the pod that leads (`start` activation).
+//!
+//! The app is `zl-testapp`, which appends start/stop lines with
+//! CLOCK_MONOTONIC timestamps to a hostPath file, so the test sees exactly when
+//! each pod's app ran, and checks that no two ran at once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{client, eventually, repo_root, with_namespace};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const TESTAPP: &str = "localhost/zl-testapp:dev";
+const AGENT_IMAGE: &str = "localhost/zen-lead:dev";
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("test fixture does not parse: {e}"))
+}
+
+fn monotonic_ns() -> i64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// `zen-lead controller` on the host, serving the webhook on loopback and
+/// managing only the test's namespace; killed when dropped.
+struct Controller {
+    child: tokio::process::Child,
+    webhook_port: u16,
+    ca_pem: String,
+}
+
+async fn start_controller(ns: &str, dir: &Path) -> Controller {
+    let certs = zen_lead::tls::generate(&zen_lead::tls::CertRequest {
+        dns_names: vec!["localhost".to_owned()],
+        ip_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        validity: Duration::from_secs(24 * 3600),
+    })
+    .unwrap_or_else(|e| panic!("certificates: {e}"));
+    std::fs::write(dir.join("tls.crt"), &certs.cert_pem)
+        .unwrap_or_else(|e| panic!("write cert: {e}"));
+    std::fs::write(dir.join("tls.key"), &certs.key_pem)
+        .unwrap_or_else(|e| panic!("write key: {e}"));
+    let webhook_port = free_port();
+    let admin_port = free_port();
+    let log = std::fs::File::create(dir.join("controller.log"))
+        .unwrap_or_else(|e| panic!("log file: {e}"));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
+        .arg("controller")
+        .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .arg("--tls-cert-file")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.join("tls.key"))
+        .args(["--namespace", ns, "--watch-namespace", ns])
+        .args([
+            "--agent-image",
+            AGENT_IMAGE,
+            "--agent-image-pull-policy",
+            "Never",
+        ])
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start zen-lead controller: {e}"));
+    // Ready = watches synced and TLS loaded.
+    eventually(
+        "the controller's /readyz",
+        Duration::from_secs(60),
+        || async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+                .await
+                .map_err(|e| e.to_string())?;
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)
+                .await
+                .map_err(|e| e.to_string())?;
+            if reply.starts_with("HTTP/1.1 200") {
+                Ok(())
+            } else {
+                Err(reply)
+            }
+        },
+    )
+    .await;
+    Controller {
+        child,
+        webhook_port,
+        ca_pem: certs.ca_cert_pem,
+    }
+}
+
+/// The webhook configuration of webhook-config/local.yaml, scoped to one namespace.
+async fn register_webhook(client: &Client, ns: &str, c: &Controller) -> String {
+    let name = format!("{ns}-zen-lead");
+    let selector = LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            ns.to_owned(),
+        )])),
+        ..LabelSelector::default()
+    };
+    let cfg = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "pods.zen-lead.io".to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            side_effects: "None".to_owned(),
+            failure_policy: Some("Fail".to_owned()),
+            reinvocation_policy: Some("IfNeeded".to_owned()),
+            timeout_seconds: Some(5),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{}/mutate", c.webhook_port)),
+                ca_bundle: Some(ByteString(c.ca_pem.clone().into_bytes())),
+                ..WebhookClientConfig::default()
+            },
+            namespace_selector: Some(selector),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".to_owned()]),
+                operations: Some(vec!["CREATE".to_owned()]),
+                resources: Some(vec!["pods".to_owned()]),
+                scope: Some("Namespaced".to_owned()),
+            }]),
+            ..MutatingWebhook::default()
+        }]),
+    };
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    api.create(&PostParams::default(), &cfg)
+        .await
+        .unwrap_or_else(|e| panic!("create webhook configuration: {e}"));
+    name
+}
+
+fn records_dir(ns: &str) -> PathBuf {
+    let dir = repo_root().join(".cluster/records").join(ns);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("chmod: {e}"));
+    dir
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    name: String,
+    start: i64,
+    stop: Option<i64>,
+}
+
+/// Each app run as [start, stop) in CLOCK_MONOTONIC ns, from the records file.
+fn runs(dir: &Path) -> Vec<Run> {
+    let text = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let mut runs: Vec<Run> = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(mono)) = (v["name"].as_str(), v["mono"].as_i64()) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("start") => runs.push(Run {
+                name: name.to_owned(),
+                start: mono,
+                stop: None,
+            }),
+            Some("stop") => {
+                if let Some(r) = runs
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.name == name && r.stop.is_none())
+                {
+                    r.stop = Some(mono);
+                }
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+fn assert_no_overlap(runs: &[Run]) {
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            let a_end = a.stop.unwrap_or(i64::MAX);
+            let b_end = b.stop.unwrap_or(i64::MAX);
+            assert!(
+                a_end <= b.start || b_end <= a.start,
+                "two apps ran at once: {a:?} and {b:?}"
+            );
+        }
+    }
+}
+
+fn pool_pod_template(pool: &str, dir: &Path, extra_args: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "--name=$(POD_NAME)".to_owned(),
+        "--listen=:8080".to_owned(),
+        "--record=/records/log".to_owned(),
+    ];
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    json!({
+        "metadata": {"labels": {"app": pool}, "annotations": {"zen-lead/pool": pool}},
+        "spec": {
+            "nodeSelector": {"zen-lead.io/node": "real"},
+            "tolerations": [{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{
+                "name": "app", "image": TESTAPP, "imagePullPolicy": "Never", "args": args,
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "volumeMounts": [{"name": "records", "mountPath": "/records"}]
+            }],
+            "volumes": [{"name": "records", "hostPath": {"path": dir.to_string_lossy(), "type": "Directory"}}]
+        }
+    })
+}
+
+async fn create_policy(client: &Client, ns: &str, name: &str) {
+    let api: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &from_json(json!({
+            "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+            "metadata": {"name": name},
+            "spec": {"activation": "start"}
+        })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+}
+
+async fn apps_running(pods: &Api<Pod>, selector: &str) -> Result<Vec<String>, String> {
+    let list = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.name == "app" && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                    })
+                })
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+#[tokio::test]
+async fn start_activation_runs_the_app_only_in_the_leader() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "e2e-start", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let hook = register_webhook(&client, &ns, &controller).await;
+        create_policy(&client, &ns, "workers").await;
+
+        let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(client.clone(), &ns);
+        deploys
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": "workers"},
+                    "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "workers"}},
+                             "template": pool_pod_template("workers", &dir, &[])}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+        // Every pod got the agent; exactly one pod's app runs.
+        let leader = eventually(
+            "exactly one app to run, with 3 injected pods",
+            Duration::from_secs(120),
+            || {
+                let pods = pods.clone();
+                async move {
+                    let list = pods
+                        .list(&ListParams::default().labels("app=workers"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let injected = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            p.spec
+                                .as_ref()
+                                .and_then(|s| s.init_containers.as_ref())
+                                .is_some_and(|c| !c.is_empty())
+                        })
+                        .count();
+                    let running = apps_running(&pods, "app=workers").await?;
+                    if injected == 3 && running.len() == 1 {
+                        Ok(running[0].clone())
+                    } else {
+                        Err(format!(
+                            "{injected}/3 pods injected, apps running in {running:?}"
+                        ))
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            runs(&dir).len(),
+            1,
+            "more than one app started: {:?}",
+            runs(&dir)
+        );
+
+        // Delete the leader: another pod's app starts, after the old one stopped.
+        let t0 = monotonic_ns();
+        pods.delete(&leader, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete leader: {e}"));
+        let next = eventually(
+            "another pod's app to start",
+            Duration::from_secs(60),
+            || {
+                let dir = dir.clone();
+                let leader = leader.clone();
+                async move {
+                    runs(&dir)
+                        .into_iter()
+                        .find(|r| r.name != leader && r.start > t0)
+                        .ok_or_else(|| "no new app yet".to_owned())
+                }
+            },
+        )
+        .await;
+        let takeover_ms = (next.start - t0) as f64 / 1e6;
+        println!(
+            "e2e: leader pod deleted -> next app started in {takeover_ms:.0} ms (goal: 2000 ms)"
+        );
+        assert_no_overlap(&runs(&dir));
+        // Generous bound: the figure above is what we report; a loaded machine must not fail the test.
+        assert!(takeover_ms < 15_000.0, "takeover took {takeover_ms:.0} ms");
+
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&hook, &DeleteParams::default())
+            .await;
+        drop(controller.child);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cronjob_runs_never_overlap() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "e2e-cron", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let hook = register_webhook(&client, &ns, &controller).await;
+        create_policy(&client, &ns, "report").await;
+        // Each run takes 75 s and one is scheduled every minute (concurrency
+        // allowed by the CronJob): without zen-lead two would overlap.
+        let mut template = pool_pod_template("report", &dir, &["--run-for=75s"]);
+        template["spec"]["restartPolicy"] = json!("Never");
+        template["metadata"]["annotations"] = json!({});
+        let cronjobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+            Api::namespaced(client.clone(), &ns);
+        cronjobs
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": "report", "annotations": {"zen-lead/pool": "report"}},
+                    "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Allow",
+                             "jobTemplate": {"spec": {"backoffLimit": 0, "template": template}}}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create CronJob: {e}"));
+        // Two runs must have started (the second after the first ended).
+        eventually("two Job runs", Duration::from_secs(260), || {
+            let dir = dir.clone();
+            async move {
+                let r = runs(&dir);
+                if r.len() >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{} runs so far: {r:?}", r.len()))
+                }
+            }
+        })
+        .await;
+        let all = runs(&dir);
+        assert_no_overlap(&all);
+        let gap_ms = all
+            .get(1)
+            .zip(all[0].stop)
+            .map(|(b, a_stop)| (b.start - a_stop) as f64 / 1e6);
+        println!(
+            "e2e: CronJob runs {all:?}; next run started {gap_ms:?} ms after the previous stopped"
+        );
+        let _ = cronjobs.delete("report", &DeleteParams::background()).await;
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&hook, &DeleteParams::default())
+            .await;
+        drop(controller.child);
+    })
+    .await;
+}
