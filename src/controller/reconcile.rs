@@ -833,25 +833,60 @@ async fn ensure_rbac(
                 .collect(),
         ),
     };
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    // First pass since start: a plain create is much cheaper for the API
+    // server than an apply; an existing object (a restart) gets the apply.
+    let first = ctx.with_memory(key, |m| m.rbac.is_none());
     let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let mut role_body = serde_json::to_value(&role).unwrap_or_default();
-    role_body["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
-    role_body["kind"] = json!("Role");
-    roles
-        .patch(&name, &pp, &Patch::Apply(&role_body))
-        .await
-        .map_err(api_err("apply", "Role", &key.namespace, &name))?;
+    create_or_apply(&roles, first, &role, "Role", &key.namespace, &name).await?;
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let mut binding_body = serde_json::to_value(&binding).unwrap_or_default();
-    binding_body["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
-    binding_body["kind"] = json!("RoleBinding");
-    bindings
-        .patch(&name, &pp, &Patch::Apply(&binding_body))
-        .await
-        .map_err(api_err("apply", "RoleBinding", &key.namespace, &name))?;
+    create_or_apply(
+        &bindings,
+        first,
+        &binding,
+        "RoleBinding",
+        &key.namespace,
+        &name,
+    )
+    .await?;
     ctx.with_memory(key, |m| m.rbac = Some(fingerprint));
     Ok(())
+}
+
+/// Creates `obj`, or (when it exists, or `try_create` is false) applies it
+/// server-side with zen-lead's field manager.
+async fn create_or_apply<K>(
+    api: &Api<K>,
+    try_create: bool,
+    obj: &K,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ReconcileError>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if try_create {
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => return Ok(()),
+            Err(err) if is_status(&err, 409) => {}
+            Err(err) => return Err(api_err("create", kind, namespace, name)(err)),
+        }
+    }
+    let mut body = serde_json::to_value(obj).unwrap_or_default();
+    body["apiVersion"] = json!(K::api_version(&()));
+    body["kind"] = json!(K::kind(&()));
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(api_err("apply", kind, namespace, name))
 }
 
 /// Pods of the pool that run without the agent: reported once each (Warning

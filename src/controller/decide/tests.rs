@@ -79,6 +79,8 @@ fn failover_table() {
     finished.finished = true;
     let b = pod("b");
     let c = pod("c");
+    let mut b_elsewhere = pod("b");
+    b_elsewhere.node = Some("n2".to_owned());
     let lease = held_by("a_id");
     let cases: Vec<FailoverCase> = vec![
         (
@@ -118,9 +120,9 @@ fn failover_table() {
             },
         ),
         (
-            "holder's node NotReady, still renewing: hand off",
+            "holder's node NotReady, still renewing: hand off (to a pod on a Ready node)",
             Some(pod("a")),
-            vec![pod("a"), b.clone()],
+            vec![pod("a"), b_elsewhere.clone()],
             not_ready,
             false,
             Failover::HandOff {
