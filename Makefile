@@ -68,14 +68,9 @@ test: cluster-up ## Run every test, local-cluster tests included
 
 bench: bench-webhook bench-election bench-controller ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
-demo: cluster-up build ## Local cluster + zen-lead + an example pool
+demo: cluster-up build ## Local cluster + zen-lead + an example pool with a leader
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory install
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) create namespace $(DEMO_NAMESPACE) --dry-run=client -o yaml \
-	  | KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) apply -f -
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) apply -n $(DEMO_NAMESPACE) -f examples/basic/leaderpolicy.yaml
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(KUBECTL) get leaderpolicy -A
-	@echo
-	@echo "Try: export KUBECONFIG=$(CLUSTER_KUBECONFIG); $(KUBECTL) get lp -n $(DEMO_NAMESPACE) -o yaml"
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) KUBECTL=$(KUBECTL) BIN=$(BIN) DEMO_NAMESPACE=$(DEMO_NAMESPACE) bash examples/demo/run.sh
 
 lint: ## Check formatting and clippy lints
 	$(CARGO) fmt --all -- --check

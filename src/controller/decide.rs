@@ -66,9 +66,11 @@ impl PodView {
                 .iter()
                 .flatten()
                 .chain(s.container_statuses.iter().flatten())
+                // Running is enough: in `start` activation a follower's agent
+                // never passes its startup probe (that is what holds its app
+                // back), so `started` stays false while it is a live candidate.
                 .any(|c| {
                     c.name == AGENT_CONTAINER
-                        && (c.started == Some(true) || c.ready)
                         && c.state.as_ref().is_some_and(|st| st.running.is_some())
                 })
         });

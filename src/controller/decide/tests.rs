@@ -569,3 +569,19 @@ fn service_accounts_are_sorted_and_unique() {
         vec!["alpha", "default", "zeta"]
     );
 }
+
+#[test]
+fn a_running_agent_whose_startup_probe_holds_the_app_back_is_a_candidate() {
+    // `start` activation: followers' agents run but are not `started`.
+    let pod = |state: serde_json::Value| -> PodView {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "f", "uid": "00000000-1"},
+            "spec": {"nodeName": "n1", "initContainers": [{"name": "zen-lead-agent", "restartPolicy": "Always"}], "containers": [{"name": "app"}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [{"name": "zen-lead-agent", "image": "", "imageID": "", "ready": false, "restartCount": 0, "started": false, "state": state}]}
+        }))
+        .expect("pod");
+        PodView::from_pod(&p, IdentityStrategy::Pod)
+    };
+    assert!(pod(serde_json::json!({"running": {}})).agent_started);
+    assert!(!pod(serde_json::json!({"waiting": {"reason": "ContainerCreating"}})).agent_started);
+}
