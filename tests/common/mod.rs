@@ -124,6 +124,25 @@ where
         .name
         .unwrap_or_else(|| panic!("the API server returned a namespace without a name"));
 
+    // Pods are refused until the service-account controller has made the
+    // namespace's `default` ServiceAccount; slower right after an API server
+    // restart. Every test creates pods sooner or later, so wait here.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &name);
+    eventually(
+        &format!("ServiceAccount {name}/default"),
+        Duration::from_secs(60),
+        || async {
+            accounts
+                .get_opt("default")
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .ok_or_else(|| "not created yet".to_owned())
+        },
+    )
+    .await;
+
     let outcome = AssertUnwindSafe(body(client.clone(), name.clone()))
         .catch_unwind()
         .await;
