@@ -281,7 +281,9 @@ async fn real_node_pods_have_ips_logs_exec_and_services() {
             .await
             .unwrap_or_else(|e| panic!("create Service: {e}"));
         let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_else(|| panic!("no ClusterIP"));
-        let body = eventually("the Service's ClusterIP to answer", Duration::from_secs(30), || {
+        // kube-proxy programs the Service once the EndpointSlice lists the pod;
+        // both lag for a while after an API server restart (the chaos test).
+        let body = eventually("the Service's ClusterIP to answer", Duration::from_secs(120), || {
             let cluster_ip = cluster_ip.clone();
             async move { http_get(&cluster_ip, 80).await }
         })

@@ -120,7 +120,25 @@ func setupHostNetwork() error {
 	return nil
 }
 
+// kubeletChains are iptables chains the kubelet itself creates (kube-proxy's
+// own are removed by `kube-proxy --cleanup`).
+var kubeletChains = map[string][]string{
+	"filter": {"KUBE-FIREWALL", "KUBE-KUBELET-CANARY"},
+	"nat":    {"KUBE-KUBELET-CANARY"},
+	"mangle": {"KUBE-KUBELET-CANARY"},
+}
+
 func teardownHostNetwork() {
+	for _, chain := range []string{"INPUT", "OUTPUT"} {
+		for exec.Command("iptables", "-D", chain, "-j", "KUBE-FIREWALL").Run() == nil {
+		}
+	}
+	for table, chains := range kubeletChains {
+		for _, c := range chains {
+			_ = exec.Command("iptables", "-t", table, "-F", c).Run()
+			_ = exec.Command("iptables", "-t", table, "-X", c).Run()
+		}
+	}
 	for _, chain := range []string{"FORWARD", "INPUT"} {
 		for exec.Command("iptables", "-D", chain, "-j", guardChain).Run() == nil {
 		}
