@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{client, eventually, repo_root, with_namespace};
+use common::{client, eventually, from_json, repo_root, with_namespace};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
@@ -29,10 +29,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap_or_else(|e| panic!("test fixture does not parse: {e}"))
-}
 
 fn small_pod_spec() -> serde_json::Value {
     json!({

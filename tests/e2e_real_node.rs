@@ -10,11 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{client, eventually, repo_root, with_namespace};
+use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
@@ -27,10 +27,6 @@ use serde_json::json;
 
 const TESTAPP: &str = "localhost/zl-testapp:dev";
 const AGENT_IMAGE: &str = "localhost/zen-lead:dev";
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap_or_else(|e| panic!("test fixture does not parse: {e}"))
-}
 
 fn monotonic_ns() -> i64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -162,15 +158,6 @@ async fn register_webhook(client: &Client, ns: &str, c: &Controller) -> String {
         .await
         .unwrap_or_else(|e| panic!("create webhook configuration: {e}"));
     name
-}
-
-fn records_dir(ns: &str) -> PathBuf {
-    let dir = repo_root().join(".cluster/records").join(ns);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("chmod: {e}"));
-    dir
 }
 
 #[derive(Debug, Clone)]

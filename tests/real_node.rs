@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{client, eventually, repo_root, with_namespace};
+use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
@@ -16,10 +16,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TESTAPP: &str = "localhost/zl-testapp:dev";
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap_or_else(|e| panic!("test fixture does not parse: {e}"))
-}
 
 /// Scheduling onto the real node: it is tainted so that ordinary pods land on
 /// KWOK nodes; real-node tests opt in explicitly.
@@ -35,18 +31,6 @@ fn testapp(name: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec![format!("--name={name}")];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     json!({"name": name, "image": TESTAPP, "imagePullPolicy": "Never", "args": all})
-}
-
-/// A directory on the host, mounted into pods as hostPath, where testapp
-/// containers append their start/stop lines.
-fn records_dir(ns: &str) -> PathBuf {
-    let dir = repo_root().join(".cluster/records").join(ns);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    // Containers run as uid 65532; let them write here.
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
-    dir
 }
 
 fn read_records(dir: &std::path::Path) -> Vec<serde_json::Value> {

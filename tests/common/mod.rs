@@ -225,3 +225,20 @@ pub fn kubectl(args: &[&str], cache_dir: &Path) -> std::process::Output {
             )
         })
 }
+
+/// A test fixture written as JSON, as a typed object.
+pub fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("test fixture does not parse: {e}"))
+}
+
+/// A host directory, mounted into real-node pods as hostPath, where
+/// `zl-testapp` containers append their start/stop lines.
+pub fn records_dir(ns: &str) -> PathBuf {
+    let dir = repo_root().join(".cluster/records").join(ns);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    // Containers run as uid 65532; let them write here.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+    dir
+}
