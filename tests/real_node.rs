@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TESTAPP: &str = "localhost/zl-testapp:dev";
 
@@ -60,26 +59,6 @@ async fn container_running(pods: &Api<Pod>, pod: &str, container: &str) -> Resul
         "no status for {container} yet (phase {:?})",
         status.phase
     ))
-}
-
-async fn post_open(ip: &str, port: u16) -> Result<(), String> {
-    let mut s = tokio::net::TcpStream::connect((ip, port))
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        b"POST /open HTTP/1.1\r\nHost: gate\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)
-        .await
-        .map_err(|e| e.to_string())?;
-    if reply.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!("gate answered {reply:?}"))
-    }
 }
 
 async fn startup_probe_failures(client: &Client, ns: &str, pod: &str) -> Result<usize, String> {
@@ -148,7 +127,7 @@ async fn failing_sidecar_startup_probe_keeps_the_app_waiting() {
             .status
             .and_then(|s| s.pod_ip)
             .unwrap_or_else(|| panic!("running pod without an IP"));
-        eventually("the gate to open", Duration::from_secs(20), || post_open(&ip, 8081)).await;
+        eventually("the gate to open", Duration::from_secs(20), || async { common::http_ok(&ip, 8081, "POST", "/open").await.map(|_| ()) }).await;
         eventually("the app to start once the probe passes", Duration::from_secs(60), || {
             container_running(&pods, "gated", "app")
         })
@@ -269,7 +248,7 @@ async fn real_node_pods_have_ips_logs_exec_and_services() {
         // both lag for a while after an API server restart (the chaos test).
         let body = eventually("the Service's ClusterIP to answer", Duration::from_secs(120), || {
             let cluster_ip = cluster_ip.clone();
-            async move { http_get(&cluster_ip, 80).await }
+            async move { common::http_ok(&cluster_ip, 80, "GET", "/").await }
         })
         .await;
         assert!(body.contains("\"name\":\"web\""), "unexpected answer through the Service: {body}");
@@ -281,26 +260,6 @@ fn tempdir(ns: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("zl-kubectl-cache-{ns}"));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
-}
-
-async fn http_get(ip: &str, port: u16) -> Result<String, String> {
-    let connect = tokio::net::TcpStream::connect((ip, port));
-    let mut s = tokio::time::timeout(Duration::from_secs(3), connect)
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)
-        .await
-        .map_err(|e| e.to_string())?;
-    if reply.starts_with("HTTP/1.1 200") {
-        Ok(reply)
-    } else {
-        Err(format!("answered {reply:?}"))
-    }
 }
 
 #[tokio::test]

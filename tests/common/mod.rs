@@ -242,3 +242,29 @@ pub fn records_dir(ns: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
     dir
 }
+
+/// One plain HTTP/1.1 request (`Connection: close`) to ip:port; the whole
+/// reply when its status is 200, else why not. Connecting is bounded by 3 s.
+pub async fn http_ok(ip: &str, port: u16, method: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let connect = tokio::net::TcpStream::connect((ip, port));
+    let mut s = tokio::time::timeout(Duration::from_secs(3), connect)
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .await
+        .map_err(|e| e.to_string())?;
+    if reply.starts_with("HTTP/1.1 200") {
+        Ok(reply)
+    } else {
+        Err(format!("answered {reply:?}"))
+    }
+}
