@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, MoveOperation, PatchOperation};
+use json_patch::{AddOperation, MoveOperation, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -48,6 +49,50 @@ pub mod agent_env {
     pub const POD_NAMESPACE: &str = "ZEN_LEAD_POD_NAMESPACE";
     pub const POD_UID: &str = "ZEN_LEAD_POD_UID";
     pub const IDENTITY: &str = "ZEN_LEAD_IDENTITY";
+    /// `api` turns the agent's API gate on; absent means `start`.
+    pub const ACTIVATION: &str = "ZEN_LEAD_ACTIVATION";
+}
+
+/// Where the app's in-cluster client finds the API server and its
+/// credentials, and where `api` activation points it instead.
+pub mod api_wiring {
+    /// The gate's port on the pod's loopback. Must equal the default of
+    /// `zen-lead agent --gate-addr` (`127.0.0.1:9467`), like [`super::AGENT_PORT`].
+    pub const GATE_PORT: u16 = 9467;
+    /// The gate listens on loopback only: nothing outside the pod reaches it.
+    pub const GATE_HOST: &str = "127.0.0.1";
+    /// The directory every in-cluster client reads `token`, `ca.crt` and
+    /// `namespace` from (client-go, kube-rs, the Python and Java clients).
+    pub const SA_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    /// Prefix of the projected token volume the ServiceAccount admission
+    /// plugin adds (`kube-api-access-<random>`); the plugin finds its own
+    /// volume by the same prefix.
+    pub const SA_VOLUME_PREFIX: &str = "kube-api-access-";
+    /// Where the agent writes the app's service-account directory (the
+    /// default of `zen-lead agent --gate-sa-dir`).
+    pub const GATE_SA_DIR: &str = "/var/run/zen-lead/serviceaccount";
+    /// The in-memory volume holding that directory, shared with the app.
+    pub const GATE_SA_VOLUME: &str = "zen-lead-serviceaccount";
+    /// The agent's own token volume, added only when the pod has none
+    /// (`automountServiceAccountToken: false` on the pod or its ServiceAccount).
+    pub const AGENT_TOKEN_VOLUME: &str = "zen-lead-api-access";
+    /// Lifetime requested for the agent's own projected token; the kubelet
+    /// rotates it at 80 %. The same value the ServiceAccount plugin uses.
+    pub const AGENT_TOKEN_SECONDS: i64 = 3607;
+    /// Names in-cluster clients use for the API server; they resolve to the
+    /// gate through the pod's host aliases. The agent's certificate covers
+    /// them and 127.0.0.1.
+    pub const API_SERVER_NAMES: &[&str] = &[
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ];
+    /// Environment variables in-cluster clients build the API server's
+    /// address from; app containers get them pointing at the gate.
+    pub const HOST_ENV: &str = "KUBERNETES_SERVICE_HOST";
+    pub const PORT_ENV: &str = "KUBERNETES_SERVICE_PORT";
+    pub const PORT_HTTPS_ENV: &str = "KUBERNETES_SERVICE_PORT_HTTPS";
 }
 
 /// The agent's probe endpoints.
@@ -216,9 +261,6 @@ pub enum Outcome {
     /// of the agent; the agent is moved back to the front.
     Reordered,
     Injected,
-    /// The policy asks for `api` activation, which is not available yet:
-    /// admitted unchanged, never half-wired.
-    ApiUnavailable,
 }
 
 impl Outcome {
@@ -230,7 +272,6 @@ impl Outcome {
             Self::AlreadyInjected => "already_injected",
             Self::Reordered => "reordered",
             Self::Injected => "injected",
-            Self::ApiUnavailable => "api_unavailable",
         }
     }
 }
@@ -356,14 +397,23 @@ fn parse_join(value: &str) -> Option<bool> {
     }
 }
 
-/// The activation a pod gets. `api` wiring is a separate piece of work; until
-/// it exists `auto` resolves to `start` for every kind, and an explicit `api`
-/// is reported by [`decide`] rather than half-wired.
-pub fn effective_activation(requested: Activation) -> Activation {
+/// The activation a pod gets. `auto` means `api` for pods of long-running
+/// controllers, whose rollouts and drains need every replica Ready: ReplicaSets
+/// (Deployments), StatefulSets and DaemonSets. Everything else (Jobs, CronJobs,
+/// bare pods, other owners) gets `start`: runs to completion must not overlap.
+pub fn effective_activation(requested: Activation, pod: &Pod) -> Activation {
     match requested {
+        Activation::Auto if runs_continuously(pod) => Activation::Api,
         Activation::Auto | Activation::Start => Activation::Start,
         Activation::Api => Activation::Api,
     }
+}
+
+fn runs_continuously(pod: &Pod) -> bool {
+    controller_of(pod.metadata.owner_references.as_ref()).is_some_and(|o| {
+        o.api_version.starts_with("apps/")
+            && matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet")
+    })
 }
 
 /// The patch for a pod already triaged as injected: empty, unless another
@@ -417,19 +467,31 @@ pub fn decide(
             Activation::Auto
         }
     };
-    if effective_activation(requested) == Activation::Api {
-        return Decision {
-            outcome: Outcome::ApiUnavailable,
-            patch: Vec::new(),
-            warnings: vec![format!(
-                "zen-lead: LeaderPolicy {pool:?} asks for activation \"api\", which this \
-                 zen-lead version does not provide yet; the pod was admitted WITHOUT the agent \
-                 (use activation \"start\" or \"auto\")"
-            )],
-        };
+    let activation = effective_activation(requested, pod);
+    let token = TokenVolume::of(pod);
+    let mut patch = Vec::new();
+    if activation == Activation::Api {
+        match &token {
+            TokenVolume::Present(volume) => {
+                patch.extend(app_wiring(pod, volume, &mut warnings));
+            }
+            TokenVolume::Absent { pod_opted_out } => warnings.push(format!(
+                "zen-lead: activation \"api\" for pool {pool:?}, but the app has no \
+                 service-account token ({}), so there are no Kubernetes API writes to fence: \
+                 every replica runs unrestricted. Route traffic with the zen-lead.io/role=leader \
+                 label, or use activation \"start\" if only one replica may run",
+                if *pod_opted_out {
+                    "the pod sets automountServiceAccountToken: false"
+                } else {
+                    "its ServiceAccount does not automount one"
+                }
+            )),
+        }
     }
-    let agent = agent_container(pool, config);
-    let patch = injection_patch(pod, pool, origin, &agent, config);
+    let agent = agent_container(pool, config, activation, &token);
+    patch.extend(injection_patch(
+        pod, pool, origin, &agent, activation, &token, config,
+    ));
     Decision {
         outcome: Outcome::Injected,
         patch,
@@ -437,19 +499,240 @@ pub fn decide(
     }
 }
 
-fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
+/// The pod's service-account token volume, as the ServiceAccount admission
+/// plugin left it (it runs before mutating webhooks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenVolume {
+    /// The plugin's projected volume, by name.
+    Present(String),
+    /// No token is mounted: the pod or its ServiceAccount turned automounting
+    /// off. The agent then gets a token volume of its own.
+    Absent { pod_opted_out: bool },
 }
 
-fn add(path: &[&str], value: Value) -> PatchOperation {
+impl TokenVolume {
+    pub fn of(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref();
+        let volume = spec
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|v| v.name.starts_with(api_wiring::SA_VOLUME_PREFIX) && v.projected.is_some());
+        match volume {
+            Some(v) => Self::Present(v.name.clone()),
+            None => Self::Absent {
+                pod_opted_out: spec.and_then(|s| s.automount_service_account_token) == Some(false),
+            },
+        }
+    }
+}
+
+fn replace<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation {
+        path: pointer(path),
+        value,
+    })
+}
+
+/// Points every app container at the gate: `KUBERNETES_SERVICE_HOST/PORT`,
+/// the service-account directory the agent keeps instead of the real token
+/// mount, and host aliases for the API server's in-cluster names. Uses the
+/// pod's indexes before the agent is inserted, so it must come first in the
+/// patch. All init containers count: the agent is inserted in front of them,
+/// so its gate is up before any of them starts.
+fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
+    use api_wiring::*;
+    let mut ops = Vec::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return ops;
+    };
+    let gate_env = [
+        (HOST_ENV, GATE_HOST.to_owned()),
+        (PORT_ENV, GATE_PORT.to_string()),
+        (PORT_HTTPS_ENV, GATE_PORT.to_string()),
+    ];
+    let mount = serde_json::to_value(VolumeMount {
+        name: GATE_SA_VOLUME.to_owned(),
+        mount_path: SA_MOUNT_PATH.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    })
+    .unwrap_or(Value::Null);
+    let lists = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ];
+    for (list, containers) in lists {
+        for (i, container) in containers.iter().enumerate() {
+            let index = i.to_string();
+            let at = |rest: &[&'static str]| -> Vec<String> {
+                ["spec", list, index.as_str()]
+                    .iter()
+                    .chain(rest)
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            };
+            // The token mount: the plugin's volume is swapped for the
+            // agent's directory. A container mounting something else there
+            // brings its own credentials, which the gate could not forward:
+            // it is left alone entirely (pointed at the gate, the CA it
+            // brings would not trust the agent's certificate).
+            let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+            match mounts
+                .iter()
+                .position(|m| m.mount_path.trim_end_matches('/') == SA_MOUNT_PATH)
+            {
+                Some(k) if mounts[k].name == token_volume => {
+                    let mut path = at(&["volumeMounts"]);
+                    path.push(k.to_string());
+                    ops.push(replace(&path, mount.clone()));
+                }
+                Some(k) => {
+                    warnings.push(format!(
+                        "zen-lead: container {:?} mounts volume {:?} at {SA_MOUNT_PATH}, not the \
+                         pod's service-account token; it keeps its own credentials and talks to \
+                         the API server directly, so its writes are not fenced",
+                        container.name, mounts[k].name
+                    ));
+                    continue;
+                }
+                // Also keeps the ServiceAccount plugin, which runs again
+                // after this webhook changed the pod, from adding the real
+                // token to this container.
+                None if container.volume_mounts.is_none() => {
+                    ops.push(add(
+                        &at(&["volumeMounts"]),
+                        Value::Array(vec![mount.clone()]),
+                    ));
+                }
+                None => ops.push(add(&at(&["volumeMounts", "-"]), mount.clone())),
+            }
+            // Environment: explicit env wins over the kubelet's service
+            // variables and over envFrom, so these override both.
+            match container.env.as_ref() {
+                None => ops.push(add(
+                    &at(&["env"]),
+                    Value::Array(
+                        gate_env
+                            .iter()
+                            .map(|(n, v)| json!({"name": n, "value": v}))
+                            .collect(),
+                    ),
+                )),
+                Some(env) => {
+                    for (name, value) in &gate_env {
+                        let entry = json!({"name": name, "value": value});
+                        match env.iter().position(|e| e.name == *name) {
+                            Some(k) => {
+                                let mut path = at(&["env"]);
+                                path.push(k.to_string());
+                                ops.push(replace(&path, entry));
+                            }
+                            None => ops.push(add(&at(&["env", "-"]), entry)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ops.extend(host_aliases(pod, warnings));
+    ops
+}
+
+/// Host aliases sending the API server's in-cluster names to the gate,
+/// merged into an existing 127.0.0.1 entry so no name is listed twice.
+fn host_aliases(pod: &Pod, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
+    use api_wiring::{API_SERVER_NAMES, GATE_HOST};
+    let aliases = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_aliases.as_deref())
+        .unwrap_or_default();
+    for alias in aliases.iter().filter(|a| a.ip != GATE_HOST) {
+        for name in alias.hostnames.iter().flatten() {
+            if API_SERVER_NAMES.contains(&name.as_str()) {
+                warnings.push(format!(
+                    "zen-lead: hostAliases send {name:?} to {}; the API gate needs it on \
+                     {GATE_HOST}, and /etc/hosts answers with the first match",
+                    alias.ip
+                ));
+            }
+        }
+    }
+    let Some(i) = aliases.iter().position(|a| a.ip == GATE_HOST) else {
+        let entry = json!({"ip": GATE_HOST, "hostnames": API_SERVER_NAMES});
+        return vec![if aliases.is_empty() {
+            add(&["spec", "hostAliases"], Value::Array(vec![entry]))
+        } else {
+            add(&["spec", "hostAliases", "-"], entry)
+        }];
+    };
+    let index = i.to_string();
+    let present = aliases[i].hostnames.as_deref().unwrap_or_default();
+    let missing: Vec<&str> = API_SERVER_NAMES
+        .iter()
+        .copied()
+        .filter(|n| !present.iter().any(|p| p == n))
+        .collect();
+    if aliases[i].hostnames.is_none() {
+        return vec![add(
+            &["spec", "hostAliases", &index, "hostnames"],
+            json!(missing),
+        )];
+    }
+    missing
+        .into_iter()
+        .map(|n| add(&["spec", "hostAliases", &index, "hostnames", "-"], json!(n)))
+        .collect()
+}
+
+fn pointer<S: AsRef<str>>(tokens: &[S]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().map(AsRef::as_ref))
+}
+
+fn add<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: pointer(path),
         value,
     })
 }
 
-/// The agent container for `pool`, in `start` activation.
-pub fn agent_container(pool: &str, config: &InjectConfig) -> Container {
+/// The agent container for `pool`. It always mounts a real service-account
+/// token for its own API access (the Lease): the pod's, or with
+/// [`TokenVolume::Absent`] one of its own. In `api` activation it also gets
+/// the directory it writes the app's credentials into.
+pub fn agent_container(
+    pool: &str,
+    config: &InjectConfig,
+    activation: Activation,
+    token: &TokenVolume,
+) -> Container {
+    use api_wiring::*;
+    let mut mounts = vec![VolumeMount {
+        name: match token {
+            TokenVolume::Present(name) => name.clone(),
+            TokenVolume::Absent { .. } => AGENT_TOKEN_VOLUME.to_owned(),
+        },
+        mount_path: SA_MOUNT_PATH.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut extra_env = Vec::new();
+    if activation == Activation::Api {
+        mounts.push(VolumeMount {
+            name: GATE_SA_VOLUME.to_owned(),
+            mount_path: GATE_SA_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+        extra_env.push(EnvVar {
+            name: agent_env::ACTIVATION.to_owned(),
+            value: Some("api".to_owned()),
+            ..EnvVar::default()
+        });
+    }
     let field_env = |name: &str, path: &str| EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -479,22 +762,27 @@ pub fn agent_container(pool: &str, config: &InjectConfig) -> Container {
         args: Some(AGENT_ARGS.iter().map(|a| (*a).to_owned()).collect()),
         // A native sidecar: started before the app, stopped after it.
         restart_policy: Some("Always".to_owned()),
-        env: Some(vec![
-            EnvVar {
-                name: agent_env::POOL.to_owned(),
-                value: Some(pool.to_owned()),
-                ..EnvVar::default()
-            },
-            field_env(agent_env::POD_NAME, "metadata.name"),
-            field_env(agent_env::POD_NAMESPACE, "metadata.namespace"),
-            field_env(agent_env::POD_UID, "metadata.uid"),
-            // Empty when the annotation is absent, which the agent reads as
-            // "derive the identity from the pod".
-            field_env(
-                agent_env::IDENTITY,
-                &format!("metadata.annotations['{IDENTITY_ANNOTATION}']"),
-            ),
-        ]),
+        env: Some(
+            vec![
+                EnvVar {
+                    name: agent_env::POOL.to_owned(),
+                    value: Some(pool.to_owned()),
+                    ..EnvVar::default()
+                },
+                field_env(agent_env::POD_NAME, "metadata.name"),
+                field_env(agent_env::POD_NAMESPACE, "metadata.namespace"),
+                field_env(agent_env::POD_UID, "metadata.uid"),
+                // Empty when the annotation is absent, which the agent reads as
+                // "derive the identity from the pod".
+                field_env(
+                    agent_env::IDENTITY,
+                    &format!("metadata.annotations['{IDENTITY_ANNOTATION}']"),
+                ),
+            ]
+            .into_iter()
+            .chain(extra_env)
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some(AGENT_PORT_NAME.to_owned()),
             container_port: AGENT_PORT,
@@ -512,8 +800,9 @@ pub fn agent_container(pool: &str, config: &InjectConfig) -> Container {
             )])),
             ..ResourceRequirements::default()
         }),
-        // The kubelet starts the app containers only after this succeeds,
-        // i.e. once the pod leads.
+        volume_mounts: Some(mounts),
+        // The kubelet starts the app containers only after this succeeds:
+        // once the pod leads (`start`), once the gate serves (`api`).
         startup_probe: Some(probe(agent_paths::STARTZ, 1, STARTUP_FAILURE_THRESHOLD)),
         readiness_probe: Some(probe(agent_paths::READYZ, 5, 3)),
         liveness_probe: Some(probe(agent_paths::LIVEZ, 10, 3)),
@@ -552,19 +841,61 @@ pub fn injected_value(agent: &Value, pool: &str, config: &InjectConfig) -> Strin
     format!("{}/sha256:{hex}", config.version)
 }
 
+fn activation_name(activation: Activation) -> &'static str {
+    match activation {
+        Activation::Api => "api",
+        Activation::Start | Activation::Auto => "start",
+    }
+}
+
 fn injection_patch(
     pod: &Pod,
     pool: &str,
     origin: &PoolOrigin,
     agent: &Container,
+    activation: Activation,
+    token: &TokenVolume,
     config: &InjectConfig,
 ) -> Vec<PatchOperation> {
+    use api_wiring::*;
     // Serialising a k8s-openapi Container cannot fail (no maps with
     // non-string keys); Null would only produce a patch the API server
     // rejects with a clear message.
     let agent = serde_json::to_value(agent).unwrap_or(Value::Null);
     let spec = pod.spec.as_ref();
-    let mut ops = Vec::with_capacity(6);
+    let mut ops = Vec::with_capacity(8);
+
+    // Volumes the agent mounts: the directory it keeps for the app (`api`),
+    // and a token of its own when the pod has none. The latter has the
+    // sources of the ServiceAccount plugin's volume.
+    let mut volumes = Vec::new();
+    if activation == Activation::Api {
+        volumes.push(
+            json!({"name": GATE_SA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        );
+    }
+    if matches!(token, TokenVolume::Absent { .. }) {
+        volumes.push(json!({"name": AGENT_TOKEN_VOLUME, "projected": {
+            "defaultMode": 0o644,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": AGENT_TOKEN_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        }}));
+    }
+    match spec.and_then(|s| s.volumes.as_ref()) {
+        Some(list) if !list.is_empty() => {
+            ops.extend(
+                volumes
+                    .into_iter()
+                    .map(|v| add(&["spec", "volumes", "-"], v)),
+            );
+        }
+        _ if volumes.is_empty() => {}
+        _ => ops.push(add(&["spec", "volumes"], Value::Array(volumes))),
+    }
 
     // Agent first among init containers.
     match spec.and_then(|s| s.init_containers.as_ref()) {
@@ -598,7 +929,10 @@ fn injection_patch(
     // Annotations recording what was injected, from where.
     let records = [
         (INJECTED_ANNOTATION, injected_value(&agent, pool, config)),
-        (ACTIVATION_ANNOTATION, "start".to_owned()),
+        (
+            ACTIVATION_ANNOTATION,
+            activation_name(activation).to_owned(),
+        ),
         (POOL_FROM_ANNOTATION, origin.to_string()),
     ];
     if pod.metadata.annotations.is_some() {
@@ -760,25 +1094,201 @@ mod tests {
         assert!(err.to_string().contains("\"true\" or \"false\""), "{err}");
     }
 
+    /// A pod as it reaches the webhook: the ServiceAccount plugin has
+    /// already mounted its token volume into every container.
+    fn with_token(extra: Value) -> Pod {
+        let sa = json!({"name": "kube-api-access-abcde",
+            "mountPath": api_wiring::SA_MOUNT_PATH, "readOnly": true});
+        let mut base = json!({
+            "metadata": {"name": "p", "annotations": {POOL_ANNOTATION: "pool-a"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "rs", "uid": "u", "controller": true}]},
+            "spec": {
+                "initContainers": [{"name": "migrate", "image": "m", "volumeMounts": [sa]}],
+                "containers": [
+                    {"name": "app", "image": "app", "volumeMounts": [sa],
+                     "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "10.0.0.1"}]},
+                    {"name": "side", "image": "s", "volumeMounts": [sa]}],
+                "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": []}}]
+            }
+        });
+        json_patch::merge(&mut base, &extra);
+        pod(base)
+    }
+
+    fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()
+    }
+
+    fn sa_mount(c: &Container) -> Option<&str> {
+        c.volume_mounts
+            .as_ref()?
+            .iter()
+            .find(|m| m.mount_path == api_wiring::SA_MOUNT_PATH)
+            .map(|m| m.name.as_str())
+    }
+
     #[test]
-    fn api_activation_is_not_half_wired() {
-        let p = annotated(json!({}));
+    fn api_activation_points_every_app_container_at_the_gate() {
+        let p = with_token(json!({}));
         let m = membership(&p, &[]).expect("member");
-        let d = decide(
-            &p,
-            &m,
-            &PolicyState::Found {
-                activation: Activation::Api,
-            },
-            &config(),
+        // `auto` on a ReplicaSet's pod is `api`.
+        let found = PolicyState::Found {
+            activation: Activation::Auto,
+        };
+        let d = decide(&p, &m, &found, &config());
+        assert_eq!(d.outcome, Outcome::Injected);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        let injected = apply(&p, &d.patch);
+        let spec = injected.spec.as_ref().expect("spec");
+        let inits = spec.init_containers.as_ref().expect("init");
+        let agent = &inits[0];
+        assert_eq!(agent.name, AGENT_CONTAINER);
+        assert_eq!(env_of(agent, agent_env::ACTIVATION), Some("api"));
+        // The agent keeps the real token; it never sees the gate's variables.
+        assert_eq!(sa_mount(agent), Some("kube-api-access-abcde"));
+        assert_eq!(env_of(agent, api_wiring::HOST_ENV), None);
+        let apps = inits[1..].iter().chain(&spec.containers);
+        for c in apps {
+            assert_eq!(
+                env_of(c, api_wiring::HOST_ENV),
+                Some("127.0.0.1"),
+                "{}",
+                c.name
+            );
+            assert_eq!(env_of(c, api_wiring::PORT_ENV), Some("9467"), "{}", c.name);
+            assert_eq!(sa_mount(c), Some(api_wiring::GATE_SA_VOLUME), "{}", c.name);
+            let host_vars = c
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == api_wiring::HOST_ENV);
+            assert_eq!(
+                host_vars.count(),
+                1,
+                "{}: one KUBERNETES_SERVICE_HOST",
+                c.name
+            );
+        }
+        let aliases = spec.host_aliases.as_ref().expect("host aliases");
+        assert_eq!(aliases.len(), 1);
+        assert_eq!(aliases[0].ip, "127.0.0.1");
+        let gate_volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == api_wiring::GATE_SA_VOLUME)
+            .expect("gate volume");
+        assert_eq!(
+            gate_volume
+                .empty_dir
+                .as_ref()
+                .and_then(|e| e.medium.as_deref()),
+            Some("Memory")
         );
-        assert_eq!(d.outcome, Outcome::ApiUnavailable);
-        assert!(d.patch.is_empty());
-        assert!(
-            d.warnings[0].contains("not provide yet"),
-            "{:?}",
-            d.warnings
+        assert_eq!(
+            injected
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ACTIVATION_ANNOTATION))
+                .map(String::as_str),
+            Some("api")
         );
+        let again = decide(&injected, &m, &found, &config());
+        assert_eq!(again.outcome, Outcome::AlreadyInjected);
+        assert!(again.patch.is_empty());
+    }
+
+    #[test]
+    fn auto_is_api_only_for_long_running_controllers() {
+        let owned = |api: &str, kind: &str| {
+            pod(json!({"metadata": {"name": "x", "ownerReferences": [{
+                "apiVersion": api, "kind": kind, "name": "o", "uid": "u", "controller": true}]},
+                "spec": {"containers": []}}))
+        };
+        for (api, kind, want) in [
+            ("apps/v1", "ReplicaSet", Activation::Api),
+            ("apps/v1", "StatefulSet", Activation::Api),
+            ("apps/v1", "DaemonSet", Activation::Api),
+            ("batch/v1", "Job", Activation::Start),
+            ("example.com/v1", "ReplicaSet", Activation::Start),
+        ] {
+            let p = owned(api, kind);
+            assert_eq!(
+                effective_activation(Activation::Auto, &p),
+                want,
+                "{api} {kind}"
+            );
+            assert_eq!(
+                effective_activation(Activation::Start, &p),
+                Activation::Start
+            );
+            assert_eq!(effective_activation(Activation::Api, &p), Activation::Api);
+        }
+        let bare = pod(json!({"metadata": {"name": "x"}, "spec": {"containers": []}}));
+        assert_eq!(
+            effective_activation(Activation::Auto, &bare),
+            Activation::Start
+        );
+    }
+
+    #[test]
+    fn no_token_means_nothing_to_gate_but_the_agent_gets_its_own() {
+        let p = annotated(json!({"spec": {"automountServiceAccountToken": false}}));
+        let m = membership(&p, &[]).expect("member");
+        for activation in [Activation::Api, Activation::Start] {
+            let d = decide(&p, &m, &PolicyState::Found { activation }, &config());
+            let injected = apply(&p, &d.patch);
+            let spec = injected.spec.as_ref().expect("spec");
+            let agent = &spec.init_containers.as_ref().expect("init")[0];
+            assert_eq!(sa_mount(agent), Some(api_wiring::AGENT_TOKEN_VOLUME));
+            assert!(
+                spec.volumes
+                    .iter()
+                    .flatten()
+                    .any(|v| v.name == api_wiring::AGENT_TOKEN_VOLUME && v.projected.is_some())
+            );
+            // The app is left as it was: no token, no gate.
+            let app = &spec.containers[0];
+            assert_eq!(sa_mount(app), None);
+            assert_eq!(env_of(app, api_wiring::HOST_ENV), None);
+            assert!(spec.host_aliases.is_none());
+            if activation == Activation::Api {
+                assert!(
+                    d.warnings[0].contains("automountServiceAccountToken: false"),
+                    "{:?}",
+                    d.warnings
+                );
+            } else {
+                assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+            }
+        }
+    }
+
+    #[test]
+    fn host_aliases_merge_without_duplicates() {
+        let p = with_token(json!({"spec": {"hostAliases": [
+            {"ip": "10.1.1.1", "hostnames": ["db"]},
+            {"ip": "127.0.0.1", "hostnames": ["kubernetes", "local-tool"]}]}}));
+        let m = membership(&p, &[]).expect("member");
+        let found = PolicyState::Found {
+            activation: Activation::Api,
+        };
+        let d = decide(&p, &m, &found, &config());
+        let injected = apply(&p, &d.patch);
+        let aliases = injected.spec.expect("spec").host_aliases.expect("aliases");
+        assert_eq!(aliases.len(), 2);
+        let names = aliases[1].hostnames.as_ref().expect("names");
+        for name in api_wiring::API_SERVER_NAMES {
+            assert_eq!(names.iter().filter(|n| n == name).count(), 1, "{name}");
+        }
+        assert!(names.iter().any(|n| n == "local-tool"));
     }
 
     #[test]
