@@ -372,6 +372,8 @@ pub struct AgentArgs {
     /// with CLOCK_MONOTONIC timestamps (for tests and audits).
     #[arg(long, env = "ZEN_LEAD_LEADERSHIP_LOG", value_name = "FILE")]
     pub leadership_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub gate: crate::agent::gate::GateArgs,
 }
 
 /// `zen-lead agent --identity-strategy`.

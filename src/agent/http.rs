@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/livez` | 200 while the process runs |
 //! | `/readyz` | 200 once the Lease watch is established and the Lease's state is known |
-//! | `/startz` | 200 only while this pod leads (startup probe of `start` activation) |
+//! | `/startz` | `start` activation: 200 only while this pod leads; `api` activation: 200 once the API gate serves (the startup probe that holds back the app containers) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
 //! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
 //! | `/metrics` | Prometheus/OpenMetrics |
@@ -38,6 +38,9 @@ pub struct State {
     pub namespace: String,
     pub lease: String,
     pub identity: String,
+    /// `api` activation: the gate's readiness, which `/startz` reports
+    /// instead of leadership.
+    pub gate_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Body of `GET /v1/leader` and of each server-sent event.
@@ -130,6 +133,17 @@ async fn readyz(Extract(state): Extract<State>) -> Response {
 }
 
 async fn startz(Extract(state): Extract<State>) -> Response {
+    if let Some(ready) = &state.gate_ready {
+        return if crate::agent::gate::is_ready(ready) {
+            (StatusCode::OK, "API gate serving\n").into_response()
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "API gate not serving yet\n",
+            )
+                .into_response()
+        };
+    }
     if state.status.borrow().leading_at(Instant::now()) {
         (StatusCode::OK, "leading\n").into_response()
     } else {
@@ -207,6 +221,7 @@ mod tests {
                 namespace: "ns".into(),
                 lease: "pool".into(),
                 identity: "me".into(),
+                gate_ready: None,
             },
         )
     }

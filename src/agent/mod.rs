@@ -1,11 +1,13 @@
 //! `zen-lead agent`: one pod's candidacy in its pool's Lease election,
 //! injected into pool pods as a native sidecar. Serves probes, the local
-//! leadership API and metrics (see [`http`]); later (issue 8) it also gates
-//! the app's Kubernetes API writes.
+//! leadership API and metrics (see [`http`]); in `api` activation it is also
+//! the app's Kubernetes API server, passing writes only while it leads (see
+//! [`gate`]).
 //!
 //! Losing leadership never ends the agent: it becomes a follower again. Only
 //! SIGTERM/SIGINT end it, after releasing the Lease if it holds it.
 
+pub mod gate;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -44,6 +46,8 @@ pub struct Config {
     pub create_lease: bool,
     pub preferred_defer: Duration,
     pub leadership_log: Option<PathBuf>,
+    /// `Some` in `api` activation.
+    pub gate: Option<gate::GateConfig>,
 }
 
 /// Errors of the agent module.
@@ -96,6 +100,9 @@ pub enum AgentError {
     #[error(transparent)]
     Election(#[from] RunError),
 
+    #[error(transparent)]
+    Gate(#[from] gate::GateError),
+
     #[error("the agent's HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -147,6 +154,15 @@ impl Config {
             AgentIdentityStrategy::Auto if custom.is_empty() => pod_identity(&pod),
             AgentIdentityStrategy::Auto => custom.to_owned(),
         };
+        let gate = match args.gate.activation {
+            gate::Activation::Start => None,
+            gate::Activation::Api => Some(gate::GateConfig::from_args(
+                &args.gate,
+                &args.pool,
+                &identity,
+                &pod.namespace,
+            )?),
+        };
         Ok(Self {
             pool: args.pool.clone(),
             pod,
@@ -156,6 +172,7 @@ impl Config {
             create_lease: args.create_lease,
             preferred_defer: args.preferred_defer,
             leadership_log: args.leadership_log.clone(),
+            gate,
         })
     }
 }
@@ -205,12 +222,24 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The gate is up (and the app's service-account directory written)
+    // before the HTTP server answers /startz, so the kubelet starts the app
+    // containers only once the gate serves them.
+    let gate_ready = match &config.gate {
+        Some(gate_config) => Some(
+            gate::start(gate_config, status.clone(), &mut registry, stop_rx.clone())
+                .await?
+                .ready,
+        ),
+        None => None,
+    };
     let state = http::State {
         status,
         registry: Arc::new(registry),
         namespace: config.pod.namespace.clone(),
         lease: config.pool.clone(),
         identity: config.identity.clone(),
+        gate_ready,
     };
     let mut server = tokio::spawn(http::serve(listener, state, stop_rx.clone()));
     let mut election = tokio::spawn(elector.run(stop_rx, config.release_timeout));
@@ -277,6 +306,27 @@ mod tests {
         assert_eq!(config.identity, "web-0_1f0c9a7e");
         assert!(!config.create_lease);
         assert_eq!(config.preferred_defer, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn api_activation_builds_the_gate_settings() {
+        assert_eq!(parse(&[]).expect("start").gate, None);
+        let gate = parse(&["--activation", "api"])
+            .expect("api")
+            .gate
+            .expect("gate settings");
+        assert_eq!(gate.addr, "127.0.0.1:9467".parse().expect("addr"));
+        assert!(gate.exempt.contains(gate::Exemption::Events));
+        assert!(!gate.exempt.contains(gate::Exemption::Leases));
+        assert_eq!(gate.identity, "web-0_1f0c9a7e");
+        assert_eq!(gate.namespace, "shop");
+        let none = parse(&["--activation", "api", "--gate-exempt", ""])
+            .expect("empty list")
+            .gate
+            .expect("gate settings");
+        assert_eq!(none.exempt, gate::ExemptSet::default());
+        let err = parse(&["--activation", "api", "--gate-exempt", "events,pods"]).unwrap_err();
+        assert!(err.to_string().contains("--gate-exempt"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct LeaderStatus {
     pub lease_exists: bool,
     /// The watch on the Lease is established.
     pub connected: bool,
+    /// Timings in force (the API gate bounds in-flight writes with
+    /// `lease_duration - renew_deadline` past the term's end).
+    pub timings: Timings,
 }
 
 impl LeaderStatus {
@@ -746,6 +749,7 @@ impl Elector {
             observed: self.machine.observed(),
             lease_exists: rec.is_some(),
             connected: self.connected,
+            timings: self.machine.timings(),
         };
         if let Some(token) = status.token {
             self.metrics.fencing_token.set(i64::from(token));

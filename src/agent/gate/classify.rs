@@ -1,0 +1,570 @@
+//! Which requests the gate lets through in which role: pure functions of the
+//! method, the path and the query, table-tested below.
+//!
+//! Kubernetes paths have a fixed shape (`/api/v1/...` for the core group,
+//! `/apis/GROUP/VERSION/...` otherwise, then `namespaces/NS/` for namespaced
+//! resources, then `RESOURCE[/NAME[/SUBRESOURCE[/...]]]`), so the resource a
+//! request touches can be read from the path without knowing the API
+//! server's discovery document.
+
+use std::fmt;
+
+use hyper::Method;
+
+/// What the gate does with a request in each role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Passes in every role: GET, HEAD, OPTIONS (lists and watches too).
+    Read,
+    /// Changes the cluster: passes only while this pod leads.
+    Write,
+    /// A write class the operator exempted with `--gate-exempt`.
+    Exempt(Exemption),
+    /// A POST the API server never persists (access and token reviews,
+    /// token requests, `dryRun=All`): passes in every role, like a read.
+    NotPersisted,
+}
+
+/// Write classes `--gate-exempt` can let through in every role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exemption {
+    /// core/v1 and events.k8s.io/v1 Events.
+    Events,
+    /// coordination.k8s.io Leases: the app's own leader election.
+    Leases,
+    /// `pods/NAME/exec`, `attach` and `portforward`.
+    Exec,
+}
+
+impl Exemption {
+    pub const ALL: [Exemption; 3] = [Exemption::Events, Exemption::Leases, Exemption::Exec];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Exemption::Events => "events",
+            Exemption::Leases => "leases",
+            Exemption::Exec => "exec",
+        }
+    }
+}
+
+impl fmt::Display for Exemption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The set of exempted write classes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExemptSet {
+    events: bool,
+    leases: bool,
+    exec: bool,
+}
+
+/// `--gate-exempt` names something the gate does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--gate-exempt (ZEN_LEAD_GATE_EXEMPT) names {value:?}, which is not a write class; use a \
+     comma-separated list of events, leases, exec (or '' for none)"
+)]
+pub struct UnknownExemption {
+    pub value: String,
+}
+
+impl ExemptSet {
+    /// Parses `events,leases`; empty items are ignored, so `''` is "none".
+    pub fn parse(list: &str) -> Result<Self, UnknownExemption> {
+        let mut set = ExemptSet::default();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.to_ascii_lowercase().as_str() {
+                "events" => set.events = true,
+                "leases" => set.leases = true,
+                "exec" => set.exec = true,
+                _ => {
+                    return Err(UnknownExemption {
+                        value: item.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn contains(&self, class: Exemption) -> bool {
+        match class {
+            Exemption::Events => self.events,
+            Exemption::Leases => self.leases,
+            Exemption::Exec => self.exec,
+        }
+    }
+
+    /// `events,leases` (for logs).
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = Exemption::ALL
+            .iter()
+            .filter(|e| self.contains(**e))
+            .map(|e| e.name())
+            .collect();
+        names.join(",")
+    }
+}
+
+/// A path the gate refuses to classify (and so to forward).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    #[error("the request target must be a path starting with '/'")]
+    NotAPath,
+    #[error(
+        "the path has an empty, '.' or '..' segment; the gate only forwards canonical paths, \
+         because the API server may resolve them to another resource than the one checked"
+    )]
+    NotCanonical,
+    #[error(
+        "the path has a percent-encoded resource, namespace or name; Kubernetes names never \
+         need encoding, so the gate refuses what it cannot check"
+    )]
+    Encoded,
+}
+
+/// The resource part of a Kubernetes API path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Target<'a> {
+    /// `""` for the core group; `None` for non-resource paths (`/version`).
+    group: Option<&'a str>,
+    resource: &'a str,
+    subresource: Option<&'a str>,
+}
+
+/// Classifies one request. `query` is the raw query string (without `?`).
+pub fn classify(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    exempt: &ExemptSet,
+) -> Result<Verdict, BadPath> {
+    let target = parse(path)?;
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        // A WebSocket exec/attach/port-forward is a GET with an Upgrade.
+        if target.group == Some("") && is_exec(&target) {
+            return Ok(exec_verdict(exempt));
+        }
+        return Ok(Verdict::Read);
+    }
+    if is_dry_run(query) {
+        return Ok(Verdict::NotPersisted);
+    }
+    let Some(group) = target.group else {
+        return Ok(Verdict::Write);
+    };
+    if *method == Method::POST && not_persisted(group, &target) {
+        return Ok(Verdict::NotPersisted);
+    }
+    let class = match (group, target.resource) {
+        ("", "events") | ("events.k8s.io", "events") => Some(Exemption::Events),
+        ("coordination.k8s.io", "leases") => Some(Exemption::Leases),
+        ("", "pods") if is_exec(&target) => Some(Exemption::Exec),
+        _ => None,
+    };
+    Ok(match class {
+        Some(class) if exempt.contains(class) => Verdict::Exempt(class),
+        _ => Verdict::Write,
+    })
+}
+
+fn exec_verdict(exempt: &ExemptSet) -> Verdict {
+    if exempt.contains(Exemption::Exec) {
+        Verdict::Exempt(Exemption::Exec)
+    } else {
+        Verdict::Write
+    }
+}
+
+fn is_exec(target: &Target<'_>) -> bool {
+    target.resource == "pods"
+        && matches!(target.subresource, Some("exec" | "attach" | "portforward"))
+}
+
+/// Review and token endpoints answer a POST without storing anything.
+fn not_persisted(group: &str, target: &Target<'_>) -> bool {
+    matches!(
+        (group, target.resource, target.subresource),
+        (
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews"
+                | "selfsubjectrulesreviews"
+                | "subjectaccessreviews"
+                | "localsubjectaccessreviews",
+            None,
+        ) | (
+            "authentication.k8s.io",
+            "tokenreviews" | "selfsubjectreviews",
+            None
+        ) | ("", "serviceaccounts", Some("token"))
+    )
+}
+
+/// `dryRun=All`: the API server runs admission and validation but stores
+/// nothing.
+fn is_dry_run(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.eq_ignore_ascii_case("dryRun=All"))
+    })
+}
+
+fn parse(path: &str) -> Result<Target<'_>, BadPath> {
+    let rest = path.strip_prefix('/').ok_or(BadPath::NotAPath)?;
+    let mut segments: Vec<&str> = rest.split('/').collect();
+    // One trailing slash is harmless (`/apis/`); anything else empty is not.
+    if segments.len() > 1 && segments.last() == Some(&"") {
+        segments.pop();
+    }
+    if segments
+        .iter()
+        .any(|s| (s.is_empty() && path != "/") || *s == "." || *s == "..")
+    {
+        return Err(BadPath::NotCanonical);
+    }
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return Ok(Target::default()),
+    };
+    // The deprecated `/api/v1/watch/...` prefix is a GET of the same thing.
+    let rest = match rest {
+        ["watch", rest @ ..] => rest,
+        rest => rest,
+    };
+    let rest = match rest {
+        // `namespaces` itself, or `namespaces/NAME[/status|finalize]`.
+        ["namespaces", _] | ["namespaces"] => rest,
+        ["namespaces", _ns, "status" | "finalize"] => rest,
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, subresource) = match rest {
+        [] => return Ok(Target::default()),
+        [resource] | [resource, _] => (*resource, None),
+        [resource, _name, sub, ..] => (*resource, Some(*sub)),
+    };
+    // Everything up to the subresource must be plain: no percent-encoding
+    // (what follows `proxy/` is the backend's own path and may be encoded).
+    let checked = segments.len().min(segments.len() - rest.len() + 3);
+    if segments[..checked].iter().any(|s| s.contains('%')) {
+        return Err(BadPath::Encoded);
+    }
+    Ok(Target {
+        group: Some(group),
+        resource,
+        subresource,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(method: &str, target: &str, exempt: &str) -> String {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let exempt = ExemptSet::parse(exempt).expect("exempt");
+        match classify(&method, path, query, &exempt) {
+            Ok(Verdict::Read) => "read".into(),
+            Ok(Verdict::Write) => "write".into(),
+            Ok(Verdict::Exempt(e)) => format!("exempt:{e}"),
+            Ok(Verdict::NotPersisted) => "not-persisted".into(),
+            Err(BadPath::NotAPath) => "bad:not-a-path".into(),
+            Err(BadPath::NotCanonical) => "bad:not-canonical".into(),
+            Err(BadPath::Encoded) => "bad:encoded".into(),
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let cm = "/api/v1/namespaces/shop/configmaps";
+        let rows: &[(&str, &str, &str, &str)] = &[
+            // Reads pass in every role, lists and watches included.
+            ("GET", cm, "events", "read"),
+            ("GET", "/api/v1/namespaces/shop/configmaps/a", "", "read"),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/configmaps?watch=true&resourceVersion=5",
+                "",
+                "read",
+            ),
+            (
+                "GET",
+                "/api/v1/watch/namespaces/shop/configmaps",
+                "",
+                "read",
+            ),
+            ("HEAD", "/api/v1/pods", "", "read"),
+            ("OPTIONS", "/apis/apps/v1/deployments", "", "read"),
+            ("GET", "/version", "", "read"),
+            ("GET", "/apis", "", "read"),
+            ("GET", "/apis/", "", "read"),
+            ("GET", "/", "", "read"),
+            ("GET", "/openapi/v3/apis/apps/v1", "", "read"),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/p/log?follow=true",
+                "",
+                "read",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/p/proxy/metrics",
+                "",
+                "read",
+            ),
+            // Mutations, with subresources.
+            ("POST", cm, "events", "write"),
+            ("PUT", "/api/v1/namespaces/shop/configmaps/a", "", "write"),
+            ("PATCH", "/api/v1/namespaces/shop/configmaps/a", "", "write"),
+            (
+                "DELETE",
+                "/api/v1/namespaces/shop/configmaps/a",
+                "",
+                "write",
+            ),
+            ("DELETE", cm, "", "write"),
+            (
+                "PUT",
+                "/apis/apps/v1/namespaces/shop/deployments/d/status",
+                "",
+                "write",
+            ),
+            (
+                "PATCH",
+                "/apis/apps/v1/namespaces/shop/deployments/d/scale",
+                "",
+                "write",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/pods/p/eviction",
+                "",
+                "write",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/pods/p/binding",
+                "",
+                "write",
+            ),
+            ("POST", "/api/v1/namespaces", "", "write"),
+            ("PUT", "/api/v1/namespaces/shop/finalize", "", "write"),
+            ("PATCH", "/api/v1/nodes/n1/status", "", "write"),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/pods/p/proxy/run",
+                "",
+                "write",
+            ),
+            (
+                "PATCH",
+                "/apis/example.com/v1/namespaces/shop/widgets/w",
+                "",
+                "write",
+            ),
+            ("PURGE", cm, "", "write"),
+            ("POST", "/version", "", "write"),
+            // Exemptions: events by default, leases and exec on request.
+            (
+                "POST",
+                "/api/v1/namespaces/shop/events",
+                "events",
+                "exempt:events",
+            ),
+            (
+                "PATCH",
+                "/api/v1/namespaces/shop/events/e1",
+                "events",
+                "exempt:events",
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/shop/events",
+                "events",
+                "exempt:events",
+            ),
+            ("POST", "/api/v1/namespaces/shop/events", "", "write"),
+            (
+                "POST",
+                "/api/v1/namespaces/events/configmaps",
+                "events",
+                "write",
+            ),
+            (
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/shop/leases/l",
+                "leases",
+                "exempt:leases",
+            ),
+            (
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/shop/leases/l",
+                "events",
+                "write",
+            ),
+            (
+                "PUT",
+                "/apis/example.com/v1/namespaces/shop/leases/l",
+                "leases",
+                "write",
+            ),
+            // exec, attach, port-forward: writes unless exempted (SPDY uses
+            // POST, WebSocket uses GET).
+            (
+                "POST",
+                "/api/v1/namespaces/shop/pods/p/exec?command=ls",
+                "events",
+                "write",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/p/exec?command=ls",
+                "events",
+                "write",
+            ),
+            ("POST", "/api/v1/namespaces/shop/pods/p/attach", "", "write"),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/p/portforward",
+                "",
+                "write",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/pods/p/exec",
+                "exec",
+                "exempt:exec",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/p/portforward",
+                "exec,events",
+                "exempt:exec",
+            ),
+            // Never persisted: pass in every role.
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                "",
+                "not-persisted",
+            ),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/namespaces/shop/localsubjectaccessreviews",
+                "",
+                "not-persisted",
+            ),
+            (
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                "",
+                "not-persisted",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/serviceaccounts/sa/token",
+                "",
+                "not-persisted",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/serviceaccounts",
+                "",
+                "write",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/configmaps?dryRun=All",
+                "",
+                "not-persisted",
+            ),
+            (
+                "PATCH",
+                "/api/v1/namespaces/shop/configmaps/a?fieldManager=x&dryRun=All",
+                "",
+                "not-persisted",
+            ),
+            (
+                "PATCH",
+                "/api/v1/namespaces/shop/configmaps/a?dryRun=None",
+                "",
+                "write",
+            ),
+            // Paths the gate refuses to judge.
+            (
+                "POST",
+                "/api/v1/namespaces/shop/events/../configmaps",
+                "events",
+                "bad:not-canonical",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/./configmaps",
+                "",
+                "bad:not-canonical",
+            ),
+            (
+                "POST",
+                "/api/v1//namespaces/shop/configmaps",
+                "",
+                "bad:not-canonical",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/configmaps/..",
+                "",
+                "bad:not-canonical",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/shop/%65vents",
+                "events",
+                "bad:encoded",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/sh%6fp/events",
+                "events",
+                "bad:encoded",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/p/proxy/a%20b",
+                "",
+                "read",
+            ),
+            ("GET", "*", "", "bad:not-a-path"),
+        ];
+        let mut failures = Vec::new();
+        for (method, path, exempt, want) in rows {
+            let got = verdict(method, path, exempt);
+            if got != *want {
+                failures.push(format!(
+                    "{method} {path} (exempt {exempt:?}): got {got}, want {want}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn exempt_list_parsing() {
+        assert_eq!(ExemptSet::parse("").expect("empty"), ExemptSet::default());
+        let set = ExemptSet::parse(" Events , leases,").expect("list");
+        assert!(set.contains(Exemption::Events) && set.contains(Exemption::Leases));
+        assert!(!set.contains(Exemption::Exec));
+        assert_eq!(set.names(), "events,leases");
+        let err = ExemptSet::parse("events,configmaps").unwrap_err();
+        assert!(err.to_string().contains("--gate-exempt"), "{err}");
+        assert!(err.to_string().contains("\"configmaps\""), "{err}");
+    }
+}

@@ -1,0 +1,78 @@
+//! The gate's metrics, on the agent's `/metrics` (prefix `zen_lead_`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// `class` label: what kind of request it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestClass {
+    /// GET, HEAD, OPTIONS, watches included.
+    Read,
+    /// Everything else (exempt and never-persisted writes too).
+    Write,
+    /// An HTTP/1.1 connection upgrade (exec, attach, port-forward).
+    Upgrade,
+}
+
+/// `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded; the API server answered (whatever its status code).
+    Passed,
+    /// A write refused because this replica is a standby.
+    Refused,
+    /// The API server could not be reached.
+    UpstreamError,
+    /// A request the gate cannot judge (non-canonical path).
+    Invalid,
+    /// A write in flight when the term ended, abandoned.
+    Cut,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    class: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GateMetrics {
+    requests: Family<Labels, Counter>,
+    pub refused_writes: Counter,
+}
+
+impl GateMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "gate_requests",
+            "Requests through the API gate by class (read, write, upgrade) and outcome (passed, \
+             refused, upstream_error, invalid, cut)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "gate_refused_writes",
+            "Writes the API gate refused because this replica is a standby",
+            self.refused_writes.clone(),
+        );
+    }
+
+    pub fn count(&self, class: RequestClass, outcome: Outcome) {
+        let class = match class {
+            RequestClass::Read => "read",
+            RequestClass::Write => "write",
+            RequestClass::Upgrade => "upgrade",
+        };
+        let outcome = match outcome {
+            Outcome::Passed => "passed",
+            Outcome::Refused => "refused",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Invalid => "invalid",
+            Outcome::Cut => "cut",
+        };
+        self.requests
+            .get_or_create(&Labels { class, outcome })
+            .inc();
+    }
+}

@@ -1,0 +1,523 @@
+//! One request through the gate: classify, check the role, forward with the
+//! app's own credentials, stream the answer back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tracing::{Instrument, debug, debug_span, warn};
+
+use super::ExemptSet;
+use super::classify::{Verdict, classify};
+use super::metrics::{GateMetrics, Outcome, RequestClass};
+use super::upstream::{Connector, Target};
+use crate::election::LeaderStatus;
+
+/// Responses: the API server's streamed body, or one the gate wrote.
+pub type GateBody = Either<Incoming, Full<Bytes>>;
+
+/// What every request needs.
+pub struct Shared {
+    pub status: watch::Receiver<LeaderStatus>,
+    pub exempt: ExemptSet,
+    pub pool: String,
+    pub identity: String,
+    pub target: Target,
+    pub client: Client<Connector, Incoming>,
+    /// HTTP/1.1-only connections for connection upgrades.
+    pub upgrade_connector: Connector,
+    pub metrics: GateMetrics,
+}
+
+/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus
+/// `Host`, which the client derives from the upstream address.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Serves one request; never fails (errors become Status responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+) -> Result<Response<GateBody>, Infallible> {
+    let method = req.method().clone();
+    let upgrade = is_upgrade(&req);
+    let span = debug_span!("gate", verb = %method, path = %req.uri().path());
+    let verdict = match classify(&method, req.uri().path(), req.uri().query(), &shared.exempt) {
+        Ok(verdict) => verdict,
+        Err(bad) => {
+            let class = if upgrade {
+                RequestClass::Upgrade
+            } else if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                RequestClass::Read
+            } else {
+                RequestClass::Write
+            };
+            shared.metrics.count(class, Outcome::Invalid);
+            span.in_scope(|| debug!(reason = %bad, "refused an unparseable request"));
+            return Ok(status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("zen-lead gate: {bad}"),
+                None,
+            ));
+        }
+    };
+    let class = if upgrade {
+        RequestClass::Upgrade
+    } else if verdict == Verdict::Read {
+        RequestClass::Read
+    } else {
+        RequestClass::Write
+    };
+
+    // The role is decided once, now: a write that starts in the term may
+    // finish (bounded by `Term`), none starts after it.
+    let term = if verdict == Verdict::Write {
+        let status = shared.status.borrow().clone();
+        let now = Instant::now();
+        if !status.leading_at(now) {
+            shared.metrics.count(class, Outcome::Refused);
+            shared.metrics.refused_writes.inc();
+            span.in_scope(|| debug!("refused a write: this replica is a standby"));
+            return Ok(refuse_standby(&shared, &status));
+        }
+        Some(Term::new(&status, shared.status.clone()))
+    } else {
+        None
+    };
+
+    if upgrade {
+        return Ok(tunnel(shared, req, term, class).instrument(span).await);
+    }
+    let forwarded = match upstream_request(&shared.target, &mut req, false) {
+        Ok(forwarded) => forwarded,
+        Err(err) => {
+            shared.metrics.count(class, Outcome::Invalid);
+            return Ok(status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("zen-lead gate: the request cannot be forwarded: {err}"),
+                None,
+            ));
+        }
+    };
+    let request = forwarded.map(|()| req.into_body());
+    Ok(forward(shared, request, term, class).instrument(span).await)
+}
+
+async fn forward(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    term: Option<Term>,
+    class: RequestClass,
+) -> Response<GateBody> {
+    let start = Instant::now();
+    let sent = shared.client.request(request);
+    let result = match term {
+        None => sent.await,
+        Some(term) => {
+            tokio::select! {
+                result = sent => result,
+                why = term.ended() => {
+                    shared.metrics.count(class, Outcome::Cut);
+                    warn!(why, "cut a write still in flight at the end of this replica's term");
+                    return status_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "Timeout",
+                        &format!(
+                            "zen-lead gate (pool {}): this replica's term ended ({why}) while the \
+                             write was in flight; its outcome is unknown",
+                            shared.pool
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    };
+    match result {
+        Ok(response) => {
+            shared.metrics.count(class, Outcome::Passed);
+            debug!(
+                status = response.status().as_u16(),
+                elapsed_ms = start.elapsed().as_secs_f64() * 1e3,
+                "forwarded"
+            );
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(err) => {
+            shared.metrics.count(class, Outcome::UpstreamError);
+            let chain = error_chain(&err);
+            warn!(error = %chain, upstream = %shared.target.base, "the API server could not be reached");
+            // Nothing was sent when connecting failed: safe to retry.
+            let retry = err.is_connect().then_some(1);
+            status_response(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                &format!(
+                    "zen-lead gate: the API server {} could not be reached: {chain}",
+                    shared.target.base
+                ),
+                retry,
+            )
+        }
+    }
+}
+
+/// exec, attach, port-forward (SPDY or WebSocket) and any other HTTP/1.1
+/// upgrade: a fresh HTTP/1.1 connection to the API server, the handshake
+/// relayed, then bytes copied both ways until either side closes (or, for a
+/// gated upgrade, the term ends).
+async fn tunnel(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    term: Option<Term>,
+    class: RequestClass,
+) -> Response<GateBody> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let forwarded = match upstream_request(&shared.target, &mut req, true) {
+        Ok(forwarded) => forwarded.map(|()| req.into_body()),
+        Err(err) => {
+            shared.metrics.count(class, Outcome::Invalid);
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("zen-lead gate: the request cannot be forwarded: {err}"),
+                None,
+            );
+        }
+    };
+    let upstream_error = |shared: &Shared, what: String, retry: Option<u64>| {
+        shared.metrics.count(class, Outcome::UpstreamError);
+        warn!(error = %what, upstream = %shared.target.base, "connection upgrade to the API server failed");
+        status_response(
+            StatusCode::BAD_GATEWAY,
+            "InternalError",
+            &format!(
+                "zen-lead gate: the API server {} could not be reached: {what}",
+                shared.target.base
+            ),
+            retry,
+        )
+    };
+    let stream = match shared.upgrade_connector.connect(&shared.target.base).await {
+        Ok(stream) => stream,
+        Err(err) => return upstream_error(&shared, err.to_string(), Some(1)),
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(err) => return upstream_error(&shared, error_chain(&err), Some(1)),
+        };
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            debug!(error = %err, "upstream upgrade connection ended");
+        }
+    });
+    let mut response = match sender.send_request(forwarded).await {
+        Ok(response) => response,
+        Err(err) => return upstream_error(&shared, error_chain(&err), None),
+    };
+    shared.metrics.count(class, Outcome::Passed);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused by the API server (401, 403, 400...): its answer as is.
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        return Response::from_parts(parts, Either::Left(body));
+    }
+    let upstream_side = hyper::upgrade::on(&mut response);
+    let mut reply = Response::new(Either::Right(Full::new(Bytes::new())));
+    *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *reply.headers_mut() = response.headers().clone();
+    let pool = shared.pool.clone();
+    tokio::spawn(
+        async move {
+            let (client_io, upstream_io) = match tokio::join!(client_side, upstream_side) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(err), _) | (_, Err(err)) => {
+                    debug!(error = %err, "an upgraded connection could not be taken over");
+                    return;
+                }
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut upstream_io = TokioIo::new(upstream_io);
+            let copy = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io);
+            match term {
+                None => {
+                    let _ = copy.await;
+                }
+                Some(term) => {
+                    tokio::select! {
+                        _ = copy => {}
+                        why = term.ended() => {
+                            warn!(why, pool = %pool, "closed an exec/attach/port-forward stream at the end of this replica's term");
+                        }
+                    }
+                }
+            }
+            debug!("upgraded connection closed");
+        }
+        .in_current_span(),
+    );
+    reply
+}
+
+/// The bound on a write that started while this pod led. Nobody else can
+/// take the Lease before `leaseDuration - renewDeadline` after our term's
+/// end (the election's rule), so a write may still be in flight until then;
+/// after that the gate stops waiting for it. When leadership ends *before*
+/// its deadline (the Lease was released: SIGTERM or hand-off, and a
+/// successor may acquire at once), in-flight writes are cut at once.
+struct Term {
+    token: Option<i32>,
+    until: Instant,
+    margin: Duration,
+    status: watch::Receiver<LeaderStatus>,
+}
+
+impl Term {
+    fn new(status: &LeaderStatus, rx: watch::Receiver<LeaderStatus>) -> Self {
+        let timings = status.timings;
+        Self {
+            token: status.token,
+            until: status.lead_until.unwrap_or_else(Instant::now),
+            margin: timings
+                .lease_duration()
+                .saturating_sub(timings.renew_deadline()),
+            status: rx,
+        }
+    }
+
+    /// Resolves when the write must stop, with the reason.
+    async fn ended(mut self) -> &'static str {
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                () = sleep_until(self.until + self.margin) => return "renew deadline passed",
+                changed = self.status.changed(), if watching => {
+                    if changed.is_err() {
+                        // The election stopped (the agent is exiting); the
+                        // deadline still applies.
+                        watching = false;
+                        continue;
+                    }
+                    let status = self.status.borrow_and_update().clone();
+                    if status.leading && status.token == self.token {
+                        if let Some(until) = status.lead_until {
+                            self.until = self.until.max(until);
+                        }
+                    } else if Instant::now() < self.until {
+                        return "leadership released";
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn refuse_standby(shared: &Shared, status: &LeaderStatus) -> Response<GateBody> {
+    let leader = status.holder.as_deref().unwrap_or("none");
+    status_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        &format!(
+            "zen-lead pool {:?}: this replica ({}) is a standby; writes pass only while it leads \
+             (leader: {leader})",
+            shared.pool, shared.identity
+        ),
+        Some(1),
+    )
+}
+
+/// A `metav1.Status` answer, as the API server itself would write one, so
+/// client libraries parse and (with `Retry-After`) retry it.
+pub fn status_response(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response<GateBody> {
+    let mut body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    if let Some(seconds) = retry_after {
+        body["details"] = serde_json::json!({ "retryAfterSeconds": seconds });
+    }
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(seconds) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// An HTTP/1.1 request asking to switch protocols (HTTP/2 has no such
+/// mechanism; Kubernetes does not support extended CONNECT).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Rewrites `req`'s head for the API server (same method, path, query and
+/// headers, minus hop-by-hop ones) and returns it with a unit body; the
+/// caller moves the streaming body across.
+fn upstream_request(
+    target: &Target,
+    req: &mut Request<Incoming>,
+    keep_upgrade: bool,
+) -> Result<Request<()>, hyper::http::Error> {
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let prefix = target.base.path().trim_end_matches('/');
+    let mut builder = Uri::builder().scheme("https");
+    if let Some(authority) = target.base.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    let uri = if prefix.is_empty() {
+        builder.path_and_query(path_and_query)
+    } else {
+        builder.path_and_query(format!("{prefix}{path_and_query}"))
+    }
+    .build()?;
+    let mut headers = std::mem::take(req.headers_mut());
+    strip_hop_by_hop(&mut headers, keep_upgrade);
+    headers.remove(header::HOST);
+    let mut out = Request::new(());
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// Removes hop-by-hop headers and those named in `Connection`; keeps
+/// `Connection: Upgrade` and `Upgrade` when relaying an upgrade.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && *name == header::CONNECTION {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_credentials_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer app"),
+        );
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let mut plain = headers.clone();
+        strip_hop_by_hop(&mut plain, false);
+        let names: Vec<&str> = plain.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["authorization", "accept"]);
+        assert_eq!(plain[header::AUTHORIZATION], "Bearer app");
+
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::UPGRADE], "SPDY/3.1");
+        assert_eq!(headers[header::CONNECTION], "Upgrade");
+        assert!(!headers.contains_key("x-hop"));
+    }
+
+    #[test]
+    fn status_body_is_a_kubernetes_status() {
+        let response = status_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "standby",
+            Some(1),
+        );
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let Either::Right(body) = response.into_body() else {
+            panic!("own body expected");
+        };
+        let bytes = futures::executor::block_on(http_body_util::BodyExt::collect(body))
+            .expect("body")
+            .to_bytes();
+        let status: k8s_openapi::apimachinery::pkg::apis::meta::v1::Status =
+            serde_json::from_slice(&bytes).expect("a metav1.Status");
+        assert_eq!(status.code, Some(503));
+        assert_eq!(status.reason.as_deref(), Some("ServiceUnavailable"));
+        assert_eq!(status.status.as_deref(), Some("Failure"));
+        assert_eq!(status.details.and_then(|d| d.retry_after_seconds), Some(1));
+    }
+}
