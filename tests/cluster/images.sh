@@ -6,6 +6,9 @@
 #   localhost/zen-lead:dev       zen-lead's release binary, laid out like the
 #                                Dockerfile's image: /usr/local/bin/zen-lead as
 #                                the entrypoint, user 65532:65532
+#   localhost/zl-hactl:dev       a client-go controller (cmd/hactl) for the
+#                                `api` activation tests
+#   localhost/zl-hactl-rs:dev    its kube-rs twin (examples/ha-controller.rs)
 # `zl-cluster up` imports them into containerd; a second `up` re-imports, so a
 # rebuilt binary reaches the node without restarting the cluster.
 set -euo pipefail
@@ -19,17 +22,26 @@ log() { printf 'images: %s\n' "$*"; }
 
 go build -trimpath -ldflags "-s -w" -o bin/image-src/pause ./cmd/pause
 go build -trimpath -ldflags "-s -w" -o bin/image-src/testapp ./cmd/testapp
+go build -trimpath -ldflags "-s -w" -o bin/image-src/hactl ./cmd/hactl
 
-log "building zen-lead (cargo build --release)"
-(cd "$repo" && cargo build --release --locked --quiet)
+log "building zen-lead and the kube-rs test controller (cargo build --release)"
+(cd "$repo" && cargo build --release --locked --quiet --bin zen-lead --example ha-controller)
 bin="$repo/target/release/zen-lead"
+hactl_rs="$repo/target/release/examples/ha-controller"
 
-# The release binary links glibc dynamically; ship it with exactly the shared
-# libraries it needs (a self-contained layout), at the paths the loader uses.
+# The release binaries link glibc dynamically; ship each with exactly the
+# shared libraries it needs (a self-contained layout), at the paths the
+# loader uses.
+libs_of() { # binary -> --add flags for its libraries
+  local lib
+  while read -r lib; do
+    [[ -n "$lib" ]] && printf -- '--add\n%s:%s:0755\n' "$lib" "$lib"
+  done < <(ldd "$1" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}' | sort -u)
+}
 zen_adds=(--add "$bin:/usr/local/bin/zen-lead:0755")
-while read -r lib; do
-  [[ -n "$lib" ]] && zen_adds+=(--add "$lib:$lib:0755")
-done < <(ldd "$bin" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}' | sort -u)
+mapfile -t -O "${#zen_adds[@]}" zen_adds < <(libs_of "$bin")
+rs_adds=(--add "$hactl_rs:/usr/local/bin/ha-controller:0755")
+mapfile -t -O "${#rs_adds[@]}" rs_adds < <(libs_of "$hactl_rs")
 
 build() { # archive name, then zl-cluster image flags
   local archive="$out/$1.tar"; shift
@@ -50,4 +62,8 @@ build pause --name registry.k8s.io/pause:3.10 --user 65535:65535 \
 build testapp --name localhost/zl-testapp:dev \
   --add bin/image-src/testapp:/usr/local/bin/testapp:0755 --entrypoint /usr/local/bin/testapp
 build zen-lead --name localhost/zen-lead:dev "${zen_adds[@]}" --entrypoint /usr/local/bin/zen-lead
+build hactl --name localhost/zl-hactl:dev \
+  --add bin/image-src/hactl:/usr/local/bin/hactl:0755 --entrypoint /usr/local/bin/hactl
+build hactl-rs --name localhost/zl-hactl-rs:dev "${rs_adds[@]}" \
+  --entrypoint /usr/local/bin/ha-controller
 ls -la "$out"/*.tar
