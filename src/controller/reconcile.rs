@@ -23,8 +23,7 @@ use tracing::{info, warn};
 
 use super::cache::{Cache, Unlabelled};
 use super::decide::{
-    self, CandidateCondition, Failover, LeaseView, PodView, RoleChange, ScaleAction, StatusInput,
-    WorkloadView,
+    self, CandidateCondition, Failover, LeaseView, PodView, ScaleAction, StatusInput, WorkloadView,
 };
 use super::metrics::Metrics;
 use super::queue::PoolKey;
@@ -212,13 +211,14 @@ async fn orphan(ctx: &Context, key: &PoolKey, pods: &[Arc<Pod>]) -> Result<(), R
         .iter()
         .map(|p| PodView::from_pod(p, Default::default()))
         .collect();
-    for change in decide::role_removals(&views) {
-        write_role(ctx, key, &change).await?;
-    }
+    // One write per pod: the role removal and the condition together.
+    let removals = decide::role_removals(&views);
     for pod in &views {
         let want = decide::candidate_condition(false, &key.name, pod);
-        if !decide::candidate_condition_current(pod, &want) {
-            write_candidate(ctx, key, &pod.name, &want).await?;
+        let condition = (!decide::candidate_condition_current(pod, &want)).then_some(&want);
+        let role = removals.iter().find(|c| c.pod == pod.name).map(|c| c.role);
+        if role.is_some() || condition.is_some() {
+            write_pod(ctx, key, &pod.name, role, condition).await?;
         }
     }
     Ok(())
@@ -312,11 +312,7 @@ async fn active(
     let also = ctx.with_memory(key, |m| m.leaders.clone());
     let names: BTreeSet<&str> = views.iter().map(|p| p.name.as_str()).collect();
     for pod in also.iter().filter(|n| !names.contains(n.as_str())) {
-        let change = RoleChange {
-            pod: pod.clone(),
-            role: None,
-        };
-        write_role(ctx, key, &change).await?;
+        write_pod(ctx, key, pod, Some(None), None).await?;
         ctx.with_memory(key, |m| m.leaders.remove(pod));
     }
     let changes = decide::role_changes(&views, leader.map(|p| p.name.as_str()), &also);
@@ -331,8 +327,21 @@ async fn active(
         .position(|c| c.role == Some(ROLE_LEADER))
         .map(|i| i + 1)
         .unwrap_or_else(|| changes.iter().filter(|c| labelled_leader(&c.pod)).count());
+
+    // 5. Readiness gate, in the same write as the pod's role change: the
+    // pods/status subresource keeps metadata changes, so one PATCH per pod
+    // carries both (half the writes of a pool coming up).
+    let mut conditions: BTreeMap<String, CandidateCondition> = views
+        .iter()
+        .filter(|pod| !pod.finished)
+        .filter_map(|pod| {
+            let want = decide::candidate_condition(true, &key.name, pod);
+            (!decide::candidate_condition_current(pod, &want)).then(|| (pod.name.clone(), want))
+        })
+        .collect();
     for change in &changes[..ordered] {
-        write_role(ctx, key, change).await?;
+        let condition = conditions.remove(&change.pod);
+        write_pod(ctx, key, &change.pod, Some(change.role), condition.as_ref()).await?;
         ctx.with_memory(key, |m| {
             if change.role == Some(ROLE_LEADER) {
                 m.leaders.insert(change.pod.clone());
@@ -341,30 +350,16 @@ async fn active(
             }
         });
     }
-    futures::future::try_join_all(changes[ordered..].iter().map(|c| write_role(ctx, key, c)))
-        .await?;
-
-    // 5. Readiness gate.
-    let wanted: Vec<(String, CandidateCondition)> = views
-        .iter()
-        .filter(|pod| !pod.finished)
-        .map(|pod| {
-            (
-                pod.name.clone(),
-                decide::candidate_condition(true, &key.name, pod),
-            )
-        })
-        .filter(|(name, want)| {
-            views
-                .iter()
-                .find(|p| &p.name == name)
-                .is_some_and(|p| !decide::candidate_condition_current(p, want))
-        })
-        .collect();
+    let mut rest: BTreeMap<&str, PodWrite<'_>> = BTreeMap::new();
+    for change in &changes[ordered..] {
+        rest.entry(change.pod.as_str()).or_default().role = Some(change.role);
+    }
+    for (pod, want) in &conditions {
+        rest.entry(pod.as_str()).or_default().condition = Some(want);
+    }
     futures::future::try_join_all(
-        wanted
-            .iter()
-            .map(|(name, want)| write_candidate(ctx, key, name, want)),
+        rest.iter()
+            .map(|(pod, w)| write_pod(ctx, key, pod, w.role, w.condition)),
     )
     .await?;
 
@@ -684,60 +679,68 @@ async fn hand_off(
     }
 }
 
-async fn write_role(
-    ctx: &Context,
-    key: &PoolKey,
-    change: &RoleChange,
-) -> Result<(), ReconcileError> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let patch = json!({
-        "metadata": {
-            "labels": { ROLE_LABEL: change.role },
-            "annotations": { ROLE_ANNOTATION: change.role },
-        }
-    });
-    match api
-        .patch(&change.pod, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Gone already: nothing to label.
-        Err(err) if is_status(&err, 404) => Ok(()),
-        Err(err) => Err(api_err("label", "Pod", &key.namespace, &change.pod)(err)),
-    }
+/// What one pod write changes: its role (`Some(None)` removes it) and/or
+/// its candidate condition.
+#[derive(Default)]
+struct PodWrite<'a> {
+    role: Option<Option<&'static str>>,
+    condition: Option<&'a CandidateCondition>,
 }
 
-async fn write_candidate(
+/// One strategic-merge PATCH of `pods/status` carrying the role label and
+/// annotation and/or the readiness-gate condition. The status subresource
+/// resets only spec, ownerReferences and deletionTimestamp, so labels and
+/// annotations written through it stick (tests/controller.rs checks both).
+async fn write_pod(
     ctx: &Context,
     key: &PoolKey,
     pod: &str,
-    want: &CandidateCondition,
+    role: Option<Option<&'static str>>,
+    condition: Option<&CandidateCondition>,
 ) -> Result<(), ReconcileError> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    // Strategic merge: conditions merge by type, other conditions stay.
-    let patch = json!({
-        "status": {
-            "conditions": [{
-                "type": CANDIDATE_READINESS_GATE,
-                "status": if want.status { "True" } else { "False" },
-                "reason": want.reason,
-                "message": want.message,
-                "lastTransitionTime": now_time(),
-            }]
-        }
-    });
+    let mut patch = serde_json::Map::new();
+    if let Some(role) = role {
+        patch.insert(
+            "metadata".to_owned(),
+            json!({
+                "labels": { ROLE_LABEL: role },
+                "annotations": { ROLE_ANNOTATION: role },
+            }),
+        );
+    }
+    if let Some(want) = condition {
+        // Conditions merge by type; the kubelet's conditions stay.
+        patch.insert(
+            "status".to_owned(),
+            json!({
+                "conditions": [{
+                    "type": CANDIDATE_READINESS_GATE,
+                    "status": if want.status { "True" } else { "False" },
+                    "reason": want.reason,
+                    "message": want.message,
+                    "lastTransitionTime": now_time(),
+                }]
+            }),
+        );
+    }
+    let what = match (role.is_some(), condition.is_some()) {
+        (true, true) => "set the role and readiness gate of",
+        (true, false) => "set the role of",
+        _ => "set the readiness gate of",
+    };
     match api
-        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&patch))
+        .patch_status(
+            pod,
+            &PatchParams::default(),
+            &Patch::Strategic(&serde_json::Value::Object(patch)),
+        )
         .await
     {
         Ok(_) => Ok(()),
+        // Gone already: nothing to write.
         Err(err) if is_status(&err, 404) => Ok(()),
-        Err(err) => Err(api_err(
-            "set the readiness gate of",
-            "Pod",
-            &key.namespace,
-            pod,
-        )(err)),
+        Err(err) => Err(api_err(what, "Pod", &key.namespace, pod)(err)),
     }
 }
 
@@ -747,16 +750,20 @@ async fn write_status(
     status: &LeaderPolicyStatus,
 ) -> Result<(), ReconcileError> {
     let api: Api<LeaderPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let body = json!({
-        "apiVersion": LeaderPolicy::api_version(&()),
-        "kind": LeaderPolicy::kind(&()),
-        "status": status,
-    });
+    // The controller owns the whole status, so a JSON patch that sets it
+    // is enough, and far cheaper for the API server than a server-side apply
+    // (no managed-fields merge of the typed object).
+    let patch = json_patch::Patch(vec![json_patch::PatchOperation::Add(
+        json_patch::AddOperation {
+            path: json_patch::jsonptr::PointerBuf::from_tokens(["status"]),
+            value: serde_json::to_value(status).unwrap_or_default(),
+        },
+    )]);
     match api
         .patch_status(
             &key.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
         )
         .await
     {
