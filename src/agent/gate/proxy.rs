@@ -194,7 +194,7 @@ async fn tunnel(
 ) -> Response<GateBody> {
     let client_side = hyper::upgrade::on(&mut req);
     let forwarded = match upstream_request(&shared.target, &mut req, true) {
-        Ok(forwarded) => forwarded.map(|()| req.into_body()),
+        Ok(forwarded) => origin_form(forwarded).map(|()| req.into_body()),
         Err(err) => {
             shared.metrics.count(class, Outcome::Invalid);
             return status_response(
@@ -237,6 +237,7 @@ async fn tunnel(
         Err(err) => return upstream_error(&shared, error_chain(&err), None),
     };
     shared.metrics.count(class, Outcome::Passed);
+    debug!(status = response.status().as_u16(), "upgrade answered");
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused by the API server (401, 403, 400...): its answer as is.
         let (mut parts, body) = response.into_parts();
@@ -423,6 +424,23 @@ fn upstream_request(
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// A bare HTTP/1.1 connection (no pooled client) sends the target as
+/// given and adds no `Host`: use origin form with an explicit `Host`.
+fn origin_form(mut req: Request<()>) -> Request<()> {
+    if let Some(authority) = req.uri().authority().cloned()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.uri_mut() = path;
+    req
 }
 
 /// Removes hop-by-hop headers and those named in `Connection`; keeps
