@@ -17,7 +17,7 @@ BIN := $(CURDIR)/target/release/zen-lead
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd install run bench bench-webhook bench-election bench-controller test demo lint cluster-up cluster-down certs
+.PHONY: help build crd install run bench bench-webhook bench-election bench-controller bench-gate test demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ bench-election: cluster-up ## Hand-off, takeover, idle requests and memory vs. c
 bench-controller: cluster-up ## 1,000 policies x 3 pods: convergence time, memory, steady API requests
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench controller_scale
 
+bench-gate: cluster-up ## API gate vs direct to the API server: GET/PATCH p50/p99, watch events/s
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench gate
+
 certs: build ## Generate development certificates into certs/ (kept if present)
 	@if [ -f certs/tls.crt ]; then echo "certs/ already has certificates (zen-lead certs --force to replace)"; \
 	else $(BIN) certs --out certs --dns localhost --ip 127.0.0.1; fi
@@ -66,7 +69,7 @@ cluster-down: ## Stop the local cluster and remove its state
 test: cluster-up ## Run every test, local-cluster tests included
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --lib --bins --tests
 
-bench: bench-webhook bench-election bench-controller ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
+bench: bench-webhook bench-election bench-controller bench-gate ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
 demo: cluster-up build ## Local cluster + zen-lead + an example pool with a leader
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory install
