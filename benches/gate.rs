@@ -12,8 +12,9 @@
 //! - WATCH throughput: ZEN_LEAD_BENCH_WATCHERS (default 16) watches from
 //!   resourceVersion 0 over ZEN_LEAD_BENCH_OBJECTS (default 1000) ConfigMaps
 //!   of ~1 KiB: the API server streams every object from its watch cache,
-//!   so the figure is the streaming rate, not the rate of writes. Rounds
-//!   alternate direct / gated; the best round of each is reported.
+//!   so the figure is the streaming rate, not the rate of writes. After one
+//!   unmeasured round per path, ZEN_LEAD_BENCH_ROUNDS (default 4) rounds
+//!   alternate which path goes first; best and median are reported.
 //!
 //! ZEN_LEAD_BENCH_N (default 1000) requests per path for GET, half that
 //! for PATCH. Goals (issue 8): < 1 ms added p99, < 10% less watch throughput.
