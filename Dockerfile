@@ -5,18 +5,31 @@
 # The build context has no .git (see .dockerignore), so the commit is passed in;
 # build.rs falls back to "unknown" without it.
 #
-# Base images are pinned by version; pin them by digest as well when publishing.
+# Base images are pinned by version tag. Pin them by digest too when
+# publishing (`FROM image:tag@sha256:...`): the digest decides which bytes are
+# used, the tag says what they are. (No digest is written here because none
+# could be verified against the registries from the development machines.)
+#
+# The same layout is built for the local test cluster by
+# tests/cluster/images.sh; tests/image_layout.rs keeps the two in step
+# (binary path, user, entrypoint).
 
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-alpine AS build
-# ring compiles a little C and assembly; musl-dev provides the headers.
+# ring compiles a little C and assembly; musl-dev provides the headers. Its
+# version follows the pinned base image's Alpine release.
+# hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev
 WORKDIR /src
+# Rust's musl target links statically by default (no RUSTFLAGS: forcing
+# crt-static on the host target would break proc-macro crates).
 
 # Dependencies first, with a placeholder crate, so this layer is reused while
-# only src/ changes.
+# only src/ changes. Cargo.toml names the benchmark targets, so their files
+# must exist for the manifest to parse (they are not built).
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY benches ./benches
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
@@ -31,7 +44,8 @@ RUN cargo build --release --locked \
  && install -D -m 0755 target/release/zen-lead /out/zen-lead \
  && /out/zen-lead version
 
-# Static binary: no libc, shell or package manager needed at run time.
+# distroless static: CA certificates, /etc/passwd with "nonroot", no shell or
+# package manager.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/zen-lead /usr/local/bin/zen-lead
 # distroless "nonroot": uid/gid 65532.
