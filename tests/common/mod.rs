@@ -5,6 +5,8 @@
 //! Each test file uses a subset; the rest would warn as dead code there.
 #![allow(dead_code)]
 
+pub mod zen_lead_host;
+
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
