@@ -345,6 +345,20 @@ async fn main() {
         cpu_watch / gated_watch_events.max(1.0) * 1e6
     );
     println!("rounds (ev/s): direct {direct_rates:.0?} gated {gated_rates:.0?}");
+    let metrics = agent.metrics().await;
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    println!(
+        "connections: {} accepted from the app, {} opened to the API server",
+        count("zen_lead_gate_connections_total"),
+        count("zen_lead_gate_upstream_connections_total")
+    );
 
     // Still the leader throughout? (a lost term would have refused PATCHes)
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);

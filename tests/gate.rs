@@ -118,6 +118,18 @@ async fn follower_reads_pass_and_writes_are_refused() {
             }
         }
 
+        // A rotated source token reaches the copy (the gate polls every 2 s).
+        // (The kubelet swaps the file the same way: write, then rename.)
+        let rotated = fixture::issue_token(&client, &ns, "app").await;
+        assert_ne!(rotated, tokens.app);
+        std::fs::write(agent.source_dir.join("token.new"), &rotated).expect("token");
+        std::fs::rename(agent.source_dir.join("token.new"), agent.source_dir.join("token")).expect("rotate");
+        eventually("the rotated token to be copied", Duration::from_secs(20), || async {
+            let copy = std::fs::read_to_string(agent.sa_dir.join("token")).map_err(|e| e.to_string())?;
+            if copy == rotated { Ok(()) } else { Err("old copy".to_owned()) }
+        })
+        .await;
+
         let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         admin_cms
             .create(&PostParams::default(), &from_json(cm("existing")))
@@ -530,10 +542,10 @@ async fn an_unreachable_api_server_is_a_502_with_a_status() {
     .await;
 }
 
-/// exec through the gate: kubectl (WebSocket, falling back to SPDY) with a
-/// kubeconfig that points at the gate, against a container on `real-0`.
-/// A leader's exec runs; a follower's is refused (exec is a write unless
-/// `--gate-exempt exec`).
+/// exec and port-forward through the gate: kubectl (WebSocket, and SPDY
+/// forced) with a kubeconfig that points at the gate, against a container
+/// on `real-0`. A leader's exec runs; a follower's is refused (exec is a
+/// write unless `--gate-exempt exec`).
 #[tokio::test]
 async fn exec_through_the_gate_on_the_real_node() {
     let client = client().await;
@@ -599,8 +611,43 @@ async fn exec_through_the_gate_on_the_real_node() {
                 "no {verb} exec upgrade (101) in the gate's log:\n{log}"
             );
         }
+        // port-forward through the leader's gate, then HTTP to the app.
+        let mut forward = tokio::process::Command::new(common::kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["port-forward", "-n", &ns, "pod/web", "--address", "127.0.0.1", ":8080"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl port-forward");
+        let stdout = forward.stdout.take().expect("stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let line = common::wait_for("kubectl port-forward to listen", Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("kubectl port-forward exited:\n{}", agent.log_text()));
+        // "Forwarding from 127.0.0.1:PORT -> 8080"
+        let port: u16 = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected port-forward output {line:?}"));
+        let body = eventually("the app to answer through the port-forward", Duration::from_secs(30), || common::http_ok("127.0.0.1", port, "GET", "/"))
+            .await;
+        assert!(body.contains("\"name\":\"web\""), "{body}");
+        let _ = forward.kill().await;
+        let log = agent.log_text();
+        assert!(
+            log.lines().any(|l| l.contains(&format!("path=/api/v1/namespaces/{ns}/pods/web/portforward")) && l.contains("status=101")),
+            "no port-forward upgrade (101) in the gate's log:\n{log}"
+        );
+
         let metrics = agent.metrics().await;
-        assert!(metric(&metrics, "zen_lead_gate_requests_total{class=\"upgrade\",outcome=\"passed\"}") >= 2.0, "{metrics}");
+        assert!(metric(&metrics, "zen_lead_gate_requests_total{class=\"upgrade\",outcome=\"passed\"}") >= 3.0, "{metrics}");
         pods.delete("web", &DeleteParams::default()).await.ok();
     })
     .await;

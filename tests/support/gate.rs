@@ -164,19 +164,25 @@ pub async fn accounts(client: &Client, ns: &str) -> Tokens {
             .create(&pp, &binding)
             .await
             .unwrap_or_else(|e| panic!("create RoleBinding {name}: {e}"));
-        let request: TokenRequest =
-            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-                .expect("token request");
-        let issued: TokenRequest = sas
-            .create_subresource("token", name, &pp, &request)
-            .await
-            .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"));
-        tokens.push(issued.status.map(|s| s.token).unwrap_or_default());
+        tokens.push(issue_token(client, ns, name).await);
     }
     // Issued in the order of `rules`: agent, then app.
     let app = tokens.pop().unwrap_or_default();
     let agent = tokens.pop().unwrap_or_default();
     Tokens { app, agent }
+}
+
+/// A fresh token of ServiceAccount `name` (TokenRequest, one hour).
+pub async fn issue_token(client: &Client, ns: &str, name: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .expect("token request");
+    let issued: TokenRequest = sas
+        .create_subresource("token", name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"));
+    issued.status.map(|s| s.token).unwrap_or_default()
 }
 
 /// Creates the pool's Lease with the given holder and timings (seconds).

@@ -41,6 +41,10 @@ struct Labels {
 pub struct GateMetrics {
     requests: Family<Labels, Counter>,
     pub refused_writes: Counter,
+    /// TLS connections accepted from the app.
+    pub connections: Counter,
+    /// Connections opened to the API server (pooled and upgrades).
+    pub upstream_connections: Counter,
 }
 
 impl GateMetrics {
@@ -55,6 +59,16 @@ impl GateMetrics {
             "gate_refused_writes",
             "Writes the API gate refused because this replica is a standby",
             self.refused_writes.clone(),
+        );
+        registry.register(
+            "gate_connections",
+            "TLS connections the API gate accepted from the app",
+            self.connections.clone(),
+        );
+        registry.register(
+            "gate_upstream_connections",
+            "Connections the API gate opened to the API server",
+            self.upstream_connections.clone(),
         );
     }
 

@@ -208,8 +208,14 @@ pub async fn start(
         &config.source_sa_dir,
     )
     .await?;
-    let client = upstream::pooled_client(&target)?;
-    let upgrade_connector = upstream::Connector::new(&target, &[b"http/1.1"])?;
+    let metrics = metrics::GateMetrics::default();
+    metrics.register(registry);
+    let client = upstream::pooled_client(&target, metrics.upstream_connections.clone())?;
+    let upgrade_connector = upstream::Connector::new(
+        &target,
+        &[b"http/1.1"],
+        metrics.upstream_connections.clone(),
+    )?;
 
     let certs = crate::tls::generate(&crate::tls::CertRequest {
         dns_names: CERT_DNS_NAMES.iter().map(|s| (*s).to_owned()).collect(),
@@ -244,8 +250,6 @@ pub async fn start(
     let token = dir.write_all()?;
     tokio::spawn(dir.keep_token_fresh(token, stop.clone()));
 
-    let metrics = metrics::GateMetrics::default();
-    metrics.register(registry);
     let shared = Arc::new(proxy::Shared {
         status: status.clone(),
         exempt: config.exempt,
@@ -301,6 +305,7 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        shared.metrics.connections.inc();
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let builder = builder.clone();

@@ -516,6 +516,67 @@ mod tests {
         assert!(!headers.contains_key("x-hop"));
     }
 
+    fn leading(until: Instant, token: i32) -> LeaderStatus {
+        LeaderStatus {
+            leading: true,
+            lead_until: Some(until),
+            token: Some(token),
+            // margin = lease - renew deadline = 300 ms
+            timings: crate::election::Timings::new(
+                Duration::from_millis(900),
+                Duration::from_millis(600),
+                Duration::from_millis(100),
+                crate::election::TimingNames::LOCK_FLAGS,
+            )
+            .expect("timings"),
+            ..LeaderStatus::default()
+        }
+    }
+
+    /// A write in flight may outlive its term by leaseDuration -
+    /// renewDeadline, never more, and renewals extend it.
+    #[tokio::test]
+    async fn in_flight_writes_end_after_the_term_plus_margin() {
+        let start = Instant::now();
+        let status = leading(start + Duration::from_millis(100), 1);
+        let (tx, rx) = watch::channel(status.clone());
+        let term = Term::new(&status, rx);
+        let renew = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(leading(start + Duration::from_millis(400), 1));
+        };
+        let (why, ()) = tokio::join!(term.ended(), renew);
+        let elapsed = start.elapsed();
+        assert_eq!(why, "renew deadline passed");
+        // Extended to 400 ms by the renewal, plus the 300 ms margin.
+        assert!(
+            elapsed >= Duration::from_millis(700),
+            "ended after {elapsed:?}"
+        );
+        assert!(elapsed < Duration::from_secs(10), "ended after {elapsed:?}");
+    }
+
+    /// Leadership that ends before its deadline (a release) ends the write
+    /// at once; a renewal of another term (a new token) does not extend it.
+    #[tokio::test]
+    async fn a_release_ends_in_flight_writes_at_once() {
+        let start = Instant::now();
+        let status = leading(start + Duration::from_secs(30), 4);
+        let (tx, rx) = watch::channel(status.clone());
+        let term = Term::new(&status, rx);
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(LeaderStatus {
+                leading: false,
+                lead_until: None,
+                ..status.clone()
+            });
+        };
+        let (why, ()) = tokio::join!(term.ended(), release);
+        assert_eq!(why, "leadership released");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
     #[test]
     fn status_body_is_a_kubernetes_status() {
         let response = status_response(

@@ -316,13 +316,20 @@ impl AsyncWrite for UpstreamStream {
 pub struct Connector {
     tls: TlsConnector,
     server_name: ServerName<'static>,
+    opened: prometheus_client::metrics::counter::Counter,
 }
 
 impl Connector {
-    pub fn new(target: &Target, alpn: &[&[u8]]) -> Result<Self, UpstreamError> {
+    /// `opened` counts every connection made.
+    pub fn new(
+        target: &Target,
+        alpn: &[&[u8]],
+        opened: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self, UpstreamError> {
         Ok(Self {
             tls: TlsConnector::from(client_tls(target, alpn)?),
             server_name: target.server_name.clone(),
+            opened,
         })
     }
 
@@ -343,7 +350,12 @@ impl Connector {
             tls.connect(name, tcp).await
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(result) => result.map(UpstreamStream),
+            Ok(result) => {
+                let stream = result.map(UpstreamStream)?;
+                self.opened.inc();
+                tracing::debug!(h2 = stream.is_h2(), "connected to the API server");
+                Ok(stream)
+            }
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("connecting to the API server timed out after {CONNECT_TIMEOUT:?}"),
@@ -370,8 +382,11 @@ impl tower::Service<Uri> for Connector {
 /// The pooled client for everything but connection upgrades. HTTP/2 keeps
 /// one multiplexed connection (as client-go does); pings detect a dead
 /// connection under a silent long watch.
-pub fn pooled_client(target: &Target) -> Result<Client<Connector, Incoming>, UpstreamError> {
-    let connector = Connector::new(target, &[b"h2", b"http/1.1"])?;
+pub fn pooled_client(
+    target: &Target,
+    opened: prometheus_client::metrics::counter::Counter,
+) -> Result<Client<Connector, Incoming>, UpstreamError> {
+    let connector = Connector::new(target, &[b"h2", b"http/1.1"], opened)?;
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -379,6 +394,7 @@ pub fn pooled_client(target: &Target) -> Result<Client<Connector, Incoming>, Ups
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_timeout(Duration::from_secs(15))
         .http2_keep_alive_while_idle(false)
+        .http2_adaptive_window(true)
         .build(connector))
 }
 
