@@ -216,6 +216,15 @@ fn flag(name: &str) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs like a typical kube-rs operator: the fmt subscriber at `info`
+    // (RUST_LOG overrides), so what the client logs about refused writes
+    // shows in `kubectl logs`.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("could not install the ring crypto provider"))?;

@@ -402,6 +402,7 @@ async fn run(scenario: Scenario) {
             .unwrap_or_else(|e| panic!("create input {input}: {e}"));
         }
         let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let t_created = monotonic_ns();
         deploys
             .create(&PostParams::default(), &deployment(scenario.image, &dir))
             .await
@@ -517,6 +518,20 @@ async fn run(scenario: Scenario) {
              followers' failed write attempts by code (after the client's own retries): \
              {follower_errors:?}"
         );
+
+        // What a standby's client prints about the refusals (log noise).
+        if let Some(f) = followers.first() {
+            let out = kubectl(&ns, &["logs", f, "-c", "app"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let lines: Vec<&str> = text.lines().collect();
+            println!(
+                "e2e-api[{label}] step 1: standby {f} logged {} lines within {:.0} s of the \
+                 Deployment's creation; last: {:?}",
+                lines.len(),
+                ms(monotonic_ns() - t_created) / 1000.0,
+                lines.iter().rev().take(2).collect::<Vec<_>>()
+            );
+        }
 
         // ---- 2. delete the leader ----
         let t_delete = monotonic_ns();
