@@ -566,6 +566,24 @@ async fn run(scenario: Scenario) {
         );
         assert!(old_last.end < next.end, "old {old_last:?}, new {next:?}");
         assert!(from_delete < 60_000.0, "takeover after delete took {from_delete:.0} ms");
+        // The controller treats an `api` holder as fenced and asks a
+        // terminating one to hand over at once (no wait for its agent's
+        // release after the app stopped): the Lease names a successor.
+        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
+            .get(POOL)
+            .await
+            .unwrap_or_else(|e| panic!("get Lease: {e}"));
+        let preferred = lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("zen-lead.io/preferred-holder")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            !preferred.is_empty() && !preferred.starts_with(&format!("{leader_name}_")),
+            "no early hand-off from the deleted leader: preferred-holder {preferred:?}"
+        );
         r.assert_writers_never_interleave();
 
         // ---- 3. rollout restart, PDB, evictions ----
