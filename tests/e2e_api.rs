@@ -21,6 +21,9 @@
 //!    SIGCONT the old replica's held writes are refused.
 //!
 //! Figures are printed (`--nocapture`); bounds asserted are generous.
+//!
+//! Also: a pod with `automountServiceAccountToken: false` gets an agent with
+//! a token of its own that leads, and an app left without token or gate.
 
 mod common;
 
@@ -790,6 +793,92 @@ async fn kube_rs_controller_behind_the_gate() {
         image: "localhost/zl-hactl-rs:dev",
         label: "kube-rs",
         activation: "api",
+    })
+    .await;
+}
+
+/// A pod with `automountServiceAccountToken: false`: the app gets no token
+/// and is not wired to the gate, the agent gets a projected token of its own
+/// and still campaigns (leads, Ready) on the real node.
+#[tokio::test]
+async fn pod_without_token_still_gets_an_agent_that_leads() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "e2e-api-notoken", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let hook = register_webhook(&client, &ns, &controller).await;
+        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                    "metadata": {"name": POOL}, "spec": {}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+        let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deploys
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": POOL},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": POOL}},
+                        "template": {
+                            "metadata": {"labels": {"app": POOL}, "annotations": {"zen-lead/pool": POOL}},
+                            "spec": {
+                                "automountServiceAccountToken": false,
+                                "nodeSelector": {"zen-lead.io/node": "real"},
+                                "tolerations": [{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+                                "terminationGracePeriodSeconds": 2,
+                                "containers": [{"name": "app", "image": "localhost/zl-testapp:dev",
+                                    "imagePullPolicy": "Never", "args": ["--listen=:8080"]}]
+                            }}}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pod = eventually(
+            "the pod Ready and labelled leader",
+            Duration::from_secs(180),
+            || async {
+                let list = pool_pods(&pods).await?;
+                list.into_iter()
+                    .find(|p| is_ready(p) && label(p, "zen-lead.io/role") == Some("leader"))
+                    .ok_or_else(|| "not yet".to_owned())
+            },
+        )
+        .await;
+        let spec = pod.spec.as_ref().unwrap_or_else(|| panic!("pod without spec"));
+        let sa_path = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let mount_of = |c: &k8s_openapi::api::core::v1::Container| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == sa_path)
+                .map(|m| m.name.clone())
+        };
+        let agent = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == "zen-lead-agent")
+            .unwrap_or_else(|| panic!("no agent"));
+        assert_eq!(mount_of(agent).as_deref(), Some("zen-lead-api-access"));
+        let app = &spec.containers[0];
+        assert_eq!(mount_of(app), None, "the app got a token it was denied");
+        assert!(
+            !app.env.iter().flatten().any(|e| e.name == "KUBERNETES_SERVICE_HOST"),
+            "the app was pointed at the gate"
+        );
+        let _ = deploys.delete(POOL, &DeleteParams::background()).await;
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&hook, &DeleteParams::default())
+            .await;
+        drop(controller.child);
     })
     .await;
 }
