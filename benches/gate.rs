@@ -13,7 +13,7 @@
 //!   resourceVersion 0 over ZEN_LEAD_BENCH_OBJECTS (default 1000) ConfigMaps
 //!   of ~1 KiB: the API server streams every object from its watch cache,
 //!   so the figure is the streaming rate, not the rate of writes. After one
-//!   unmeasured round per path, ZEN_LEAD_BENCH_ROUNDS (default 4) rounds
+//!   unmeasured round per path, ZEN_LEAD_BENCH_ROUNDS (default 6) rounds
 //!   alternate which path goes first; best and median are reported.
 //!
 //! ZEN_LEAD_BENCH_N (default 1000) requests per path for GET, half that
@@ -147,7 +147,7 @@ async fn main() {
     let n = env_usize("ZEN_LEAD_BENCH_N", 1000);
     let watchers = env_usize("ZEN_LEAD_BENCH_WATCHERS", 16);
     let objects = env_usize("ZEN_LEAD_BENCH_OBJECTS", 1000);
-    let rounds = env_usize("ZEN_LEAD_BENCH_ROUNDS", 4);
+    let rounds = env_usize("ZEN_LEAD_BENCH_ROUNDS", 6);
 
     let admin_kubeconfig = kubeconfig_path();
     let admin = fixture::client_from(&admin_kubeconfig, true).await;
@@ -303,12 +303,16 @@ async fn main() {
     watch_round(&gated, &ns, watchers, objects).await;
     let cpu_before_watch = cpu_seconds(agent.pid());
     for round in 0..rounds {
-        // Alternate which path goes first.
+        // Let the API server finish tearing down the previous round's
+        // watches, then alternate which path goes first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if round % 2 == 0 {
             direct_rates.push(watch_round(&direct, &ns, watchers, objects).await);
+            tokio::time::sleep(Duration::from_secs(1)).await;
             gated_rates.push(watch_round(&gated, &ns, watchers, objects).await);
         } else {
             gated_rates.push(watch_round(&gated, &ns, watchers, objects).await);
+            tokio::time::sleep(Duration::from_secs(1)).await;
             direct_rates.push(watch_round(&direct, &ns, watchers, objects).await);
         }
         gated_watch_events += (watchers * objects) as f64;

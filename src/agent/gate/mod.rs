@@ -286,10 +286,7 @@ async fn accept_loop(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // client-go multiplexes every request of a process, watches included,
     // over one HTTP/2 connection: allow as many streams as the API server.
-    builder
-        .http2()
-        .max_concurrent_streams(1000)
-        .adaptive_window(true);
+    builder.http2().max_concurrent_streams(1000);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {

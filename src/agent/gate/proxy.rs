@@ -296,13 +296,10 @@ struct Term {
 
 impl Term {
     fn new(status: &LeaderStatus, rx: watch::Receiver<LeaderStatus>) -> Self {
-        let timings = status.timings;
         Self {
             token: status.token,
             until: status.lead_until.unwrap_or_else(Instant::now),
-            margin: timings
-                .lease_duration()
-                .saturating_sub(timings.renew_deadline()),
+            margin: margin(status),
             status: rx,
         }
     }
@@ -322,9 +319,13 @@ impl Term {
                     }
                     let status = self.status.borrow_and_update().clone();
                     if status.leading && status.token == self.token {
+                        // A renewal moves the end later; a shorter renew
+                        // deadline applied to the running term moves it
+                        // earlier. Either way the latest word counts.
                         if let Some(until) = status.lead_until {
-                            self.until = self.until.max(until);
+                            self.until = until;
                         }
+                        self.margin = margin(&status);
                     } else if Instant::now() < self.until {
                         return "leadership released";
                     }
@@ -332,6 +333,14 @@ impl Term {
             }
         }
     }
+}
+
+/// How long after the end of our term nobody else can hold the Lease yet.
+fn margin(status: &LeaderStatus) -> Duration {
+    status
+        .timings
+        .lease_duration()
+        .saturating_sub(status.timings.renew_deadline())
 }
 
 fn refuse_standby(shared: &Shared, status: &LeaderStatus) -> Response<GateBody> {

@@ -381,7 +381,9 @@ impl tower::Service<Uri> for Connector {
 
 /// The pooled client for everything but connection upgrades. HTTP/2 keeps
 /// one multiplexed connection (as client-go does); pings detect a dead
-/// connection under a silent long watch.
+/// connection under a silent long watch. hyper's default receive windows
+/// (2 MiB per stream, 5 MiB per connection) let watches and large lists
+/// stream without waiting for window updates.
 pub fn pooled_client(
     target: &Target,
     opened: prometheus_client::metrics::counter::Counter,
@@ -394,7 +396,6 @@ pub fn pooled_client(
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_timeout(Duration::from_secs(15))
         .http2_keep_alive_while_idle(false)
-        .http2_adaptive_window(true)
         .build(connector))
 }
 
