@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chart::{Release, find, helm, render, render_text, scoped_values};
+use chart::{
+    Release, find, has_agent, helm, real_node_pod, render, render_text, scoped_values,
+    wait_webhook_reachable,
+};
 use common::{apply_crd, client, eventually, from_json, kubectl, with_namespace};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -30,7 +33,6 @@ use kube::core::GroupVersionKind;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use zen_lead::api::{LeaderPolicy, Phase};
-use zen_lead::webhook::inject::AGENT_CONTAINER;
 
 const NS: &str = "zl-render";
 const MODES: [&str; 3] = ["certManager", "selfManaged", "existingSecret"];
@@ -429,57 +431,16 @@ async fn rendered_manifests_pass_server_side_dry_run() {
 
 // --- installs on the local cluster -----------------------------------------
 
-fn has_agent(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.name == AGENT_CONTAINER))
-}
-
-fn real_node_pod(name: &str, pool: &str) -> Pod {
-    from_json(json!({
-        "metadata": {"name": name, "annotations": {"zen-lead/pool": pool}},
-        "spec": {
-            "nodeSelector": {"zen-lead.io/node": "real"},
-            "tolerations": [{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [{"name": "app", "image": "localhost/zl-testapp:dev", "imagePullPolicy": "Never"}]
-        }
-    }))
-}
-
-/// The API server calls the webhook (only reachable through the release's
-/// Service): an annotated pod comes back with the agent. Dry-run creates
-/// (the webhook has no side effects) until kube-proxy has programmed the new
-/// Service — the `Ignore` entry admits pods unchanged until then — and then
-/// one real create.
+/// One real create of an annotated pod (after [`chart::wait_webhook_reachable`]):
+/// the API server calls the webhook — reachable only through the release's
+/// Service — and the pod comes back with the agent.
 async fn assert_webhook_injects(client: &Client, ns: &str, pool: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let probe = real_node_pod("webhook-probe", pool);
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    eventually(
-        "the API server to reach the webhook through its Service",
-        Duration::from_secs(90),
-        || {
-            let (pods, probe, dry_run) = (pods.clone(), probe.clone(), dry_run.clone());
-            async move {
-                let created = pods
-                    .create(&dry_run, &probe)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if has_agent(&created) {
-                    Ok(())
-                } else {
-                    Err("pod admitted without the agent".to_owned())
-                }
-            }
-        },
-    )
-    .await;
     let created = pods
-        .create(&PostParams::default(), &probe)
+        .create(
+            &PostParams::default(),
+            &real_node_pod("webhook-probe", pool),
+        )
         .await
         .unwrap_or_else(|e| panic!("creating an annotated pod: {e}"));
     assert!(
@@ -698,9 +659,10 @@ async fn self_managed_install_serves_the_webhook_runs_the_seed_pool_and_uninstal
                 );
             }
 
-            // The policy first: the webhook then knows the pool's activation.
+            // Workloads only once the API server reaches the webhook.
+            wait_webhook_reachable(&client, &app_ns).await;
+            assert_webhook_injects(&client, &app_ns, "zl-any-pool").await;
             seed_pool_elects_a_leader(&client, &app_ns).await;
-            assert_webhook_injects(&client, &app_ns, "my-controller-pool").await;
 
             release.uninstall();
             assert_nothing_left(&client, &release, &cache).await;
@@ -930,6 +892,7 @@ async fn cert_manager_mode_with_real_crds_and_a_stand_in_issuer() {
 
             cert_manager_stand_in(&client, &rel_ns, &serving, &release.fullname).await;
             release.wait_ready(&client, 2).await;
+            wait_webhook_reachable(&client, &app_ns).await;
             Api::<LeaderPolicy>::namespaced(client.clone(), &app_ns)
                 .create(
                     &PostParams::default(),

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chart::{Release, scoped_values};
+use chart::{Release, has_agent, scoped_values};
 use common::{client, eventually, kubectl, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -22,7 +22,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use zen_lead::api::{LeaderPolicy, Phase};
-use zen_lead::webhook::inject::AGENT_CONTAINER;
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -75,13 +74,6 @@ where
         },
     )
     .await;
-}
-
-fn has_agent(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.name == AGENT_CONTAINER))
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {

@@ -13,8 +13,12 @@ use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
-use serde_json::Value;
+use serde_json::{Value, json};
+use zen_lead::api::LeaderPolicy;
+use zen_lead::webhook::inject::AGENT_CONTAINER;
 
 use crate::common;
 
@@ -210,4 +214,72 @@ impl Drop for Release {
             }
         }
     }
+}
+
+/// Whether the API server added the agent to `pod`.
+pub fn has_agent(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == AGENT_CONTAINER))
+}
+
+/// An annotated pod for the real node, in pool `pool`.
+pub fn real_node_pod(name: &str, pool: &str) -> Pod {
+    common::from_json(json!({
+        "metadata": {"name": name, "annotations": {"zen-lead/pool": pool}},
+        "spec": {
+            "nodeSelector": {"zen-lead.io/node": "real"},
+            "tolerations": [{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "app", "image": "localhost/zl-testapp:dev", "imagePullPolicy": "Never"}]
+        }
+    }))
+}
+
+/// Waits until the API server reaches a fresh install's webhook through its
+/// Service: dry-run creates of an annotated pod (the webhook has no side
+/// effects) until one comes back with the agent. Right after an install the
+/// Service may not be programmed by kube-proxy yet, and the `Ignore` entry
+/// then admits pods unchanged, so workloads must wait for this.
+pub async fn wait_webhook_reachable(client: &Client, ns: &str) {
+    let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let probe_policy: LeaderPolicy = common::from_json(json!({
+        "apiVersion": "coordination.kube-zen.io/v1alpha1",
+        "kind": "LeaderPolicy",
+        "metadata": {"name": "zl-webhook-probe"},
+        "spec": {"activation": "start"}
+    }));
+    policies
+        .create(&PostParams::default(), &probe_policy)
+        .await
+        .unwrap_or_else(|e| panic!("creating the probe LeaderPolicy: {e}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let probe = real_node_pod("zl-webhook-probe", "zl-webhook-probe");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    common::eventually(
+        "the API server to reach the webhook through its Service",
+        Duration::from_secs(120),
+        || {
+            let (pods, probe, dry_run) = (pods.clone(), probe.clone(), dry_run.clone());
+            async move {
+                let created = pods
+                    .create(&dry_run, &probe)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if has_agent(&created) {
+                    Ok(())
+                } else {
+                    Err("pod admitted without the agent".to_owned())
+                }
+            }
+        },
+    )
+    .await;
+    policies
+        .delete("zl-webhook-probe", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting the probe LeaderPolicy: {e}"));
 }
