@@ -14,6 +14,8 @@ CLUSTER_KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 # when used, so a kubectl built by cluster-up earlier in the same run is found.
 KUBECTL ?= $(shell if [ -x "$(CURDIR)/tests/cluster/bin/kubectl" ]; then echo "$(CURDIR)/tests/cluster/bin/kubectl"; else echo kubectl; fi)
 BIN := $(CURDIR)/target/release/zen-lead
+# The shipped (image) build: a static binary.
+MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
@@ -46,7 +48,9 @@ bench-webhook: ## Admission latency/throughput over TLS vs. a controller-runtime
 	$(CARGO) bench --locked --bench webhook
 
 bench-election: cluster-up ## Hand-off, takeover, idle requests and memory vs. client-go's election
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench election
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) --bin zen-lead
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_AGENT_BIN=$(CURDIR)/target/$(MUSL_TARGET)/release/zen-lead \
+	  $(CARGO) bench --locked --bench election
 
 bench-controller: cluster-up ## 1,000 policies x 3 pods: convergence time, memory, steady API requests
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench controller_scale

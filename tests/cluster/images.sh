@@ -3,9 +3,10 @@
 # no Docker engine here; zl-cluster assembles the archives from files):
 #   registry.k8s.io/pause:3.10   the pod sandbox image (tests/cluster/cmd/pause)
 #   localhost/zl-testapp:dev     a test workload that records when it runs
-#   localhost/zen-lead:dev       zen-lead's release binary, laid out like the
-#                                Dockerfile's image: /usr/local/bin/zen-lead as
-#                                the entrypoint, user 65532:65532
+#   localhost/zen-lead:dev       zen-lead's static (musl) release binary, laid
+#                                out like the Dockerfile's image:
+#                                /usr/local/bin/zen-lead as the entrypoint,
+#                                user 65532:65532
 #   localhost/zl-hactl:dev       a client-go controller (cmd/hactl) for the
 #                                `api` activation tests
 #   localhost/zl-hactl-rs:dev    its kube-rs twin (examples/ha-controller.rs)
@@ -24,24 +25,23 @@ go build -trimpath -ldflags "-s -w" -o bin/image-src/pause ./cmd/pause
 go build -trimpath -ldflags "-s -w" -o bin/image-src/testapp ./cmd/testapp
 go build -trimpath -ldflags "-s -w" -o bin/image-src/hactl ./cmd/hactl
 
-log "building zen-lead and the kube-rs test controller (cargo build --release)"
-(cd "$repo" && cargo build --release --locked --quiet --bin zen-lead --example ha-controller)
-bin="$repo/target/release/zen-lead"
-hactl_rs="$repo/target/release/examples/ha-controller"
-
-# The release binaries link glibc dynamically; ship each with exactly the
-# shared libraries it needs (a self-contained layout), at the paths the
-# loader uses.
-libs_of() { # binary -> --add flags for its libraries
-  local lib
-  while read -r lib; do
-    [[ -n "$lib" ]] && printf -- '--add\n%s:%s:0755\n' "$lib" "$lib"
-  done < <(ldd "$1" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}' | sort -u)
-}
+# The shipped build: static (musl) binaries, like the Dockerfile's, so each
+# image is its one file with nothing to resolve at run time (and the agent's
+# resident memory carries no shared-library pages).
+target=x86_64-unknown-linux-musl
+log "building zen-lead and the kube-rs test controller (cargo build --release --target $target)"
+(cd "$repo" && cargo build --release --locked --quiet --target "$target" --bin zen-lead --example ha-controller)
+bin="$repo/target/$target/release/zen-lead"
+hactl_rs="$repo/target/$target/release/examples/ha-controller"
+for b in "$bin" "$hactl_rs"; do
+  # A static(-pie) binary needs no shared libraries: ldd lists none with "=>".
+  if ldd "$b" 2>/dev/null | grep -q '=>'; then
+    echo "images: $b is dynamically linked; the images expect static binaries" >&2
+    exit 1
+  fi
+done
 zen_adds=(--add "$bin:/usr/local/bin/zen-lead:0755")
-mapfile -t -O "${#zen_adds[@]}" zen_adds < <(libs_of "$bin")
 rs_adds=(--add "$hactl_rs:/usr/local/bin/ha-controller:0755")
-mapfile -t -O "${#rs_adds[@]}" rs_adds < <(libs_of "$hactl_rs")
 
 build() { # archive name, then zl-cluster image flags
   local archive="$out/$1.tar"; shift

@@ -22,6 +22,16 @@ use crate::common::{kubeconfig_path, repo_root};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
 
+/// The binary agents run: `$ZEN_LEAD_AGENT_BIN` (the bench points it at the
+/// shipped static build, whose memory is the figure that matters), else the
+/// one cargo built for this target.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("ZEN_LEAD_AGENT_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BIN))
+}
+
 /// Lease timings for tests: short, so expiries take seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct TestTimings {
@@ -137,7 +147,7 @@ impl Agent {
             .append(true)
             .open(dir.join(format!("{name}.log")))
             .unwrap_or_else(|e| panic!("agent log: {e}"));
-        let child = Command::new(BIN)
+        let child = Command::new(agent_bin())
             .env("KUBECONFIG", kubeconfig_path())
             .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
             .args(["agent", "--pool", pool, "--pod-name", name])
