@@ -210,7 +210,7 @@ pub async fn start(
     .await?;
     let metrics = metrics::GateMetrics::default();
     metrics.register(registry);
-    let client = upstream::pooled_client(&target, metrics.upstream_connections.clone())?;
+    let clients = upstream::pooled_clients(&target, metrics.upstream_connections.clone())?;
     let upgrade_connector = upstream::Connector::new(
         &target,
         &[b"http/1.1"],
@@ -256,7 +256,7 @@ pub async fn start(
         pool: config.pool.clone(),
         identity: config.identity.clone(),
         target: target.clone(),
-        client,
+        clients,
         upgrade_connector,
         metrics,
     });

@@ -9,7 +9,6 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
@@ -18,7 +17,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::ExemptSet;
 use super::classify::{Verdict, classify};
 use super::metrics::{GateMetrics, Outcome, RequestClass};
-use super::upstream::{Connector, Target};
+use super::upstream::{Connector, Pooled, Target};
 use crate::election::LeaderStatus;
 
 /// Responses: the API server's streamed body, or one the gate wrote.
@@ -31,7 +30,7 @@ pub struct Shared {
     pub pool: String,
     pub identity: String,
     pub target: Target,
-    pub client: Client<Connector, Incoming>,
+    pub clients: Pooled,
     /// HTTP/1.1-only connections for connection upgrades.
     pub upgrade_connector: Connector,
     pub metrics: GateMetrics,
@@ -117,18 +116,27 @@ pub async fn handle(
             ));
         }
     };
+    let h2 = req.version() == Version::HTTP_2;
     let request = forwarded.map(|()| req.into_body());
-    Ok(forward(shared, request, term, class).instrument(span).await)
+    Ok(forward(shared, request, h2, term, class)
+        .instrument(span)
+        .await)
 }
 
 async fn forward(
     shared: Arc<Shared>,
     request: Request<Incoming>,
+    h2: bool,
     term: Option<Term>,
     class: RequestClass,
 ) -> Response<GateBody> {
     let start = Instant::now();
-    let sent = shared.client.request(request);
+    let client = if h2 {
+        &shared.clients.h2
+    } else {
+        &shared.clients.h1
+    };
+    let sent = client.request(request);
     let result = match term {
         None => sent.await,
         Some(term) => {

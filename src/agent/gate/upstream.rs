@@ -379,24 +379,41 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
-/// The pooled client for everything but connection upgrades. HTTP/2 keeps
-/// one multiplexed connection (as client-go does); pings detect a dead
-/// connection under a silent long watch. hyper's default receive windows
-/// (2 MiB per stream, 5 MiB per connection) let watches and large lists
-/// stream without waiting for window updates.
-pub fn pooled_client(
+/// The pooled clients for everything but connection upgrades, one per
+/// protocol the app speaks, so the gate keeps the connection shape the app
+/// would have had with the API server: an HTTP/2 app (client-go) shares one
+/// multiplexed connection, as it would direct; an HTTP/1.1 app (kube-rs) gets
+/// one upstream connection per concurrent request (its watches are not
+/// funnelled through one connection and one writer on either side).
+pub struct Pooled {
+    pub h2: Client<Connector, Incoming>,
+    pub h1: Client<Connector, Incoming>,
+}
+
+/// Builds [`Pooled`]. HTTP/2 pings detect a dead connection under a silent
+/// long watch; hyper's default receive windows (2 MiB per stream, 5 MiB per
+/// connection) let watches and large lists stream without waiting for window
+/// updates. An API server without h2 gets HTTP/1.1 on both.
+pub fn pooled_clients(
     target: &Target,
     opened: prometheus_client::metrics::counter::Counter,
-) -> Result<Client<Connector, Incoming>, UpstreamError> {
-    let connector = Connector::new(target, &[b"h2", b"http/1.1"], opened)?;
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_timeout(Duration::from_secs(15))
-        .http2_keep_alive_while_idle(false)
-        .build(connector))
+) -> Result<Pooled, UpstreamError> {
+    let h2 = Connector::new(target, &[b"h2", b"http/1.1"], opened.clone())?;
+    let h1 = Connector::new(target, &[b"http/1.1"], opened)?;
+    let build = |connector: Connector| {
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(15))
+            .http2_keep_alive_while_idle(false)
+            .build(connector)
+    };
+    Ok(Pooled {
+        h2: build(h2),
+        h1: build(h1),
+    })
 }
 
 #[cfg(test)]
