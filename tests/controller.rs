@@ -524,8 +524,8 @@ async fn pool_lease_status_roles_rbac_and_timing_changes() {
         assert_eq!(l.annotations().get("zen-lead.io/renew-deadline-seconds").map(String::as_str), Some("3"));
         assert_eq!(l.annotations().get("zen-lead.io/retry-period-seconds").map(String::as_str), Some("1"));
 
-        // RBAC: exactly this Lease, for the pods' ServiceAccount.
-        let role = Api::<Role>::namespaced(client.clone(), &ns).get("zen-lead-web").await.expect("Role");
+        // RBAC: one Role per ServiceAccount, granting exactly this Lease.
+        let role = Api::<Role>::namespaced(client.clone(), &ns).get("zen-lead-candidate-default").await.expect("Role");
         let rules = role.rules.clone().unwrap_or_default();
         assert_eq!(rules.len(), 1, "{rules:?}");
         assert_eq!(rules[0].resource_names.clone().unwrap_or_default(), vec!["web".to_owned()]);
@@ -536,7 +536,7 @@ async fn pool_lease_status_roles_rbac_and_timing_changes() {
             assert!(verbs.contains(v), "{verbs:?}");
         }
         assert_eq!(role.owner_references().first().map(|o| o.name.as_str()), Some("web"));
-        let binding = Api::<RoleBinding>::namespaced(client.clone(), &ns).get("zen-lead-web").await.expect("RoleBinding");
+        let binding = Api::<RoleBinding>::namespaced(client.clone(), &ns).get("zen-lead-candidate-default").await.expect("RoleBinding");
         let subjects: Vec<String> = binding.subjects.unwrap_or_default().iter().map(|s| format!("{}:{}", s.kind, s.name)).collect();
         assert_eq!(subjects, vec!["ServiceAccount:default".to_owned()]);
 
@@ -839,10 +839,42 @@ async fn pod_moves_between_pools() {
         count("a", 1).await;
         count("b", 2).await;
         let rb = Api::<RoleBinding>::namespaced(client.clone(), &ns)
-            .get("zen-lead-b")
+            .get("zen-lead-candidate-default")
             .await
-            .expect("binding b");
+            .expect("binding for default");
         assert_eq!(rb.subjects.unwrap_or_default().len(), 1);
+        // Both pools' Leases for the one account; a deleted policy's Lease
+        // leaves the grant.
+        let roles = Api::<Role>::namespaced(client.clone(), &ns);
+        let granted = |want: Vec<&'static str>| {
+            let roles = roles.clone();
+            async move {
+                common::eventually(&format!("Role grants {want:?}"), LIMIT, || {
+                    let roles = roles.clone();
+                    let want = want.clone();
+                    async move {
+                        let r = roles
+                            .get("zen-lead-candidate-default")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let names = r
+                            .rules
+                            .unwrap_or_default()
+                            .first()
+                            .and_then(|r| r.resource_names.clone())
+                            .unwrap_or_default();
+                        (names == want).then_some(()).ok_or(format!("{names:?}"))
+                    }
+                })
+                .await;
+            }
+        };
+        granted(vec!["a", "b"]).await;
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .delete("b", &Default::default())
+            .await
+            .expect("delete policy b");
+        granted(vec!["a"]).await;
     })
     .await;
 }

@@ -7,12 +7,14 @@
 //! - [`cache`]: the scoped watches and what a change queues.
 //! - [`queue`]: the de-duplicating pool queue.
 //! - [`reconcile`]: one pool's observe-decide-write pass.
+//! - [`rbac`]: the candidates' Lease RBAC, one Role per ServiceAccount.
 //! - [`runner`]: the controller Lease and the workers.
 
 pub mod cache;
 pub mod decide;
 pub mod metrics;
 pub mod queue;
+pub mod rbac;
 pub mod reconcile;
 pub mod runner;
 

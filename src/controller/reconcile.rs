@@ -11,7 +11,6 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, EvictParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -27,6 +26,7 @@ use super::decide::{
 };
 use super::metrics::Metrics;
 use super::queue::PoolKey;
+use super::rbac;
 use crate::api::keys::{
     CANDIDATE_READINESS_GATE, FIELD_MANAGER, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION,
     PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RESTORE_FINALIZER,
@@ -74,7 +74,7 @@ impl ReconcileError {
     }
 }
 
-fn api_err(
+pub(super) fn api_err(
     action: &'static str,
     kind: &'static str,
     namespace: &str,
@@ -91,7 +91,7 @@ fn api_err(
     }
 }
 
-fn is_status(err: &kube::Error, code: u16) -> bool {
+pub(super) fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(e) if e.code == code)
 }
 
@@ -107,8 +107,6 @@ struct PoolMemory {
     last_holder_seen: Option<(String, i32)>,
     /// Pods this controller labelled leader (the cache may lag behind).
     leaders: BTreeSet<String>,
-    /// Hash of the Role/RoleBinding last applied.
-    rbac: Option<u64>,
     /// Fingerprint of the last scaleDown check, and when.
     scale_checked: Option<(u64, Instant)>,
     scale_outcome: Option<Result<String, (&'static str, String)>>,
@@ -131,6 +129,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub evict_uninjected: bool,
     memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+    /// Candidate RBAC per ServiceAccount (see [`rbac`]).
+    pub(super) rbac: rbac::Writer,
 }
 
 /// Re-check scaleDown at least this often even without changes.
@@ -157,6 +157,7 @@ impl Context {
             metrics,
             evict_uninjected,
             memory: Mutex::new(HashMap::new()),
+            rbac: rbac::Writer::default(),
         }
     }
 
@@ -192,12 +193,14 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
     match policy {
         None => {
             orphan(ctx, key, &pods).await?;
+            rbac::sync_pool(ctx, key, &[]).await?;
             ctx.forget(key);
             Ok(None)
         }
         Some(p) if p.meta().deletion_timestamp.is_some() => {
             finalize(ctx, key, &p).await?;
             orphan(ctx, key, &pods).await?;
+            rbac::sync_pool(ctx, key, &[]).await?;
             Ok(None)
         }
         Some(p) => active(ctx, key, &p, &pods).await,
@@ -249,9 +252,10 @@ async fn active(
     let (policy_ready, lease) = match policy.spec.timings() {
         Err(err) => (Err(("InvalidTimings", err.to_string())), None),
         Ok(timings) => {
+            let accounts = decide::service_accounts(&views);
             let (lease, rbac) = tokio::join!(
                 ensure_lease(ctx, key, policy, timings),
-                ensure_rbac(ctx, key, policy, &views)
+                rbac::sync_pool(ctx, key, &accounts)
             );
             rbac?;
             match lease {
@@ -778,90 +782,9 @@ async fn write_status(
     }
 }
 
-/// Name of the Role and RoleBinding that let a pool's agents use its Lease.
-pub fn rbac_name(pool: &str) -> String {
-    format!("zen-lead-{pool}")
-}
-
-/// Verbs the pool's candidates get on their Lease. `list` is needed
-/// because the agent lists with `metadata.name=<lease>` before watching,
-/// which RBAC matches against resourceNames.
-pub const CANDIDATE_VERBS: &[&str] = &["get", "list", "watch", "update", "patch"];
-
-async fn ensure_rbac(
-    ctx: &Context,
-    key: &PoolKey,
-    policy: &LeaderPolicy,
-    pods: &[PodView],
-) -> Result<(), ReconcileError> {
-    let accounts = decide::service_accounts(pods);
-    let owner = owner_ref(policy);
-    let name = rbac_name(&key.name);
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (&accounts, &owner.uid, &name).hash(&mut hasher);
-    let fingerprint = hasher.finish();
-    if ctx.with_memory(key, |m| m.rbac == Some(fingerprint)) {
-        return Ok(());
-    }
-    let labels = BTreeMap::from([(LEASE_POLICY_LABEL.to_owned(), key.name.clone())]);
-    let meta = ObjectMeta {
-        name: Some(name.clone()),
-        namespace: Some(key.namespace.clone()),
-        labels: Some(labels),
-        owner_references: Some(vec![owner]),
-        ..ObjectMeta::default()
-    };
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
-            resources: Some(vec!["leases".to_owned()]),
-            resource_names: Some(vec![key.name.clone()]),
-            verbs: CANDIDATE_VERBS.iter().map(|v| (*v).to_owned()).collect(),
-            ..PolicyRule::default()
-        }]),
-    };
-    let binding = RoleBinding {
-        metadata: meta,
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "Role".to_owned(),
-            name: name.clone(),
-        },
-        subjects: Some(
-            accounts
-                .iter()
-                .map(|sa| Subject {
-                    kind: "ServiceAccount".to_owned(),
-                    name: sa.clone(),
-                    namespace: Some(key.namespace.clone()),
-                    ..Subject::default()
-                })
-                .collect(),
-        ),
-    };
-    // First pass since start: a plain create is much cheaper for the API
-    // server than an apply; an existing object (a restart) gets the apply.
-    let first = ctx.with_memory(key, |m| m.rbac.is_none());
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    create_or_apply(&roles, first, &role, "Role", &key.namespace, &name).await?;
-    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    create_or_apply(
-        &bindings,
-        first,
-        &binding,
-        "RoleBinding",
-        &key.namespace,
-        &name,
-    )
-    .await?;
-    ctx.with_memory(key, |m| m.rbac = Some(fingerprint));
-    Ok(())
-}
-
 /// Creates `obj`, or (when it exists, or `try_create` is false) applies it
 /// server-side with zen-lead's field manager.
-async fn create_or_apply<K>(
+pub(super) async fn create_or_apply<K>(
     api: &Api<K>,
     try_create: bool,
     obj: &K,
