@@ -383,6 +383,91 @@ async fn a_hand_off_stops_writes_before_the_lease_is_released() {
     .await;
 }
 
+/// SIGSTOP stands in for a partition or a stalled node: a write the app
+/// sends while its agent is paused is refused when the agent resumes after
+/// its term's deadline (another candidate holds the Lease by then), whether
+/// or not the election task has run since: the gate compares the term's
+/// deadline with the clock on every request.
+#[tokio::test]
+async fn a_paused_leader_refuses_writes_when_it_resumes() {
+    let client = client().await;
+    with_namespace(&client, "gate-p", |client, ns| async move {
+        let (agent, tokens) = follower(&client, &ns, "pause", &[]).await;
+        make_leader(&client, &ns, &agent).await;
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
+        let ok = h1
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", cm("before"))),
+            )
+            .await
+            .expect("POST");
+        assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
+
+        agent.signal("-STOP");
+        // The app keeps running and writes; the paused gate cannot answer yet.
+        let pending = {
+            let token = tokens.app.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                h1.send(
+                    Method::POST,
+                    &path,
+                    Some(&token),
+                    Some(("application/json", cm("during"))),
+                )
+                .await
+            })
+        };
+        // Past leaseDuration: another candidate may take the Lease (by CAS).
+        tokio::time::sleep(Duration::from_secs(LEASE as u64 + 1)).await;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let mut lease = leases.get("pool").await.expect("get Lease");
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some("successor".into());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.lease_duration_seconds = Some(3600);
+        leases
+            .replace("pool", &PostParams::default(), &lease)
+            .await
+            .expect("successor takes the Lease");
+        agent.signal("-CONT");
+
+        let during = common::wait_for(
+            "the paused write's answer",
+            Duration::from_secs(30),
+            pending,
+        )
+        .await
+        .expect("task")
+        .expect("answer");
+        assert_standby_refusal(&during, "a write sent while the agent was paused");
+        let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
+        let after = h1
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", cm("after"))),
+            )
+            .await
+            .expect("POST");
+        assert_standby_refusal(&after, "a write after the pause");
+        let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        for name in ["during", "after"] {
+            assert!(
+                admin_cms.get_opt(name).await.expect("get").is_none(),
+                "{name} was written"
+            );
+        }
+        agent.wait_leading(false, Duration::from_secs(10)).await;
+    })
+    .await;
+}
+
 /// kube-rs 5 retries 503 with `Retry-After` by default (its
 /// `RetryPolicy::server_retry`: up to 15 attempts, honouring the header): a
 /// write started in a follower completes once the pod leads.
