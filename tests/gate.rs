@@ -383,6 +383,57 @@ async fn a_hand_off_stops_writes_before_the_lease_is_released() {
     .await;
 }
 
+/// With `--gate-state-dir` a restarted agent container keeps its CA, so an
+/// app that loaded `ca.crt` before the restart still trusts the gate.
+#[tokio::test]
+async fn a_restarted_agent_is_trusted_with_the_ca_loaded_before() {
+    let client = client().await;
+    with_namespace(&client, "gate-s", |client, ns| async move {
+        let state = scratch("state-keep");
+        let _ = std::fs::remove_dir_all(&state);
+        let state_arg = state.to_string_lossy().into_owned();
+        let (mut agent, tokens) =
+            follower(&client, &ns, "restart", &["--gate-state-dir", &state_arg]).await;
+        let loaded_before = agent.gate_ca();
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let mut h1 = RawConn::open(agent.gate, &loaded_before, false).await;
+        let ok = h1
+            .send(Method::GET, &path, Some(&tokens.app), None)
+            .await
+            .expect("GET");
+        assert_eq!(ok.status, StatusCode::OK);
+
+        agent.restart();
+        agent.wait_serving(START_LIMIT).await;
+        // A new connection verified with the CA read before the restart.
+        let tls = fixture::tls_connect(
+            agent.gate,
+            &loaded_before,
+            "kubernetes.default.svc",
+            &[b"h2"],
+        )
+        .await;
+        assert!(
+            tls.is_ok(),
+            "the restarted gate is not trusted through the old ca.crt: {:?}",
+            tls.err()
+        );
+        let mut h2 = RawConn::open(agent.gate, &loaded_before, true).await;
+        let ok = h2
+            .send(Method::GET, &path, Some(&tokens.app), None)
+            .await
+            .expect("GET");
+        assert_eq!(ok.status, StatusCode::OK);
+        assert!(
+            agent.log_text().contains("reusing the CA key"),
+            "{}",
+            agent.log_text()
+        );
+        let _ = std::fs::remove_dir_all(&state);
+    })
+    .await;
+}
+
 /// SIGSTOP stands in for a partition or a stalled node: a write the app
 /// sends while its agent is paused is refused when the agent resumes after
 /// its term's deadline (another candidate holds the Lease by then), whether

@@ -252,6 +252,7 @@ pub struct AgentOpts<'a> {
 /// `agent` token, its gate forwards to the cluster's API server.
 pub struct GateAgent {
     child: Child,
+    command: Command,
     pub gate: SocketAddr,
     pub http: SocketAddr,
     pub dir: PathBuf,
@@ -296,7 +297,8 @@ impl GateAgent {
         let log = dir.join("agent.log");
         let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("agent log: {e}"));
         let upstream = opts.upstream.unwrap_or_else(|| opts.cluster.server.clone());
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .env("KUBECONFIG", &agent_kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
@@ -325,12 +327,14 @@ impl GateAgent {
             .arg(&source_dir)
             .args(["--gate-upstream", &upstream])
             .args(&opts.extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        let child = command
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN} agent: {e}"));
         GateAgent {
             child,
+            command,
             gate,
             http,
             dir,
@@ -340,6 +344,22 @@ impl GateAgent {
             log,
             cluster_ca: opts.cluster.ca_pem.clone(),
         }
+    }
+
+    /// A container restart: the process is killed and started again with
+    /// the same flags, directories and identity.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("agent log: {e}"));
+        self.child = self
+            .command
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot restart {BIN} agent: {e}"));
     }
 
     pub fn log_text(&self) -> String {

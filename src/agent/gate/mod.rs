@@ -12,13 +12,14 @@
 //! The agent's own API access (its election) does not go through the gate:
 //! it uses the real service-account mount.
 
+pub mod certs;
 pub mod classify;
 pub mod metrics;
 pub mod proxy;
 pub mod sa_dir;
 pub mod upstream;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +112,14 @@ pub struct GateArgs {
     #[arg(long, env = "ZEN_LEAD_GATE_UPSTREAM_CA", value_name = "FILE")]
     pub gate_upstream_ca: Option<PathBuf>,
 
+    /// `api` activation: a directory only the agent mounts (e.g. an
+    /// emptyDir) where the gate keeps its CA key, so a restarted agent
+    /// container is still trusted by app containers that loaded ca.crt
+    /// before. Unset: the CA lives in memory and a restarted agent makes a
+    /// new one (running apps then distrust the gate until they restart).
+    #[arg(long, env = "ZEN_LEAD_GATE_STATE_DIR", value_name = "DIR")]
+    pub gate_state_dir: Option<PathBuf>,
+
     /// `api` activation: write classes that pass in every role, comma
     /// separated: `events` (core and events.k8s.io Events), `leases`
     /// (coordination.k8s.io Leases, for the app's own leader election),
@@ -131,8 +140,11 @@ pub enum GateError {
     #[error(transparent)]
     SaDir(#[from] sa_dir::SaDirError),
 
-    #[error("could not make the gate's per-pod certificate: {0}")]
-    Certificate(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Certificate(#[from] certs::CertError),
+
+    #[error("the gate's TLS configuration is unusable: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 
     #[error("could not parse the gate's own certificate: {0}")]
     Pem(#[from] rustls::pki_types::pem::Error),
@@ -156,6 +168,7 @@ pub struct GateConfig {
     pub source_sa_dir: PathBuf,
     pub upstream: Option<String>,
     pub upstream_ca: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub exempt: ExemptSet,
     pub pool: String,
     pub identity: String,
@@ -176,6 +189,7 @@ impl GateConfig {
             source_sa_dir: args.gate_source_sa_dir.clone(),
             upstream: args.gate_upstream.clone().filter(|u| !u.trim().is_empty()),
             upstream_ca: args.gate_upstream_ca.clone(),
+            state_dir: args.gate_state_dir.clone(),
             exempt: ExemptSet::parse(&args.gate_exempt)?,
             pool: pool.to_owned(),
             identity: identity.to_owned(),
@@ -217,14 +231,7 @@ pub async fn start(
         metrics.upstream_connections.clone(),
     )?;
 
-    let certs = crate::tls::generate(&crate::tls::CertRequest {
-        dns_names: CERT_DNS_NAMES.iter().map(|s| (*s).to_owned()).collect(),
-        ip_addresses: vec![
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ],
-        validity: CERT_VALIDITY,
-    })?;
+    let certs = certs::make(config.state_dir.as_deref(), CERT_VALIDITY)?;
     let chain =
         CertificateDer::pem_slice_iter(certs.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes())?;
@@ -245,7 +252,7 @@ pub async fn start(
         target: config.sa_dir.clone(),
         source: config.source_sa_dir.clone(),
         namespace: config.namespace.clone(),
-        ca_pem: certs.ca_cert_pem.clone(),
+        ca_pem: certs.ca_pem.clone(),
     };
     let token = dir.write_all()?;
     tokio::spawn(dir.keep_token_fresh(token, stop.clone()));
@@ -272,7 +279,7 @@ pub async fn start(
     );
     Ok(Running {
         addr,
-        ca_pem: certs.ca_cert_pem,
+        ca_pem: certs.ca_pem,
         ready: Arc::new(AtomicBool::new(true)),
     })
 }
