@@ -535,7 +535,7 @@ async fn pool_lease_status_roles_rbac_and_timing_changes() {
         for v in ["get", "watch", "update", "patch"] {
             assert!(verbs.contains(v), "{verbs:?}");
         }
-        assert_eq!(role.owner_references().first().map(|o| o.name.as_str()), Some("web"));
+        assert_eq!(role.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("zen-lead"));
         let binding = Api::<RoleBinding>::namespaced(client.clone(), &ns).get("zen-lead-candidate-default").await.expect("RoleBinding");
         let subjects: Vec<String> = binding.subjects.unwrap_or_default().iter().map(|s| format!("{}:{}", s.kind, s.name)).collect();
         assert_eq!(subjects, vec!["ServiceAccount:default".to_owned()]);

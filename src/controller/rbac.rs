@@ -6,21 +6,19 @@
 //! account (the common `default`) would otherwise cost two objects, and two
 //! writes, per pool. Writes for one account are coalesced: while one is in
 //! flight, other pools' reconciles only mark the account dirty, and the
-//! writer goes round again with everything the cache shows by then.
+//! writer goes round again (after a short pause, so a burst of new pools
+//! costs a few writes) with everything recorded by then.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ObjectMeta};
-use kube::{Resource, ResourceExt};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use serde_json::json;
 
-use super::cache::Cache;
-use super::decide::{self, PodView};
 use super::queue::PoolKey;
 use super::reconcile::{Context, ReconcileError, api_err, create_or_apply, is_status};
-use crate::api::LeaderPolicy;
 
 /// Verbs candidates get on their Leases. `list` is needed because the agent
 /// lists with `metadata.name=<lease>` before watching, which RBAC matches
@@ -46,94 +44,97 @@ pub fn rbac_name(account: &str) -> String {
     format!("{PREFIX}{}-{hash}", &account[..253 - PREFIX.len() - 13])
 }
 
-/// What is granted to one account, as last written (or to be written).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Grant {
-    /// Pools (= Lease names) the account's candidates may use.
-    pub pools: BTreeSet<String>,
-    /// The policies of those pools, as owners: the objects go with the last.
-    pub owners: Vec<(String, String)>,
-}
-
 #[derive(Debug, Default)]
 struct AccountState {
-    written: Option<Grant>,
+    /// Pools granted by the last successful write (`None`: not written since
+    /// this process started).
+    written: Option<BTreeSet<String>>,
     busy: bool,
     dirty: bool,
 }
 
-/// Per-(namespace, account) write state, shared by the workers.
+#[derive(Debug, Default)]
+struct State {
+    /// (namespace, account) -> pools whose live candidates run as it.
+    wanted: HashMap<(String, String), BTreeSet<String>>,
+    /// Pool -> accounts it was last recorded with.
+    pools: HashMap<PoolKey, BTreeSet<String>>,
+    accounts: HashMap<(String, String), AccountState>,
+}
+
+/// Who needs which Leases, and what was written: shared by the workers.
 #[derive(Debug, Default)]
 pub struct Writer {
-    accounts: Mutex<HashMap<(String, String), AccountState>>,
+    state: Mutex<State>,
 }
+
+/// Pause between two writes of one account's Role, so that the reconciles
+/// of a burst of new pools share writes.
+const COALESCE: Duration = Duration::from_millis(100);
 
 impl Writer {
-    fn with<T>(&self, ns: &str, account: &str, f: impl FnOnce(&mut AccountState) -> T) -> T {
-        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        f(map.entry((ns.to_owned(), account.to_owned())).or_default())
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Accounts in `ns` whose last written grant includes `pool`.
-    fn accounts_granting(&self, ns: &str, pool: &str) -> Vec<String> {
-        let map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter(|((n, _), st)| {
-                n == ns && st.written.as_ref().is_some_and(|g| g.pools.contains(pool))
-            })
-            .map(|((_, a), _)| a.clone())
-            .collect()
+    /// Records that `key`'s live candidates run as `accounts` (empty: the
+    /// pool is gone); returns every account whose grant that may change.
+    fn record(&self, key: &PoolKey, accounts: &[String]) -> BTreeSet<String> {
+        self.with(|st| {
+            let now: BTreeSet<String> = accounts.iter().cloned().collect();
+            let before = st
+                .pools
+                .insert(key.clone(), now.clone())
+                .unwrap_or_default();
+            for gone in before.difference(&now) {
+                if let Some(pools) = st.wanted.get_mut(&(key.namespace.clone(), gone.clone())) {
+                    pools.remove(&key.name);
+                }
+            }
+            for account in &now {
+                st.wanted
+                    .entry((key.namespace.clone(), account.clone()))
+                    .or_default()
+                    .insert(key.name.clone());
+            }
+            before.union(&now).cloned().collect()
+        })
+    }
+
+    fn wanted(&self, ns: &str, account: &str) -> BTreeSet<String> {
+        self.with(|st| {
+            st.wanted
+                .get(&(ns.to_owned(), account.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+
+    fn account<T>(&self, ns: &str, account: &str, f: impl FnOnce(&mut AccountState) -> T) -> T {
+        self.with(|st| {
+            f(st.accounts
+                .entry((ns.to_owned(), account.to_owned()))
+                .or_default())
+        })
     }
 }
 
-/// The grant `account` in `ns` needs now, from the caches: every pool with a
-/// live (not deleting) policy that has a running candidate using it.
-fn desired(cache: &Cache, ns: &str, account: &str) -> Grant {
-    let mut grant = Grant::default();
-    for key in cache.all_pools().into_iter().filter(|k| k.namespace == ns) {
-        let Some(policy) = cache
-            .policy(&key)
-            .filter(|p| p.meta().deletion_timestamp.is_none())
-        else {
-            continue;
-        };
-        let views: Vec<PodView> = cache
-            .pods_of(&key)
-            .iter()
-            .map(|p| PodView::from_pod(p, policy.spec.identity_strategy))
-            .collect();
-        if decide::service_accounts(&views)
-            .iter()
-            .any(|a| a == account)
-        {
-            grant.pools.insert(key.name.clone());
-            grant
-                .owners
-                .push((policy.name_any(), policy.uid().unwrap_or_default()));
-        }
-    }
-    grant.owners.sort();
-    grant
-}
-
-/// Brings the RBAC of every account that `pool`'s candidates use, or that
-/// was granted `pool` before, up to date.
+/// Brings the RBAC of every account that `pool`'s live candidates use (none
+/// when the pool's policy is gone), or used before, up to date.
 pub async fn sync_pool(
     ctx: &Context,
     key: &PoolKey,
     accounts: &[String],
 ) -> Result<(), ReconcileError> {
-    let mut all: BTreeSet<String> = accounts.iter().cloned().collect();
-    all.extend(ctx.rbac.accounts_granting(&key.namespace, &key.name));
-    for account in all {
+    for account in ctx.rbac.record(key, accounts) {
         sync_account(ctx, &key.namespace, &account).await?;
     }
     Ok(())
 }
 
 async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), ReconcileError> {
-    let want = desired(&ctx.cache, ns, account);
-    let claimed = ctx.rbac.with(ns, account, |st| {
+    let mut want = ctx.rbac.wanted(ns, account);
+    let claimed = ctx.rbac.account(ns, account, |st| {
         if st.busy {
             // The writer in flight goes round again and sees this change.
             st.dirty = true;
@@ -148,19 +149,18 @@ async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), Reco
     if !claimed {
         return Ok(());
     }
-    let mut want = want;
     let result = 'write: loop {
-        let first = ctx.rbac.with(ns, account, |st| st.written.is_none());
-        if let Err(err) = write(ctx, ns, account, &want, first).await {
+        let previous = ctx.rbac.account(ns, account, |st| st.written.clone());
+        if let Err(err) = write(ctx, ns, account, &want, previous.as_ref()).await {
             break Err(err);
         }
         ctx.rbac
-            .with(ns, account, |st| st.written = Some(want.clone()));
+            .account(ns, account, |st| st.written = Some(want.clone()));
         // Look again before letting go: changes that arrived while writing
         // (their reconciles only marked the account dirty) are ours to write.
         loop {
-            let next = desired(&ctx.cache, ns, account);
-            let step = ctx.rbac.with(ns, account, |st| {
+            let next = ctx.rbac.wanted(ns, account);
+            let step = ctx.rbac.account(ns, account, |st| {
                 if next != want {
                     Step::Write
                 } else if st.dirty {
@@ -173,7 +173,8 @@ async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), Reco
             });
             match step {
                 Step::Write => {
-                    want = next;
+                    tokio::time::sleep(COALESCE).await;
+                    want = ctx.rbac.wanted(ns, account);
                     continue 'write;
                 }
                 Step::Recheck => continue,
@@ -182,7 +183,7 @@ async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), Reco
         }
     };
     if result.is_err() {
-        ctx.rbac.with(ns, account, |st| st.busy = false);
+        ctx.rbac.account(ns, account, |st| st.busy = false);
     }
     result
 }
@@ -193,17 +194,19 @@ enum Step {
     Done,
 }
 
+/// Writes `pools` as `account`'s grant. `previous` is the last grant this
+/// process wrote (`None`: nothing yet, so the objects may or may not exist).
 async fn write(
     ctx: &Context,
     ns: &str,
     account: &str,
-    grant: &Grant,
-    first: bool,
+    pools: &BTreeSet<String>,
+    previous: Option<&BTreeSet<String>>,
 ) -> Result<(), ReconcileError> {
     let name = rbac_name(account);
     let roles: Api<Role> = Api::namespaced(ctx.client.clone(), ns);
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), ns);
-    if grant.pools.is_empty() {
+    if pools.is_empty() {
         // Nobody left to grant: remove both (404: already gone).
         for result in [
             bindings
@@ -223,26 +226,37 @@ async fn write(
         }
         return Ok(());
     }
-    let (role, binding) = objects(ns, account, grant);
-    create_or_apply(&roles, first, &role, "Role", ns, &name).await?;
-    create_or_apply(&bindings, first, &binding, "RoleBinding", ns, &name).await
+    let (role, binding) = objects(ns, account, pools);
+    match previous {
+        // Both exist as this process wrote them: only the Role's rule
+        // changes, and a merge patch of it is the cheapest write there is.
+        Some(before) if !before.is_empty() => {
+            let patch = json!({ "rules": role.rules });
+            match roles
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Deleted behind our back: create both again.
+                Err(err) if is_status(&err, 404) => {
+                    create_or_apply(&roles, true, &role, "Role", ns, &name).await?;
+                    create_or_apply(&bindings, true, &binding, "RoleBinding", ns, &name).await
+                }
+                Err(err) => Err(api_err("update", "Role", ns, &name)(err)),
+            }
+        }
+        _ => {
+            create_or_apply(&roles, true, &role, "Role", ns, &name).await?;
+            create_or_apply(&bindings, true, &binding, "RoleBinding", ns, &name).await
+        }
+    }
 }
 
-/// Pure: the Role and RoleBinding for `account`'s grant.
-pub fn objects(ns: &str, account: &str, grant: &Grant) -> (Role, RoleBinding) {
+/// Pure: the Role and RoleBinding granting `account` the Leases `pools`.
+/// No owner references: they would change with every pool; the controller
+/// deletes both when no pool needs them.
+pub fn objects(ns: &str, account: &str, pools: &BTreeSet<String>) -> (Role, RoleBinding) {
     let name = rbac_name(account);
-    let owners = grant
-        .owners
-        .iter()
-        .map(|(policy, uid)| OwnerReference {
-            api_version: LeaderPolicy::api_version(&()).into_owned(),
-            kind: LeaderPolicy::kind(&()).into_owned(),
-            name: policy.clone(),
-            uid: uid.clone(),
-            controller: None,
-            block_owner_deletion: None,
-        })
-        .collect();
     let meta = ObjectMeta {
         name: Some(name.clone()),
         namespace: Some(ns.to_owned()),
@@ -250,7 +264,6 @@ pub fn objects(ns: &str, account: &str, grant: &Grant) -> (Role, RoleBinding) {
             MANAGED_LABEL.to_owned(),
             "zen-lead".to_owned(),
         )])),
-        owner_references: Some(owners),
         ..ObjectMeta::default()
     };
     let role = Role {
@@ -258,7 +271,7 @@ pub fn objects(ns: &str, account: &str, grant: &Grant) -> (Role, RoleBinding) {
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
             resources: Some(vec!["leases".to_owned()]),
-            resource_names: Some(grant.pools.iter().cloned().collect()),
+            resource_names: Some(pools.iter().cloned().collect()),
             verbs: CANDIDATE_VERBS.iter().map(|v| (*v).to_owned()).collect(),
             ..PolicyRule::default()
         }]),
@@ -317,7 +330,6 @@ mod tests {
             ("ServiceAccount", "default")
         );
         assert_eq!(binding.role_ref.name, "zen-lead-candidate-default");
-        assert_eq!(role.metadata.owner_references.map(|o| o.len()), Some(2));
     }
 
     #[test]
