@@ -11,6 +11,11 @@ BIN=${BIN:-target/release/zen-lead}
 KUBECTL=${KUBECTL:-kubectl}
 WEBHOOK_PORT=${WEBHOOK_PORT:-9443}
 ADMIN_PORT=${ADMIN_PORT:-9480}
+# The webhook configuration's name; with ZEN_LEAD_WATCH_NAMESPACE set (the
+# controller's own flag) the webhook is scoped to that namespace too, so a
+# developer loop (or a test) leaves the rest of the cluster alone.
+CONFIG_NAME=${WEBHOOK_CONFIG_NAME:-zen-lead}
+SCOPE=${ZEN_LEAD_WATCH_NAMESPACE:-}
 
 if [ ! -f certs/tls.crt ] || [ ! -f certs/ca.crt ]; then
   "$BIN" certs --out certs --dns localhost --ip 127.0.0.1
@@ -22,7 +27,7 @@ fi
   --tls-cert-file certs/tls.crt --tls-key-file certs/tls.key &
 pid=$!
 cleanup() {
-  "$KUBECTL" delete mutatingwebhookconfiguration zen-lead --ignore-not-found >/dev/null 2>&1 || true
+  "$KUBECTL" delete mutatingwebhookconfiguration "$CONFIG_NAME" --ignore-not-found >/dev/null 2>&1 || true
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
@@ -30,7 +35,7 @@ trap cleanup EXIT INT TERM
 
 # Register only once the webhook answers, so the Fail entry never points at
 # a server that is not there yet.
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   if curl -fsS "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null 2>&1; then break; fi
   if ! kill -0 "$pid" 2>/dev/null; then echo "zen-lead controller exited" >&2; exit 1; fi
   sleep 0.1
@@ -38,7 +43,12 @@ done
 curl -fsS "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null
 
 ca=$(base64 -w0 certs/ca.crt)
-sed -e "s|\${WEBHOOK_PORT}|${WEBHOOK_PORT}|g" -e "s|\${CA_BUNDLE}|${ca}|g" webhook-config/local.yaml \
+scope=(-e "s|^  name: zen-lead\$|  name: ${CONFIG_NAME}|")
+if [ -n "$SCOPE" ]; then
+  scope+=(-e "s|operator: NotIn|operator: In|" \
+          -e "s|values: \[\"kube-system\", \"zen-lead-system\"\]|values: [\"${SCOPE}\"]|")
+fi
+sed -e "s|\${WEBHOOK_PORT}|${WEBHOOK_PORT}|g" -e "s|\${CA_BUNDLE}|${ca}|g" "${scope[@]}" webhook-config/local.yaml \
   | "$KUBECTL" apply -f -
 echo "zen-lead webhook on https://127.0.0.1:${WEBHOOK_PORT}/mutate (admin http://127.0.0.1:${ADMIN_PORT}); Ctrl-C stops it"
 wait "$pid"
