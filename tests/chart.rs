@@ -664,6 +664,32 @@ async fn self_managed_install_serves_the_webhook_runs_the_seed_pool_and_uninstal
             assert_webhook_injects(&client, &app_ns, "zl-any-pool").await;
             seed_pool_elects_a_leader(&client, &app_ns).await;
 
+            // An upgrade rolls the pods but keeps the controller's certificate
+            // and the caBundle (the chart renders the Secret's live data).
+            release.upgrade(&["--set", "podAnnotations.upgraded=yes"]);
+            release.wait_ready(&client, 2).await;
+            let after: Secret = Api::namespaced(client.clone(), &rel_ns)
+                .get(&format!("{}-webhook-tls", release.fullname))
+                .await
+                .unwrap_or_else(|e| panic!("the self-managed Secret: {e}"));
+            assert_eq!(
+                after.data, secret.data,
+                "helm upgrade changed the certificate"
+            );
+            let mwc = mwcs
+                .get(&release.fullname)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            for hook in mwc.webhooks.iter().flatten() {
+                assert_eq!(
+                    hook.client_config.ca_bundle.as_ref(),
+                    Some(&ca),
+                    "{}: caBundle after upgrade",
+                    hook.name
+                );
+            }
+            wait_webhook_reachable(&client, &app_ns).await;
+
             release.uninstall();
             assert_nothing_left(&client, &release, &cache).await;
         })
@@ -909,6 +935,115 @@ async fn cert_manager_mode_with_real_crds_and_a_stand_in_issuer() {
             release.uninstall();
         })
         .await;
+    })
+    .await;
+}
+
+// --- the controller and the chart's placeholder Secret ------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// selfManaged: the chart creates the Secret with empty keys so the release
+/// owns it. A Secret whose keys are empty — also one that still carries the
+/// controller's expiry annotation, as after an older chart's upgrade blanked
+/// it — must make the controller generate a certificate, not fail on it.
+#[tokio::test]
+async fn self_managed_controller_fills_an_emptied_secret() {
+    let client = client().await;
+    with_namespace(&client, "chart-ph", |client, ns| async move {
+        let far = (std::time::SystemTime::now() + Duration::from_secs(300 * 24 * 3600))
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let placeholder = Secret {
+            metadata: ObjectMeta {
+                name: Some("placeholder-tls".to_owned()),
+                annotations: Some(BTreeMap::from([(
+                    zen_lead::webhook::self_managed::NOT_AFTER_ANNOTATION.to_owned(),
+                    far.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/tls".to_owned()),
+            data: Some(BTreeMap::from([
+                ("tls.crt".to_owned(), ByteString(Vec::new())),
+                ("tls.key".to_owned(), ByteString(Vec::new())),
+                // What a blanking upgrade leaves: the keys it renders emptied,
+                // the CA the controller added still there.
+                ("ca.crt".to_owned(), ByteString(b"stale".to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        secrets
+            .create(&PostParams::default(), &placeholder)
+            .await
+            .unwrap_or_else(|e| panic!("placeholder Secret: {e}"));
+        // A webhook configuration without entries: nothing calls it.
+        let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let mwc: MutatingWebhookConfiguration =
+            from_json(json!({"metadata": {"name": ns.clone()}}));
+        mwcs.create(&PostParams::default(), &mwc)
+            .await
+            .unwrap_or_else(|e| panic!("webhook configuration: {e}"));
+        let admin = free_port();
+        let log = std::fs::File::create(cache_dir(&ns).join("controller.log"))
+            .unwrap_or_else(|e| panic!("log: {e}"));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
+            .arg("controller")
+            .args([
+                "--tls-mode",
+                "self-managed",
+                "--namespace",
+                &ns,
+                "--watch-namespace",
+                &ns,
+            ])
+            .args([
+                "--webhook-config-name",
+                &ns,
+                "--tls-secret",
+                "placeholder-tls",
+            ])
+            .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .env("KUBECONFIG", common::kubeconfig_path())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start zen-lead controller: {e}"));
+        eventually(
+            "the controller's /readyz",
+            Duration::from_secs(60),
+            || async move {
+                common::http_ok("127.0.0.1", admin, "GET", "/readyz")
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .await;
+        let filled = secrets
+            .get("placeholder-tls")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let data = filled.data.unwrap_or_default();
+        for key in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(
+                data.get(key)
+                    .is_some_and(|v| v.0.starts_with(b"-----BEGIN")),
+                "{key} was not generated"
+            );
+        }
+        let _ = child.kill().await;
+        mwcs.delete(&ns, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting the webhook configuration: {e}"));
     })
     .await;
 }

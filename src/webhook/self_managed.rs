@@ -171,7 +171,8 @@ impl Manager {
 
     fn material_of(&self, secret: &Secret) -> Option<Material> {
         let data = secret.data.as_ref()?;
-        let get = |k: &str| data.get(k).map(|b| b.0.clone());
+        // An empty key (e.g. the chart's placeholder Secret) means "generate".
+        let get = |k: &str| data.get(k).filter(|b| !b.0.is_empty()).map(|b| b.0.clone());
         let not_after = secret
             .metadata
             .annotations

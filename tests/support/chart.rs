@@ -159,6 +159,23 @@ impl Release {
         }
     }
 
+    /// `helm upgrade --reuse-values --wait` with `extra` flags.
+    pub fn upgrade(&self, extra: &[&str]) {
+        let mut args = vec![
+            "upgrade",
+            &self.name,
+            CHART,
+            "--namespace",
+            &self.namespace,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "180s",
+        ];
+        args.extend_from_slice(extra);
+        helm_ok(&args);
+    }
+
     /// `helm uninstall --wait`.
     pub fn uninstall(&mut self) {
         helm_ok(&[
