@@ -714,7 +714,7 @@ fn cert_manager_module() -> PathBuf {
         ))
         .env("GOMODCACHE", base.join("modcache"))
         .env("GOPATH", base.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
+        .env("GOFLAGS", "-mod=mod -modcacherw")
         .current_dir(std::env::temp_dir())
         .output()
         .unwrap_or_else(|e| panic!("cannot run go ({e}); the cluster build needs it too"));
@@ -941,6 +941,24 @@ async fn cert_manager_mode_with_real_crds_and_a_stand_in_issuer() {
 
 // --- the controller and the chart's placeholder Secret ------------------------
 
+/// Deletes a cluster-scoped webhook configuration when dropped, so a failed
+/// test leaves none behind.
+struct DeleteWebhookConfig(String);
+
+impl Drop for DeleteWebhookConfig {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.0,
+                "--ignore-not-found",
+            ],
+            &cache_dir(&self.0),
+        );
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -991,6 +1009,7 @@ async fn self_managed_controller_fills_an_emptied_secret() {
         mwcs.create(&PostParams::default(), &mwc)
             .await
             .unwrap_or_else(|e| panic!("webhook configuration: {e}"));
+        let _cleanup = DeleteWebhookConfig(ns.clone());
         let admin = free_port();
         let log = std::fs::File::create(cache_dir(&ns).join("controller.log"))
             .unwrap_or_else(|e| panic!("log: {e}"));
@@ -1041,9 +1060,6 @@ async fn self_managed_controller_fills_an_emptied_secret() {
             );
         }
         let _ = child.kill().await;
-        mwcs.delete(&ns, &DeleteParams::default())
-            .await
-            .unwrap_or_else(|e| panic!("deleting the webhook configuration: {e}"));
     })
     .await;
 }
