@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/livez` | 200 while the process runs |
 //! | `/readyz` | 200 once the Lease watch is established and the Lease's state is known |
-//! | `/startz` | `start` activation: 200 only while this pod leads; `api` activation: 200 once the API gate serves (the startup probe that holds back the app containers) |
+//! | `/startz` | `start` activation: 200 only while this pod leads (a follower's request is held up to 800 ms, answered the moment it leads); `api` activation: 200 once the API gate serves (the startup probe that holds back the app containers) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
 //! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
 //! | `/metrics` | Prometheus/OpenMetrics |
@@ -144,12 +144,27 @@ async fn startz(Extract(state): Extract<State>) -> Response {
                 .into_response()
         };
     }
-    if state.status.borrow().leading_at(Instant::now()) {
-        (StatusCode::OK, "leading\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not leading\n").into_response()
+    // Long poll: the kubelet probes at most once a second, so a follower's
+    // probe waits up to STARTZ_HOLD for leadership instead of failing at
+    // once. Taking over then starts the app within one watch event, not at
+    // the next probe tick (up to a second later).
+    let mut status = state.status.clone();
+    let until = Instant::now() + STARTZ_HOLD;
+    loop {
+        if status.borrow_and_update().leading_at(Instant::now()) {
+            return (StatusCode::OK, "leading\n").into_response();
+        }
+        match tokio::time::timeout_at(until, status.changed()).await {
+            Ok(Ok(())) => {}
+            // Held long enough, or the election is gone.
+            _ => return (StatusCode::SERVICE_UNAVAILABLE, "not leading\n").into_response(),
+        }
     }
 }
+
+/// How long `/startz` holds a follower's probe, waiting to lead: below the
+/// injected probe's 1 s timeout, so the answer is a plain 503, not a timeout.
+pub const STARTZ_HOLD: Duration = Duration::from_millis(800);
 
 async fn leader(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
     let wants_stream = headers
@@ -246,6 +261,33 @@ mod tests {
             ..LeaderStatus::default()
         });
         assert!(!s.view().leading);
+    }
+
+    #[tokio::test]
+    async fn startz_answers_as_soon_as_the_pod_leads_and_gives_up_after_the_hold() {
+        let (tx, s) = state(LeaderStatus::default());
+        let started = Instant::now();
+        let probe = tokio::spawn(startz(Extract(s.clone())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(LeaderStatus {
+            leading: true,
+            lead_until: Some(Instant::now() + Duration::from_secs(5)),
+            ..LeaderStatus::default()
+        });
+        let reply = probe.await.expect("probe task");
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < STARTZ_HOLD,
+            "answered on the change, not at the end of the hold"
+        );
+
+        let (_tx, s) = state(LeaderStatus::default());
+        let started = Instant::now();
+        assert_eq!(
+            startz(Extract(s)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(started.elapsed() >= STARTZ_HOLD);
     }
 
     #[test]

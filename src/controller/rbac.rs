@@ -299,14 +299,8 @@ mod tests {
 
     #[test]
     fn objects_grant_only_the_named_leases_to_only_the_account() {
-        let grant = Grant {
-            pools: BTreeSet::from(["a".to_owned(), "b".to_owned()]),
-            owners: vec![
-                ("a".to_owned(), "u1".to_owned()),
-                ("b".to_owned(), "u2".to_owned()),
-            ],
-        };
-        let (role, binding) = objects("ns", "default", &grant);
+        let pools = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        let (role, binding) = objects("ns", "default", &pools);
         let rules = role.rules.unwrap_or_default();
         assert_eq!(rules.len(), 1);
         assert_eq!(
