@@ -556,6 +556,72 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// Every path of up to four segments (after a few real prefixes) from an
+    /// alphabet of awkward ones
+    /// is classified without panicking (the release build aborts on a
+    /// panic), and the invariants hold: reads stay reads (exec aside), dot
+    /// segments are always refused.
+    #[test]
+    fn no_path_panics_and_invariants_hold() {
+        let alphabet = [
+            "",
+            ".",
+            "..",
+            "api",
+            "apis",
+            "v1",
+            "namespaces",
+            "ns",
+            "events",
+            "pods",
+            "exec",
+            "status",
+            "watch",
+            "%2e",
+            "proxy",
+            "coordination.k8s.io",
+            "leases",
+        ];
+        let exempt = ExemptSet::parse("events,leases").expect("exempt");
+        // Grow from the root and from real prefixes, four segments deep, so
+        // names and subresources are reached too.
+        let prefixes: [&[&str]; 4] = [
+            &[],
+            &["api", "v1"],
+            &["api", "v1", "namespaces", "ns"],
+            &["apis", "coordination.k8s.io", "v1", "namespaces", "ns"],
+        ];
+        let mut stack: Vec<(usize, Vec<&str>)> =
+            prefixes.iter().map(|p| (p.len(), p.to_vec())).collect();
+        let mut checked = 0usize;
+        while let Some((base, segments)) = stack.pop() {
+            let path = format!("/{}", segments.join("/"));
+            for method in [Method::GET, Method::POST, Method::DELETE] {
+                let verdict = classify(&method, &path, Some("dryRun=None"), &exempt);
+                checked += 1;
+                if segments.iter().any(|s| *s == "." || *s == "..") {
+                    assert!(verdict.is_err(), "{method} {path}: {verdict:?}");
+                }
+                if method == Method::GET
+                    && let Ok(v) = verdict
+                {
+                    assert!(
+                        v == Verdict::Read || (v == Verdict::Write && segments.contains(&"exec")),
+                        "{method} {path}: {v:?}"
+                    );
+                }
+            }
+            if segments.len() < base + 4 {
+                for next in alphabet {
+                    let mut longer = segments.clone();
+                    longer.push(next);
+                    stack.push((base, longer));
+                }
+            }
+        }
+        assert!(checked > 500_000, "{checked}");
+    }
+
     #[test]
     fn exempt_list_parsing() {
         assert_eq!(ExemptSet::parse("").expect("empty"), ExemptSet::default());
