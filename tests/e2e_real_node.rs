@@ -348,6 +348,25 @@ async fn start_activation_runs_the_app_only_in_the_leader() {
         println!(
             "e2e: leader pod deleted -> next app started in {takeover_ms:.0} ms (goal: 2000 ms)"
         );
+        // Where the time went: the kubelet's reaction, the old app's exit,
+        // and the hand-over to the next app.
+        let old_event = |event: &str| {
+            std::fs::read_to_string(dir.join("log"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["name"] == leader.as_str() && v["event"] == event)
+                .filter_map(|v| v["mono"].as_i64())
+                .find(|m| *m > t0)
+        };
+        if let (Some(term), Some(stop)) = (old_event("sigterm"), old_event("stop")) {
+            println!(
+                "e2e: delete -> old app SIGTERM {:.0} ms; SIGTERM -> old app exit {:.0} ms; old app exit -> next app start {:.0} ms",
+                (term - t0) as f64 / 1e6,
+                (stop - term) as f64 / 1e6,
+                (next.start - stop) as f64 / 1e6
+            );
+        }
         assert_no_overlap(&runs(&dir));
         // Generous bound: the figure above is what we report; a loaded machine must not fail the test.
         assert!(takeover_ms < 15_000.0, "takeover took {takeover_ms:.0} ms");
