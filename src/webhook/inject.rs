@@ -51,6 +51,9 @@ pub mod agent_env {
     pub const IDENTITY: &str = "ZEN_LEAD_IDENTITY";
     /// `api` turns the agent's API gate on; absent means `start`.
     pub const ACTIVATION: &str = "ZEN_LEAD_ACTIVATION";
+    /// Where the gate keeps its CA key (`--gate-state-dir`), so a restarted
+    /// agent container is still trusted by apps that loaded `ca.crt` before.
+    pub const GATE_STATE_DIR: &str = "ZEN_LEAD_GATE_STATE_DIR";
 }
 
 /// Where the app's in-cluster client finds the API server and its
@@ -73,6 +76,12 @@ pub mod api_wiring {
     pub const GATE_SA_DIR: &str = "/var/run/zen-lead/serviceaccount";
     /// The in-memory volume holding that directory, shared with the app.
     pub const GATE_SA_VOLUME: &str = "zen-lead-serviceaccount";
+    /// Where the agent keeps the gate's CA private key across restarts of
+    /// its container (`zen-lead agent --gate-state-dir`).
+    pub const GATE_STATE_DIR: &str = "/var/run/zen-lead/gate-state";
+    /// The in-memory volume holding that directory. Mounted into the agent
+    /// only: an app that could read the key could impersonate the gate.
+    pub const GATE_STATE_VOLUME: &str = "zen-lead-gate-state";
     /// The agent's own token volume, added only when the pod has none
     /// (`automountServiceAccountToken: false` on the pod or its ServiceAccount).
     pub const AGENT_TOKEN_VOLUME: &str = "zen-lead-api-access";
@@ -727,9 +736,19 @@ pub fn agent_container(
             mount_path: GATE_SA_DIR.to_owned(),
             ..VolumeMount::default()
         });
+        mounts.push(VolumeMount {
+            name: GATE_STATE_VOLUME.to_owned(),
+            mount_path: GATE_STATE_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
         extra_env.push(EnvVar {
             name: agent_env::ACTIVATION.to_owned(),
             value: Some("api".to_owned()),
+            ..EnvVar::default()
+        });
+        extra_env.push(EnvVar {
+            name: agent_env::GATE_STATE_DIR.to_owned(),
+            value: Some(GATE_STATE_DIR.to_owned()),
             ..EnvVar::default()
         });
     }
@@ -872,6 +891,11 @@ fn injection_patch(
     if activation == Activation::Api {
         volumes.push(
             json!({"name": GATE_SA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        );
+        // An emptyDir lives as long as the pod, so the CA key outlives
+        // restarts of the agent container, which is all it is for.
+        volumes.push(
+            json!({"name": GATE_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
         );
     }
     if matches!(token, TokenVolume::Absent { .. }) {
@@ -1191,6 +1215,45 @@ mod tests {
                 .and_then(|e| e.medium.as_deref()),
             Some("Memory")
         );
+        // The gate's CA key: a volume of its own, in memory, seen by the
+        // agent only (an app reading it could impersonate the gate).
+        let state_volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == api_wiring::GATE_STATE_VOLUME)
+            .expect("gate state volume");
+        assert_eq!(
+            state_volume
+                .empty_dir
+                .as_ref()
+                .and_then(|e| e.medium.as_deref()),
+            Some("Memory")
+        );
+        assert_eq!(
+            env_of(agent, agent_env::GATE_STATE_DIR),
+            Some(api_wiring::GATE_STATE_DIR)
+        );
+        let mounts_state = |c: &Container| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == api_wiring::GATE_STATE_VOLUME)
+        };
+        assert!(
+            agent
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == api_wiring::GATE_STATE_VOLUME
+                    && m.mount_path == api_wiring::GATE_STATE_DIR
+                    && m.read_only != Some(true)),
+            "agent mounts its state dir read-write"
+        );
+        for c in inits[1..].iter().chain(&spec.containers) {
+            assert!(!mounts_state(c), "{} must not see the CA key", c.name);
+            assert_eq!(env_of(c, agent_env::GATE_STATE_DIR), None, "{}", c.name);
+        }
         assert_eq!(
             injected
                 .metadata
