@@ -256,6 +256,8 @@ async fn follower_reads_pass_and_writes_are_refused() {
 
         let metrics = agent.metrics().await;
         assert!(metric(&metrics, "zen_lead_gate_refused_writes_total") >= 5.0, "{metrics}");
+        // Each was held for the default --gate-hold (2 s) first.
+        assert!(metric(&metrics, "zen_lead_gate_held_writes_total{outcome=\"refused\"}") >= 5.0, "{metrics}");
         assert!(metric(&metrics, "zen_lead_gate_requests_total{class=\"read\",outcome=\"passed\"}") >= 4.0, "{metrics}");
         assert!(metric(&metrics, "zen_lead_gate_requests_total{class=\"write\",outcome=\"invalid\"}") >= 1.0, "{metrics}");
         // Tokens never reach the log.
@@ -562,6 +564,111 @@ async fn kube_rs_retries_a_refused_write_until_the_pod_leads() {
             "kube-rs retried {refused} refused attempts; the write completed {:?} after it started",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// A standby's write held by the gate (`--gate-hold`) when the pod starts to
+/// lead is forwarded at once, inside the new term: the client, a raw
+/// connection with no retries at all, gets one answer, 201. With
+/// `--gate-hold 0s` the same write is refused at once.
+#[tokio::test]
+async fn a_held_write_passes_when_the_pod_leads_without_a_client_retry() {
+    let client = client().await;
+    with_namespace(&client, "gate-h", |client, ns| async move {
+        let (agent, tokens) = follower(&client, &ns, "hold", &["--gate-hold", "60s"]).await;
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let mut h2 = RawConn::open(agent.gate, &agent.gate_ca(), true).await;
+        let pending = {
+            let token = tokens.app.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                h2.send(
+                    Method::POST,
+                    &path,
+                    Some(&token),
+                    Some(("application/json", cm("held"))),
+                )
+                .await
+            })
+        };
+        eventually("the write to be held", Duration::from_secs(30), || async {
+            let waiting = metric(&agent.metrics().await, "zen_lead_gate_writes_waiting");
+            if waiting >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{waiting} waiting"))
+            }
+        })
+        .await;
+        let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            admin_cms.get_opt("held").await.expect("get").is_none(),
+            "written while a standby"
+        );
+        let freed = tokio::time::Instant::now();
+        make_leader(&client, &ns, &agent).await;
+        let answer = common::wait_for("the held write's answer", Duration::from_secs(60), pending)
+            .await
+            .expect("task")
+            .expect("answer");
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+        eprintln!(
+            "held write answered {:?} after the Lease was freed",
+            freed.elapsed()
+        );
+        assert!(
+            admin_cms.get_opt("held").await.expect("get").is_some(),
+            "the held create is missing"
+        );
+        let metrics = agent.metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "zen_lead_gate_held_writes_total{outcome=\"passed\"}"
+            ),
+            1.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(&metrics, "zen_lead_gate_refused_writes_total"),
+            0.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(&metrics, "zen_lead_gate_writes_waiting"),
+            0.0,
+            "{metrics}"
+        );
+    })
+    .await;
+
+    with_namespace(&client, "gate-h0", |client, ns| async move {
+        let (agent, tokens) = follower(&client, &ns, "hold0", &["--gate-hold", "0s"]).await;
+        let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let refused = h1
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", cm("now"))),
+            )
+            .await
+            .expect("POST");
+        assert_standby_refusal(&refused, "a write with --gate-hold 0s");
+        let metrics = agent.metrics().await;
+        assert_eq!(
+            metric(&metrics, "zen_lead_gate_refused_writes_total"),
+            1.0,
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("zen_lead_gate_held_writes_total{"),
+            "held with 0s: {metrics}"
+        );
+        let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        assert!(admin_cms.get_opt("now").await.expect("get").is_none());
     })
     .await;
 }

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// `class` label: what kind of request it was.
@@ -31,6 +32,33 @@ pub enum Outcome {
     Cut,
 }
 
+/// How a standby's write that waited for leadership ended (`outcome` of
+/// `zen_lead_gate_held_writes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldOutcome {
+    /// The pod led before the hold ended: forwarded.
+    Passed,
+    /// The hold ended without leadership: refused (503).
+    Refused,
+    /// Too many writes were already waiting: refused at once, not held.
+    Full,
+}
+
+impl HeldOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            HeldOutcome::Passed => "passed",
+            HeldOutcome::Refused => "refused",
+            HeldOutcome::Full => "full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Labels {
     class: &'static str,
@@ -41,6 +69,9 @@ struct Labels {
 pub struct GateMetrics {
     requests: Family<Labels, Counter>,
     pub refused_writes: Counter,
+    held_writes: Family<HeldLabels, Counter>,
+    /// Standby writes waiting for leadership right now.
+    pub writes_waiting: Gauge,
     /// TLS connections accepted from the app.
     pub connections: Counter,
     /// Connections opened to the API server (pooled and upgrades).
@@ -61,6 +92,18 @@ impl GateMetrics {
             self.refused_writes.clone(),
         );
         registry.register(
+            "gate_held_writes",
+            "Standby writes the API gate held waiting for leadership, by how the hold ended \
+             (passed: the pod led and the write was forwarded; refused: the hold expired; full: too \
+             many writes waiting, refused at once)",
+            self.held_writes.clone(),
+        );
+        registry.register(
+            "gate_writes_waiting",
+            "Standby writes the API gate holds right now, waiting for this pod to lead",
+            self.writes_waiting.clone(),
+        );
+        registry.register(
             "gate_connections",
             "TLS connections the API gate accepted from the app",
             self.connections.clone(),
@@ -70,6 +113,14 @@ impl GateMetrics {
             "Connections the API gate opened to the API server",
             self.upstream_connections.clone(),
         );
+    }
+
+    pub fn held(&self, outcome: HeldOutcome) {
+        self.held_writes
+            .get_or_create(&HeldLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     pub fn count(&self, class: RequestClass, outcome: Outcome) {

@@ -120,6 +120,16 @@ pub struct GateArgs {
     #[arg(long, env = "ZEN_LEAD_GATE_STATE_DIR", value_name = "DIR")]
     pub gate_state_dir: Option<PathBuf>,
 
+    /// `api` activation: how long a standby's write waits for this pod to
+    /// lead. It is forwarded the moment the pod leads (inside the new term);
+    /// if the wait ends first it is refused with 503 and Retry-After: 1.
+    /// Spares clients whose retries back off (kube-rs) most of a hand-over's
+    /// delay. `0s` refuses at once. At most 64 writes wait at a time; more
+    /// are refused at once.
+    #[arg(long, env = "ZEN_LEAD_GATE_HOLD", default_value = "2s",
+          value_parser = crate::cli::parse_duration)]
+    pub gate_hold: Duration,
+
     /// `api` activation: write classes that pass in every role, comma
     /// separated: `events` (core and events.k8s.io Events), `leases`
     /// (coordination.k8s.io Leases, for the app's own leader election),
@@ -170,6 +180,8 @@ pub struct GateConfig {
     pub upstream_ca: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub exempt: ExemptSet,
+    /// How long a standby's write waits for this pod to lead.
+    pub hold: Duration,
     pub pool: String,
     pub identity: String,
     /// Written to `namespace` when the source directory has none.
@@ -191,6 +203,7 @@ impl GateConfig {
             upstream_ca: args.gate_upstream_ca.clone(),
             state_dir: args.gate_state_dir.clone(),
             exempt: ExemptSet::parse(&args.gate_exempt)?,
+            hold: args.gate_hold,
             pool: pool.to_owned(),
             identity: identity.to_owned(),
             namespace: namespace.to_owned(),
@@ -260,6 +273,10 @@ pub async fn start(
     let shared = Arc::new(proxy::Shared {
         status: status.clone(),
         exempt: config.exempt,
+        hold: proxy::Hold {
+            waiting: metrics.writes_waiting.clone(),
+            ..proxy::Hold::new(config.hold)
+        },
         pool: config.pool.clone(),
         identity: config.identity.clone(),
         target: target.clone(),
@@ -275,6 +292,7 @@ pub async fn start(
         upstream = %target.base,
         sa_dir = %config.sa_dir.display(),
         exempt = %config.exempt.names(),
+        hold_ms = config.hold.as_millis(),
         "API gate serving"
     );
     Ok(Running {

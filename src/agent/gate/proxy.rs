@@ -10,13 +10,14 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::ExemptSet;
 use super::classify::{Verdict, classify};
-use super::metrics::{GateMetrics, Outcome, RequestClass};
+use super::metrics::{GateMetrics, HeldOutcome, Outcome, RequestClass};
 use super::upstream::{Connector, Pooled, Target};
 use crate::election::LeaderStatus;
 
@@ -27,6 +28,7 @@ pub type GateBody = Either<Incoming, Full<Bytes>>;
 pub struct Shared {
     pub status: watch::Receiver<LeaderStatus>,
     pub exempt: ExemptSet,
+    pub hold: Hold,
     pub pool: String,
     pub identity: String,
     pub target: Target,
@@ -34,6 +36,91 @@ pub struct Shared {
     /// HTTP/1.1-only connections for connection upgrades.
     pub upgrade_connector: Connector,
     pub metrics: GateMetrics,
+}
+
+/// Writes that may wait for leadership at once. Each holds a request (for
+/// HTTP/1.1 a connection) and a task; beyond this a busy standby refuses at
+/// once rather than pile them up.
+pub const MAX_HELD_WRITES: usize = 64;
+
+/// How a standby's write waits for this pod to lead (`--gate-hold`).
+pub struct Hold {
+    /// The longest wait; zero refuses at once.
+    pub max: Duration,
+    /// One permit per write that may wait.
+    pub slots: Arc<Semaphore>,
+    /// Writes waiting now (a metric).
+    pub waiting: Gauge,
+}
+
+/// Counts one waiting write for as long as it lives.
+struct Waiting<'a>(&'a Gauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Hold {
+    pub fn new(max: Duration) -> Self {
+        Self::with_slots(max, MAX_HELD_WRITES)
+    }
+
+    pub fn with_slots(max: Duration, slots: usize) -> Self {
+        Self {
+            max,
+            slots: Arc::new(Semaphore::new(slots)),
+            waiting: Gauge::default(),
+        }
+    }
+}
+
+/// Whether a write may start: `Ok` with the status of the term it starts
+/// in, `Err` with the status the refusal names. A standby's write waits up
+/// to `hold.max` and is let through the moment the pod leads, so it starts
+/// inside the term like any leader's write; the request body is not touched
+/// meanwhile. The second value says how a hold ended (`None`: not held).
+async fn wait_to_lead(
+    hold: &Hold,
+    mut status: watch::Receiver<LeaderStatus>,
+) -> (Result<LeaderStatus, LeaderStatus>, Option<HeldOutcome>) {
+    let now = status.borrow_and_update().clone();
+    if now.leading_at(Instant::now()) {
+        return (Ok(now), None);
+    }
+    if hold.max.is_zero() {
+        return (Err(now), None);
+    }
+    let Ok(_slot) = hold.slots.clone().try_acquire_owned() else {
+        return (Err(now), Some(HeldOutcome::Full));
+    };
+    let _waiting = Waiting::new(&hold.waiting);
+    let until = Instant::now() + hold.max;
+    loop {
+        tokio::select! {
+            changed = status.changed() => {
+                // The election ended (the agent is stopping): no term to wait for.
+                if changed.is_err() {
+                    break;
+                }
+                let current = status.borrow_and_update().clone();
+                if current.leading_at(Instant::now()) {
+                    return (Ok(current), Some(HeldOutcome::Passed));
+                }
+            }
+            () = sleep_until(until) => break,
+        }
+    }
+    let last = status.borrow().clone();
+    (Err(last), Some(HeldOutcome::Refused))
 }
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus
@@ -85,18 +172,36 @@ pub async fn handle(
         RequestClass::Write
     };
 
-    // The role is decided once, now: a write that starts in the term may
-    // finish (bounded by `Term`), none starts after it.
+    // The role is decided once, before anything is forwarded: a write that
+    // starts in the term may finish (bounded by `Term`), none starts after
+    // it. A standby's write may first wait for the term (`--gate-hold`).
     let term = if verdict == Verdict::Write {
-        let status = shared.status.borrow().clone();
-        let now = Instant::now();
-        if !status.leading_at(now) {
-            shared.metrics.count(class, Outcome::Refused);
-            shared.metrics.refused_writes.inc();
-            span.in_scope(|| debug!("refused a write: this replica is a standby"));
-            return Ok(refuse_standby(&shared, &status));
+        let waited = Instant::now();
+        let (decision, held) = wait_to_lead(&shared.hold, shared.status.clone())
+            .instrument(span.clone())
+            .await;
+        if let Some(held) = held {
+            shared.metrics.held(held);
         }
-        Some(Term::new(&status, shared.status.clone()))
+        match decision {
+            Ok(status) => {
+                if held.is_some() {
+                    span.in_scope(|| {
+                        debug!(
+                            held_ms = waited.elapsed().as_secs_f64() * 1e3,
+                            "a held write passes: this pod leads now"
+                        );
+                    });
+                }
+                Some(Term::new(&status, shared.status.clone()))
+            }
+            Err(status) => {
+                shared.metrics.count(class, Outcome::Refused);
+                shared.metrics.refused_writes.inc();
+                span.in_scope(|| debug!(?held, "refused a write: this replica is a standby"));
+                return Ok(refuse_standby(&shared, &status));
+            }
+        }
     } else {
         None
     };
@@ -592,6 +697,116 @@ mod tests {
         let (why, ()) = tokio::join!(term.ended(), release);
         assert_eq!(why, "leadership released");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    fn standby(holder: &str) -> LeaderStatus {
+        LeaderStatus {
+            holder: Some(holder.to_owned()),
+            ..LeaderStatus::default()
+        }
+    }
+
+    /// A standby's write that is waiting when the pod starts to lead is let
+    /// through at once, with the new term's status (what `Term` bounds).
+    #[tokio::test]
+    async fn a_held_write_passes_the_moment_the_pod_leads() {
+        let hold = Hold::new(Duration::from_secs(30));
+        let (tx, rx) = watch::channel(standby("other"));
+        let start = Instant::now();
+        let lead = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A change that is still not leadership keeps it waiting.
+            let _ = tx.send(standby("nobody"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(leading(Instant::now() + Duration::from_secs(5), 7));
+        };
+        let ((decision, held), ()) = tokio::join!(wait_to_lead(&hold, rx), lead);
+        let elapsed = start.elapsed();
+        let status = decision.expect("passes once the pod leads");
+        assert_eq!(status.token, Some(7));
+        assert_eq!(held, Some(HeldOutcome::Passed));
+        assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+        // Woken by the change, not by the 30 s hold running out.
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+        // The slot is given back.
+        assert_eq!(hold.slots.available_permits(), MAX_HELD_WRITES);
+    }
+
+    #[tokio::test]
+    async fn a_hold_that_ends_without_leadership_refuses() {
+        let hold = Hold::new(Duration::from_millis(200));
+        let (tx, rx) = watch::channel(standby("other"));
+        let start = Instant::now();
+        let (decision, held) = wait_to_lead(&hold, rx).await;
+        let elapsed = start.elapsed();
+        let status = decision.expect_err("refused");
+        assert_eq!(status.holder.as_deref(), Some("other"));
+        assert_eq!(held, Some(HeldOutcome::Refused));
+        assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+        drop(tx);
+    }
+
+    /// A term whose deadline has passed (a paused leader) is no leadership:
+    /// such a status does not release a held write.
+    #[tokio::test]
+    async fn an_expired_term_does_not_release_a_held_write() {
+        let hold = Hold::new(Duration::from_millis(200));
+        let past = Instant::now();
+        let (tx, rx) = watch::channel(standby("other"));
+        let send = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(leading(past, 3));
+        };
+        let ((decision, held), ()) = tokio::join!(wait_to_lead(&hold, rx), send);
+        assert!(decision.is_err());
+        assert_eq!(held, Some(HeldOutcome::Refused));
+    }
+
+    #[tokio::test]
+    async fn hold_zero_refuses_at_once_and_a_leader_is_not_held() {
+        let hold = Hold::new(Duration::ZERO);
+        let (tx, rx) = watch::channel(standby("other"));
+        let start = Instant::now();
+        let (decision, held) = wait_to_lead(&hold, rx.clone()).await;
+        assert!(decision.is_err());
+        assert_eq!(held, None, "not held: refused at once");
+        assert!(start.elapsed() < Duration::from_secs(1));
+
+        let _ = tx.send(leading(Instant::now() + Duration::from_secs(5), 2));
+        let (decision, held) = wait_to_lead(&Hold::new(Duration::from_secs(30)), rx).await;
+        assert_eq!(decision.expect("a leader's write").token, Some(2));
+        assert_eq!(held, None);
+    }
+
+    /// Beyond the cap a write is refused at once; when a held one ends its
+    /// slot is free again.
+    #[tokio::test]
+    async fn held_writes_are_capped() {
+        let hold = Hold::with_slots(Duration::from_secs(30), 2);
+        let (tx, rx) = watch::channel(standby("other"));
+        let first = wait_to_lead(&hold, rx.clone());
+        let second = wait_to_lead(&hold, rx.clone());
+        let third = async {
+            assert_eq!(hold.waiting.get(), 2);
+            // The first two hold their slots by now (they ran until their
+            // first wait before this one is polled: join! polls in order).
+            let start = Instant::now();
+            let (decision, held) = wait_to_lead(&hold, rx.clone()).await;
+            assert!(decision.is_err());
+            assert_eq!(held, Some(HeldOutcome::Full));
+            assert!(start.elapsed() < Duration::from_secs(1));
+            let _ = tx.send(leading(Instant::now() + Duration::from_secs(5), 9));
+        };
+        let ((a, held_a), (b, held_b), ()) = tokio::join!(first, second, third);
+        assert_eq!(a.expect("first").token, Some(9));
+        assert_eq!(b.expect("second").token, Some(9));
+        assert_eq!(
+            (held_a, held_b),
+            (Some(HeldOutcome::Passed), Some(HeldOutcome::Passed))
+        );
+        assert_eq!(hold.slots.available_permits(), 2);
+        assert_eq!(hold.waiting.get(), 0);
     }
 
     #[test]
