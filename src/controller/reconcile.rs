@@ -733,14 +733,15 @@ async fn write_pod(
         (true, false) => "set the role of",
         _ => "set the readiness gate of",
     };
-    match api
-        .patch_status(
-            pod,
-            &PatchParams::default(),
-            &Patch::Strategic(&serde_json::Value::Object(patch)),
-        )
-        .await
-    {
+    let patch = serde_json::Value::Object(patch);
+    // Only a condition needs the strategic merge (conditions merge by type);
+    // a role change alone is a plain merge patch, cheaper for the API server.
+    let patch = if condition.is_some() {
+        Patch::Strategic(&patch)
+    } else {
+        Patch::Merge(&patch)
+    };
+    match api.patch_status(pod, &PatchParams::default(), &patch).await {
         Ok(_) => Ok(()),
         // Gone already: nothing to write.
         Err(err) if is_status(&err, 404) => Ok(()),
