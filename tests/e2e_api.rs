@@ -569,23 +569,22 @@ async fn run(scenario: Scenario) {
         );
         assert!(old_last.end < next.end, "old {old_last:?}, new {next:?}");
         assert!(from_delete < 60_000.0, "takeover after delete took {from_delete:.0} ms");
-        // The controller treats an `api` holder as fenced and asks a
-        // terminating one to hand over at once (no wait for its agent's
-        // release after the app stopped): the Lease names a successor.
-        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
-            .get(POOL)
-            .await
-            .unwrap_or_else(|e| panic!("get Lease: {e}"));
-        let preferred = lease
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .get("zen-lead.io/preferred-holder")
-            .cloned()
-            .unwrap_or_default();
-        assert!(
-            !preferred.is_empty() && !preferred.starts_with(&format!("{leader_name}_")),
-            "no early hand-off from the deleted leader: preferred-holder {preferred:?}"
+        // Which path handed over: the controller treats an `api` holder as
+        // fenced and asks a terminating one to hand over at once, but the old
+        // agent may release first on its own (its app exits quickly, then the
+        // kubelet stops the sidecar). Both are correct (decide.rs's table tests
+        // pin the controller's choice); the figure above is what counts.
+        let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+        let asked = log.lines().any(|l| {
+            l.contains("asked it to hand over") && l.contains(&format!("holder={leader_name}_"))
+        });
+        println!(
+            "e2e-api[{label}] step 2: hand-over path: {}",
+            if asked {
+                "the controller asked the terminating leader to hand over"
+            } else {
+                "the old agent released before the controller asked"
+            }
         );
         r.assert_writers_never_interleave();
 
