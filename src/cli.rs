@@ -271,6 +271,14 @@ pub struct ControllerArgs {
     #[arg(long, env = "ZEN_LEAD_AGENT_MEMORY_LIMIT", default_value = "64Mi")]
     pub agent_memory_limit: String,
 
+    /// What `activation: auto` (the LeaderPolicy default) means for pods
+    /// admitted by this webhook. `auto`: `api` for pods of Deployments,
+    /// StatefulSets and DaemonSets, `start` for everything else. `api` or
+    /// `start`: that mode for every pool that does not choose one itself.
+    #[arg(long, env = "ZEN_LEAD_DEFAULT_ACTIVATION", default_value = "auto",
+          value_parser = ["auto", "api", "start"])]
+    pub default_activation: String,
+
     /// Largest admission request body accepted; larger ones get HTTP 413.
     #[arg(long, env = "ZEN_LEAD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]

@@ -82,8 +82,12 @@ fn helm_lint_strict_is_clean_in_every_tls_mode() {
 
 #[test]
 fn values_schema_refuses_typos_and_bad_values() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--set", "tls.mod=selfManaged"], "'mod' not allowed"),
+        (
+            &["--set", "agent.defaultActivation=hot"],
+            "/agent/defaultActivation",
+        ),
         (&["--set", "replicaCont=3"], "'replicaCont' not allowed"),
         (&["--set", "tls.mode=letsEncrypt"], "/tls/mode"),
         (
@@ -162,6 +166,30 @@ fn values_yaml_documents_every_field() {
         "values.yaml keys without a comment:\n{}",
         undocumented.join("\n")
     );
+}
+
+/// The agent's default activation reaches the controller's flag.
+#[test]
+fn default_activation_is_a_value() {
+    for (set, want) in [
+        (None, "auto"),
+        (Some("api"), "api"),
+        (Some("start"), "start"),
+    ] {
+        let mut flags = vec!["--set".to_owned(), "tls.mode=selfManaged".to_owned()];
+        if let Some(v) = set {
+            flags.extend(["--set".to_owned(), format!("agent.defaultActivation={v}")]);
+        }
+        let docs = render("t", NS, &strs(&flags));
+        let d = find(&docs, "Deployment", "t-zen-lead");
+        let args = d["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        let flag = format!("--default-activation={want}");
+        assert!(
+            args.as_array()
+                .is_some_and(|a| a.iter().any(|x| x == flag.as_str())),
+            "{flag} not in {args}"
+        );
+    }
 }
 
 #[test]

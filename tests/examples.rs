@@ -52,11 +52,17 @@ fn apply_example(ns: &str, file: &str) {
 }
 
 /// Runs `body` against a workload namespace that a fresh chart install serves.
+/// One chart install at a time: four releases (each two controller pods plus
+/// the example's workload) starting at once on the one real node of a 2-core
+/// machine made a healthy install miss its deadlines.
+static ONE_INSTALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn with_zen_lead<F, Fut>(prefix: &str, body: F)
 where
     F: FnOnce(Client, String) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let _turn = ONE_INSTALL_AT_A_TIME.lock().await;
     let client = client().await;
     with_namespace(
         &client,

@@ -214,7 +214,9 @@ pub enum FollowerMode {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum Activation {
-    /// `api` for Deployments and StatefulSets, `start` for Jobs and CronJobs.
+    /// `api` for pods of Deployments, StatefulSets and DaemonSets, `start` for
+    /// Jobs, CronJobs and bare pods (or what the controller's
+    /// `--default-activation` says).
     #[default]
     Auto,
     /// Hot standby: only the leader's API writes pass the agent.

@@ -129,6 +129,9 @@ pub struct InjectConfig {
     pub cpu_request: String,
     pub memory_request: String,
     pub memory_limit: String,
+    /// What a policy's `activation: auto` (the CRD default) means in this
+    /// cluster: `Auto` keeps the per-kind rule of [`effective_activation`].
+    pub default_activation: Activation,
     /// Recorded in the injected annotation.
     pub version: String,
 }
@@ -142,6 +145,7 @@ impl InjectConfig {
             cpu_request: "10m".to_owned(),
             memory_request: "16Mi".to_owned(),
             memory_limit: "64Mi".to_owned(),
+            default_activation: Activation::Auto,
             version: crate::VERSION.to_owned(),
         }
     }
@@ -475,6 +479,12 @@ pub fn decide(
             ));
             Activation::Auto
         }
+    };
+    // The cluster's default stands in for `auto` (the operator chose it with
+    // --default-activation); an explicit `api` or `start` always wins.
+    let requested = match requested {
+        Activation::Auto => config.default_activation,
+        chosen => chosen,
     };
     let activation = effective_activation(requested, pod);
     let token = TokenVolume::of(pod);
@@ -1299,6 +1309,44 @@ mod tests {
             effective_activation(Activation::Auto, &bare),
             Activation::Start
         );
+    }
+
+    #[test]
+    fn the_cluster_default_stands_in_for_auto_only() {
+        // A bare pod: `auto` alone would mean `start`.
+        let p = annotated(json!({}));
+        let m = membership(&p, &[]).expect("member");
+        let activation_of = |default: Activation, requested: Activation| {
+            let mut c = config();
+            c.default_activation = default;
+            let d = decide(
+                &p,
+                &m,
+                &PolicyState::Found {
+                    activation: requested,
+                },
+                &c,
+            );
+            apply(&p, &d.patch)
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get(ACTIVATION_ANNOTATION)
+                .cloned()
+        };
+        for (default, requested, want) in [
+            (Activation::Auto, Activation::Auto, "start"),
+            (Activation::Api, Activation::Auto, "api"),
+            (Activation::Start, Activation::Auto, "start"),
+            (Activation::Api, Activation::Start, "start"),
+            (Activation::Start, Activation::Api, "api"),
+        ] {
+            assert_eq!(
+                activation_of(default, requested).as_deref(),
+                Some(want),
+                "default {default:?}, policy {requested:?}"
+            );
+        }
     }
 
     #[test]
