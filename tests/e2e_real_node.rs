@@ -9,142 +9,22 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, eventually, from_json, records_dir, with_namespace};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 const TESTAPP: &str = "localhost/zl-testapp:dev";
-const AGENT_IMAGE: &str = "localhost/zen-lead:dev";
 
 fn monotonic_ns() -> i64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-/// `zen-lead controller` on the host, serving the webhook on loopback and
-/// managing only the test's namespace; killed when dropped.
-struct Controller {
-    child: tokio::process::Child,
-    webhook_port: u16,
-    ca_pem: String,
-}
-
-async fn start_controller(ns: &str, dir: &Path) -> Controller {
-    let certs = zen_lead::tls::generate(&zen_lead::tls::CertRequest {
-        dns_names: vec!["localhost".to_owned()],
-        ip_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
-        validity: Duration::from_secs(24 * 3600),
-    })
-    .unwrap_or_else(|e| panic!("certificates: {e}"));
-    std::fs::write(dir.join("tls.crt"), &certs.cert_pem)
-        .unwrap_or_else(|e| panic!("write cert: {e}"));
-    std::fs::write(dir.join("tls.key"), &certs.key_pem)
-        .unwrap_or_else(|e| panic!("write key: {e}"));
-    let webhook_port = free_port();
-    let admin_port = free_port();
-    let log = std::fs::File::create(dir.join("controller.log"))
-        .unwrap_or_else(|e| panic!("log file: {e}"));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
-        .arg("controller")
-        .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-        .arg("--tls-cert-file")
-        .arg(dir.join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(dir.join("tls.key"))
-        .args(["--namespace", ns, "--watch-namespace", ns])
-        .args([
-            "--agent-image",
-            AGENT_IMAGE,
-            "--agent-image-pull-policy",
-            "Never",
-        ])
-        .env("KUBECONFIG", common::kubeconfig_path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start zen-lead controller: {e}"));
-    // Ready = watches synced and TLS loaded.
-    eventually(
-        "the controller's /readyz",
-        Duration::from_secs(60),
-        || async move {
-            common::http_ok("127.0.0.1", admin_port, "GET", "/readyz")
-                .await
-                .map(|_| ())
-        },
-    )
-    .await;
-    Controller {
-        child,
-        webhook_port,
-        ca_pem: certs.ca_cert_pem,
-    }
-}
-
-/// The webhook configuration of webhook-config/local.yaml, scoped to one namespace.
-async fn register_webhook(client: &Client, ns: &str, c: &Controller) -> String {
-    let name = format!("{ns}-zen-lead");
-    let selector = LabelSelector {
-        match_labels: Some(BTreeMap::from([(
-            "kubernetes.io/metadata.name".to_owned(),
-            ns.to_owned(),
-        )])),
-        ..LabelSelector::default()
-    };
-    let cfg = MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "pods.zen-lead.io".to_owned(),
-            admission_review_versions: vec!["v1".to_owned()],
-            side_effects: "None".to_owned(),
-            failure_policy: Some("Fail".to_owned()),
-            reinvocation_policy: Some("IfNeeded".to_owned()),
-            timeout_seconds: Some(5),
-            client_config: WebhookClientConfig {
-                url: Some(format!("https://127.0.0.1:{}/mutate", c.webhook_port)),
-                ca_bundle: Some(ByteString(c.ca_pem.clone().into_bytes())),
-                ..WebhookClientConfig::default()
-            },
-            namespace_selector: Some(selector),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![String::new()]),
-                api_versions: Some(vec!["v1".to_owned()]),
-                operations: Some(vec!["CREATE".to_owned()]),
-                resources: Some(vec!["pods".to_owned()]),
-                scope: Some("Namespaced".to_owned()),
-            }]),
-            ..MutatingWebhook::default()
-        }]),
-    };
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    api.create(&PostParams::default(), &cfg)
-        .await
-        .unwrap_or_else(|e| panic!("create webhook configuration: {e}"));
-    name
 }
 
 #[derive(Debug, Clone)]
