@@ -100,6 +100,16 @@ impl std::fmt::Debug for GeneratedCerts {
 
 /// Generates a CA (ECDSA P-256) and a serving certificate signed by it.
 pub fn generate(request: &CertRequest) -> Result<GeneratedCerts, TlsError> {
+    issue(request, KeyPair::generate()?, "zen-lead development CA")
+}
+
+/// A self-signed CA named `ca_name` on `ca_key` (new, or kept by the caller
+/// so the CA survives restarts) and a fresh serving certificate it signed.
+pub fn issue(
+    request: &CertRequest,
+    ca_key: KeyPair,
+    ca_name: &str,
+) -> Result<GeneratedCerts, TlsError> {
     if request.dns_names.is_empty() && request.ip_addresses.is_empty() {
         return Err(TlsError::NoSubjectNames);
     }
@@ -118,14 +128,13 @@ pub fn generate(request: &CertRequest) -> Result<GeneratedCerts, TlsError> {
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "zen-lead development CA");
+        .push(DnType::CommonName, ca_name);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 

@@ -12,13 +12,11 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::KeyPair;
 use tracing::info;
 
 use super::CERT_DNS_NAMES;
+use crate::tls::{CertRequest, TlsError};
 
 const CA_KEY: &str = "ca.key";
 /// Subject of every gate CA: fixed, so a CA re-made from a kept key is the
@@ -30,6 +28,9 @@ const CA_NAME: &str = "zen-lead API gate CA";
 pub enum CertError {
     #[error("could not generate the gate's certificate: {0}")]
     Generate(#[from] rcgen::Error),
+
+    #[error("could not issue the gate's certificate: {0}")]
+    Issue(#[from] TlsError),
 
     #[error(
         "{} under --gate-state-dir (ZEN_LEAD_GATE_STATE_DIR) is not a usable private key ({reason}); \
@@ -75,53 +76,19 @@ pub fn make(
         Some(dir) => kept_key(dir)?,
         None => KeyPair::generate()?,
     };
-    let now = time::OffsetDateTime::now_utc();
-    // A node whose clock is a little behind must not see them as not yet valid.
-    let not_before = now - time::Duration::hours(1);
-    let not_after =
-        now + time::Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
-
-    let mut ca_params = CertificateParams::default();
-    ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
-    ca_params.distinguished_name = rcgen::DistinguishedName::new();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, CA_NAME);
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
-
-    let mut params = CertificateParams::default();
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kubernetes");
-    for name in CERT_DNS_NAMES {
-        params
-            .subject_alt_names
-            .push(SanType::DnsName(name.to_owned().try_into()?));
-    }
-    params.subject_alt_names.extend([
-        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-    ]);
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca)?;
+    let request = CertRequest {
+        dns_names: CERT_DNS_NAMES.iter().map(|n| (*n).to_owned()).collect(),
+        ip_addresses: vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ],
+        validity,
+    };
+    let issued = crate::tls::issue(&request, ca_key, CA_NAME)?;
     Ok(GateCerts {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca_pem: issued.ca_cert_pem,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
     })
 }
 
