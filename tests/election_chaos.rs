@@ -385,6 +385,17 @@ async fn chaos() {
         );
     })
     .await;
+
+    // Hand the cluster back working: after the restarts above, the controller
+    // manager's informers may still be backing off, and the next suite's
+    // first namespace would wait for its ServiceAccount. with_namespace waits
+    // for that ServiceAccount, which proves the controllers are back.
+    let settle = std::time::Instant::now();
+    common::with_namespace(&client, "settle", |_, _| async {}).await;
+    eprintln!(
+        "chaos: controllers acting again {:.1} s after the checks",
+        settle.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test]

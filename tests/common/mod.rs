@@ -127,13 +127,15 @@ where
         .unwrap_or_else(|| panic!("the API server returned a namespace without a name"));
 
     // Pods are refused until the service-account controller has made the
-    // namespace's `default` ServiceAccount; slower right after an API server
-    // restart. Every test creates pods sooner or later, so wait here.
+    // namespace's `default` ServiceAccount. Every test creates pods sooner or
+    // later, so wait here. After API server restarts (tests/election_chaos)
+    // the controller manager's informers back off before relisting: client-go
+    // caps that at 30 s with up to 100% jitter, so allow well over 60 s.
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(client.clone(), &name);
     eventually(
         &format!("ServiceAccount {name}/default"),
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         || async {
             accounts
                 .get_opt("default")
