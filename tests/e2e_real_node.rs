@@ -139,6 +139,75 @@ async fn apps_running(pods: &Api<Pod>, selector: &str) -> Result<Vec<String>, St
         .collect())
 }
 
+/// How long a leader is Ready before a round deletes it: past the kubelet's
+/// few seconds of syncs after its app started (see the rounds below).
+const STEADY: Duration = Duration::from_secs(5);
+
+/// Waits until `name` has been Ready (the Pod condition) for `steady`.
+async fn wait_ready_for(pods: &Api<Pod>, name: &str, steady: Duration) {
+    let since = eventually(
+        &format!("pod {name} to be Ready"),
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                Ok(tokio::time::Instant::now())
+            } else {
+                Err("not Ready".to_owned())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep_until(since + steady).await;
+}
+
+/// Deletes the leading pod `leader` and waits for another pod's app to
+/// start; returns that pod and the time from the delete call to its start.
+async fn delete_leader(pods: &Api<Pod>, dir: &Path, leader: &str, round: usize) -> (String, f64) {
+    let t0 = monotonic_ns();
+    pods.delete(leader, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete leader: {e}"));
+    let next = eventually(
+        "another pod's app to start",
+        Duration::from_secs(60),
+        || async move {
+            runs(dir)
+                .into_iter()
+                .find(|r| r.name != leader && r.start > t0)
+                .ok_or_else(|| "no new app yet".to_owned())
+        },
+    )
+    .await;
+    let takeover_ms = (next.start - t0) as f64 / 1e6;
+    println!("e2e: round {round}: leader pod deleted -> next app started in {takeover_ms:.0} ms");
+    // Where the time went: the kubelet's reaction, the old app's exit, and
+    // the hand-over to the next app.
+    let old_event = |event: &str| {
+        std::fs::read_to_string(dir.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["name"] == leader && v["event"] == event)
+            .filter_map(|v| v["mono"].as_i64())
+            .find(|m| *m > t0)
+    };
+    if let (Some(term), Some(stop)) = (old_event("sigterm"), old_event("stop")) {
+        println!(
+            "e2e: round {round}: delete -> old app SIGTERM {:.0} ms; SIGTERM -> old app exit {:.0} ms; old app exit -> next app start {:.0} ms",
+            (term - t0) as f64 / 1e6,
+            (stop - term) as f64 / 1e6,
+            (next.start - stop) as f64 / 1e6
+        );
+    }
+    (next.name, takeover_ms)
+}
+
 #[tokio::test]
 async fn start_activation_runs_the_app_only_in_the_leader() {
     let client = client().await;
@@ -204,52 +273,52 @@ async fn start_activation_runs_the_app_only_in_the_leader() {
             runs(&dir)
         );
 
-        // Delete the leader: another pod's app starts, after the old one stopped.
-        let t0 = monotonic_ns();
-        pods.delete(&leader, &DeleteParams::default())
-            .await
-            .unwrap_or_else(|e| panic!("delete leader: {e}"));
-        let next = eventually(
-            "another pod's app to start",
-            Duration::from_secs(60),
-            || {
-                let dir = dir.clone();
-                let leader = leader.clone();
-                async move {
-                    runs(&dir)
-                        .into_iter()
-                        .find(|r| r.name != leader && r.start > t0)
-                        .ok_or_else(|| "no new app yet".to_owned())
-                }
-            },
-        )
-        .await;
-        let takeover_ms = (next.start - t0) as f64 / 1e6;
-        println!(
-            "e2e: leader pod deleted -> next app started in {takeover_ms:.0} ms (goal: 2000 ms)"
-        );
-        // Where the time went: the kubelet's reaction, the old app's exit,
-        // and the hand-over to the next app.
-        let old_event = |event: &str| {
-            std::fs::read_to_string(dir.join("log"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["name"] == leader.as_str() && v["event"] == event)
-                .filter_map(|v| v["mono"].as_i64())
-                .find(|m| *m > t0)
-        };
-        if let (Some(term), Some(stop)) = (old_event("sigterm"), old_event("stop")) {
-            println!(
-                "e2e: delete -> old app SIGTERM {:.0} ms; SIGTERM -> old app exit {:.0} ms; old app exit -> next app start {:.0} ms",
-                (term - t0) as f64 / 1e6,
-                (stop - term) as f64 / 1e6,
-                (next.start - stop) as f64 / 1e6
-            );
+        // Delete the leader, several times: each time another pod's app
+        // starts, after the old one stopped. Each round deletes a leader in
+        // its steady state, Ready for STEADY. Right after a container starts,
+        // the kubelet syncs the pod once a second for about 3 s (its PLEG
+        // event, then its own status writes coming back); a pod deleted then
+        // waits for the next 1 s PLEG relist before its SIGTERM, and the same
+        // can hold back the successor's app. That is the kubelet's time, not
+        // ours (docs/OPERATIONS.md, "How fast is a take-over").
+        let rounds: usize = std::env::var("ZEN_LEAD_E2E_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let mut leader = leader;
+        let mut takeovers = Vec::new();
+        for round in 1..=rounds {
+            wait_ready_for(&pods, &leader, STEADY).await;
+            let (next, takeover_ms) = delete_leader(&pods, &dir, &leader, round).await;
+            takeovers.push(takeover_ms);
+            assert_no_overlap(&runs(&dir));
+            // Generous bound: the figure above is what we report; a loaded machine must not fail the test.
+            assert!(takeover_ms < 15_000.0, "takeover took {takeover_ms:.0} ms");
+            leader = eventually(
+                "the new leader's pod to be listed with its app running",
+                Duration::from_secs(60),
+                || {
+                    let pods = pods.clone();
+                    let next = next.clone();
+                    async move {
+                        let running = apps_running(&pods, "app=workers").await?;
+                        if running == [next.clone()] {
+                            Ok(next)
+                        } else {
+                            Err(format!("apps running in {running:?}"))
+                        }
+                    }
+                },
+            )
+            .await;
         }
-        assert_no_overlap(&runs(&dir));
-        // Generous bound: the figure above is what we report; a loaded machine must not fail the test.
-        assert!(takeover_ms < 15_000.0, "takeover took {takeover_ms:.0} ms");
+        takeovers.sort_by(f64::total_cmp);
+        println!(
+            "e2e: take-over after deleting a steady leader, {} rounds: median {:.0} ms, max {:.0} ms (goal: 2000 ms)",
+            takeovers.len(),
+            takeovers[takeovers.len() / 2],
+            takeovers[takeovers.len() - 1]
+        );
 
         let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
             .delete(&hook, &DeleteParams::default())
