@@ -112,6 +112,14 @@ pub enum Command {
     LockGuard(LockGuardArgs),
 }
 
+impl Command {
+    /// Whether the command runs on a single-threaded runtime: the per-pod
+    /// processes (agent, lock), whose work is I/O for one pod.
+    pub fn single_threaded(&self) -> bool {
+        matches!(self, Command::Agent(_) | Command::Lock(_))
+    }
+}
+
 const CONTROLLER_ABOUT: &str = "\
 Run the mutating admission webhook (on every replica) and the controllers (on
 the replica that holds the controller's own Lease). The controllers keep each

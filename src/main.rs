@@ -25,10 +25,18 @@ fn run() -> anyhow::Result<()> {
         .install_default()
         .map_err(|_| anyhow!("a rustls crypto provider was already installed"))?;
     let cli = zen_lead::cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("could not start the async runtime")?;
+    // The agent and `lock` run in every pool pod: one thread does their work
+    // with no cross-thread wake-ups (for the API gate, a futex and a context
+    // switch per proxied watch event otherwise). The controller's reconcilers
+    // and webhook use every core.
+    let runtime = if cli.command.single_threaded() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .context("could not start the async runtime")?;
     runtime.block_on(zen_lead::run(cli))?;
     Ok(())
 }
