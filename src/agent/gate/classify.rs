@@ -261,6 +261,25 @@ fn parse(path: &str) -> Result<Target<'_>, BadPath> {
     })
 }
 
+/// Whether a GET is a watch (`?watch=true|1`, or the deprecated
+/// `/watch/` path prefix): a long-lived stream rather than one answer.
+pub fn is_watch(method: &Method, path: &str, query: Option<&str>) -> bool {
+    if method != Method::GET {
+        return false;
+    }
+    let by_query = query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+    });
+    let mut segments = path.trim_start_matches('/').split('/');
+    let by_path = match (segments.next(), segments.next(), segments.next()) {
+        (Some("api"), Some(_), Some("watch")) => true,
+        (Some("apis"), Some(_), Some(_)) => segments.next() == Some("watch"),
+        _ => false,
+    };
+    by_query || by_path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,5 +651,52 @@ mod tests {
         let err = ExemptSet::parse("events,configmaps").unwrap_err();
         assert!(err.to_string().contains("--gate-exempt"), "{err}");
         assert!(err.to_string().contains("\"configmaps\""), "{err}");
+    }
+
+    #[test]
+    fn watches_are_told_from_other_reads() {
+        let get = Method::GET;
+        for (method, path, query, watch) in [
+            (
+                &get,
+                "/api/v1/namespaces/a/configmaps",
+                Some("watch=true&resourceVersion=5"),
+                true,
+            ),
+            (
+                &get,
+                "/api/v1/namespaces/a/configmaps",
+                Some("resourceVersion=5&watch=1"),
+                true,
+            ),
+            (&get, "/api/v1/watch/namespaces/a/configmaps", None, true),
+            (&get, "/apis/apps/v1/watch/deployments", None, true),
+            (
+                &get,
+                "/api/v1/namespaces/a/configmaps",
+                Some("watch=false"),
+                false,
+            ),
+            (
+                &get,
+                "/api/v1/namespaces/a/configmaps",
+                Some("allowWatchBookmarks=true"),
+                false,
+            ),
+            (&get, "/api/v1/namespaces/watch/configmaps", None, false),
+            (&get, "/apis/watch/v1/things", None, false),
+            (
+                &Method::POST,
+                "/api/v1/namespaces/a/configmaps",
+                Some("watch=true"),
+                false,
+            ),
+        ] {
+            assert_eq!(
+                is_watch(method, path, query),
+                watch,
+                "{method} {path}?{query:?}"
+            );
+        }
     }
 }

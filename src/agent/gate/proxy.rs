@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::ExemptSet;
-use super::classify::{Verdict, classify};
+use super::classify::{Verdict, classify, is_watch};
 use super::metrics::{GateMetrics, HeldOutcome, Outcome, RequestClass};
 use super::upstream::{Connector, Pooled, Target};
 use crate::election::LeaderStatus;
@@ -221,7 +221,13 @@ pub async fn handle(
             ));
         }
     };
-    let h2 = req.version() == Version::HTTP_2;
+    // Watches go over the multiplexed HTTP/2 connection whatever the app
+    // speaks: on one connection a read from the API server carries events of
+    // many watches, where one HTTP/1.1 connection per watch costs a read, a
+    // wake-up and a write per event. Other HTTP/1.1 requests stay on pooled
+    // HTTP/1.1 connections, where a short request costs less.
+    let h2 = req.version() == Version::HTTP_2
+        || is_watch(req.method(), req.uri().path(), req.uri().query());
     let request = forwarded.map(|()| req.into_body());
     Ok(forward(shared, request, h2, term, class)
         .instrument(span)
