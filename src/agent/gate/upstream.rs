@@ -390,10 +390,13 @@ pub struct Pooled {
     pub h1: Client<Connector, Incoming>,
 }
 
+/// hyper's default per-stream receive window.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Builds [`Pooled`]. HTTP/2 pings detect a dead connection under a silent
-/// long watch; hyper's default receive windows (2 MiB per stream, 5 MiB per
-/// connection) let watches and large lists stream without waiting for window
-/// updates. An API server without h2 gets HTTP/1.1 on both.
+/// long watch; receive windows of 2 MiB per stream and 16 MiB per connection
+/// let watches and large lists stream without waiting for window updates.
+/// An API server without h2 gets HTTP/1.1 on both.
 pub fn pooled_clients(
     target: &Target,
     opened: prometheus_client::metrics::counter::Counter,
@@ -408,6 +411,11 @@ pub fn pooled_clients(
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(15))
             .http2_keep_alive_while_idle(false)
+            // Watches of HTTP/1.1 apps share these connections: a window of
+            // eight streams' worth keeps a few slow readers from stalling the
+            // rest (the data is held only while an app reads slowly).
+            .http2_initial_stream_window_size(STREAM_WINDOW)
+            .http2_initial_connection_window_size(8 * STREAM_WINDOW)
             .build(connector)
     };
     Ok(Pooled {
