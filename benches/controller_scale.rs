@@ -132,66 +132,44 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn policy_ok(p: &LeaderPolicy) -> bool {
-    p.status.as_ref().is_some_and(|s| {
-        s.candidates == Some(PODS_PER_POLICY as i32)
-            && s.observed_generation == p.metadata.generation
-            && s.phase == Some(zen_lead::api::Phase::Electing)
-            && s.conditions.len() == 5
-    })
-}
-
-fn pod_ok(p: &Pod) -> bool {
-    let role = p.labels().get("zen-lead.io/role").map(String::as_str);
-    let gate = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "zen-lead.io/candidate"))
-        .map(|c| c.status.as_str());
-    role == Some("follower") && gate == Some("True")
-}
-
-/// How many objects of a kind are not converged yet, kept current by a
-/// watch: the benchmark must not load the API server it measures (listing
-/// 1,000 policies and 3,000 pods a few times a second would), so it only
-/// receives the changes the controller makes.
-fn track<K>(api: Api<K>, ok: fn(&K) -> bool) -> tokio::sync::watch::Receiver<Option<usize>>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
-    use kube::runtime::watcher::{self, Event};
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(async move {
-        let mut bad = std::collections::HashSet::new();
-        let mut synced = false;
-        let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
-        while let Some(event) = events.next().await {
-            let event = event.unwrap_or_else(|e| fail(format!("watch: {e}")));
-            match event {
-                Event::Init => {
-                    bad.clear();
-                    synced = false;
-                }
-                Event::InitApply(obj) | Event::Apply(obj) => {
-                    let name = obj.meta().name.clone().unwrap_or_default();
-                    if ok(&obj) {
-                        bad.remove(&name);
-                    } else {
-                        bad.insert(name);
-                    }
-                }
-                Event::Delete(obj) => {
-                    bad.remove(&obj.meta().name.clone().unwrap_or_default());
-                }
-                Event::InitDone => synced = true,
-            }
-            if synced {
-                let _ = tx.send(Some(bad.len()));
-            }
-        }
-    });
-    rx
+/// What is still wrong: (policies not converged, pods not converged).
+async fn convergence(client: &Client, ns: &str) -> (usize, usize) {
+    let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = policies.list(&ListParams::default()).await else {
+        return (usize::MAX, usize::MAX);
+    };
+    let bad_policies = list
+        .items
+        .iter()
+        .filter(|p| {
+            let Some(s) = p.status.as_ref() else {
+                return true;
+            };
+            !(s.candidates == Some(PODS_PER_POLICY as i32)
+                && s.observed_generation == p.metadata.generation
+                && s.phase == Some(zen_lead::api::Phase::Electing)
+                && s.conditions.len() == 5)
+        })
+        .count();
+    let Ok(list) = pods.list(&ListParams::default()).await else {
+        return (bad_policies, usize::MAX);
+    };
+    let bad_pods = list
+        .items
+        .iter()
+        .filter(|p| {
+            let role = p.labels().get("zen-lead.io/role").map(String::as_str);
+            let gate = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "zen-lead.io/candidate"))
+                .map(|c| c.status.as_str());
+            !(role == Some("follower") && gate == Some("True"))
+        })
+        .count();
+    (bad_policies, bad_pods)
 }
 
 fn main() {
@@ -356,22 +334,6 @@ async fn run() {
         .unwrap_or_else(|e| fail(format!("port: {e}")));
     let log = std::fs::File::create(dir.join("controller.log"))
         .unwrap_or_else(|e| fail(format!("log: {e}")));
-    // Watch what converges, synced before the clock starts.
-    let bad_policies_rx = track(
-        Api::<LeaderPolicy>::namespaced(client.clone(), &ns),
-        policy_ok,
-    );
-    let bad_pods_rx = track(Api::<Pod>::namespaced(client.clone(), &ns), pod_ok);
-    for rx in [&bad_policies_rx, &bad_pods_rx] {
-        let mut rx = rx.clone();
-        if tokio::time::timeout(Duration::from_secs(60), rx.wait_for(Option::is_some))
-            .await
-            .is_err()
-        {
-            fail("the benchmark's watches did not sync in 60 s".into());
-        }
-    }
-    let (bad_policies, bad_pods) = (&bad_policies_rx, &bad_pods_rx);
     let apiserver = apiserver_pid();
     let apiserver_cpu0 = apiserver.map(cpu_seconds).unwrap_or(0.0);
     let started = Instant::now();
@@ -395,25 +357,17 @@ async fn run() {
         if active_at.is_none() && metric(admin, "zen_lead_controller_active").await == Some(1.0) {
             active_at = Some(started.elapsed());
         }
-        let bad_policies = *bad_policies.borrow();
-        let bad_pods = *bad_pods.borrow();
-        if bad_policies == Some(0) && bad_pods == Some(0) {
+        let (bad_policies, bad_pods) = convergence(&client, &ns).await;
+        if bad_policies == 0 && bad_pods == 0 {
             break started.elapsed();
         }
         if started.elapsed() > Duration::from_secs(300) {
             let _ = child.kill();
             fail(format!(
-                "not converged after 5 minutes: {bad_policies:?} policies, {bad_pods:?} pods wrong"
+                "not converged after 5 minutes: {bad_policies} policies, {bad_pods} pods wrong"
             ));
         }
-        // Wake on the next change (or every 50 ms, to see the Lease metric).
-        let mut policies_rx = bad_policies_rx.clone();
-        let mut pods_rx = bad_pods_rx.clone();
-        tokio::select! {
-            _ = policies_rx.changed() => {}
-            _ = pods_rx.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let active_at = active_at.unwrap_or(converged);
     let controller_cpu = cpu_seconds(pid);
