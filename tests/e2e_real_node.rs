@@ -139,31 +139,54 @@ async fn apps_running(pods: &Api<Pod>, selector: &str) -> Result<Vec<String>, St
         .collect())
 }
 
-/// How long a leader is Ready before a round deletes it: past the kubelet's
-/// few seconds of syncs after its app started (see the rounds below).
+/// How long a pool must go without any change to its pods before a round
+/// deletes the leader: past the kubelet's few seconds of syncs after a
+/// container starts (see the rounds below).
 const STEADY: Duration = Duration::from_secs(5);
 
-/// Waits until `name` has been Ready (the Pod condition) for `steady`.
-async fn wait_ready_for(pods: &Api<Pod>, name: &str, steady: Duration) {
-    let since = eventually(
-        &format!("pod {name} to be Ready"),
-        Duration::from_secs(60),
-        || async {
-            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
-                Ok(tokio::time::Instant::now())
-            } else {
-                Err("not Ready".to_owned())
-            }
-        },
-    )
-    .await;
-    tokio::time::sleep_until(since + steady).await;
+/// Waits until `leader` is Ready (the Pod condition) and no pod matching
+/// `selector` has changed (resourceVersion) for `steady`: the pool's steady
+/// state, as a user who deletes a running leader finds it.
+async fn wait_steady(pods: &Api<Pod>, selector: &str, leader: &str, steady: Duration) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut since = tokio::time::Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap_or_else(|e| panic!("list pods: {e}"));
+        let mut now: Vec<(String, String)> = list
+            .items
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.metadata.resource_version.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        now.sort();
+        if now != seen {
+            seen = now;
+            since = tokio::time::Instant::now();
+        }
+        let leader_ready = list.items.iter().any(|p| {
+            p.metadata.name.as_deref() == Some(leader)
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if leader_ready && since.elapsed() >= steady {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pool {selector} not steady (leader {leader} Ready: {leader_ready}) after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Deletes the leading pod `leader` and waits for another pod's app to
@@ -274,8 +297,8 @@ async fn start_activation_runs_the_app_only_in_the_leader() {
         );
 
         // Delete the leader, several times: each time another pod's app
-        // starts, after the old one stopped. Each round deletes a leader in
-        // its steady state, Ready for STEADY. Right after a container starts,
+        // starts, after the old one stopped. Each round deletes a Ready leader
+        // of a steady pool (no pod changed for STEADY). Right after a container starts,
         // the kubelet syncs the pod once a second for about 3 s (its PLEG
         // event, then its own status writes coming back); a pod deleted then
         // waits for the next 1 s PLEG relist before its SIGTERM, and the same
@@ -288,7 +311,7 @@ async fn start_activation_runs_the_app_only_in_the_leader() {
         let mut leader = leader;
         let mut takeovers = Vec::new();
         for round in 1..=rounds {
-            wait_ready_for(&pods, &leader, STEADY).await;
+            wait_steady(&pods, "app=workers", &leader, STEADY).await;
             let (next, takeover_ms) = delete_leader(&pods, &dir, &leader, round).await;
             takeovers.push(takeover_ms);
             assert_no_overlap(&runs(&dir));

@@ -27,8 +27,11 @@ pub struct PodView {
     pub finished: bool,
     /// The pod spec has the agent container (the webhook injected it).
     pub injected: bool,
-    /// The agent container has started (`started: true` or ready).
+    /// The agent container runs (a live candidate).
     pub agent_started: bool,
+    /// The agent passed its startup probe (`started: true`), so the kubelet
+    /// starts the app containers: in `start` activation, once the pod leads.
+    pub app_released: bool,
     /// Identity the pod's agent uses in the Lease.
     pub identity: Option<String>,
     pub role_label: Option<String>,
@@ -74,6 +77,13 @@ impl PodView {
                         && c.state.as_ref().is_some_and(|st| st.running.is_some())
                 })
         });
+        let app_released = status.is_some_and(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+                .any(|c| c.name == AGENT_CONTAINER && c.started == Some(true))
+        });
         let finished = status
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Failed" || p == "Succeeded");
@@ -104,6 +114,7 @@ impl PodView {
             finished,
             injected,
             agent_started,
+            app_released,
             identity,
             role_label: meta
                 .labels
@@ -313,6 +324,15 @@ pub fn role_changes(
             role: Some(want),
         };
         if want == ROLE_LEADER {
+            // A `start` pod is labelled leader once the kubelet has let its
+            // app start (the pod's status says so), not the moment its agent
+            // takes the Lease: the label patch would otherwise reach the
+            // kubelet first, and its sync would make the sync that starts the
+            // app wait for the next 1 s PLEG relist. Its app does not run
+            // before then anyway, so a Service has nothing to send it.
+            if !pod.fenced && !pod.app_released && !labelled_leader {
+                continue;
+            }
             promote.push(change);
         } else if labelled_leader {
             demote.push(change);

@@ -46,6 +46,23 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
         .unwrap_or_else(|e| panic!("write key: {e}"));
     let webhook_port = free_port();
     let admin_port = free_port();
+    // The controller's own Lease exists, free, as the chart creates it
+    // (templates/owned.yaml): a missing one makes the election wait a whole
+    // lease duration for a holder it cannot rule out.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(super::client().await, ns);
+    let lease = k8s_openapi::api::coordination::v1::Lease {
+        metadata: ObjectMeta {
+            name: Some(zen_lead::api::keys::CONTROLLER_LEASE_NAME.to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("create the controller Lease: {e}"),
+    }
     let log = std::fs::File::create(dir.join("controller.log"))
         .unwrap_or_else(|e| panic!("log file: {e}"));
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))

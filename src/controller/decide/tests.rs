@@ -10,6 +10,7 @@ fn pod(name: &str) -> PodView {
         finished: false,
         injected: true,
         agent_started: true,
+        app_released: true,
         identity: Some(format!("{name}_id")),
         role_label: None,
         role_annotation: None,
@@ -234,6 +235,40 @@ fn demotion_always_precedes_promotion() {
     f.role_label = Some("follower".to_owned());
     f.role_annotation = Some("follower".to_owned());
     assert!(role_changes(&[l, f], Some("l"), &BTreeSet::new()).is_empty());
+}
+
+#[test]
+fn a_start_leader_is_labelled_once_its_app_may_start() {
+    let mut new = pod("new");
+    new.fenced = false;
+    new.app_released = false;
+    let mut other = pod("other");
+    other.fenced = false;
+    other.app_released = false;
+    // Took the Lease, startup probe not passed yet: only the follower label.
+    let changes = role_changes(&[new.clone(), other.clone()], Some("new"), &BTreeSet::new());
+    let order: Vec<(&str, Option<&str>)> =
+        changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
+    assert_eq!(order, vec![("other", Some("follower"))]);
+    // The kubelet released the app: promoted.
+    new.app_released = true;
+    let changes = role_changes(&[new.clone(), other.clone()], Some("new"), &BTreeSet::new());
+    assert_eq!(changes[0].pod, "new");
+    assert_eq!(changes[0].role, Some("leader"));
+    // `api` pods are promoted at once (their startup does not wait to lead).
+    let mut api = pod("api");
+    api.app_released = false;
+    let changes = role_changes(&[api], Some("api"), &BTreeSet::new());
+    assert_eq!(changes[0].role, Some("leader"));
+    // An old leader is still demoted while its successor waits.
+    let mut old = pod("old");
+    old.role_label = Some("leader".to_owned());
+    old.role_annotation = Some("leader".to_owned());
+    new.app_released = false;
+    let changes = role_changes(&[old, new], Some("new"), &BTreeSet::new());
+    let order: Vec<(&str, Option<&str>)> =
+        changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
+    assert_eq!(order, vec![("old", Some("follower"))]);
 }
 
 #[test]
