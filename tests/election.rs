@@ -356,9 +356,13 @@ async fn lock_stops_the_command_when_the_lease_is_taken_away() {
         let t = TestTimings::FAST;
         let dir = scratch_dir("locklost");
         let marker = dir.join("term");
+        let armed = dir.join("armed");
+        // `armed` once the trap is in place: a SIGTERM before that would end
+        // the shell without a trace, and the test could not tell.
         let script = format!(
-            "trap 'touch {}; exit 0' TERM; while :; do sleep 0.05; done",
-            marker.display()
+            "trap 'touch {}; exit 0' TERM; touch {}; while :; do sleep 0.05; done",
+            marker.display(),
+            armed.display()
         );
         let mut holder = lock_cmd(&ns, "stolen", t, &[], &["sh", "-c", &script])
             .stderr(Stdio::null())
@@ -380,6 +384,14 @@ async fn lock_stops_the_command_when_the_lease_is_taken_away() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut lease = lease.expect("the lock never took the Lease");
+        // The command runs, its trap armed.
+        for _ in 0..200 {
+            if armed.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(armed.exists(), "CMD never started under the lock");
         // Someone else overwrites the holder (as if it had expired).
         for _ in 0..20 {
             if let Some(spec) = lease.spec.as_mut() {
