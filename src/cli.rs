@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::Activation;
 use crate::telemetry::LogFormat;
 use crate::webhook::TlsMode;
 
@@ -283,9 +284,8 @@ pub struct ControllerArgs {
     /// admitted by this webhook. `auto`: `api` for pods of Deployments,
     /// StatefulSets and DaemonSets, `start` for everything else. `api` or
     /// `start`: that mode for every pool that does not choose one itself.
-    #[arg(long, env = "ZEN_LEAD_DEFAULT_ACTIVATION", default_value = "auto",
-          value_parser = ["auto", "api", "start"])]
-    pub default_activation: String,
+    #[arg(long, env = "ZEN_LEAD_DEFAULT_ACTIVATION", value_enum, default_value_t = Activation::Auto)]
+    pub default_activation: Activation,
 
     /// Largest admission request body accepted; larger ones get HTTP 413.
     #[arg(long, env = "ZEN_LEAD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024,

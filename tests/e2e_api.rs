@@ -243,11 +243,7 @@ fn deployment(image: &str, dir: &Path) -> Deployment {
 }
 
 fn is_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    p.metadata.deletion_timestamp.is_none() && common::pod_ready(p)
 }
 
 fn label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {

@@ -171,13 +171,10 @@ async fn wait_steady(pods: &Api<Pod>, selector: &str, leader: &str, steady: Dura
             seen = now;
             since = tokio::time::Instant::now();
         }
-        let leader_ready = list.items.iter().any(|p| {
-            p.metadata.name.as_deref() == Some(leader)
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        });
+        let leader_ready = list
+            .items
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(leader) && common::pod_ready(p));
         if leader_ready && since.elapsed() >= steady {
             return;
         }

@@ -385,13 +385,17 @@ async fn lock_stops_the_command_when_the_lease_is_taken_away() {
         }
         let mut lease = lease.expect("the lock never took the Lease");
         // The command runs, its trap armed.
-        for _ in 0..200 {
-            if armed.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(armed.exists(), "CMD never started under the lock");
+        common::eventually(
+            "CMD to start under the lock",
+            Duration::from_secs(10),
+            || async {
+                armed
+                    .exists()
+                    .then_some(())
+                    .ok_or_else(|| "not armed yet".to_owned())
+            },
+        )
+        .await;
         // Someone else overwrites the holder (as if it had expired).
         for _ in 0..20 {
             if let Some(spec) = lease.spec.as_mut() {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chart::{Release, has_agent, scoped_values};
-use common::{client, eventually, kubectl, with_namespace};
+use common::{client, eventually, kubectl, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -96,13 +96,6 @@ fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .as_ref()
         .and_then(|l| l.get(key))
         .map(String::as_str)
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Waits until the policy is Stable with a holder; returns the holder pod name.

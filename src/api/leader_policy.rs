@@ -211,7 +211,19 @@ pub enum FollowerMode {
 }
 
 /// How a follower is kept inactive.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Activation {
     /// `api` for pods of Deployments, StatefulSets and DaemonSets, `start` for

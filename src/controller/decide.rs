@@ -64,26 +64,19 @@ impl PodView {
                     .flatten()
                     .any(|c| c.name == AGENT_CONTAINER)
         });
-        let agent_started = status.is_some_and(|s| {
+        let agent = status.and_then(|s| {
             s.init_container_statuses
                 .iter()
                 .flatten()
                 .chain(s.container_statuses.iter().flatten())
-                // Running is enough: in `start` activation a follower's agent
-                // never passes its startup probe (that is what holds its app
-                // back), so `started` stays false while it is a live candidate.
-                .any(|c| {
-                    c.name == AGENT_CONTAINER
-                        && c.state.as_ref().is_some_and(|st| st.running.is_some())
-                })
+                .find(|c| c.name == AGENT_CONTAINER)
         });
-        let app_released = status.is_some_and(|s| {
-            s.init_container_statuses
-                .iter()
-                .flatten()
-                .chain(s.container_statuses.iter().flatten())
-                .any(|c| c.name == AGENT_CONTAINER && c.started == Some(true))
-        });
+        // Running is enough: in `start` activation a follower's agent never
+        // passes its startup probe (that is what holds its app back), so
+        // `started` stays false while it is a live candidate.
+        let agent_started =
+            agent.is_some_and(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()));
+        let app_released = agent.is_some_and(|c| c.started == Some(true));
         let finished = status
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Failed" || p == "Succeeded");

@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::api::Activation;
 use crate::cli::ControllerArgs;
 pub use inject::InjectConfig;
 pub use server::{Running, ServeOptions};
@@ -168,12 +167,7 @@ impl Config {
         inject.cpu_request = args.agent_cpu_request.clone();
         inject.memory_request = args.agent_memory_request.clone();
         inject.memory_limit = args.agent_memory_limit.clone();
-        inject.default_activation = match args.default_activation.as_str() {
-            "api" => Activation::Api,
-            "start" => Activation::Start,
-            // clap allows only auto, api and start.
-            _ => Activation::Auto,
-        };
+        inject.default_activation = args.default_activation;
         Ok(Self {
             addr: args.webhook_addr,
             tls,

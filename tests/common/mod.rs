@@ -100,6 +100,14 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The pod's `Ready` condition is True.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Runs `body` with a fresh namespace (server-generated unique name starting
 /// with `zl-<prefix>-`) and deletes the namespace afterwards, also when
 /// `body` panics; the panic is then re-raised.
