@@ -189,6 +189,9 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
             namespace: config.pod.namespace.clone(),
             name: config.pool.clone(),
             identity: config.identity.clone(),
+            // The pod UID: a restarted agent container of this pod takes its
+            // own term back; another pod with the same identity does not.
+            instance: config.pod.uid.clone(),
             can_create: config.create_lease,
             fixed: None,
             create_timings: Timings::default(),

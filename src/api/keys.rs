@@ -67,6 +67,14 @@ pub const RETRY_PERIOD_ANNOTATION: &str = "zen-lead.io/retry-period-seconds";
 /// candidates briefly defer to the named one.
 pub const PREFERRED_HOLDER_ANNOTATION: &str = "zen-lead.io/preferred-holder";
 
+/// Annotation on a pool's Lease, written by the holder with every acquire and
+/// renewal and removed on release: which *instance* of the holder identity
+/// holds it (the agent's pod UID; a per-process value for `zen-lead lock`).
+/// A candidate re-claims a Lease that names its own identity only when this
+/// names its own instance too, so two live pods that share an identity can
+/// never both lead (see "Identity safety" in docs/ARCHITECTURE.md).
+pub const HOLDER_INSTANCE_ANNOTATION: &str = "zen-lead.io/holder-instance";
+
 /// Label on the Leases the controller manages: the name of the LeaderPolicy
 /// (same namespace). The controller watches Leases with this label only, so
 /// node heartbeats and other Leases cost it nothing.
@@ -118,6 +126,8 @@ pub mod conditions {
     pub const SCALED_DOWN: &str = "ScaledDown";
     /// A pool pod runs without the agent (admitted while the webhook was down).
     pub const AGENT_MISSING: &str = "AgentMissing";
+    /// Two live pool pods use the same candidate identity (custom strategy).
+    pub const IDENTITY_CONFLICT: &str = "IdentityConflict";
 }
 
 #[cfg(test)]

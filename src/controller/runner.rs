@@ -140,6 +140,7 @@ pub async fn lead_and_run(
         namespace: settings.namespace.clone(),
         name: settings.lease_name.clone(),
         identity: settings.identity.clone(),
+        instance: crate::election::process_instance(),
         can_create: true,
         fixed: Some(settings.lease_timings),
         create_timings: settings.lease_timings,

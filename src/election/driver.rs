@@ -25,7 +25,9 @@ use super::clock;
 use super::machine::{
     Action, EndReason, Failure, LeadEvent, Machine, MachineConfig, Observation, WriteKind,
 };
-use super::record::{Record, SpecWrite, apply_spec, format_seconds, lease_duration_seconds};
+use super::record::{
+    Record, SpecWrite, apply_instance, apply_spec, format_seconds, lease_duration_seconds,
+};
 use crate::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
 
 /// Settings of one candidate's election.
@@ -34,6 +36,9 @@ pub struct ElectorConfig {
     pub namespace: String,
     pub name: String,
     pub identity: String,
+    /// Which instance of `identity` this is (the pod UID for the agent; a
+    /// per-process value for `lock`): see [`MachineConfig::instance`].
+    pub instance: String,
     /// Create the Lease when it is missing (lock; agent with --create-lease).
     pub can_create: bool,
     /// Our own timings (lock) instead of the Lease's (agent).
@@ -245,6 +250,7 @@ impl Elector {
         let api = Api::namespaced(client, &cfg.namespace);
         let machine = Machine::new(MachineConfig {
             identity: cfg.identity.clone(),
+            instance: cfg.instance.clone(),
             can_create: cfg.can_create,
             fixed: cfg.fixed,
             create_timings: cfg.create_timings,
@@ -544,6 +550,7 @@ impl Elector {
             metadata.resource_version = base_rv.map(str::to_owned);
             metadata.managed_fields = None;
         }
+        apply_instance(&mut metadata.annotations, write);
         let mut write = write.clone();
         if base.is_none() && write.lease_duration_seconds.is_none() {
             let t = self.cfg.fixed.unwrap_or(self.cfg.create_timings);
@@ -562,8 +569,8 @@ impl Elector {
         write: SpecWrite,
     ) -> Result<(), RunError> {
         let body = self.lease_body(kind, base_rv.as_deref(), &write);
-        let limit = self.machine.request_timeout();
         let sent_at = Instant::now();
+        let limit = self.machine.write_timeout(kind, sent_at);
         let api = self.api.clone();
         let name = self.cfg.name.clone();
         let request = async move {

@@ -10,6 +10,13 @@
 //!   most `s + renewDeadline`, while anyone else may take over no earlier than
 //!   `leaseDuration` after *observing* that renewal (which happens after `s`).
 //!   `renewDeadline < leaseDuration` leaves the difference as margin.
+//!
+//! And identity safety rests on a third: a Lease counts as ours only when it
+//! names both our identity and our instance (the agent's pod UID). Another
+//! live candidate that shares our identity (the same `zen-lead/identity` on
+//! two pods) is treated like any other holder: its claim is waited out, never
+//! "re-claimed". Only a restart of the same instance (the agent container of
+//! the same pod) takes its own Lease back without waiting.
 
 use std::time::Duration;
 
@@ -23,6 +30,9 @@ use super::record::{Record, SpecWrite, lease_duration_seconds};
 pub struct MachineConfig {
     /// Holder identity written into the Lease.
     pub identity: String,
+    /// Which instance of `identity` we are (the pod UID for the agent),
+    /// written as `zen-lead.io/holder-instance` beside the holder.
+    pub instance: String,
     /// May this candidate create the Lease when it is missing?
     pub can_create: bool,
     /// `Some` (lock): our own timings, written as `leaseDurationSeconds` on
@@ -201,6 +211,14 @@ impl Machine {
         &self.cfg.identity
     }
 
+    /// Whether `rec` names us: our identity *and* our instance. A record
+    /// without an instance (written by client-go or an older zen-lead) is
+    /// never ours, so it is waited out like any other holder's.
+    fn holds(&self, rec: &Record) -> bool {
+        rec.holder.as_deref() == Some(self.cfg.identity.as_str())
+            && rec.holder_instance.as_deref() == Some(self.cfg.instance.as_str())
+    }
+
     /// True while we lead (`now` before the end of our term).
     pub fn leading(&self, now: Instant) -> bool {
         self.lead.as_ref().is_some_and(|l| now < l.valid_until)
@@ -252,6 +270,21 @@ impl Machine {
             .max(Duration::from_millis(100))
     }
 
+    /// How long a write may take. A renewal may use the rest of our term:
+    /// cutting it off earlier would only throw away an answer that still
+    /// extends the term, so a slow API server (answers slower than the retry
+    /// period but inside the renew deadline) never costs the leadership. Any
+    /// other write gets [`Machine::request_timeout`].
+    pub fn write_timeout(&self, kind: WriteKind, now: Instant) -> Duration {
+        let short = self.request_timeout();
+        match (kind, self.lead_deadline()) {
+            (WriteKind::Renew, Some(deadline)) => {
+                short.max(deadline.saturating_duration_since(now))
+            }
+            _ => short,
+        }
+    }
+
     fn failure_backoff(&self) -> Duration {
         (self.timings().retry_period() / 2)
             .min(Duration::from_millis(500))
@@ -300,7 +333,7 @@ impl Machine {
                             true,
                         ) => match rec.holder.as_deref() {
                             None => Prior::Free,
-                            Some(h) if h == self.cfg.identity => Prior::Mine,
+                            Some(_) if self.holds(rec) => Prior::Mine,
                             Some(_) => Prior::Claimed {
                                 until: *claim_until,
                             },
@@ -336,7 +369,10 @@ impl Machine {
                 if old.resource_version == rec.resource_version && old.uid == rec.uid {
                     return None; // same record: nothing changed, the clock keeps running
                 }
-                let ld = if old.holder.is_some() && old.holder == rec.holder {
+                let same_holder = old.holder.is_some()
+                    && old.holder == rec.holder
+                    && old.holder_instance == rec.holder_instance;
+                let ld = if same_holder {
                     (*claim_ld).max(rec.timings.lease_duration())
                 } else {
                     rec.timings.lease_duration()
@@ -354,7 +390,7 @@ impl Machine {
             _ => (rec.timings.lease_duration(), now),
         };
         let claim_until = later(now + claim_ld, free_not_before);
-        let mine = rec.holder.as_deref() == Some(self.cfg.identity.as_str());
+        let mine = self.holds(&rec);
         let mut event = None;
         if let Some(lead) = &mut self.lead {
             if mine {
@@ -434,11 +470,12 @@ impl Machine {
         let View::Present { rec, .. } = &self.view else {
             return None;
         };
-        (rec.holder.as_deref() == Some(self.cfg.identity.as_str())).then(|| Action::Replace {
+        self.holds(rec).then(|| Action::Replace {
             kind: WriteKind::Release,
             base_resource_version: rec.resource_version.clone(),
             write: SpecWrite {
                 holder: None,
+                instance: None,
                 transitions: rec.transitions,
                 new_term: false,
                 lease_duration_seconds: None,
@@ -477,6 +514,7 @@ impl Machine {
                             base_resource_version: rec.resource_version.clone(),
                             write: SpecWrite {
                                 holder: None,
+                                instance: None,
                                 transitions: rec.transitions,
                                 new_term: false,
                                 lease_duration_seconds: None,
@@ -488,6 +526,7 @@ impl Machine {
                             base_resource_version: rec.resource_version.clone(),
                             write: SpecWrite {
                                 holder: Some(me.to_owned()),
+                                instance: Some(self.cfg.instance.clone()),
                                 transitions: rec.transitions,
                                 new_term: false,
                                 lease_duration_seconds: self.fixed_lease_seconds(),
@@ -499,6 +538,7 @@ impl Machine {
                 }
                 View::Missing { .. } if self.cfg.can_create => Action::Create(SpecWrite {
                     holder: Some(me.to_owned()),
+                    instance: Some(self.cfg.instance.clone()),
                     transitions: lead.token,
                     new_term: false,
                     lease_duration_seconds: self.fixed_lease_seconds(),
@@ -514,6 +554,7 @@ impl Machine {
                 }
                 let create = Action::Create(SpecWrite {
                     holder: Some(me.to_owned()),
+                    instance: Some(self.cfg.instance.clone()),
                     transitions: self.last_transitions.map_or(0, |t| t.saturating_add(1)),
                     new_term: true,
                     // Agents keep the duration of the Lease they knew (the
@@ -538,6 +579,7 @@ impl Machine {
                     base_resource_version: rec.resource_version.clone(),
                     write: SpecWrite {
                         holder: Some(me.to_owned()),
+                        instance: Some(self.cfg.instance.clone()),
                         // client-go's rule: the count goes up whenever the
                         // holder changes to us (also from an empty holder).
                         transitions: if reclaim {
@@ -561,7 +603,10 @@ impl Machine {
                             Action::Wait(Some(at))
                         }
                     }
-                    Some(h) if h == me => acquire(true),
+                    // Our own term, left by an earlier run of this same
+                    // instance: take it back. A Lease naming our identity
+                    // with another instance is someone else's claim.
+                    Some(_) if self.holds(rec) => acquire(true),
                     Some(_) if now >= *claim_until => acquire(false),
                     Some(_) => Action::Wait(Some(*claim_until)),
                 }
@@ -579,7 +624,7 @@ impl Machine {
         now: Instant,
     ) -> Option<LeadEvent> {
         self.backoff_until = None;
-        let mine = rec.holder.as_deref() == Some(self.cfg.identity.as_str());
+        let mine = self.holds(&rec);
         let token = rec.transitions;
         let preferred = rec.preferred.clone();
         let rec_timings = rec.timings;

@@ -21,6 +21,16 @@ pub use driver::{Elector, ElectorConfig, LeaderStatus, Metrics, RunError, counti
 
 use std::time::Duration;
 
+/// An instance value for a candidate that is a plain process (`lock`, the
+/// controller): unique per process start, so a second process given the same
+/// identity never takes the first one's Lease as its own.
+pub fn process_instance() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("pid-{}-{started:x}", std::process::id())
+}
+
 /// client-go's `JitterFactor`: a retry may be delayed by up to 20%, and the
 /// leader still needs at least one retry before its renew deadline.
 pub const RETRY_JITTER_FACTOR: f64 = 1.2;

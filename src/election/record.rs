@@ -2,6 +2,7 @@
 //! Lease: the client-go fields plus zen-lead's timing and hand-off
 //! annotations (see "Lease contract" in docs/ARCHITECTURE.md).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -10,7 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{TimingNames, Timings};
 use crate::api::keys::{
-    PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION,
+    HOLDER_INSTANCE_ANNOTATION, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION,
+    RETRY_PERIOD_ANNOTATION,
 };
 
 /// `spec.leaseDurationSeconds` when the Lease does not say (client-go's default).
@@ -23,6 +25,9 @@ pub struct Record {
     pub resource_version: String,
     /// `None` when `holderIdentity` is absent or empty: the Lease is free.
     pub holder: Option<String>,
+    /// `zen-lead.io/holder-instance`: which instance of `holder` wrote it
+    /// (`None` when absent, e.g. a Lease written by client-go).
+    pub holder_instance: Option<String>,
     pub transitions: i32,
     /// `zen-lead.io/preferred-holder`, if set and non-empty.
     pub preferred: Option<String>,
@@ -56,6 +61,7 @@ impl Record {
             uid: lease.metadata.uid.clone().unwrap_or_default(),
             resource_version,
             holder,
+            holder_instance: annotation(HOLDER_INSTANCE_ANNOTATION).map(str::to_owned),
             transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
             preferred: annotation(PREFERRED_HOLDER_ANNOTATION).map(str::to_owned),
             timings: resolve_timings(
@@ -151,15 +157,35 @@ pub fn now_micro() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-/// What a write sets in `spec`; everything else of the base Lease is kept.
+/// What a write sets in `spec` (and the holder-instance annotation);
+/// everything else of the base Lease is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecWrite {
     pub holder: Option<String>,
+    /// Written as `zen-lead.io/holder-instance` with a holder; the annotation
+    /// is removed when `holder` is `None` (a release).
+    pub instance: Option<String>,
     pub transitions: i32,
     /// `true`: a new term starts, `acquireTime` = now; `false`: kept.
     pub new_term: bool,
     /// `Some`: write this `leaseDurationSeconds`; `None`: keep the Lease's.
     pub lease_duration_seconds: Option<i32>,
+}
+
+/// Sets or removes the holder-instance annotation as `write` says.
+pub fn apply_instance(annotations: &mut Option<BTreeMap<String, String>>, write: &SpecWrite) {
+    match (&write.holder, &write.instance) {
+        (Some(_), Some(instance)) => {
+            annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(HOLDER_INSTANCE_ANNOTATION.to_owned(), instance.clone());
+        }
+        _ => {
+            if let Some(map) = annotations.as_mut() {
+                map.remove(HOLDER_INSTANCE_ANNOTATION);
+            }
+        }
+    }
 }
 
 /// Applies `write` to a copy of `spec` (the Lease being replaced).

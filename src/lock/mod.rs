@@ -203,6 +203,7 @@ pub async fn run(request: Request) -> Result<(), LockError> {
             namespace: namespace.clone(),
             name: request.name.clone(),
             identity: identity.clone(),
+            instance: crate::election::process_instance(),
             can_create: true,
             fixed: Some(request.timings),
             create_timings: request.timings,

@@ -2,6 +2,8 @@ use super::*;
 use crate::election::TimingNames;
 
 const ME: &str = "me";
+/// Our instance (the agent's pod UID).
+const MY_POD: &str = "pod-uid-me";
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -14,6 +16,7 @@ fn timings(lease: u64, renew: u64, retry: u64) -> Timings {
 fn cfg() -> MachineConfig {
     MachineConfig {
         identity: ME.into(),
+        instance: MY_POD.into(),
         can_create: false,
         fixed: None,
         create_timings: Timings::default(),
@@ -26,6 +29,14 @@ fn rec(rv: u64, holder: Option<&str>, transitions: i32) -> Record {
         uid: "u1".into(),
         resource_version: rv.to_string(),
         holder: holder.map(str::to_owned),
+        // Every holder writes its instance; ours is MY_POD.
+        holder_instance: holder.map(|h| {
+            if h == ME {
+                MY_POD.to_owned()
+            } else {
+                format!("{h}-pod")
+            }
+        }),
         transitions,
         preferred: None,
         timings: timings(3000, 2000, 500),
@@ -40,6 +51,7 @@ fn present(r: Record) -> Observation {
 fn acquire_write(transitions: i32, new_term: bool) -> SpecWrite {
     SpecWrite {
         holder: Some(ME.into()),
+        instance: Some(MY_POD.into()),
         transitions,
         new_term,
         lease_duration_seconds: None,
@@ -441,6 +453,7 @@ fn missing_lease_rules() {
         m.decide(t0 + ms(100)),
         Action::Create(SpecWrite {
             holder: Some(ME.into()),
+            instance: Some(MY_POD.into()),
             transitions: 5,
             new_term: false,
             lease_duration_seconds: None
@@ -522,4 +535,212 @@ fn a_term_superseded_after_a_pause_ended_at_its_deadline() {
             reason: EndReason::Superseded
         })
     );
+}
+
+/// A record naming our identity, written by `instance` (`None`: no
+/// instance annotation, as client-go or an older zen-lead writes it).
+fn twin(rv: u64, instance: Option<&str>, transitions: i32) -> Record {
+    Record {
+        holder_instance: instance.map(str::to_owned),
+        ..rec(rv, Some(ME), transitions)
+    }
+}
+
+/// Table: a Lease that names our identity is ours only with our instance.
+#[test]
+fn identity_safety_decisions() {
+    struct Case {
+        name: &'static str,
+        instance: Option<&'static str>,
+        age_ms: u64,
+        want: fn(Instant) -> Action,
+    }
+    let cases = [
+        Case {
+            name: "same identity, same instance (our agent container restarted): reclaim the term",
+            instance: Some(MY_POD),
+            age_ms: 0,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(7, false),
+            },
+        },
+        Case {
+            name: "same identity, another pod: its claim is waited out like anyone's",
+            instance: Some("pod-uid-twin"),
+            age_ms: 1000,
+            want: |t0| Action::Wait(Some(t0 + ms(3000))),
+        },
+        Case {
+            name: "same identity, another pod, claim expired: a new term (token +1)",
+            instance: Some("pod-uid-twin"),
+            age_ms: 3000,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(8, true),
+            },
+        },
+        Case {
+            name: "same identity, no instance recorded (client-go, older zen-lead): waited out",
+            instance: None,
+            age_ms: 2999,
+            want: |t0| Action::Wait(Some(t0 + ms(3000))),
+        },
+    ];
+    for case in cases {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg());
+        m.observe(present(twin(10, case.instance, 7)), t0);
+        assert_eq!(
+            m.decide(t0 + ms(case.age_ms)),
+            (case.want)(t0),
+            "{}",
+            case.name
+        );
+        assert!(!m.leading(t0 + ms(case.age_ms)), "{}", case.name);
+    }
+}
+
+#[test]
+fn a_twin_taking_the_lease_ends_our_term() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let ev = m.observe(present(twin(3, Some("pod-uid-twin"), 6)), t0 + ms(100));
+    assert_eq!(
+        ev,
+        Some(LeadEvent::Ended {
+            at: t0 + ms(100),
+            reason: EndReason::Superseded
+        })
+    );
+    // And its Lease is not ours to release on shutdown.
+    assert_eq!(m.release_action(), None);
+}
+
+#[test]
+fn a_successful_write_naming_a_twin_is_not_our_term() {
+    // A write answered with a record that names our identity but another
+    // instance (cannot come from our own write, but never trust it).
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    m.observe(present(rec(1, None, 4)), t0);
+    let ev = m.write_ok(WriteKind::Acquire, t0, twin(2, Some("pod-uid-twin"), 5), t0);
+    assert_eq!(ev, None);
+    assert!(!m.leading(t0));
+}
+
+/// Several candidates that share one identity (the same `zen-lead/identity`
+/// on every replica) run against one compare-and-swap store, seeing each
+/// other's writes late or not at all. At no instant may two of them lead.
+#[test]
+fn candidates_sharing_an_identity_never_lead_together() {
+    #[derive(Clone)]
+    struct Stored {
+        rv: u64,
+        holder: Option<String>,
+        instance: Option<String>,
+        transitions: i32,
+    }
+    let to_record = |s: &Stored| Record {
+        uid: "u1".into(),
+        resource_version: s.rv.to_string(),
+        holder: s.holder.clone(),
+        holder_instance: s.instance.clone(),
+        transitions: s.transitions,
+        preferred: None,
+        timings: timings(3000, 2000, 500),
+        acquired: None,
+    };
+    for seed in 0..20u64 {
+        let mut store = Stored {
+            rv: 1,
+            holder: None,
+            instance: None,
+            transitions: 0,
+        };
+        let mut machines: Vec<Machine> = (0..3)
+            .map(|i| {
+                Machine::new(MachineConfig {
+                    instance: format!("pod-{i}"),
+                    ..cfg()
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        // A cheap deterministic shuffle: who acts, and who sees the store,
+        // at each 50 ms step.
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut leaders_seen = std::collections::BTreeSet::new();
+        for step in 0..600u64 {
+            let now = t0 + ms(step * 50);
+            let i = (next() % 3) as usize;
+            let m = &mut machines[i];
+            m.expire(now);
+            if next() % 4 != 0 {
+                // Not every candidate sees every change (a slow watch).
+                m.observe(present(to_record(&store)), now);
+            }
+            match m.decide(now) {
+                Action::Read => {
+                    m.observe(present(to_record(&store)), now);
+                }
+                Action::Replace {
+                    kind,
+                    base_resource_version,
+                    write,
+                } => {
+                    m.begin(
+                        &Action::Replace {
+                            kind,
+                            base_resource_version: base_resource_version.clone(),
+                            write: write.clone(),
+                        },
+                        now,
+                    );
+                    if base_resource_version == store.rv.to_string() {
+                        store = Stored {
+                            rv: store.rv + 1,
+                            holder: write.holder.clone(),
+                            instance: write.instance.clone(),
+                            transitions: write.transitions,
+                        };
+                        m.write_ok(kind, now, to_record(&store), now);
+                    } else {
+                        m.write_failed(Failure::Stale, now);
+                    }
+                }
+                Action::Create(_) | Action::Wait(_) => {}
+            }
+            // Candidates that are not picked for a while skip turns, like a
+            // paused process: their deadlines must cover that.
+            let leading: Vec<usize> = (0..3).filter(|j| machines[*j].leading(now)).collect();
+            assert!(
+                leading.len() <= 1,
+                "seed {seed}, step {step}: candidates {leading:?} lead together"
+            );
+            leaders_seen.extend(leading);
+        }
+        assert!(!leaders_seen.is_empty(), "seed {seed}: nobody ever led");
+    }
+}
+
+#[test]
+fn a_renewal_may_take_the_rest_of_the_term_other_writes_may_not() {
+    let t0 = Instant::now();
+    let m = leading_machine(t0);
+    // Term until t0 + 2000 ms; the short timeout is min(retry, renew / 3).
+    assert_eq!(m.request_timeout(), ms(500));
+    assert_eq!(m.write_timeout(WriteKind::Renew, t0 + ms(500)), ms(1500));
+    assert_eq!(m.write_timeout(WriteKind::Renew, t0 + ms(1800)), ms(500));
+    assert_eq!(m.write_timeout(WriteKind::Release, t0 + ms(500)), ms(500));
+    let f = Machine::new(cfg());
+    assert_eq!(f.write_timeout(WriteKind::Acquire, t0), f.request_timeout());
 }
