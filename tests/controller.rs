@@ -26,8 +26,8 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde_json::json;
 use zen_lead::api::LeaderPolicy;
 use zen_lead::api::keys::{
-    CANDIDATE_READINESS_GATE, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL,
-    SCALED_BY_ANNOTATION, pod_identity,
+    CANDIDATE_READINESS_GATE, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
+    ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION, pod_identity,
 };
 
 use common::{apply_crd, client, kubeconfig_path, repo_root, wait_for, with_namespace};
@@ -164,6 +164,23 @@ struct HostAgent {
 
 impl HostAgent {
     fn start(dir: &Path, pod: &Pod, pool: &str) -> HostAgent {
+        Self::start_with(dir, pod, pool, &[])
+    }
+
+    /// An agent with `identityStrategy: custom` and this identity, as the
+    /// webhook starts one for a pod with `zen-lead/identity`.
+    fn start_custom(dir: &Path, pod: &Pod, pool: &str, identity: &str) -> HostAgent {
+        let mut agent = Self::start_with(
+            dir,
+            pod,
+            pool,
+            &["--identity-strategy", "custom", "--identity", identity],
+        );
+        agent.identity = identity.to_owned();
+        agent
+    }
+
+    fn start_with(dir: &Path, pod: &Pod, pool: &str, extra: &[&str]) -> HostAgent {
         let name = pod.name_any();
         let ns = pod.namespace().unwrap_or_default();
         let uid = pod.uid().unwrap_or_default();
@@ -180,6 +197,7 @@ impl HostAgent {
             .args(["agent", "--pool", pool, "--pod-name", &name])
             .args(["--pod-namespace", &ns, "--pod-uid", &uid])
             .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -355,6 +373,49 @@ fn lease_holder(l: &Lease) -> Option<String> {
         .as_ref()
         .and_then(|s| s.holder_identity.clone())
         .filter(|h| !h.is_empty())
+}
+
+fn holder_instance(l: &Lease) -> Option<String> {
+    l.annotations().get(HOLDER_INSTANCE_ANNOTATION).cloned()
+}
+
+/// A pool pod whose agent was started with `identityStrategy: custom` and
+/// the given `zen-lead/identity`, as the webhook leaves it.
+fn custom_pool_pod(name: &str, pool: &str, identity: &str) -> Pod {
+    let mut pod = pool_pod(name, Some(pool), "kwok-1", true);
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert("zen-lead/identity".to_owned(), identity.to_owned());
+    if let Some(agent) = pod
+        .spec
+        .as_mut()
+        .and_then(|s| s.init_containers.as_mut())
+        .and_then(|c| c.first_mut())
+    {
+        agent.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "ZEN_LEAD_IDENTITY_STRATEGY".to_owned(),
+            value: Some("custom".to_owned()),
+            ..Default::default()
+        }]);
+    }
+    pod
+}
+
+/// Events whose subject is the pod `name`: (reason, note).
+async fn pod_events(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Pod")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
 }
 
 fn pod_role(p: &Pod) -> Option<String> {
@@ -712,6 +773,13 @@ async fn holder_pod_deleted_fails_over_without_waiting_for_expiry() {
                 .ok_or(format!("{:?}", l.spec))
         })
         .await;
+        // With the holder's instance, so db-1 keeps its term instead of
+        // seeing its name claimed by someone else.
+        let l = lease(&client, &ns, "db").await.expect("Lease db");
+        assert_eq!(
+            holder_instance(&l).as_deref(),
+            Some(pods[1].uid().unwrap_or_default().as_str())
+        );
     })
     .await;
 }
@@ -1375,6 +1443,204 @@ async fn rolling_update_keeps_a_single_leader() {
         assert!(note.contains("leader changed from"), "{note}");
         labels.assert_never_two();
         kubelet.abort();
+    })
+    .await;
+}
+
+/// Two live pods of a `custom` pool with the same identity (a hand-made
+/// configuration the webhook cannot see coming, like a multi-replica
+/// StatefulSet with the identity on its template). Only one leads; the other
+/// is told, on its condition and in an Event, which pod has its identity; the
+/// policy lists the pair. Deleting the duplicate clears the report.
+#[tokio::test]
+async fn pods_sharing_a_custom_identity_are_reported_and_one_leads() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-dup", |client, ns| async move {
+        let dir = scratch("dup");
+        let mut spec = fast();
+        spec["identityStrategy"] = json!("custom");
+        create_policy(&client, &ns, "dup", spec).await;
+        let mut pods = Vec::new();
+        for name in ["dup-a", "dup-b"] {
+            create_pod(&client, &ns, &custom_pool_pod(name, "dup", "worker")).await;
+            pods.push(running_pod(&client, &ns, name).await);
+        }
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let _a = HostAgent::start_custom(&dir, &pods[0], "dup", "worker");
+        policy_until(&client, &ns, "dup", "dup-a leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("dup-a"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let _b = HostAgent::start_custom(&dir, &pods[1], "dup", "worker");
+        let p = policy_until(&client, &ns, "dup", "the conflict reported", LIMIT, |p| {
+            condition(p, "IdentityConflict")
+                .filter(|c| c.status == "True")
+                .map(|_| ())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let message = condition(&p, "IdentityConflict")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            message.contains("dup-a") && message.contains("dup-b") && message.contains("worker"),
+            "{message}"
+        );
+        let b = common::eventually("dup-b is told", LIMIT, || async {
+            let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+                .get("dup-b")
+                .await
+                .map_err(|e| e.to_string())?;
+            (candidate_condition(&pod) == Some(("False".into(), "DuplicateIdentity".into())))
+                .then_some(pod.clone())
+                .ok_or(format!("{:?}", candidate_condition(&pod)))
+        })
+        .await;
+        let note = b
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == CANDIDATE_READINESS_GATE))
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            note.contains("pod dup-a") && note.contains("pod dup-b"),
+            "{note}"
+        );
+        common::eventually("a Warning event on dup-b", LIMIT, || async {
+            let events = pod_events(&client, &ns, "dup-b").await;
+            events
+                .iter()
+                .any(|(r, n)| r == "DuplicateIdentity" && n.contains("dup-a"))
+                .then_some(())
+                .ok_or(format!("{events:?}"))
+        })
+        .await;
+        // dup-a keeps the Lease: the Lease names its UID, and dup-b, which
+        // shares its identity, never takes the term as its own.
+        for _ in 0..3 {
+            let l = lease(&client, &ns, "dup").await.expect("Lease");
+            assert_eq!(lease_holder(&l).as_deref(), Some("worker"));
+            assert_eq!(
+                holder_instance(&l).as_deref(),
+                Some(pods[0].uid().unwrap_or_default().as_str())
+            );
+            assert_eq!(
+                holder_name(
+                    &Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+                        .get("dup")
+                        .await
+                        .expect("policy")
+                )
+                .as_deref(),
+                Some("dup-a")
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete("dup-b", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete dup-b");
+        policy_until(&client, &ns, "dup", "the conflict cleared", LIMIT, |p| {
+            condition(p, "IdentityConflict")
+                .filter(|c| c.status == "False")
+                .map(|_| ())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+    })
+    .await;
+}
+
+/// What `custom` identities exist for: a single-replica StatefulSet's pod,
+/// re-created with the same identity (and a new UID), takes over cleanly.
+/// The old incarnation's Lease is cleared by the controller (its instance is
+/// no pod's any more), so the new pod does not wait out the 30 s lease, and
+/// its term is a new one (fencing token + 1).
+#[tokio::test]
+async fn custom_identity_statefulset_pod_recreated_takes_over() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-csts", |client, ns| async move {
+        let dir = scratch("csts");
+        create_policy(
+            &client,
+            &ns,
+            "primary",
+            json!({"leaseDurationSeconds": 30, "identityStrategy": "custom"}),
+        )
+        .await;
+        let template = custom_pool_pod("unused", "primary", "db-primary");
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "pg"},
+            "spec": {
+                "replicas": 1, "serviceName": "pg",
+                "selector": {"matchLabels": {"app": "pg"}},
+                "template": {
+                    "metadata": {
+                        "labels": {"app": "pg", "zen-lead/pool": "primary"},
+                        "annotations": {"zen-lead/identity": "db-primary"}
+                    },
+                    "spec": {
+                        "nodeSelector": {"type": "kwok"},
+                        "tolerations": [{"operator": "Exists"}],
+                        "terminationGracePeriodSeconds": 0,
+                        "initContainers": template.spec.as_ref().and_then(|s| s.init_containers.clone()),
+                        "containers": [{"name": "app", "image": "app"}]
+                    }
+                }
+            }
+        }))
+        .expect("sts json");
+        Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &sts)
+            .await
+            .expect("create sts");
+        let old = running_pod(&client, &ns, "pg-0").await;
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let mut agent = HostAgent::start_custom(&dir, &old, "primary", "db-primary");
+        policy_until(&client, &ns, "primary", "pg-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("pg-0"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let before = lease(&client, &ns, "primary").await.expect("Lease");
+        let token = before.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
+        agent.kill();
+        let started = tokio::time::Instant::now();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete("pg-0", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete pg-0");
+        let new = common::eventually("pg-0 re-created with a new UID", LIMIT, || async {
+            let p = Api::<Pod>::namespaced(client.clone(), &ns).get("pg-0").await.map_err(|e| e.to_string())?;
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            (p.uid() != old.uid() && running && p.metadata.deletion_timestamp.is_none())
+                .then_some(p.clone())
+                .ok_or("old incarnation still there".to_owned())
+        })
+        .await;
+        let _agent2 = HostAgent::start_custom(&dir, &new, "primary", "db-primary");
+        let p = policy_until(&client, &ns, "primary", "the new pg-0 leads", Duration::from_secs(20), |p| {
+            let uid = p.status.as_ref().and_then(|s| s.current_holder.as_ref()).and_then(|h| h.uid.clone());
+            (uid == new.uid() && phase(p) == "Stable")
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(20), "take-over took {took:?}; the lease is 30 s");
+        let holder = p.status.and_then(|s| s.current_holder).expect("holder");
+        assert_eq!(holder.identity, "db-primary");
+        let after = lease(&client, &ns, "primary").await.expect("Lease");
+        assert_eq!(holder_instance(&after), new.uid());
+        assert!(
+            after.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0) > token,
+            "a new pod's term is a new term"
+        );
     })
     .await;
 }

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use election_util::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use rustix::process::Signal;
+use zen_lead::api::keys::HOLDER_INSTANCE_ANNOTATION;
 use zen_lead::election::clock::now_mono_ns;
 
 const POOL: &str = "pool";
@@ -458,6 +461,134 @@ async fn lock_never_runs_two_commands_at_once() {
         assert!(!violations.exists(), "two commands ran at once");
         let count = std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
         assert_eq!(count, 12);
+    })
+    .await;
+}
+
+/// Three agents of three different pods that share one custom identity (the
+/// same `zen-lead/identity` on every replica, the configuration that once ran
+/// three leaders at once). One leads at a time, through a crash, a freeze past
+/// the lease and a graceful stop; a restarted agent of the *same* pod takes
+/// its own term back without waiting for the lease to expire.
+#[tokio::test]
+async fn agents_sharing_a_custom_identity_never_lead_together() {
+    let client = common::client().await;
+    common::with_namespace(&client, "twins", |client, ns| async move {
+        let dir = scratch_dir("twins");
+        let t = TestTimings::FAST;
+        create_lease(&client, &ns, POOL, t).await;
+        let custom = ["--identity-strategy", "custom", "--identity", "worker"];
+        let mut agents: Vec<Agent> = (0..3)
+            .map(|i| Agent::start(&dir, &ns, POOL, &format!("w{i}"), &custom))
+            .collect();
+        until("a leader", Duration::from_secs(20), || {
+            single_leader(&agents).is_some()
+        })
+        .await;
+        // For two lease durations nobody else claims the term: the others
+        // see a Lease naming "worker" with another pod's UID.
+        let watch_until = tokio::time::Instant::now() + 2 * t.lease();
+        while tokio::time::Instant::now() < watch_until {
+            let leading = agents.iter().filter(|a| a.leads_by_log()).count();
+            assert_eq!(leading, 1, "{leading} agents sharing an identity lead");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = single_leader(&agents).expect("leader");
+        let lease = Api::<Lease>::namespaced(client.clone(), &ns)
+            .get(POOL)
+            .await
+            .expect("lease");
+        assert_eq!(
+            lease
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(HOLDER_INSTANCE_ANNOTATION))
+                .map(String::as_str),
+            Some(agents[first].uid.as_str()),
+            "the Lease records the holder's pod UID"
+        );
+
+        // The leader's agent container restarts (same pod, same UID): it
+        // takes its own term back before the others could (they wait a
+        // whole lease after the last renewal they saw).
+        agents[first].kill();
+        agents[first].wait_exit(Duration::from_secs(5)).await;
+        let killed = agents[first].exited.map(|(_, at)| at).expect("exited");
+        let pod_name = format!("w{first}");
+        let uid = agents[first].uid.clone();
+        agents.push(Agent::start_as(
+            &dir,
+            &ns,
+            POOL,
+            &pod_name,
+            &uid,
+            &format!("{pod_name}-restarted"),
+            &custom,
+        ));
+        let restarted = agents.len() - 1;
+        until("the restarted agent leads", t.lease(), || {
+            agents[restarted].leads_by_log()
+        })
+        .await;
+        let back = agents[restarted]
+            .entries()
+            .last()
+            .map(|e| e.mono_ns)
+            .expect("entry");
+        assert!(
+            Duration::from_nanos(back.saturating_sub(killed) as u64) < t.lease(),
+            "the same pod's agent waited for the lease to expire"
+        );
+
+        // A freeze past the lease: another pod takes over with a new term;
+        // the thawed agent sees another instance of its name and stops.
+        let frozen = restarted;
+        agents[frozen].signal(Signal::STOP);
+        until(
+            "another pod leads during the freeze",
+            t.lease() + Duration::from_secs(3),
+            || {
+                agents
+                    .iter()
+                    .enumerate()
+                    .any(|(i, a)| i != frozen && a.leads_by_log())
+            },
+        )
+        .await;
+        agents[frozen].signal(Signal::CONT);
+        until(
+            "the thawed agent ends its term",
+            Duration::from_secs(5),
+            || !agents[frozen].leads_by_log(),
+        )
+        .await;
+        // Its term ended at its own deadline (noticed on thaw, by the timer
+        // or by the new record), never by a release it could not send.
+        let ended = agents[frozen].entries();
+        assert!(
+            matches!(
+                ended.last().and_then(|e| e.reason.as_deref()),
+                Some("superseded" | "deadline_passed")
+            ),
+            "{ended:?}"
+        );
+
+        // Graceful stop of the current leader: the next one takes over.
+        let current = single_leader(&agents).expect("a leader after the freeze");
+        agents[current].signal(Signal::TERM);
+        agents[current].wait_exit(Duration::from_secs(5)).await;
+        until("a leader after SIGTERM", Duration::from_secs(5), || {
+            single_leader(&agents).is_some()
+        })
+        .await;
+
+        let all = agent_intervals(&agents);
+        assert!(all.len() >= 4, "expected several terms: {all:?}");
+        assert!(
+            overlaps(all.clone()).is_empty(),
+            "agents sharing an identity led at the same time: {all:?}"
+        );
     })
     .await;
 }

@@ -438,3 +438,85 @@ async fn short_api_outage_keeps_the_leader() {
     })
     .await;
 }
+
+/// A slow API server (every request of the agents delayed by a proxy on
+/// their path) must not cost the leader its Lease while answers still come
+/// inside the renew deadline: client-go users see leadership lost tens of
+/// times a week from stalled renewals. A latency past the renew deadline
+/// may cost one clean change, never two leaders at once.
+#[tokio::test]
+async fn slow_api_server_keeps_the_leader_below_the_renew_deadline() {
+    let _serial = SERIAL.lock().await;
+    let client = common::client().await;
+    common::with_namespace(&client, "slowapi", |client, ns| async move {
+        let t = TestTimings {
+            lease_secs: 6,
+            renew: Duration::from_secs(4),
+            retry: Duration::from_millis(500),
+        };
+        let dir = scratch_dir("slowapi");
+        create_lease(&client, &ns, POOL, t).await;
+        let kubeconfig = common::kubeconfig_path();
+        let proxy =
+            common::delay_proxy::DelayProxy::start(common::delay_proxy::api_server_addr(&kubeconfig))
+                .await;
+        let via_proxy = proxy.kubeconfig(&kubeconfig, &dir);
+        let agents: Vec<Agent> = (0..3)
+            .map(|i| Agent::start_via(&via_proxy, &dir, &ns, POOL, &format!("s{i}"), &[]))
+            .collect();
+        until("a leader", Duration::from_secs(20), || {
+            single_leader(&agents).is_some()
+        })
+        .await;
+        let leader = single_leader(&agents).expect("leader");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        // Sustained latency of 1.5 s: every renewal takes three retry
+        // periods, each still lands well inside the previous one's deadline.
+        proxy.set_latency(Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        proxy.set_latency(Duration::ZERO);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // One spike of 2.5 s (below renewDeadline - retryPeriod).
+        proxy.set_latency(Duration::from_millis(2500));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.set_latency(Duration::ZERO);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for (i, agent) in agents.iter().enumerate() {
+            let entries = agent.entries();
+            let expected = usize::from(i == leader);
+            assert_eq!(
+                entries.len(),
+                expected,
+                "agent {i}: leadership changed under a latency below the renew deadline: {entries:?}"
+            );
+        }
+        assert_eq!(
+            lease_holder(&client, &ns, POOL).await,
+            agents[leader].identity
+        );
+
+        // Past the renew deadline (6 s > 4 s) for 8 s: the leader steps down
+        // on time; afterwards one leader again, and no overlap ever.
+        proxy.set_latency(Duration::from_secs(6));
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        proxy.set_latency(Duration::ZERO);
+        until(
+            "a leader after the slow period",
+            t.lease() + Duration::from_secs(15),
+            || single_leader(&agents).is_some(),
+        )
+        .await;
+        let all = agent_intervals(&agents);
+        assert!(overlaps(all.clone()).is_empty(), "overlapping terms: {all:?}");
+        let holders: std::collections::BTreeSet<String> = all
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        assert!(
+            holders.len() <= 2,
+            "more than one change of leader for one slow period: {all:?}"
+        );
+    })
+    .await;
+}

@@ -416,3 +416,115 @@ async fn restricted_namespace_admits_injected_pods() {
     })
     .await;
 }
+
+/// `identityStrategy: custom` needs a pod's own identity. A Deployment whose
+/// template carries one would give all its replicas (and, in a rollout, old
+/// and new pods) the same identity: its pods are refused, and the refusal
+/// shows on the ReplicaSet where `kubectl describe` finds it. A pod without
+/// the annotation is refused with the fix; a pod with its own is injected and
+/// its agent is told the strategy.
+#[tokio::test]
+async fn custom_identity_pods_are_checked_at_admission() {
+    let client = common::client().await;
+    common::with_namespace(&client, "wh-custom", |client, ns| async move {
+        let webhook = start_webhook(&client, &ns).await;
+        common::apply_crd(&client, &zen_lead::api::crd()).await;
+        let policies: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        let policy: zen_lead::api::LeaderPolicy = serde_json::from_value(json!({
+            "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+            "metadata": {"name": "workers"},
+            "spec": {"identityStrategy": "custom", "activation": "start"}
+        }))
+        .expect("policy");
+        policies
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("create LeaderPolicy");
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &deployment(
+                    "worker",
+                    3,
+                    json!({}),
+                    json!({"zen-lead/pool": "workers", "zen-lead/identity": "worker"}),
+                ),
+            )
+            .await
+            .expect("deployment");
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let refusal = common::eventually("the ReplicaSet's FailedCreate event", WAIT, || {
+            let events = events.clone();
+            async move {
+                let list = events
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .into_iter()
+                    .find(|e| {
+                        e.involved_object.kind.as_deref() == Some("ReplicaSet")
+                            && e.reason.as_deref() == Some("FailedCreate")
+                    })
+                    .and_then(|e| e.message)
+                    .ok_or_else(|| "no FailedCreate event yet".to_owned())
+            }
+        })
+        .await;
+        for part in [
+            "identityStrategy: custom",
+            "\"worker\"",
+            "ReplicaSet/worker-",
+            "use identityStrategy: pod",
+        ] {
+            assert!(refusal.contains(part), "{part:?} missing from: {refusal}");
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let running = pods
+            .list(&ListParams::default().labels("app=worker"))
+            .await
+            .expect("list pods");
+        assert!(running.items.is_empty(), "pods were admitted: {running:?}");
+
+        let bare = |name: &str, identity: Option<&str>| -> Pod {
+            let mut annotations = json!({"zen-lead/pool": "workers"});
+            if let Some(identity) = identity {
+                annotations["zen-lead/identity"] = json!(identity);
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+            }))
+            .expect("pod")
+        };
+        let err = pods
+            .create(&PostParams::default(), &bare("nameless", None))
+            .await
+            .expect_err("a custom pool pod without an identity is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("zen-lead/identity") && text.contains("\"workers\""),
+            "{text}"
+        );
+        let admitted = pods
+            .create(&PostParams::default(), &bare("primary", Some("primary")))
+            .await
+            .expect("a pod with its own identity is admitted");
+        let spec = admitted.spec.expect("spec");
+        let agent = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == AGENT_CONTAINER)
+            .expect("agent injected");
+        let strategy = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ZEN_LEAD_IDENTITY_STRATEGY")
+            .and_then(|e| e.value.clone());
+        assert_eq!(strategy.as_deref(), Some("custom"));
+        webhook.stop().await;
+    })
+    .await;
+}

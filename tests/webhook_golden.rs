@@ -13,9 +13,9 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use zen_lead::api::Activation;
+use zen_lead::api::{Activation, IdentityStrategy};
 use zen_lead::webhook::inject::{InjectConfig, OwnerMeta};
-use zen_lead::webhook::lookup::{StaticLookup, owner_meta};
+use zen_lead::webhook::lookup::{PolicyFacts, StaticLookup, owner_meta};
 use zen_lead::webhook::review::{admit, decide};
 
 #[derive(Deserialize)]
@@ -35,9 +35,12 @@ struct OwnerInput {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PolicyInput {
     name: String,
     activation: Activation,
+    #[serde(default)]
+    identity_strategy: IdentityStrategy,
 }
 
 fn config() -> InjectConfig {
@@ -131,7 +134,14 @@ async fn run_case(dir: &Path) -> Value {
         lookup = lookup.with_owner(&input.namespace, meta);
     }
     for policy in &input.policies {
-        lookup = lookup.with_policy(&input.namespace, &policy.name, policy.activation);
+        lookup = lookup.with_policy_facts(
+            &input.namespace,
+            &policy.name,
+            PolicyFacts {
+                activation: policy.activation,
+                identity: policy.identity_strategy,
+            },
+        );
     }
     let pod: Pod = serde_json::from_value(input.pod.clone()).expect("input pod is a Pod");
 

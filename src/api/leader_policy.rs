@@ -199,6 +199,16 @@ pub enum IdentityStrategy {
     Custom,
 }
 
+impl IdentityStrategy {
+    /// The value as written in the CRD (and in the agent's environment).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Custom => "custom",
+        }
+    }
+}
+
 /// What the followers of a pool do.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]

@@ -13,7 +13,7 @@ use crate::api::keys::{
     ROLE_FOLLOWER, ROLE_LABEL, ROLE_LEADER, conditions,
 };
 use crate::api::{FollowerMode, Holder, IdentityStrategy, LeaderPolicyStatus, Phase};
-use crate::webhook::inject::AGENT_CONTAINER;
+use crate::webhook::inject::{AGENT_CONTAINER, agent_env};
 
 /// What the controller needs to know about one pool pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub struct PodView {
     pub app_released: bool,
     /// Identity the pod's agent uses in the Lease.
     pub identity: Option<String>,
+    /// The identity strategy the webhook gave the pod's agent (`None`: no
+    /// agent, or one injected before the strategy was passed explicitly).
+    pub agent_strategy: Option<IdentityStrategy>,
     pub role_label: Option<String>,
     pub role_annotation: Option<String>,
     /// Current `zen-lead.io/candidate` condition: (status, reason).
@@ -50,7 +53,9 @@ pub struct PodView {
 }
 
 impl PodView {
-    /// Reads a pod under the policy's identity strategy.
+    /// Reads a pod. Its identity follows the strategy its agent was given at
+    /// admission (what the agent really writes into the Lease); `strategy`,
+    /// the policy's, applies only to pods without that information.
     pub fn from_pod(pod: &Pod, strategy: IdentityStrategy) -> Self {
         let meta = &pod.metadata;
         let name = meta.name.clone().unwrap_or_default();
@@ -81,13 +86,23 @@ impl PodView {
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Failed" || p == "Succeeded");
         let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+        let custom_identity = annotation(IDENTITY_ANNOTATION)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        let agent_strategy = agent_identity_strategy(pod);
+        let strategy = match agent_strategy {
+            Some(s) => s,
+            // Injected before the webhook passed the strategy: the agent ran
+            // with `auto` (custom whenever the annotation is set).
+            None if injected && custom_identity.is_some() => IdentityStrategy::Custom,
+            None if injected => IdentityStrategy::Pod,
+            None => strategy,
+        };
         let identity = match strategy {
             IdentityStrategy::Pod => {
                 (!name.is_empty() && !uid.is_empty()).then(|| keys::pod_identity(&name, &uid))
             }
-            IdentityStrategy::Custom => annotation(IDENTITY_ANNOTATION)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty()),
+            IdentityStrategy::Custom => custom_identity,
         };
         let candidate = status
             .and_then(|s| s.conditions.as_ref())
@@ -109,6 +124,7 @@ impl PodView {
             agent_started,
             app_released,
             identity,
+            agent_strategy,
             role_label: meta
                 .labels
                 .as_ref()
@@ -130,6 +146,18 @@ impl PodView {
         }
     }
 
+    /// Whether this pod's agent is the holder the Lease names: the identity,
+    /// and the instance (pod UID) when the Lease records one, so that of two
+    /// pods sharing an identity only the one that really holds it counts.
+    pub fn holds(&self, lease: &LeaseView) -> bool {
+        lease.holder.is_some()
+            && self.identity == lease.holder
+            && lease
+                .holder_instance
+                .as_deref()
+                .is_none_or(|i| i == self.uid)
+    }
+
     /// Alive as far as the pool is concerned: not terminating, not finished,
     /// and not on a node that is NotReady.
     pub fn alive(&self, node_ready: &dyn Fn(&str) -> bool) -> bool {
@@ -142,10 +170,81 @@ impl PodView {
     }
 }
 
+/// The `ZEN_LEAD_IDENTITY_STRATEGY` the webhook put on the agent container.
+fn agent_identity_strategy(pod: &Pod) -> Option<IdentityStrategy> {
+    let spec = pod.spec.as_ref()?;
+    let agent = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == AGENT_CONTAINER)?;
+    let value = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == agent_env::IDENTITY_STRATEGY)?
+        .value
+        .as_deref()?;
+    match value {
+        "pod" => Some(IdentityStrategy::Pod),
+        "custom" => Some(IdentityStrategy::Custom),
+        _ => None,
+    }
+}
+
+/// Two live pool pods that use the same identity: `pod` is not a working
+/// candidate while `keeps` has the identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConflict {
+    pub pod: String,
+    pub keeps: String,
+    pub identity: String,
+}
+
+/// Live pods whose identity another live pod of the pool already uses. The
+/// election never lets two of them lead at once (the Lease records the pod
+/// UID), but only one of them can be told apart in the Lease, so the others
+/// are reported. Of each group the pod keeps the identity that holds the
+/// Lease, else the one already accepted as a candidate, else the first by name.
+pub fn identity_conflicts(
+    pods: &[PodView],
+    lease: Option<&LeaseView>,
+    node_ready: &dyn Fn(&str) -> bool,
+) -> Vec<IdentityConflict> {
+    let mut groups: BTreeMap<&str, Vec<&PodView>> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| p.alive(node_ready) && p.injected) {
+        if let Some(identity) = pod.identity.as_deref() {
+            groups.entry(identity).or_default().push(pod);
+        }
+    }
+    let mut out = Vec::new();
+    for (identity, mut group) in groups.into_iter().filter(|(_, g)| g.len() > 1) {
+        group.sort_by_key(|p| {
+            (
+                !lease.is_some_and(|l| p.holds(l)),
+                p.candidate
+                    .as_ref()
+                    .is_none_or(|(status, _)| status != "True"),
+                p.name.clone(),
+            )
+        });
+        let keeps = group[0].name.clone();
+        out.extend(group[1..].iter().map(|p| IdentityConflict {
+            pod: p.name.clone(),
+            keeps: keeps.clone(),
+            identity: identity.to_owned(),
+        }));
+    }
+    out
+}
+
 /// The pool's Lease as the controller sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseView {
     pub holder: Option<String>,
+    /// `zen-lead.io/holder-instance`: the holder's pod UID (agents).
+    pub holder_instance: Option<String>,
     pub transitions: i32,
     pub acquired: Option<Time>,
     pub preferred: Option<String>,
@@ -262,8 +361,7 @@ pub fn needs_confirmation(lease: &LeaseView, holder_pod: Option<&PodView>) -> bo
 
 /// The pool pod that holds the Lease.
 pub fn holder_pod<'a>(lease: &LeaseView, pods: &'a [PodView]) -> Option<&'a PodView> {
-    let holder = lease.holder.as_deref()?;
-    pods.iter().find(|p| p.identity.as_deref() == Some(holder))
+    pods.iter().find(|p| p.holds(lease))
 }
 
 /// The pod that leads: holds an unexpired Lease and is a live candidate.
@@ -394,6 +492,55 @@ pub fn candidate_condition(policy_exists: bool, pool: &str, pod: &PodView) -> Ca
     }
 }
 
+/// Candidate condition for a pod of a pool whose policy exists: the checks
+/// of [`candidate_condition`], then the identity rules. A pod whose agent got
+/// another identity strategy than the policy now has (the policy was created
+/// or changed after the pod) or whose identity another live pod uses is not
+/// a working candidate, and the message says which pods and what to do.
+pub fn pool_candidate_condition(
+    pool: &str,
+    pod: &PodView,
+    policy_strategy: IdentityStrategy,
+    conflict: Option<&IdentityConflict>,
+) -> CandidateCondition {
+    let base = candidate_condition(true, pool, pod);
+    if !base.status {
+        return base;
+    }
+    if let Some(agent) = pod.agent_strategy
+        && agent != policy_strategy
+    {
+        return CandidateCondition {
+            status: false,
+            reason: IDENTITY_STRATEGY_MISMATCH,
+            message: format!(
+                "the pod's agent was started with identityStrategy {:?}, but LeaderPolicy {pool:?} \
+                 now says {:?}; delete the pod (or restart its workload) so it is re-created \
+                 with the policy's strategy",
+                agent.as_str(),
+                policy_strategy.as_str()
+            ),
+        };
+    }
+    if let Some(c) = conflict {
+        return CandidateCondition {
+            status: false,
+            reason: DUPLICATE_IDENTITY,
+            message: format!(
+                "pod {} already uses identity {:?} in pool {pool:?}; give pod {} its own \
+                 {IDENTITY_ANNOTATION} annotation, or use identityStrategy: pod",
+                c.keeps, c.identity, c.pod
+            ),
+        };
+    }
+    base
+}
+
+/// Candidate-condition reason: another live pod of the pool has the identity.
+pub const DUPLICATE_IDENTITY: &str = "DuplicateIdentity";
+/// Candidate-condition reason: the agent's identity strategy is not the policy's.
+pub const IDENTITY_STRATEGY_MISMATCH: &str = "IdentityStrategyMismatch";
+
 /// Whether the pod's current condition already says what `want` says. A
 /// True condition is accepted whatever its reason (the kubelet of a test
 /// node may have set it), a False one must have our reason.
@@ -426,6 +573,8 @@ pub struct StatusInput<'a> {
     pub candidates: usize,
     /// Pods (labelled or only annotated) that run without the agent.
     pub agent_missing: &'a [String],
+    /// Live pods whose identity another live pod already uses.
+    pub identity_conflicts: &'a [IdentityConflict],
     pub follower_mode: FollowerMode,
     /// scaleDown outcome (`None` in standby mode).
     pub scaled: Option<Result<String, (&'static str, String)>>,
@@ -672,6 +821,39 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
         )
     };
     conds.push(missing);
+
+    let conflicts = if input.identity_conflicts.is_empty() {
+        condition(
+            prev,
+            conditions::IDENTITY_CONFLICT,
+            false,
+            "IdentitiesUnique",
+            "every live pool pod has its own candidate identity".to_owned(),
+            g,
+            now,
+        )
+    } else {
+        let pairs: Vec<String> = input
+            .identity_conflicts
+            .iter()
+            .map(|c| format!("{} and {} ({:?})", c.keeps, c.pod, c.identity))
+            .collect();
+        condition(
+            prev,
+            conditions::IDENTITY_CONFLICT,
+            true,
+            "DuplicateIdentity",
+            format!(
+                "pods share a candidate identity: {}; only one pod of each pair is a \
+                 candidate. Give each pod its own {IDENTITY_ANNOTATION}, or use \
+                 identityStrategy: pod",
+                list(&pairs)
+            ),
+            g,
+            now,
+        )
+    };
+    conds.push(conflicts);
 
     let phase = if input.leader.is_some() {
         Phase::Stable

@@ -28,9 +28,10 @@ use super::metrics::Metrics;
 use super::queue::PoolKey;
 use super::rbac;
 use crate::api::keys::{
-    CANDIDATE_READINESS_GATE, FIELD_MANAGER, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION,
-    PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RESTORE_FINALIZER,
-    RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, ROLE_LEADER, SCALED_BY_ANNOTATION,
+    CANDIDATE_READINESS_GATE, FIELD_MANAGER, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
+    ORIGINAL_REPLICAS_ANNOTATION, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION,
+    RESTORE_FINALIZER, RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, ROLE_LEADER,
+    SCALED_BY_ANNOTATION,
 };
 use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicyStatus};
 use crate::election::record::{Record, format_seconds};
@@ -104,7 +105,8 @@ struct PoolMemory {
     lease_seen: Option<(String, Instant)>,
     /// Holder and leaseTransitions last seen in the Lease: a Lease deleted
     /// while held is re-created naming them (see the Lease contract).
-    last_holder_seen: Option<(String, i32)>,
+    /// (holder, its instance, leaseTransitions) last seen in the Lease.
+    last_holder_seen: Option<(String, Option<String>, i32)>,
     /// Pods this controller labelled leader (the cache may lag behind).
     leaders: BTreeSet<String>,
     /// Fingerprint of the last scaleDown check, and when.
@@ -335,14 +337,33 @@ async fn active(
     // 5. Readiness gate, in the same write as the pod's role change: the
     // pods/status subresource keeps metadata changes, so one PATCH per pod
     // carries both (half the writes of a pool coming up).
+    let conflicts = decide::identity_conflicts(&views, lease_view.as_ref(), &node_ready);
     let mut conditions: BTreeMap<String, CandidateCondition> = views
         .iter()
         .filter(|pod| !pod.finished)
         .filter_map(|pod| {
-            let want = decide::candidate_condition(true, &key.name, pod);
+            let conflict = conflicts.iter().find(|c| c.pod == pod.name);
+            let want = decide::pool_candidate_condition(&key.name, pod, strategy, conflict);
             (!decide::candidate_condition_current(pod, &want)).then(|| (pod.name.clone(), want))
         })
         .collect();
+    // The user looks at the pod that cannot be a candidate: say why there,
+    // once, when its condition turns to the identity problem.
+    for (pod, want) in &conditions {
+        if matches!(
+            want.reason,
+            decide::DUPLICATE_IDENTITY | decide::IDENTITY_STRATEGY_MISMATCH
+        ) {
+            let uid = views.iter().find(|p| &p.name == pod).map(|p| p.uid.clone());
+            publish_on_pod(
+                ctx,
+                &pod_ref(&key.namespace, pod, uid),
+                want.reason,
+                want.message.clone(),
+            )
+            .await;
+        }
+    }
     for change in &changes[..ordered] {
         let condition = conditions.remove(&change.pod);
         write_pod(ctx, key, &change.pod, Some(change.role), condition.as_ref()).await?;
@@ -396,6 +417,7 @@ async fn active(
         pods: &views,
         candidates,
         agent_missing: &missing,
+        identity_conflicts: &conflicts,
         follower_mode: policy.spec.follower_mode,
         scaled: if scale_down { scaled } else { None },
         now: now_time(),
@@ -458,7 +480,10 @@ fn lease_view(ctx: &Context, key: &PoolKey, lease: &Lease) -> LeaseView {
     let silent = now.saturating_duration_since(seen);
     let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
     ctx.with_memory(key, |m| {
-        m.last_holder_seen = holder.clone().map(|h| (h, transitions));
+        m.last_holder_seen = holder.clone().map(|h| {
+            let instance = record.as_ref().and_then(|r| r.holder_instance.clone());
+            (h, instance, transitions)
+        });
     });
     LeaseView {
         expired: holder.is_some() && silent >= duration,
@@ -468,6 +493,7 @@ fn lease_view(ctx: &Context, key: &PoolKey, lease: &Lease) -> LeaseView {
         acquired: spec
             .and_then(|s| s.acquire_time.as_ref())
             .map(|t| truncate(&Time(t.0))),
+        holder_instance: record.as_ref().and_then(|r| r.holder_instance.clone()),
         preferred: record.and_then(|r| r.preferred),
     }
 }
@@ -553,7 +579,13 @@ async fn ensure_lease(
             // candidates treat it as a live claim (not as free).
             let last = ctx.with_memory(key, |m| m.last_holder_seen.clone());
             let mut spec = k8s_openapi::api::coordination::v1::LeaseSpec::default();
-            if let Some((holder, transitions)) = last {
+            let mut annotations = BTreeMap::new();
+            if let Some((holder, instance, transitions)) = last {
+                // With its instance, so the holder keeps its term (without,
+                // it would see a claim by someone else of its name).
+                if let Some(instance) = instance {
+                    annotations.insert(HOLDER_INSTANCE_ANNOTATION.to_owned(), instance);
+                }
                 let now = crate::election::record::now_micro();
                 spec.holder_identity = Some(holder);
                 spec.lease_transitions = Some(transitions);
@@ -564,6 +596,7 @@ async fn ensure_lease(
                 metadata: ObjectMeta {
                     name: Some(key.name.clone()),
                     namespace: Some(key.namespace.clone()),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
                     ..ObjectMeta::default()
                 },
                 spec: Some(spec),
@@ -621,7 +654,7 @@ async fn holder_confirmed_gone(
                 Ok(Some(pod)) => {
                     let view = PodView::from_pod(&pod, policy.spec.identity_strategy);
                     // Same name, other UID: a re-created pod (StatefulSet).
-                    Ok(view.identity.as_deref() != Some(holder))
+                    Ok(!view.holds(lease))
                 }
                 Err(err) => Err(api_err("read", "Pod", &key.namespace, name)(err)),
             }
@@ -635,12 +668,12 @@ async fn holder_confirmed_gone(
                 )))
                 .await
                 .map_err(api_err("list", "Pod", &key.namespace, &key.name))?;
-            Ok(!list.items.iter().any(|p| {
-                PodView::from_pod(p, policy.spec.identity_strategy)
-                    .identity
-                    .as_deref()
-                    == Some(holder)
-            }))
+            // The holder's instance (pod UID) settles which pod holds when
+            // several share the identity.
+            Ok(!list
+                .items
+                .iter()
+                .any(|p| PodView::from_pod(p, policy.spec.identity_strategy).holds(lease)))
         }
     }
 }
@@ -655,6 +688,7 @@ async fn expire_lease(ctx: &Context, key: &PoolKey, lease: &Lease) -> Result<boo
     }
     if let Some(a) = next.metadata.annotations.as_mut() {
         a.remove(PREFERRED_HOLDER_ANNOTATION);
+        a.remove(HOLDER_INSTANCE_ANNOTATION);
     }
     match api.replace(&key.name, &PostParams::default(), &next).await {
         Ok(_) => Ok(true),
@@ -1228,6 +1262,22 @@ async fn publish(
     if let Err(err) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
         ctx.metrics.error("event");
         warn!(policy = %policy.name_any(), error = %err, "could not publish an event");
+    }
+}
+
+/// Publishes a Warning event on a pool pod, where `kubectl describe pod`
+/// shows it.
+async fn publish_on_pod(ctx: &Context, pod: &ObjectReference, reason: &str, note: String) {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "CheckCandidate".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, pod).await {
+        ctx.metrics.error("event");
+        warn!(pod = ?pod.name, error = %err, "could not publish an event");
     }
 }
 

@@ -19,12 +19,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use crate::api::Activation;
 use crate::api::keys::{
     ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, INJECTED_ANNOTATION,
     JOIN_ANNOTATION, POOL_ANNOTATION, POOL_FROM_ANNOTATION, POOL_LABEL,
 };
 use crate::api::validate_pool_name;
+use crate::api::{Activation, IdentityStrategy};
 
 /// Name of the injected agent container; also how a second pass recognises
 /// a pod it already injected.
@@ -49,6 +49,9 @@ pub mod agent_env {
     pub const POD_NAMESPACE: &str = "ZEN_LEAD_POD_NAMESPACE";
     pub const POD_UID: &str = "ZEN_LEAD_POD_UID";
     pub const IDENTITY: &str = "ZEN_LEAD_IDENTITY";
+    /// The policy's `identityStrategy` at admission (`pod` or `custom`), so
+    /// the agent never guesses it from whether the annotation is present.
+    pub const IDENTITY_STRATEGY: &str = "ZEN_LEAD_IDENTITY_STRATEGY";
     /// `api` turns the agent's API gate on; absent means `start`.
     pub const ACTIVATION: &str = "ZEN_LEAD_ACTIVATION";
     /// Where the gate keeps its CA key (`--gate-state-dir`), so a restarted
@@ -249,6 +252,26 @@ pub enum Denial {
 
     #[error("{JOIN_ANNOTATION} {value:?} (on {origin}) must be \"true\" or \"false\"")]
     InvalidJoin { value: String, origin: PoolOrigin },
+
+    #[error(
+        "LeaderPolicy {pool:?} has identityStrategy: custom, so every pod of the pool needs its \
+         own {IDENTITY_ANNOTATION} annotation, and this pod has none; set a unique \
+         {IDENTITY_ANNOTATION} on the pod, or use identityStrategy: pod"
+    )]
+    MissingCustomIdentity { pool: String },
+
+    #[error(
+        "LeaderPolicy {pool:?} has identityStrategy: custom, but this pod's {IDENTITY_ANNOTATION} \
+         {identity:?} comes from the pod template of {owner}, which gives every pod it creates \
+         the same identity (a rollout runs old and new pods together); use identityStrategy: pod \
+         for a {owner_kind}, or run it as a single-replica StatefulSet or a bare pod"
+    )]
+    SharedCustomIdentity {
+        pool: String,
+        identity: String,
+        owner: String,
+        owner_kind: String,
+    },
 }
 
 /// What is known about the pool's LeaderPolicy.
@@ -256,6 +279,7 @@ pub enum Denial {
 pub enum PolicyState {
     Found {
         activation: Activation,
+        identity: IdentityStrategy,
     },
     Missing,
     /// The lookup failed; the pod still gets the defaults.
@@ -429,6 +453,51 @@ fn runs_continuously(pod: &Pod) -> bool {
     })
 }
 
+/// Identity rules a pod must meet before it joins a `custom` pool: it names
+/// its own identity, and that identity is not stamped on every pod of a
+/// workload that runs several pods at once (ReplicaSets roll old and new pods
+/// together; DaemonSets run one per node). Other shared identities (a
+/// StatefulSet or Job with several pods) are only known from the pods that
+/// exist, so the controller reports them; the election keeps them safe.
+pub fn check_identity(
+    pod: &Pod,
+    membership: &Membership,
+    policy: &PolicyState,
+) -> Result<(), Denial> {
+    let (Membership::Member { pool, .. }, PolicyState::Found { identity, .. }) =
+        (membership, policy)
+    else {
+        return Ok(());
+    };
+    if *identity != IdentityStrategy::Custom || has_agent(pod) {
+        return Ok(());
+    }
+    let Some(value) = annotation(pod, IDENTITY_ANNOTATION)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Err(Denial::MissingCustomIdentity { pool: pool.clone() });
+    };
+    match controller_of(pod.metadata.owner_references.as_ref()) {
+        Some(owner)
+            if owner.api_version.starts_with("apps/")
+                && matches!(owner.kind.as_str(), "ReplicaSet" | "DaemonSet") =>
+        {
+            Err(Denial::SharedCustomIdentity {
+                pool: pool.clone(),
+                identity: value.to_owned(),
+                owner: format!("{}/{}", owner.kind, owner.name),
+                owner_kind: if owner.kind == "ReplicaSet" {
+                    "Deployment".to_owned()
+                } else {
+                    owner.kind.clone()
+                },
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The patch for a pod already triaged as injected: empty, unless another
 /// webhook has since put an init container in front of the agent. In `start`
 /// activation anything before the agent would run in followers too, so the
@@ -464,7 +533,7 @@ pub fn decide(
     };
     let mut warnings = Vec::new();
     let requested = match policy {
-        PolicyState::Found { activation } => *activation,
+        PolicyState::Found { activation, .. } => *activation,
         PolicyState::Missing => {
             warnings.push(format!(
                 "zen-lead: LeaderPolicy {pool:?} does not exist in this namespace; the pod joins \
@@ -507,7 +576,13 @@ pub fn decide(
             )),
         }
     }
-    let agent = agent_container(pool, config, activation, &token);
+    let identity = match policy {
+        PolicyState::Found { identity, .. } => *identity,
+        // The CRD's default; a `custom` policy created later is reported by
+        // the controller on this pod, which then needs re-creating.
+        PolicyState::Missing | PolicyState::Unknown { .. } => IdentityStrategy::Pod,
+    };
+    let agent = agent_container(pool, config, activation, identity, &token);
     patch.extend(injection_patch(
         pod, pool, origin, &agent, activation, &token, config,
     ));
@@ -727,6 +802,7 @@ pub fn agent_container(
     pool: &str,
     config: &InjectConfig,
     activation: Activation,
+    identity: IdentityStrategy,
     token: &TokenVolume,
 ) -> Container {
     use api_wiring::*;
@@ -801,6 +877,11 @@ pub fn agent_container(
                 field_env(agent_env::POD_NAME, "metadata.name"),
                 field_env(agent_env::POD_NAMESPACE, "metadata.namespace"),
                 field_env(agent_env::POD_UID, "metadata.uid"),
+                EnvVar {
+                    name: agent_env::IDENTITY_STRATEGY.to_owned(),
+                    value: Some(identity.as_str().to_owned()),
+                    ..EnvVar::default()
+                },
                 // Empty when the annotation is absent, which the agent reads as
                 // "derive the identity from the pod".
                 field_env(
@@ -1018,6 +1099,7 @@ mod tests {
         let m = membership(&p, &[]).expect("member");
         let found = PolicyState::Found {
             activation: Activation::Auto,
+            identity: IdentityStrategy::Pod,
         };
         let d = decide(&p, &m, &found, &config());
         assert_eq!(d.outcome, Outcome::Injected);
@@ -1174,6 +1256,7 @@ mod tests {
         // `auto` on a ReplicaSet's pod is `api`.
         let found = PolicyState::Found {
             activation: Activation::Auto,
+            identity: IdentityStrategy::Pod,
         };
         let d = decide(&p, &m, &found, &config());
         assert_eq!(d.outcome, Outcome::Injected);
@@ -1324,6 +1407,7 @@ mod tests {
                 &m,
                 &PolicyState::Found {
                     activation: requested,
+                    identity: IdentityStrategy::Pod,
                 },
                 &c,
             );
@@ -1354,7 +1438,15 @@ mod tests {
         let p = annotated(json!({"spec": {"automountServiceAccountToken": false}}));
         let m = membership(&p, &[]).expect("member");
         for activation in [Activation::Api, Activation::Start] {
-            let d = decide(&p, &m, &PolicyState::Found { activation }, &config());
+            let d = decide(
+                &p,
+                &m,
+                &PolicyState::Found {
+                    activation,
+                    identity: IdentityStrategy::Pod,
+                },
+                &config(),
+            );
             let injected = apply(&p, &d.patch);
             let spec = injected.spec.as_ref().expect("spec");
             let agent = &spec.init_containers.as_ref().expect("init")[0];
@@ -1390,6 +1482,7 @@ mod tests {
         let m = membership(&p, &[]).expect("member");
         let found = PolicyState::Found {
             activation: Activation::Api,
+            identity: IdentityStrategy::Pod,
         };
         let d = decide(&p, &m, &found, &config());
         let injected = apply(&p, &d.patch);

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 
 use super::inject::{OWNER_KINDS, OwnerMeta, PolicyState, controller_of};
 use crate::api::keys::{JOIN_ANNOTATION, POOL_ANNOTATION};
-use crate::api::{Activation, LeaderPolicy};
+use crate::api::{Activation, IdentityStrategy, LeaderPolicy};
 
 /// Longest time one fallback GET may take; the API server gives the whole
 /// webhook call at most `timeoutSeconds` (5 in our manifests).
@@ -84,13 +84,47 @@ pub struct StaticLookup {
     /// By `(namespace, uid)`.
     pub owners: HashMap<(String, String), OwnerMeta>,
     /// By `(namespace, name)`.
-    pub policies: HashMap<(String, String), Activation>,
+    pub policies: HashMap<(String, String), PolicyFacts>,
+}
+
+/// What the webhook needs of a LeaderPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyFacts {
+    pub activation: Activation,
+    pub identity: IdentityStrategy,
+}
+
+impl PolicyFacts {
+    fn of(policy: &LeaderPolicy) -> Self {
+        Self {
+            activation: policy.spec.activation,
+            identity: policy.spec.identity_strategy,
+        }
+    }
+
+    fn state(self) -> PolicyState {
+        PolicyState::Found {
+            activation: self.activation,
+            identity: self.identity,
+        }
+    }
 }
 
 impl StaticLookup {
-    pub fn with_policy(mut self, namespace: &str, name: &str, activation: Activation) -> Self {
+    pub fn with_policy(self, namespace: &str, name: &str, activation: Activation) -> Self {
+        self.with_policy_facts(
+            namespace,
+            name,
+            PolicyFacts {
+                activation,
+                identity: IdentityStrategy::Pod,
+            },
+        )
+    }
+
+    pub fn with_policy_facts(mut self, namespace: &str, name: &str, facts: PolicyFacts) -> Self {
         self.policies
-            .insert((namespace.to_owned(), name.to_owned()), activation);
+            .insert((namespace.to_owned(), name.to_owned()), facts);
         self
     }
 
@@ -116,9 +150,7 @@ impl Lookup for StaticLookup {
 
     async fn policy(&self, namespace: &str, name: &str) -> PolicyState {
         match self.policies.get(&(namespace.to_owned(), name.to_owned())) {
-            Some(activation) => PolicyState::Found {
-                activation: *activation,
-            },
+            Some(facts) => facts.state(),
             None => PolicyState::Missing,
         }
     }
@@ -139,7 +171,7 @@ struct KindIndex {
 pub struct ClusterLookup {
     client: Client,
     kinds: Vec<(&'static str, Arc<KindIndex>)>,
-    policies: Arc<RwLock<HashMap<(String, String), Activation>>>,
+    policies: Arc<RwLock<HashMap<(String, String), PolicyFacts>>>,
     policies_synced: Arc<AtomicBool>,
 }
 
@@ -296,7 +328,7 @@ where
 
 fn spawn_policy_watch(
     client: Client,
-    policies: Arc<RwLock<HashMap<(String, String), Activation>>>,
+    policies: Arc<RwLock<HashMap<(String, String), PolicyFacts>>>,
     synced: Arc<AtomicBool>,
 ) {
     tokio::spawn(async move {
@@ -310,11 +342,11 @@ fn spawn_policy_watch(
                 p.metadata.name.clone().unwrap_or_default(),
             )
         };
-        let mut buffer: Option<HashMap<(String, String), Activation>> = None;
+        let mut buffer: Option<HashMap<(String, String), PolicyFacts>> = None;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(Event::Apply(p)) => {
-                    write(&policies).insert(key(&p), p.spec.activation);
+                    write(&policies).insert(key(&p), PolicyFacts::of(&p));
                 }
                 Ok(Event::Delete(p)) => {
                     write(&policies).remove(&key(&p));
@@ -323,7 +355,7 @@ fn spawn_policy_watch(
                 Ok(Event::InitApply(p)) => {
                     buffer
                         .get_or_insert_with(HashMap::new)
-                        .insert(key(&p), p.spec.activation);
+                        .insert(key(&p), PolicyFacts::of(&p));
                 }
                 Ok(Event::InitDone) => {
                     *write(&policies) = buffer.take().unwrap_or_default();
@@ -359,17 +391,13 @@ impl Lookup for ClusterLookup {
 
     async fn policy(&self, namespace: &str, name: &str) -> PolicyState {
         let key = (namespace.to_owned(), name.to_owned());
-        if let Some(activation) = read(&self.policies).get(&key) {
-            return PolicyState::Found {
-                activation: *activation,
-            };
+        if let Some(facts) = read(&self.policies).get(&key) {
+            return facts.state();
         }
         // Not indexed: created a moment ago, or really missing. Ask.
         let api: Api<LeaderPolicy> = Api::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(FALLBACK_TIMEOUT, api.get_opt(name)).await {
-            Ok(Ok(Some(p))) => PolicyState::Found {
-                activation: p.spec.activation,
-            },
+            Ok(Ok(Some(p))) => PolicyFacts::of(&p).state(),
             Ok(Ok(None)) => PolicyState::Missing,
             Ok(Err(err)) => PolicyState::Unknown {
                 reason: err.to_string(),

@@ -341,5 +341,6 @@ pub async fn decide<L: Lookup>(
         Membership::Member { pool, .. } => lookup.policy(namespace, pool).await,
         _ => inject::PolicyState::Missing,
     };
+    inject::check_identity(pod, &membership, &policy)?;
     Ok(inject::decide(pod, &membership, &policy, config))
 }

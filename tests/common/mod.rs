@@ -5,6 +5,7 @@
 //! Each test file uses a subset; the rest would warn as dead code there.
 #![allow(dead_code)]
 
+pub mod delay_proxy;
 pub mod zen_lead_host;
 
 use std::future::Future;

@@ -130,6 +130,9 @@ pub fn signal(pid: u32, sig: Signal) {
 
 /// One `zen-lead agent` process.
 pub struct Agent {
+    /// The pod name it was started with, and its pod UID (its instance).
+    pub name: String,
+    pub uid: String,
     pub identity: String,
     pub port: u16,
     pub log: PathBuf,
@@ -140,18 +143,68 @@ pub struct Agent {
 impl Agent {
     pub fn start(dir: &Path, ns: &str, pool: &str, name: &str, extra: &[&str]) -> Agent {
         let uid = format!("{:08x}-0000", (now_mono_ns() as u64) & 0xffff_ffff);
+        Self::start_as(dir, ns, pool, name, &uid, name, extra)
+    }
+
+    /// An agent that reaches the API server through `kubeconfig`.
+    pub fn start_via(
+        kubeconfig: &Path,
+        dir: &Path,
+        ns: &str,
+        pool: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Agent {
+        let uid = format!("{:08x}-0000", (now_mono_ns() as u64) & 0xffff_ffff);
+        Self::spawn(kubeconfig, dir, ns, pool, name, &uid, name, extra)
+    }
+
+    /// An agent of pod `name` with UID `uid` (the same pod again, when
+    /// restarting one), logging under `log_name`.
+    pub fn start_as(
+        dir: &Path,
+        ns: &str,
+        pool: &str,
+        name: &str,
+        uid: &str,
+        log_name: &str,
+        extra: &[&str],
+    ) -> Agent {
+        Self::spawn(
+            &kubeconfig_path(),
+            dir,
+            ns,
+            pool,
+            name,
+            uid,
+            log_name,
+            extra,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        kubeconfig: &Path,
+        dir: &Path,
+        ns: &str,
+        pool: &str,
+        name: &str,
+        uid: &str,
+        log_name: &str,
+        extra: &[&str],
+    ) -> Agent {
         let port = free_port();
-        let log = dir.join(format!("{name}.leadership.jsonl"));
+        let log = dir.join(format!("{log_name}.leadership.jsonl"));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(format!("{name}.log")))
+            .open(dir.join(format!("{log_name}.log")))
             .unwrap_or_else(|e| panic!("agent log: {e}"));
         let child = Command::new(agent_bin())
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
             .args(["agent", "--pool", pool, "--pod-name", name])
-            .args(["--pod-namespace", ns, "--pod-uid", &uid])
+            .args(["--pod-namespace", ns, "--pod-uid", uid])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .arg("--leadership-log")
             .arg(&log)
@@ -161,6 +214,8 @@ impl Agent {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         Agent {
+            name: log_name.to_owned(),
+            uid: uid.to_owned(),
             identity: format!("{name}_{}", &uid[..8]),
             port,
             log,
@@ -359,6 +414,24 @@ pub fn intervals(entries: &[Entry], ended_by: u128) -> Vec<Interval> {
         });
     }
     out
+}
+
+/// Every agent's terms, named by the agent (not by its identity, which
+/// several agents may share).
+pub fn agent_intervals(agents: &[Agent]) -> Vec<Interval> {
+    agents
+        .iter()
+        .flat_map(|a| {
+            let end = a.exited.map_or(now_mono_ns(), |(_, at)| at);
+            intervals(&a.entries(), end)
+                .into_iter()
+                .map(|i| Interval {
+                    id: a.name.clone(),
+                    ..i
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Pairs of intervals of different processes that overlap in time.

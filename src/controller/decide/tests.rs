@@ -12,6 +12,7 @@ fn pod(name: &str) -> PodView {
         agent_started: true,
         app_released: true,
         identity: Some(format!("{name}_id")),
+        agent_strategy: Some(IdentityStrategy::Pod),
         role_label: None,
         role_annotation: None,
         candidate: None,
@@ -43,7 +44,8 @@ fn pod_view_reads_agent_and_identity() {
         "metadata": {"name": "a", "uid": "1234abcd-ef00-1111", "labels": {"zen-lead.io/role": "leader", "pod-template-hash": "5f6"},
             "annotations": {"zen-lead/identity": "custom-a"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f6", "uid": "x", "controller": true}]},
-        "spec": {"nodeName": "n1", "initContainers": [{"name": "zen-lead-agent", "restartPolicy": "Always"}], "containers": [{"name": "app"}]},
+        "spec": {"nodeName": "n1", "initContainers": [{"name": "zen-lead-agent", "restartPolicy": "Always",
+            "env": [{"name": "ZEN_LEAD_IDENTITY_STRATEGY", "value": "pod"}]}], "containers": [{"name": "app"}]},
         "status": {"phase": "Running",
             "initContainerStatuses": [{"name": "zen-lead-agent", "image": "", "imageID": "", "ready": false, "restartCount": 0, "started": true, "state": {"running": {}}}],
             "conditions": [{"type": "zen-lead.io/candidate", "status": "True", "reason": "AgentStarted"}]}
@@ -58,8 +60,130 @@ fn pod_view_reads_agent_and_identity() {
         Some(("True".to_owned(), "AgentStarted".to_owned()))
     );
     assert_eq!(pod_workload(&v), Some(("Deployment", "web".to_owned())));
+    // The agent's own strategy wins over the policy's: it is what the agent
+    // writes into the Lease.
     let c = PodView::from_pod(&p, IdentityStrategy::Custom);
-    assert_eq!(c.identity.as_deref(), Some("custom-a"));
+    assert_eq!(c.identity.as_deref(), Some("a_1234abcd"));
+    assert_eq!(c.agent_strategy, Some(IdentityStrategy::Pod));
+    // An agent injected without the variable ran with `auto`: custom
+    // whenever the annotation is set.
+    let mut legacy = p.clone();
+    if let Some(agent) = legacy
+        .spec
+        .as_mut()
+        .and_then(|s| s.init_containers.as_mut())
+        .and_then(|c| c.first_mut())
+    {
+        agent.env = None;
+    }
+    let l = PodView::from_pod(&legacy, IdentityStrategy::Pod);
+    assert_eq!(l.identity.as_deref(), Some("custom-a"));
+    assert_eq!(l.agent_strategy, None);
+    // No agent at all: the policy's strategy.
+    let mut bare = legacy.clone();
+    if let Some(spec) = bare.spec.as_mut() {
+        spec.init_containers = None;
+    }
+    assert_eq!(
+        PodView::from_pod(&bare, IdentityStrategy::Pod)
+            .identity
+            .as_deref(),
+        Some("a_1234abcd")
+    );
+}
+
+#[test]
+fn the_lease_holder_is_the_pod_with_identity_and_instance() {
+    let mut a = pod("a");
+    let mut b = pod("b");
+    a.identity = Some("worker".into());
+    b.identity = Some("worker".into());
+    let pods = vec![a, b];
+    let mut lease = held_by("worker");
+    lease.holder_instance = Some("b-uid".into());
+    assert_eq!(
+        holder_pod(&lease, &pods).map(|p| p.name.as_str()),
+        Some("b")
+    );
+    // Written by something that records no instance: by identity alone.
+    lease.holder_instance = None;
+    assert_eq!(
+        holder_pod(&lease, &pods).map(|p| p.name.as_str()),
+        Some("a")
+    );
+    // An instance no pool pod has: the holder pod is gone.
+    lease.holder_instance = Some("gone-uid".into());
+    assert_eq!(holder_pod(&lease, &pods), None);
+}
+
+#[test]
+fn identity_conflicts_keep_the_holder_and_report_the_rest() {
+    let named = |name: &str, identity: &str| PodView {
+        identity: Some(identity.to_owned()),
+        ..pod(name)
+    };
+    let mut dead = named("d", "worker");
+    dead.terminating = true;
+    let pods = vec![
+        named("a", "worker"),
+        named("b", "worker"),
+        named("c", "other"),
+        dead,
+        named("e", "worker"),
+    ];
+    // Nobody holds: the first by name keeps the identity.
+    let pairs = |got: Vec<IdentityConflict>| -> Vec<(String, String)> {
+        got.into_iter().map(|c| (c.pod, c.keeps)).collect()
+    };
+    let want = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        pairs(identity_conflicts(&pods, None, &ready)),
+        want(&[("b", "a"), ("e", "a")])
+    );
+    // The holder keeps it, whatever its name.
+    let mut lease = held_by("worker");
+    lease.holder_instance = Some("e-uid".into());
+    assert_eq!(
+        pairs(identity_conflicts(&pods, Some(&lease), &ready)),
+        want(&[("a", "e"), ("b", "e")])
+    );
+    // Unique identities among the live pods: nothing to report.
+    assert!(identity_conflicts(&pods[2..4], None, &ready).is_empty());
+}
+
+#[test]
+fn identity_problems_make_a_pod_no_candidate_and_say_why() {
+    let p = pod("b");
+    let conflict = IdentityConflict {
+        pod: "b".into(),
+        keeps: "a".into(),
+        identity: "worker".into(),
+    };
+    let c = pool_candidate_condition("pool", &p, IdentityStrategy::Pod, Some(&conflict));
+    assert!(!c.status);
+    assert_eq!(c.reason, DUPLICATE_IDENTITY);
+    assert!(
+        c.message.contains("pod a") && c.message.contains("pod b"),
+        "{}",
+        c.message
+    );
+    // The policy says custom, the agent was started with pod.
+    let c = pool_candidate_condition("pool", &p, IdentityStrategy::Custom, None);
+    assert!(!c.status);
+    assert_eq!(c.reason, IDENTITY_STRATEGY_MISMATCH);
+    assert!(c.message.contains("re-created"), "{}", c.message);
+    // Nothing wrong: the plain candidate condition.
+    let c = pool_candidate_condition("pool", &p, IdentityStrategy::Pod, None);
+    assert_eq!(c, candidate_condition(true, "pool", &p));
+    // A pod whose agent has not started says that first.
+    let mut waiting = pod("w");
+    waiting.agent_started = false;
+    let c = pool_candidate_condition("pool", &waiting, IdentityStrategy::Custom, Some(&conflict));
+    assert_eq!(c.reason, "AgentNotStarted");
 }
 
 /// (what, holder pod, pool pods, node readiness, confirmed gone, expected)
@@ -319,6 +443,7 @@ fn input<'a>(
         pods,
         candidates: pods.iter().filter(|p| p.candidate(&ready)).count(),
         agent_missing: &[],
+        identity_conflicts: &[],
         follower_mode: FollowerMode::Standby,
         scaled: None,
         now,

@@ -1,0 +1,128 @@
+//! A TCP proxy on loopback that delays what clients send to the API server
+//! by an adjustable latency: a slow API server (or a slow network path) for
+//! the processes pointed at it, while everything else talks to the real one.
+//! Bytes are forwarded in order, each chunk at its arrival time plus the
+//! latency in force when it arrived; answers come back undelayed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kube::config::Kubeconfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// A running proxy; stops with the test's runtime.
+pub struct DelayProxy {
+    pub addr: SocketAddr,
+    latency_ms: Arc<AtomicU64>,
+}
+
+impl DelayProxy {
+    /// Listens on 127.0.0.1 (the API server's certificate covers it) and
+    /// forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> DelayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("delay proxy: bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("delay proxy: {e}"));
+        let latency_ms = Arc::new(AtomicU64::new(0));
+        let latency = latency_ms.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let latency = latency.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        relay(client, server, latency).await;
+                    }
+                });
+            }
+        });
+        DelayProxy { addr, latency_ms }
+    }
+
+    /// Latency added to everything sent from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms.store(
+            u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A copy of `kubeconfig` whose current cluster is reached through the
+    /// proxy, written into `dir`.
+    pub fn kubeconfig(&self, kubeconfig: &Path, dir: &Path) -> PathBuf {
+        let mut config = Kubeconfig::read_from(kubeconfig)
+            .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
+        for cluster in &mut config.clusters {
+            if let Some(c) = cluster.cluster.as_mut() {
+                let server = c.server.clone().unwrap_or_default();
+                let rest = server.trim_start_matches("https://");
+                let path = rest.split_once('/').map_or("", |(_, p)| p);
+                c.server = Some(format!("https://{}/{path}", self.addr));
+            }
+        }
+        let out = dir.join("kubeconfig-via-delay-proxy");
+        let text = serde_json::to_string(&config).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
+        std::fs::write(&out, text).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+        out
+    }
+}
+
+/// The API server's address from a kubeconfig's current cluster.
+pub fn api_server_addr(kubeconfig: &Path) -> SocketAddr {
+    let config = Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
+    let server = config
+        .clusters
+        .iter()
+        .find_map(|c| c.cluster.as_ref().and_then(|c| c.server.clone()))
+        .unwrap_or_else(|| panic!("{}: no cluster server", kubeconfig.display()));
+    let host_port = server
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    host_port
+        .parse()
+        .unwrap_or_else(|e| panic!("API server address {host_port:?} is not ip:port: {e}"))
+}
+
+async fn relay(client: TcpStream, server: TcpStream, latency: Arc<AtomicU64>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let upstream_reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let due =
+                        Instant::now() + Duration::from_millis(latency.load(Ordering::Relaxed));
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let upstream_writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if server_write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    });
+    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    upstream_reader.abort();
+    upstream_writer.abort();
+}
