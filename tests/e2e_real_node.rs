@@ -405,3 +405,181 @@ async fn cronjob_runs_never_overlap() {
     })
     .await;
 }
+
+/// Freezes every process of a pod (the cgroup v1 freezer the real node's
+/// kubelet uses, `cgroupDriver: cgroupfs`), as a GC pause or a frozen VM
+/// would; thawed when dropped, so a failing assertion never leaves it frozen.
+struct Frozen(std::path::PathBuf);
+
+impl Frozen {
+    fn pod(uid: &str) -> Frozen {
+        let root = Path::new("/sys/fs/cgroup/freezer/kubepods");
+        let state = ["burstable/", "besteffort/", ""]
+            .iter()
+            .map(|class| root.join(format!("{class}pod{uid}/freezer.state")))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no freezer cgroup for pod {uid} under {}", root.display()));
+        std::fs::write(&state, "FROZEN").unwrap_or_else(|e| panic!("{}: {e}", state.display()));
+        Frozen(state)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "THAWED");
+    }
+}
+
+/// `start` activation cannot take back an app it started. A leader pod frozen
+/// past its lease (a GC pause, a frozen VM) lets a successor take over, as it
+/// must; once thawed, the old app would run beside the new one for ever. The
+/// controller deletes such a deposed leader, so its app is stopped: the
+/// overlap lasts from the successor's start until the old pod can act on its
+/// SIGTERM (here: the thaw), never longer.
+#[tokio::test]
+async fn a_frozen_start_leader_is_deleted_once_a_successor_leads() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "e2e-freeze", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let hook = register_webhook(&client, &ns, &controller).await;
+        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                    "metadata": {"name": "frozen"},
+                    "spec": {"activation": "start", "leaseDurationSeconds": 5,
+                             "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": "frozen"},
+                    "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "frozen"}},
+                             "template": pool_pod_template("frozen", &dir, &[])}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let leader = eventually("one app running", Duration::from_secs(120), || {
+            let pods = pods.clone();
+            async move {
+                let running = apps_running(&pods, "app=frozen").await?;
+                let all = pods
+                    .list(&ListParams::default().labels("app=frozen"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if running.len() == 1 && all.items.len() == 2 {
+                    Ok(running[0].clone())
+                } else {
+                    Err(format!("apps running in {running:?}"))
+                }
+            }
+        })
+        .await;
+        wait_steady(&pods, "app=frozen", &leader, STEADY).await;
+        let uid = pods
+            .get(&leader)
+            .await
+            .ok()
+            .and_then(|p| p.metadata.uid)
+            .expect("leader uid");
+
+        let frozen_at = monotonic_ns();
+        let frozen = Frozen::pod(&uid);
+        let successor = eventually(
+            "a successor's app to start during the freeze",
+            Duration::from_secs(60),
+            || {
+                let dir = dir.clone();
+                let leader = leader.clone();
+                async move {
+                    runs(&dir)
+                        .into_iter()
+                        .find(|r| r.name != leader && r.start > frozen_at)
+                        .ok_or_else(|| "no successor yet".to_owned())
+                }
+            },
+        )
+        .await;
+        let takeover_ms = (successor.start - frozen_at) as f64 / 1e6;
+        // The election's part: the successor waited out the frozen holder's lease.
+        assert!(
+            takeover_ms >= 5000.0 - 1100.0,
+            "the successor started {takeover_ms:.0} ms into the freeze, before the 5 s lease could expire"
+        );
+        eventually(
+            "the controller deletes the deposed leader",
+            Duration::from_secs(30),
+            || {
+                let pods = pods.clone();
+                let leader = leader.clone();
+                async move {
+                    match pods.get_opt(&leader).await.map_err(|e| e.to_string())? {
+                        Some(p) if p.metadata.deletion_timestamp.is_none() => {
+                            Err("not deleted yet".to_owned())
+                        }
+                        _ => Ok(()),
+                    }
+                }
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let thawed_at = monotonic_ns();
+        drop(frozen);
+        let old = eventually("the old app stops", Duration::from_secs(60), || {
+            let dir = dir.clone();
+            let leader = leader.clone();
+            async move {
+                runs(&dir)
+                    .into_iter()
+                    .find(|r| r.name == leader && r.stop.is_some())
+                    .ok_or_else(|| "the old app still runs".to_owned())
+            }
+        })
+        .await;
+        let stop = old.stop.unwrap_or(i64::MAX);
+        let overlap_ms = (stop - successor.start) as f64 / 1e6;
+        let after_thaw_ms = (stop - thawed_at) as f64 / 1e6;
+        println!(
+            "e2e: frozen start leader: successor's app started {takeover_ms:.0} ms into the freeze; \
+             the deposed app stopped {after_thaw_ms:.0} ms after the thaw (overlap {overlap_ms:.0} ms, all of it frozen)"
+        );
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let reported = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DeposedLeaderDeleted"));
+        assert!(reported, "no DeposedLeaderDeleted event");
+        // Only the successor's app runs now.
+        eventually("only the successor's app runs", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            let name = successor.name.clone();
+            async move {
+                let running = apps_running(&pods, "app=frozen").await?;
+                if running == [name.clone()] {
+                    Ok(())
+                } else {
+                    Err(format!("apps running in {running:?}"))
+                }
+            }
+        })
+        .await;
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&hook, &DeleteParams::default())
+            .await;
+        drop(controller.child);
+    })
+    .await;
+}

@@ -50,6 +50,10 @@ pub struct PodView {
     /// the app's writes stop with it. In `start` activation the app runs on
     /// until the kubelet stops it, whatever the Lease says.
     pub fenced: bool,
+    /// The webhook wired `start` activation (`zen-lead.io/activation: start`).
+    pub start_activation: bool,
+    /// An app container (any container but the agent) is running.
+    pub app_running: bool,
 }
 
 impl PodView {
@@ -143,6 +147,15 @@ impl PodView {
                 .and_then(|l| l.get("pod-template-hash"))
                 .cloned(),
             fenced: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("api"),
+            start_activation: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("start"),
+            app_running: status
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.name != AGENT_CONTAINER
+                            && c.state.as_ref().is_some_and(|st| st.running.is_some())
+                    })
+                }),
         }
     }
 
@@ -374,6 +387,26 @@ pub fn leader<'a>(
         return None;
     }
     holder_pod(lease, pods).filter(|p| p.alive(node_ready))
+}
+
+/// Pods whose app runs although they do not hold the Lease: deposed leaders
+/// of `start` activation. The kubelet cannot take back an app it started, so
+/// a leader that lost its term while its app ran (its pod frozen or cut off
+/// from the API server past the lease, its agent down longer than the lease)
+/// keeps running beside its successor's app. The election did its part (the
+/// successor's term began only after the old one ended); such a pod must go.
+/// The caller confirms with a fresh read of the Lease before deleting.
+pub fn deposed_start_leaders<'a>(pods: &'a [PodView], lease: &LeaseView) -> Vec<&'a PodView> {
+    pods.iter()
+        .filter(|p| {
+            p.start_activation
+                && p.injected
+                && p.app_running
+                && !p.terminating
+                && !p.finished
+                && !p.holds(lease)
+        })
+        .collect()
 }
 
 /// A change of a pod's role label and annotation.

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub pool_pods: Gauge,
     pub lease_expiries: Counter,
     pub evictions: Counter,
+    pub deposed_deletions: Counter,
 }
 
 impl Default for Metrics {
@@ -42,6 +43,7 @@ impl Default for Metrics {
             pool_pods: Gauge::default(),
             lease_expiries: Counter::default(),
             evictions: Counter::default(),
+            deposed_deletions: Counter::default(),
         }
     }
 }
@@ -98,6 +100,11 @@ impl Metrics {
             "evictions",
             "Pool pods evicted because they ran without the agent (--evict-uninjected)",
             self.evictions.clone(),
+        );
+        r.register(
+            "deposed_leaders_deleted",
+            "start-activation pods deleted because their app ran after they lost the Lease",
+            self.deposed_deletions.clone(),
         );
     }
 

@@ -309,6 +309,14 @@ async fn active(
         }
     }
 
+    // 3b. Deposed `start` leaders, whose app runs beside the successor's.
+    if let Some(lv) = lease_view.as_ref() {
+        let deposed = decide::deposed_start_leaders(&views, lv);
+        if !deposed.is_empty() {
+            remove_deposed(ctx, key, policy, &deposed).await?;
+        }
+    }
+
     // 4. Roles: every demotion (including pods that left the pool) is
     // written, and must succeed, before the promotion; plain follower
     // labels after it go out in parallel.
@@ -676,6 +684,76 @@ async fn holder_confirmed_gone(
                 .any(|p| PodView::from_pod(p, policy.spec.identity_strategy).holds(lease)))
         }
     }
+}
+
+/// Deletes pods whose app runs although another candidate (or nobody) holds
+/// the Lease, after reading the Lease from the API server: the cache may not
+/// show yet the term a brand-new leader took before its app started.
+async fn remove_deposed(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    deposed: &[&PodView],
+) -> Result<(), ReconcileError> {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let fresh = leases.get_opt(&key.name).await.map_err(api_err(
+        "read",
+        "Lease",
+        &key.namespace,
+        &key.name,
+    ))?;
+    let Some(record) = fresh.as_ref().and_then(Record::from_lease) else {
+        return Ok(());
+    };
+    let now = LeaseView {
+        holder: record.holder.clone(),
+        holder_instance: record.holder_instance.clone(),
+        ..LeaseView::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    for pod in deposed.iter().filter(|p| !p.holds(&now)) {
+        let holder = record.holder.clone().unwrap_or_else(|| "nobody".to_owned());
+        // Preconditioned on the UID: never a re-created pod of the same name.
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..kube::api::DeleteParams::default()
+        };
+        match pods.delete(&pod.name, &params).await {
+            Ok(_) => {}
+            Err(err) if is_status(&err, 404) || is_status(&err, 409) => continue,
+            Err(err) => return Err(api_err("delete", "Pod", &key.namespace, &pod.name)(err)),
+        }
+        ctx.metrics.deposed_deletions.inc();
+        warn!(pool = %key, pod = %pod.name, holder = %holder, "deleted a deposed start-activation leader whose app still ran");
+        let note = format!(
+            "pod {} runs its app but no longer holds the Lease of pool {} (held by {holder}): it \
+             lost its term while its app ran (frozen, cut off from the API server, or its agent \
+             down longer than the lease), and start activation cannot stop an app it started, so \
+             the pod was deleted",
+            pod.name, key.name
+        );
+        publish_on_pod(
+            ctx,
+            &pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone())),
+            "DeposedLeaderDeleted",
+            note.clone(),
+        )
+        .await;
+        publish(
+            ctx,
+            policy,
+            EventType::Warning,
+            "DeposedLeaderDeleted",
+            "DeletePod",
+            note,
+            Some(pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone()))),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Clears the holder by compare-and-swap. `false`: the Lease changed

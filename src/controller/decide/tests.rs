@@ -20,6 +20,8 @@ fn pod(name: &str) -> PodView {
         owner: None,
         template_hash: None,
         fenced: true,
+        start_activation: false,
+        app_running: true,
     }
 }
 
@@ -744,4 +746,45 @@ fn a_running_agent_whose_startup_probe_holds_the_app_back_is_a_candidate() {
     };
     assert!(pod(serde_json::json!({"running": {}})).agent_started);
     assert!(!pod(serde_json::json!({"waiting": {"reason": "ContainerCreating"}})).agent_started);
+}
+
+#[test]
+fn deposed_start_leaders_are_pods_running_their_app_without_the_lease() {
+    let start = |name: &str| PodView {
+        fenced: false,
+        start_activation: true,
+        app_running: false,
+        ..pod(name)
+    };
+    let mut leader = start("a");
+    leader.app_running = true;
+    let mut deposed = start("b");
+    deposed.app_running = true;
+    let follower = start("c");
+    let mut leaving = start("d");
+    leaving.app_running = true;
+    leaving.terminating = true;
+    let mut done = start("e");
+    done.app_running = true;
+    done.finished = true;
+    let mut api = pod("f");
+    api.app_running = true;
+    // Not marked by the webhook (a hand-made pod): never touched.
+    let mut unmarked = start("g");
+    unmarked.start_activation = false;
+    unmarked.app_running = true;
+    let pods = vec![leader, deposed, follower, leaving, done, api, unmarked];
+    let mut lease = held_by("a_id");
+    lease.holder_instance = Some("a-uid".into());
+    let names: Vec<&str> = deposed_start_leaders(&pods, &lease)
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["b"]);
+    // A free Lease: whoever still runs its app was deposed.
+    let names: Vec<&str> = deposed_start_leaders(&pods, &LeaseView::default())
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
 }
