@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd install run bench bench-webhook bench-election bench-controller bench-gate test demo lint cluster-up cluster-down certs
+.PHONY: help build crd install run bench bench-webhook bench-election bench-controller bench-gate test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,11 @@ cluster-down: ## Stop the local cluster and remove its state
 # measurement loops. They are compiled by `make lint` and run by `make bench`.
 test: cluster-up ## Run every test, local-cluster tests included
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --lib --bins --tests
+
+# The overlap checker's full run (tests/overlap.rs): `make chaos FAULTS=300`.
+FAULTS ?= 300
+chaos: cluster-up ## Faults on the real node vs. a client-go peer; no two active replicas (table: target/overlap-report.md)
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_OVERLAP_FAULTS=$(FAULTS) $(CARGO) test --locked --test overlap -- --nocapture
 
 bench: bench-webhook bench-election bench-controller bench-gate ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 

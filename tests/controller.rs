@@ -375,6 +375,25 @@ fn lease_holder(l: &Lease) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Waits until the StatefulSet pod `name` runs again under a new UID.
+async fn recreated(client: &Client, ns: &str, name: &str, old: &Pod) -> Pod {
+    common::eventually(
+        &format!("{name} re-created with a new UID"),
+        LIMIT,
+        || async {
+            let p = Api::<Pod>::namespaced(client.clone(), ns)
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            (p.uid() != old.uid() && running && p.metadata.deletion_timestamp.is_none())
+                .then_some(p.clone())
+                .ok_or("old incarnation still there".to_owned())
+        },
+    )
+    .await
+}
+
 fn holder_instance(l: &Lease) -> Option<String> {
     l.annotations().get(HOLDER_INSTANCE_ANNOTATION).cloned()
 }
@@ -991,14 +1010,7 @@ async fn statefulset_pod_recreated_with_the_same_name() {
             .delete("kv-0", &DeleteParams::default().grace_period(0))
             .await
             .expect("delete kv-0");
-        let new = common::eventually("kv-0 re-created with a new UID", LIMIT, || async {
-            let p = Api::<Pod>::namespaced(client.clone(), &ns).get("kv-0").await.map_err(|e| e.to_string())?;
-            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            (p.uid() != old.uid() && running && p.metadata.deletion_timestamp.is_none())
-                .then_some(p.clone())
-                .ok_or("old incarnation still there".to_owned())
-        })
-        .await;
+        let new = recreated(&client, &ns, "kv-0", &old).await;
         // Without the controller the old identity would hold for 30 s.
         common::eventually("old identity expired", Duration::from_secs(15), || async {
             let l = lease(&client, &ns, "sts").await.ok_or("no lease")?;
@@ -1615,14 +1627,7 @@ async fn custom_identity_statefulset_pod_recreated_takes_over() {
             .delete("pg-0", &DeleteParams::default().grace_period(0))
             .await
             .expect("delete pg-0");
-        let new = common::eventually("pg-0 re-created with a new UID", LIMIT, || async {
-            let p = Api::<Pod>::namespaced(client.clone(), &ns).get("pg-0").await.map_err(|e| e.to_string())?;
-            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            (p.uid() != old.uid() && running && p.metadata.deletion_timestamp.is_none())
-                .then_some(p.clone())
-                .ok_or("old incarnation still there".to_owned())
-        })
-        .await;
+        let new = recreated(&client, &ns, "pg-0", &old).await;
         let _agent2 = HostAgent::start_custom(&dir, &new, "primary", "db-primary");
         let p = policy_until(&client, &ns, "primary", "the new pg-0 leads", Duration::from_secs(20), |p| {
             let uid = p.status.as_ref().and_then(|s| s.current_holder.as_ref()).and_then(|h| h.uid.clone());

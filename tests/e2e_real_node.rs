@@ -406,30 +406,6 @@ async fn cronjob_runs_never_overlap() {
     .await;
 }
 
-/// Freezes every process of a pod (the cgroup v1 freezer the real node's
-/// kubelet uses, `cgroupDriver: cgroupfs`), as a GC pause or a frozen VM
-/// would; thawed when dropped, so a failing assertion never leaves it frozen.
-struct Frozen(std::path::PathBuf);
-
-impl Frozen {
-    fn pod(uid: &str) -> Frozen {
-        let root = Path::new("/sys/fs/cgroup/freezer/kubepods");
-        let state = ["burstable/", "besteffort/", ""]
-            .iter()
-            .map(|class| root.join(format!("{class}pod{uid}/freezer.state")))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("no freezer cgroup for pod {uid} under {}", root.display()));
-        std::fs::write(&state, "FROZEN").unwrap_or_else(|e| panic!("{}: {e}", state.display()));
-        Frozen(state)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.0, "THAWED");
-    }
-}
-
 /// `start` activation cannot take back an app it started. A leader pod frozen
 /// past its lease (a GC pause, a frozen VM) lets a successor take over, as it
 /// must; once thawed, the old app would run beside the new one for ever. The
@@ -493,7 +469,7 @@ async fn a_frozen_start_leader_is_deleted_once_a_successor_leads() {
             .expect("leader uid");
 
         let frozen_at = monotonic_ns();
-        let frozen = Frozen::pod(&uid);
+        let frozen = common::faults::Frozen::pod(&uid);
         let successor = eventually(
             "a successor's app to start during the freeze",
             Duration::from_secs(60),

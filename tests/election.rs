@@ -518,6 +518,7 @@ async fn agents_sharing_a_custom_identity_never_lead_together() {
         let pod_name = format!("w{first}");
         let uid = agents[first].uid.clone();
         agents.push(Agent::start_as(
+            &common::kubeconfig_path(),
             &dir,
             &ns,
             POOL,

@@ -10,6 +10,8 @@
 #   localhost/zl-hactl:dev       a client-go controller (cmd/hactl) for the
 #                                `api` activation tests
 #   localhost/zl-hactl-rs:dev    its kube-rs twin (examples/ha-controller.rs)
+#   localhost/zl-lepeer:dev      client-go's leaderelection in a pod: the peer
+#                                of the overlap checker (tests/overlap.rs)
 # `zl-cluster up` imports them into containerd; a second `up` re-imports, so a
 # rebuilt binary reaches the node without restarting the cluster.
 set -euo pipefail
@@ -24,6 +26,7 @@ log() { printf 'images: %s\n' "$*"; }
 go build -trimpath -ldflags "-s -w" -o bin/image-src/pause ./cmd/pause
 go build -trimpath -ldflags "-s -w" -o bin/image-src/testapp ./cmd/testapp
 go build -trimpath -ldflags "-s -w" -o bin/image-src/hactl ./cmd/hactl
+go build -trimpath -ldflags "-s -w" -o bin/image-src/lepeer ./cmd/lepeer
 
 # The shipped build: static (musl) binaries, like the Dockerfile's, so each
 # image is its one file with nothing to resolve at run time (and the agent's
@@ -66,4 +69,6 @@ build hactl --name localhost/zl-hactl:dev \
   --add bin/image-src/hactl:/usr/local/bin/hactl:0755 --entrypoint /usr/local/bin/hactl
 build hactl-rs --name localhost/zl-hactl-rs:dev "${rs_adds[@]}" \
   --entrypoint /usr/local/bin/ha-controller
+build lepeer --name localhost/zl-lepeer:dev \
+  --add bin/image-src/lepeer:/usr/local/bin/lepeer:0755 --entrypoint /usr/local/bin/lepeer
 ls -la "$out"/*.tar

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod delay_proxy;
+pub mod faults;
 pub mod zen_lead_host;
 
 use std::future::Future;

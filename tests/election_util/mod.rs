@@ -142,8 +142,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path, ns: &str, pool: &str, name: &str, extra: &[&str]) -> Agent {
-        let uid = format!("{:08x}-0000", (now_mono_ns() as u64) & 0xffff_ffff);
-        Self::start_as(dir, ns, pool, name, &uid, name, extra)
+        Self::start_via(&kubeconfig_path(), dir, ns, pool, name, extra)
     }
 
     /// An agent that reaches the API server through `kubeconfig`.
@@ -156,34 +155,13 @@ impl Agent {
         extra: &[&str],
     ) -> Agent {
         let uid = format!("{:08x}-0000", (now_mono_ns() as u64) & 0xffff_ffff);
-        Self::spawn(kubeconfig, dir, ns, pool, name, &uid, name, extra)
+        Self::start_as(kubeconfig, dir, ns, pool, name, &uid, name, extra)
     }
 
     /// An agent of pod `name` with UID `uid` (the same pod again, when
     /// restarting one), logging under `log_name`.
-    pub fn start_as(
-        dir: &Path,
-        ns: &str,
-        pool: &str,
-        name: &str,
-        uid: &str,
-        log_name: &str,
-        extra: &[&str],
-    ) -> Agent {
-        Self::spawn(
-            &kubeconfig_path(),
-            dir,
-            ns,
-            pool,
-            name,
-            uid,
-            log_name,
-            extra,
-        )
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn spawn(
+    pub fn start_as(
         kubeconfig: &Path,
         dir: &Path,
         ns: &str,
@@ -466,18 +444,7 @@ pub fn apiserver_pid() -> u32 {
 
 /// Restarts the API server and waits until it is ready again.
 pub fn restart_apiserver() {
-    let root = repo_root();
-    let out = Command::new(root.join("tests/cluster/bin/zl-cluster"))
-        .args(["restart", "--state"])
-        .arg(root.join(".cluster"))
-        .arg("kube-apiserver")
-        .output()
-        .unwrap_or_else(|e| panic!("zl-cluster restart: {e}"));
-    assert!(
-        out.status.success(),
-        "zl-cluster restart kube-apiserver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::faults::restart_apiserver();
 }
 
 /// Waits until `probe` holds, checking every 20 ms; panics with `what`.

@@ -14,6 +14,13 @@
 //
 // "requests" counts every HTTP request the elector sent to the API server, so
 // a harness can compute a follower's steady-state request rate.
+//
+// As the peer of the overlap checker (tests/overlap.rs) it runs in a pod: no
+// --kubeconfig (in-cluster config), --id from $POD_NAME, --record appends
+// {"event":"start"|"stop","name":id,"mono":CLOCK_MONOTONIC ns} when it starts
+// and stops leading (comparable with every process on the host), and
+// --exit-on-loss exits 1 when leadership is lost, as a typical controller
+// does (klog.Fatalf("leaderelection lost")).
 package main
 
 import (
@@ -28,6 +35,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -56,11 +65,36 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return c.next.RoundTrip(r)
 }
 
+func monotonic() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
+}
+
+// record appends one start/stop line to path (no-op without --record).
+func record(path, id, event string) {
+	if path == "" {
+		return
+	}
+	line, _ := json.Marshal(map[string]any{"event": event, "name": id, "mono": monotonic(), "unixNano": time.Now().UnixNano()})
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o666)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lepeer: record: %v\n", err)
+		return
+	}
+	defer f.Close()
+	_, _ = f.Write(append(line, '\n'))
+}
+
 func main() {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "path to a kubeconfig")
 	namespace := flag.String("namespace", "default", "namespace of the Lease")
 	name := flag.String("lease", "lepeer", "name of the Lease")
-	id := flag.String("id", "", "this candidate's identity (required)")
+	id := flag.String("id", os.Getenv("POD_NAME"), "this candidate's identity (default $POD_NAME; required)")
+	recordPath := flag.String("record", "", "file to append start/stop-leading lines to (CLOCK_MONOTONIC)")
+	exitOnLoss := flag.Bool("exit-on-loss", false, "exit 1 when leadership is lost, as controllers do")
 	leaseDuration := flag.Duration("lease-duration", 15*time.Second, "client-go LeaseDuration")
 	renewDeadline := flag.Duration("renew-deadline", 10*time.Second, "client-go RenewDeadline")
 	retryPeriod := flag.Duration("retry-period", 2*time.Second, "client-go RetryPeriod")
@@ -99,8 +133,17 @@ func main() {
 		ReleaseOnCancel: true,
 		Name:            *name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(context.Context) { emit(map[string]any{"event": "leading", "id": *id}) },
-			OnStoppedLeading: func() { emit(map[string]any{"event": "stopped_leading", "id": *id}) },
+			OnStartedLeading: func(context.Context) {
+				record(*recordPath, *id, "start")
+				emit(map[string]any{"event": "leading", "id": *id})
+			},
+			OnStoppedLeading: func() {
+				record(*recordPath, *id, "stop")
+				emit(map[string]any{"event": "stopped_leading", "id": *id})
+				if *exitOnLoss && ctx.Err() == nil {
+					os.Exit(1)
+				}
+			},
 			OnNewLeader: func(leader string) {
 				emit(map[string]any{"event": "new_leader", "id": *id, "leader": leader})
 			},

@@ -1,0 +1,145 @@
+//! Faults a real-node test injects into one pod, each undone when its guard
+//! is dropped (a failing assertion must never leave a pod frozen or cut off:
+//! the cluster outlives the test). Only the pod's own processes and the
+//! cluster's own addresses (198.18.0.0/15) are touched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Every process of a pod frozen with the cgroup v1 freezer (the real node's
+/// kubelet uses `cgroupDriver: cgroupfs`), as a GC pause or a frozen VM
+/// would; thawed on drop.
+pub struct Frozen(PathBuf);
+
+impl Frozen {
+    pub fn pod(uid: &str) -> Frozen {
+        let root = Path::new("/sys/fs/cgroup/freezer/kubepods");
+        let state = ["burstable/", "besteffort/", ""]
+            .iter()
+            .map(|class| root.join(format!("{class}pod{uid}/freezer.state")))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no freezer cgroup for pod {uid} under {}", root.display()));
+        std::fs::write(&state, "FROZEN").unwrap_or_else(|e| panic!("{}: {e}", state.display()));
+        Frozen(state)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "THAWED");
+    }
+}
+
+/// A pod cut off from the API server: its packets to the API server's
+/// address (after kube-proxy's DNAT of the `kubernetes` Service) and the
+/// answers back are dropped. The kubelet's probes still reach the pod, as in
+/// a partition between the pod's network and the control plane. Healed on
+/// drop.
+pub struct CutOff {
+    rules: Vec<Vec<String>>,
+}
+
+impl CutOff {
+    pub fn pod(pod_ip: &str, api: std::net::SocketAddr) -> CutOff {
+        let (ip, port) = (api.ip().to_string(), api.port().to_string());
+        let rules: Vec<Vec<String>> = [
+            vec![
+                "INPUT", "-s", pod_ip, "-d", &ip, "-p", "tcp", "--dport", &port,
+            ],
+            vec![
+                "OUTPUT", "-s", &ip, "-d", pod_ip, "-p", "tcp", "--sport", &port,
+            ],
+        ]
+        .iter()
+        .map(|r| {
+            let mut rule: Vec<String> = r.iter().map(|s| (*s).to_owned()).collect();
+            rule.extend(
+                ["-m", "comment", "--comment", "zl-test-cut", "-j", "DROP"].map(str::to_owned),
+            );
+            rule
+        })
+        .collect();
+        for rule in &rules {
+            iptables("-I", rule);
+        }
+        CutOff { rules }
+    }
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            iptables("-D", rule);
+        }
+    }
+}
+
+fn iptables(op: &str, rule: &[String]) {
+    let (chain, rest) = rule.split_first().unwrap_or_else(|| panic!("empty rule"));
+    let mut cmd = Command::new("iptables");
+    cmd.args(["-w", op, chain]);
+    if op == "-I" {
+        cmd.arg("1");
+    }
+    let out = cmd
+        .args(rest)
+        .output()
+        .unwrap_or_else(|e| panic!("iptables: {e}"));
+    if op == "-I" {
+        assert!(
+            out.status.success(),
+            "iptables {op} {rule:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// PIDs of the host processes whose executable name ends with `exe` and
+/// whose environment has `key=value` (a container's processes are host
+/// processes on the real node).
+pub fn pids_with_env(exe: &str, key: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{key}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv0 = cmdline.split(|b| *b == 0).next()?;
+            if !argv0.ends_with(exe.as_bytes()) {
+                return None;
+            }
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|b| *b == 0)
+                .any(|kv| kv == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL to each PID.
+pub fn kill_all(pids: &[i32]) {
+    for pid in pids {
+        if let Some(pid) = rustix::process::Pid::from_raw(*pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Restarts the API server and waits until it is ready again.
+pub fn restart_apiserver() {
+    let root = super::repo_root();
+    let out = Command::new(root.join("tests/cluster/bin/zl-cluster"))
+        .args(["restart", "--state"])
+        .arg(root.join(".cluster"))
+        .arg("kube-apiserver")
+        .output()
+        .unwrap_or_else(|e| panic!("zl-cluster restart: {e}"));
+    assert!(
+        out.status.success(),
+        "zl-cluster restart kube-apiserver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

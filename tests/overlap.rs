@@ -1,0 +1,568 @@
+//! The overlap checker, in the spirit of Jepsen's lock tests, on the real
+//! node: faults hit the current leader of a pool, and a checker proves from
+//! CLOCK_MONOTONIC records (one clock for every process of the host) whether
+//! two replicas were ever active at once.
+//!
+//! Two pools of three replicas run side by side in one namespace, with the
+//! same timings (lease 5 s, renew 3 s, retry 1 s unless ZEN_LEAD_OVERLAP_LEASE
+//! says otherwise):
+//! - `zl`: `zl-testapp` in a zen-lead pool with `start` activation; active
+//!   while its process runs (it records its start and its SIGTERM);
+//! - `peer`: client-go's `leaderelection` in each pod (`lepeer`,
+//!   ReleaseOnCancel, exiting when it loses the lease as controllers do);
+//!   active while it leads. client-go documents that it does not fence.
+//!
+//! Faults, at random (the seed is printed; ZEN_LEAD_OVERLAP_SEED repeats a
+//! run), each aimed at the leader of one pool: delete its pod; SIGKILL its
+//! elector (zen-lead's agent container; the peer's process); freeze the whole
+//! pod past the lease, then thaw; cut the pod off from the API server past the
+//! lease, then heal; restart the API server (both pools at once). A process
+//! that was killed writes nothing more: it counts as active until the checker
+//! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 6; `make chaos` sets more)
+//! is the number of faults; the table goes to target/overlap-report.md.
+//!
+//! What it asserts for zen-lead: no overlap after a pod deletion, a killed
+//! agent or an API server restart; after a freeze or a cut, `start`
+//! activation cannot stop an app in place, so the checker allows an overlap
+//! only while the fault lasts plus the time the controller takes to delete
+//! the deposed pod (10 s), and reports it. The peer is measured, never judged.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::faults::{CutOff, Frozen, kill_all, pids_with_env, restart_apiserver};
+use common::zen_lead_host::{register_webhook, start_controller};
+use common::{client, from_json, records_dir, with_namespace};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+
+fn mono() -> i64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum System {
+    ZenLead,
+    Peer,
+}
+
+impl System {
+    fn label(self) -> &'static str {
+        match self {
+            System::ZenLead => "zl",
+            System::Peer => "peer",
+        }
+    }
+    fn record(self) -> &'static str {
+        match self {
+            System::ZenLead => "zl.log",
+            System::Peer => "peer.log",
+        }
+    }
+    /// The executable of its active process, and the env var naming the pod.
+    fn process(self) -> &'static str {
+        match self {
+            System::ZenLead => "testapp",
+            System::Peer => "lepeer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    DeletePod,
+    KillElector,
+    Freeze,
+    Cut,
+    RestartApiServer,
+}
+
+impl Fault {
+    const ALL: [Fault; 5] = [
+        Fault::DeletePod,
+        Fault::KillElector,
+        Fault::Freeze,
+        Fault::Cut,
+        Fault::RestartApiServer,
+    ];
+    /// Faults after which `start` activation must show no overlap at all.
+    fn zen_lead_must_not_overlap(self) -> bool {
+        !matches!(self, Fault::Freeze | Fault::Cut)
+    }
+}
+
+/// xorshift64*: reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// One active period of one pod: [start, end) in CLOCK_MONOTONIC ns.
+#[derive(Debug, Clone)]
+struct Term {
+    pod: String,
+    start: i64,
+    /// Its stop record, or when it was seen gone; `None`: still active.
+    end: Option<i64>,
+}
+
+/// The records of one system, and when killed processes were seen gone.
+struct Tracker {
+    system: System,
+    file: PathBuf,
+    gone: BTreeMap<(String, i64), i64>,
+}
+
+impl Tracker {
+    fn terms(&self) -> Vec<Term> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let mut terms: Vec<Term> = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let (Some(pod), Some(at)) = (v["name"].as_str(), v["mono"].as_i64()) else {
+                continue;
+            };
+            match v["event"].as_str() {
+                Some("start") => terms.push(Term {
+                    pod: pod.to_owned(),
+                    start: at,
+                    end: None,
+                }),
+                Some("stop") => {
+                    if let Some(t) = terms
+                        .iter_mut()
+                        .rev()
+                        .find(|t| t.pod == pod && t.end.is_none())
+                    {
+                        t.end = Some(at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for t in &mut terms {
+            if t.end.is_none() {
+                t.end = self.gone.get(&(t.pod.clone(), t.start)).copied();
+            }
+        }
+        // A pod whose process was restarted (a killed peer) starts a new term:
+        // the older open one ended by then at the latest.
+        let mut by_pod: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, t) in terms.iter().enumerate() {
+            by_pod.entry(t.pod.clone()).or_default().push(i);
+        }
+        for idx in by_pod.values() {
+            for w in idx.windows(2) {
+                let next_start = terms[w[1]].start;
+                if terms[w[0]].end.is_none_or(|e| e > next_start) {
+                    terms[w[0]].end = Some(next_start);
+                }
+            }
+        }
+        terms
+    }
+
+    /// Marks open terms whose process no longer exists as ended now.
+    fn sweep(&mut self) {
+        let now = mono();
+        for t in self.terms() {
+            if t.end.is_none()
+                && pids_with_env(self.system.process(), "POD_NAME", &t.pod).is_empty()
+            {
+                self.gone.entry((t.pod.clone(), t.start)).or_insert(now);
+            }
+        }
+    }
+
+    /// The pod of the one open term, if exactly one is open.
+    fn leader(&self) -> Option<(String, i64)> {
+        let open: Vec<Term> = self
+            .terms()
+            .into_iter()
+            .filter(|t| t.end.is_none())
+            .collect();
+        (open.len() == 1).then(|| (open[0].pod.clone(), open[0].start))
+    }
+}
+
+/// Pairs of terms of different pods that overlap: (pod, pod, from, to).
+fn overlaps(terms: &[Term], now: i64) -> Vec<(String, String, i64, i64)> {
+    let mut out = Vec::new();
+    for (i, a) in terms.iter().enumerate() {
+        for b in &terms[i + 1..] {
+            if a.pod == b.pod {
+                continue;
+            }
+            let from = a.start.max(b.start);
+            let to = a.end.unwrap_or(now).min(b.end.unwrap_or(now));
+            if to > from {
+                out.push((a.pod.clone(), b.pod.clone(), from, to));
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Timing {
+    lease: u64,
+    renew: u64,
+    retry: u64,
+}
+
+fn timing() -> Timing {
+    let lease: u64 = std::env::var("ZEN_LEAD_OVERLAP_LEASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(3);
+    // client-go's 15:10:2, rounded to whole seconds as the policy needs.
+    Timing {
+        lease,
+        renew: (lease * 2 / 3).max(2),
+        retry: (lease * 2 / 15).max(1),
+    }
+}
+
+async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
+    Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                "metadata": {"name": "zl"},
+                "spec": {"activation": "start", "leaseDurationSeconds": t.lease,
+                         "renewDeadlineSeconds": t.renew, "retryPeriodSeconds": t.retry}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+    // The peer's ServiceAccount may campaign for its Lease.
+    let rbac = [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "peer"},
+               "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                          "verbs": ["get", "create", "update"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "peer"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "peer"},
+               "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}),
+    ];
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &from_json(rbac[0].clone()))
+        .await
+        .unwrap_or_else(|e| panic!("create Role: {e}"));
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &from_json(rbac[1].clone()))
+        .await
+        .unwrap_or_else(|e| panic!("create RoleBinding: {e}"));
+    let pod_spec = |image: &str, args: Vec<String>| {
+        json!({
+            "nodeSelector": {"zen-lead.io/node": "real"},
+            "tolerations": [{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 10,
+            "containers": [{
+                "name": "app", "image": image, "imagePullPolicy": "Never", "args": args,
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+                ],
+                "volumeMounts": [{"name": "records", "mountPath": "/records"}]
+            }],
+            "volumes": [{"name": "records", "hostPath": {"path": dir.to_string_lossy(), "type": "Directory"}}]
+        })
+    };
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), ns);
+    let zl_args = vec![
+        "--name=$(POD_NAME)".to_owned(),
+        "--listen=:8080".to_owned(),
+        "--record=/records/zl.log".to_owned(),
+    ];
+    let peer_args = vec![
+        "--namespace=$(POD_NAMESPACE)".to_owned(),
+        "--lease=peer".to_owned(),
+        "--record=/records/peer.log".to_owned(),
+        "--exit-on-loss".to_owned(),
+        format!("--lease-duration={}s", t.lease),
+        format!("--renew-deadline={}s", t.renew),
+        format!("--retry-period={}s", t.retry),
+    ];
+    for (name, image, args, annotations) in [
+        (
+            "zl",
+            "localhost/zl-testapp:dev",
+            zl_args,
+            json!({"zen-lead/pool": "zl"}),
+        ),
+        ("peer", "localhost/zl-lepeer:dev", peer_args, json!({})),
+    ] {
+        deployments
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": name},
+                    "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
+                             "template": {
+                                 "metadata": {"labels": {"app": name}, "annotations": annotations},
+                                 "spec": pod_spec(image, args)
+                             }}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
+    }
+}
+
+/// Waits until the system has exactly one active pod (for at least 2 s) and
+/// three live pods; returns the leader pod with its UID and IP.
+async fn steady(pods: &Api<Pod>, tracker: &mut Tracker) -> (String, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        tracker.sweep();
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={}", tracker.system.label())))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let live: Vec<&Pod> = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        if let Some((leader, since)) = tracker.leader()
+            && live.len() == 3
+            && mono() - since > 2_000_000_000
+            && let Some(pod) = live
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(&leader))
+        {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let ip = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
+            return (leader, uid, ip);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: no steady single leader within 180 s: {:?}",
+            tracker.system.label(),
+            tracker.terms()
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One injected fault and what followed.
+#[derive(Debug)]
+struct Outcome {
+    system: System,
+    fault: Fault,
+    at: i64,
+    healed: i64,
+    takeover_ms: Option<f64>,
+}
+
+#[tokio::test]
+async fn no_two_replicas_active_under_faults() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "overlap", |client, ns| async move {
+        let t = timing();
+        let faults: usize = std::env::var("ZEN_LEAD_OVERLAP_FAULTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6);
+        let seed: u64 = std::env::var("ZEN_LEAD_OVERLAP_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| (mono() as u64) | 1);
+        println!("overlap: seed {seed}, {faults} faults, lease {}s / {}s / {}s", t.lease, t.renew, t.retry);
+        let mut rng = Rng(seed);
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let hook = register_webhook(&client, &ns, &controller).await;
+        create_pools(&client, &ns, &dir, &t).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let api = common::delay_proxy::api_server_addr(&common::kubeconfig_path());
+        let mut trackers: BTreeMap<System, Tracker> = [System::ZenLead, System::Peer]
+            .into_iter()
+            .map(|s| {
+                (
+                    s,
+                    Tracker {
+                        system: s,
+                        file: dir.join(s.record()),
+                        gone: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        let lease_ns = i64::try_from(t.lease).unwrap_or(5) * 1_000_000_000;
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for n in 0..faults {
+            // Every kind comes round; which pool it hits is random.
+            let fault = Fault::ALL[(n + rng.below(Fault::ALL.len() as u64) as usize) % Fault::ALL.len()];
+            let system = if rng.below(2) == 0 { System::ZenLead } else { System::Peer };
+            let mut tracker = trackers.remove(&system).expect("tracker");
+            let (leader, uid, ip) = steady(&pods, &mut tracker).await;
+            for other in trackers.values_mut() {
+                steady(&pods, other).await;
+            }
+            let at = mono();
+            let mut healed = at;
+            println!("overlap: fault {n}: {fault:?} on {} leader {leader}", system.label());
+            match fault {
+                Fault::DeletePod => {
+                    pods.delete(&leader, &DeleteParams::default())
+                        .await
+                        .unwrap_or_else(|e| panic!("delete {leader}: {e}"));
+                }
+                Fault::KillElector => {
+                    let pids = match system {
+                        System::ZenLead => pids_with_env("zen-lead", "ZEN_LEAD_POD_NAME", &leader),
+                        System::Peer => pids_with_env("lepeer", "POD_NAME", &leader),
+                    };
+                    assert!(!pids.is_empty(), "no elector process for {leader}");
+                    kill_all(&pids);
+                }
+                Fault::Freeze | Fault::Cut => {
+                    let guard: Box<dyn std::any::Any> = if fault == Fault::Freeze {
+                        Box::new(Frozen::pod(&uid))
+                    } else {
+                        Box::new(CutOff::pod(&ip, api))
+                    };
+                    let until = Instant::now() + Duration::from_secs(t.lease + 2);
+                    while Instant::now() < until {
+                        tracker.sweep();
+                        sleep(Duration::from_millis(200)).await;
+                    }
+                    drop(guard);
+                    healed = mono();
+                }
+                Fault::RestartApiServer => {
+                    restart_apiserver();
+                    healed = mono();
+                }
+            }
+            // A take-over, or the same leader still active a while later.
+            let patience = Instant::now() + Duration::from_secs(t.lease * 3 + 20);
+            let mut takeover_ms = None;
+            while Instant::now() < patience {
+                tracker.sweep();
+                if let Some(next) = tracker
+                    .terms()
+                    .iter()
+                    .filter(|x| x.pod != leader && x.start > at)
+                    .map(|x| x.start)
+                    .min()
+                {
+                    takeover_ms = Some((next - at) as f64 / 1e6);
+                    break;
+                }
+                let kept = tracker.leader().is_some_and(|(p, _)| p == leader);
+                if kept && mono() - healed > lease_ns + 2_000_000_000 {
+                    break;
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+            println!("overlap: fault {n}: take-over {takeover_ms:?} ms");
+            outcomes.push(Outcome { system, fault, at, healed, takeover_ms });
+            trackers.insert(system, tracker);
+        }
+        for tracker in trackers.values_mut() {
+            steady(&pods, tracker).await;
+        }
+
+        // The checker.
+        let now = mono();
+        let mut report = String::from(
+            "| system | faults | terms | overlaps | longest overlap | take-over p50 / p99 by fault |\n|---|---|---|---|---|---|\n",
+        );
+        let mut failures = Vec::new();
+        for (system, tracker) in &trackers {
+            let terms = tracker.terms();
+            let found = overlaps(&terms, now);
+            let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.system == *system).collect();
+            let mut by_kind: BTreeMap<Fault, Vec<f64>> = BTreeMap::new();
+            for o in &mine {
+                by_kind.entry(o.fault).or_default().extend(o.takeover_ms);
+            }
+            let takeovers: Vec<String> = by_kind
+                .iter_mut()
+                .map(|(k, v)| {
+                    v.sort_by(f64::total_cmp);
+                    format!(
+                        "{k:?} {:.0} / {:.0} ms ({} of {})",
+                        percentile(v, 0.5),
+                        percentile(v, 0.99),
+                        v.len(),
+                        mine.iter().filter(|o| o.fault == *k).count()
+                    )
+                })
+                .collect();
+            let longest = found.iter().map(|o| o.3 - o.2).max().unwrap_or(0);
+            report.push_str(&format!(
+                "| {} | {} | {} | {} | {:.0} ms | {} |\n",
+                match system {
+                    System::ZenLead => "zen-lead `start`",
+                    System::Peer => "client-go leaderelection",
+                },
+                mine.len(),
+                terms.len(),
+                found.len(),
+                longest as f64 / 1e6,
+                takeovers.join("; ")
+            ));
+            if *system == System::ZenLead {
+                for (a, b, from, to) in &found {
+                    // The fault it began under: the last one injected before.
+                    let cause = mine.iter().rev().find(|o| o.at <= *from);
+                    let allowed = cause.is_some_and(|o| {
+                        !o.fault.zen_lead_must_not_overlap() && *to <= o.healed + 10_000_000_000
+                    });
+                    if !allowed {
+                        failures.push(format!(
+                            "{a} and {b} were active together for {:.0} ms (after {cause:?})",
+                            (*to - *from) as f64 / 1e6
+                        ));
+                    }
+                }
+            }
+        }
+        println!("overlap: seed {seed}\n{report}");
+        let out = common::repo_root().join("target/overlap-report.md");
+        let _ = std::fs::write(&out, format!("seed {seed}, lease {}s\n\n{report}", t.lease));
+        assert!(failures.is_empty(), "zen-lead overlaps: {failures:#?}\n{report}");
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&hook, &DeleteParams::default())
+            .await;
+        drop(controller.child);
+    })
+    .await;
+}
