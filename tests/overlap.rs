@@ -348,10 +348,20 @@ async fn steady(pods: &Api<Pod>, tracker: &mut Tracker) -> (String, String, Stri
             .await
             .map(|l| l.items)
             .unwrap_or_default();
+        // Live: not deleted, and some container runs (a `start` follower's
+        // pod stays Pending while its agent, a native sidecar, holds the app).
         let live: Vec<&Pod> = list
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.container_statuses.iter().flatten())
+                        .any(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+                })
+            })
             .collect();
         if let Some((leader, since)) = tracker.leader()
             && live.len() == 3
