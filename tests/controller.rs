@@ -394,8 +394,12 @@ async fn recreated(client: &Client, ns: &str, name: &str, old: &Pod) -> Pod {
     .await
 }
 
+/// The holder's instance (pod UID) from `<holderIdentity>/<instance>`.
 fn holder_instance(l: &Lease) -> Option<String> {
-    l.annotations().get(HOLDER_INSTANCE_ANNOTATION).cloned()
+    l.annotations()
+        .get(HOLDER_INSTANCE_ANNOTATION)
+        .and_then(|v| v.rsplit_once('/'))
+        .map(|(_, instance)| instance.to_owned())
 }
 
 /// A pool pod whose agent was started with `identityStrategy: custom` and

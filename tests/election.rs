@@ -475,7 +475,13 @@ async fn agents_sharing_a_custom_identity_never_lead_together() {
     let client = common::client().await;
     common::with_namespace(&client, "twins", |client, ns| async move {
         let dir = scratch_dir("twins");
-        let t = TestTimings::FAST;
+        // A 6 s lease: the restarted agent must re-claim before the others
+        // may take over, with room for a slow start on a busy machine.
+        let t = TestTimings {
+            lease_secs: 6,
+            renew: Duration::from_secs(4),
+            retry: Duration::from_millis(500),
+        };
         create_lease(&client, &ns, POOL, t).await;
         let custom = ["--identity-strategy", "custom", "--identity", "worker"];
         let mut agents: Vec<Agent> = (0..3)
@@ -505,7 +511,7 @@ async fn agents_sharing_a_custom_identity_never_lead_together() {
                 .as_ref()
                 .and_then(|a| a.get(HOLDER_INSTANCE_ANNOTATION))
                 .map(String::as_str),
-            Some(agents[first].uid.as_str()),
+            Some(format!("worker/{}", agents[first].uid).as_str()),
             "the Lease records the holder's pod UID"
         );
 

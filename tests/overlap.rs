@@ -16,16 +16,18 @@
 //! run), each aimed at the leader of one pool: delete its pod; SIGKILL its
 //! elector (zen-lead's agent container; the peer's process); freeze the whole
 //! pod past the lease, then thaw; cut the pod off from the API server past the
-//! lease, then heal; restart the API server (both pools at once). A process
+//! lease, then heal; restart the API server or the kubelet (both pools at
+//! once). A process
 //! that was killed writes nothing more: it counts as active until the checker
 //! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 6; `make chaos` sets more)
 //! is the number of faults; the table goes to target/overlap-report.md.
 //!
-//! What it asserts for zen-lead: no overlap after a pod deletion, a killed
-//! agent or an API server restart; after a freeze or a cut, `start`
-//! activation cannot stop an app in place, so the checker allows an overlap
-//! only while the fault lasts plus the time the controller takes to delete
-//! the deposed pod (10 s), and reports it. The peer is measured, never judged.
+//! What it asserts for zen-lead: no overlap after a pod deletion or a restart
+//! of the API server or the kubelet. `start` activation cannot stop an app in
+//! place, so after a freeze, a cut, or an agent that stayed down longer than
+//! the lease (crash-loop back-off), an overlap is allowed while the fault lasts
+//! plus 10 s for the controller to delete the deposed pod, and is reported.
+//! The peer is measured, never judged.
 
 mod common;
 
@@ -33,7 +35,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::faults::{CutOff, Frozen, kill_all, pids_with_env, restart_apiserver};
+use common::faults::{
+    CutOff, Frozen, kill_all, pids_with_env, restart_apiserver, restart_component,
+};
 use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, from_json, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -83,19 +87,30 @@ enum Fault {
     Freeze,
     Cut,
     RestartApiServer,
+    RestartKubelet,
 }
 
 impl Fault {
-    const ALL: [Fault; 5] = [
+    const ALL: [Fault; 6] = [
         Fault::DeletePod,
         Fault::KillElector,
         Fault::Freeze,
         Fault::Cut,
         Fault::RestartApiServer,
+        Fault::RestartKubelet,
     ];
-    /// Faults after which `start` activation must show no overlap at all.
-    fn zen_lead_must_not_overlap(self) -> bool {
-        !matches!(self, Fault::Freeze | Fault::Cut)
+    /// How long an overlap that began under this fault may last for
+    /// `start` activation (`None`: none allowed). A frozen leader's app stops
+    /// only once thawed; a leader cut off, or whose agent stayed down longer
+    /// than the lease (the kubelet backs off restarting a sidecar that died
+    /// again), is deleted by the controller once the successor leads.
+    fn start_overlap_limit(self, from: i64, healed: i64) -> Option<i64> {
+        const GRACE: i64 = 10_000_000_000;
+        match self {
+            Fault::Freeze => Some(healed.max(from) + GRACE),
+            Fault::Cut | Fault::KillElector => Some(from + GRACE),
+            _ => None,
+        }
     }
 }
 
@@ -479,6 +494,10 @@ async fn no_two_replicas_active_under_faults() {
                     restart_apiserver();
                     healed = mono();
                 }
+                Fault::RestartKubelet => {
+                    restart_component("kubelet");
+                    healed = mono();
+                }
             }
             // A take-over, or the same leader still active a while later.
             let patience = Instant::now() + Duration::from_secs(t.lease * 3 + 20);
@@ -554,7 +573,9 @@ async fn no_two_replicas_active_under_faults() {
                     // The fault it began under: the last one injected before.
                     let cause = mine.iter().rev().find(|o| o.at <= *from);
                     let allowed = cause.is_some_and(|o| {
-                        !o.fault.zen_lead_must_not_overlap() && *to <= o.healed + 10_000_000_000
+                        o.fault
+                            .start_overlap_limit(*from, o.healed)
+                            .is_some_and(|limit| *to <= limit)
                     });
                     if !allowed {
                         failures.push(format!(

@@ -474,7 +474,7 @@ async fn custom_identity_pods_are_checked_at_admission() {
         for part in [
             "identityStrategy: custom",
             "\"worker\"",
-            "ReplicaSet/worker-",
+            "Deployment/worker",
             "use identityStrategy: pod",
         ] {
             assert!(refusal.contains(part), "{part:?} missing from: {refusal}");

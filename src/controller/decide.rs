@@ -548,8 +548,8 @@ pub fn pool_candidate_condition(
             reason: IDENTITY_STRATEGY_MISMATCH,
             message: format!(
                 "the pod's agent was started with identityStrategy {:?}, but LeaderPolicy {pool:?} \
-                 now says {:?}; delete the pod (or restart its workload) so it is re-created \
-                 with the policy's strategy",
+                 now has spec.identityStrategy {:?}; delete the pod (or restart its workload) so \
+                 it is re-created with the policy's strategy",
                 agent.as_str(),
                 policy_strategy.as_str()
             ),

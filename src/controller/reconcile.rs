@@ -592,7 +592,10 @@ async fn ensure_lease(
                 // With its instance, so the holder keeps its term (without,
                 // it would see a claim by someone else of its name).
                 if let Some(instance) = instance {
-                    annotations.insert(HOLDER_INSTANCE_ANNOTATION.to_owned(), instance);
+                    annotations.insert(
+                        HOLDER_INSTANCE_ANNOTATION.to_owned(),
+                        crate::election::record::instance_value(&holder, &instance),
+                    );
                 }
                 let now = crate::election::record::now_micro();
                 spec.holder_identity = Some(holder);
@@ -710,9 +713,13 @@ async fn remove_deposed(
         holder_instance: record.holder_instance.clone(),
         ..LeaseView::default()
     };
+    // A free Lease may be taken straight back by the pod itself (its agent
+    // restarted and released): only a Lease naming someone else deposes.
+    let Some(holder) = record.holder.clone() else {
+        return Ok(());
+    };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
     for pod in deposed.iter().filter(|p| !p.holds(&now)) {
-        let holder = record.holder.clone().unwrap_or_else(|| "nobody".to_owned());
         // Preconditioned on the UID: never a re-created pod of the same name.
         let params = kube::api::DeleteParams {
             preconditions: Some(kube::api::Preconditions {
@@ -724,6 +731,24 @@ async fn remove_deposed(
         match pods.delete(&pod.name, &params).await {
             Ok(_) => {}
             Err(err) if is_status(&err, 404) || is_status(&err, 409) => continue,
+            // Not allowed (RBAC of an older chart): say so, keep reconciling.
+            Err(err) if is_status(&err, 403) => {
+                ctx.metrics.error("delete-deposed");
+                warn!(pool = %key, pod = %pod.name, error = %err, "may not delete a deposed start-activation leader; grant the controller delete on pods");
+                publish_on_pod(
+                    ctx,
+                    &pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone())),
+                    "DeposedLeaderRunning",
+                    format!(
+                        "pod {} runs its app but no longer holds the Lease of pool {} (held by \
+                         {holder}), and the zen-lead controller may not delete it: grant it \
+                         delete on pods (the chart's ClusterRole does), or delete the pod",
+                        pod.name, key.name
+                    ),
+                )
+                .await;
+                continue;
+            }
             Err(err) => return Err(api_err("delete", "Pod", &key.namespace, &pod.name)(err)),
         }
         ctx.metrics.deposed_deletions.inc();

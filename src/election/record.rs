@@ -60,8 +60,9 @@ impl Record {
         Some(Record {
             uid: lease.metadata.uid.clone().unwrap_or_default(),
             resource_version,
+            holder_instance: annotation(HOLDER_INSTANCE_ANNOTATION)
+                .and_then(|v| instance_of(v, holder.as_deref())),
             holder,
-            holder_instance: annotation(HOLDER_INSTANCE_ANNOTATION).map(str::to_owned),
             transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
             preferred: annotation(PREFERRED_HOLDER_ANNOTATION).map(str::to_owned),
             timings: resolve_timings(
@@ -172,13 +173,29 @@ pub struct SpecWrite {
     pub lease_duration_seconds: Option<i32>,
 }
 
+/// The annotation's value: `<holderIdentity>/<instance>`. Naming the
+/// identity too means a value left behind by a writer that does not know the
+/// annotation (client-go, an older zen-lead copying the metadata) never
+/// passes for the instance of a later holder.
+pub fn instance_value(holder: &str, instance: &str) -> String {
+    format!("{holder}/{instance}")
+}
+
+/// The instance in an annotation value, if it was written for `holder`.
+/// Instances never contain `/`; identities may.
+fn instance_of(value: &str, holder: Option<&str>) -> Option<String> {
+    let (identity, instance) = value.rsplit_once('/')?;
+    (Some(identity) == holder && !instance.is_empty()).then(|| instance.to_owned())
+}
+
 /// Sets or removes the holder-instance annotation as `write` says.
 pub fn apply_instance(annotations: &mut Option<BTreeMap<String, String>>, write: &SpecWrite) {
     match (&write.holder, &write.instance) {
-        (Some(_), Some(instance)) => {
-            annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(HOLDER_INSTANCE_ANNOTATION.to_owned(), instance.clone());
+        (Some(holder), Some(instance)) => {
+            annotations.get_or_insert_with(BTreeMap::new).insert(
+                HOLDER_INSTANCE_ANNOTATION.to_owned(),
+                instance_value(holder, instance),
+            );
         }
         _ => {
             if let Some(map) = annotations.as_mut() {
@@ -278,6 +295,46 @@ mod tests {
             .expect("record");
         assert_eq!(rec.timings, proportional(Duration::from_secs(6)));
         assert_eq!(rec.timings.renew_deadline(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn the_instance_counts_only_for_the_holder_it_was_written_for() {
+        let mut l = lease(Some(3), &[(HOLDER_INSTANCE_ANNOTATION, "team/a/uid-1")]);
+        if let Some(spec) = l.spec.as_mut() {
+            spec.holder_identity = Some("team/a".into());
+        }
+        let rec = Record::from_lease(&l).expect("record");
+        assert_eq!(rec.holder_instance.as_deref(), Some("uid-1"));
+        // Left behind by a writer that copied the metadata: not b's instance.
+        if let Some(spec) = l.spec.as_mut() {
+            spec.holder_identity = Some("b".into());
+        }
+        let rec = Record::from_lease(&l).expect("record");
+        assert_eq!(rec.holder_instance, None);
+        // Written and read back through apply_instance.
+        let mut annotations = None;
+        let write = SpecWrite {
+            holder: Some("b".into()),
+            instance: Some("uid-2".into()),
+            transitions: 1,
+            new_term: true,
+            lease_duration_seconds: None,
+        };
+        apply_instance(&mut annotations, &write);
+        l.metadata.annotations = annotations;
+        let rec = Record::from_lease(&l).expect("record");
+        assert_eq!(rec.holder_instance.as_deref(), Some("uid-2"));
+        // A release removes it.
+        let mut annotations = l.metadata.annotations.clone();
+        apply_instance(
+            &mut annotations,
+            &SpecWrite {
+                holder: None,
+                instance: None,
+                ..write
+            },
+        );
+        assert!(annotations.is_none_or(|a| !a.contains_key(HOLDER_INSTANCE_ANNOTATION)));
     }
 
     #[test]

@@ -461,6 +461,7 @@ fn runs_continuously(pod: &Pod) -> bool {
 /// exist, so the controller reports them; the election keeps them safe.
 pub fn check_identity(
     pod: &Pod,
+    chain: &[OwnerMeta],
     membership: &Membership,
     policy: &PolicyState,
 ) -> Result<(), Denial> {
@@ -483,10 +484,31 @@ pub fn check_identity(
             if owner.api_version.starts_with("apps/")
                 && matches!(owner.kind.as_str(), "ReplicaSet" | "DaemonSet") =>
         {
+            // Name what the user edits: the Deployment behind a ReplicaSet
+            // (from the owner chain, or from the ReplicaSet's name, which is
+            // `<deployment>-<pod-template-hash>`).
+            let hash = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            let workload = chain
+                .iter()
+                .find(|o| o.kind == "Deployment")
+                .map(|d| d.name.clone())
+                .or_else(|| {
+                    hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}")))
+                        .map(str::to_owned)
+                })
+                .filter(|_| owner.kind == "ReplicaSet")
+                .map_or_else(
+                    || format!("{}/{}", owner.kind, owner.name),
+                    |d| format!("Deployment/{d}"),
+                );
             Err(Denial::SharedCustomIdentity {
                 pool: pool.clone(),
                 identity: value.to_owned(),
-                owner: format!("{}/{}", owner.kind, owner.name),
+                owner: workload,
                 owner_kind: if owner.kind == "ReplicaSet" {
                     "Deployment".to_owned()
                 } else {

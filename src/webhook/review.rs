@@ -341,6 +341,6 @@ pub async fn decide<L: Lookup>(
         Membership::Member { pool, .. } => lookup.policy(namespace, pool).await,
         _ => inject::PolicyState::Missing,
     };
-    inject::check_identity(pod, &membership, &policy)?;
+    inject::check_identity(pod, &chain, &membership, &policy)?;
     Ok(inject::decide(pod, &membership, &policy, config))
 }

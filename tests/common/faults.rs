@@ -130,16 +130,22 @@ pub fn kill_all(pids: &[i32]) {
 
 /// Restarts the API server and waits until it is ready again.
 pub fn restart_apiserver() {
+    restart_component("kube-apiserver");
+}
+
+/// Restarts one process of the local cluster (`kube-apiserver`, `kubelet`,
+/// ...) with its command line; for the API server, waits until it is ready.
+pub fn restart_component(name: &str) {
     let root = super::repo_root();
     let out = Command::new(root.join("tests/cluster/bin/zl-cluster"))
         .args(["restart", "--state"])
         .arg(root.join(".cluster"))
-        .arg("kube-apiserver")
+        .arg(name)
         .output()
         .unwrap_or_else(|e| panic!("zl-cluster restart: {e}"));
     assert!(
         out.status.success(),
-        "zl-cluster restart kube-apiserver failed: {}",
+        "zl-cluster restart {name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -781,7 +781,8 @@ fn deposed_start_leaders_are_pods_running_their_app_without_the_lease() {
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["b"]);
-    // A free Lease: whoever still runs its app was deposed.
+    // A free Lease: candidates for the check (the caller deletes only when
+    // a fresh read names another holder).
     let names: Vec<&str> = deposed_start_leaders(&pods, &LeaseView::default())
         .iter()
         .map(|p| p.name.as_str())
