@@ -367,6 +367,7 @@ async fn active(
                 ctx,
                 &pod_ref(&key.namespace, pod, uid),
                 want.reason,
+                "CheckCandidate",
                 want.message.clone(),
             )
             .await;
@@ -739,6 +740,7 @@ async fn remove_deposed(
                     ctx,
                     &pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone())),
                     "DeposedLeaderRunning",
+                    "DeletePod",
                     format!(
                         "pod {} runs its app but no longer holds the Lease of pool {} (held by \
                          {holder}), and the zen-lead controller may not delete it: grant it \
@@ -764,6 +766,7 @@ async fn remove_deposed(
             ctx,
             &pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone())),
             "DeposedLeaderDeleted",
+            "DeletePod",
             note.clone(),
         )
         .await;
@@ -1370,12 +1373,18 @@ async fn publish(
 
 /// Publishes a Warning event on a pool pod, where `kubectl describe pod`
 /// shows it.
-async fn publish_on_pod(ctx: &Context, pod: &ObjectReference, reason: &str, note: String) {
+async fn publish_on_pod(
+    ctx: &Context,
+    pod: &ObjectReference,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = KubeEvent {
         type_: EventType::Warning,
         reason: reason.to_owned(),
         note: Some(note),
-        action: "CheckCandidate".to_owned(),
+        action: action.to_owned(),
         secondary: None,
     };
     if let Err(err) = ctx.recorder.publish(&event, pod).await {

@@ -637,9 +637,13 @@ impl Machine {
         let next_renew = sent_at + timings.retry_period();
         if now >= valid_until {
             // The answer came too late (a paused process): this term is
-            // already over; the next decision renews again.
-            self.lead = None;
-            return ended;
+            // already over, and unless the timer said so first, this does,
+            // at the deadline the term had. The next decision renews again.
+            let late = self.lead.take().map(|lead| LeadEvent::Ended {
+                at: earlier(now, lead.valid_until),
+                reason: EndReason::DeadlinePassed,
+            });
+            return ended.or(late);
         }
         match &mut self.lead {
             Some(lead) => {
