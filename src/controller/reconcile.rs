@@ -103,9 +103,9 @@ struct PoolMemory {
     /// resourceVersion of the Lease last seen, and when (monotonic): the
     /// expiry clock, as client-go judges it.
     lease_seen: Option<(String, Instant)>,
-    /// Holder and leaseTransitions last seen in the Lease: a Lease deleted
-    /// while held is re-created naming them (see the Lease contract).
-    /// (holder, its instance, leaseTransitions) last seen in the Lease.
+    /// (holder, its instance, leaseTransitions) last seen in the Lease: a
+    /// Lease deleted while held is re-created naming them (see the Lease
+    /// contract).
     last_holder_seen: Option<(String, Option<String>, i32)>,
     /// Pods this controller labelled leader (the cache may lag behind).
     leaders: BTreeSet<String>,
@@ -121,7 +121,15 @@ struct PoolMemory {
     warned: BTreeSet<String>,
     /// Owners whose pods were evicted recently (no eviction storms).
     evicted: HashMap<String, Instant>,
+    /// Pods (by UID) seen as deposed `start` leaders, and since when.
+    deposed_since: HashMap<String, Instant>,
 }
+
+/// How long a pod must look deposed before it is deleted: the kubelet's
+/// report that an app exited can reach the API server after the agent's
+/// release on shutdown (a Job pod that completed), and such a pod must not be
+/// mistaken for a deposed leader whose app still runs.
+const DEPOSED_GRACE: Duration = Duration::from_secs(3);
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -309,11 +317,34 @@ async fn active(
         }
     }
 
-    // 3b. Deposed `start` leaders, whose app runs beside the successor's.
+    // 3b. Deposed `start` leaders, whose app runs beside the successor's:
+    // deleted once they have looked deposed for DEPOSED_GRACE.
     if let Some(lv) = lease_view.as_ref() {
         let deposed = decide::deposed_start_leaders(&views, lv);
-        if !deposed.is_empty() {
-            remove_deposed(ctx, key, policy, &deposed).await?;
+        let now = Instant::now();
+        let since: HashMap<String, Instant> = ctx.with_memory(key, |m| {
+            m.deposed_since
+                .retain(|uid, _| deposed.iter().any(|p| &p.uid == uid));
+            for pod in &deposed {
+                m.deposed_since.entry(pod.uid.clone()).or_insert(now);
+            }
+            m.deposed_since.clone()
+        });
+        let due: Vec<&PodView> = deposed
+            .iter()
+            .copied()
+            .filter(|p| since.get(&p.uid).is_some_and(|t| now >= *t + DEPOSED_GRACE))
+            .collect();
+        if !due.is_empty() {
+            remove_deposed(ctx, key, policy, &due).await?;
+        }
+        if let Some(next) = since
+            .values()
+            .map(|t| *t + DEPOSED_GRACE)
+            .filter(|t| *t > now)
+            .min()
+        {
+            requeue = Some(next.saturating_duration_since(now) + Duration::from_millis(100));
         }
     }
 
@@ -457,7 +488,8 @@ async fn active(
             } else {
                 seen + renew
             };
-            requeue = Some(at.saturating_duration_since(now) + Duration::from_millis(100));
+            let wake = at.saturating_duration_since(now) + Duration::from_millis(100);
+            requeue = Some(requeue.map_or(wake, |r: Duration| r.min(wake)));
         }
     }
     Ok(requeue)
@@ -721,6 +753,20 @@ async fn remove_deposed(
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
     for pod in deposed.iter().filter(|p| !p.holds(&now)) {
+        // The pod as the API server has it now, not as the cache had it.
+        let fresh = pods.get_opt(&pod.name).await.map_err(api_err(
+            "read",
+            "Pod",
+            &key.namespace,
+            &pod.name,
+        ))?;
+        let still = fresh
+            .as_ref()
+            .map(|p| PodView::from_pod(p, policy.spec.identity_strategy))
+            .is_some_and(|v| v.uid == pod.uid && v.app_running && !v.terminating && !v.finished);
+        if !still {
+            continue;
+        }
         // Preconditioned on the UID: never a re-created pod of the same name.
         let params = kube::api::DeleteParams {
             preconditions: Some(kube::api::Preconditions {
