@@ -22,12 +22,13 @@
 //! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 6; `make chaos` sets more)
 //! is the number of faults; the table goes to target/overlap-report.md.
 //!
-//! What it asserts for zen-lead: no overlap after a pod deletion or a restart
-//! of the API server or the kubelet. `start` activation cannot stop an app in
-//! place, so after a freeze, a cut, or an agent that stayed down longer than
-//! the lease (crash-loop back-off), an overlap is allowed while the fault lasts
-//! plus 10 s for the controller to delete the deposed pod, and is reported.
-//! The peer is measured, never judged.
+//! What it asserts for zen-lead: no overlap after a pod deletion or a kubelet
+//! restart. `start` activation cannot stop an app in place, so whenever the
+//! leader loses its term while its pod lives on (frozen, cut off, its agent
+//! down longer than the lease, the API server away longer than the renew
+//! deadline) an overlap is allowed while the fault lasts plus 10 s for the
+//! controller to delete the deposed pod, and is reported. The peer is
+//! measured, never judged.
 
 mod common;
 
@@ -99,17 +100,25 @@ impl Fault {
         Fault::RestartApiServer,
         Fault::RestartKubelet,
     ];
+    /// A restart of a cluster component hits both pools, whichever was aimed at.
+    fn hits_both(self) -> bool {
+        matches!(self, Fault::RestartApiServer | Fault::RestartKubelet)
+    }
+
     /// How long an overlap that began under this fault may last for
-    /// `start` activation (`None`: none allowed). A frozen leader's app stops
-    /// only once thawed; a leader cut off, or whose agent stayed down longer
-    /// than the lease (the kubelet backs off restarting a sidecar that died
-    /// again), is deleted by the controller once the successor leads.
+    /// `start` activation (`None`: none allowed). `start` overlaps whenever
+    /// the leader loses its term while its pod lives on: frozen (its app
+    /// stops only once thawed), cut off, its agent down longer than the lease
+    /// (the kubelet backs off restarting a sidecar that died again), or the
+    /// API server away longer than the renew deadline. The controller deletes
+    /// such a deposed pod once the successor leads. A deleted pod or a
+    /// restarted kubelet must never overlap.
     fn start_overlap_limit(self, from: i64, healed: i64) -> Option<i64> {
         const GRACE: i64 = 10_000_000_000;
         match self {
             Fault::Freeze => Some(healed.max(from) + GRACE),
-            Fault::Cut | Fault::KillElector => Some(from + GRACE),
-            _ => None,
+            Fault::Cut | Fault::KillElector | Fault::RestartApiServer => Some(from + GRACE),
+            Fault::DeletePod | Fault::RestartKubelet => None,
         }
     }
 }
@@ -570,8 +579,13 @@ async fn no_two_replicas_active_under_faults() {
             ));
             if *system == System::ZenLead {
                 for (a, b, from, to) in &found {
-                    // The fault it began under: the last one injected before.
-                    let cause = mine.iter().rev().find(|o| o.at <= *from);
+                    // The fault it began under: the last one injected before
+                    // that hit this pool (a restart hits both pools).
+                    let cause = outcomes
+                        .iter()
+                        .rev()
+                        .filter(|o| o.system == *system || o.fault.hits_both())
+                        .find(|o| o.at <= *from);
                     let allowed = cause.is_some_and(|o| {
                         o.fault
                             .start_overlap_limit(*from, o.healed)
