@@ -375,6 +375,37 @@ fn lease_holder(l: &Lease) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// A single-replica StatefulSet `name` on the KWOK nodes in `pool`, whose pod
+/// template takes the annotations and the agent container of `like`.
+async fn create_kwok_statefulset(client: &Client, ns: &str, name: &str, like: &Pod, pool: &str) {
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1, "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name, "zen-lead/pool": pool},
+                    "annotations": like.metadata.annotations.clone().unwrap_or_default()
+                },
+                "spec": {
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"operator": "Exists"}],
+                    "terminationGracePeriodSeconds": 0,
+                    "initContainers": like.spec.as_ref().and_then(|s| s.init_containers.clone()),
+                    "containers": [{"name": "app", "image": "app"}]
+                }
+            }
+        }
+    }))
+    .expect("sts json");
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("create sts");
+}
+
 /// Waits until the StatefulSet pod `name` runs again under a new UID.
 async fn recreated(client: &Client, ns: &str, name: &str, old: &Pod) -> Pod {
     common::eventually(
@@ -978,35 +1009,23 @@ async fn statefulset_pod_recreated_with_the_same_name() {
     with_namespace(&client, "ctl-sts", |client, ns| async move {
         let dir = scratch("sts");
         create_policy(&client, &ns, "sts", json!({"leaseDurationSeconds": 30})).await;
-        let sts: StatefulSet = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "kv"},
-            "spec": {
-                "replicas": 1, "serviceName": "kv",
-                "selector": {"matchLabels": {"app": "kv"}},
-                "template": {
-                    "metadata": {"labels": {"app": "kv", "zen-lead/pool": "sts"}},
-                    "spec": {
-                        "nodeSelector": {"type": "kwok"},
-                        "tolerations": [{"operator": "Exists"}],
-                        "terminationGracePeriodSeconds": 0,
-                        "initContainers": [{"name": "zen-lead-agent", "image": "zen-lead", "restartPolicy": "Always"}],
-                        "containers": [{"name": "app", "image": "app"}]
-                    }
-                }
-            }
-        }))
-        .expect("sts json");
-        Api::<StatefulSet>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &sts)
-            .await
-            .expect("create sts");
+        // The agent as the webhook injects it (pool_pod's), a single replica.
+        create_kwok_statefulset(
+            &client,
+            &ns,
+            "kv",
+            &pool_pod("unused", Some("sts"), "kwok-1", true),
+            "sts",
+        )
+        .await;
         let old = running_pod(&client, &ns, "kv-0").await;
         let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
         let mut agent = HostAgent::start(&dir, &old, "sts");
         let old_identity = agent.identity.clone();
         policy_until(&client, &ns, "sts", "kv-0 leads", LIMIT, |p| {
-            (holder_name(p).as_deref() == Some("kv-0")).then_some(()).ok_or(format!("{:?}", p.status))
+            (holder_name(p).as_deref() == Some("kv-0"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
         })
         .await;
         agent.kill();
@@ -1023,9 +1042,18 @@ async fn statefulset_pod_recreated_with_the_same_name() {
                 .ok_or(format!("{:?}", lease_holder(&l)))
         })
         .await;
-        let p = policy_until(&client, &ns, "sts", "not led by the old incarnation", LIMIT, |p| {
-            (phase(p) == "Electing").then_some(()).ok_or(format!("{:?}", p.status))
-        })
+        let p = policy_until(
+            &client,
+            &ns,
+            "sts",
+            "not led by the old incarnation",
+            LIMIT,
+            |p| {
+                (phase(p) == "Electing")
+                    .then_some(())
+                    .ok_or(format!("{:?}", p.status))
+            },
+        )
         .await;
         assert!(holder_name(&p).is_none());
         let agent2 = HostAgent::start(&dir, &new, "sts");
@@ -1588,32 +1616,7 @@ async fn custom_identity_statefulset_pod_recreated_takes_over() {
         )
         .await;
         let template = custom_pool_pod("unused", "primary", "db-primary");
-        let sts: StatefulSet = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "pg"},
-            "spec": {
-                "replicas": 1, "serviceName": "pg",
-                "selector": {"matchLabels": {"app": "pg"}},
-                "template": {
-                    "metadata": {
-                        "labels": {"app": "pg", "zen-lead/pool": "primary"},
-                        "annotations": {"zen-lead/identity": "db-primary"}
-                    },
-                    "spec": {
-                        "nodeSelector": {"type": "kwok"},
-                        "tolerations": [{"operator": "Exists"}],
-                        "terminationGracePeriodSeconds": 0,
-                        "initContainers": template.spec.as_ref().and_then(|s| s.init_containers.clone()),
-                        "containers": [{"name": "app", "image": "app"}]
-                    }
-                }
-            }
-        }))
-        .expect("sts json");
-        Api::<StatefulSet>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &sts)
-            .await
-            .expect("create sts");
+        create_kwok_statefulset(&client, &ns, "pg", &template, "primary").await;
         let old = running_pod(&client, &ns, "pg-0").await;
         let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
         let mut agent = HostAgent::start_custom(&dir, &old, "primary", "db-primary");
@@ -1624,7 +1627,11 @@ async fn custom_identity_statefulset_pod_recreated_takes_over() {
         })
         .await;
         let before = lease(&client, &ns, "primary").await.expect("Lease");
-        let token = before.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
+        let token = before
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_transitions)
+            .unwrap_or(0);
         agent.kill();
         let started = tokio::time::Instant::now();
         Api::<Pod>::namespaced(client.clone(), &ns)
@@ -1633,21 +1640,40 @@ async fn custom_identity_statefulset_pod_recreated_takes_over() {
             .expect("delete pg-0");
         let new = recreated(&client, &ns, "pg-0", &old).await;
         let _agent2 = HostAgent::start_custom(&dir, &new, "primary", "db-primary");
-        let p = policy_until(&client, &ns, "primary", "the new pg-0 leads", Duration::from_secs(20), |p| {
-            let uid = p.status.as_ref().and_then(|s| s.current_holder.as_ref()).and_then(|h| h.uid.clone());
-            (uid == new.uid() && phase(p) == "Stable")
-                .then_some(())
-                .ok_or(format!("{:?}", p.status))
-        })
+        let p = policy_until(
+            &client,
+            &ns,
+            "primary",
+            "the new pg-0 leads",
+            Duration::from_secs(20),
+            |p| {
+                let uid = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.current_holder.as_ref())
+                    .and_then(|h| h.uid.clone());
+                (uid == new.uid() && phase(p) == "Stable")
+                    .then_some(())
+                    .ok_or(format!("{:?}", p.status))
+            },
+        )
         .await;
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(20), "take-over took {took:?}; the lease is 30 s");
+        assert!(
+            took < Duration::from_secs(20),
+            "take-over took {took:?}; the lease is 30 s"
+        );
         let holder = p.status.and_then(|s| s.current_holder).expect("holder");
         assert_eq!(holder.identity, "db-primary");
         let after = lease(&client, &ns, "primary").await.expect("Lease");
         assert_eq!(holder_instance(&after), new.uid());
         assert!(
-            after.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0) > token,
+            after
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_transitions)
+                .unwrap_or(0)
+                > token,
             "a new pod's term is a new term"
         );
     })
