@@ -70,9 +70,8 @@ cluster-down: ## Stop the local cluster and remove its state
 
 # Benchmarks are not tests: `cargo test --all-targets` would run their full
 # measurement loops. They are compiled by `make lint` and run by `make bench`.
-# election_chaos runs last: after its many API server restarts the controller
-# manager's informers back off for minutes, and suites that create workloads
-# right after it (tests/examples.rs) timed out waiting for their pods.
+# election_chaos runs last: its API server restarts slow the cluster's own
+# controllers for a while, and no suite should have to wait that out.
 TEST_SUITES := $(filter-out election_chaos,$(basename $(notdir $(wildcard tests/*.rs))))
 test: cluster-up ## Run every test, local-cluster tests included
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --lib --bins $(addprefix --test ,$(TEST_SUITES))

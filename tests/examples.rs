@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chart::{Release, has_agent, scoped_values};
+use chart::{Release, has_agent, scoped_values, wait_webhook_reachable};
 use common::{client, eventually, kubectl, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -73,6 +73,10 @@ where
                 let mut release =
                     Release::install(&rel_ns, &values, &["--wait", "--timeout", "180s"]);
                 release.wait_ready(&client, 1).await;
+                // A Ready controller is not yet a webhook the API server
+                // reaches (kube-proxy may not have programmed the Service);
+                // the examples' pods must not be admitted before it is.
+                wait_webhook_reachable(&client, &app_ns).await;
                 body(client, app_ns).await;
                 release.uninstall();
             })
@@ -101,10 +105,39 @@ fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 /// Waits until the policy is Stable with a holder; returns the holder pod name.
 async fn stable_holder(client: &Client, ns: &str, policy: &str) -> String {
     let api: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let dumped = std::sync::atomic::AtomicBool::new(false);
     eventually(
         &format!("LeaderPolicy {policy} Stable with a holder"),
         WAIT,
         || {
+            // A failure should say why: the pool's objects as the API server
+            // has them, once, just before the wait gives up.
+            if tokio::time::Instant::now() + Duration::from_secs(2) >= deadline
+                && !dumped.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let out = kubectl(
+                    &[
+                        "-n",
+                        ns,
+                        "get",
+                        "pods,leases,leaderpolicies,events",
+                        "-o",
+                        "wide",
+                    ],
+                    &cache(ns),
+                );
+                eprintln!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let out = kubectl(
+                    &["-n", ns, "get", "leases,leaderpolicies", "-o", "yaml"],
+                    &cache(ns),
+                );
+                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            }
             let api = api.clone();
             async move {
                 let p = api.get(policy).await.map_err(|e| e.to_string())?;
