@@ -727,6 +727,36 @@ async fn pool_lease_status_roles_rbac_and_timing_changes() {
         })
         .await;
 
+        // Unset, the deadline and the retry period follow the lease duration
+        // (15:10:2): status shows the values in effect, the Lease carries them.
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"leaseDurationSeconds": 30, "renewDeadlineSeconds": null, "retryPeriodSeconds": null}})))
+            .await
+            .expect("patch policy");
+        policy_until(&client, &ns, "web", "effective timings 30/20/4 in status", LIMIT, |p| {
+            let t = p.status.as_ref().and_then(|s| s.timings);
+            match t {
+                Some(t) if (t.lease_duration_seconds, t.renew_deadline_seconds, t.retry_period_seconds) == (30, 20, 4) => Ok(()),
+                _ => Err(format!("{:?}", p.status)),
+            }
+        })
+        .await;
+        common::eventually("Lease with the derived timings", LIMIT, || async {
+            let l = lease(&client, &ns, "web").await.ok_or("no lease")?;
+            let a = l.annotations();
+            let got = (
+                l.spec.as_ref().and_then(|s| s.lease_duration_seconds),
+                a.get("zen-lead.io/renew-deadline-seconds").cloned(),
+                a.get("zen-lead.io/retry-period-seconds").cloned(),
+            );
+            if got == (Some(30), Some("20".to_owned()), Some("4".to_owned())) {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+        .await;
+
         // Admin endpoints.
         assert_eq!(ctl.get("/readyz").await.0, 200);
         let (_, metrics) = ctl.get("/metrics").await;

@@ -78,8 +78,9 @@ async fn seed_example_is_accepted_and_defaults_are_filled() {
             .unwrap_or_else(|e| panic!("the seed example was rejected: {e}"));
         let spec = &created.data["spec"];
         assert_eq!(spec["leaseDurationSeconds"], 15);
-        assert_eq!(spec["renewDeadlineSeconds"], 10, "server default");
-        assert_eq!(spec["retryPeriodSeconds"], 2, "server default");
+        // Not defaulted by the server: unset, they follow the lease duration.
+        assert!(spec.get("renewDeadlineSeconds").is_none(), "{spec}");
+        assert!(spec.get("retryPeriodSeconds").is_none(), "{spec}");
         assert_eq!(spec["identityStrategy"], "pod");
         assert_eq!(spec["followerMode"], "standby");
         assert_eq!(spec["activation"], "auto", "server default");
@@ -143,7 +144,7 @@ async fn invalid_policies_are_rejected_with_the_field_named() {
             "renewDeadlineSeconds: 20 with leaseDurationSeconds: 15: {msg}"
         );
 
-        // The retry rule, with the other two fields defaulted (10 s deadline).
+        // The retry rule, with the deadline derived (two thirds of 15 s).
         let msg = rejection(
             &api,
             &policy("slow-retry", json!({ "retryPeriodSeconds": 9 })),
@@ -171,6 +172,49 @@ async fn invalid_policies_are_rejected_with_the_field_named() {
         )
         .await
         .expect("retry 4 s with deadline 6 s is valid");
+
+        // Derived values obey the rules: a short lease alone is valid (the
+        // seed's range is 5 to 300), and so is a retry period alone that fits
+        // the derived deadline.
+        for (name, spec) in [
+            ("short-lease", json!({ "leaseDurationSeconds": 5 })),
+            ("long-lease", json!({ "leaseDurationSeconds": 300 })),
+            (
+                "renew-only",
+                json!({ "leaseDurationSeconds": 5, "renewDeadlineSeconds": 2 }),
+            ),
+            (
+                "retry-only",
+                json!({ "leaseDurationSeconds": 6, "retryPeriodSeconds": 3 }),
+            ),
+        ] {
+            api.create(&PostParams::default(), &policy(name, spec.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{spec} was refused: {e}"));
+        }
+        // ...and explicit values are still checked against a derived one: a
+        // 6 s lease derives a 4 s deadline, and 4 * 1.2 is not below it.
+        let msg = rejection(
+            &api,
+            &policy(
+                "retry-vs-derived",
+                json!({ "leaseDurationSeconds": 6, "retryPeriodSeconds": 4 }),
+            ),
+        )
+        .await;
+        assert!(
+            msg.contains("spec.retryPeriodSeconds") && msg.contains("leaseDurationSeconds"),
+            "retryPeriodSeconds: 4 with leaseDurationSeconds: 6: {msg}"
+        );
+        let msg = rejection(
+            &api,
+            &policy("renew-one", json!({ "renewDeadlineSeconds": 1 })),
+        )
+        .await;
+        assert!(
+            msg.contains("spec.renewDeadlineSeconds"),
+            "renewDeadlineSeconds: 1: {msg}"
+        );
 
         let long_name = "p".repeat(64);
         let msg = rejection(&api, &policy(&long_name, json!({}))).await;

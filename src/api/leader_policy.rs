@@ -15,9 +15,12 @@ use crate::election::{TimingNames, Timings};
 
 /// Bounds of `spec.leaseDurationSeconds`, also enforced by the CRD schema.
 pub const LEASE_DURATION_RANGE: std::ops::RangeInclusive<i32> = 5..=300;
-/// Bounds of `spec.renewDeadlineSeconds` and `spec.retryPeriodSeconds` on their
-/// own; their relation to the lease duration is checked by the CEL rules.
-pub const RENEW_RETRY_RANGE: std::ops::RangeInclusive<i32> = 1..=300;
+/// Bounds of `spec.renewDeadlineSeconds` on its own; its relation to the
+/// lease duration is checked by the CEL rules. At least 2: with a 1 s deadline
+/// no whole-second retry period leaves room for a retry.
+pub const RENEW_RANGE: std::ops::RangeInclusive<i32> = 2..=300;
+/// Bounds of `spec.retryPeriodSeconds` on its own.
+pub const RETRY_RANGE: std::ops::RangeInclusive<i32> = 1..=300;
 
 /// Desired behaviour of a pool: election timings, how candidates are
 /// identified, and what followers do.
@@ -66,17 +69,19 @@ pub const RENEW_RETRY_RANGE: std::ops::RangeInclusive<i32> = 1..=300;
         .message("metadata.name of a LeaderPolicy must be at most 63 characters: pods carry it in the zen-lead/pool label")
         .reason(Reason::FieldValueInvalid)
 )]
-// Both rules reference defaulted fields: the API server applies schema
-// defaults before it evaluates CEL, so the fields are always present here.
+// leaseDurationSeconds is defaulted (the API server applies schema defaults
+// before it evaluates CEL); the other two may be unset, and then follow the
+// lease duration (see `LeaderPolicySpec::effective_seconds`, whose integer
+// arithmetic the rules repeat: CEL's int division truncates the same way).
 #[x_kube(
-    validation = Rule::new("self.renewDeadlineSeconds < self.leaseDurationSeconds")
+    validation = Rule::new("!has(self.renewDeadlineSeconds) || self.renewDeadlineSeconds < self.leaseDurationSeconds")
         .message("renewDeadlineSeconds must be less than leaseDurationSeconds: a leader has to give up before another candidate may take over")
         .field_path(".renewDeadlineSeconds")
         .reason(Reason::FieldValueInvalid),
     // retry * 1.2 < renew, kept in integers (retry * 6 < renew * 5) so the
     // boundary is exact, the same as `election::Timings`.
-    validation = Rule::new("self.retryPeriodSeconds * 6 < self.renewDeadlineSeconds * 5")
-        .message("retryPeriodSeconds times 1.2 must be less than renewDeadlineSeconds: a leader needs room for at least one retry before its renew deadline")
+    validation = Rule::new("!has(self.retryPeriodSeconds) || self.retryPeriodSeconds * 6 < (has(self.renewDeadlineSeconds) ? self.renewDeadlineSeconds : self.leaseDurationSeconds * 2 / 3) * 5")
+        .message("retryPeriodSeconds times 1.2 must be less than renewDeadlineSeconds (when unset, two thirds of leaseDurationSeconds): a leader needs room for at least one retry before its renew deadline")
         .field_path(".retryPeriodSeconds")
         .reason(Reason::FieldValueInvalid),
 )]
@@ -89,16 +94,19 @@ pub struct LeaderPolicySpec {
     pub lease_duration_seconds: i32,
 
     /// Seconds the leader keeps trying to renew before it steps down. Must be
-    /// less than leaseDurationSeconds.
-    #[serde(default = "default_renew_deadline_seconds")]
-    #[schemars(range(min = 1, max = 300))]
-    pub renew_deadline_seconds: i32,
+    /// less than leaseDurationSeconds. Unset: two thirds of
+    /// leaseDurationSeconds, rounded down (client-go's 15:10 proportion);
+    /// status.timings shows the value in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 300))]
+    pub renew_deadline_seconds: Option<i32>,
 
     /// Seconds between election attempts. retryPeriodSeconds times 1.2 must be
-    /// less than renewDeadlineSeconds.
-    #[serde(default = "default_retry_period_seconds")]
+    /// less than renewDeadlineSeconds. Unset: a fifth of the renew deadline,
+    /// rounded down, at least 1 (client-go's 10:2 proportion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 300))]
-    pub retry_period_seconds: i32,
+    pub retry_period_seconds: Option<i32>,
 
     /// How a candidate is named in the Lease. `pod`: the pod's name plus part
     /// of its UID, so a re-created pod with the same name starts a new term.
@@ -125,19 +133,13 @@ pub struct LeaderPolicySpec {
 fn default_lease_duration_seconds() -> i32 {
     15
 }
-fn default_renew_deadline_seconds() -> i32 {
-    10
-}
-fn default_retry_period_seconds() -> i32 {
-    2
-}
 
 impl Default for LeaderPolicySpec {
     fn default() -> Self {
         Self {
             lease_duration_seconds: default_lease_duration_seconds(),
-            renew_deadline_seconds: default_renew_deadline_seconds(),
-            retry_period_seconds: default_retry_period_seconds(),
+            renew_deadline_seconds: None,
+            retry_period_seconds: None,
             identity_strategy: IdentityStrategy::default(),
             follower_mode: FollowerMode::default(),
             activation: Activation::default(),
@@ -146,46 +148,72 @@ impl Default for LeaderPolicySpec {
 }
 
 impl LeaderPolicySpec {
+    /// The timings in effect, in whole seconds: explicit values as written,
+    /// unset ones derived from the lease duration with client-go's 15:10:2
+    /// proportions. The CRD's CEL rules repeat this arithmetic.
+    pub fn effective_seconds(&self) -> EffectiveTimings {
+        let lease = self.lease_duration_seconds;
+        let renew = self.renew_deadline_seconds.unwrap_or(lease * 2 / 3);
+        let retry = self.retry_period_seconds.unwrap_or((renew / 5).max(1));
+        EffectiveTimings {
+            lease_duration_seconds: lease,
+            renew_deadline_seconds: renew,
+            retry_period_seconds: retry,
+        }
+    }
+
     /// Client-side mirror of the CRD's schema bounds and CEL rules, for
     /// values that did not come through the API server (tests, dry runs,
     /// older servers): errors name the `spec.*` field to fix.
     pub fn timings(&self) -> Result<Timings, ApiError> {
         let names = TimingNames::POLICY;
-        let checks = [
+        let explicit = [
             (
-                self.lease_duration_seconds,
+                Some(self.lease_duration_seconds),
                 names.lease_duration,
                 &LEASE_DURATION_RANGE,
             ),
             (
                 self.renew_deadline_seconds,
                 names.renew_deadline,
-                &RENEW_RETRY_RANGE,
+                &RENEW_RANGE,
             ),
-            (
-                self.retry_period_seconds,
-                names.retry_period,
-                &RENEW_RETRY_RANGE,
-            ),
+            (self.retry_period_seconds, names.retry_period, &RETRY_RANGE),
         ];
-        for (value, field, range) in checks {
-            if !range.contains(&value) {
-                return Err(ApiError::OutOfRange {
-                    field,
-                    value: i64::from(value),
-                    min: i64::from(*range.start()),
-                    max: i64::from(*range.end()),
-                });
+        for (value, field, range) in explicit {
+            match value {
+                Some(value) if !range.contains(&value) => {
+                    return Err(ApiError::OutOfRange {
+                        field,
+                        value: i64::from(value),
+                        min: i64::from(*range.start()),
+                        max: i64::from(*range.end()),
+                    });
+                }
+                _ => {}
             }
         }
+        let e = self.effective_seconds();
         let secs = |s: i32| Duration::from_secs(u64::from(s.unsigned_abs()));
         Ok(Timings::new(
-            secs(self.lease_duration_seconds),
-            secs(self.renew_deadline_seconds),
-            secs(self.retry_period_seconds),
+            secs(e.lease_duration_seconds),
+            secs(e.renew_deadline_seconds),
+            secs(e.retry_period_seconds),
             names,
         )?)
     }
+}
+
+/// The election timings a pool runs with, explicit or derived.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveTimings {
+    /// As spec.leaseDurationSeconds.
+    pub lease_duration_seconds: i32,
+    /// spec.renewDeadlineSeconds, or the value derived from the lease duration.
+    pub renew_deadline_seconds: i32,
+    /// spec.retryPeriodSeconds, or the value derived from the renew deadline.
+    pub retry_period_seconds: i32,
 }
 
 /// How a candidate is named in the pool's Lease.
@@ -274,6 +302,11 @@ pub struct LeaderPolicyStatus {
     /// When leadership last changed hands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+
+    /// The election timings in effect: spec values, with unset ones derived
+    /// from leaseDurationSeconds. These are what the pool's Lease carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<EffectiveTimings>,
 
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,8 +8,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use leader_policy::{
-    Activation, FollowerMode, Holder, IdentityStrategy, LEASE_DURATION_RANGE, LeaderPolicy,
-    LeaderPolicySpec, LeaderPolicyStatus, Phase, RENEW_RETRY_RANGE,
+    Activation, EffectiveTimings, FollowerMode, Holder, IdentityStrategy, LEASE_DURATION_RANGE,
+    LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, Phase, RENEW_RANGE, RETRY_RANGE,
 };
 
 use crate::election::ElectionError;

@@ -12,8 +12,18 @@ fn empty_spec_gets_the_documented_defaults() {
     let spec: LeaderPolicySpec = serde_json::from_value(json!({})).expect("deserialize");
     assert_eq!(spec, LeaderPolicySpec::default());
     assert_eq!(spec.lease_duration_seconds, 15);
-    assert_eq!(spec.renew_deadline_seconds, 10);
-    assert_eq!(spec.retry_period_seconds, 2);
+    assert_eq!(spec.renew_deadline_seconds, None, "derived, not stored");
+    assert_eq!(spec.retry_period_seconds, None, "derived, not stored");
+    let e = spec.effective_seconds();
+    assert_eq!(
+        (
+            e.lease_duration_seconds,
+            e.renew_deadline_seconds,
+            e.retry_period_seconds
+        ),
+        (15, 10, 2),
+        "client-go's defaults"
+    );
     assert_eq!(spec.identity_strategy, IdentityStrategy::Pod);
     assert_eq!(spec.follower_mode, FollowerMode::Standby);
     assert_eq!(spec.activation, Activation::Auto);
@@ -26,7 +36,8 @@ fn seed_example_parses_and_round_trips() {
     assert_eq!(policy.metadata.name.as_deref(), Some("my-controller-pool"));
     assert_eq!(policy.spec.lease_duration_seconds, 15);
     assert_eq!(policy.spec.follower_mode, FollowerMode::Standby);
-    assert_eq!(policy.spec.renew_deadline_seconds, 10, "defaulted");
+    assert_eq!(policy.spec.renew_deadline_seconds, None, "derived");
+    assert_eq!(policy.spec.effective_seconds().renew_deadline_seconds, 10);
 
     let json = serde_json::to_value(&policy).expect("serialize");
     assert_eq!(json["apiVersion"], "coordination.kube-zen.io/v1alpha1");
@@ -41,6 +52,8 @@ fn wire_names_are_camel_case() {
         follower_mode: FollowerMode::ScaleDown,
         activation: Activation::Start,
         identity_strategy: IdentityStrategy::Custom,
+        renew_deadline_seconds: Some(10),
+        retry_period_seconds: Some(2),
         ..LeaderPolicySpec::default()
     };
     assert_eq!(
@@ -157,9 +170,11 @@ fn schema_has_defaults_bounds_and_real_enums() {
         props["leaseDurationSeconds"]["maximum"].as_f64(),
         Some(300.0)
     );
-    assert_eq!(props["renewDeadlineSeconds"]["default"], 10);
-    assert_eq!(props["renewDeadlineSeconds"]["minimum"].as_f64(), Some(1.0));
-    assert_eq!(props["retryPeriodSeconds"]["default"], 2);
+    // No schema defaults: unset values follow the lease duration, and a
+    // stored default would freeze them.
+    assert!(props["renewDeadlineSeconds"].get("default").is_none());
+    assert_eq!(props["renewDeadlineSeconds"]["minimum"].as_f64(), Some(2.0));
+    assert!(props["retryPeriodSeconds"].get("default").is_none());
     assert_eq!(props["retryPeriodSeconds"]["minimum"].as_f64(), Some(1.0));
     for (field, default, values) in [
         ("identityStrategy", "pod", json!(["pod", "custom"])),
@@ -186,7 +201,7 @@ fn schema_has_the_cel_rules() {
     let renew = by_path(".renewDeadlineSeconds");
     assert_eq!(
         renew["rule"],
-        "self.renewDeadlineSeconds < self.leaseDurationSeconds"
+        "!has(self.renewDeadlineSeconds) || self.renewDeadlineSeconds < self.leaseDurationSeconds"
     );
     let msg = renew["message"].as_str().expect("message");
     assert!(msg.contains("renewDeadlineSeconds") && msg.contains("leaseDurationSeconds"));
@@ -220,7 +235,7 @@ fn client_side_checks_mirror_the_server() {
     assert!(err.contains("spec.leaseDurationSeconds"), "{err}");
 
     let late = LeaderPolicySpec {
-        renew_deadline_seconds: 20,
+        renew_deadline_seconds: Some(20),
         ..LeaderPolicySpec::default()
     };
     let err = late.timings().unwrap_err().to_string();
@@ -230,7 +245,7 @@ fn client_side_checks_mirror_the_server() {
     );
 
     let slow = LeaderPolicySpec {
-        retry_period_seconds: 9,
+        retry_period_seconds: Some(9),
         ..LeaderPolicySpec::default()
     };
     let err = slow.timings().unwrap_err().to_string();
@@ -261,4 +276,35 @@ fn names() {
     assert!(validate_dns_label("zen-lead").is_ok());
     assert!(validate_dns_label("a.b").is_err());
     assert!(validate_dns_subdomain(&"a".repeat(254)).is_err());
+}
+
+/// Unset timings follow the lease duration (15:10:2, whole seconds), and the
+/// result is valid for every lease duration the schema allows, whatever an
+/// explicit renew deadline in range says, so the CEL rules (which repeat this
+/// arithmetic) only ever refuse values the user wrote.
+#[test]
+fn derived_timings_are_proportional_and_always_valid() {
+    let spec = |lease: i32, renew: Option<i32>| LeaderPolicySpec {
+        lease_duration_seconds: lease,
+        renew_deadline_seconds: renew,
+        ..LeaderPolicySpec::default()
+    };
+    for (lease, renew, retry) in [(5, 3, 1), (15, 10, 2), (30, 20, 4), (300, 200, 40)] {
+        let e = spec(lease, None).effective_seconds();
+        assert_eq!(
+            (e.renew_deadline_seconds, e.retry_period_seconds),
+            (renew, retry),
+            "lease {lease}"
+        );
+    }
+    for lease in LEASE_DURATION_RANGE {
+        spec(lease, None)
+            .timings()
+            .unwrap_or_else(|e| panic!("lease {lease}: {e}"));
+        for renew in *RENEW_RANGE.start()..lease {
+            spec(lease, Some(renew))
+                .timings()
+                .unwrap_or_else(|e| panic!("lease {lease}, renew {renew}: {e}"));
+        }
+    }
 }

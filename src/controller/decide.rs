@@ -12,7 +12,9 @@ use crate::api::keys::{
     self, ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, ROLE_ANNOTATION,
     ROLE_FOLLOWER, ROLE_LABEL, ROLE_LEADER, conditions,
 };
-use crate::api::{FollowerMode, Holder, IdentityStrategy, LeaderPolicyStatus, Phase};
+use crate::api::{
+    EffectiveTimings, FollowerMode, Holder, IdentityStrategy, LeaderPolicyStatus, Phase,
+};
 use crate::webhook::inject::{AGENT_CONTAINER, agent_env};
 
 /// What the controller needs to know about one pool pod.
@@ -609,6 +611,8 @@ pub struct StatusInput<'a> {
     /// Live pods whose identity another live pod already uses.
     pub identity_conflicts: &'a [IdentityConflict],
     pub follower_mode: FollowerMode,
+    /// The timings in effect (`None` while the policy's timings are invalid).
+    pub timings: Option<EffectiveTimings>,
     /// scaleDown outcome (`None` in standby mode).
     pub scaled: Option<Result<String, (&'static str, String)>>,
     pub now: Time,
@@ -912,6 +916,7 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
         candidates: Some(i32::try_from(input.candidates).unwrap_or(i32::MAX)),
         lease_transitions: input.lease.map(|l| l.transitions),
         last_transition_time,
+        timings: input.timings,
         observed_generation: g,
         conditions: conds,
     }

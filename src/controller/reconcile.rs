@@ -459,6 +459,11 @@ async fn active(
         agent_missing: &missing,
         identity_conflicts: &conflicts,
         follower_mode: policy.spec.follower_mode,
+        timings: policy
+            .spec
+            .timings()
+            .is_ok()
+            .then(|| policy.spec.effective_seconds()),
         scaled: if scale_down { scaled } else { None },
         now: now_time(),
     });

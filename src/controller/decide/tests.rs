@@ -447,6 +447,7 @@ fn input<'a>(
         agent_missing: &[],
         identity_conflicts: &[],
         follower_mode: FollowerMode::Standby,
+        timings: Some(crate::api::LeaderPolicySpec::default().effective_seconds()),
         scaled: None,
         now,
     }
