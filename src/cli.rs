@@ -223,6 +223,18 @@ pub struct ControllerArgs {
     #[arg(long, env = "ZEN_LEAD_EVICT_UNINJECTED")]
     pub evict_uninjected: bool,
 
+    /// Create a LeaderPolicy with the defaults when pods name a pool that has
+    /// none (marked zen-lead.io/created-by; its spec is never rewritten).
+    /// false: such pods wait NotReady, and an Event on their workload names
+    /// the policy to create.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_CREATE_MISSING_POLICIES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub create_missing_policies: bool,
+
     /// Only manage LeaderPolicies and pool pods in this namespace. Empty:
     /// every namespace (the chart's ClusterRole).
     #[arg(long, env = "ZEN_LEAD_WATCH_NAMESPACE", default_value = "")]

@@ -24,11 +24,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::json;
-use zen_lead::api::LeaderPolicy;
 use zen_lead::api::keys::{
     CANDIDATE_READINESS_GATE, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
     ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION, pod_identity,
 };
+use zen_lead::api::{LeaderPolicy, LeaderPolicySpec};
 
 use common::{apply_crd, client, kubeconfig_path, repo_root, wait_for, with_namespace};
 
@@ -458,17 +458,37 @@ fn custom_pool_pod(name: &str, pool: &str, identity: &str) -> Pod {
 
 /// Events whose subject is the pod `name`: (reason, note).
 async fn pod_events(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    events_on(client, ns, "Pod", name)
+        .await
+        .into_iter()
+        .map(|(reason, note, _)| (reason, note))
+        .collect()
+}
+
+/// Events whose subject is the `kind` object `name`: (reason, note, the
+/// subject's uid as the event names it; `kubectl describe` matches on it).
+async fn events_on(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Vec<(String, String, Option<String>)> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
         .await
         .map(|l| l.items)
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Pod")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        .filter_map(|e| {
+            let r = e.regarding.as_ref()?;
+            (r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)).then(|| {
+                (
+                    e.reason.clone().unwrap_or_default(),
+                    e.note.clone().unwrap_or_default(),
+                    r.uid.clone(),
+                )
+            })
         })
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect()
 }
 
@@ -885,7 +905,8 @@ async fn policy_created_after_pods_and_deleted() {
             .await;
             running_pod(&client, &ns, &format!("late-{i}")).await;
         }
-        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        // Policies explicit: nothing creates "late" behind the test's back.
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &["--create-missing-policies=false"]);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let gate = |want: &'static str, reason: Option<&'static str>| {
             let pods = pods.clone();
@@ -913,6 +934,24 @@ async fn policy_created_after_pods_and_deleted() {
             lease(&client, &ns, "late").await.is_none(),
             "no policy, no Lease"
         );
+        assert!(
+            Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+                .get_opt("late")
+                .await
+                .expect("get policy")
+                .is_none(),
+            "--create-missing-policies=false creates nothing"
+        );
+        // Bare pods are their own workload: the news is on them.
+        common::eventually("LeaderPolicyMissing on the pod", LIMIT, || async {
+            let events = pod_events(&client, &ns, "late-0").await;
+            events
+                .iter()
+                .find(|(reason, note)| reason == "LeaderPolicyMissing" && note.contains("\"late\""))
+                .map(|_| ())
+                .ok_or(format!("{events:?}"))
+        })
+        .await;
 
         create_policy(&client, &ns, "late", fast()).await;
         gate("True", None).await;
@@ -953,6 +992,88 @@ async fn policy_created_after_pods_and_deleted() {
     .await;
 }
 
+/// The seed's promise: the annotation alone makes a pool. Pods of a
+/// Deployment name a pool that has no policy; the controller creates one
+/// with the defaults, marked as its own, says so on the Deployment, never
+/// rewrites the user's edits, and re-creates it if deleted while pods remain.
+#[tokio::test]
+async fn annotation_only_pool_gets_a_default_policy() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-auto", |client, ns| async move {
+        let dir = scratch("auto");
+        let deploy: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "flow"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "flow"}},
+                "template": {"metadata": {"labels": {"app": "flow", "zen-lead/pool": "flow-controller"}, "annotations": {"zen-lead/pool": "flow-controller"}},
+                    "spec": {"nodeSelector": {"type": "kwok"}, "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 0,
+                        "readinessGates": [{"conditionType": CANDIDATE_READINESS_GATE}],
+                        "initContainers": [{"name": "zen-lead-agent", "image": "zen-lead", "restartPolicy": "Always"}],
+                        "containers": [{"name": "app", "image": "app"}]}}}
+        }))
+        .expect("deployment json");
+        let created = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &deploy)
+            .await
+            .expect("deployment");
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+
+        let p = policy_until(&client, &ns, "flow-controller", "created, 2 candidates, derived timings", LIMIT, |p| {
+            let t = p.status.as_ref().and_then(|s| s.timings);
+            match t {
+                Some(t) if candidates(p) == 2 && (t.lease_duration_seconds, t.renew_deadline_seconds, t.retry_period_seconds) == (15, 10, 2) => Ok(()),
+                _ => Err(format!("{:?}", p.status)),
+            }
+        })
+        .await;
+        assert_eq!(p.annotations().get("zen-lead.io/created-by").map(String::as_str), Some("zen-lead-controller"));
+        assert_eq!(p.spec, LeaderPolicySpec::default(), "the defaults");
+        assert!(lease(&client, &ns, "flow-controller").await.is_some(), "a pool Lease");
+
+        // The news is on the Deployment (matched by uid, as kubectl describe does).
+        common::eventually("LeaderPolicyCreated on the Deployment", LIMIT, || async {
+            let events = events_on(&client, &ns, "Deployment", "flow").await;
+            events
+                .iter()
+                .find(|(reason, note, uid)| {
+                    reason == "LeaderPolicyCreated" && note.contains("flow-controller") && *uid == created.metadata.uid
+                })
+                .map(|_| ())
+                .ok_or(format!("{events:?}"))
+        })
+        .await;
+
+        // The user's edit stays: the controller never writes the spec.
+        let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        policies
+            .patch("flow-controller", &PatchParams::default(), &Patch::Merge(json!({"spec": {"leaseDurationSeconds": 5}})))
+            .await
+            .expect("edit policy");
+        policy_until(&client, &ns, "flow-controller", "edit observed: 5/3/1", LIMIT, |p| {
+            let t = p.status.as_ref().and_then(|s| s.timings);
+            match t {
+                Some(t) if p.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+                    && (t.lease_duration_seconds, t.renew_deadline_seconds, t.retry_period_seconds) == (5, 3, 1) => Ok(()),
+                _ => Err(format!("{:?}", p.status)),
+            }
+        })
+        .await;
+        let p = policies.get("flow-controller").await.expect("policy");
+        assert_eq!(p.spec.lease_duration_seconds, 5, "the user's value stays");
+        assert_eq!(p.metadata.generation, Some(2), "nobody else wrote the spec");
+
+        // Deleted while pods still name it: back with the defaults.
+        let old_uid = p.metadata.uid.clone();
+        policies.delete("flow-controller", &DeleteParams::default()).await.expect("delete policy");
+        policy_until(&client, &ns, "flow-controller", "re-created", LIMIT, |p| {
+            (p.metadata.uid != old_uid && p.spec == LeaderPolicySpec::default())
+                .then_some(())
+                .ok_or(format!("{:?} {:?}", p.metadata.uid, p.spec))
+        })
+        .await;
+    })
+    .await;
+}
+
 /// Relabelling a pod moves it from one pool's status to the other's.
 #[tokio::test]
 async fn pod_moves_between_pools() {
@@ -965,7 +1086,9 @@ async fn pod_moves_between_pools() {
             create_pod(&client, &ns, &pool_pod(name, Some(pool), "kwok-0", true)).await;
             running_pod(&client, &ns, name).await;
         }
-        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        // Explicit policies: policy b is deleted below while its pods remain,
+        // and must stay deleted.
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &["--create-missing-policies=false"]);
         let count = |pool: &'static str, n: i32| {
             let client = client.clone();
             let ns = ns.clone();

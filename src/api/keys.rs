@@ -80,6 +80,14 @@ pub const HOLDER_INSTANCE_ANNOTATION: &str = "zen-lead.io/holder-instance";
 /// node heartbeats and other Leases cost it nothing.
 pub const LEASE_POLICY_LABEL: &str = "zen-lead.io/policy";
 
+/// On a LeaderPolicy the controller created because pods named a pool that
+/// had none (value: [`CREATED_BY_CONTROLLER`]). Only a marker: the controller
+/// never writes such a policy's spec, so the user's edits stay.
+pub const CREATED_BY_ANNOTATION: &str = "zen-lead.io/created-by";
+
+/// Value of [`CREATED_BY_ANNOTATION`].
+pub const CREATED_BY_CONTROLLER: &str = "zen-lead-controller";
+
 /// Annotation the controller puts on a Deployment or StatefulSet before
 /// `followerMode: scaleDown` scales it: the replica count to restore.
 pub const ORIGINAL_REPLICAS_ANNOTATION: &str = "zen-lead.io/original-replicas";

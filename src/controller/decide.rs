@@ -482,6 +482,29 @@ pub fn role_removals(pods: &[PodView]) -> Vec<RoleChange> {
         .collect()
 }
 
+/// What to do about a pool whose pods name a LeaderPolicy that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingPolicy {
+    /// Create it with the defaults (`--create-missing-policies`).
+    Create,
+    /// Tell the pods' workloads which policy to create.
+    Report,
+    /// No live pod needs a policy (all finished or terminating).
+    Nothing,
+}
+
+/// Only live pods ask for a policy: a finished Job pod or a terminating pod
+/// must not bring back a policy the user just deleted along with its workload.
+pub fn missing_policy(pods: &[PodView], create: bool) -> MissingPolicy {
+    if !pods.iter().any(|p| !p.terminating && !p.finished) {
+        MissingPolicy::Nothing
+    } else if create {
+        MissingPolicy::Create
+    } else {
+        MissingPolicy::Report
+    }
+}
+
 /// The `zen-lead.io/candidate` condition a pod should carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CandidateCondition {

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub lease_expiries: Counter,
     pub evictions: Counter,
     pub deposed_deletions: Counter,
+    pub policies_created: Counter,
 }
 
 impl Default for Metrics {
@@ -44,6 +45,7 @@ impl Default for Metrics {
             lease_expiries: Counter::default(),
             evictions: Counter::default(),
             deposed_deletions: Counter::default(),
+            policies_created: Counter::default(),
         }
     }
 }
@@ -105,6 +107,11 @@ impl Metrics {
             "deposed_leaders_deleted",
             "start-activation pods deleted because their app ran after they lost the Lease",
             self.deposed_deletions.clone(),
+        );
+        r.register(
+            "policies_created",
+            "LeaderPolicies created with the defaults because pool pods named one that did not exist",
+            self.policies_created.clone(),
         );
     }
 

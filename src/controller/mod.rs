@@ -198,6 +198,7 @@ impl Config {
             identity,
             workers: args.workers,
             evict_uninjected: args.evict_uninjected,
+            create_missing_policies: args.create_missing_policies,
             detect_uninjected: args.detect_uninjected,
             resync: Duration::from_secs(300),
         };

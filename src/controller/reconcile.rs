@@ -7,8 +7,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -22,18 +23,19 @@ use tracing::{info, warn};
 
 use super::cache::{Cache, Unlabelled};
 use super::decide::{
-    self, CandidateCondition, Failover, LeaseView, PodView, ScaleAction, StatusInput, WorkloadView,
+    self, CandidateCondition, Failover, LeaseView, MissingPolicy, PodView, ScaleAction,
+    StatusInput, WorkloadView,
 };
 use super::metrics::Metrics;
 use super::queue::PoolKey;
 use super::rbac;
 use crate::api::keys::{
-    CANDIDATE_READINESS_GATE, FIELD_MANAGER, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
-    ORIGINAL_REPLICAS_ANNOTATION, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION,
-    RESTORE_FINALIZER, RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, ROLE_LEADER,
-    SCALED_BY_ANNOTATION,
+    CANDIDATE_READINESS_GATE, CREATED_BY_ANNOTATION, CREATED_BY_CONTROLLER, FIELD_MANAGER,
+    HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION,
+    PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RESTORE_FINALIZER,
+    RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, ROLE_LEADER, SCALED_BY_ANNOTATION,
 };
-use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicyStatus};
+use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus};
 use crate::election::record::{Record, format_seconds};
 
 /// Errors of one reconciliation; the pool is retried with backoff.
@@ -138,7 +140,13 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub evict_uninjected: bool,
+    /// Create a LeaderPolicy with the defaults for a pool whose pods name
+    /// one that does not exist (`--create-missing-policies`).
+    pub create_missing_policies: bool,
     memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+    /// (pool, workload) pairs already told that the pool's policy is missing:
+    /// once per controller term, not on every pod change.
+    missing_reported: Mutex<BTreeSet<(PoolKey, String)>>,
     /// Candidate RBAC per ServiceAccount (see [`rbac`]).
     pub(super) rbac: rbac::Writer,
 }
@@ -159,6 +167,7 @@ impl Context {
         recorder: Recorder,
         metrics: Metrics,
         evict_uninjected: bool,
+        create_missing_policies: bool,
     ) -> Self {
         Self {
             client,
@@ -166,7 +175,9 @@ impl Context {
             recorder,
             metrics,
             evict_uninjected,
+            create_missing_policies,
             memory: Mutex::new(HashMap::new()),
+            missing_reported: Mutex::new(BTreeSet::new()),
             rbac: rbac::Writer::default(),
         }
     }
@@ -202,6 +213,10 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
     let pods = ctx.cache.pods_of(key);
     match policy {
         None => {
+            if missing(ctx, key, &pods).await? {
+                // Created: the policy's watch event brings the pool back.
+                return Ok(None);
+            }
             orphan(ctx, key, &pods).await?;
             rbac::sync_pool(ctx, key, &[]).await?;
             ctx.forget(key);
@@ -213,7 +228,219 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
             rbac::sync_pool(ctx, key, &[]).await?;
             Ok(None)
         }
-        Some(p) => active(ctx, key, &p, &pods).await,
+        Some(p) => {
+            ctx.missing_reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(k, _)| k != key);
+            active(ctx, key, &p, &pods).await
+        }
+    }
+}
+
+/// Pods name a pool whose LeaderPolicy does not exist: create it with the
+/// defaults, or (creation switched off) tell their workloads what to create.
+/// `Ok(true)`: the policy was created (or appeared meanwhile).
+async fn missing(ctx: &Context, key: &PoolKey, pods: &[Arc<Pod>]) -> Result<bool, ReconcileError> {
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|p| PodView::from_pod(p, Default::default()))
+        .collect();
+    let plan = decide::missing_policy(&views, ctx.create_missing_policies);
+    if plan == MissingPolicy::Nothing {
+        return Ok(false);
+    }
+    let live: Vec<&Arc<Pod>> = pods
+        .iter()
+        .zip(&views)
+        .filter(|(_, v)| !v.terminating && !v.finished)
+        .map(|(p, _)| p)
+        .collect();
+    let mut workloads: BTreeMap<String, ObjectReference> = BTreeMap::new();
+    for pod in live {
+        let w = owning_workload(ctx, pod).await;
+        workloads.insert(reference_name(&w), w);
+    }
+    if plan == MissingPolicy::Report {
+        for (name, workload) in workloads {
+            let first = ctx
+                .missing_reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((key.clone(), name));
+            if first {
+                publish_on(
+                    ctx,
+                    &workload,
+                    EventType::Warning,
+                    "LeaderPolicyMissing",
+                    "WaitForPolicy",
+                    format!(
+                        "no LeaderPolicy {:?} exists in namespace {}: the pods stay NotReady \
+                         (readiness gate {CANDIDATE_READINESS_GATE}) and nobody leads until \
+                         you create it (an empty spec gives the defaults); this zen-lead does \
+                         not create policies (--create-missing-policies=false)",
+                        key.name, key.namespace
+                    ),
+                )
+                .await;
+            }
+        }
+        return Ok(false);
+    }
+
+    let mut policy = LeaderPolicy::new(&key.name, LeaderPolicySpec::default());
+    policy.metadata.namespace = Some(key.namespace.clone());
+    policy.metadata.annotations = Some(BTreeMap::from([(
+        CREATED_BY_ANNOTATION.to_owned(),
+        CREATED_BY_CONTROLLER.to_owned(),
+    )]));
+    let api: Api<LeaderPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let created = match api.create(&params, &policy).await {
+        Ok(created) => created,
+        // Someone (the user, another replica's term) was first: that one counts.
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(true),
+        Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+            // Not transient (an invalid name, no RBAC): say so where the user looks.
+            warn!(pool = %key, error = %e.message, "could not create the pool's LeaderPolicy");
+            for workload in workloads.values() {
+                publish_on(
+                    ctx,
+                    workload,
+                    EventType::Warning,
+                    "LeaderPolicyNotCreated",
+                    "CreatePolicy",
+                    format!(
+                        "zen-lead/pool names LeaderPolicy {:?}, which does not exist, and \
+                         zen-lead could not create it: {}; create it yourself",
+                        key.name, e.message
+                    ),
+                )
+                .await;
+            }
+            return Ok(false);
+        }
+        Err(source) => {
+            return Err(ReconcileError::Api {
+                action: "create",
+                kind: "LeaderPolicy",
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                source,
+            });
+        }
+    };
+    ctx.metrics.policies_created.inc();
+    let names: Vec<&str> = workloads.keys().map(String::as_str).collect();
+    info!(pool = %key, workloads = ?names, "created a LeaderPolicy with the defaults for a pool that had none");
+    for workload in workloads.values() {
+        publish_on(
+            ctx,
+            workload,
+            EventType::Normal,
+            "LeaderPolicyCreated",
+            "CreatePolicy",
+            format!(
+                "zen-lead/pool names LeaderPolicy {:?}, which did not exist: created it with \
+                 the defaults (kubectl get leaderpolicy {} -o yaml); edit it freely, zen-lead \
+                 never rewrites its spec",
+                key.name, key.name
+            ),
+        )
+        .await;
+    }
+    publish(
+        ctx,
+        &created,
+        EventType::Normal,
+        "CreatedForPool",
+        "CreatePolicy",
+        format!(
+            "created with the defaults because {} named pool {:?} and no policy existed",
+            names.join(", "),
+            key.name
+        ),
+        None,
+    )
+    .await;
+    Ok(true)
+}
+
+/// `Kind/name` of a reference, for logs, notes and de-duplication.
+fn reference_name(r: &ObjectReference) -> String {
+    format!(
+        "{}/{}",
+        r.kind.as_deref().unwrap_or("Pod"),
+        r.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The object a user manages for this pod, where `kubectl describe` should
+/// show them news: the pod's controller, one level further for a
+/// ReplicaSet (its Deployment) or a Job (its CronJob), else the pod itself.
+async fn owning_workload(ctx: &Context, pod: &Pod) -> ObjectReference {
+    let namespace = pod.namespace();
+    let to_ref = |o: &OwnerReference| ObjectReference {
+        api_version: Some(o.api_version.clone()),
+        kind: Some(o.kind.clone()),
+        name: Some(o.name.clone()),
+        namespace: namespace.clone(),
+        uid: Some(o.uid.clone()),
+        ..ObjectReference::default()
+    };
+    let Some(owner) = controller_of(pod.owner_references()) else {
+        return pod.object_ref(&());
+    };
+    let ns = namespace.clone().unwrap_or_default();
+    let parent = match (owner.api_version.as_str(), owner.kind.as_str()) {
+        ("apps/v1", "ReplicaSet") => {
+            let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+            api.get_metadata_opt(&owner.name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|rs| controller_of(rs.owner_references()).cloned())
+        }
+        ("batch/v1", "Job") => {
+            let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+            api.get_metadata_opt(&owner.name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|job| controller_of(job.owner_references()).cloned())
+        }
+        _ => None,
+    };
+    to_ref(parent.as_ref().unwrap_or(owner))
+}
+
+fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
+    owners.iter().find(|o| o.controller == Some(true))
+}
+
+/// Publishes an event on any object (a workload, a pod).
+async fn publish_on(
+    ctx: &Context,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, regarding).await {
+        ctx.metrics.error("event");
+        warn!(object = %reference_name(regarding), error = %err, "could not publish an event");
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Settings {
     pub identity: String,
     pub workers: u16,
     pub evict_uninjected: bool,
+    pub create_missing_policies: bool,
     pub detect_uninjected: bool,
     pub resync: Duration,
 }
@@ -62,6 +63,7 @@ pub async fn controllers(
         recorder,
         metrics.clone(),
         settings.evict_uninjected,
+        settings.create_missing_policies,
     ));
     // Do not act on half-listed caches: a pod missing from a partial list
     // would look deleted.

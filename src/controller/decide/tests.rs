@@ -398,6 +398,30 @@ fn a_start_leader_is_labelled_once_its_app_may_start() {
 }
 
 #[test]
+fn missing_policy_is_created_only_for_live_pods() {
+    let mut done = pod("done");
+    done.finished = true;
+    let mut going = pod("going");
+    going.terminating = true;
+    let cases: [(&[PodView], bool, MissingPolicy); 6] = [
+        (&[], true, MissingPolicy::Nothing),
+        (&[], false, MissingPolicy::Nothing),
+        (std::slice::from_ref(&done), true, MissingPolicy::Nothing),
+        (std::slice::from_ref(&going), true, MissingPolicy::Nothing),
+        (&[done.clone(), pod("live")], true, MissingPolicy::Create),
+        (&[going.clone(), pod("live")], false, MissingPolicy::Report),
+    ];
+    for (pods, create, want) in cases {
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            missing_policy(pods, create),
+            want,
+            "{names:?} create={create}"
+        );
+    }
+}
+
+#[test]
 fn candidate_condition_table() {
     let mut uninjected = pod("u");
     uninjected.injected = false;
