@@ -8,182 +8,22 @@ mod chart;
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use chart::{Release, has_agent, scoped_values, wait_webhook_reachable};
-use common::{client, eventually, kubectl, pod_ready as is_ready, with_namespace};
+use chart::{has_agent, with_zen_lead};
+use common::workloads::{WAIT, annotation, kubectl_ok, label, pods_where, stable_holder};
+use common::{client, eventually, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams};
-use kube::{Api, Client};
-use zen_lead::api::{LeaderPolicy, Phase};
-
-const WAIT: Duration = Duration::from_secs(180);
-
-fn cache(ns: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zl-examples-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
-    dir
-}
-
-/// `kubectl ARGS` in `ns`, failing the test with kubectl's output.
-fn kubectl_ok(ns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    let out = kubectl(&all, &cache(ns));
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}{}",
-        all.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use zen_lead::api::LeaderPolicy;
 
 fn apply_example(ns: &str, file: &str) {
     let path = common::repo_root().join("examples").join(file);
     kubectl_ok(ns, &["apply", "-f", &path.to_string_lossy()]);
-}
-
-/// Runs `body` against a workload namespace that a fresh chart install serves.
-/// One chart install at a time: four releases (each two controller pods plus
-/// the example's workload) starting at once on the one real node of a 2-core
-/// machine made a healthy install miss its deadlines.
-static ONE_INSTALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn with_zen_lead<F, Fut>(prefix: &str, body: F)
-where
-    F: FnOnce(Client, String) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let _turn = ONE_INSTALL_AT_A_TIME.lock().await;
-    let client = client().await;
-    with_namespace(
-        &client,
-        &format!("{prefix}-rel"),
-        |client, rel_ns| async move {
-            with_namespace(&client, prefix, |client, app_ns| async move {
-                let values = format!("{}replicaCount: 1\n", scoped_values(&app_ns, "selfManaged"));
-                let mut release =
-                    Release::install(&rel_ns, &values, &["--wait", "--timeout", "180s"]);
-                release.wait_ready(&client, 1).await;
-                // A Ready controller is not yet a webhook the API server
-                // reaches (kube-proxy may not have programmed the Service);
-                // the examples' pods must not be admitted before it is.
-                wait_webhook_reachable(&client, &app_ns).await;
-                body(client, app_ns).await;
-                release.uninstall();
-            })
-            .await;
-        },
-    )
-    .await;
-}
-
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
-}
-
-fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(key))
-        .map(String::as_str)
-}
-
-/// Waits until the policy is Stable with a holder; returns the holder pod name.
-async fn stable_holder(client: &Client, ns: &str, policy: &str) -> String {
-    let api: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let dumped = std::sync::atomic::AtomicBool::new(false);
-    eventually(
-        &format!("LeaderPolicy {policy} Stable with a holder"),
-        WAIT,
-        || {
-            // A failure should say why: the pool's objects as the API server
-            // has them, once, just before the wait gives up.
-            if tokio::time::Instant::now() + Duration::from_secs(2) >= deadline
-                && !dumped.swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                let out = kubectl(
-                    &[
-                        "-n",
-                        ns,
-                        "get",
-                        "pods,leases,leaderpolicies,events",
-                        "-o",
-                        "wide",
-                    ],
-                    &cache(ns),
-                );
-                eprintln!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let out = kubectl(
-                    &["-n", ns, "get", "leases,leaderpolicies", "-o", "yaml"],
-                    &cache(ns),
-                );
-                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-            }
-            let api = api.clone();
-            async move {
-                let p = api.get(policy).await.map_err(|e| e.to_string())?;
-                let status = p.status.ok_or("no status")?;
-                let holder = status
-                    .current_holder
-                    .and_then(|h| h.name)
-                    .unwrap_or_default();
-                if status.phase == Some(Phase::Stable) && !holder.is_empty() {
-                    Ok(holder)
-                } else {
-                    Err(format!("phase {:?}, holder {holder:?}", status.phase))
-                }
-            }
-        },
-    )
-    .await
-}
-
-/// Waits until `count` pods match `selector` and `ok` holds for each.
-async fn pods_where(
-    client: &Client,
-    ns: &str,
-    selector: &str,
-    count: usize,
-    what: &str,
-    ok: fn(&Pod) -> bool,
-) -> Vec<Pod> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    eventually(&format!("{count} pods {selector} {what}"), WAIT, || {
-        let api = api.clone();
-        async move {
-            let pods = api
-                .list(&ListParams::default().labels(selector))
-                .await
-                .map_err(|e| e.to_string())?
-                .items;
-            let good = pods.iter().filter(|p| ok(p)).count();
-            if pods.len() == count && good == count {
-                Ok(pods)
-            } else {
-                Err(format!("{} pods, {good} {what}", pods.len()))
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! after the release, which is named after its (unique) namespace.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
@@ -299,4 +300,39 @@ pub async fn wait_webhook_reachable(client: &Client, ns: &str) {
         .delete("zl-webhook-probe", &DeleteParams::default())
         .await
         .unwrap_or_else(|e| panic!("deleting the probe LeaderPolicy: {e}"));
+}
+
+/// Runs `body` against a workload namespace that a fresh chart install serves.
+/// One chart install at a time: four releases (each two controller pods plus
+/// the example's workload) starting at once on the one real node of a 2-core
+/// machine made a healthy install miss its deadlines.
+static ONE_INSTALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn with_zen_lead<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let _turn = ONE_INSTALL_AT_A_TIME.lock().await;
+    let client = common::client().await;
+    common::with_namespace(
+        &client,
+        &format!("{prefix}-rel"),
+        |client, rel_ns| async move {
+            common::with_namespace(&client, prefix, |client, app_ns| async move {
+                let values = format!("{}replicaCount: 1\n", scoped_values(&app_ns, "selfManaged"));
+                let mut release =
+                    Release::install(&rel_ns, &values, &["--wait", "--timeout", "180s"]);
+                release.wait_ready(&client, 1).await;
+                // A Ready controller is not yet a webhook the API server
+                // reaches (kube-proxy may not have programmed the Service);
+                // the examples' pods must not be admitted before it is.
+                wait_webhook_reachable(&client, &app_ns).await;
+                body(client, app_ns).await;
+                release.uninstall();
+            })
+            .await;
+        },
+    )
+    .await;
 }
