@@ -17,8 +17,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
 use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt};
 use zen_lead::api::LeaderPolicy;
 
 fn apply_example(ns: &str, file: &str) {
@@ -51,6 +51,47 @@ async fn controller_ha() {
             leaders,
             vec![holder.as_str()],
             "exactly the holder is labelled leader"
+        );
+
+        // A rolling restart moves leadership once: the terminating holder
+        // hands off to a Ready pod of the new revision, never to an old pod
+        // the rollout deletes next. Counted by the Lease's transitions.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let transitions = |l: Lease| l.spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+        let before = transitions(leases.get("my-operator").await.expect("the pool's Lease"));
+        let old: BTreeSet<String> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        kubectl_ok(&ns, &["rollout", "restart", "deployment/my-operator"]);
+        kubectl_ok(
+            &ns,
+            &[
+                "rollout",
+                "status",
+                "deployment/my-operator",
+                "--timeout=180s",
+            ],
+        );
+        let pods = pods_where(&client, &ns, "app=my-operator", 3, "new and Ready", |p| {
+            is_ready(p) && p.metadata.deletion_timestamp.is_none()
+        })
+        .await;
+        assert!(
+            pods.iter().all(|p| !old.contains(&p.name_any())),
+            "the rollout replaced every pod"
+        );
+        let holder = stable_holder(&client, &ns, "my-operator").await;
+        assert!(!old.contains(&holder), "{holder} is an old pod");
+        let after = transitions(leases.get("my-operator").await.expect("the pool's Lease"));
+        eprintln!(
+            "leader changes during `kubectl rollout restart` of 3 replicas: {}",
+            after - before
+        );
+        assert_eq!(
+            after - before,
+            1,
+            "leadership moved once during the rollout"
         );
     })
     .await;

@@ -517,7 +517,9 @@ fn slim_pod(pod: &mut Pod) {
         phase: s.phase,
         conditions: s.conditions.map(|cs| {
             cs.into_iter()
-                .filter(|c| c.type_ == crate::api::keys::CANDIDATE_READINESS_GATE)
+                .filter(|c| {
+                    c.type_ == crate::api::keys::CANDIDATE_READINESS_GATE || c.type_ == "Ready"
+                })
                 .collect()
         }),
         container_statuses: s

@@ -56,6 +56,14 @@ pub struct PodView {
     pub start_activation: bool,
     /// An app container (any container but the agent) is running.
     pub app_running: bool,
+    /// The pod's `Ready` condition is True (it serves, and its workload
+    /// counts it available).
+    pub ready: bool,
+    /// The pod template revision it runs: `pod-template-hash` (Deployment)
+    /// or `controller-revision-hash` (StatefulSet, DaemonSet).
+    pub revision: Option<String>,
+    /// `metadata.creationTimestamp`, in seconds.
+    pub created: Option<i64>,
 }
 
 impl PodView {
@@ -158,6 +166,16 @@ impl PodView {
                             && c.state.as_ref().is_some_and(|st| st.running.is_some())
                     })
                 }),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "True"),
+            revision: meta.labels.as_ref().and_then(|l| {
+                l.get("pod-template-hash")
+                    .or_else(|| l.get("controller-revision-hash"))
+                    .cloned()
+            }),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
         }
     }
 
@@ -359,13 +377,35 @@ pub fn failover(
     }
 }
 
-/// The candidate to hand off to: the oldest-named live candidate other than
-/// the holder (deterministic, so repeated reconciles name the same one).
+/// The candidate to hand off to. First choice: a Ready candidate running the
+/// holder's workload's newest revision (the revision of its most recently
+/// created live pod), so a rolling update moves leadership once, onto the new
+/// template, instead of to an old pod that the rollout deletes next. Else any
+/// live candidate. The lowest identity among them, so that repeated
+/// reconciles name the same one.
 fn successor(pods: &[PodView], holder: &str, node_ready: &dyn Fn(&str) -> bool) -> Option<String> {
-    pods.iter()
+    let candidates: Vec<&PodView> = pods
+        .iter()
         .filter(|p| p.candidate(node_ready) && p.identity.as_deref() != Some(holder))
-        .filter_map(|p| p.identity.clone())
-        .min()
+        .collect();
+    let workload = pods
+        .iter()
+        .find(|p| p.identity.as_deref() == Some(holder))
+        .and_then(pod_workload);
+    let newest = workload.as_ref().and_then(|w| {
+        pods.iter()
+            .filter(|p| p.alive(node_ready) && pod_workload(p).as_ref() == Some(w))
+            .max_by_key(|p| p.created)
+            .and_then(|p| p.revision.clone())
+    });
+    let on_newest = newest.as_ref().and_then(|rev| {
+        candidates
+            .iter()
+            .filter(|p| p.ready && p.revision.as_ref() == Some(rev) && pod_workload(p) == workload)
+            .filter_map(|p| p.identity.clone())
+            .min()
+    });
+    on_newest.or_else(|| candidates.iter().filter_map(|p| p.identity.clone()).min())
 }
 
 /// Whether the holder identity names a pod that the cache cannot explain,

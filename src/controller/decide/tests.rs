@@ -22,6 +22,9 @@ fn pod(name: &str) -> PodView {
         fenced: true,
         start_activation: false,
         app_running: true,
+        ready: true,
+        revision: None,
+        created: None,
     }
 }
 
@@ -395,6 +398,78 @@ fn a_start_leader_is_labelled_once_its_app_may_start() {
     let order: Vec<(&str, Option<&str>)> =
         changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
     assert_eq!(order, vec![("old", Some("follower"))]);
+}
+
+/// A pod of Deployment `web` at template revision `rev`, created at `at`.
+fn revision_pod(name: &str, rev: &str, at: i64, ready: bool) -> PodView {
+    let mut p = pod(name);
+    p.owner = Some(("ReplicaSet".to_owned(), format!("web-{rev}")));
+    p.template_hash = Some(rev.to_owned());
+    p.revision = Some(rev.to_owned());
+    p.created = Some(at);
+    p.ready = ready;
+    p
+}
+
+/// A terminating holder hands off to a Ready pod of the newest revision
+/// (one leader change per rolling update), else to the lowest identity.
+#[test]
+fn hand_off_prefers_a_ready_pod_of_the_newest_revision() {
+    let mut holder = revision_pod("old-b", "aaa", 1, true);
+    holder.terminating = true;
+    let lease = held_by("old-b_id");
+    let case = |pods: Vec<PodView>| {
+        let holder_pod = holder_pod(&lease, &pods).cloned();
+        failover(&lease, holder_pod.as_ref(), &pods, &ready, false)
+    };
+    let hand_off = |to: &str| Failover::HandOff { to: to.to_owned() };
+    // Mid-rollout: an old pod sorts first, but the new Ready one is chosen.
+    assert_eq!(
+        case(vec![
+            holder.clone(),
+            revision_pod("old-a", "aaa", 1, true),
+            revision_pod("new-z", "bbb", 5, true),
+            revision_pod("new-y", "bbb", 6, false),
+        ]),
+        hand_off("new-z_id")
+    );
+    // Two Ready new pods: the lowest identity of them.
+    assert_eq!(
+        case(vec![
+            holder.clone(),
+            revision_pod("old-a", "aaa", 1, true),
+            revision_pod("new-z", "bbb", 5, true),
+            revision_pod("new-y", "bbb", 6, true),
+        ]),
+        hand_off("new-y_id")
+    );
+    // No new pod Ready yet: any live candidate, lowest identity.
+    assert_eq!(
+        case(vec![
+            holder.clone(),
+            revision_pod("old-c", "aaa", 1, true),
+            revision_pod("new-a", "bbb", 5, false),
+        ]),
+        hand_off("new-a_id")
+    );
+    // No rollout: the holder's own revision is the newest; lowest identity.
+    assert_eq!(
+        case(vec![
+            holder.clone(),
+            revision_pod("old-c", "aaa", 1, true),
+            revision_pod("old-a", "aaa", 1, true),
+        ]),
+        hand_off("old-a_id")
+    );
+    // Bare pods (no workload, no revision): lowest identity, as before.
+    let mut bare = pod("bare-h");
+    bare.terminating = true;
+    let lease = held_by("bare-h_id");
+    let pods = vec![bare.clone(), pod("bare-z"), pod("bare-a")];
+    assert_eq!(
+        failover(&lease, Some(&bare), &pods, &ready, false),
+        hand_off("bare-a_id")
+    );
 }
 
 #[test]
