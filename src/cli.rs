@@ -24,6 +24,8 @@ One binary, several roles:
   controller  admission webhook + controllers (the zen-lead Deployment)
   agent       a pod's candidacy in its pool (injected as a sidecar)
   lock        run a command while holding a Lease (scripts, CI, Jobs)
+  handoff     move a pool's leadership to another pod (switchover)
+  status      show who leads each pool
   crd         print the LeaderPolicy CustomResourceDefinition
   certs       generate a development CA and serving certificate
   version     print version and git commit
@@ -96,6 +98,14 @@ pub enum Command {
     #[command(long_about = LOCK_ABOUT)]
     Lock(LockArgs),
 
+    /// Move a pool's leadership to another pod and wait until it is active there.
+    #[command(long_about = HANDOFF_ABOUT)]
+    Handoff(HandoffArgs),
+
+    /// Show the pools of a namespace, or one pool in detail.
+    #[command(long_about = STATUS_ABOUT)]
+    Status(StatusArgs),
+
     /// Print the LeaderPolicy CustomResourceDefinition as YAML.
     #[command(long_about = CRD_ABOUT)]
     Crd,
@@ -117,7 +127,10 @@ impl Command {
     /// Whether the command runs on a single-threaded runtime: the per-pod
     /// processes (agent, lock), whose work is I/O for one pod.
     pub fn single_threaded(&self) -> bool {
-        matches!(self, Command::Agent(_) | Command::Lock(_))
+        matches!(
+            self,
+            Command::Agent(_) | Command::Lock(_) | Command::Handoff(_) | Command::Status(_)
+        )
     }
 }
 
@@ -413,6 +426,94 @@ pub enum AgentIdentityStrategy {
     Pod,
     /// The value of --identity.
     Custom,
+}
+
+const HANDOFF_ABOUT: &str = "\
+Move a pool's leadership on purpose (a switchover): before maintenance of the
+leader's node, to test a failover, or to put the leader where you want it. The
+current holder is asked to release the pool's Lease (the Lease annotation
+zen-lead.io/preferred-holder); the other candidates defer to the chosen pod,
+which acquires. The command waits until the new leader is active (api
+activation: its agent passes writes; start: its app runs) and prints how long
+that took. It refuses, naming the reason, when the chosen pod is not a working
+candidate.
+
+Without --to, the lowest-named Ready candidate other than the leader is chosen.
+
+Also a kubectl plugin: install the binary (or a link to it) as
+`kubectl-zen_lead` on PATH and run `kubectl zen-lead handoff POOL`.
+
+Examples:
+  zen-lead handoff my-controller-pool -n team-a
+  kubectl zen-lead handoff my-controller-pool --to my-controller-7d4f9-x2k8p";
+
+const STATUS_ABOUT: &str = "\
+Show who leads. Without POOL: every pool of the namespace, a line each (phase,
+leader, candidates, fencing token). With POOL: its leader, fencing token, each
+pod and whether it is a working candidate, and its last leader changes.
+
+Examples:
+  zen-lead status -n team-a
+  kubectl zen-lead status my-controller-pool";
+
+/// Flags of `zen-lead handoff`.
+#[derive(Debug, Args)]
+pub struct HandoffArgs {
+    /// The pool (its LeaderPolicy's name).
+    #[arg(env = "ZEN_LEAD_POOL")]
+    pub pool: String,
+
+    /// The pod to hand leadership to. Default: the lowest-named Ready
+    /// candidate other than the leader.
+    #[arg(long, env = "ZEN_LEAD_HANDOFF_TO")]
+    pub to: Option<String>,
+
+    /// Namespace of the pool. Default: the kubeconfig context's namespace.
+    #[arg(long, short = 'n', env = "ZEN_LEAD_POOL_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Give up (exit non-zero) if the new leader is not active within this long.
+    #[arg(long, env = "ZEN_LEAD_HANDOFF_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Flags of `zen-lead status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pool to show in detail. Default: every pool of the namespace.
+    #[arg(env = "ZEN_LEAD_POOL")]
+    pub pool: Option<String>,
+
+    /// Namespace of the pools. Default: the kubeconfig context's namespace.
+    #[arg(long, short = 'n', env = "ZEN_LEAD_POOL_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl From<&HandoffArgs> for crate::handoff::HandoffConfig {
+    fn from(args: &HandoffArgs) -> Self {
+        let HandoffArgs {
+            pool,
+            to,
+            namespace,
+            timeout,
+        } = args;
+        Self {
+            namespace: namespace.clone(),
+            pool: pool.clone(),
+            to: to.clone(),
+            timeout: *timeout,
+        }
+    }
+}
+
+impl From<&StatusArgs> for crate::handoff::StatusConfig {
+    fn from(args: &StatusArgs) -> Self {
+        let StatusArgs { pool, namespace } = args;
+        Self {
+            namespace: namespace.clone(),
+            pool: pool.clone(),
+        }
+    }
 }
 
 /// Flags of `zen-lead lock`.

@@ -11,6 +11,7 @@
 //! - [`agent`]: a pod's candidacy, injected as a sidecar.
 //! - [`election`]: the Lease election shared by `agent` and `lock`.
 //! - [`lock`]: `zen-lead lock NAME -- CMD`.
+//! - [`handoff`]: `zen-lead handoff` and `zen-lead status` (operators).
 //! - [`tls`], [`telemetry`]: certificates, logging, metrics.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod election;
+pub mod handoff;
 pub mod lock;
 pub mod telemetry;
 pub mod tls;
@@ -59,6 +61,9 @@ pub enum Error {
     Lock(#[from] lock::LockError),
 
     #[error(transparent)]
+    Handoff(#[from] handoff::HandoffError),
+
+    #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
 
     #[error(transparent)]
@@ -88,6 +93,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             Ok(lock::run(request).await?)
         }
         Command::LockGuard(args) => Ok(lock::guard::run(&args).await?),
+        Command::Handoff(args) => {
+            let config = handoff::HandoffConfig::from(&args);
+            Ok(handoff::handoff(&config, &mut std::io::stdout().lock()).await?)
+        }
+        Command::Status(args) => {
+            let config = handoff::StatusConfig::from(&args);
+            Ok(handoff::status(&config, &mut std::io::stdout().lock()).await?)
+        }
         Command::Crd => print(&api::crd_yaml()?),
         Command::Certs(args) => certs(&args),
         Command::Version => print(&format!("zen-lead {}\n", cli::LONG_VERSION)),

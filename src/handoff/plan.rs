@@ -1,0 +1,210 @@
+//! Pure decisions of `zen-lead handoff`: which pod takes over, or why none
+//! may. No I/O; table-tested.
+
+use crate::controller::decide::PodView;
+
+/// Why a hand-off is refused. Each names what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "pod {pod} is not in pool {pool}: no pod labelled zen-lead/pool={pool} in namespace \
+         {namespace} has that name (kubectl get pods -n {namespace} -l zen-lead/pool={pool})"
+    )]
+    NotInPool {
+        pod: String,
+        pool: String,
+        namespace: String,
+    },
+
+    #[error("pod {pod} already leads pool {pool}; nothing to do")]
+    AlreadyLeads { pod: String, pool: String },
+
+    #[error("pod {pod} is not a working candidate of pool {pool}: {why}")]
+    NotCandidate {
+        pod: String,
+        pool: String,
+        why: String,
+    },
+
+    #[error(
+        "pool {pool} has no other working candidate to hand off to (pods whose zen-lead-agent \
+         runs and whose zen-lead.io/candidate condition is True)"
+    )]
+    NoCandidate { pool: String },
+}
+
+/// Why `pod` cannot take over, or `None` when it can. `node_ready` says
+/// whether a node is Ready.
+pub fn unfit(pod: &PodView, node_ready: &dyn Fn(&str) -> bool) -> Option<String> {
+    if pod.terminating {
+        return Some("it is terminating".to_owned());
+    }
+    if pod.finished {
+        return Some("it has finished".to_owned());
+    }
+    if pod.node.as_deref().is_some_and(|n| !node_ready(n)) {
+        return Some(format!(
+            "its node {} is NotReady",
+            pod.node.as_deref().unwrap_or_default()
+        ));
+    }
+    if !pod.injected {
+        return Some(
+            "it runs without the zen-lead-agent container (admitted while the webhook was down)"
+                .to_owned(),
+        );
+    }
+    if !pod.agent_started {
+        return Some("its zen-lead-agent container is not running yet".to_owned());
+    }
+    if pod.identity.is_none() {
+        return Some(
+            "its candidate identity is unknown (no zen-lead/identity annotation)".to_owned(),
+        );
+    }
+    match &pod.candidate {
+        Some((status, reason)) if status != "True" => Some(format!(
+            "its zen-lead.io/candidate condition is False ({reason})"
+        )),
+        _ => None,
+    }
+}
+
+/// The pod to hand leadership to. `to`: the one the user named; else the
+/// lowest identity among Ready candidates, else among all candidates (the
+/// same order the controller uses, so the answer is predictable).
+pub fn target<'a>(
+    pods: &'a [PodView],
+    pool: &str,
+    namespace: &str,
+    holder: Option<&str>,
+    to: Option<&str>,
+    node_ready: &dyn Fn(&str) -> bool,
+) -> Result<&'a PodView, Refusal> {
+    let leads = |p: &PodView| holder.is_some() && p.identity.as_deref() == holder;
+    if let Some(name) = to {
+        let pod = pods
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Refusal::NotInPool {
+                pod: name.to_owned(),
+                pool: pool.to_owned(),
+                namespace: namespace.to_owned(),
+            })?;
+        if leads(pod) {
+            return Err(Refusal::AlreadyLeads {
+                pod: name.to_owned(),
+                pool: pool.to_owned(),
+            });
+        }
+        return match unfit(pod, node_ready) {
+            Some(why) => Err(Refusal::NotCandidate {
+                pod: name.to_owned(),
+                pool: pool.to_owned(),
+                why,
+            }),
+            None => Ok(pod),
+        };
+    }
+    let fit: Vec<&PodView> = pods
+        .iter()
+        .filter(|p| !leads(p) && unfit(p, node_ready).is_none())
+        .collect();
+    let lowest = |ready_only: bool| {
+        fit.iter()
+            .filter(|p| !ready_only || p.ready)
+            .min_by(|a, b| a.identity.cmp(&b.identity))
+            .copied()
+    };
+    lowest(true)
+        .or_else(|| lowest(false))
+        .ok_or_else(|| Refusal::NoCandidate {
+            pool: pool.to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::IdentityStrategy;
+
+    fn pod(name: &str) -> PodView {
+        PodView {
+            name: name.to_owned(),
+            uid: format!("{name}-uid"),
+            node: Some("n1".to_owned()),
+            terminating: false,
+            finished: false,
+            injected: true,
+            agent_started: true,
+            app_released: true,
+            identity: Some(format!("{name}_id")),
+            agent_strategy: Some(IdentityStrategy::Pod),
+            role_label: None,
+            role_annotation: None,
+            candidate: Some(("True".to_owned(), "AgentStarted".to_owned())),
+            service_account: "default".to_owned(),
+            owner: None,
+            template_hash: None,
+            fenced: true,
+            start_activation: false,
+            app_running: true,
+            ready: true,
+            revision: None,
+            created: None,
+        }
+    }
+
+    fn ready(_: &str) -> bool {
+        true
+    }
+
+    fn pick<'a>(pods: &'a [PodView], to: Option<&str>) -> Result<&'a str, Refusal> {
+        target(pods, "p", "ns", Some("a_id"), to, &ready).map(|p| p.name.as_str())
+    }
+
+    #[test]
+    fn named_pods_are_checked_and_refusals_say_why() {
+        let mut gone = pod("gone");
+        gone.terminating = true;
+        let mut bare = pod("bare");
+        bare.injected = false;
+        let mut waiting = pod("waiting");
+        waiting.agent_started = false;
+        let mut twin = pod("twin");
+        twin.candidate = Some(("False".to_owned(), "DuplicateIdentity".to_owned()));
+        let pods = [pod("a"), pod("b"), gone, bare, waiting, twin];
+        assert_eq!(pick(&pods, Some("b")), Ok("b"));
+        let cases = [
+            ("nope", "is not in pool p"),
+            ("a", "already leads"),
+            ("gone", "terminating"),
+            ("bare", "without the zen-lead-agent"),
+            ("waiting", "not running yet"),
+            ("twin", "False (DuplicateIdentity)"),
+        ];
+        for (name, says) in cases {
+            let err = pick(&pods, Some(name)).expect_err(name).to_string();
+            assert!(err.contains(says), "{name}: {err}");
+            assert!(
+                err.contains(name),
+                "{name}: the message names the pod: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_name_the_lowest_ready_candidate_other_than_the_holder() {
+        let mut c = pod("c");
+        c.ready = false;
+        let pods = [pod("a"), c.clone(), pod("d"), pod("b")];
+        assert_eq!(pick(&pods, None), Ok("b"));
+        // Nobody Ready: any candidate.
+        let mut d = pod("d");
+        d.ready = false;
+        assert_eq!(pick(&[pod("a"), d, c], None), Ok("c"));
+        // Only the holder: refused.
+        let err = pick(&[pod("a")], None).expect_err("no one else");
+        assert_eq!(err, Refusal::NoCandidate { pool: "p".into() });
+    }
+}
