@@ -213,18 +213,20 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
     let pods = ctx.cache.pods_of(key);
     match policy {
         None => {
-            if missing(ctx, key, &pods).await? {
+            let views = policyless_views(&pods);
+            if missing(ctx, key, &pods, &views).await? {
                 // Created: the policy's watch event brings the pool back.
                 return Ok(None);
             }
-            orphan(ctx, key, &pods).await?;
+            orphan(ctx, key, &views).await?;
             rbac::sync_pool(ctx, key, &[]).await?;
             ctx.forget(key);
             Ok(None)
         }
         Some(p) if p.meta().deletion_timestamp.is_some() => {
             finalize(ctx, key, &p).await?;
-            orphan(ctx, key, &pods).await?;
+            let views = policyless_views(&pods);
+            orphan(ctx, key, &views).await?;
             rbac::sync_pool(ctx, key, &[]).await?;
             Ok(None)
         }
@@ -241,23 +243,30 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
 /// Pods name a pool whose LeaderPolicy does not exist: create it with the
 /// defaults, or (creation switched off) tell their workloads what to create.
 /// `Ok(true)`: the policy was created (or appeared meanwhile).
-async fn missing(ctx: &Context, key: &PoolKey, pods: &[Arc<Pod>]) -> Result<bool, ReconcileError> {
-    let views: Vec<PodView> = pods
-        .iter()
-        .map(|p| PodView::from_pod(p, Default::default()))
-        .collect();
-    let plan = decide::missing_policy(&views, ctx.create_missing_policies);
+async fn missing(
+    ctx: &Context,
+    key: &PoolKey,
+    pods: &[Arc<Pod>],
+    views: &[PodView],
+) -> Result<bool, ReconcileError> {
+    let plan = decide::missing_policy(views, ctx.create_missing_policies);
     if plan == MissingPolicy::Nothing {
         return Ok(false);
     }
-    let live: Vec<&Arc<Pod>> = pods
+    // One lookup per controlling owner, not per pod: a Deployment's pods
+    // share their ReplicaSet.
+    let mut owners: BTreeMap<String, &Pod> = BTreeMap::new();
+    for (pod, _) in pods
         .iter()
-        .zip(&views)
+        .zip(views)
         .filter(|(_, v)| !v.terminating && !v.finished)
-        .map(|(p, _)| p)
-        .collect();
+    {
+        let owner =
+            controller_of(pod.owner_references()).map_or_else(|| pod.name_any(), |o| o.uid.clone());
+        owners.entry(owner).or_insert(pod);
+    }
     let mut workloads: BTreeMap<String, ObjectReference> = BTreeMap::new();
-    for pod in live {
+    for pod in owners.into_values() {
         let w = owning_workload(ctx, pod).await;
         workloads.insert(reference_name(&w), w);
     }
@@ -444,16 +453,19 @@ async fn publish_on(
     }
 }
 
+/// Pod views for a pool without a (live) policy: no strategy to follow.
+fn policyless_views(pods: &[Arc<Pod>]) -> Vec<PodView> {
+    pods.iter()
+        .map(|p| PodView::from_pod(p, Default::default()))
+        .collect()
+}
+
 /// A pool whose policy is missing: its pods are not candidates and nobody
 /// leads.
-async fn orphan(ctx: &Context, key: &PoolKey, pods: &[Arc<Pod>]) -> Result<(), ReconcileError> {
-    let views: Vec<PodView> = pods
-        .iter()
-        .map(|p| PodView::from_pod(p, Default::default()))
-        .collect();
+async fn orphan(ctx: &Context, key: &PoolKey, views: &[PodView]) -> Result<(), ReconcileError> {
     // One write per pod: the role removal and the condition together.
-    let removals = decide::role_removals(&views);
-    for pod in &views {
+    let removals = decide::role_removals(views);
+    for pod in views {
         let want = decide::candidate_condition(false, &key.name, pod);
         let condition = (!decide::candidate_condition_current(pod, &want)).then_some(&want);
         let role = removals.iter().find(|c| c.pod == pod.name).map(|c| c.role);
