@@ -1203,3 +1203,37 @@ pub fn joins_pool(
 
 #[cfg(test)]
 mod tests;
+
+/// Test fixtures shared with the other pure cores that read [`PodView`]s.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A live, injected pool pod whose agent runs: a working candidate.
+    pub(crate) fn pod(name: &str) -> PodView {
+        PodView {
+            name: name.to_owned(),
+            uid: format!("{name}-uid"),
+            node: Some("n1".to_owned()),
+            terminating: false,
+            finished: false,
+            injected: true,
+            agent_started: true,
+            app_released: true,
+            identity: Some(format!("{name}_id")),
+            agent_strategy: Some(IdentityStrategy::Pod),
+            role_label: None,
+            role_annotation: None,
+            candidate: None,
+            service_account: "default".to_owned(),
+            owner: None,
+            template_hash: None,
+            fenced: true,
+            start_activation: false,
+            app_running: true,
+            ready: true,
+            revision: None,
+            created: None,
+        }
+    }
+}

@@ -126,33 +126,13 @@ pub fn target<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::IdentityStrategy;
+    use crate::controller::decide::fixtures;
 
+    /// A working candidate whose readiness gate the controller set True.
     fn pod(name: &str) -> PodView {
-        PodView {
-            name: name.to_owned(),
-            uid: format!("{name}-uid"),
-            node: Some("n1".to_owned()),
-            terminating: false,
-            finished: false,
-            injected: true,
-            agent_started: true,
-            app_released: true,
-            identity: Some(format!("{name}_id")),
-            agent_strategy: Some(IdentityStrategy::Pod),
-            role_label: None,
-            role_annotation: None,
-            candidate: Some(("True".to_owned(), "AgentStarted".to_owned())),
-            service_account: "default".to_owned(),
-            owner: None,
-            template_hash: None,
-            fenced: true,
-            start_activation: false,
-            app_running: true,
-            ready: true,
-            revision: None,
-            created: None,
-        }
+        let mut p = fixtures::pod(name);
+        p.candidate = Some(("True".to_owned(), "AgentStarted".to_owned()));
+        p
     }
 
     fn ready(_: &str) -> bool {

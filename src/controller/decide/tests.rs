@@ -1,32 +1,6 @@
+use super::fixtures::pod;
 use super::*;
 use k8s_openapi::jiff::Timestamp;
-
-fn pod(name: &str) -> PodView {
-    PodView {
-        name: name.to_owned(),
-        uid: format!("{name}-uid"),
-        node: Some("n1".to_owned()),
-        terminating: false,
-        finished: false,
-        injected: true,
-        agent_started: true,
-        app_released: true,
-        identity: Some(format!("{name}_id")),
-        agent_strategy: Some(IdentityStrategy::Pod),
-        role_label: None,
-        role_annotation: None,
-        candidate: None,
-        service_account: "default".to_owned(),
-        owner: None,
-        template_hash: None,
-        fenced: true,
-        start_activation: false,
-        app_running: true,
-        ready: true,
-        revision: None,
-        created: None,
-    }
-}
 
 fn ready(_: &str) -> bool {
     true
