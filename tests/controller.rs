@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use common::workloads::LeaderLabelWatch;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -555,58 +555,6 @@ async fn event_until(
         },
     )
     .await
-}
-
-/// Watches the namespace's pods and records every instant at which more
-/// than one pod carried `zen-lead.io/role: leader`.
-struct LeaderLabelWatch {
-    violations: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LeaderLabelWatch {
-    fn start(client: &Client, ns: &str) -> Self {
-        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let v = violations.clone();
-        let task = tokio::spawn(async move {
-            let mut leaders: BTreeSet<String> = BTreeSet::new();
-            let stream = watcher::watcher(api, watcher::Config::default());
-            let mut stream = std::pin::pin!(stream);
-            while let Ok(Some(ev)) = stream.try_next().await {
-                match ev {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                        if pod_role(&p).as_deref() == Some("leader") {
-                            leaders.insert(p.name_any());
-                        } else {
-                            leaders.remove(&p.name_any());
-                        }
-                    }
-                    watcher::Event::Delete(p) => {
-                        leaders.remove(&p.name_any());
-                    }
-                    _ => {}
-                }
-                if leaders.len() > 1 {
-                    v.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{leaders:?}"));
-                }
-            }
-        });
-        LeaderLabelWatch { violations, task }
-    }
-
-    fn assert_never_two(&self) {
-        let v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
-        assert!(v.is_empty(), "two pods were labelled leader at once: {v:?}");
-    }
-}
-
-impl Drop for LeaderLabelWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 async fn pods_by_role(client: &Client, ns: &str) -> BTreeMap<String, Option<String>> {

@@ -10,10 +10,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use chart::{has_agent, with_zen_lead};
-use common::workloads::{WAIT, annotation, kubectl_ok, label, pods_where, stable_holder};
+use common::workloads::{
+    WAIT, annotation, assert_apart, container_run, job_pods, job_succeeded, kubectl_ok, label,
+    pods_where, stable_holder,
+};
 use common::{client, eventually, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -110,57 +112,23 @@ async fn exclusive_cronjob() {
             &ns,
             &["create", "job", "run-b", "--from=cronjob/nightly-report"],
         );
-        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         for job in ["run-a", "run-b"] {
-            eventually(&format!("Job {job} to succeed"), WAIT, || {
-                let jobs = jobs.clone();
-                async move {
-                    let j = jobs.get(job).await.map_err(|e| e.to_string())?;
-                    let status = j.status.unwrap_or_default();
-                    if status.failed.unwrap_or(0) > 0 {
-                        panic!("Job {job} failed: {status:?}");
-                    }
-                    if status.succeeded == Some(1) {
-                        Ok(())
-                    } else {
-                        Err(format!("{status:?}"))
-                    }
-                }
-            })
-            .await;
+            job_succeeded(&client, &ns, job).await;
         }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut runs = Vec::new();
         for job in ["run-a", "run-b"] {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("job-name={job}")))
-                .await
-                .unwrap_or_else(|e| panic!("pods of {job}: {e}"));
-            assert_eq!(list.items.len(), 1, "{job}: one pod");
-            let pod = &list.items[0];
+            let pods = job_pods(&client, &ns, job).await;
+            assert_eq!(pods.len(), 1, "{job}: one pod");
+            let pod = &pods[0];
             assert!(has_agent(pod), "{job}: no agent");
             assert_eq!(
                 annotation(pod, "zen-lead.io/pool-from"),
                 Some("CronJob/nightly-report")
             );
-            let report = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c.iter().find(|c| c.name == "report"))
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.terminated.as_ref())
-                .unwrap_or_else(|| panic!("{job}: report container not terminated"));
-            let started = report.started_at.as_ref().expect("startedAt").0;
-            let finished = report.finished_at.as_ref().expect("finishedAt").0;
+            let (started, finished) = container_run(pod, "report");
             runs.push((job, started, finished));
         }
-        let (a, b) = (&runs[0], &runs[1]);
-        // Second-granularity timestamps: touching ends are not an overlap.
-        assert!(
-            b.1 >= a.2 || a.1 >= b.2,
-            "the two runs overlapped: {a:?} and {b:?}"
-        );
+        assert_apart(runs[0], runs[1]);
     })
     .await;
 }

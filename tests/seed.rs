@@ -9,11 +9,11 @@ mod chart;
 mod common;
 
 use chart::{has_agent, with_zen_lead};
-use common::workloads::{WAIT, annotation, cache, label, pods_where, stable_holder};
-use common::{eventually, kubectl, pod_ready};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use common::pod_ready;
+use common::workloads::{
+    annotation, assert_apart, cache, container_run, job_pods, job_succeeded, kubectl_ok, label,
+    pods_where, stable_holder,
+};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use zen_lead::api::{FollowerMode, IdentityStrategy, LeaderPolicy};
@@ -43,16 +43,7 @@ fn apply_seed(ns: &str, file: &str) {
     let placed = cache(ns).join(file.replace(".yaml", ".json"));
     std::fs::write(&placed, list.to_string())
         .unwrap_or_else(|e| panic!("write {}: {e}", placed.display()));
-    let out = kubectl(
-        &["-n", ns, "apply", "-f", &placed.to_string_lossy()],
-        &cache(ns),
-    );
-    assert!(
-        out.status.success(),
-        "kubectl apply {file}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_ok(ns, &["apply", "-f", &placed.to_string_lossy()]);
 }
 
 /// The pool's pods are all Ready with the agent; exactly `holder` is the
@@ -115,12 +106,7 @@ async fn seed_controller_ha_and_status_api() {
         // currentHolder and candidates.
         let holder = stable_holder(&client, &ns, "my-pool").await;
         one_leader(&client, &ns, "app=my-pool-app", 2, &holder).await;
-        let out = kubectl(
-            &["-n", &ns, "get", "leaderpolicy", "my-pool", "-o", "yaml"],
-            &cache(&ns),
-        );
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = kubectl_ok(&ns, &["get", "leaderpolicy", "my-pool", "-o", "yaml"]);
         let shown: Value = serde_saphyr::from_str(&text).expect("kubectl printed YAML");
         let status = &shown["status"];
         assert_eq!(status["phase"], "Stable", "{text}");
@@ -157,72 +143,20 @@ async fn seed_annotation_only_use_cases_work_without_a_policy() {
 
         // Use Case 2: the CronJob's runs take turns, with no policy written.
         for job in ["report-a", "report-b"] {
-            let out = kubectl(
-                &[
-                    "-n",
-                    &ns,
-                    "create",
-                    "job",
-                    job,
-                    "--from=cronjob/daily-report",
-                ],
-                &cache(&ns),
-            );
-            assert!(out.status.success(), "{out:?}");
+            kubectl_ok(&ns, &["create", "job", job, "--from=cronjob/daily-report"]);
         }
-        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         for job in ["report-a", "report-b"] {
-            eventually(&format!("Job {job} to succeed"), WAIT, || {
-                let jobs = jobs.clone();
-                async move {
-                    let status = jobs
-                        .get(job)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .status
-                        .unwrap_or_default();
-                    assert_eq!(
-                        status.failed.unwrap_or(0),
-                        0,
-                        "Job {job} failed: {status:?}"
-                    );
-                    (status.succeeded == Some(1))
-                        .then_some(())
-                        .ok_or(format!("{status:?}"))
-                }
-            })
-            .await;
+            job_succeeded(&client, &ns, job).await;
         }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut runs = Vec::new();
         for job in ["report-a", "report-b"] {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("job-name={job}")))
-                .await
-                .unwrap_or_else(|e| panic!("pods of {job}: {e}"));
-            let pod = list
-                .items
-                .first()
-                .unwrap_or_else(|| panic!("{job}: no pod"));
+            let pods = job_pods(&client, &ns, job).await;
+            let pod = pods.first().unwrap_or_else(|| panic!("{job}: no pod"));
             assert!(has_agent(pod), "{job}: no agent");
-            let report = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c.iter().find(|c| c.name == "report"))
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.terminated.as_ref())
-                .unwrap_or_else(|| panic!("{job}: report container not terminated"));
-            let started = report.started_at.as_ref().expect("startedAt").0;
-            let finished = report.finished_at.as_ref().expect("finishedAt").0;
+            let (started, finished) = container_run(pod, "report");
             runs.push((job, started, finished));
         }
-        let (a, b) = (&runs[0], &runs[1]);
-        // Second-granularity timestamps: touching ends are not an overlap.
-        assert!(
-            b.1 >= a.2 || a.1 >= b.2,
-            "the two runs overlapped: {a:?} and {b:?}"
-        );
+        assert_apart(runs[0], runs[1]);
         let p = policies
             .get("report-generator")
             .await

@@ -1,13 +1,21 @@
 //! Helpers for tests that apply workloads to the real node and check what
 //! became of them: kubectl with a private cache, pods by selector, a pool's
-//! Stable holder (with the pool's objects printed when the wait gives up).
+//! Stable holder (with the pool's objects printed when the wait gives up),
+//! Job runs, and a watch that catches two pods labelled leader at once.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::TryStreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use zen_lead::api::keys::{ROLE_LABEL, ROLE_LEADER};
 use zen_lead::api::{LeaderPolicy, Phase};
 
 use super::{eventually, kubectl};
@@ -134,4 +142,116 @@ pub async fn pods_where(
         }
     })
     .await
+}
+
+/// Waits until Job `job` succeeded; a failed Job fails the test at once.
+pub async fn job_succeeded(client: &Client, ns: &str, job: &str) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("Job {job} to succeed"), WAIT, || {
+        let jobs = jobs.clone();
+        async move {
+            let status = jobs
+                .get(job)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            assert_eq!(
+                status.failed.unwrap_or(0),
+                0,
+                "Job {job} failed: {status:?}"
+            );
+            (status.succeeded == Some(1))
+                .then_some(())
+                .ok_or(format!("{status:?}"))
+        }
+    })
+    .await;
+}
+
+/// The pods of Job `job`.
+pub async fn job_pods(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .unwrap_or_else(|e| panic!("pods of {job}: {e}"))
+        .items
+}
+
+/// When `container` of `pod` ran: the (startedAt, finishedAt) of its
+/// terminated state.
+pub fn container_run(pod: &Pod, container: &str) -> (Timestamp, Timestamp) {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let ended = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == container))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap_or_else(|| panic!("{name}: {container} container not terminated"));
+    let started = ended.started_at.as_ref().expect("startedAt").0;
+    let finished = ended.finished_at.as_ref().expect("finishedAt").0;
+    (started, finished)
+}
+
+/// Two runs, with the API server's second-granularity times, did not
+/// overlap (touching ends are not an overlap).
+pub fn assert_apart(a: (&str, Timestamp, Timestamp), b: (&str, Timestamp, Timestamp)) {
+    assert!(
+        b.1 >= a.2 || a.1 >= b.2,
+        "the two runs overlapped: {a:?} and {b:?}"
+    );
+}
+
+/// Watches the namespace's pods and records every instant at which more
+/// than one pod carried `zen-lead.io/role: leader`.
+pub struct LeaderLabelWatch {
+    violations: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaderLabelWatch {
+    pub fn start(client: &Client, ns: &str) -> Self {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let v = violations.clone();
+        let task = tokio::spawn(async move {
+            let mut leaders: BTreeSet<String> = BTreeSet::new();
+            let stream = watcher::watcher(api, watcher::Config::default());
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(ev)) = stream.try_next().await {
+                match ev {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        if label(&p, ROLE_LABEL) == Some(ROLE_LEADER) {
+                            leaders.insert(p.name_any());
+                        } else {
+                            leaders.remove(&p.name_any());
+                        }
+                    }
+                    watcher::Event::Delete(p) => {
+                        leaders.remove(&p.name_any());
+                    }
+                    _ => {}
+                }
+                if leaders.len() > 1 {
+                    v.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{leaders:?}"));
+                }
+            }
+        });
+        LeaderLabelWatch { violations, task }
+    }
+
+    pub fn assert_never_two(&self) {
+        let v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(v.is_empty(), "two pods were labelled leader at once: {v:?}");
+    }
+}
+
+impl Drop for LeaderLabelWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
