@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 
 use chart::{has_agent, with_zen_lead};
 use common::workloads::{
-    WAIT, annotation, assert_apart, container_run, job_pods, job_succeeded, kubectl_ok, label,
-    pods_where, stable_holder,
+    LeaderLabelWatch, WAIT, annotation, assert_apart, container_run, job_pods, job_succeeded,
+    kubectl_ok, label, pods_where, stable_holder,
 };
 use common::{client, eventually, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -65,6 +65,7 @@ async fn controller_ha() {
             .iter()
             .filter_map(|p| p.metadata.name.clone())
             .collect();
+        let labels = LeaderLabelWatch::start(&client, &ns);
         kubectl_ok(&ns, &["rollout", "restart", "deployment/my-operator"]);
         kubectl_ok(
             &ns,
@@ -95,6 +96,7 @@ async fn controller_ha() {
             1,
             "leadership moved once during the rollout"
         );
+        labels.assert_never_two();
     })
     .await;
 }

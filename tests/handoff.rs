@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Output};
 
 use chart::with_zen_lead;
-use common::workloads::{kubectl_ok, pods_where, stable_holder};
+use common::workloads::{LeaderLabelWatch, kubectl_ok, pods_where, stable_holder};
 use common::{eventually, pod_ready};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client, ResourceExt};
@@ -72,6 +72,8 @@ async fn handoff_moves_leadership_where_told_and_refuses_clearly() {
         let first = leader(&client, &ns).await;
         let pods = pods_where(&client, &ns, "app=my-operator", 3, "Ready", pod_ready).await;
         let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        // Every hand-off below goes through the election: never two leaders.
+        let labels = LeaderLabelWatch::start(&client, &ns);
 
         // Named target: leadership moves there, the Lease and the policy agree.
         let target = names
@@ -144,6 +146,8 @@ async fn handoff_moves_leadership_where_told_and_refuses_clearly() {
             took[took.len() / 2],
             took[took.len() - 1]
         );
+
+        labels.assert_never_two();
 
         // `zen-lead status`, and the same binary as a kubectl plugin.
         let out = zen_lead(&["status", "-n", &ns]);
