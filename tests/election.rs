@@ -233,6 +233,14 @@ async fn preferred_holder_annotation_hands_over() {
             || single_leader(&agents) == Some(wanted),
         )
         .await;
+        // The agents' own terms (their leadership logs, CLOCK_MONOTONIC):
+        // the old leader's ended before the preferred one's began.
+        let all = agent_intervals(&agents);
+        assert!(all.len() >= 2, "expected two terms: {all:?}");
+        assert!(
+            overlaps(all.clone()).is_empty(),
+            "two agents led at once across the hand-over: {all:?}"
+        );
     })
     .await;
 }
