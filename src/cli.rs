@@ -409,6 +409,18 @@ pub struct AgentArgs {
     )]
     pub preferred_defer: Duration,
 
+    /// `process` activation: the pod's shared volume, into which the agent
+    /// copies its own (static) binary for `zen-lead run` in the app
+    /// containers before /startz succeeds.
+    #[arg(long, env = "ZEN_LEAD_BIN_DIR", value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+
+    /// `process` activation: JSON list of the app probes the agent answers on
+    /// /app-health/<container>/<kind> (the webhook writes it from the
+    /// containers' original probes).
+    #[arg(long, env = "ZEN_LEAD_APP_PROBES", default_value = "")]
+    pub app_probes: String,
+
     /// Append one JSON line per change of this agent's leadership to FILE,
     /// with CLOCK_MONOTONIC timestamps (for tests and audits).
     #[arg(long, env = "ZEN_LEAD_LEADERSHIP_LOG", value_name = "FILE")]

@@ -11,6 +11,8 @@
 //! - [`agent`]: a pod's candidacy, injected as a sidecar.
 //! - [`election`]: the Lease election shared by `agent` and `lock`.
 //! - [`lock`]: `zen-lead lock NAME -- CMD`.
+//! - [`contract`]: what the webhook writes into `process` pods for the agent
+//!   and `zen-lead run`.
 //! - [`handoff`]: `zen-lead handoff` and `zen-lead status` (operators).
 //! - [`tls`], [`telemetry`]: certificates, logging, metrics.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod contract;
 pub mod controller;
 pub mod election;
 pub mod handoff;

@@ -5,7 +5,9 @@
 //! |---|---|
 //! | `/livez` | 200 while the process runs |
 //! | `/readyz` | 200 once the Lease watch is established and the Lease's state is known |
-//! | `/startz` | `start` activation: 200 only while this pod leads (a follower's request is held up to 800 ms, answered the moment it leads); `api` activation: 200 once the API gate serves (the startup probe that holds back the app containers) |
+//! | `/startz` | `start` activation: 200 only while this pod leads (a follower's request is held up to 800 ms, answered the moment it leads); `api` activation: 200 once the API gate serves; `process` activation: 200 once the binary is shared (the startup probe that holds back the app containers) |
+//! | `/app-health/<container>/<kind>` | `process` activation: the app container's probe (`startup`, `readiness`, `liveness`): 200 while the app is held, else the app's own probe (see [`super::app_probe`]) |
+//! | `POST /v1/release` | `process` activation, from loopback only: release the Lease if this pod leads and stand down for a lease duration (`zen-lead run` asks when the app fails) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
 //! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
 //! | `/metrics` | Prometheus/OpenMetrics |
@@ -15,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::State as Extract;
+use axum::extract::{ConnectInfo, Path, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::Stream;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -27,7 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::election::LeaderStatus;
+use crate::agent::app_probe::{self, Verdict};
+use crate::contract::{APP_HEALTH_PREFIX, AppProbe, ProbeKind, RELEASE_PATH};
+use crate::election::{LeaderStatus, clock};
 use crate::telemetry::{METRICS_CONTENT_TYPE, render};
 
 /// What the handlers read.
@@ -41,6 +45,16 @@ pub struct State {
     /// `api` activation: the gate's readiness, which `/startz` reports
     /// instead of leadership.
     pub gate_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// `process` activation.
+    pub process: Option<Arc<ProcessState>>,
+}
+
+/// What the `process` handlers need.
+#[derive(Debug)]
+pub struct ProcessState {
+    pub probes: Vec<AppProbe>,
+    /// Tells the election to stand down until then.
+    pub stand_down: watch::Sender<Option<Instant>>,
 }
 
 /// Body of `GET /v1/leader` and of each server-sent event.
@@ -63,6 +77,15 @@ pub struct LeaderView {
     pub lease_exists: bool,
     /// The Lease watch is established.
     pub connected: bool,
+    /// While leading: CLOCK_MONOTONIC nanoseconds (shared by every container
+    /// of the pod) at which this term ends unless a renewal extends it. A
+    /// guard such as `zen-lead run` stops its app by then on its own clock,
+    /// even if the agent is paused and sends nothing more.
+    pub lead_until_monotonic_ns: Option<u64>,
+    /// How long after `leadUntilMonotonicNs` an app may take to exit before
+    /// it must be killed: half of `leaseDuration - renewDeadline`, so it is
+    /// gone before any other candidate may take the Lease.
+    pub stop_grace_ms: u64,
 }
 
 impl State {
@@ -78,8 +101,23 @@ impl State {
             since: status.since.map(rfc3339),
             lease_exists: status.lease_exists,
             connected: status.connected,
+            lead_until_monotonic_ns: status
+                .lead_until
+                .filter(|_| status.leading_at(Instant::now()))
+                .and_then(|until| u64::try_from(clock::mono_ns(until)).ok()),
+            stop_grace_ms: u64::try_from(stop_grace(&status).as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+/// Half of what the election leaves between our deadline and anyone
+/// else's earliest take-over.
+fn stop_grace(status: &LeaderStatus) -> Duration {
+    status
+        .timings
+        .lease_duration()
+        .saturating_sub(status.timings.renew_deadline())
+        / 2
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -97,6 +135,11 @@ pub fn router(state: State) -> Router {
         .route("/v1/leader", get(leader))
         .route("/v1/leader/watch", get(leader_watch))
         .route("/metrics", get(metrics))
+        .route(
+            &format!("{APP_HEALTH_PREFIX}/{{container}}/{{kind}}"),
+            get(app_health),
+        )
+        .route(RELEASE_PATH, post(release))
         .with_state(state)
 }
 
@@ -106,11 +149,14 @@ pub async fn serve(
     state: State,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
 }
 
 async fn readyz(Extract(state): Extract<State>) -> Response {
@@ -133,6 +179,14 @@ async fn readyz(Extract(state): Extract<State>) -> Response {
 }
 
 async fn startz(Extract(state): Extract<State>) -> Response {
+    if state.process.is_some() {
+        // The binary is shared before the server starts.
+        return (
+            StatusCode::OK,
+            "binary shared; the app containers may start\n",
+        )
+            .into_response();
+    }
     if let Some(ready) = &state.gate_ready {
         return if crate::agent::gate::is_ready(ready) {
             (StatusCode::OK, "API gate serving\n").into_response()
@@ -215,6 +269,85 @@ fn changes(state: State) -> impl Stream<Item = Result<Event, Infallible>> {
     )
 }
 
+/// `process` activation: an app probe the webhook pointed at the agent.
+async fn app_health(
+    Extract(state): Extract<State>,
+    Path((container, kind)): Path<(String, String)>,
+) -> Response {
+    let probe = state.process.as_ref().and_then(|p| {
+        let kind = ProbeKind::parse(&kind)?;
+        p.probes
+            .iter()
+            .find(|probe| probe.container == container && probe.kind == kind)
+    });
+    let Some(probe) = probe else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no {kind} probe of container {container:?} was handed to this agent\n"),
+        )
+            .into_response();
+    };
+    let status = state.status.borrow().clone();
+    match app_probe::verdict(probe, &status, Instant::now()) {
+        Verdict::Held => (
+            StatusCode::OK,
+            "held: this pod does not lead, so the app does not run\n",
+        )
+            .into_response(),
+        Verdict::Starting { left } => (
+            StatusCode::OK,
+            format!(
+                "starting: the app's liveness counts in {}s (its start-up budget)\n",
+                left.as_secs()
+            ),
+        )
+            .into_response(),
+        Verdict::Probe => match app_probe::perform(probe).await {
+            Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        },
+    }
+}
+
+/// `process` activation: `zen-lead run`'s app failed while leading; let
+/// another replica take over instead of a crash-looping leader keeping the
+/// pool. Only the pod's own containers (loopback) may ask.
+async fn release(
+    Extract(state): Extract<State>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "only containers of this pod may ask the agent to release\n",
+        )
+            .into_response();
+    }
+    let Some(process) = &state.process else {
+        return (
+            StatusCode::CONFLICT,
+            "this agent does not run in process activation\n",
+        )
+            .into_response();
+    };
+    let status = state.status.borrow().clone();
+    let now = Instant::now();
+    if !status.leading_at(now) {
+        return (StatusCode::OK, "not leading; nothing to release\n").into_response();
+    }
+    let until = now + status.timings.lease_duration();
+    process.stand_down.send_replace(Some(until));
+    tracing::warn!(
+        stand_down_ms = status.timings.lease_duration().as_millis(),
+        "the app failed while leading: releasing the Lease and standing down"
+    );
+    (
+        StatusCode::OK,
+        "releasing the Lease; standing down for one lease duration\n",
+    )
+        .into_response()
+}
+
 async fn metrics(Extract(state): Extract<State>) -> Response {
     match render(&state.registry) {
         Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
@@ -237,6 +370,7 @@ mod tests {
                 lease: "pool".into(),
                 identity: "me".into(),
                 gate_ready: None,
+                process: None,
             },
         )
     }

@@ -7,6 +7,7 @@
 //! Losing leadership never ends the agent: it becomes a follower again. Only
 //! SIGTERM/SIGINT end it, after releasing the Lease if it holds it.
 
+pub mod app_probe;
 pub mod gate;
 pub mod http;
 
@@ -22,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::api::validate_pool_name;
 use crate::cli::{AgentArgs, AgentIdentityStrategy};
+use crate::contract::{AppProbe, BIN_PATH};
 use crate::election::{
     Elector, ElectorConfig, Metrics, RunError, Timings, counting_client, driver::ClientError,
 };
@@ -48,6 +50,17 @@ pub struct Config {
     pub leadership_log: Option<PathBuf>,
     /// `Some` in `api` activation.
     pub gate: Option<gate::GateConfig>,
+    /// `Some` in `process` activation.
+    pub process: Option<ProcessConfig>,
+}
+
+/// `process` activation's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// Where the binary is shared with the app containers.
+    pub bin_dir: PathBuf,
+    /// The app probes answered on `/app-health/...`.
+    pub probes: Vec<AppProbe>,
 }
 
 /// Errors of the agent module.
@@ -105,6 +118,28 @@ pub enum AgentError {
 
     #[error("the agent's HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+
+    #[error(
+        "--activation process needs --bin-dir (ZEN_LEAD_BIN_DIR), the shared volume for \
+         `zen-lead run`; the webhook sets it, so check the injected agent container's env"
+    )]
+    MissingBinDir,
+
+    #[error(
+        "--app-probes (ZEN_LEAD_APP_PROBES) is not the JSON list of app probes the webhook \
+         writes: {0}"
+    )]
+    InvalidAppProbes(#[source] serde_json::Error),
+
+    #[error(
+        "could not share the zen-lead binary with the app containers at {path}: {source}; the \
+         app containers cannot start without it (is the zen-lead-bin volume mounted writable?)"
+    )]
+    ShareBinary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `<pod-name>_<first 8 characters of the UID>`. Pod names cannot contain
@@ -154,8 +189,19 @@ impl Config {
             AgentIdentityStrategy::Auto if custom.is_empty() => pod_identity(&pod),
             AgentIdentityStrategy::Auto => custom.to_owned(),
         };
+        let process = match args.gate.activation {
+            gate::Activation::Process => Some(ProcessConfig {
+                bin_dir: args.bin_dir.clone().ok_or(AgentError::MissingBinDir)?,
+                probes: if args.app_probes.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::from_str(&args.app_probes).map_err(AgentError::InvalidAppProbes)?
+                },
+            }),
+            _ => None,
+        };
         let gate = match args.gate.activation {
-            gate::Activation::Start => None,
+            gate::Activation::Start | gate::Activation::Process => None,
             gate::Activation::Api => Some(gate::GateConfig::from_args(
                 &args.gate,
                 &args.pool,
@@ -173,6 +219,7 @@ impl Config {
             preferred_defer: args.preferred_defer,
             leadership_log: args.leadership_log.clone(),
             gate,
+            process,
         })
     }
 }
@@ -202,6 +249,14 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
         metrics,
     )?;
 
+    let (stand_down_tx, stand_down_rx) = watch::channel(None);
+    let elector = match &config.process {
+        Some(process) => {
+            share_binary(&process.bin_dir)?;
+            elector.with_stand_down(stand_down_rx)
+        }
+        None => elector,
+    };
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| AgentError::Listen {
@@ -243,6 +298,12 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
         lease: config.pool.clone(),
         identity: config.identity.clone(),
         gate_ready,
+        process: config.process.as_ref().map(|p| {
+            Arc::new(http::ProcessState {
+                probes: p.probes.clone(),
+                stand_down: stand_down_tx,
+            })
+        }),
     };
     let mut server = tokio::spawn(http::serve(listener, state, stop_rx.clone()));
     let mut election = tokio::spawn(elector.run(stop_rx, config.release_timeout));
@@ -275,6 +336,28 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     }
     server.abort();
     outcome
+}
+
+/// Copies this (static) binary into the shared volume for `zen-lead run`:
+/// written under a temporary name and renamed, so an app container never
+/// sees half a file, even after an agent restart rewrote it.
+fn share_binary(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = std::path::Path::new(BIN_PATH)
+        .file_name()
+        .unwrap_or_else(|| std::ffi::OsStr::new("zen-lead"));
+    let target = dir.join(name);
+    let partial = dir.join(".zen-lead.partial");
+    let fail = |source| AgentError::ShareBinary {
+        path: target.clone(),
+        source,
+    };
+    let own = std::env::current_exe().map_err(fail)?;
+    std::fs::copy(&own, &partial).map_err(fail)?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    std::fs::rename(&partial, &target).map_err(fail)?;
+    info!(path = %target.display(), "binary shared with the app containers");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -273,6 +273,10 @@ pub enum Activation {
     Api,
     /// Cold standby: a follower's app containers wait until it leads.
     Start,
+    /// Cold standby with Ready followers: every pod's app containers start,
+    /// but each one's process runs (under `zen-lead run`) only while the pod
+    /// leads; probes are answered for the held app.
+    Process,
 }
 
 /// Observed state of a pool, written by the zen-lead controller.

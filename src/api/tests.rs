@@ -179,7 +179,11 @@ fn schema_has_defaults_bounds_and_real_enums() {
     for (field, default, values) in [
         ("identityStrategy", "pod", json!(["pod", "custom"])),
         ("followerMode", "standby", json!(["standby", "scaleDown"])),
-        ("activation", "auto", json!(["auto", "api", "start"])),
+        (
+            "activation",
+            "auto",
+            json!(["auto", "api", "start", "process"]),
+        ),
     ] {
         assert_eq!(props[field]["default"], default, "{field}");
         assert_eq!(props[field]["type"], "string", "{field}");

@@ -237,9 +237,19 @@ pub struct Elector {
     log: Option<LeadershipLog>,
     metrics: Metrics,
     connected: bool,
+    /// See [`Elector::with_stand_down`].
+    stand_down: Option<watch::Receiver<Option<Instant>>>,
 }
 
 impl Elector {
+    /// Lets the owner make this candidate stand down until a given time
+    /// (release a term it holds and take none): the agent does so when the
+    /// app under `zen-lead run` fails while leading.
+    pub fn with_stand_down(mut self, until: watch::Receiver<Option<Instant>>) -> Self {
+        self.stand_down = Some(until);
+        self
+    }
+
     /// Prepares the election; nothing is sent until [`Elector::run`].
     pub fn new(
         client: Client,
@@ -272,6 +282,7 @@ impl Elector {
                 log,
                 metrics,
                 connected: false,
+                stand_down: None,
             },
             rx,
         ))
@@ -290,7 +301,10 @@ impl Elector {
             let watcher = tokio::spawn(
                 watch_lease(self.api.clone(), self.cfg.name.clone(), tx).in_current_span(),
             );
-            let result = self.campaign(&mut events, &mut shutdown).await;
+            let mut stand_down = self.stand_down.take();
+            let result = self
+                .campaign(&mut events, &mut shutdown, stand_down.as_mut())
+                .await;
             watcher.abort();
             if result.is_ok() {
                 self.release(release_timeout).await;
@@ -305,12 +319,16 @@ impl Elector {
         &mut self,
         events: &mut mpsc::Receiver<WatchMsg>,
         shutdown: &mut watch::Receiver<bool>,
+        mut stand_down: Option<&mut watch::Receiver<Option<Instant>>>,
     ) -> Result<(), RunError> {
         let mut waiting_logged = false;
         let mut last_logged: Option<Action> = None;
         loop {
             while let Ok(msg) = events.try_recv() {
                 self.apply_watch(msg)?;
+            }
+            if let Some(rx) = stand_down.as_deref_mut() {
+                self.machine.stand_down(*rx.borrow_and_update());
             }
             let now = Instant::now();
             if let Some(ev) = self.machine.expire(now) {
@@ -371,6 +389,17 @@ impl Elector {
                         changed = shutdown.changed() => {
                             if changed.is_err() {
                                 return Ok(());
+                            }
+                        }
+                        // Picked up at the top of the loop.
+                        changed = async {
+                            match stand_down.as_deref_mut() {
+                                Some(rx) => rx.changed().await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            if changed.is_err() {
+                                stand_down = None;
                             }
                         }
                     }

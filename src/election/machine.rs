@@ -182,6 +182,9 @@ pub struct Machine {
     last_transitions: Option<i32>,
     /// Last lease duration seen, for claims of unknown holders.
     known_ld: Duration,
+    /// Until then we do not lead: a term we hold is released, and a free
+    /// Lease is left to the others (`zen-lead run`'s app failed here).
+    stand_down_until: Option<Instant>,
 }
 
 fn later(a: Instant, b: Instant) -> Instant {
@@ -204,7 +207,19 @@ impl Machine {
             high_water: None,
             last_transitions: None,
             known_ld,
+            stand_down_until: None,
         }
+    }
+
+    /// Stand down until `until` (`None`: campaign again): release our term
+    /// at the next step and acquire nothing before then, so another
+    /// candidate takes over. If none does, we may lead again afterwards.
+    pub fn stand_down(&mut self, until: Option<Instant>) {
+        self.stand_down_until = until;
+    }
+
+    fn standing_down(&self, now: Instant) -> Option<Instant> {
+        self.stand_down_until.filter(|until| now < *until)
     }
 
     pub fn identity(&self) -> &str {
@@ -508,7 +523,7 @@ impl Machine {
                         .preferred
                         .as_deref()
                         .is_some_and(|p| p != me && rec.preferred != lead.preferred_seen);
-                    if preferred_other {
+                    if preferred_other || self.standing_down(now).is_some() {
                         Action::Replace {
                             kind: WriteKind::Release,
                             base_resource_version: rec.resource_version.clone(),
@@ -545,6 +560,9 @@ impl Machine {
                 }),
                 _ => Action::Wait(Some(lead.valid_until)),
             };
+        }
+        if let Some(until) = self.standing_down(now) {
+            return Action::Wait(Some(until));
         }
         match &self.view {
             View::Unknown => Action::Read,

@@ -19,12 +19,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
+use super::process;
 use crate::api::keys::{
     ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, INJECTED_ANNOTATION,
     JOIN_ANNOTATION, POOL_ANNOTATION, POOL_FROM_ANNOTATION, POOL_LABEL,
 };
 use crate::api::validate_pool_name;
 use crate::api::{Activation, IdentityStrategy};
+use crate::contract::{
+    APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
+};
 
 /// Name of the injected agent container; also how a second pass recognises
 /// a pod it already injected.
@@ -272,6 +276,37 @@ pub enum Denial {
         owner: String,
         owner_kind: String,
     },
+
+    #[error(
+        "LeaderPolicy {pool:?} uses activation: process, which runs each app container's program \
+         under `zen-lead run`, but container {container:?} has no `command` (it relies on the \
+         image's ENTRYPOINT, which admission cannot see); set `command` to the image's \
+         entrypoint (`args` stay as they are), or name the container in \
+         {EXCLUDE_CONTAINERS_ANNOTATION} to run it in every replica"
+    )]
+    NoCommand { pool: String, container: String },
+
+    #[error(
+        "{EXCLUDE_CONTAINERS_ANNOTATION} names {names:?}, but the pod has no such container (its \
+         containers: {containers:?}; pool {pool:?})"
+    )]
+    UnknownExcludedContainers {
+        pool: String,
+        names: Vec<String>,
+        containers: Vec<String>,
+    },
+
+    #[error(
+        "LeaderPolicy {pool:?} uses activation: process, so container {container:?}'s {kind} \
+         probe is answered through the agent, which needs its port as a number; port {port:?} \
+         is not a valid port or one of the container's named ports"
+    )]
+    ProbePort {
+        pool: String,
+        container: String,
+        kind: &'static str,
+        port: String,
+    },
 }
 
 /// What is known about the pool's LeaderPolicy.
@@ -443,6 +478,7 @@ pub fn effective_activation(requested: Activation, pod: &Pod) -> Activation {
         Activation::Auto if runs_continuously(pod) => Activation::Api,
         Activation::Auto | Activation::Start => Activation::Start,
         Activation::Api => Activation::Api,
+        Activation::Process => Activation::Process,
     }
 }
 
@@ -544,13 +580,13 @@ pub fn decide(
     membership: &Membership,
     policy: &PolicyState,
     config: &InjectConfig,
-) -> Decision {
+) -> Result<Decision, Denial> {
     if has_agent(pod) {
-        return reinvocation(pod);
+        return Ok(reinvocation(pod));
     }
     let (pool, origin) = match membership {
-        Membership::None => return Decision::plain(Outcome::NotInPool),
-        Membership::OptedOut { .. } => return Decision::plain(Outcome::OptedOut),
+        Membership::None => return Ok(Decision::plain(Outcome::NotInPool)),
+        Membership::OptedOut { .. } => return Ok(Decision::plain(Outcome::OptedOut)),
         Membership::Member { pool, origin } => (pool, origin),
     };
     let mut warnings = Vec::new();
@@ -580,6 +616,12 @@ pub fn decide(
     let activation = effective_activation(requested, pod);
     let token = TokenVolume::of(pod);
     let mut patch = Vec::new();
+    let mut app_probes = Vec::new();
+    if activation == Activation::Process {
+        let wiring = process::wiring(pod, pool)?;
+        patch.extend(wiring.ops);
+        app_probes = wiring.probes;
+    }
     if activation == Activation::Api {
         match &token {
             TokenVolume::Present(volume) => {
@@ -604,15 +646,15 @@ pub fn decide(
         // the controller on this pod, which then needs re-creating.
         PolicyState::Missing | PolicyState::Unknown { .. } => IdentityStrategy::Pod,
     };
-    let agent = agent_container(pool, config, activation, identity, &token);
+    let agent = agent_container(pool, config, activation, identity, &token, &app_probes);
     patch.extend(injection_patch(
         pod, pool, origin, &agent, activation, &token, config,
     ));
-    Decision {
+    Ok(Decision {
         outcome: Outcome::Injected,
         patch,
         warnings,
-    }
+    })
 }
 
 /// The pod's service-account token volume, as the ServiceAccount admission
@@ -643,7 +685,7 @@ impl TokenVolume {
     }
 }
 
-fn replace<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
+pub(super) fn replace<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
     PatchOperation::Replace(ReplaceOperation {
         path: pointer(path),
         value,
@@ -809,7 +851,7 @@ fn pointer<S: AsRef<str>>(tokens: &[S]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().map(AsRef::as_ref))
 }
 
-fn add<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
+pub(super) fn add<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: pointer(path),
         value,
@@ -826,6 +868,7 @@ pub fn agent_container(
     activation: Activation,
     identity: IdentityStrategy,
     token: &TokenVolume,
+    app_probes: &[AppProbe],
 ) -> Container {
     use api_wiring::*;
     let mut mounts = vec![VolumeMount {
@@ -859,6 +902,25 @@ pub fn agent_container(
             value: Some(GATE_STATE_DIR.to_owned()),
             ..EnvVar::default()
         });
+    }
+    if activation == Activation::Process {
+        mounts.push(VolumeMount {
+            name: BIN_VOLUME.to_owned(),
+            mount_path: BIN_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+        let plain = |name: &str, value: String| EnvVar {
+            name: name.to_owned(),
+            value: Some(value),
+            ..EnvVar::default()
+        };
+        extra_env.push(plain(agent_env::ACTIVATION, "process".to_owned()));
+        extra_env.push(plain(BIN_DIR_ENV, BIN_DIR.to_owned()));
+        if !app_probes.is_empty() {
+            // Serialising plain structs cannot fail.
+            let probes = serde_json::to_string(app_probes).unwrap_or_default();
+            extra_env.push(plain(APP_PROBES_ENV, probes));
+        }
     }
     let field_env = |name: &str, path: &str| EnvVar {
         name: name.to_owned(),
@@ -934,7 +996,8 @@ pub fn agent_container(
         }),
         volume_mounts: Some(mounts),
         // The kubelet starts the app containers only after this succeeds:
-        // once the pod leads (`start`), once the gate serves (`api`).
+        // once the pod leads (`start`), once the gate serves (`api`), once
+        // the binary is shared (`process`).
         startup_probe: Some(probe(agent_paths::STARTZ, 1, STARTUP_FAILURE_THRESHOLD)),
         readiness_probe: Some(probe(agent_paths::READYZ, 5, 3)),
         liveness_probe: Some(probe(agent_paths::LIVEZ, 10, 3)),
@@ -976,6 +1039,7 @@ pub fn injected_value(agent: &Value, pool: &str, config: &InjectConfig) -> Strin
 fn activation_name(activation: Activation) -> &'static str {
     match activation {
         Activation::Api => "api",
+        Activation::Process => "process",
         Activation::Start | Activation::Auto => "start",
     }
 }
@@ -1010,6 +1074,9 @@ fn injection_patch(
         volumes.push(
             json!({"name": GATE_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
         );
+    }
+    if activation == Activation::Process {
+        volumes.push(process::bin_volume());
     }
     if matches!(token, TokenVolume::Absent { .. }) {
         volumes.push(json!({"name": AGENT_TOKEN_VOLUME, "projected": {
@@ -1123,11 +1190,11 @@ mod tests {
             activation: Activation::Auto,
             identity: IdentityStrategy::Pod,
         };
-        let d = decide(&p, &m, &found, &config());
+        let d = decide(&p, &m, &found, &config()).expect("admitted");
         assert_eq!(d.outcome, Outcome::Injected);
         let injected = apply(&p, &d.patch);
         assert_eq!(triage(&injected), Triage::AlreadyInjected);
-        let again = decide(&injected, &m, &found, &config());
+        let again = decide(&injected, &m, &found, &config()).expect("admitted");
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.is_empty());
         let spec = injected.spec.expect("spec");
@@ -1144,7 +1211,7 @@ mod tests {
     fn agent_goes_first_and_is_moved_back_when_displaced() {
         let p = annotated(json!({"spec": {"initContainers": [{"name": "migrate", "image": "m"}]}}));
         let m = membership(&p, &[]).expect("member");
-        let d = decide(&p, &m, &PolicyState::Missing, &config());
+        let d = decide(&p, &m, &PolicyState::Missing, &config()).expect("admitted");
         assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
         let injected = apply(&p, &d.patch);
         let names = |p: &Pod| -> Vec<String> {
@@ -1280,7 +1347,7 @@ mod tests {
             activation: Activation::Auto,
             identity: IdentityStrategy::Pod,
         };
-        let d = decide(&p, &m, &found, &config());
+        let d = decide(&p, &m, &found, &config()).expect("admitted");
         assert_eq!(d.outcome, Outcome::Injected);
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
         let injected = apply(&p, &d.patch);
@@ -1378,7 +1445,7 @@ mod tests {
                 .map(String::as_str),
             Some("api")
         );
-        let again = decide(&injected, &m, &found, &config());
+        let again = decide(&injected, &m, &found, &config()).expect("admitted");
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.is_empty());
     }
@@ -1432,7 +1499,8 @@ mod tests {
                     identity: IdentityStrategy::Pod,
                 },
                 &c,
-            );
+            )
+            .expect("admitted");
             apply(&p, &d.patch)
                 .metadata
                 .annotations
@@ -1468,7 +1536,8 @@ mod tests {
                     identity: IdentityStrategy::Pod,
                 },
                 &config(),
-            );
+            )
+            .expect("admitted");
             let injected = apply(&p, &d.patch);
             let spec = injected.spec.as_ref().expect("spec");
             let agent = &spec.init_containers.as_ref().expect("init")[0];
@@ -1506,7 +1575,7 @@ mod tests {
             activation: Activation::Api,
             identity: IdentityStrategy::Pod,
         };
-        let d = decide(&p, &m, &found, &config());
+        let d = decide(&p, &m, &found, &config()).expect("admitted");
         let injected = apply(&p, &d.patch);
         let aliases = injected.spec.expect("spec").host_aliases.expect("aliases");
         assert_eq!(aliases.len(), 2);

@@ -12,6 +12,7 @@
 pub mod certs;
 pub mod inject;
 pub mod lookup;
+pub mod process;
 pub mod review;
 pub mod self_managed;
 pub mod server;

@@ -342,5 +342,5 @@ pub async fn decide<L: Lookup>(
         _ => inject::PolicyState::Missing,
     };
     inject::check_identity(pod, &chain, &membership, &policy)?;
-    Ok(inject::decide(pod, &membership, &policy, config))
+    inject::decide(pod, &membership, &policy, config)
 }

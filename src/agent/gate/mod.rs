@@ -65,14 +65,20 @@ pub enum Activation {
     /// to the app on --gate-addr and passes writes only while this pod leads.
     /// /startz succeeds once the gate serves.
     Api,
+    /// Cold standby with Ready followers: every app container starts under
+    /// `zen-lead run`, which runs the app's process only while this pod
+    /// leads; the agent shares its binary (--bin-dir) and answers the app's
+    /// probes. /startz succeeds once the binary is shared.
+    Process,
 }
 
 /// The gate's flags (part of `zen-lead agent`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GateArgs {
     /// How followers are kept inactive: `start` (the app starts only in the
-    /// leading pod) or `api` (every app runs; its Kubernetes API writes pass
-    /// only while the pod leads).
+    /// leading pod), `api` (every app runs; its Kubernetes API writes pass
+    /// only while the pod leads) or `process` (every app container starts,
+    /// but its program runs under `zen-lead run` only while the pod leads).
     #[arg(long, value_enum, env = "ZEN_LEAD_ACTIVATION", default_value_t = Activation::Start)]
     pub activation: Activation,
 

@@ -763,3 +763,74 @@ fn a_renewal_may_take_the_rest_of_the_term_other_writes_may_not() {
     let f = Machine::new(cfg());
     assert_eq!(f.write_timeout(WriteKind::Acquire, t0), f.request_timeout());
 }
+
+#[test]
+fn standing_down_releases_and_leaves_the_lease_to_others_until_it_ends() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let until = t0 + ms(1_000);
+    m.stand_down(Some(until));
+    let action = m.decide(t0 + ms(10));
+    assert!(
+        matches!(
+            action,
+            Action::Replace {
+                kind: WriteKind::Release,
+                ..
+            }
+        ),
+        "{action:?}"
+    );
+    // The term ends before the release is sent.
+    assert!(matches!(
+        m.begin(&action, t0 + ms(10)),
+        Some(LeadEvent::Ended {
+            reason: EndReason::Released,
+            ..
+        })
+    ));
+    m.write_ok(
+        WriteKind::Release,
+        t0 + ms(10),
+        rec(3, None, 5),
+        t0 + ms(20),
+    );
+    assert!(!m.leading(t0 + ms(20)));
+    // A free Lease is left alone while standing down ...
+    assert_eq!(m.decide(t0 + ms(30)), Action::Wait(Some(until)));
+    // ... another candidate takes it: we wait out its claim as usual.
+    m.observe(present(rec(4, Some("other"), 6)), t0 + ms(40));
+    assert_eq!(m.decide(t0 + ms(50)), Action::Wait(Some(until)));
+    assert_eq!(m.decide(until), Action::Wait(Some(t0 + ms(40) + ms(3000))));
+    // Had nobody come, we campaign again once the stand-down ends.
+    let mut alone = leading_machine(t0);
+    alone.stand_down(Some(until));
+    let action = alone.decide(t0 + ms(10));
+    alone.begin(&action, t0 + ms(10));
+    alone.write_ok(
+        WriteKind::Release,
+        t0 + ms(10),
+        rec(3, None, 5),
+        t0 + ms(20),
+    );
+    assert!(matches!(
+        alone.decide(until),
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            ..
+        }
+    ));
+    // Clearing the stand-down early also lets us campaign at once.
+    let mut cleared = Machine::new(cfg());
+    cleared.stand_down(Some(until));
+    cleared.observe(present(rec(1, None, 4)), t0);
+    assert_eq!(cleared.decide(t0), Action::Wait(Some(until)));
+    cleared.stand_down(None);
+    assert!(matches!(
+        cleared.decide(t0),
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            ..
+        }
+    ));
+}

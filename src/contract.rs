@@ -1,0 +1,187 @@
+//! What the webhook writes into a `process` pool pod and the agent and
+//! `zen-lead run` read back: one definition for both sides.
+//!
+//! The webhook gives the pod a shared volume the agent fills with its own
+//! static binary, rewrites each app container's `command` to run under
+//! `zen-lead run`, and moves the app's `httpGet`/`tcpSocket`/`grpc` probes
+//! behind the agent (`/app-health/<container>/<kind>`), passing the original
+//! probes to the agent in [`APP_PROBES_ENV`]. `exec` probes are wrapped by
+//! `zen-lead probe` instead.
+
+use serde::{Deserialize, Serialize};
+
+/// Volume the agent copies its binary into (an `emptyDir`).
+pub const BIN_VOLUME: &str = "zen-lead-bin";
+
+/// Where [`BIN_VOLUME`] is mounted: read-write in the agent, read-only in the
+/// app containers. A top-level path: no image has it, and no symlink (such
+/// as `/var/run` → `/run`) lies on the way.
+pub const BIN_DIR: &str = "/zen-lead";
+
+/// The shared binary, as app containers run it.
+pub const BIN_PATH: &str = "/zen-lead/zen-lead";
+
+/// Agent env: the directory to copy the binary into (set only in `process`
+/// activation).
+pub const BIN_DIR_ENV: &str = "ZEN_LEAD_BIN_DIR";
+
+/// Agent env: JSON array of [`AppProbe`], the app probes it answers for.
+pub const APP_PROBES_ENV: &str = "ZEN_LEAD_APP_PROBES";
+
+/// Prefix of the agent paths that stand in for app probes.
+pub const APP_HEALTH_PREFIX: &str = "/app-health";
+
+/// Pod annotation: comma-separated app containers that run in every replica
+/// (a log shipper, a metrics exporter), untouched by `process` activation.
+pub const EXCLUDE_CONTAINERS_ANNOTATION: &str = "zen-lead/exclude-containers";
+
+/// `POST` on the agent (loopback only): release the Lease if this pod holds
+/// it and stand down for a while, so another replica takes over.
+pub const RELEASE_PATH: &str = "/v1/release";
+
+/// Which of a container's probes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ProbeKind {
+    Startup,
+    Readiness,
+    Liveness,
+}
+
+impl ProbeKind {
+    pub const ALL: [Self; 3] = [Self::Startup, Self::Readiness, Self::Liveness];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Readiness => "readiness",
+            Self::Liveness => "liveness",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == value)
+    }
+}
+
+/// The agent path that answers `kind` for `container`.
+pub fn app_health_path(container: &str, kind: ProbeKind) -> String {
+    format!("{APP_HEALTH_PREFIX}/{container}/{}", kind.as_str())
+}
+
+/// One app probe the agent performs on the kubelet's behalf while the app
+/// runs. Ports are numbers: the webhook resolves named ports, since the
+/// agent cannot see the app container's port names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppProbe {
+    pub container: String,
+    pub kind: ProbeKind,
+    pub action: ProbeAction,
+    /// The probe's own `timeoutSeconds` (default 1).
+    pub timeout_seconds: u32,
+    /// Liveness only: how long after the pod starts leading the app is given
+    /// to start before its liveness counts (its `startupProbe`'s budget, or
+    /// the liveness probe's `initialDelaySeconds`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_budget_seconds: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// What to do, as in the Kubernetes probe it came from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ProbeAction {
+    HttpGet {
+        /// `HTTP` or `HTTPS`.
+        scheme: String,
+        /// Empty: the pod itself (loopback).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        host: String,
+        port: u16,
+        path: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<(String, String)>,
+    },
+    TcpSocket {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        host: String,
+        port: u16,
+    },
+    Grpc {
+        port: u16,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        service: String,
+    },
+}
+
+/// The budget a taking-over app gets before its liveness counts: what its
+/// `startupProbe` allows (initial delay + failures × period), else the
+/// liveness probe's initial delay.
+pub fn start_budget_seconds(
+    startup: Option<&k8s_openapi::api::core::v1::Probe>,
+    liveness: &k8s_openapi::api::core::v1::Probe,
+) -> u32 {
+    let non_neg = |v: Option<i32>, default: i32| u32::try_from(v.unwrap_or(default)).unwrap_or(0);
+    match startup {
+        Some(s) => non_neg(s.initial_delay_seconds, 0).saturating_add(
+            non_neg(s.failure_threshold, 3).saturating_mul(non_neg(s.period_seconds, 10)),
+        ),
+        None => non_neg(liveness.initial_delay_seconds, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Probe;
+
+    #[test]
+    fn budget_comes_from_the_startup_probe_else_the_initial_delay() {
+        let liveness = Probe {
+            initial_delay_seconds: Some(7),
+            ..Probe::default()
+        };
+        assert_eq!(start_budget_seconds(None, &liveness), 7);
+        let startup = Probe {
+            initial_delay_seconds: Some(2),
+            failure_threshold: Some(30),
+            period_seconds: Some(1),
+            ..Probe::default()
+        };
+        assert_eq!(start_budget_seconds(Some(&startup), &liveness), 32);
+        // Kubernetes' defaults: 3 failures, every 10 s.
+        assert_eq!(start_budget_seconds(Some(&Probe::default()), &liveness), 30);
+        assert_eq!(start_budget_seconds(None, &Probe::default()), 0);
+    }
+
+    #[test]
+    fn probes_round_trip_as_json() {
+        let probe = AppProbe {
+            container: "app".into(),
+            kind: ProbeKind::Liveness,
+            action: ProbeAction::HttpGet {
+                scheme: "HTTP".into(),
+                host: String::new(),
+                port: 8080,
+                path: "/healthz".into(),
+                headers: vec![("X-Probe".into(), "1".into())],
+            },
+            timeout_seconds: 1,
+            start_budget_seconds: 30,
+        };
+        let text = serde_json::to_string(&[&probe]).expect("json");
+        let back: Vec<AppProbe> = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, vec![probe]);
+        for kind in ProbeKind::ALL {
+            assert_eq!(ProbeKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(
+            app_health_path("app", ProbeKind::Readiness),
+            "/app-health/app/readiness"
+        );
+    }
+}
