@@ -39,6 +39,12 @@ pub const EXCLUDE_CONTAINERS_ANNOTATION: &str = "zen-lead/exclude-containers";
 /// it and stand down for a while, so another replica takes over.
 pub const RELEASE_PATH: &str = "/v1/release";
 
+/// `POST` on the agent (loopback only), held open while an app process
+/// runs under `zen-lead run`: the request body never ends, and closing the
+/// connection (the app stopped, or `run` died with it) tells the agent at
+/// once. A voluntary release waits for every such connection to close.
+pub const APP_HOLD_PATH: &str = "/v1/app/hold";
+
 /// Which of a container's probes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]

@@ -271,7 +271,11 @@ async fn lock_runs_the_command_and_exits_with_its_status() {
                     "job",
                     t,
                     &[],
-                    &["sh", "-c", "echo ran-$((6*7)); exit 7"],
+                    &[
+                        "sh",
+                        "-c",
+                        "echo ran-$((6*7)); echo token=$ZEN_LEAD_FENCING_TOKEN; exit 7",
+                    ],
                 )
                 .output()
                 .expect("lock")
@@ -285,15 +289,33 @@ async fn lock_runs_the_command_and_exits_with_its_status() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran-42\n");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(stdout.starts_with("ran-42\n"), "{stdout}");
+        let token = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("token="))
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no fencing token in {text:?}"))
+        };
+        let first = token(&stdout);
         // The lock is free again and a second run is quick.
         let started = std::time::Instant::now();
         let out = tokio::task::spawn_blocking({
             let ns = ns.clone();
             move || {
-                lock_cmd(&ns, "job", t, &[], &["sh", "-c", "kill -TERM $$"])
-                    .output()
-                    .expect("lock")
+                lock_cmd(
+                    &ns,
+                    "job",
+                    t,
+                    &[],
+                    &[
+                        "sh",
+                        "-c",
+                        "echo token=$ZEN_LEAD_FENCING_TOKEN; kill -TERM $$",
+                    ],
+                )
+                .output()
+                .expect("lock")
             }
         })
         .await
@@ -309,6 +331,9 @@ async fn lock_runs_the_command_and_exits_with_its_status() {
             "{:?}",
             started.elapsed()
         );
+        // ZEN_LEAD_FENCING_TOKEN: every new term has a higher one.
+        let second = token(&String::from_utf8_lossy(&out.stdout));
+        assert!(second > first, "tokens {first} then {second}");
     })
     .await;
 }

@@ -7,6 +7,7 @@
 //! | `/readyz` | 200 once the Lease watch is established and the Lease's state is known |
 //! | `/startz` | `start` activation: 200 only while this pod leads (a follower's request is held up to 800 ms, answered the moment it leads); `api` activation: 200 once the API gate serves; `process` activation: 200 once the binary is shared (the startup probe that holds back the app containers) |
 //! | `/app-health/<container>/<kind>` | `process` activation: the app container's probe (`startup`, `readiness`, `liveness`): 200 while the app is held, else the app's own probe (see [`super::app_probe`]) |
+//! | `POST /v1/app/hold` | `process` activation, from loopback only: `zen-lead run` keeps this request open while its app runs; a voluntary release waits until none is open |
 //! | `POST /v1/release` | `process` activation, from loopback only: release the Lease if this pod leads and stand down for a lease duration (`zen-lead run` asks when the app fails) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
 //! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::agent::app_probe::{self, Verdict};
-use crate::contract::{APP_HEALTH_PREFIX, AppProbe, ProbeKind, RELEASE_PATH};
+use crate::contract::{APP_HEALTH_PREFIX, APP_HOLD_PATH, AppProbe, ProbeKind, RELEASE_PATH};
 use crate::election::{LeaderStatus, clock};
 use crate::telemetry::{METRICS_CONTENT_TYPE, render};
 
@@ -55,6 +56,24 @@ pub struct ProcessState {
     pub probes: Vec<AppProbe>,
     /// Tells the election to stand down until then.
     pub stand_down: watch::Sender<Option<Instant>>,
+    /// App processes running under `zen-lead run` (open holds).
+    pub running: watch::Sender<usize>,
+}
+
+/// One open hold: counted while it lives.
+struct Hold(Arc<ProcessState>);
+
+impl Hold {
+    fn new(process: Arc<ProcessState>) -> Self {
+        process.running.send_modify(|n| *n += 1);
+        Self(process)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.running.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Body of `GET /v1/leader` and of each server-sent event.
@@ -140,6 +159,7 @@ pub fn router(state: State) -> Router {
             get(app_health),
         )
         .route(RELEASE_PATH, post(release))
+        .route(APP_HOLD_PATH, post(app_hold))
         .with_state(state)
 }
 
@@ -348,6 +368,34 @@ async fn release(
         .into_response()
 }
 
+/// `zen-lead run` holds this request open while its app runs. The body is
+/// read until the connection closes, which the kernel reports at once, also
+/// when `run` dies.
+async fn app_hold(
+    Extract(state): Extract<State>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    body: axum::body::Body,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "only containers of this pod may hold\n",
+        )
+            .into_response();
+    }
+    let Some(process) = state.process.clone() else {
+        return (
+            StatusCode::CONFLICT,
+            "this agent does not run in process activation\n",
+        )
+            .into_response();
+    };
+    let _hold = Hold::new(process);
+    let mut data = body.into_data_stream();
+    while let Some(Ok(_)) = futures::StreamExt::next(&mut data).await {}
+    (StatusCode::OK, "released\n").into_response()
+}
+
 async fn metrics(Extract(state): Extract<State>) -> Response {
     match render(&state.registry) {
         Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
@@ -360,6 +408,10 @@ mod tests {
     use super::*;
 
     fn state(status: LeaderStatus) -> (watch::Sender<LeaderStatus>, State) {
+        let status = LeaderStatus {
+            timings: crate::election::Timings::default(),
+            ..status
+        };
         let (tx, rx) = watch::channel(status);
         (
             tx,
@@ -422,6 +474,61 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert!(started.elapsed() >= STARTZ_HOLD);
+    }
+
+    #[tokio::test]
+    async fn app_holds_are_counted_until_the_connection_closes_and_release_stands_down() {
+        use tokio::io::AsyncWriteExt;
+        let (tx, mut s) = state(LeaderStatus {
+            leading: true,
+            lead_until: Some(Instant::now() + Duration::from_secs(30)),
+            ..LeaderStatus::default()
+        });
+        let (stand_down, mut stand_down_rx) = watch::channel(None);
+        let (running, mut running_rx) = watch::channel(0usize);
+        s.process = Some(Arc::new(ProcessState {
+            probes: Vec::new(),
+            stand_down,
+            running,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(serve(listener, s, stop));
+        const WITHIN: Duration = Duration::from_secs(5);
+
+        let mut hold = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        hold.write_all(
+            format!(
+                "POST {APP_HOLD_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        tokio::time::timeout(WITHIN, running_rx.wait_for(|n| *n == 1))
+            .await
+            .expect("counted")
+            .expect("open");
+        drop(hold);
+        tokio::time::timeout(WITHIN, running_rx.wait_for(|n| *n == 0))
+            .await
+            .expect("uncounted on close")
+            .expect("open");
+
+        let mut release = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        release
+            .write_all(
+                format!("POST {RELEASE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("write");
+        tokio::time::timeout(WITHIN, stand_down_rx.wait_for(Option::is_some))
+            .await
+            .expect("stood down")
+            .expect("open");
+        drop(tx);
     }
 
     #[test]

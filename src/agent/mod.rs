@@ -250,10 +250,13 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     )?;
 
     let (stand_down_tx, stand_down_rx) = watch::channel(None);
+    let (running_tx, running_rx) = watch::channel(0);
     let elector = match &config.process {
         Some(process) => {
             share_binary(&process.bin_dir)?;
-            elector.with_stand_down(stand_down_rx)
+            elector
+                .with_stand_down(stand_down_rx)
+                .with_running_apps(running_rx)
         }
         None => elector,
     };
@@ -302,6 +305,7 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
             Arc::new(http::ProcessState {
                 probes: p.probes.clone(),
                 stand_down: stand_down_tx,
+                running: running_tx,
             })
         }),
     };

@@ -239,6 +239,8 @@ pub struct Elector {
     connected: bool,
     /// See [`Elector::with_stand_down`].
     stand_down: Option<watch::Receiver<Option<Instant>>>,
+    /// See [`Elector::with_running_apps`].
+    running_apps: Option<watch::Receiver<usize>>,
 }
 
 impl Elector {
@@ -248,6 +250,46 @@ impl Elector {
     pub fn with_stand_down(mut self, until: watch::Receiver<Option<Instant>>) -> Self {
         self.stand_down = Some(until);
         self
+    }
+
+    /// `process` activation: how many app processes run under this term.
+    /// A voluntary release (hand-off, stand-down, shutdown) ends the term at
+    /// once, so `zen-lead run` stops its app, but clears the Lease only once
+    /// they are gone (at the latest when the term's deadline plus the stop
+    /// grace has passed, when `run` has killed them): the successor's app
+    /// never starts beside an old one that is still shutting down.
+    pub fn with_running_apps(mut self, running: watch::Receiver<usize>) -> Self {
+        self.running_apps = Some(running);
+        self
+    }
+
+    /// Waits until no app runs under our ended term, or until `limit`.
+    async fn apps_stopped(&mut self, limit: Instant) {
+        let Some(running) = self.running_apps.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        match tokio::time::timeout_at(limit, running.wait_for(|n| *n == 0)).await {
+            Ok(_) => {}
+            Err(_) => warn!(
+                "app processes still ran at the term's stop deadline; releasing anyway (zen-lead \
+                 run has killed them by now)"
+            ),
+        }
+        let waited = started.elapsed();
+        if waited >= Duration::from_millis(1) {
+            debug!(
+                waited_ms = waited.as_millis(),
+                "release waited for the app to stop"
+            );
+        }
+    }
+
+    /// Latest time an app may still run after our term ends at `until`.
+    fn stop_limit(&self, until: Option<Instant>, now: Instant) -> Instant {
+        let t = self.machine.timings();
+        let grace = t.lease_duration().saturating_sub(t.renew_deadline()) / 2;
+        until.unwrap_or(now).max(now) + grace
     }
 
     /// Prepares the election; nothing is sent until [`Elector::run`].
@@ -283,6 +325,7 @@ impl Elector {
                 metrics,
                 connected: false,
                 stand_down: None,
+                running_apps: None,
             },
             rx,
         ))
@@ -411,6 +454,7 @@ impl Elector {
                     base_resource_version,
                     write,
                 } => {
+                    let term_until = self.machine.lead_deadline();
                     if let Some(ev) = self.machine.begin(
                         &Action::Replace {
                             kind,
@@ -421,6 +465,10 @@ impl Elector {
                     ) {
                         self.emit(ev)?;
                         self.publish();
+                    }
+                    if kind == WriteKind::Release {
+                        let limit = self.stop_limit(term_until, now);
+                        self.apps_stopped(limit).await;
                     }
                     self.write(kind, Some(base_resource_version), write).await?;
                 }
@@ -670,13 +718,18 @@ impl Elector {
     /// Shutdown: stop leading first, then clear our name by CAS.
     async fn release(&mut self, limit: Duration) {
         let now = Instant::now();
+        let term_until = self.machine.lead_deadline();
         if let Some(ev) = self.machine.step_down(now, EndReason::Shutdown)
             && let Err(err) = self.emit(ev)
         {
             warn!("{err}");
         }
         self.publish();
-        let deadline = now + limit;
+        if term_until.is_some() {
+            let stop = self.stop_limit(term_until, now).min(now + limit);
+            self.apps_stopped(stop).await;
+        }
+        let deadline = Instant::now() + limit;
         let mut attempts = 0;
         while Instant::now() < deadline && attempts < 5 {
             attempts += 1;

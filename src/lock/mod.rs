@@ -37,6 +37,10 @@ pub const EXIT_LOST: i32 = 75;
 /// Exit status when `--timeout` passed before the lock was acquired (as
 /// coreutils' `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
+/// Environment variable CMD gets: the fencing token (`leaseTransitions`) of
+/// the term it runs in; it only ever grows.
+pub const FENCING_TOKEN_ENV: &str = "ZEN_LEAD_FENCING_TOKEN";
+
 /// Exit status of internal failures around CMD (EX_SOFTWARE).
 pub const EXIT_INTERNAL: i32 = 70;
 
@@ -339,7 +343,13 @@ async fn supervise_in(
     let guard_err = |what| move |source| LockError::Guard { what, source };
     let listener = UnixListener::bind(socket).map_err(guard_err("socket"))?;
     let exe = std::env::current_exe().map_err(guard_err("own executable"))?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut guard = tokio::process::Command::new(exe);
+    // CMD inherits it through the guard, like etcdctl lock's ETCD_LOCK_REV:
+    // a protected resource can refuse writes stamped with an older token.
+    if let Some(token) = status.borrow().token {
+        guard.env(FENCING_TOKEN_ENV, token.to_string());
+    }
+    let mut child = guard
         .arg("lock-guard")
         .arg("--socket")
         .arg(socket)
