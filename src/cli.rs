@@ -307,8 +307,9 @@ pub struct ControllerArgs {
 
     /// What `activation: auto` (the LeaderPolicy default) means for pods
     /// admitted by this webhook. `auto`: `api` for pods of Deployments,
-    /// StatefulSets and DaemonSets, `start` for everything else. `api` or
-    /// `start`: that mode for every pool that does not choose one itself.
+    /// StatefulSets and DaemonSets, `start` for everything else. `api`,
+    /// `start` or `process`: that mode for every pool that does not choose
+    /// one itself.
     #[arg(long, env = "ZEN_LEAD_DEFAULT_ACTIVATION", value_enum, default_value_t = Activation::Auto)]
     pub default_activation: Activation,
 
@@ -420,6 +421,17 @@ pub struct AgentArgs {
     /// containers' original probes).
     #[arg(long, env = "ZEN_LEAD_APP_PROBES", default_value = "")]
     pub app_probes: String,
+
+    /// `process` activation, a CronJob-created Job's pod: the Job's scheduled
+    /// time (its batch.kubernetes.io/cronjob-scheduled-timestamp) and name,
+    /// recorded on the Lease with each term so a pool with `scheduledRuns:
+    /// once` runs each scheduled time once.
+    #[arg(long, env = "ZEN_LEAD_SCHEDULED_TIME", default_value = "")]
+    pub scheduled_time: String,
+
+    /// See --scheduled-time.
+    #[arg(long, env = "ZEN_LEAD_JOB_NAME", default_value = "")]
+    pub job_name: String,
 
     /// Append one JSON line per change of this agent's leadership to FILE,
     /// with CLOCK_MONOTONIC timestamps (for tests and audits).

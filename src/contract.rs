@@ -10,6 +10,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Name of the injected agent container; also how a second webhook pass,
+/// the controller and `zen-lead status` recognise it.
+pub const AGENT_CONTAINER: &str = "zen-lead-agent";
+
+/// The agent's HTTP port. Must equal the default of `zen-lead agent
+/// --http-addr` (src/cli.rs): the webhook passes no address flag, so the
+/// probes and the agent agree through this one number.
+pub const AGENT_PORT: i32 = 9466;
+
 /// Volume the agent copies its binary into (an `emptyDir`).
 pub const BIN_VOLUME: &str = "zen-lead-bin";
 
@@ -31,9 +40,29 @@ pub const APP_PROBES_ENV: &str = "ZEN_LEAD_APP_PROBES";
 /// Prefix of the agent paths that stand in for app probes.
 pub const APP_HEALTH_PREFIX: &str = "/app-health";
 
-/// Pod annotation: comma-separated app containers that run in every replica
-/// (a log shipper, a metrics exporter), untouched by `process` activation.
-pub const EXCLUDE_CONTAINERS_ANNOTATION: &str = "zen-lead/exclude-containers";
+pub use crate::api::keys::EXCLUDE_CONTAINERS_ANNOTATION;
+
+/// Agent env (`process` activation, a CronJob-created Job's pod): the Job's
+/// scheduled time, from its `batch.kubernetes.io/cronjob-scheduled-timestamp`.
+pub const SCHEDULED_TIME_ENV: &str = "ZEN_LEAD_SCHEDULED_TIME";
+
+/// Agent env beside [`SCHEDULED_TIME_ENV`]: the Job's name.
+pub const JOB_NAME_ENV: &str = "ZEN_LEAD_JOB_NAME";
+
+/// How `zen-lead run`'s termination message begins when it completed without
+/// running the command, its scheduled time having run in the pool already
+/// (`scheduledRuns: once`); the controller reports it on the Job.
+pub const SKIPPED_RUN_MARKER: &str = "zen-lead: scheduled run skipped";
+
+/// Where `run` writes that message: the kubelet's default
+/// `terminationMessagePath`.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Environment `zen-lead run` gives the app: the term's fencing token
+/// (`leaseTransitions`; it only grows), the pool and the candidate identity.
+pub const FENCING_TOKEN_ENV: &str = "ZEN_LEAD_FENCING_TOKEN";
+pub const POOL_ENV: &str = "ZEN_LEAD_POOL";
+pub const IDENTITY_ENV: &str = "ZEN_LEAD_IDENTITY";
 
 /// `POST` on the agent (loopback only): release the Lease if this pod holds
 /// it and stand down for a while, so another replica takes over.

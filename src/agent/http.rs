@@ -105,6 +105,10 @@ pub struct LeaderView {
     /// it must be killed: half of `leaseDuration - renewDeadline`, so it is
     /// gone before any other candidate may take the Lease.
     pub stop_grace_ms: u64,
+    /// `scheduledRuns: once`: this pod's Job duplicates the run of this Job
+    /// (same scheduled time); `zen-lead run` completes without the command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
 }
 
 impl State {
@@ -125,6 +129,7 @@ impl State {
                 .filter(|_| status.leading_at(Instant::now()))
                 .and_then(|until| u64::try_from(clock::mono_ns(until)).ok()),
             stop_grace_ms: u64::try_from(stop_grace(&status).as_millis()).unwrap_or(u64::MAX),
+            duplicate_of: status.duplicate_of.clone(),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct ProcessConfig {
     pub bin_dir: PathBuf,
     /// The app probes answered on `/app-health/...`.
     pub probes: Vec<AppProbe>,
+    /// A CronJob-created Job's pod: (scheduled time, Job name).
+    pub scheduled_run: Option<(String, String)>,
 }
 
 /// Errors of the agent module.
@@ -197,6 +199,10 @@ impl Config {
                 } else {
                     serde_json::from_str(&args.app_probes).map_err(AgentError::InvalidAppProbes)?
                 },
+                scheduled_run: match (args.scheduled_time.trim(), args.job_name.trim()) {
+                    ("", _) | (_, "") => None,
+                    (time, job) => Some((time.to_owned(), job.to_owned())),
+                },
             }),
             _ => None,
         };
@@ -254,9 +260,13 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     let elector = match &config.process {
         Some(process) => {
             share_binary(&process.bin_dir)?;
-            elector
+            let elector = elector
                 .with_stand_down(stand_down_rx)
-                .with_running_apps(running_rx)
+                .with_running_apps(running_rx);
+            match process.scheduled_run.clone() {
+                Some((time, job)) => elector.with_scheduled_run(time, job),
+                None => elector,
+            }
         }
         None => elector,
     };

@@ -75,6 +75,24 @@ pub const PREFERRED_HOLDER_ANNOTATION: &str = "zen-lead.io/preferred-holder";
 /// never both lead (see "Identity safety" in docs/ARCHITECTURE.md).
 pub const HOLDER_INSTANCE_ANNOTATION: &str = "zen-lead.io/holder-instance";
 
+/// Annotation on a pool's Lease (written by the controller): `"once"` when the
+/// policy has `scheduledRuns: once`; absent otherwise.
+pub const SCHEDULED_RUNS_ANNOTATION: &str = "zen-lead.io/scheduled-runs";
+
+/// Annotation on a pool's Lease, written by an agent of a CronJob-created Job
+/// when it begins a term: `<scheduled time> <Job name>` of the run it leads.
+/// With `scheduledRuns: once`, a later candidate for the same scheduled time
+/// from another Job skips its run.
+pub const SCHEDULED_RUN_ANNOTATION: &str = "zen-lead.io/scheduled-run";
+
+/// Annotation the CronJob controller puts on the Jobs it creates: the
+/// scheduled time (RFC 3339) the Job runs for.
+pub const CRONJOB_SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+
+/// Pod annotation: comma-separated app containers that run in every replica
+/// (a log shipper, a metrics exporter), left alone by `process` activation.
+pub const EXCLUDE_CONTAINERS_ANNOTATION: &str = "zen-lead/exclude-containers";
+
 /// Label on the Leases the controller manages: the name of the LeaderPolicy
 /// (same namespace). The controller watches Leases with this label only, so
 /// node heartbeats and other Leases cost it nothing.

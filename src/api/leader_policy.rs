@@ -124,10 +124,32 @@ pub struct LeaderPolicySpec {
     /// How a follower is kept inactive. `api`: every replica runs and the
     /// agent lets only the leader's Kubernetes API writes through (hot
     /// standby). `start`: the app containers of a follower do not start
-    /// until it leads (cold standby). `auto`: `api` for Deployments and
-    /// StatefulSets, `start` for Jobs and CronJobs.
+    /// until it leads (cold standby). `process`: every pod's containers start
+    /// and the pod is Ready, but the app's process runs only in the leader
+    /// (under `zen-lead run`; cold standby with Ready followers). `auto`:
+    /// `api` for Deployments, StatefulSets and DaemonSets, `start` for Jobs,
+    /// CronJobs and bare pods.
     #[serde(default)]
     pub activation: Activation,
+
+    /// Jobs of the pool created by CronJobs for the same scheduled time.
+    /// `each`: every such Job runs its command, one at a time. `once`
+    /// (`process` activation): the first runs it; the others complete
+    /// successfully without running it, and an Event on each says which Job
+    /// it duplicated. Jobs without a scheduled time always run.
+    #[serde(default)]
+    pub scheduled_runs: ScheduledRuns,
+}
+
+/// Whether a scheduled time runs once per pool.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ScheduledRuns {
+    /// Every Job runs, one at a time.
+    #[default]
+    Each,
+    /// One run per scheduled time in the pool.
+    Once,
 }
 
 fn default_lease_duration_seconds() -> i32 {
@@ -143,6 +165,7 @@ impl Default for LeaderPolicySpec {
             identity_strategy: IdentityStrategy::default(),
             follower_mode: FollowerMode::default(),
             activation: Activation::default(),
+            scheduled_runs: ScheduledRuns::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use kube::CustomResourceExt;
 pub use leader_policy::{
     Activation, EffectiveTimings, FollowerMode, Holder, IdentityStrategy, LEASE_DURATION_RANGE,
     LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, Phase, RENEW_RANGE, RETRY_RANGE,
+    ScheduledRuns,
 };
 
 use crate::election::ElectionError;

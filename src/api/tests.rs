@@ -52,6 +52,7 @@ fn wire_names_are_camel_case() {
         follower_mode: FollowerMode::ScaleDown,
         activation: Activation::Start,
         identity_strategy: IdentityStrategy::Custom,
+        scheduled_runs: ScheduledRuns::Once,
         renew_deadline_seconds: Some(10),
         retry_period_seconds: Some(2),
         ..LeaderPolicySpec::default()
@@ -65,6 +66,7 @@ fn wire_names_are_camel_case() {
             "identityStrategy": "custom",
             "followerMode": "scaleDown",
             "activation": "start",
+            "scheduledRuns": "once",
         })
     );
     assert!(
@@ -184,6 +186,7 @@ fn schema_has_defaults_bounds_and_real_enums() {
             "auto",
             json!(["auto", "api", "start", "process"]),
         ),
+        ("scheduledRuns", "each", json!(["each", "once"])),
     ] {
         assert_eq!(props[field]["default"], default, "{field}");
         assert_eq!(props[field]["type"], "string", "{field}");

@@ -34,8 +34,10 @@ use crate::api::keys::{
     HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL, ORIGINAL_REPLICAS_ANNOTATION,
     PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RESTORE_FINALIZER,
     RETRY_PERIOD_ANNOTATION, ROLE_ANNOTATION, ROLE_LABEL, ROLE_LEADER, SCALED_BY_ANNOTATION,
+    SCHEDULED_RUNS_ANNOTATION,
 };
-use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus};
+use crate::api::{FollowerMode, LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, ScheduledRuns};
+use crate::contract::{AGENT_CONTAINER, SKIPPED_RUN_MARKER};
 use crate::election::record::{Record, format_seconds};
 
 /// Errors of one reconciliation; the pool is retried with backoff.
@@ -125,6 +127,8 @@ struct PoolMemory {
     evicted: HashMap<String, Instant>,
     /// Pods (by UID) seen as deposed `start` leaders, and since when.
     deposed_since: HashMap<String, Instant>,
+    /// Pods (by UID) whose skipped scheduled run was reported on their Job.
+    skipped_reported: BTreeSet<String>,
 }
 
 /// How long a pod must look deposed before it is deleted: the kubelet's
@@ -431,6 +435,53 @@ fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
     owners.iter().find(|o| o.controller == Some(true))
 }
 
+/// `scheduledRuns: once`: tells each Job whose pod skipped its command
+/// (`zen-lead run` ends such a container with [`SKIPPED_RUN_MARKER`] in its
+/// termination message) which Job already ran that scheduled time.
+async fn report_skipped_runs(ctx: &Context, key: &PoolKey, pods: &[Arc<Pod>]) {
+    let live: BTreeSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+    for pod in pods {
+        let Some(message) = skipped_run(pod) else {
+            continue;
+        };
+        let uid = pod.uid().unwrap_or_default();
+        let first = ctx.with_memory(key, |m| m.skipped_reported.insert(uid));
+        if !first {
+            continue;
+        }
+        let job = owning_workload(ctx, pod).await;
+        info!(pool = %key, pod = %pod.name_any(), "{message}");
+        publish_on(
+            ctx,
+            &job,
+            EventType::Normal,
+            "ScheduledRunSkipped",
+            "SkipDuplicate",
+            format!("pod {}: {message}", pod.name_any()),
+        )
+        .await;
+    }
+    ctx.with_memory(key, |m| m.skipped_reported.retain(|u| live.contains(u)));
+}
+
+/// The message of an app container that `zen-lead run` ended without running
+/// its command, because the scheduled time already ran in the pool.
+fn skipped_run(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .filter(|c| c.name != AGENT_CONTAINER)
+        .find_map(|c| {
+            let message = c.state.as_ref()?.terminated.as_ref()?.message.as_deref()?;
+            message
+                .trim()
+                .starts_with(SKIPPED_RUN_MARKER)
+                .then(|| message.trim().to_owned())
+        })
+}
+
 /// Publishes an event on any object (a workload, a pod).
 async fn publish_on(
     ctx: &Context,
@@ -487,6 +538,7 @@ async fn active(
         .iter()
         .map(|p| PodView::from_pod(p, strategy))
         .collect();
+    report_skipped_runs(ctx, key, pods).await;
     let node_ready = |n: &str| ctx.cache.node_ready(n);
     let mut requeue = None;
 
@@ -840,6 +892,22 @@ async fn ensure_lease(
                 annotations.insert(k.to_owned(), v.clone());
                 changed = true;
             }
+        }
+        // The agents read the policy's scheduledRuns from the Lease, so an
+        // edit applies without re-creating pods.
+        let once = policy.spec.scheduled_runs == ScheduledRuns::Once;
+        if once
+            != (annotations
+                .get(SCHEDULED_RUNS_ANNOTATION)
+                .map(String::as_str)
+                == Some("once"))
+        {
+            if once {
+                annotations.insert(SCHEDULED_RUNS_ANNOTATION.to_owned(), "once".to_owned());
+            } else {
+                annotations.remove(SCHEDULED_RUNS_ANNOTATION);
+            }
+            changed = true;
         }
         let owners = meta.owner_references.get_or_insert_with(Vec::new);
         if !owners.iter().any(|o| o.uid == owner.uid) {

@@ -28,7 +28,10 @@ use super::machine::{
 use super::record::{
     Record, SpecWrite, apply_instance, apply_spec, format_seconds, lease_duration_seconds,
 };
-use crate::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
+use crate::api::keys::{
+    RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION, SCHEDULED_RUN_ANNOTATION,
+    SCHEDULED_RUNS_ANNOTATION,
+};
 
 /// Settings of one candidate's election.
 #[derive(Debug, Clone)]
@@ -73,6 +76,10 @@ pub struct LeaderStatus {
     /// Timings in force (the API gate bounds in-flight writes with
     /// `lease_duration - renew_deadline` past the term's end).
     pub timings: Timings,
+    /// `scheduledRuns: once`: when this candidate took the Lease, it had
+    /// already been led for the same scheduled time by this Job (`run` then
+    /// skips the command).
+    pub duplicate_of: Option<String>,
 }
 
 impl LeaderStatus {
@@ -241,6 +248,12 @@ pub struct Elector {
     stand_down: Option<watch::Receiver<Option<Instant>>>,
     /// See [`Elector::with_running_apps`].
     running_apps: Option<watch::Receiver<usize>>,
+    /// See [`Elector::with_scheduled_run`]: `(time, job)`.
+    scheduled_run: Option<(String, String)>,
+    /// The Job whose run of our scheduled time the Lease named when we last
+    /// sent an acquire; kept once that acquire succeeded.
+    pending_duplicate: Option<String>,
+    duplicate_of: Option<String>,
 }
 
 impl Elector {
@@ -260,6 +273,17 @@ impl Elector {
     /// never starts beside an old one that is still shutting down.
     pub fn with_running_apps(mut self, running: watch::Receiver<usize>) -> Self {
         self.running_apps = Some(running);
+        self
+    }
+
+    /// A CronJob-created Job's candidate: every term it begins records
+    /// `<time> <job>` on the Lease ([`SCHEDULED_RUN_ANNOTATION`]). When the
+    /// Lease says `scheduledRuns: once` and already records the same time for
+    /// another Job, the term begins without recording and reports that Job in
+    /// [`LeaderStatus::duplicate_of`]. The check and the acquire are one
+    /// compare-and-swap, so two Jobs of one time can never both run.
+    pub fn with_scheduled_run(mut self, time: String, job: String) -> Self {
+        self.scheduled_run = Some((time, job));
         self
     }
 
@@ -326,6 +350,9 @@ impl Elector {
                 connected: false,
                 stand_down: None,
                 running_apps: None,
+                scheduled_run: None,
+                pending_duplicate: None,
+                duplicate_of: None,
             },
             rx,
         ))
@@ -594,7 +621,7 @@ impl Elector {
         Ok(())
     }
 
-    fn lease_body(&self, kind: WriteKind, base_rv: Option<&str>, write: &SpecWrite) -> Lease {
+    fn lease_body(&mut self, kind: WriteKind, base_rv: Option<&str>, write: &SpecWrite) -> Lease {
         let base = self.last_lease.as_ref();
         let mut metadata = base.map(|l| l.metadata.clone()).unwrap_or_default();
         if kind == WriteKind::Create {
@@ -628,6 +655,26 @@ impl Elector {
             metadata.managed_fields = None;
         }
         apply_instance(&mut metadata.annotations, write);
+        if write.new_term
+            && let Some((time, job)) = &self.scheduled_run
+        {
+            let annotations = metadata.annotations.get_or_insert_with(BTreeMap::new);
+            let once = annotations
+                .get(SCHEDULED_RUNS_ANNOTATION)
+                .map(String::as_str)
+                == Some("once");
+            let recorded = annotations
+                .get(SCHEDULED_RUN_ANNOTATION)
+                .and_then(|v| v.split_once(' '))
+                .map(|(t, j)| (t.to_owned(), j.to_owned()));
+            self.pending_duplicate = match recorded {
+                Some((t, j)) if once && &t == time && &j != job => Some(j),
+                _ => None,
+            };
+            if self.pending_duplicate.is_none() {
+                annotations.insert(SCHEDULED_RUN_ANNOTATION.to_owned(), format!("{time} {job}"));
+            }
+        }
         let mut write = write.clone();
         if base.is_none() && write.lease_duration_seconds.is_none() {
             let t = self.cfg.fixed.unwrap_or(self.cfg.create_timings);
@@ -646,6 +693,7 @@ impl Elector {
         write: SpecWrite,
     ) -> Result<(), RunError> {
         let body = self.lease_body(kind, base_rv.as_deref(), &write);
+        let write_new_term = write.new_term;
         let sent_at = Instant::now();
         let limit = self.machine.write_timeout(kind, sent_at);
         let api = self.api.clone();
@@ -686,8 +734,22 @@ impl Elector {
                         .set((now - sent_at).as_secs_f64());
                 }
                 self.last_lease = Some(lease);
+                let new_term = write_new_term;
                 if let Some(ev) = self.machine.write_ok(kind, sent_at, rec, now) {
                     self.emit(ev)?;
+                }
+                if new_term
+                    && self.machine.leading(now)
+                    && let Some(job) = self.pending_duplicate.take()
+                {
+                    {
+                        warn!(
+                            job = %job,
+                            "this scheduled time already ran in the pool (scheduledRuns: once); \
+                             the command is skipped"
+                        );
+                        self.duplicate_of = Some(job);
+                    }
                 }
             }
             Ok(Err(err)) => {
@@ -839,6 +901,7 @@ impl Elector {
             lease_exists: rec.is_some(),
             connected: self.connected,
             timings: self.machine.timings(),
+            duplicate_of: self.duplicate_of.clone(),
         };
         if let Some(token) = status.token {
             self.metrics.fencing_token.set(i64::from(token));

@@ -28,16 +28,10 @@ use crate::api::validate_pool_name;
 use crate::api::{Activation, IdentityStrategy};
 use crate::contract::{
     APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
+    JOB_NAME_ENV, SCHEDULED_TIME_ENV,
 };
 
-/// Name of the injected agent container; also how a second pass recognises
-/// a pod it already injected.
-pub const AGENT_CONTAINER: &str = "zen-lead-agent";
-
-/// The agent's HTTP port. Must equal the default of `zen-lead agent
-/// --http-addr` (src/cli.rs): the webhook passes no address flag, so the
-/// probes below and the agent agree through this one number.
-pub const AGENT_PORT: i32 = 9466;
+pub use crate::contract::{AGENT_CONTAINER, AGENT_PORT};
 
 /// Name of the agent's container port (at most 15 characters).
 pub const AGENT_PORT_NAME: &str = "zl-agent";
@@ -169,6 +163,42 @@ pub struct OwnerMeta {
     pub join: Option<String>,
     /// This owner's own controller, if any.
     pub controller: Option<OwnerReference>,
+    /// A Job's `batch.kubernetes.io/cronjob-scheduled-timestamp` (set by the
+    /// CronJob controller).
+    pub scheduled_time: Option<String>,
+}
+
+/// The scheduled run a CronJob-created Job's pod belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRun {
+    /// The Job's scheduled time, as the CronJob controller wrote it.
+    pub time: String,
+    pub job: String,
+}
+
+impl ScheduledRun {
+    /// From a Job's owner facts, when it has a scheduled time.
+    pub fn of(job: &OwnerMeta) -> Option<Self> {
+        (job.kind == "Job").then_some(())?;
+        let time = job.scheduled_time.as_deref()?.trim();
+        (!time.is_empty()).then(|| Self {
+            time: time.to_owned(),
+            job: job.name.clone(),
+        })
+    }
+}
+
+/// The activation a pod of `policy` gets, as [`decide`] applies it.
+pub fn activation_of(pod: &Pod, policy: &PolicyState, config: &InjectConfig) -> Activation {
+    let requested = match policy {
+        PolicyState::Found { activation, .. } => *activation,
+        PolicyState::Missing | PolicyState::Unknown { .. } => Activation::Auto,
+    };
+    let requested = match requested {
+        Activation::Auto => config.default_activation,
+        chosen => chosen,
+    };
+    effective_activation(requested, pod)
 }
 
 /// Kinds whose annotations the webhook consults (group, kind): the pod's
@@ -581,6 +611,18 @@ pub fn decide(
     policy: &PolicyState,
     config: &InjectConfig,
 ) -> Result<Decision, Denial> {
+    decide_run(pod, membership, policy, config, None)
+}
+
+/// [`decide`] for a pod of a CronJob-created Job: `process` activation tells
+/// the agent the scheduled run, for `scheduledRuns: once`.
+pub fn decide_run(
+    pod: &Pod,
+    membership: &Membership,
+    policy: &PolicyState,
+    config: &InjectConfig,
+    scheduled: Option<&ScheduledRun>,
+) -> Result<Decision, Denial> {
     if has_agent(pod) {
         return Ok(reinvocation(pod));
     }
@@ -646,7 +688,15 @@ pub fn decide(
         // the controller on this pod, which then needs re-creating.
         PolicyState::Missing | PolicyState::Unknown { .. } => IdentityStrategy::Pod,
     };
-    let agent = agent_container(pool, config, activation, identity, &token, &app_probes);
+    let agent = agent_container(
+        pool,
+        config,
+        activation,
+        identity,
+        &token,
+        &app_probes,
+        scheduled,
+    );
     patch.extend(injection_patch(
         pod, pool, origin, &agent, activation, &token, config,
     ));
@@ -869,6 +919,7 @@ pub fn agent_container(
     identity: IdentityStrategy,
     token: &TokenVolume,
     app_probes: &[AppProbe],
+    scheduled: Option<&ScheduledRun>,
 ) -> Container {
     use api_wiring::*;
     let mut mounts = vec![VolumeMount {
@@ -920,6 +971,10 @@ pub fn agent_container(
             // Serialising plain structs cannot fail.
             let probes = serde_json::to_string(app_probes).unwrap_or_default();
             extra_env.push(plain(APP_PROBES_ENV, probes));
+        }
+        if let Some(run) = scheduled {
+            extra_env.push(plain(SCHEDULED_TIME_ENV, run.time.clone()));
+            extra_env.push(plain(JOB_NAME_ENV, run.job.clone()));
         }
     }
     let field_env = |name: &str, path: &str| EnvVar {
@@ -1258,6 +1313,7 @@ mod tests {
             pool: None,
             join: None,
             controller: None,
+            scheduled_time: None,
         };
         let cron = OwnerMeta {
             kind: "CronJob".into(),
@@ -1266,6 +1322,7 @@ mod tests {
             pool: Some("reports".into()),
             join: None,
             controller: None,
+            scheduled_time: None,
         };
         assert_eq!(
             membership(&p, &[job.clone(), cron.clone()]).expect("ok"),

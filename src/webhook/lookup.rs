@@ -23,7 +23,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::inject::{OWNER_KINDS, OwnerMeta, PolicyState, controller_of};
-use crate::api::keys::{JOIN_ANNOTATION, POOL_ANNOTATION};
+use crate::api::keys::{CRONJOB_SCHEDULED_TIMESTAMP, JOIN_ANNOTATION, POOL_ANNOTATION};
 use crate::api::{Activation, IdentityStrategy, LeaderPolicy};
 
 /// Longest time one fallback GET may take; the API server gives the whole
@@ -74,6 +74,7 @@ pub fn owner_meta(kind: &str, meta: &ObjectMeta) -> OwnerMeta {
         pool: annotation(POOL_ANNOTATION),
         join: annotation(JOIN_ANNOTATION),
         controller: controller_of(meta.owner_references.as_ref()).cloned(),
+        scheduled_time: annotation(CRONJOB_SCHEDULED_TIMESTAMP),
     }
 }
 

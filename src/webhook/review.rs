@@ -14,7 +14,9 @@ use tracing::Instrument;
 use super::inject::{
     self, Decision, InjectConfig, MAX_OWNER_DEPTH, Membership, Outcome, Triage, is_supported_owner,
 };
+use super::inject::{OwnerMeta, ScheduledRun};
 use super::lookup::Lookup;
+use crate::api::Activation;
 
 const REVIEW_KIND: &str = "AdmissionReview";
 const V1: &str = "admission.k8s.io/v1";
@@ -342,5 +344,41 @@ pub async fn decide<L: Lookup>(
         _ => inject::PolicyState::Missing,
     };
     inject::check_identity(pod, &chain, &membership, &policy)?;
-    inject::decide(pod, &membership, &policy, config)
+    let scheduled = match &membership {
+        Membership::Member { .. }
+            if inject::activation_of(pod, &policy, config) == Activation::Process =>
+        {
+            scheduled_run(pod, namespace, &chain, lookup).await
+        }
+        _ => None,
+    };
+    inject::decide_run(pod, &membership, &policy, config, scheduled.as_ref())
+}
+
+/// The scheduled run of a CronJob-created Job's pod. The Job is in `chain`
+/// when the pool was named on an owner; otherwise it is read now (only for
+/// `process` pods, the only ones that use it).
+async fn scheduled_run<L: Lookup>(
+    pod: &Pod,
+    namespace: &str,
+    chain: &[OwnerMeta],
+    lookup: &L,
+) -> Option<ScheduledRun> {
+    if let Some(job) = chain.first() {
+        return ScheduledRun::of(job);
+    }
+    let owner = inject::controller_of(pod.metadata.owner_references.as_ref())?;
+    if owner.kind != "Job" || !owner.api_version.starts_with("batch/") {
+        return None;
+    }
+    match lookup.owner(namespace, owner).await {
+        Ok(Some(job)) => ScheduledRun::of(&job),
+        Ok(None) => None,
+        Err(err) => {
+            // The run is then not known to be a scheduled one: it runs (one at
+            // a time), as a manual Job would.
+            tracing::warn!(error = %err, "could not read the pod's Job for its scheduled time");
+            None
+        }
+    }
 }
