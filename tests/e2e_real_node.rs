@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::zen_lead_host::{register_webhook, start_controller};
+use common::records::{assert_no_overlap, monotonic_ns, runs};
 use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
@@ -21,63 +22,6 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const TESTAPP: &str = "localhost/zl-testapp:dev";
-
-fn monotonic_ns() -> i64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
-#[derive(Debug, Clone)]
-struct Run {
-    name: String,
-    start: i64,
-    stop: Option<i64>,
-}
-
-/// Each app run as [start, stop) in CLOCK_MONOTONIC ns, from the records file.
-fn runs(dir: &Path) -> Vec<Run> {
-    let text = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    let mut runs: Vec<Run> = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(name), Some(mono)) = (v["name"].as_str(), v["mono"].as_i64()) else {
-            continue;
-        };
-        match v["event"].as_str() {
-            Some("start") => runs.push(Run {
-                name: name.to_owned(),
-                start: mono,
-                stop: None,
-            }),
-            Some("stop") => {
-                if let Some(r) = runs
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.name == name && r.stop.is_none())
-                {
-                    r.stop = Some(mono);
-                }
-            }
-            _ => {}
-        }
-    }
-    runs
-}
-
-fn assert_no_overlap(runs: &[Run]) {
-    for (i, a) in runs.iter().enumerate() {
-        for b in &runs[i + 1..] {
-            let a_end = a.stop.unwrap_or(i64::MAX);
-            let b_end = b.stop.unwrap_or(i64::MAX);
-            assert!(
-                a_end <= b.start || b_end <= a.start,
-                "two apps ran at once: {a:?} and {b:?}"
-            );
-        }
-    }
-}
 
 fn pool_pod_template(pool: &str, dir: &Path, extra_args: &[&str]) -> serde_json::Value {
     let mut args = vec![

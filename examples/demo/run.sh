@@ -41,8 +41,7 @@ echo "demo: zen-lead controller running (log: $dir/controller.log), webhook http
 
 "$KUBECTL" apply -n "$NS" -f examples/demo/pool.yaml
 "$KUBECTL" wait -n "$NS" leaderpolicy/demo-workers --for=jsonpath='{.status.phase}'=Stable --timeout=120s
-# `start` activation: only the leader's app runs, so only the leader is Ready
-# (followers wait with 1/2 containers; `api` activation keeps them Ready).
+# `process` activation: every pod is Ready; only the leader's app process runs.
 for _ in $(seq 1 120); do
   "$KUBECTL" get pods -n "$NS" -l zen-lead.io/role=leader -o name 2>/dev/null | grep -q . && break
   sleep 1
@@ -54,8 +53,11 @@ echo
 "$KUBECTL" get pods -n "$NS" -L zen-lead.io/role
 cat <<MSG
 
-The pool has one leader; only its app container runs (the others show 1/2: agent up, app waiting).
+The pool has one leader. Every pod is Ready (2/2), but only the leader's app process runs;
+the others hold it under \`zen-lead run\` until they lead.
 Try:  export KUBECONFIG=$KUBECONFIG
-      $KUBECTL delete pod -n $NS -l zen-lead.io/role=leader   # another pod takes over
+      $KUBECTL delete pod -n $NS -l zen-lead.io/role=leader     # another pod's app starts
+      $KUBECTL rollout restart -n $NS deploy/demo-workers       # completes: followers are Ready
+      $KUBECTL logs -n $NS -l zen-lead.io/role=leader -c app    # the running app's start line
       $KUBECTL get lp -n $NS -w
 MSG

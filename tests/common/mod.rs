@@ -7,6 +7,7 @@
 
 pub mod delay_proxy;
 pub mod faults;
+pub mod records;
 pub mod workloads;
 pub mod zen_lead_host;
 

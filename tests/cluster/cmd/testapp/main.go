@@ -42,7 +42,23 @@ func main() {
 	runFor := flag.Duration("run-for", 0, "exit 0 after this long (0: until SIGTERM), e.g. for Jobs")
 	gate := flag.String("gate", "", "address of the test-controlled gate (GET /startz, POST /open)")
 	fetch := flag.String("fetch", "", "URL to GET once at start (TLS unverified); the status is printed as a \"fetch\" line")
+	exitCode := flag.Int("exit-code", 0, "status to exit with after --run-for")
+	check := flag.String("check", "", "only GET this URL and exit 0 on a 2xx/3xx answer, 1 otherwise (an exec probe)")
 	flag.Parse()
+	if *check != "" {
+		client := &http.Client{Timeout: 2 * time.Second}
+		resp, err := client.Get(*check)
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		_ = resp.Body.Close()
+		fmt.Println(resp.Status)
+		if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+			os.Exit(0)
+		}
+		os.Exit(1)
+	}
 	if *name == "" {
 		*name, _ = os.Hostname()
 	}
@@ -106,14 +122,17 @@ func main() {
 	if *runFor > 0 {
 		done = time.After(*runFor)
 	}
+	status := 0
 	select {
 	case <-sig:
 		emit("sigterm")
 		time.Sleep(*stopDelay)
 	case <-done:
+		status = *exitCode
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
 	_ = srv.Shutdown(ctx)
+	cancel()
 	emit("stop")
+	os.Exit(status)
 }
