@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1;
 use hyper::header::{ACCEPT, HOST};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -89,11 +89,7 @@ async fn request(
         .header(HOST, addr.to_string())
         .header(ACCEPT, accept)
         .body(Empty::new())
-        .map_err(|_| RunError::AgentStatus {
-            addr,
-            path,
-            status: StatusCode::BAD_REQUEST,
-        })?;
+        .map_err(|_| RunError::AgentRequest { addr, path })?;
     let response = sender.send_request(req).await.map_err(http)?;
     if !response.status().is_success() {
         return Err(RunError::AgentStatus {
@@ -131,4 +127,52 @@ pub async fn leader(addr: SocketAddr) -> Result<AgentView, RunError> {
 pub async fn release(addr: SocketAddr) -> Result<(), RunError> {
     request(addr, Method::POST, "/v1/release", "*/*").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9466))
+    }
+
+    #[test]
+    fn reads_the_agents_view_and_ignores_unknown_fields() {
+        clock::init();
+        let now = clock::now_mono_ns();
+        let json = format!(
+            r#"{{"namespace":"ns","lease":"pool","identity":"me","holder":"me","leading":true,
+            "fencingToken":4,"since":"2024-01-01T00:00:00Z","leaseExists":true,"connected":true,
+            "leadUntilMonotonicNs":{},"stopGraceMs":2500,"fromTheFuture":[1,2]}}"#,
+            now + 5_000_000_000
+        );
+        let view = AgentView::parse(addr(), json.as_bytes()).expect("parse");
+        assert_eq!(view.fencing_token, Some(4));
+        let machine_view = view.to_view();
+        assert_eq!(machine_view.pool, "pool");
+        assert_eq!(machine_view.grace, Duration::from_millis(2500));
+        let left = machine_view
+            .deadline
+            .expect("deadline")
+            .saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn a_follower_has_no_deadline_and_missing_new_fields_are_tolerated() {
+        let json = br#"{"namespace":"ns","lease":"pool","identity":"me","holder":null,
+            "leading":false,"fencingToken":null,"since":null,"leaseExists":false,"connected":false}"#;
+        let view = AgentView::parse(addr(), json).expect("parse").to_view();
+        assert!(!view.leading);
+        assert_eq!(view.deadline, None);
+        assert_eq!(view.grace, Duration::ZERO);
+        assert!(matches!(
+            AgentView::parse(addr(), b"{\"leading\":\"yes\"}"),
+            Err(RunError::AgentJson { .. })
+        ));
+    }
 }

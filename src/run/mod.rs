@@ -73,6 +73,12 @@ pub enum RunError {
         status: StatusCode,
     },
 
+    #[error("could not build the request for {path} to the zen-lead agent at {addr}")]
+    AgentRequest {
+        addr: SocketAddr,
+        path: &'static str,
+    },
+
     #[error("the zen-lead agent at {addr} sent an unreadable or oversized body")]
     AgentBody { addr: SocketAddr },
 
