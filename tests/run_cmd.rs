@@ -534,6 +534,41 @@ async fn cmd_ignoring_sigterm_is_killed_after_the_grace() {
     assert!(still_running(&mut run));
 }
 
+#[tokio::test]
+async fn orphans_of_cmd_are_reaped() {
+    let dir = scratch("orphans");
+    let agent = FakeAgent::start(leading(5, Duration::from_secs(30), Duration::from_secs(1))).await;
+    // The subshell exits at once, orphaning its background `sleep`.
+    let script = format!(
+        "( sleep 1 & echo $! > {d}/orphan ); while :; do sleep 0.05; done",
+        d = dir.display()
+    );
+    let mut run = spawn_run(&agent, &script);
+    wait_for("the orphan's pid", PROMPT, || {
+        !lines(&dir.join("orphan")).is_empty()
+    })
+    .await;
+    let pid: i32 = lines(&dir.join("orphan"))[0].parse().expect("pid");
+    // Adopted by run (a child subreaper when not PID 1), not the host's init.
+    let run_pid = run.id().expect("run pid").to_string();
+    let parent = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest.to_owned());
+        after_name.and_then(|rest| rest.split_whitespace().nth(1).map(str::to_owned))
+    };
+    wait_for("the orphan to be adopted by run", PROMPT, || {
+        parent().as_deref() == Some(run_pid.as_str())
+    })
+    .await;
+    let pid = rustix::process::Pid::from_raw(pid).expect("pid");
+    // An unreaped orphan would stay a zombie, which still "exists".
+    wait_for("the orphan to be reaped", PROMPT, || {
+        rustix::process::test_kill_process(pid).is_err()
+    })
+    .await;
+    assert!(still_running(&mut run));
+}
+
 async fn probe(agent_addr: SocketAddr, kind: &str, budget: &str, cmd: &[&str]) -> (i32, String) {
     let output = Command::new(BIN)
         .args(["probe", "--kind", kind, "--budget", budget, "--agent-addr"])

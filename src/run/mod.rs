@@ -5,8 +5,8 @@
 //! within the terms it is told about; [`machine`] holds every decision,
 //! this module the processes, timers, signals and the agent's stream.
 //!
-//! Reaping: as PID 1, `run` reaps every child that exits, orphaned
-//! grandchildren included (SIGCHLD, then `wait(WNOHANG)` until none is
+//! Reaping: as PID 1 (or a child subreaper otherwise), `run` reaps every
+//! child that exits, orphaned grandchildren included (SIGCHLD, then `wait(WNOHANG)` until none is
 //! left). CMD's own exit is recognised there by its pid, so CMD is spawned
 //! with `std::process` and never awaited through tokio (whose wait would
 //! race the reaper for the status).
@@ -286,6 +286,11 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
     }
     // Before anything is spawned, so no child's exit goes unnoticed.
     let mut signals = Signals::new()?;
+    // Orphans of CMD come to us even when we are not PID 1 (a pod with
+    // shareProcessNamespace), so the reaper below sees them either way.
+    if let Err(err) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::debug!("could not become a child subreaper: {err}");
+    }
     let (tx, mut feed) = mpsc::channel(16);
     tokio::spawn(follow(args.agent_addr, args.reconnect_max, tx));
     info!(agent = %args.agent_addr, "waiting for this pod to lead before starting CMD");
