@@ -24,6 +24,8 @@ One binary, several roles:
   controller  admission webhook + controllers (the zen-lead Deployment)
   agent       a pod's candidacy in its pool (injected as a sidecar)
   lock        run a command while holding a Lease (scripts, CI, Jobs)
+  run         run an app container's command while its pod leads (process pools)
+  probe       an app container's exec probe in a process pool
   handoff     move a pool's leadership to another pod (switchover)
   status      show who leads each pool
   crd         print the LeaderPolicy CustomResourceDefinition
@@ -98,6 +100,16 @@ pub enum Command {
     #[command(long_about = LOCK_ABOUT)]
     Lock(LockArgs),
 
+    /// Run an app container's command only while its pod leads (`process`
+    /// activation; written into the container by the webhook).
+    #[command(long_about = RUN_ABOUT)]
+    Run(RunArgs),
+
+    /// An app container's exec probe in a `process` pool: passes while the
+    /// pod does not lead, else runs the original probe command.
+    #[command(long_about = PROBE_ABOUT)]
+    Probe(ProbeArgs),
+
     /// Move a pool's leadership to another pod and wait until it is active there.
     #[command(long_about = HANDOFF_ABOUT)]
     Handoff(HandoffArgs),
@@ -125,11 +137,16 @@ pub enum Command {
 
 impl Command {
     /// Whether the command runs on a single-threaded runtime: the per-pod
-    /// processes (agent, lock), whose work is I/O for one pod.
+    /// processes (agent, lock, run, probe), whose work is I/O for one pod.
     pub fn single_threaded(&self) -> bool {
         matches!(
             self,
-            Command::Agent(_) | Command::Lock(_) | Command::Handoff(_) | Command::Status(_)
+            Command::Agent(_)
+                | Command::Lock(_)
+                | Command::Run(_)
+                | Command::Probe(_)
+                | Command::Handoff(_)
+                | Command::Status(_)
         )
     }
 }
@@ -167,6 +184,46 @@ status is non-zero: two CMDs never run under the same lock.
 Examples:
   zen-lead lock nightly-report -- ./send-report.sh
   zen-lead lock db-migrate --namespace shop --timeout 5m -- migrate up";
+
+const RUN_ABOUT: &str = "\
+Run CMD while this pod leads its pool, and only then (`activation: process`).
+The webhook rewrites each app container's command to
+  /zen-lead/zen-lead run -- <original command...>
+(its args follow unchanged), so this is the container's PID 1. It follows the
+pod's agent (--agent-addr, /v1/leader/watch) and:
+
+  - starts CMD, in its own process group, when the pod leads; CMD's
+    environment adds ZEN_LEAD_FENCING_TOKEN, ZEN_LEAD_POOL and ZEN_LEAD_IDENTITY;
+  - stops CMD (SIGTERM to its group, SIGKILL after the agent's stop grace) when
+    the term ends: its deadline passes without a renewal (a local timer, so a
+    paused agent cannot keep CMD running), the agent says the pod no longer
+    leads or shows a new term, or the agent's stream breaks;
+  - starts CMD again when the pod leads again (the container keeps running);
+  - when CMD exits on its own: status 0 exits 0; any other status asks the
+    agent to release the pool (POST /v1/release) so another replica takes
+    over, then exits with CMD's status (128+N for signal N);
+  - on SIGTERM, SIGINT or SIGHUP: passes it to CMD and exits with CMD's
+    status, or exits 0 at once when CMD is not running;
+  - reaps orphaned processes (it is PID 1).
+
+Example (what the webhook writes):
+  /zen-lead/zen-lead run -- /app/server --port 8080";
+
+const PROBE_ABOUT: &str = "\
+An exec probe of an app container in a `process` pool. The webhook rewrites
+  exec: [<original command...>]
+to
+  /zen-lead/zen-lead probe --kind liveness --budget 30s -- <original command...>
+
+Exit status: 0 without running CMD when the pod does not lead or its agent
+does not answer within a second (the app is held stopped by `zen-lead run`,
+so there is nothing to probe), and for a liveness probe within --budget of
+the term's start (the app is still starting). Otherwise this process becomes
+CMD, whose status is the probe's result; 127 if CMD is not found, 126 if it
+cannot be run.
+
+Example (what the webhook writes):
+  /zen-lead/zen-lead probe --kind readiness --budget 10s -- /app/check --ready";
 
 const CRD_ABOUT: &str = "\
 Print the LeaderPolicy CustomResourceDefinition, generated from the Rust types.
@@ -585,6 +642,64 @@ pub struct LockArgs {
     pub command: Vec<String>,
 }
 
+/// Flags of `zen-lead run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of this pod's zen-lead agent (its local HTTP API).
+    #[arg(long, env = "ZEN_LEAD_AGENT_ADDR", default_value = DEFAULT_AGENT_ADDR)]
+    pub agent_addr: SocketAddr,
+
+    /// Longest pause between attempts to reach the agent (the first retry is
+    /// after 100ms, doubling up to this).
+    #[arg(long, env = "ZEN_LEAD_RUN_RECONNECT_MAX", default_value = "1s", value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// When CMD fails: how long to wait for the agent to accept the release
+    /// request before exiting anyway.
+    #[arg(long, env = "ZEN_LEAD_RUN_RELEASE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub release_timeout: Duration,
+
+    /// The app's command and arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Which kind of probe `zen-lead probe` stands in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeKind {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
+/// Flags of `zen-lead probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The probe this command is (only liveness uses --budget).
+    #[arg(long, value_enum, env = "ZEN_LEAD_PROBE_KIND")]
+    pub kind: ProbeKind,
+
+    /// Liveness: pass without running CMD until the term is this old, so a
+    /// freshly started app is not killed while it starts. `0s`: no grace.
+    #[arg(long, env = "ZEN_LEAD_PROBE_BUDGET", default_value = "0s", value_parser = parse_duration)]
+    pub budget: Duration,
+
+    /// Address of this pod's zen-lead agent (its local HTTP API).
+    #[arg(long, env = "ZEN_LEAD_AGENT_ADDR", default_value = DEFAULT_AGENT_ADDR)]
+    pub agent_addr: SocketAddr,
+
+    /// How long to wait for the agent's answer; no answer counts as not leading.
+    #[arg(long, env = "ZEN_LEAD_PROBE_AGENT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub agent_timeout: Duration,
+
+    /// The original probe command, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Where `run` and `probe` find the agent of their pod.
+pub const DEFAULT_AGENT_ADDR: &str = "127.0.0.1:9466";
+
 /// Flags of the internal `zen-lead lock-guard`.
 #[derive(Debug, Args)]
 pub struct LockGuardArgs {
@@ -721,7 +836,15 @@ mod tests {
         let mut cmd = Cli::command();
         let help = cmd.render_long_help().to_string();
         assert!(help.contains("Examples:"), "{help}");
-        for sub in ["controller", "agent", "lock", "crd", "certs"] {
+        for sub in [
+            "controller",
+            "agent",
+            "lock",
+            "run",
+            "probe",
+            "crd",
+            "certs",
+        ] {
             let mut sub_cmd = Cli::command()
                 .find_subcommand(sub)
                 .cloned()
@@ -795,6 +918,42 @@ mod tests {
         assert_eq!(args.lease_duration, Duration::from_secs(15));
         assert_eq!(args.command, ["sh", "-c", "echo --not-ours"]);
         assert!(Cli::try_parse_from(["zen-lead", "lock", "nightly"]).is_err());
+    }
+
+    #[test]
+    fn run_and_probe_take_the_command_after_double_dash() {
+        let cli = Cli::try_parse_from(["zen-lead", "run", "--", "/app/server", "--port", "80"])
+            .expect("parse run");
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(args.command, ["/app/server", "--port", "80"]);
+        assert_eq!(args.agent_addr.to_string(), DEFAULT_AGENT_ADDR);
+        assert_eq!(args.reconnect_max, Duration::from_secs(1));
+        assert!(Cli::try_parse_from(["zen-lead", "run"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "zen-lead",
+            "probe",
+            "--kind",
+            "liveness",
+            "--budget",
+            "30s",
+            "--agent-addr",
+            "127.0.0.1:1234",
+            "--",
+            "cat",
+            "/tmp/healthy",
+        ])
+        .expect("parse probe");
+        let Command::Probe(args) = cli.command else {
+            panic!("probe expected");
+        };
+        assert_eq!(args.kind, ProbeKind::Liveness);
+        assert_eq!(args.budget, Duration::from_secs(30));
+        assert_eq!(args.agent_addr.port(), 1234);
+        assert_eq!(args.command, ["cat", "/tmp/healthy"]);
+        assert!(Cli::try_parse_from(["zen-lead", "probe", "--", "true"]).is_err());
     }
 
     #[test]

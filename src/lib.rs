@@ -13,6 +13,7 @@
 //! - [`lock`]: `zen-lead lock NAME -- CMD`.
 //! - [`contract`]: what the webhook writes into `process` pods for the agent
 //!   and `zen-lead run`.
+//! - [`run`]: `zen-lead run -- CMD` and `zen-lead probe` (`process` pools).
 //! - [`handoff`]: `zen-lead handoff` and `zen-lead status` (operators).
 //! - [`tls`], [`telemetry`]: certificates, logging, metrics.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod controller;
 pub mod election;
 pub mod handoff;
 pub mod lock;
+pub mod run;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;
@@ -64,6 +66,9 @@ pub enum Error {
     Lock(#[from] lock::LockError),
 
     #[error(transparent)]
+    Run(#[from] run::RunError),
+
+    #[error(transparent)]
     Handoff(#[from] handoff::HandoffError),
 
     #[error(transparent)]
@@ -96,6 +101,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             Ok(lock::run(request).await?)
         }
         Command::LockGuard(args) => Ok(lock::guard::run(&args).await?),
+        Command::Run(args) => Ok(run::run(&args).await?),
+        Command::Probe(args) => Ok(run::probe::probe(&args).await?),
         Command::Handoff(args) => {
             let config = handoff::HandoffConfig::from(&args);
             Ok(handoff::handoff(&config, &mut std::io::stdout().lock()).await?)

@@ -1,0 +1,571 @@
+//! `zen-lead run`'s decisions, free of I/O: given what happened (an agent
+//! event, a timer, CMD's exit, a signal, the agent's stream breaking), what
+//! to do. [`super`] performs the actions and feeds the outcomes back.
+//!
+//! The rule that keeps two CMDs of a pool from overlapping: CMD runs only
+//! inside a term this pod was told about, and is sent SIGTERM as soon as that
+//! term may be over (its deadline passed without a renewal, the agent says
+//! so, a term we did not see begin, or the agent is gone) and SIGKILL no later
+//! than the term's deadline plus the agent's stop grace.
+
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tokio::time::Instant;
+
+/// One event of the agent, as the machine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Pool (the Lease's name).
+    pub pool: String,
+    pub identity: String,
+    pub leading: bool,
+    pub token: Option<i64>,
+    /// End of this pod's term unless renewed (only while leading).
+    pub deadline: Option<Instant>,
+    /// How long CMD may take to exit after the deadline.
+    pub grace: Duration,
+}
+
+impl View {
+    /// A term CMD may run in at `now`.
+    fn startable(&self, now: Instant) -> bool {
+        self.leading && self.deadline.is_some_and(|d| now < d)
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Event(View),
+    /// The time given to [`Machine::handle`] reached [`Machine::next_wake`].
+    Timer,
+    /// CMD (our direct child) exited with this code (128+N for signal N;
+    /// 127/126 when it could not be started).
+    Exited(i32),
+    Signal(Signal),
+    /// The agent's event stream ended or failed.
+    StreamBroken,
+}
+
+/// Why CMD is being stopped (for the log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    DeadlinePassed,
+    NotLeading,
+    NewTerm,
+    AgentGone,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DeadlinePassed => "the term's deadline passed without a renewal",
+            Self::NotLeading => "the agent says this pod no longer leads",
+            Self::NewTerm => "the agent shows a term CMD was not started in",
+            Self::AgentGone => "the agent's event stream broke (agent gone?)",
+        })
+    }
+}
+
+/// What CMD is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub token: Option<i64>,
+    pub pool: String,
+    pub identity: String,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Start CMD (in its own process group) with these values in its env.
+    Start(Launch),
+    /// SIGTERM to CMD's group now; SIGKILL at `kill_at` unless it exited.
+    Stop {
+        reason: StopReason,
+        kill_at: Instant,
+    },
+    /// SIGKILL to CMD's group.
+    Kill,
+    /// Pass a signal `run` received on to CMD's group.
+    Forward(Signal),
+    /// Exit `run` with this status.
+    Exit(i32),
+    /// Ask the agent to release the Lease, then exit with this status.
+    ReleaseAndExit(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Running {
+        token: Option<i64>,
+        deadline: Instant,
+        grace: Duration,
+    },
+    Stopping {
+        kill_at: Instant,
+        killed: bool,
+    },
+}
+
+/// The state of one `run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    phase: Phase,
+    /// The agent's latest event while its stream is up.
+    latest: Option<View>,
+    /// A signal asked `run` to exit: never start CMD again.
+    exiting: bool,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Machine {
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::Waiting,
+            latest: None,
+            exiting: false,
+        }
+    }
+
+    /// When to call [`Machine::handle`] with [`Input::Timer`] at the latest.
+    pub fn next_wake(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Running { deadline, .. } => Some(deadline),
+            Phase::Stopping {
+                kill_at,
+                killed: false,
+            } => Some(kill_at),
+            _ => None,
+        }
+    }
+
+    /// CMD is running (or stopping) under this `run`.
+    pub fn cmd_alive(&self) -> bool {
+        !matches!(self.phase, Phase::Waiting)
+    }
+
+    /// Handles one input at `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Action {
+        match input {
+            Input::Event(view) => self.event(view, now),
+            Input::Timer => self.timer(now),
+            Input::Exited(code) => self.exited(code, now),
+            Input::Signal(sig) => {
+                self.exiting = true;
+                if self.cmd_alive() {
+                    Action::Forward(sig)
+                } else {
+                    // Nothing to wait for: never hold up the pod's termination.
+                    Action::Exit(0)
+                }
+            }
+            Input::StreamBroken => {
+                // A stale view must not start CMD once the stream is back.
+                self.latest = None;
+                self.stop(StopReason::AgentGone, now)
+            }
+        }
+    }
+
+    fn event(&mut self, view: View, now: Instant) -> Action {
+        let action = match &mut self.phase {
+            Phase::Waiting if !self.exiting && view.startable(now) => {
+                self.phase = Phase::Running {
+                    token: view.token,
+                    deadline: view.deadline.unwrap_or(now),
+                    grace: view.grace,
+                };
+                Action::Start(Launch {
+                    token: view.token,
+                    pool: view.pool.clone(),
+                    identity: view.identity.clone(),
+                })
+            }
+            Phase::Running {
+                token,
+                deadline,
+                grace,
+            } => {
+                if !view.leading {
+                    Some(StopReason::NotLeading)
+                } else if view.token != *token {
+                    Some(StopReason::NewTerm)
+                } else {
+                    match view.deadline {
+                        Some(until) => {
+                            // The agent's word is final, even an earlier deadline.
+                            *deadline = until;
+                            *grace = view.grace;
+                            (now >= until).then_some(StopReason::DeadlinePassed)
+                        }
+                        // Leading without a deadline breaks the contract: no
+                        // term we can bound.
+                        None => Some(StopReason::NotLeading),
+                    }
+                }
+                .map_or(Action::Nothing, |reason| self.stop(reason, now))
+            }
+            _ => Action::Nothing,
+        };
+        self.latest = Some(view);
+        action
+    }
+
+    fn timer(&mut self, now: Instant) -> Action {
+        match &mut self.phase {
+            Phase::Running { deadline, .. } if now >= *deadline => {
+                self.stop(StopReason::DeadlinePassed, now)
+            }
+            Phase::Stopping { kill_at, killed } if !*killed && now >= *kill_at => {
+                *killed = true;
+                Action::Kill
+            }
+            _ => Action::Nothing,
+        }
+    }
+
+    /// Starts stopping CMD if it runs and is not being stopped already.
+    fn stop(&mut self, reason: StopReason, now: Instant) -> Action {
+        let Phase::Running {
+            deadline, grace, ..
+        } = self.phase
+        else {
+            return Action::Nothing;
+        };
+        // SIGKILL by the deadline plus grace at the latest, however late
+        // this runs (a paused `run` wakes up to an immediate SIGKILL).
+        let kill_at = now.min(deadline) + grace;
+        self.phase = Phase::Stopping {
+            kill_at,
+            killed: false,
+        };
+        Action::Stop { reason, kill_at }
+    }
+
+    fn exited(&mut self, code: i32, now: Instant) -> Action {
+        let phase = std::mem::replace(&mut self.phase, Phase::Waiting);
+        match phase {
+            _ if self.exiting => Action::Exit(code),
+            Phase::Running { .. } if code == 0 => Action::Exit(0),
+            // CMD failed while leading: let another replica take over.
+            Phase::Running { .. } => Action::ReleaseAndExit(code),
+            // We stopped it (or it was not running): wait for the next term,
+            // which may already be here.
+            Phase::Stopping { .. } | Phase::Waiting => match self.latest.take() {
+                Some(view) => self.event(view, now),
+                None => Action::Nothing,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(3);
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn leading(token: i64, deadline: Instant) -> View {
+        View {
+            pool: "pool".into(),
+            identity: "me".into(),
+            leading: true,
+            token: Some(token),
+            deadline: Some(deadline),
+            grace: GRACE,
+        }
+    }
+
+    fn following() -> View {
+        View {
+            leading: false,
+            token: Some(1),
+            deadline: None,
+            ..leading(1, Instant::now())
+        }
+    }
+
+    fn launch(token: i64) -> Action {
+        Action::Start(Launch {
+            token: Some(token),
+            pool: "pool".into(),
+            identity: "me".into(),
+        })
+    }
+
+    /// A machine whose CMD runs in term 7 until `t0 + 10s`.
+    fn running(t0: Instant) -> Machine {
+        let mut m = Machine::new();
+        assert_eq!(
+            m.handle(Input::Event(leading(7, t0 + secs(10))), t0),
+            launch(7)
+        );
+        m
+    }
+
+    #[test]
+    fn table() {
+        let t0 = Instant::now();
+        // (name, machine, input, at, expected action, next wake after)
+        type Case = (
+            &'static str,
+            Machine,
+            Input,
+            Instant,
+            Action,
+            Option<Instant>,
+        );
+        let stopping = |reason, kill_at| Action::Stop { reason, kill_at };
+        let cases: Vec<Case> = vec![
+            (
+                "a follower's event does not start CMD",
+                Machine::new(),
+                Input::Event(following()),
+                t0,
+                Action::Nothing,
+                None,
+            ),
+            (
+                "leading with a deadline already past does not start CMD",
+                Machine::new(),
+                Input::Event(leading(7, t0)),
+                t0,
+                Action::Nothing,
+                None,
+            ),
+            (
+                "leading without a deadline does not start CMD",
+                Machine::new(),
+                Input::Event(View {
+                    deadline: None,
+                    ..leading(7, t0)
+                }),
+                t0,
+                Action::Nothing,
+                None,
+            ),
+            (
+                "leading with a future deadline starts CMD with the term's token",
+                Machine::new(),
+                Input::Event(leading(7, t0 + secs(10))),
+                t0,
+                launch(7),
+                Some(t0 + secs(10)),
+            ),
+            (
+                "a renewal moves the deadline",
+                running(t0),
+                Input::Event(leading(7, t0 + secs(20))),
+                t0 + secs(5),
+                Action::Nothing,
+                Some(t0 + secs(20)),
+            ),
+            (
+                "the deadline passing stops CMD; SIGKILL at deadline + grace",
+                running(t0),
+                Input::Timer,
+                t0 + secs(10),
+                stopping(StopReason::DeadlinePassed, t0 + secs(10) + GRACE),
+                Some(t0 + secs(10) + GRACE),
+            ),
+            (
+                "a late timer (paused run) still kills by deadline + grace",
+                running(t0),
+                Input::Timer,
+                t0 + secs(60),
+                stopping(StopReason::DeadlinePassed, t0 + secs(10) + GRACE),
+                Some(t0 + secs(10) + GRACE),
+            ),
+            (
+                "an early timer does nothing",
+                running(t0),
+                Input::Timer,
+                t0 + secs(9),
+                Action::Nothing,
+                Some(t0 + secs(10)),
+            ),
+            (
+                "not leading stops CMD at once",
+                running(t0),
+                Input::Event(following()),
+                t0 + secs(2),
+                stopping(StopReason::NotLeading, t0 + secs(2) + GRACE),
+                Some(t0 + secs(2) + GRACE),
+            ),
+            (
+                "a different fencing token stops CMD",
+                running(t0),
+                Input::Event(leading(8, t0 + secs(20))),
+                t0 + secs(2),
+                stopping(StopReason::NewTerm, t0 + secs(2) + GRACE),
+                Some(t0 + secs(2) + GRACE),
+            ),
+            (
+                "a renewal with a deadline already past stops CMD",
+                running(t0),
+                Input::Event(leading(7, t0 + secs(1))),
+                t0 + secs(2),
+                stopping(StopReason::DeadlinePassed, t0 + secs(1) + GRACE),
+                Some(t0 + secs(1) + GRACE),
+            ),
+            (
+                "the stream breaking stops CMD at once",
+                running(t0),
+                Input::StreamBroken,
+                t0 + secs(2),
+                stopping(StopReason::AgentGone, t0 + secs(2) + GRACE),
+                Some(t0 + secs(2) + GRACE),
+            ),
+            (
+                "the stream breaking while waiting does nothing",
+                Machine::new(),
+                Input::StreamBroken,
+                t0,
+                Action::Nothing,
+                None,
+            ),
+            (
+                "CMD exiting 0 while leading exits 0",
+                running(t0),
+                Input::Exited(0),
+                t0 + secs(1),
+                Action::Exit(0),
+                None,
+            ),
+            (
+                "CMD failing while leading releases, then exits with its status",
+                running(t0),
+                Input::Exited(3),
+                t0 + secs(1),
+                Action::ReleaseAndExit(3),
+                None,
+            ),
+            (
+                "CMD that could not start releases and exits 127",
+                running(t0),
+                Input::Exited(127),
+                t0,
+                Action::ReleaseAndExit(127),
+                None,
+            ),
+            (
+                "a signal while CMD runs is forwarded",
+                running(t0),
+                Input::Signal(Signal::TERM),
+                t0 + secs(1),
+                Action::Forward(Signal::TERM),
+                Some(t0 + secs(10)),
+            ),
+            (
+                "a signal while waiting exits 0 at once",
+                Machine::new(),
+                Input::Signal(Signal::INT),
+                t0,
+                Action::Exit(0),
+                None,
+            ),
+        ];
+        for (name, mut machine, input, at, expected, wake) in cases {
+            assert_eq!(machine.handle(input, at), expected, "{name}");
+            assert_eq!(machine.next_wake(), wake, "{name}: next wake");
+        }
+    }
+
+    #[test]
+    fn sigkill_follows_at_kill_time_once() {
+        let t0 = Instant::now();
+        let mut m = running(t0);
+        m.handle(Input::Event(following()), t0 + secs(1));
+        assert_eq!(m.handle(Input::Timer, t0 + secs(2)), Action::Nothing);
+        assert_eq!(m.handle(Input::Timer, t0 + secs(1) + GRACE), Action::Kill);
+        assert_eq!(m.next_wake(), None);
+        assert_eq!(m.handle(Input::Timer, t0 + secs(9)), Action::Nothing);
+    }
+
+    #[test]
+    fn after_a_stop_cmd_waits_and_starts_again_in_the_next_term() {
+        let t0 = Instant::now();
+        let mut m = running(t0);
+        m.handle(Input::Event(following()), t0 + secs(1));
+        // Events while stopping never start a second CMD.
+        assert_eq!(
+            m.handle(Input::Event(leading(8, t0 + secs(30))), t0 + secs(2)),
+            Action::Nothing
+        );
+        // CMD stopped for loss of leadership: no exit; the newer term starts it.
+        assert_eq!(m.handle(Input::Exited(143), t0 + secs(3)), launch(8));
+        assert_eq!(m.next_wake(), Some(t0 + secs(30)));
+    }
+
+    #[test]
+    fn after_a_stop_cmd_waits_when_the_pod_does_not_lead() {
+        let t0 = Instant::now();
+        let mut m = running(t0);
+        m.handle(Input::Event(following()), t0 + secs(1));
+        assert_eq!(m.handle(Input::Exited(143), t0 + secs(2)), Action::Nothing);
+        assert!(!m.cmd_alive());
+        assert_eq!(
+            m.handle(Input::Event(leading(9, t0 + secs(30))), t0 + secs(3)),
+            launch(9)
+        );
+    }
+
+    #[test]
+    fn a_stale_view_does_not_restart_cmd_after_the_stream_broke() {
+        let t0 = Instant::now();
+        let mut m = running(t0);
+        m.handle(Input::StreamBroken, t0 + secs(1));
+        assert_eq!(m.handle(Input::Exited(143), t0 + secs(2)), Action::Nothing);
+        assert_eq!(
+            m.handle(Input::Event(leading(7, t0 + secs(30))), t0 + secs(3)),
+            launch(7)
+        );
+    }
+
+    #[test]
+    fn after_a_signal_cmd_exits_with_its_status_and_never_restarts() {
+        let t0 = Instant::now();
+        let mut m = running(t0);
+        assert_eq!(
+            m.handle(Input::Signal(Signal::TERM), t0 + secs(1)),
+            Action::Forward(Signal::TERM)
+        );
+        // The stop rule still holds while CMD shuts down.
+        assert_eq!(
+            m.handle(Input::Event(following()), t0 + secs(2)),
+            Action::Stop {
+                reason: StopReason::NotLeading,
+                kill_at: t0 + secs(2) + GRACE
+            }
+        );
+        assert_eq!(
+            m.handle(Input::Signal(Signal::TERM), t0 + secs(3)),
+            Action::Forward(Signal::TERM)
+        );
+        // No release on the way out of a pod that is being deleted.
+        assert_eq!(
+            m.handle(Input::Exited(143), t0 + secs(4)),
+            Action::Exit(143)
+        );
+
+        let mut m = Machine::new();
+        m.exiting = true;
+        assert_eq!(
+            m.handle(Input::Event(leading(7, t0 + secs(30))), t0),
+            Action::Nothing
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! `zen-lead run -- CMD` (the PID 1 of an app container in a `process` pool)
+//! and `zen-lead probe` (its exec probes).
+//!
+//! `run` follows the pod's agent (`/v1/leader/watch`) and runs CMD only
+//! within the terms it is told about; [`machine`] holds every decision,
+//! this module the processes, timers, signals and the agent's stream.
+//!
+//! Reaping: as PID 1 (or a child subreaper otherwise), `run` reaps every
+//! child that exits, orphaned grandchildren included (SIGCHLD, then `wait(WNOHANG)` until none is
+//! left). CMD's own exit is recognised there by its pid, so CMD is spawned
+//! with `std::process` and never awaited through tokio (whose wait would
+//! race the reaper for the status).
+
+pub mod client;
+pub mod machine;
+pub mod probe;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use rustix::process::{Pid, Signal, WaitOptions, kill_process_group};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{error, info, warn};
+
+use crate::cli::RunArgs;
+use crate::election::clock;
+use crate::lock::exit_code;
+use machine::{Action, Input, Launch, Machine, View};
+
+/// Errors of `run` and `probe`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("nothing to run: give the command after `--`, e.g. `zen-lead run -- /app/server`")]
+    NoCommand,
+
+    #[error("could not install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot connect to the zen-lead agent at {addr} (--agent-addr, ZEN_LEAD_AGENT_ADDR): \
+         {source}; is the agent sidecar running in this pod?"
+    )]
+    AgentConnect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("HTTP exchange with the zen-lead agent at {addr} failed: {source}")]
+    AgentHttp {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+
+    #[error(
+        "the zen-lead agent at {addr} answered {status} to {path}; is it an older agent \
+         without `process` activation?"
+    )]
+    AgentStatus {
+        addr: SocketAddr,
+        path: &'static str,
+        status: StatusCode,
+    },
+
+    #[error("could not build the request for {path} to the zen-lead agent at {addr}")]
+    AgentRequest {
+        addr: SocketAddr,
+        path: &'static str,
+    },
+
+    #[error("the zen-lead agent at {addr} sent an unreadable or oversized body")]
+    AgentBody { addr: SocketAddr },
+
+    #[error(
+        "the zen-lead agent at {addr} sent JSON this zen-lead cannot read ({source}); do the \
+         agent and app containers run the same zen-lead version?"
+    )]
+    AgentJson {
+        addr: SocketAddr,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("no answer from the zen-lead agent at {addr} within {timeout:?}")]
+    AgentTimeout { addr: SocketAddr, timeout: Duration },
+}
+
+/// What the agent's stream tells the main loop.
+enum Feed {
+    Event(View),
+    Broken,
+}
+
+/// First pause between attempts to reach the agent.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Bound on connecting and getting the response head of the watch.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Follows the agent's event stream for as long as the main loop listens,
+/// reconnecting with a capped backoff; one log line per outage.
+async fn follow(addr: SocketAddr, reconnect_max: Duration, feed: mpsc::Sender<Feed>) {
+    let mut backoff = RECONNECT_MIN;
+    let mut in_outage = false;
+    loop {
+        let opened = timeout(CONNECT_TIMEOUT, client::watch(addr))
+            .await
+            .unwrap_or(Err(RunError::AgentTimeout {
+                addr,
+                timeout: CONNECT_TIMEOUT,
+            }));
+        match opened {
+            Ok(body) => {
+                if in_outage {
+                    info!(agent = %addr, "connected to the agent");
+                }
+                backoff = RECONNECT_MIN;
+                let why = read_events(addr, body, &feed).await;
+                if feed.send(Feed::Broken).await.is_err() {
+                    return;
+                }
+                // Set in both arms: one line per outage, however many retries.
+                warn!(agent = %addr, "the agent's event stream ended ({why}); reconnecting");
+                in_outage = true;
+            }
+            Err(err) => {
+                if !in_outage {
+                    warn!("{err}; retrying until it answers");
+                    in_outage = true;
+                }
+            }
+        }
+        if feed.is_closed() {
+            return;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(reconnect_max.max(RECONNECT_MIN));
+    }
+}
+
+/// Passes the stream's `leader` events on until it ends; returns why.
+async fn read_events(addr: SocketAddr, mut body: Incoming, feed: &mpsc::Sender<Feed>) -> String {
+    let mut parser = sse::Parser::default();
+    loop {
+        let frame = match body.frame().await {
+            None => return "closed by the agent".to_owned(),
+            Some(Err(err)) => return err.to_string(),
+            Some(Ok(frame)) => frame,
+        };
+        let Some(chunk) = frame.data_ref() else {
+            continue;
+        };
+        parser.push(chunk);
+        loop {
+            match parser.next_event() {
+                Ok(None) => break,
+                Ok(Some(event)) if event.name == "leader" => {
+                    match client::AgentView::parse(addr, event.data.as_bytes()) {
+                        Ok(view) => {
+                            if feed.send(Feed::Event(view.to_view())).await.is_err() {
+                                return "run is exiting".to_owned();
+                            }
+                        }
+                        // Skipped: the deadline timer stops CMD if no
+                        // readable renewal follows.
+                        Err(err) => warn!("{err}"),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(sse::TooLarge) => {
+                    return format!("an event exceeded {} bytes", sse::MAX_EVENT_BYTES);
+                }
+            }
+        }
+    }
+}
+
+/// What woke the main loop from the signal side.
+enum Woken {
+    Child,
+    Signal(Signal),
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    child: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, RunError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| RunError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+            child: install(SignalKind::child(), "SIGCHLD")?,
+        })
+    }
+
+    async fn recv(&mut self) -> Woken {
+        tokio::select! {
+            _ = self.child.recv() => Woken::Child,
+            _ = self.term.recv() => Woken::Signal(Signal::TERM),
+            _ = self.int.recv() => Woken::Signal(Signal::INT),
+            _ = self.hup.recv() => Woken::Signal(Signal::HUP),
+        }
+    }
+}
+
+/// Reaps every exited child; returns CMD's exit code if CMD was among them.
+fn reap(cmd: Option<Pid>) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd_code = None;
+    // Ends with Ok(None) (children left, none exited) or ECHILD (none left).
+    while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+        if Some(pid) == cmd {
+            let status = std::process::ExitStatus::from_raw(status.as_raw());
+            cmd_code = Some(exit_code(&status));
+        }
+    }
+    cmd_code
+}
+
+fn signal_group(group: Option<Pid>, sig: Signal) {
+    if let Some(pgid) = group {
+        // ESRCH (the group is gone already) is fine.
+        let _ = kill_process_group(pgid, sig);
+    }
+}
+
+/// Starts CMD in its own process group; `Err(code)` as a shell would exit.
+fn start(command: &[String], launch: &Launch) -> Result<Pid, i32> {
+    use std::os::unix::process::CommandExt;
+    let Some((program, rest)) = command.split_first() else {
+        return Err(127);
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(rest)
+        .process_group(0)
+        .env("ZEN_LEAD_POOL", &launch.pool)
+        .env("ZEN_LEAD_IDENTITY", &launch.identity);
+    match launch.token {
+        Some(token) => cmd.env("ZEN_LEAD_FENCING_TOKEN", token.to_string()),
+        None => cmd.env_remove("ZEN_LEAD_FENCING_TOKEN"),
+    };
+    // The Child handle is dropped unwaited: `reap` collects its status.
+    match cmd.spawn() {
+        Ok(child) => match i32::try_from(child.id()).ok().and_then(Pid::from_raw) {
+            Some(pid) => Ok(pid),
+            None => Err(crate::lock::EXIT_INTERNAL),
+        },
+        Err(err) => {
+            error!("cannot run {program:?}: {err}");
+            Err(if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
+        }
+    }
+}
+
+/// Runs `zen-lead run`; exits the process with the status described in
+/// `zen-lead run --help`.
+pub async fn run(args: &RunArgs) -> Result<(), RunError> {
+    clock::init();
+    if args.command.first().is_none_or(|p| p.is_empty()) {
+        return Err(RunError::NoCommand);
+    }
+    // Before anything is spawned, so no child's exit goes unnoticed.
+    let mut signals = Signals::new()?;
+    // Orphans of CMD come to us even when we are not PID 1 (a pod with
+    // shareProcessNamespace), so the reaper below sees them either way.
+    if let Err(err) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::debug!("could not become a child subreaper: {err}");
+    }
+    let (tx, mut feed) = mpsc::channel(16);
+    tokio::spawn(follow(args.agent_addr, args.reconnect_max, tx));
+    info!(agent = %args.agent_addr, "waiting for this pod to lead before starting CMD");
+
+    let mut machine = Machine::new();
+    // CMD's pid, which is also its process group's id.
+    let mut cmd: Option<Pid> = None;
+    let mut next: Option<Input> = None;
+    loop {
+        let input = match next.take() {
+            Some(input) => input,
+            None => {
+                let wake = machine.next_wake();
+                tokio::select! {
+                    got = feed.recv() => match got {
+                        Some(Feed::Event(view)) => Input::Event(view),
+                        Some(Feed::Broken) | None => Input::StreamBroken,
+                    },
+                    () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Input::Timer,
+                    woken = signals.recv() => match woken {
+                        Woken::Signal(sig) => Input::Signal(sig),
+                        Woken::Child => match reap(cmd) {
+                            Some(code) => {
+                                // Leftovers of CMD's group must not outlive it:
+                                // they may still act for a term that is over.
+                                signal_group(cmd.take(), Signal::KILL);
+                                Input::Exited(code)
+                            }
+                            None => continue,
+                        },
+                    },
+                }
+            }
+        };
+        match machine.handle(input, Instant::now()) {
+            Action::Nothing => {}
+            Action::Start(launch) => match start(&args.command, &launch) {
+                Ok(pid) => {
+                    info!(fencing_token = ?launch.token, pool = %launch.pool, pid = pid.as_raw_nonzero().get(), "this pod leads; CMD started");
+                    cmd = Some(pid);
+                }
+                Err(code) => next = Some(Input::Exited(code)),
+            },
+            Action::Stop { reason, kill_at } => {
+                warn!(
+                    "stopping CMD: {reason} (SIGTERM now, SIGKILL in {:?} if it is still running)",
+                    kill_at.saturating_duration_since(Instant::now())
+                );
+                signal_group(cmd, Signal::TERM);
+            }
+            Action::Kill => {
+                warn!("CMD did not exit within the stop grace; SIGKILL to its process group");
+                signal_group(cmd, Signal::KILL);
+            }
+            Action::Forward(sig) => signal_group(cmd, sig),
+            Action::Exit(code) => {
+                info!(code, "exiting");
+                std::process::exit(code);
+            }
+            Action::ReleaseAndExit(code) => {
+                warn!(
+                    code,
+                    "CMD failed while this pod leads; asking the agent to hand leadership to another replica"
+                );
+                match timeout(args.release_timeout, client::release(args.agent_addr)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => warn!("release not confirmed: {err}"),
+                    Err(_) => warn!(
+                        "release not confirmed within {:?}; the term ends by itself",
+                        args.release_timeout
+                    ),
+                }
+                std::process::exit(code);
+            }
+        }
+    }
+}
