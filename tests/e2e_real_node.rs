@@ -12,8 +12,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::zen_lead_host::{register_webhook, start_controller};
 use common::records::{assert_no_overlap, monotonic_ns, runs};
+use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;

@@ -260,7 +260,11 @@ async fn process_pool_keeps_followers_ready_and_one_app_running() {
         // rewritten, and the binary volume.
         let pod = setup.pods().get(&leader).await.expect("leader pod");
         let spec = pod.spec.as_ref().expect("spec");
-        let app = spec.containers.iter().find(|c| c.name == "app").expect("app");
+        let app = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "app")
+            .expect("app");
         assert_eq!(
             app.command.as_deref().unwrap_or_default()[..3],
             ["/zen-lead/zen-lead", "run", "--"]
@@ -316,27 +320,23 @@ async fn process_pool_keeps_followers_ready_and_one_app_running() {
             )
             .await
             .expect("restart");
-        eventually(
-            "the rollout to complete",
-            Duration::from_secs(240),
-            || {
-                let deploys = deploys.clone();
-                async move {
-                    let d = deploys.get("workers").await.map_err(|e| e.to_string())?;
-                    let s = d.status.unwrap_or_default();
-                    let gen_seen = s.observed_generation >= d.metadata.generation;
-                    if gen_seen
-                        && s.updated_replicas == Some(3)
-                        && s.ready_replicas == Some(3)
-                        && s.replicas == Some(3)
-                    {
-                        Ok(())
-                    } else {
-                        Err(format!("status {s:?}"))
-                    }
+        eventually("the rollout to complete", Duration::from_secs(240), || {
+            let deploys = deploys.clone();
+            async move {
+                let d = deploys.get("workers").await.map_err(|e| e.to_string())?;
+                let s = d.status.unwrap_or_default();
+                let gen_seen = s.observed_generation >= d.metadata.generation;
+                if gen_seen
+                    && s.updated_replicas == Some(3)
+                    && s.ready_replicas == Some(3)
+                    && s.replicas == Some(3)
+                {
+                    Ok(())
+                } else {
+                    Err(format!("status {s:?}"))
                 }
-            },
-        )
+            }
+        })
         .await;
         let leader = steady_pool(&setup, "workers", 3).await;
         assert!(
@@ -455,7 +455,8 @@ async fn process_failing_app_hands_over_and_app_probes_decide_while_running() {
         setup.policy("failing", json!({})).await;
         // Readiness on a port nothing listens on: the running app is never
         // Ready, the held ones are.
-        let probes = json!({"readinessProbe": {"httpGet": {"path": "/", "port": 8081}, "periodSeconds": 1}});
+        let probes =
+            json!({"readinessProbe": {"httpGet": {"path": "/", "port": 8081}, "periodSeconds": 1}});
         setup
             .deployment(
                 "failing",
@@ -515,16 +516,20 @@ async fn process_failing_app_hands_over_and_app_probes_decide_while_running() {
             }
         })
         .await;
-        let next = eventually("another pod's app to start", Duration::from_secs(60), || {
-            let dir = dir.clone();
-            let name = first.name.clone();
-            async move {
-                runs(&dir)
-                    .into_iter()
-                    .find(|r| r.name != name && r.start > ended)
-                    .ok_or_else(|| "none yet".to_owned())
-            }
-        })
+        let next = eventually(
+            "another pod's app to start",
+            Duration::from_secs(60),
+            || {
+                let dir = dir.clone();
+                let name = first.name.clone();
+                async move {
+                    runs(&dir)
+                        .into_iter()
+                        .find(|r| r.name != name && r.start > ended)
+                        .ok_or_else(|| "none yet".to_owned())
+                }
+            },
+        )
         .await;
         let gap_ms = (next.start - ended) as f64 / 1e6;
         println!("process: a failed app's exit -> another pod's app started in {gap_ms:.0} ms");
@@ -578,7 +583,11 @@ async fn process_pod_without_command_is_refused_by_name() {
                 && message.contains("zen-lead/exclude-containers"),
             "{message}"
         );
-        let pods = setup.pods().list(&ListParams::default()).await.expect("list");
+        let pods = setup
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .expect("list");
         assert!(pods.items.is_empty(), "no pod may be created");
         setup.done().await;
     })
@@ -594,7 +603,9 @@ async fn scheduled_time_runs_once_per_pool() {
     common::apply_crd(&client, &zen_lead::api::crd()).await;
     with_namespace(&client, "process-once", |client, ns| async move {
         let setup = Setup::new(&client, &ns).await;
-        setup.policy("nightly", json!({"scheduledRuns": "once"})).await;
+        setup
+            .policy("nightly", json!({"scheduledRuns": "once"}))
+            .await;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let job = |name: &str, scheduled: Option<&str>| {
             let mut tpl = template("nightly", &setup.dir, &["--run-for=2s"], json!({}));
@@ -716,7 +727,8 @@ async fn bench_takeover_process_vs_start() {
         setup
             .deployment("strt", 3, template("strt", &start_dir, &[], json!({})))
             .await;
-        let mut results: Vec<(&str, Vec<f64>)> = vec![("process", Vec::new()), ("start", Vec::new())];
+        let mut results: Vec<(&str, Vec<f64>)> =
+            vec![("process", Vec::new()), ("start", Vec::new())];
         for round in 1..=rounds {
             for (i, (pool, dir)) in [("proc", &proc_dir), ("strt", &start_dir)]
                 .into_iter()

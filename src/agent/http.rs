@@ -502,15 +502,11 @@ mod tests {
         tokio::spawn(serve(listener, s, stop));
         const WITHIN: Duration = Duration::from_secs(5);
 
-        let mut hold = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        hold.write_all(
-            format!(
-                "POST {APP_HOLD_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("write");
+        // As `zen-lead run` holds: counted before the agent confirms (100).
+        let hold = crate::run::client::hold(addr)
+            .await
+            .expect("hold confirmed");
+        assert_eq!(*running_rx.borrow(), 1);
         tokio::time::timeout(WITHIN, running_rx.wait_for(|n| *n == 1))
             .await
             .expect("counted")

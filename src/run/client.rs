@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::RunError;
 use super::machine::View;
+use crate::contract::APP_HOLD_PATH;
 use crate::election::clock;
 
 /// Largest `/v1/leader` answer read (the agent sends a few hundred bytes).
@@ -41,6 +42,8 @@ pub struct AgentView {
     /// Missing (an agent without `process` support): no grace at all.
     #[serde(default)]
     pub stop_grace_ms: u64,
+    #[serde(default)]
+    pub duplicate_of: Option<String>,
 }
 
 impl AgentView {
@@ -61,6 +64,7 @@ impl AgentView {
                 .lead_until_monotonic_ns
                 .map(|ns| clock::instant_from_mono_ns(u128::from(ns))),
             grace: Duration::from_millis(self.stop_grace_ms),
+            duplicate_of: self.duplicate_of.clone(),
         }
     }
 }
@@ -121,6 +125,48 @@ pub async fn leader(addr: SocketAddr) -> Result<AgentView, RunError> {
         .map_err(|_| RunError::AgentBody { addr })?
         .to_bytes();
     AgentView::parse(addr, &bytes)
+}
+
+/// How long `run` waits for the agent to count a hold before starting CMD
+/// anyway (an older agent without holds never answers).
+const HOLD_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `POST /v1/app/hold`, kept open while CMD runs: a voluntary release by the
+/// agent waits until it closes (dropping the stream closes it; so does this
+/// process dying). `Expect: 100-continue` makes the agent confirm it counted
+/// the hold before CMD starts.
+pub async fn hold(addr: SocketAddr) -> Result<TcpStream, RunError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let connect = |source| RunError::AgentConnect { addr, source };
+    let mut stream = TcpStream::connect(addr).await.map_err(connect)?;
+    let head = format!(
+        "POST {APP_HOLD_PATH} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.map_err(connect)?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(&mut stream);
+    match tokio::time::timeout(HOLD_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) if line.contains(" 100 ") => {
+            // The blank line after the interim answer.
+            let mut blank = String::new();
+            let _ = tokio::time::timeout(HOLD_TIMEOUT, reader.read_line(&mut blank)).await;
+            Ok(stream)
+        }
+        Ok(Ok(_)) => Err(RunError::AgentStatus {
+            addr,
+            path: APP_HOLD_PATH,
+            status: hyper::StatusCode::from_bytes(
+                line.split_whitespace().nth(1).unwrap_or("0").as_bytes(),
+            )
+            .unwrap_or(hyper::StatusCode::BAD_GATEWAY),
+        }),
+        Ok(Err(source)) => Err(connect(source)),
+        Err(_) => Err(RunError::AgentTimeout {
+            addr,
+            timeout: HOLD_TIMEOUT,
+        }),
+    }
 }
 
 /// `POST /v1/release`: asks the agent to hand the Lease to another replica.

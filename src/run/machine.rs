@@ -25,6 +25,9 @@ pub struct View {
     pub deadline: Option<Instant>,
     /// How long CMD may take to exit after the deadline.
     pub grace: Duration,
+    /// `scheduledRuns: once`: the Job that already ran this pod's scheduled
+    /// time in the pool.
+    pub duplicate_of: Option<String>,
 }
 
 impl View {
@@ -95,6 +98,9 @@ pub enum Action {
     Exit(i32),
     /// Ask the agent to release the Lease, then exit with this status.
     ReleaseAndExit(i32),
+    /// The scheduled time already ran in the pool (by this Job): complete
+    /// without running CMD.
+    Skip(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +184,12 @@ impl Machine {
 
     fn event(&mut self, view: View, now: Instant) -> Action {
         let action = match &mut self.phase {
+            Phase::Waiting
+                if !self.exiting && view.startable(now) && view.duplicate_of.is_some() =>
+            {
+                self.exiting = true;
+                Action::Skip(view.duplicate_of.clone().unwrap_or_default())
+            }
             Phase::Waiting if !self.exiting && view.startable(now) => {
                 self.phase = Phase::Running {
                     token: view.token,
@@ -286,6 +298,7 @@ mod tests {
             token: Some(token),
             deadline: Some(deadline),
             grace: GRACE,
+            duplicate_of: None,
         }
     }
 
@@ -567,5 +580,30 @@ mod tests {
             m.handle(Input::Event(leading(7, t0 + secs(30))), t0),
             Action::Nothing
         );
+    }
+
+    #[test]
+    fn a_duplicate_scheduled_run_completes_without_starting_cmd() {
+        let now = Instant::now();
+        let mut m = Machine::new();
+        let mut view = leading(3, now + secs(5));
+        view.duplicate_of = Some("report-a".into());
+        assert_eq!(
+            m.handle(Input::Event(view), now),
+            Action::Skip("report-a".into())
+        );
+        // Never started afterwards, whatever comes.
+        assert_eq!(
+            m.handle(Input::Event(leading(3, now + secs(5))), now),
+            Action::Nothing
+        );
+        // A follower that later leads as a duplicate is skipped too; one that
+        // is not a duplicate starts.
+        let mut m = Machine::new();
+        assert_eq!(m.handle(Input::Event(following()), now), Action::Nothing);
+        assert!(matches!(
+            m.handle(Input::Event(leading(4, now + secs(5))), now),
+            Action::Start(_)
+        ));
     }
 }

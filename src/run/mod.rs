@@ -29,6 +29,9 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
+use crate::contract::{
+    FENCING_TOKEN_ENV, IDENTITY_ENV, POOL_ENV, SKIPPED_RUN_MARKER, TERMINATION_LOG,
+};
 use crate::election::clock;
 use crate::lock::exit_code;
 use machine::{Action, Input, Launch, Machine, View};
@@ -254,11 +257,11 @@ fn start(command: &[String], launch: &Launch) -> Result<Pid, i32> {
     let mut cmd = std::process::Command::new(program);
     cmd.args(rest)
         .process_group(0)
-        .env("ZEN_LEAD_POOL", &launch.pool)
-        .env("ZEN_LEAD_IDENTITY", &launch.identity);
+        .env(POOL_ENV, &launch.pool)
+        .env(IDENTITY_ENV, &launch.identity);
     match launch.token {
-        Some(token) => cmd.env("ZEN_LEAD_FENCING_TOKEN", token.to_string()),
-        None => cmd.env_remove("ZEN_LEAD_FENCING_TOKEN"),
+        Some(token) => cmd.env(FENCING_TOKEN_ENV, token.to_string()),
+        None => cmd.env_remove(FENCING_TOKEN_ENV),
     };
     // The Child handle is dropped unwaited: `reap` collects its status.
     match cmd.spawn() {
@@ -298,6 +301,8 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
     let mut machine = Machine::new();
     // CMD's pid, which is also its process group's id.
     let mut cmd: Option<Pid> = None;
+    // Open while CMD runs (see `client::hold`).
+    let mut hold: Option<tokio::net::TcpStream> = None;
     let mut next: Option<Input> = None;
     loop {
         let input = match next.take() {
@@ -317,6 +322,8 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
                                 // Leftovers of CMD's group must not outlive it:
                                 // they may still act for a term that is over.
                                 signal_group(cmd.take(), Signal::KILL);
+                                // Only now may the agent release.
+                                drop(hold.take());
                                 Input::Exited(code)
                             }
                             None => continue,
@@ -327,12 +334,23 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         };
         match machine.handle(input, Instant::now()) {
             Action::Nothing => {}
-            Action::Start(launch) => match start(&args.command, &launch) {
+            Action::Start(launch) => match {
+                match client::hold(args.agent_addr).await {
+                    Ok(stream) => drop(hold.replace(stream)),
+                    // The term still bounds CMD; only a voluntary release
+                    // would not wait for it.
+                    Err(err) => warn!("the agent did not count CMD as running ({err})"),
+                }
+                start(&args.command, &launch)
+            } {
                 Ok(pid) => {
                     info!(fencing_token = ?launch.token, pool = %launch.pool, pid = pid.as_raw_nonzero().get(), "this pod leads; CMD started");
                     cmd = Some(pid);
                 }
-                Err(code) => next = Some(Input::Exited(code)),
+                Err(code) => {
+                    drop(hold.take());
+                    next = Some(Input::Exited(code));
+                }
             },
             Action::Stop { reason, kill_at } => {
                 warn!(
@@ -349,6 +367,18 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
             Action::Exit(code) => {
                 info!(code, "exiting");
                 std::process::exit(code);
+            }
+            Action::Skip(job) => {
+                let message = format!(
+                    "{SKIPPED_RUN_MARKER}: Job {job} already ran this scheduled time in the pool \
+                     (scheduledRuns: once); the command was not run"
+                );
+                info!("{message}");
+                // The controller reads it from the container's status.
+                if let Err(err) = std::fs::write(TERMINATION_LOG, &message) {
+                    warn!("could not write {TERMINATION_LOG}: {err}");
+                }
+                std::process::exit(0);
             }
             Action::ReleaseAndExit(code) => {
                 warn!(

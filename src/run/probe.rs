@@ -105,6 +105,7 @@ mod tests {
             since: since.map(str::to_owned),
             lead_until_monotonic_ns: None,
             stop_grace_ms: 0,
+            duplicate_of: None,
         }
     }
 

@@ -61,4 +61,3 @@ pub fn assert_no_overlap(runs: &[Run]) {
         }
     }
 }
-
