@@ -334,24 +334,25 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         };
         match machine.handle(input, Instant::now()) {
             Action::Nothing => {}
-            Action::Start(launch) => match {
+            Action::Start(launch) => {
                 match client::hold(args.agent_addr).await {
                     Ok(stream) => drop(hold.replace(stream)),
                     // The term still bounds CMD; only a voluntary release
                     // would not wait for it.
                     Err(err) => warn!("the agent did not count CMD as running ({err})"),
                 }
-                start(&args.command, &launch)
-            } {
-                Ok(pid) => {
-                    info!(fencing_token = ?launch.token, pool = %launch.pool, pid = pid.as_raw_nonzero().get(), "this pod leads; CMD started");
-                    cmd = Some(pid);
+                let started = start(&args.command, &launch);
+                match started {
+                    Ok(pid) => {
+                        info!(fencing_token = ?launch.token, pool = %launch.pool, pid = pid.as_raw_nonzero().get(), "this pod leads; CMD started");
+                        cmd = Some(pid);
+                    }
+                    Err(code) => {
+                        drop(hold.take());
+                        next = Some(Input::Exited(code));
+                    }
                 }
-                Err(code) => {
-                    drop(hold.take());
-                    next = Some(Input::Exited(code));
-                }
-            },
+            }
             Action::Stop { reason, kill_at } => {
                 warn!(
                     "stopping CMD: {reason} (SIGTERM now, SIGKILL in {:?} if it is still running)",
