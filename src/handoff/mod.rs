@@ -273,8 +273,9 @@ async fn prefer(
 }
 
 /// `Some(how)` once `target` is active: for a `start` pod, its app container
-/// runs; otherwise its agent answers that it leads (asked through the API
-/// server's pod proxy, so its gate passes the leader's writes). Without
+/// runs; otherwise (`api`, `process`) its agent answers that it leads (asked
+/// through the API server's pod proxy: its gate then passes the leader's
+/// writes, and `zen-lead run` starts the app on the same event). Without
 /// access to the pod proxy, the Lease naming it is taken as the answer.
 async fn active(
     client: &Client,
