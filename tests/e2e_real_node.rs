@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::records::{assert_no_overlap, monotonic_ns, runs};
+use common::records::{STEADY, assert_no_overlap, monotonic_ns, runs, wait_steady};
 use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -81,53 +81,6 @@ async fn apps_running(pods: &Api<Pod>, selector: &str) -> Result<Vec<String>, St
         })
         .filter_map(|p| p.metadata.name)
         .collect())
-}
-
-/// How long a pool must go without any change to its pods before a round
-/// deletes the leader: past the kubelet's few seconds of syncs after a
-/// container starts (see the rounds below).
-const STEADY: Duration = Duration::from_secs(5);
-
-/// Waits until `leader` is Ready (the Pod condition) and no pod matching
-/// `selector` has changed (resourceVersion) for `steady`: the pool's steady
-/// state, as a user who deletes a running leader finds it.
-async fn wait_steady(pods: &Api<Pod>, selector: &str, leader: &str, steady: Duration) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut seen: Vec<(String, String)> = Vec::new();
-    let mut since = tokio::time::Instant::now();
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(selector))
-            .await
-            .unwrap_or_else(|e| panic!("list pods: {e}"));
-        let mut now: Vec<(String, String)> = list
-            .items
-            .iter()
-            .map(|p| {
-                (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.metadata.resource_version.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
-        now.sort();
-        if now != seen {
-            seen = now;
-            since = tokio::time::Instant::now();
-        }
-        let leader_ready = list
-            .items
-            .iter()
-            .any(|p| p.metadata.name.as_deref() == Some(leader) && common::pod_ready(p));
-        if leader_ready && since.elapsed() >= steady {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pool {selector} not steady (leader {leader} Ready: {leader_ready}) after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Deletes the leading pod `leader` and waits for another pod's app to

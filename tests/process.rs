@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::records::{Run, assert_no_overlap, monotonic_ns, runs};
+use common::records::{Run, STEADY, assert_no_overlap, monotonic_ns, runs, wait_steady};
 use common::zen_lead_host::{Controller, register_webhook, start_controller};
 use common::{client, eventually, from_json, pod_ready, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -221,19 +221,46 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Resident memory (kB) of the host processes whose argv[0] ends with `exe`
-/// and whose environment has `key=value`.
-fn rss_kb(exe: &str, key: &str, value: &str) -> Vec<u64> {
+/// Memory (kB) of the host process whose argv[0] ends with `exe` and whose
+/// environment has `key=value`: (resident, of which file-backed, proportional
+/// share), from /proc.
+fn memory_kb(exe: &str, key: &str, value: &str) -> (u64, u64, u64) {
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
     common::faults::pids_with_env(exe, key, value)
         .into_iter()
-        .filter_map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rollup =
+                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            (
+                field(&status, "VmRSS:"),
+                field(&status, "RssFile:"),
+                field(&rollup, "Pss:"),
+            )
         })
-        .collect()
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+}
+
+/// Prints the agent's and `run`'s memory in `pod`.
+fn print_memory(pod: &str) {
+    let agent = memory_kb("zen-lead", "ZEN_LEAD_POD_NAME", pod);
+    let run = memory_kb("zen-lead", "POD_NAME", pod);
+    println!(
+        "process: memory in the leading pod (kB): agent RSS {} (file-backed {}, PSS {}), run RSS {} \
+         (file-backed {}, PSS {}); together RSS {} (goal < 12288)",
+        agent.0,
+        agent.1,
+        agent.2,
+        run.0,
+        run.1,
+        run.2,
+        agent.0 + run.0
+    );
 }
 
 /// Three Ready replicas, one running app; the app's own probes of every kind
@@ -279,13 +306,7 @@ async fn process_pool_keeps_followers_ready_and_one_app_running() {
         );
 
         // Memory of the agent and `run` together, in the leader.
-        let agent = rss_kb("zen-lead", "ZEN_LEAD_POD_NAME", &leader);
-        let run = rss_kb("zen-lead", "POD_NAME", &leader);
-        println!(
-            "process: resident memory in the leading pod: agent {agent:?} kB, run {run:?} kB, \
-             together {} kB (goal < 12288 kB)",
-            agent.iter().sum::<u64>() + run.iter().sum::<u64>()
-        );
+        print_memory(&leader);
 
         // Delete the leader, a few rounds (ZEN_LEAD_E2E_ROUNDS).
         let rounds: usize = std::env::var("ZEN_LEAD_E2E_ROUNDS")
@@ -293,6 +314,7 @@ async fn process_pool_keeps_followers_ready_and_one_app_running() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
         for round in 1..=rounds {
+            wait_steady(&setup.pods(), "app=workers", &leader, STEADY).await;
             let ms = delete_leader(&setup, &leader).await;
             println!("process: round {round}: leader deleted -> next app started in {ms:.0} ms");
             assert_no_overlap(&runs(&setup.dir));
@@ -543,6 +565,95 @@ async fn process_failing_app_hands_over_and_app_probes_decide_while_running() {
     .await;
 }
 
+/// The app's own probes count only while its process runs. Two app
+/// containers, each with a probe that fails once its app runs: `app`'s HTTP
+/// readiness and `side`'s exec readiness make only the leader's containers
+/// unready, and `side`'s TCP liveness (no start-up budget) restarts only the
+/// leader's `side`; the held followers stay Ready and are never restarted.
+#[tokio::test]
+async fn process_app_probes_count_only_while_the_app_runs() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "process-probes", |client, ns| async move {
+        let setup = Setup::new(&client, &ns).await;
+        setup.policy("probed", json!({})).await;
+        let mut tpl = template(
+            "probed",
+            &setup.dir,
+            &[],
+            json!({
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8081}, "periodSeconds": 1},
+                "livenessProbe": {"exec": {"command": [TESTAPP_BIN, "--check", "http://127.0.0.1:8080/"]},
+                                  "periodSeconds": 2}
+            }),
+        );
+        let side = json!({
+            "name": "side", "image": TESTAPP, "imagePullPolicy": "Never",
+            "command": [TESTAPP_BIN], "args": ["--name=side", "--listen=:8090"],
+            "readinessProbe": {"exec": {"command": [TESTAPP_BIN, "--check", "http://127.0.0.1:8091/"]},
+                               "periodSeconds": 1},
+            "livenessProbe": {"tcpSocket": {"port": 8092}, "periodSeconds": 1, "failureThreshold": 2}
+        });
+        if let Some(list) = tpl["spec"]["containers"].as_array_mut() {
+            list.push(side);
+        }
+        setup.deployment("probed", 2, tpl).await;
+        let pods = setup.pods();
+        let dir = setup.dir.clone();
+        let status = |pod: &Pod, name: &str| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.name == name))
+                .map(|c| (c.ready, c.restart_count))
+        };
+        let report = eventually(
+            "the leader's containers unready and its side restarted, the follower Ready",
+            Duration::from_secs(180),
+            || {
+                let pods = pods.clone();
+                let dir = dir.clone();
+                async move {
+                    let list = pods
+                        .list(&ListParams::default().labels("app=probed"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let open = open_runs(&dir);
+                    let [run] = open.as_slice() else {
+                        return Err(format!("apps running: {open:?}"));
+                    };
+                    let mut seen = Vec::new();
+                    let mut ok = list.items.len() == 2;
+                    for pod in &list.items {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let app = status(pod, "app");
+                        let side = status(pod, "side");
+                        let good = if name == run.name {
+                            app.is_some_and(|(ready, _)| !ready)
+                                && side.is_some_and(|(ready, restarts)| !ready && restarts >= 1)
+                        } else {
+                            pod_ready(pod)
+                                && app == Some((true, 0))
+                                && side == Some((true, 0))
+                        };
+                        ok &= good;
+                        seen.push(format!("{name}: app {app:?}, side {side:?}"));
+                    }
+                    if ok {
+                        Ok(seen)
+                    } else {
+                        Err(format!("leader {}; {seen:?}", run.name))
+                    }
+                }
+            },
+        )
+        .await;
+        println!("process: probes (ready, restarts): {report:?}");
+        setup.done().await;
+    })
+    .await;
+}
+
 /// A container without `command` cannot run under `zen-lead run`: the pod is
 /// refused, and the ReplicaSet's event names the container and the fix.
 #[tokio::test]
@@ -761,8 +872,10 @@ async fn bench_takeover_process_vs_start() {
                     }
                 })
                 .await;
-                // The kubelet's syncs right after a start (see e2e_real_node.rs).
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // A steady pool, as for e2e_real_node.rs's rounds: right after a
+                // container starts the kubelet syncs the pod for a few seconds,
+                // which delays a deletion's SIGTERM (the kubelet's time, not ours).
+                wait_steady(&setup.pods(), &format!("app={pool}"), &leader, STEADY).await;
                 let t0 = monotonic_ns();
                 setup
                     .pods()
@@ -782,6 +895,10 @@ async fn bench_takeover_process_vs_start() {
                 .await;
                 let ms = (next.start - t0) as f64 / 1e6;
                 println!("bench-takeover: round {round}: {pool}: {ms:.0} ms");
+                if pool == "proc" && round == rounds {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    print_memory(&next.name);
+                }
                 results[i].1.push(ms);
             }
         }
