@@ -43,7 +43,10 @@ fn check(body: &[u8], lookup: &StaticLookup, config: &InjectConfig) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let lookup = StaticLookup::default().with_policy("ns", "pool", Activation::Auto);
+    // `pool` (auto) and `worker` (process: command and probe rewriting).
+    let lookup = StaticLookup::default()
+        .with_policy("ns", "pool", Activation::Auto)
+        .with_policy("ns", "worker", Activation::Process);
     let config = InjectConfig::with_image("zen-lead:fuzz");
     check(data, &lookup, &config);
     // The same bytes as the pod of a well-formed review.
