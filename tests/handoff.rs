@@ -149,15 +149,34 @@ async fn handoff_moves_leadership_where_told_and_refuses_clearly() {
 
         labels.assert_never_two();
 
-        // `zen-lead status`, and the same binary as a kubectl plugin.
-        let out = zen_lead(&["status", "-n", &ns]);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{stderr}");
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(POOL))
-            .unwrap_or_else(|| panic!("no line for the pool: {stdout}"));
-        assert!(line.contains(&current) && line.contains("Stable"), "{line}");
+        // `zen-lead status`, and the same binary as a kubectl plugin. The
+        // policy's status follows the last switchover a moment later (the
+        // controller writes it), so wait for it to say who leads now.
+        eventually(
+            "zen-lead status to show the current holder, Stable",
+            std::time::Duration::from_secs(30),
+            || {
+                let ns = ns.clone();
+                let current = current.clone();
+                async move {
+                    let out = zen_lead(&["status", "-n", &ns]);
+                    let (stdout, stderr) = text(&out);
+                    if !out.status.success() {
+                        return Err(format!("zen-lead status failed: {stderr}"));
+                    }
+                    let line = stdout
+                        .lines()
+                        .find(|l| l.starts_with(POOL))
+                        .ok_or_else(|| format!("no line for the pool: {stdout}"))?;
+                    if line.contains(&current) && line.contains("Stable") {
+                        Ok(())
+                    } else {
+                        Err(line.to_owned())
+                    }
+                }
+            },
+        )
+        .await;
 
         let plugins = std::env::temp_dir().join(format!("zl-plugin-{ns}"));
         std::fs::create_dir_all(&plugins).expect("plugin dir");
