@@ -394,58 +394,7 @@ async fn chaos() {
     // (Deployment, ReplicaSet, StatefulSet): a Deployment and a StatefulSet
     // must each get their pod.
     let settle = std::time::Instant::now();
-    common::with_namespace(&client, "settle", |client, ns| async move {
-        let pod_template = serde_json::json!({
-            "metadata": {"labels": {"app": "settle"}},
-            "spec": {"nodeSelector": {"type": "kwok"},
-                     "tolerations": [{"operator": "Exists"}],
-                     "containers": [{"name": "app", "image": "app"}]}
-        });
-        let workload = serde_json::json!({
-            "metadata": {"name": "settle"},
-            "spec": {"replicas": 1, "serviceName": "settle",
-                     "selector": {"matchLabels": {"app": "settle"}},
-                     "template": pod_template}
-        });
-        let mut deployment = workload.clone();
-        if let Some(spec) = deployment["spec"].as_object_mut() {
-            spec.remove("serviceName");
-        }
-        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
-            .create(&Default::default(), &common::from_json(deployment))
-            .await
-            .unwrap_or_else(|e| panic!("settle Deployment: {e}"));
-        Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), &ns)
-            .create(&Default::default(), &common::from_json(workload))
-            .await
-            .unwrap_or_else(|e| panic!("settle StatefulSet: {e}"));
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
-        common::eventually(
-            "the workload controllers to create pods again",
-            Duration::from_secs(300),
-            || {
-                let pods = pods.clone();
-                async move {
-                    let list = pods
-                        .list(&Default::default())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let names: Vec<String> = list
-                        .items
-                        .iter()
-                        .filter_map(|p| p.metadata.name.clone())
-                        .collect();
-                    let sts = names.iter().any(|n| n == "settle-0");
-                    let deploy = names.iter().any(|n| n != "settle-0");
-                    (sts && deploy)
-                        .then_some(())
-                        .ok_or(format!("pods so far: {names:?}"))
-                }
-            },
-        )
-        .await;
-    })
-    .await;
+    common::faults::wait_workload_controllers(&client).await;
     eprintln!(
         "chaos: controllers acting again {:.1} s after the checks",
         settle.elapsed().as_secs_f64()

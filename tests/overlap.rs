@@ -624,4 +624,7 @@ async fn no_two_replicas_active_under_faults() {
         drop(controller.child);
     })
     .await;
+    // Its API server restarts leave the controller manager's informers
+    // backing off; the next suite's Deployments must get their pods.
+    common::faults::wait_workload_controllers(&client).await;
 }

@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use kube::Api;
 
 /// Every process of a pod frozen with the cgroup v1 freezer (the real node's
 /// kubelet uses `cgroupDriver: cgroupfs`), as a GC pause or a frozen VM
@@ -148,4 +151,62 @@ pub fn restart_component(name: &str) {
         "zl-cluster restart {name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// After API server restarts the controller manager's informers back off:
+/// waits (up to 300 s) until a Deployment and a StatefulSet get their pods
+/// again, so the next suite's workloads are not left without pods.
+pub async fn wait_workload_controllers(client: &kube::Client) {
+    super::with_namespace(client, "settle", |client, ns| async move {
+        let pod_template = serde_json::json!({
+            "metadata": {"labels": {"app": "settle"}},
+            "spec": {"nodeSelector": {"type": "kwok"},
+                     "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "app", "image": "app"}]}
+        });
+        let workload = serde_json::json!({
+            "metadata": {"name": "settle"},
+            "spec": {"replicas": 1, "serviceName": "settle",
+                     "selector": {"matchLabels": {"app": "settle"}},
+                     "template": pod_template}
+        });
+        let mut deployment = workload.clone();
+        if let Some(spec) = deployment["spec"].as_object_mut() {
+            spec.remove("serviceName");
+        }
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &super::from_json(deployment))
+            .await
+            .unwrap_or_else(|e| panic!("settle Deployment: {e}"));
+        Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &super::from_json(workload))
+            .await
+            .unwrap_or_else(|e| panic!("settle StatefulSet: {e}"));
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        super::eventually(
+            "the workload controllers to create pods again",
+            Duration::from_secs(300),
+            || {
+                let pods = pods.clone();
+                async move {
+                    let list = pods
+                        .list(&Default::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let names: Vec<String> = list
+                        .items
+                        .iter()
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    let sts = names.iter().any(|n| n == "settle-0");
+                    let deploy = names.iter().any(|n| n != "settle-0");
+                    (sts && deploy)
+                        .then_some(())
+                        .ok_or(format!("pods so far: {names:?}"))
+                }
+            },
+        )
+        .await;
+    })
+    .await;
 }
