@@ -128,20 +128,11 @@ impl State {
                 .lead_until
                 .filter(|_| status.leading_at(Instant::now()))
                 .and_then(|until| u64::try_from(clock::mono_ns(until)).ok()),
-            stop_grace_ms: u64::try_from(stop_grace(&status).as_millis()).unwrap_or(u64::MAX),
+            stop_grace_ms: u64::try_from(status.timings.stop_grace().as_millis())
+                .unwrap_or(u64::MAX),
             duplicate_of: status.duplicate_of.clone(),
         }
     }
-}
-
-/// Half of what the election leaves between our deadline and anyone
-/// else's earliest take-over.
-fn stop_grace(status: &LeaderStatus) -> Duration {
-    status
-        .timings
-        .lease_duration()
-        .saturating_sub(status.timings.renew_deadline())
-        / 2
 }
 
 fn rfc3339(time: SystemTime) -> String {

@@ -311,9 +311,7 @@ impl Elector {
 
     /// Latest time an app may still run after our term ends at `until`.
     fn stop_limit(&self, until: Option<Instant>, now: Instant) -> Instant {
-        let t = self.machine.timings();
-        let grace = t.lease_duration().saturating_sub(t.renew_deadline()) / 2;
-        until.unwrap_or(now).max(now) + grace
+        until.unwrap_or(now).max(now) + self.machine.timings().stop_grace()
     }
 
     /// Prepares the election; nothing is sent until [`Elector::run`].

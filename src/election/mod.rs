@@ -154,6 +154,13 @@ impl Timings {
         self.renew_deadline
     }
 
+    /// How long an app guarded by a term (`zen-lead run`) may take to exit
+    /// after the term's deadline before it is killed: half of what the rules
+    /// leave between that deadline and anyone else's earliest take-over.
+    pub fn stop_grace(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_deadline) / 2
+    }
+
     /// Pause between attempts.
     pub fn retry_period(&self) -> Duration {
         self.retry_period

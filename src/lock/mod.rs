@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{validate_dns_label, validate_dns_subdomain};
 use crate::cli::LockArgs;
+use crate::contract::FENCING_TOKEN_ENV;
 use crate::election::driver::ClientError;
 use crate::election::{
     ElectionError, Elector, ElectorConfig, LeaderStatus, Metrics, RunError, TimingNames, Timings,
@@ -37,10 +38,6 @@ pub const EXIT_LOST: i32 = 75;
 /// Exit status when `--timeout` passed before the lock was acquired (as
 /// coreutils' `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
-/// Environment variable CMD gets: the fencing token (`leaseTransitions`) of
-/// the term it runs in; it only ever grows.
-pub const FENCING_TOKEN_ENV: &str = "ZEN_LEAD_FENCING_TOKEN";
-
 /// Exit status of internal failures around CMD (EX_SOFTWARE).
 pub const EXIT_INTERNAL: i32 = 70;
 
