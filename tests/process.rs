@@ -464,6 +464,81 @@ async fn process_app_stops_when_its_agent_is_paused_or_killed() {
     .await;
 }
 
+/// A hand-off (the Lease's preferred holder, as `zen-lead handoff` and the
+/// controller write it) to a follower while the leader's app takes 0.7 s to
+/// stop: the old agent ends its term at once but clears the Lease only once
+/// its app has exited, so the successor's app never starts beside it.
+#[tokio::test]
+async fn process_hand_off_waits_for_the_old_app_to_exit() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "process-handoff", |client, ns| async move {
+        let setup = Setup::new(&client, &ns).await;
+        setup.policy("handing", json!({})).await;
+        setup
+            .deployment(
+                "handing",
+                2,
+                template("handing", &setup.dir, &["--stop-delay=700ms"], json!({})),
+            )
+            .await;
+        let leader = steady_pool(&setup, "handing", 2).await;
+        let follower = setup
+            .pods()
+            .list(&ListParams::default().labels("app=handing"))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() != Some(leader.as_str()))
+            .expect("a follower");
+        let identity = zen_lead::api::keys::pod_identity(
+            follower.metadata.name.as_deref().unwrap_or_default(),
+            follower.metadata.uid.as_deref().unwrap_or_default(),
+        );
+        let asked = monotonic_ns();
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
+            .patch(
+                "handing",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    zen_lead::api::keys::PREFERRED_HOLDER_ANNOTATION: identity}}})),
+            )
+            .await
+            .expect("set the preferred holder");
+        let dir = setup.dir.clone();
+        let name = follower.metadata.name.clone().unwrap_or_default();
+        let next = eventually(
+            "the follower's app to start",
+            Duration::from_secs(60),
+            || {
+                let dir = dir.clone();
+                let name = name.clone();
+                async move {
+                    runs(&dir)
+                        .into_iter()
+                        .find(|r| r.name == name && r.start > asked)
+                        .ok_or_else(|| "not yet".to_owned())
+                }
+            },
+        )
+        .await;
+        let all = runs(&setup.dir);
+        let old = all.iter().find(|r| r.name == leader).expect("the old run");
+        let stopped = old.stop.expect("the old app stopped");
+        println!(
+            "process: hand-off: old app stopped {:.0} ms after the request (0.7 s stop delay, within the 1 s stop grace), the \
+             successor's started {:.0} ms after that",
+            (stopped - asked) as f64 / 1e6,
+            (next.start - stopped) as f64 / 1e6
+        );
+        assert!(stopped <= next.start, "{all:?}");
+        assert_no_overlap(&all);
+        setup.done().await;
+    })
+    .await;
+}
+
 /// An app that fails while leading (exit status 3) makes its pod release
 /// the Lease: another replica's app starts without waiting for the lease to
 /// expire. While running, the app's own probes decide (the leader's failing
