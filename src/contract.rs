@@ -14,6 +14,14 @@ use serde::{Deserialize, Serialize};
 /// the controller and `zen-lead status` recognise it.
 pub const AGENT_CONTAINER: &str = "zen-lead-agent";
 
+/// The agent container's command: the image's per-pod binary
+/// (`zen-lead-pod`, src/bin/zen-lead-pod.rs), which has the agent, `run`
+/// and `probe` and none of the controller. The agent shares this binary
+/// with the app containers, so a `process` pod keeps only it resident.
+/// The published image and the local cluster's image both carry it
+/// (tests/image_layout.rs).
+pub const AGENT_COMMAND: &str = "/usr/local/bin/zen-lead-pod";
+
 /// The agent's HTTP port. Must equal the default of `zen-lead agent
 /// --http-addr` (src/cli.rs): the webhook passes no address flag, so the
 /// probes and the agent agree through this one number.
@@ -67,6 +75,48 @@ pub const IDENTITY_ENV: &str = "ZEN_LEAD_IDENTITY";
 /// `POST` on the agent (loopback only): release the Lease if this pod holds
 /// it and stand down for a while, so another replica takes over.
 pub const RELEASE_PATH: &str = "/v1/release";
+
+/// Why `run` asks for a release: the `reason` query parameter of
+/// [`RELEASE_PATH`] (for the agent's log; both stand down alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The app exited with a failure status while leading.
+    AppFailed,
+    /// The app was stopped by a signal to its container (the pod is being
+    /// deleted, or the kubelet restarts the container): hand over now rather
+    /// than when the kubelet gets round to stopping the agent.
+    AppStopped,
+}
+
+impl ReleaseReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AppFailed => "app-failed",
+            Self::AppStopped => "app-stopped",
+        }
+    }
+
+    /// The reason named in a request's query (`reason=…`); a request without
+    /// one (an older `run`) counts as [`ReleaseReason::AppFailed`].
+    pub fn from_query(query: Option<&str>) -> Self {
+        let mut named = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|kv| kv.strip_prefix("reason="));
+        match named.next_back() {
+            Some(v) if v == Self::AppStopped.as_str() => Self::AppStopped,
+            _ => Self::AppFailed,
+        }
+    }
+
+    /// The path and query `run` posts ([`RELEASE_PATH`] with the reason).
+    pub const fn path_and_query(self) -> &'static str {
+        match self {
+            Self::AppFailed => "/v1/release?reason=app-failed",
+            Self::AppStopped => "/v1/release?reason=app-stopped",
+        }
+    }
+}
 
 /// `POST` on the agent (loopback only), held open while an app process
 /// runs under `zen-lead run`: the request body never ends, and closing the
@@ -217,6 +267,21 @@ mod tests {
         assert_eq!(
             app_health_path("app", ProbeKind::Readiness),
             "/app-health/app/readiness"
+        );
+    }
+
+    #[test]
+    fn release_reasons_round_trip_through_the_query() {
+        for reason in [ReleaseReason::AppFailed, ReleaseReason::AppStopped] {
+            let (path, query) = reason.path_and_query().split_once('?').expect("a query");
+            assert_eq!(path, RELEASE_PATH);
+            assert_eq!(ReleaseReason::from_query(Some(query)), reason);
+        }
+        // An older `run` names no reason: it only ever released on failure.
+        assert_eq!(ReleaseReason::from_query(None), ReleaseReason::AppFailed);
+        assert_eq!(
+            ReleaseReason::from_query(Some("x=1&reason=nonsense")),
+            ReleaseReason::AppFailed
         );
     }
 }

@@ -248,8 +248,8 @@ fn memory_kb(exe: &str, key: &str, value: &str) -> (u64, u64, u64) {
 
 /// Prints the agent's and `run`'s memory in `pod`.
 fn print_memory(pod: &str) {
-    let agent = memory_kb("zen-lead", "ZEN_LEAD_POD_NAME", pod);
-    let run = memory_kb("zen-lead", "POD_NAME", pod);
+    let agent = memory_kb(common::faults::agent_exe(), "ZEN_LEAD_POD_NAME", pod);
+    let run = memory_kb(zen_lead::contract::BIN_PATH, "POD_NAME", pod);
     println!(
         "process: memory in the leading pod (kB): agent RSS {} (file-backed {}, PSS {}), run RSS {} \
          (file-backed {}, PSS {}); together RSS {} (goal < 12288)",
@@ -388,7 +388,7 @@ async fn process_app_stops_when_its_agent_is_paused_or_killed() {
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         // SIGSTOP the leader's agent (not the app) past the lease.
-        let agent = common::faults::pids_with_env("zen-lead", "ZEN_LEAD_POD_NAME", &leader);
+        let agent = common::faults::pids_with_env(common::faults::agent_exe(), "ZEN_LEAD_POD_NAME", &leader);
         assert_eq!(agent.len(), 1, "the leader's agent process: {agent:?}");
         let pid = rustix::process::Pid::from_raw(agent[0]).expect("pid");
         let paused_at = monotonic_ns();
@@ -432,7 +432,7 @@ async fn process_app_stops_when_its_agent_is_paused_or_killed() {
         // SIGKILL the new leader's agent: its app stops at once (the agent's
         // stream breaks); the kubelet restarts the agent and an app runs again.
         let leader = steady_pool(&setup, "faulty", 2).await;
-        let agent = common::faults::pids_with_env("zen-lead", "ZEN_LEAD_POD_NAME", &leader);
+        let agent = common::faults::pids_with_env(common::faults::agent_exe(), "ZEN_LEAD_POD_NAME", &leader);
         assert_eq!(agent.len(), 1, "the leader's agent process: {agent:?}");
         let killed_at = monotonic_ns();
         common::faults::kill_all(&agent);
@@ -643,8 +643,11 @@ async fn process_failing_app_hands_over_and_app_probes_decide_while_running() {
 /// The app's own probes count only while its process runs. Two app
 /// containers, each with a probe that fails once its app runs: `app`'s HTTP
 /// readiness and `side`'s exec readiness make only the leader's containers
-/// unready, and `side`'s TCP liveness (no start-up budget) restarts only the
-/// leader's `side`; the held followers stay Ready and are never restarted.
+/// unready, and `side`'s TCP liveness (no start-up budget) restarts only a
+/// leader's `side`; the held follower stays Ready. The kubelet's restart of
+/// a leader's container hands leadership over (`run` releases when a signal
+/// ends its app in its term) instead of a crash-looping leader keeping the
+/// pool, so the app runs in both pods in turn, never in two at once.
 #[tokio::test]
 async fn process_app_probes_count_only_while_the_app_runs() {
     let client = client().await;
@@ -683,7 +686,7 @@ async fn process_app_probes_count_only_while_the_app_runs() {
                 .map(|c| (c.ready, c.restart_count))
         };
         let report = eventually(
-            "the leader's containers unready and its side restarted, the follower Ready",
+            "the leader's containers unready, the follower Ready, a liveness restart handed over",
             Duration::from_secs(180),
             || {
                 let pods = pods.clone();
@@ -697,32 +700,43 @@ async fn process_app_probes_count_only_while_the_app_runs() {
                     let [run] = open.as_slice() else {
                         return Err(format!("apps running: {open:?}"));
                     };
+                    let led: std::collections::BTreeSet<String> =
+                        runs(&dir).into_iter().map(|r| r.name).collect();
                     let mut seen = Vec::new();
-                    let mut ok = list.items.len() == 2;
+                    let mut restarted_leader = false;
+                    let mut ok = list.items.len() == 2 && led.len() >= 2;
                     for pod in &list.items {
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         let app = status(pod, "app");
                         let side = status(pod, "side");
-                        let good = if name == run.name {
+                        let restarts = side.map_or(0, |(_, r)| r);
+                        // Only a running app's liveness counts: a pod that
+                        // never led is never restarted.
+                        assert!(
+                            restarts == 0 || led.contains(&name),
+                            "{name}'s side was restarted but never ran its app: {side:?}"
+                        );
+                        restarted_leader |= restarts >= 1;
+                        ok &= if name == run.name {
                             app.is_some_and(|(ready, _)| !ready)
-                                && side.is_some_and(|(ready, restarts)| !ready && restarts >= 1)
+                                && side.is_some_and(|(ready, _)| !ready)
                         } else {
                             pod_ready(pod)
-                                && app == Some((true, 0))
-                                && side == Some((true, 0))
+                                && app.is_some_and(|(ready, _)| ready)
+                                && side.is_some_and(|(ready, _)| ready)
                         };
-                        ok &= good;
                         seen.push(format!("{name}: app {app:?}, side {side:?}"));
                     }
-                    if ok {
+                    if ok && restarted_leader {
                         Ok(seen)
                     } else {
-                        Err(format!("leader {}; {seen:?}", run.name))
+                        Err(format!("leader {}; led {led:?}; {seen:?}", run.name))
                     }
                 }
             },
         )
         .await;
+        assert_no_overlap(&runs(&dir));
         println!("process: probes (ready, restarts): {report:?}");
         setup.done().await;
     })

@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,10 +38,18 @@ struct FakeAgent {
     addr: SocketAddr,
     state: watch::Sender<AgentState>,
     watches: Arc<AtomicUsize>,
-    releases: Arc<AtomicUsize>,
+    /// The path and query of each release request.
+    releases: Arc<Mutex<Vec<String>>>,
 }
 
+const FAILED: &str = "/v1/release?reason=app-failed";
+const STOPPED: &str = "/v1/release?reason=app-stopped";
+
 impl FakeAgent {
+    fn releases(&self) -> Vec<String> {
+        self.releases.lock().expect("releases").clone()
+    }
+
     async fn start(view: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -51,7 +59,7 @@ impl FakeAgent {
             generation: 0,
         });
         let watches = Arc::new(AtomicUsize::new(0));
-        let releases = Arc::new(AtomicUsize::new(0));
+        let releases = Arc::new(Mutex::new(Vec::new()));
         let (tx, w, r) = (state.clone(), watches.clone(), releases.clone());
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
@@ -93,7 +101,7 @@ async fn serve(
     mut conn: TcpStream,
     mut state: watch::Receiver<AgentState>,
     watches: Arc<AtomicUsize>,
-    releases: Arc<AtomicUsize>,
+    releases: Arc<Mutex<Vec<String>>>,
 ) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -149,8 +157,9 @@ async fn serve(
         }
     } else if request_line.starts_with("GET /v1/leader ") {
         let _ = conn.write_all(plain(&current.view).as_bytes()).await;
-    } else if request_line.starts_with("POST /v1/release ") {
-        releases.fetch_add(1, Ordering::SeqCst);
+    } else if let Some(rest) = request_line.strip_prefix("POST /v1/release") {
+        let path = format!("/v1/release{}", rest.split(' ').next().unwrap_or_default());
+        releases.lock().expect("releases").push(path);
         let _ = conn.write_all(plain("{}").as_bytes()).await;
     } else {
         let _ = conn
@@ -434,7 +443,7 @@ async fn cmd_failing_releases_the_pool_and_run_exits_with_its_status() {
     let status = exit_within(&mut run, PROMPT).await;
     assert_eq!(status.code(), Some(3));
     assert!(dir.join("ran").exists());
-    assert_eq!(agent.releases.load(Ordering::SeqCst), 1);
+    assert_eq!(agent.releases(), [FAILED]);
 }
 
 #[tokio::test]
@@ -443,7 +452,7 @@ async fn cmd_killed_by_a_signal_exits_128_plus_the_signal() {
     let mut run = spawn_run(&agent, "kill -USR1 $$");
     let status = exit_within(&mut run, PROMPT).await;
     assert_eq!(status.code(), Some(128 + 10));
-    assert_eq!(agent.releases.load(Ordering::SeqCst), 1);
+    assert_eq!(agent.releases(), [FAILED]);
 }
 
 #[tokio::test]
@@ -452,11 +461,11 @@ async fn cmd_exiting_0_exits_0_without_release() {
     let mut run = spawn_run(&agent, "exit 0");
     let status = exit_within(&mut run, PROMPT).await;
     assert_eq!(status.code(), Some(0));
-    assert_eq!(agent.releases.load(Ordering::SeqCst), 0);
+    assert!(agent.releases().is_empty());
 }
 
 #[tokio::test]
-async fn sigterm_to_run_reaches_cmd_and_run_exits_with_its_status() {
+async fn sigterm_to_run_reaches_cmd_then_run_hands_over_and_exits_with_its_status() {
     let dir = scratch("sigterm");
     let agent = FakeAgent::start(leading(5, Duration::from_secs(30), Duration::from_secs(5))).await;
     let mut run = spawn_run(&agent, &recording_cmd(&dir, 42));
@@ -468,7 +477,9 @@ async fn sigterm_to_run_reaches_cmd_and_run_exits_with_its_status() {
     let status = exit_within(&mut run, PROMPT).await;
     assert_eq!(status.code(), Some(42));
     assert_eq!(lines(&dir.join("stopped")), ["term"]);
-    assert_eq!(agent.releases.load(Ordering::SeqCst), 0);
+    // The pod is going away: hand over without waiting for the kubelet to
+    // stop the agent.
+    assert_eq!(agent.releases(), [STOPPED]);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! | `/startz` | `start` activation: 200 only while this pod leads (a follower's request is held up to 800 ms, answered the moment it leads); `api` activation: 200 once the API gate serves; `process` activation: 200 once the binary is shared (the startup probe that holds back the app containers) |
 //! | `/app-health/<container>/<kind>` | `process` activation: the app container's probe (`startup`, `readiness`, `liveness`): 200 while the app is held, else the app's own probe (see [`super::app_probe`]) |
 //! | `POST /v1/app/hold` | `process` activation, from loopback only: `zen-lead run` keeps this request open while its app runs; a voluntary release waits until none is open |
-//! | `POST /v1/release` | `process` activation, from loopback only: release the Lease if this pod leads and stand down for a lease duration (`zen-lead run` asks when the app fails) |
+//! | `POST /v1/release` | `process` activation, from loopback only: release the Lease if this pod leads and stand down for a lease duration (`zen-lead run` asks when the app fails or a signal stopped it; `?reason=app-failed` or `app-stopped`) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
 //! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
 //! | `/metrics` | Prometheus/OpenMetrics |
@@ -31,7 +31,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::agent::app_probe::{self, Verdict};
-use crate::contract::{APP_HEALTH_PREFIX, APP_HOLD_PATH, AppProbe, ProbeKind, RELEASE_PATH};
+use crate::contract::{
+    APP_HEALTH_PREFIX, APP_HOLD_PATH, AppProbe, ProbeKind, RELEASE_PATH, ReleaseReason,
+};
 use crate::election::{LeaderStatus, clock};
 use crate::telemetry::{METRICS_CONTENT_TYPE, render};
 
@@ -325,12 +327,14 @@ async fn app_health(
     }
 }
 
-/// `process` activation: `zen-lead run`'s app failed while leading; let
-/// another replica take over instead of a crash-looping leader keeping the
-/// pool. Only the pod's own containers (loopback) may ask.
+/// `process` activation: `zen-lead run`'s app failed (or was stopped by a
+/// signal) while leading; let another replica take over instead of a
+/// crash-looping or departing leader keeping the pool. Only the pod's own
+/// containers (loopback) may ask.
 async fn release(
     Extract(state): Extract<State>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    uri: axum::http::Uri,
 ) -> Response {
     if !peer.ip().is_loopback() {
         return (
@@ -353,10 +357,17 @@ async fn release(
     }
     let until = now + status.timings.lease_duration();
     process.stand_down.send_replace(Some(until));
-    tracing::warn!(
-        stand_down_ms = status.timings.lease_duration().as_millis(),
-        "the app failed while leading: releasing the Lease and standing down"
-    );
+    let stand_down_ms = status.timings.lease_duration().as_millis();
+    match ReleaseReason::from_query(uri.query()) {
+        ReleaseReason::AppFailed => tracing::warn!(
+            stand_down_ms,
+            "the app failed while leading: releasing the Lease and standing down"
+        ),
+        ReleaseReason::AppStopped => tracing::info!(
+            stand_down_ms,
+            "the app was stopped by a signal while leading: releasing the Lease and standing down"
+        ),
+    }
     (
         StatusCode::OK,
         "releasing the Lease; standing down for one lease duration\n",

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::RunError;
 use super::machine::View;
-use crate::contract::APP_HOLD_PATH;
+use crate::contract::{APP_HOLD_PATH, ReleaseReason};
 use crate::election::clock;
 
 /// Largest `/v1/leader` answer read (the agent sends a few hundred bytes).
@@ -170,8 +170,8 @@ pub async fn hold(addr: SocketAddr) -> Result<TcpStream, RunError> {
 }
 
 /// `POST /v1/release`: asks the agent to hand the Lease to another replica.
-pub async fn release(addr: SocketAddr) -> Result<(), RunError> {
-    request(addr, Method::POST, "/v1/release", "*/*").await?;
+pub async fn release(addr: SocketAddr, reason: ReleaseReason) -> Result<(), RunError> {
+    request(addr, Method::POST, reason.path_and_query(), "*/*").await?;
     Ok(())
 }
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 use rustix::process::Signal;
 use tokio::time::Instant;
 
+pub use crate::contract::ReleaseReason;
+
 /// One event of the agent, as the machine needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
@@ -97,7 +99,7 @@ pub enum Action {
     /// Exit `run` with this status.
     Exit(i32),
     /// Ask the agent to release the Lease, then exit with this status.
-    ReleaseAndExit(i32),
+    ReleaseAndExit(i32, ReleaseReason),
     /// The scheduled time already ran in the pool (by this Job): complete
     /// without running CMD.
     Skip(String),
@@ -266,10 +268,16 @@ impl Machine {
     fn exited(&mut self, code: i32, now: Instant) -> Action {
         let phase = std::mem::replace(&mut self.phase, Phase::Waiting);
         match phase {
+            // A signal to the container ended CMD in its term: the pod is
+            // going away (or the kubelet restarts the container), so hand
+            // over now instead of when the kubelet stops the agent.
+            Phase::Running { .. } if self.exiting => {
+                Action::ReleaseAndExit(code, ReleaseReason::AppStopped)
+            }
             _ if self.exiting => Action::Exit(code),
             Phase::Running { .. } if code == 0 => Action::Exit(0),
             // CMD failed while leading: let another replica take over.
-            Phase::Running { .. } => Action::ReleaseAndExit(code),
+            Phase::Running { .. } => Action::ReleaseAndExit(code, ReleaseReason::AppFailed),
             // We stopped it (or it was not running): wait for the next term,
             // which may already be here.
             Phase::Stopping { .. } | Phase::Waiting => match self.latest.take() {
@@ -463,7 +471,7 @@ mod tests {
                 running(t0),
                 Input::Exited(3),
                 t0 + secs(1),
-                Action::ReleaseAndExit(3),
+                Action::ReleaseAndExit(3, ReleaseReason::AppFailed),
                 None,
             ),
             (
@@ -471,7 +479,7 @@ mod tests {
                 running(t0),
                 Input::Exited(127),
                 t0,
-                Action::ReleaseAndExit(127),
+                Action::ReleaseAndExit(127, ReleaseReason::AppFailed),
                 None,
             ),
             (
@@ -481,6 +489,43 @@ mod tests {
                 t0 + secs(1),
                 Action::Forward(Signal::TERM),
                 Some(t0 + secs(10)),
+            ),
+            (
+                "CMD ended by a forwarded signal in its term releases, then exits with its status",
+                {
+                    let mut m = running(t0);
+                    m.handle(Input::Signal(Signal::TERM), t0 + secs(1));
+                    m
+                },
+                Input::Exited(143),
+                t0 + secs(2),
+                Action::ReleaseAndExit(143, ReleaseReason::AppStopped),
+                None,
+            ),
+            (
+                "CMD exiting 0 after a forwarded signal also releases",
+                {
+                    let mut m = running(t0);
+                    m.handle(Input::Signal(Signal::TERM), t0 + secs(1));
+                    m
+                },
+                Input::Exited(0),
+                t0 + secs(2),
+                Action::ReleaseAndExit(0, ReleaseReason::AppStopped),
+                None,
+            ),
+            (
+                "a signal while CMD is being stopped (its term is over) does not release",
+                {
+                    let mut m = running(t0);
+                    m.handle(Input::Event(following()), t0 + secs(1));
+                    m.handle(Input::Signal(Signal::TERM), t0 + secs(1));
+                    m
+                },
+                Input::Exited(143),
+                t0 + secs(2),
+                Action::Exit(143),
+                None,
             ),
             (
                 "a signal while waiting exits 0 at once",

@@ -34,7 +34,7 @@ use crate::contract::{
 };
 use crate::election::clock;
 use crate::lock::exit_code;
-use machine::{Action, Input, Launch, Machine, View};
+use machine::{Action, Input, Launch, Machine, ReleaseReason, View};
 
 /// Errors of `run` and `probe`.
 #[derive(Debug, thiserror::Error)]
@@ -381,12 +381,23 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
                 }
                 std::process::exit(0);
             }
-            Action::ReleaseAndExit(code) => {
-                warn!(
-                    code,
-                    "CMD failed while this pod leads; asking the agent to hand leadership to another replica"
-                );
-                match timeout(args.release_timeout, client::release(args.agent_addr)).await {
+            Action::ReleaseAndExit(code, reason) => {
+                match reason {
+                    ReleaseReason::AppFailed => warn!(
+                        code,
+                        "CMD failed while this pod leads; asking the agent to hand leadership to another replica"
+                    ),
+                    ReleaseReason::AppStopped => info!(
+                        code,
+                        "CMD was stopped by a signal while this pod leads; asking the agent to hand leadership to another replica now"
+                    ),
+                }
+                match timeout(
+                    args.release_timeout,
+                    client::release(args.agent_addr, reason),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) => warn!("release not confirmed: {err}"),
                     Err(_) => warn!(

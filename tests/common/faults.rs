@@ -100,6 +100,12 @@ fn iptables(op: &str, rule: &[String]) {
 /// PIDs of the host processes whose executable name ends with `exe` and
 /// whose environment has `key=value` (a container's processes are host
 /// processes on the real node).
+/// How an injected agent's argv[0] ends (the webhook's `AGENT_COMMAND`).
+pub fn agent_exe() -> &'static str {
+    let command = zen_lead::contract::AGENT_COMMAND;
+    command.rsplit('/').next().unwrap_or(command)
+}
+
 pub fn pids_with_env(exe: &str, key: &str, value: &str) -> Vec<i32> {
     let needle = format!("{key}={value}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
