@@ -57,6 +57,16 @@ pub const LONG_VERSION: &str = concat!(
     max_term_width = 100
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct GlobalArgs {
     /// Log line format.
     #[arg(
         long,
@@ -78,9 +88,107 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log_level: String,
+}
+
+impl Cli {
+    /// Parses the process's arguments. `zen-lead run -- CMD`, exactly as
+    /// the webhook writes it into every app container of a `process` pool,
+    /// is parsed without building the whole command tree: `run` stays
+    /// resident beside the app for the pod's lifetime, and the code pages
+    /// the full parser touches are most of its memory. Same flags, same
+    /// environment, same result (a test compares the two); anything else,
+    /// errors included, goes through the full parser.
+    pub fn parse_process_args() -> Self {
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        Self::fast_run(&argv).unwrap_or_else(|| Self::parse_from(argv))
+    }
+
+    fn fast_run(argv: &[std::ffi::OsString]) -> Option<Self> {
+        let (global, args) = fast_run(argv)?;
+        Some(Self {
+            global,
+            command: Command::Run(args),
+        })
+    }
+}
+
+/// `run -- CMD` right after the binary's name: parsed by [`RunOnly`].
+fn fast_run(argv: &[std::ffi::OsString]) -> Option<(GlobalArgs, RunArgs)> {
+    if argv.get(1).is_none_or(|a| a != "run") || argv.get(2).is_none_or(|a| a != "--") {
+        return None;
+    }
+    let rest = argv[..1].iter().chain(&argv[2..]);
+    let only = RunOnly::try_parse_from(rest).ok()?;
+    Some((only.global, only.args))
+}
+
+/// `zen-lead-pod`: the binary of a pool pod's own processes. The webhook
+/// starts the agent from it, and the agent shares it with the app
+/// containers (`zen-lead run`, `zen-lead probe`). It is `zen-lead` without
+/// the controller, the webhook and the operator commands, so the code a
+/// pod keeps resident is about half as large. The subcommands and flags are
+/// `zen-lead`'s own.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zen-lead",
+    bin_name = "zen-lead-pod",
+    version = env!("CARGO_PKG_VERSION"),
+    long_version = LONG_VERSION,
+    about = "zen-lead's per-pod binary: the election agent and `zen-lead run` (see `zen-lead --help`)",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct PodCli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: PodCommand,
+}
+
+/// What a pool pod runs (see [`Command`] for each).
+// Parsed once per process, as `Command`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Run a pod's election agent (injected into pool pods by the webhook).
+    #[command(long_about = AGENT_ABOUT)]
+    Agent(AgentArgs),
+
+    /// Run an app container's command only while its pod leads.
+    #[command(long_about = RUN_ABOUT)]
+    Run(RunArgs),
+
+    /// An app container's exec probe in a `process` pool.
+    #[command(long_about = PROBE_ABOUT)]
+    Probe(ProbeArgs),
+
+    /// Print the version and git commit.
+    Version,
+}
+
+impl PodCli {
+    /// As [`Cli::parse_process_args`].
+    pub fn parse_process_args() -> Self {
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match fast_run(&argv) {
+            Some((global, args)) => Self {
+                global,
+                command: PodCommand::Run(args),
+            },
+            None => Self::parse_from(argv),
+        }
+    }
+}
+
+/// `zen-lead run`'s flags alone (see [`Cli::parse_process_args`]).
+#[derive(Debug, Parser)]
+#[command(name = "zen-lead run")]
+struct RunOnly {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(flatten)]
+    args: RunArgs,
 }
 
 /// The subcommands.
@@ -280,7 +388,9 @@ pub struct ControllerArgs {
     #[arg(long, env = "ZEN_LEAD_NAMESPACE", default_value = "zen-lead")]
     pub namespace: String,
 
-    /// Image of the agent sidecar the webhook injects.
+    /// Image of the agent sidecar the webhook injects. It must carry
+    /// /usr/local/bin/zen-lead-pod (the agent container's command), as the
+    /// zen-lead image does.
     #[arg(
         long,
         env = "ZEN_LEAD_AGENT_IMAGE",
@@ -643,7 +753,7 @@ pub struct LockArgs {
 }
 
 /// Flags of `zen-lead run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RunArgs {
     /// Address of this pod's zen-lead agent (its local HTTP API).
     #[arg(long, env = "ZEN_LEAD_AGENT_ADDR", default_value = DEFAULT_AGENT_ADDR)]
@@ -868,8 +978,8 @@ mod tests {
             "debug",
         ])
         .expect("parse");
-        assert_eq!(cli.log_format, LogFormat::Json);
-        assert_eq!(cli.log_level, "debug");
+        assert_eq!(cli.global.log_format, LogFormat::Json);
+        assert_eq!(cli.global.log_level, "debug");
         assert!(matches!(cli.command, Command::Crd));
     }
 
@@ -918,6 +1028,43 @@ mod tests {
         assert_eq!(args.lease_duration, Duration::from_secs(15));
         assert_eq!(args.command, ["sh", "-c", "echo --not-ours"]);
         assert!(Cli::try_parse_from(["zen-lead", "lock", "nightly"]).is_err());
+    }
+
+    #[test]
+    fn the_webhooks_run_form_parses_as_the_full_parser_does() {
+        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        for argv in [
+            &["zen-lead", "run", "--", "/app/server", "--port", "80"][..],
+            // Flags after `--` belong to the app, not to zen-lead.
+            &[
+                "zen-lead",
+                "run",
+                "--",
+                "/bin/app",
+                "--log-level",
+                "trace",
+                "--",
+            ],
+            &["zen-lead", "run", "--", "x"],
+        ] {
+            let fast = Cli::fast_run(&os(argv)).expect("the webhook's form takes the fast path");
+            let full = Cli::try_parse_from(argv).expect("full parse");
+            let (Command::Run(a), Command::Run(b)) = (&fast.command, &full.command) else {
+                panic!("run expected");
+            };
+            assert_eq!(a, b, "{argv:?}");
+            assert_eq!(fast.global, full.global, "{argv:?}");
+        }
+        // Anything else goes through the full parser (its errors included).
+        for argv in [
+            &["zen-lead", "run", "--agent-addr", "127.0.0.1:1", "--", "x"][..],
+            &["zen-lead", "--log-level", "debug", "run", "--", "x"],
+            &["zen-lead", "run"],
+            &["zen-lead", "run", "--"],
+            &["zen-lead", "agent"],
+        ] {
+            assert!(Cli::fast_run(&os(argv)).is_none(), "{argv:?}");
+        }
     }
 
     #[test]

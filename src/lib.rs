@@ -34,7 +34,7 @@ pub mod webhook;
 use std::io::Write;
 use std::time::Duration;
 
-use cli::{CertsArgs, Cli, Command};
+use cli::{CertsArgs, Cli, Command, PodCli, PodCommand};
 
 /// Crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -79,22 +79,24 @@ pub enum Error {
 
     #[error("could not write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
+
+    #[error("a rustls crypto provider was already installed in this process")]
+    CryptoProvider,
+
+    #[error("could not start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Runs one `zen-lead` invocation.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    telemetry::init_logging(cli.log_format, &cli.log_level)?;
+    telemetry::init_logging(cli.global.log_format, &cli.global.log_level)?;
     match cli.command {
         Command::Controller(args) => {
             let config = controller::Config::from_args(&args)?;
             tracing::debug!(?config, "controller configuration");
             Ok(controller::run(&config).await?)
         }
-        Command::Agent(args) => {
-            let config = agent::Config::from_args(&args)?;
-            tracing::debug!(?config, "agent configuration");
-            Ok(agent::run(&config).await?)
-        }
+        Command::Agent(args) => run_agent(&args).await,
         Command::Lock(args) => {
             let request = lock::Request::from_args(&args)?;
             tracing::debug!(?request, "lock request");
@@ -113,8 +115,75 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Crd => print(&api::crd_yaml()?),
         Command::Certs(args) => certs(&args),
-        Command::Version => print(&format!("zen-lead {}\n", cli::LONG_VERSION)),
+        Command::Version => print_version(),
     }
+}
+
+/// Runs one `zen-lead-pod` invocation: only what a pool pod runs, so the
+/// binary links none of the controller's code (see [`cli::PodCli`]).
+pub async fn run_pod(cli: PodCli) -> Result<(), Error> {
+    telemetry::init_logging(cli.global.log_format, &cli.global.log_level)?;
+    match cli.command {
+        PodCommand::Agent(args) => run_agent(&args).await,
+        PodCommand::Run(args) => Ok(run::run(&args).await?),
+        PodCommand::Probe(args) => Ok(run::probe::probe(&args).await?),
+        PodCommand::Version => print_version(),
+    }
+}
+
+/// The edge both binaries share: one process-wide TLS provider (ring),
+/// chosen before any TLS is set up so kube's client, the webhook and the
+/// agent agree, then `command` on a runtime. The per-pod processes run on
+/// one thread: their work is I/O for one pod, with no cross-thread wake-ups
+/// (for the API gate, a futex and a context switch per proxied watch event
+/// otherwise); the controller's reconcilers and webhook use every core.
+pub fn execute(
+    single_threaded: bool,
+    command: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| Error::CryptoProvider)?;
+    let runtime = if single_threaded {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .map_err(Error::Runtime)?;
+    runtime.block_on(command)
+}
+
+/// The exit status of a binary, printing the error's whole cause chain on
+/// one line first.
+pub fn exit_code(result: Result<(), Error>) -> std::process::ExitCode {
+    let Err(err) = result else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    let mut line = format!("zen-lead: error: {err}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        // Most messages already quote their cause.
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    eprintln!("{line}");
+    std::process::ExitCode::FAILURE
+}
+
+async fn run_agent(args: &cli::AgentArgs) -> Result<(), Error> {
+    let config = agent::Config::from_args(args)?;
+    tracing::debug!(?config, "agent configuration");
+    Ok(agent::run(&config).await?)
+}
+
+fn print_version() -> Result<(), Error> {
+    print(&format!("zen-lead {}\n", cli::LONG_VERSION))
 }
 
 fn print(text: &str) -> Result<(), Error> {

@@ -334,25 +334,12 @@ fn kubectl(ns: &str, args: &[&str]) -> std::process::Output {
     common::kubectl(&full, &cache)
 }
 
-/// Finds the host PID of the agent of `pod`: the `zen-lead agent` process
-/// whose environment names the pod (the test runs as root on the node).
+/// Finds the host PID of the agent of `pod` (the test runs as root on the
+/// node).
 fn agent_pid(pod: &str) -> Option<i32> {
-    let needle = format!("ZEN_LEAD_POD_NAME={pod}");
-    std::fs::read_dir("/proc").ok()?.find_map(|e| {
-        let e = e.ok()?;
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_agent = args.first().is_some_and(|a| a.ends_with(b"zen-lead"))
-            && args.get(1).is_some_and(|a| *a == b"agent");
-        if !is_agent {
-            return None;
-        }
-        let env = std::fs::read(e.path().join("environ")).ok()?;
-        env.split(|b| *b == 0)
-            .any(|kv| kv == needle.as_bytes())
-            .then_some(pid)
-    })
+    common::faults::pids_with_env(common::faults::agent_exe(), "ZEN_LEAD_POD_NAME", pod)
+        .into_iter()
+        .next()
 }
 
 /// Sends SIGCONT when dropped, so a failing assertion never leaves the

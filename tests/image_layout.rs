@@ -12,6 +12,8 @@ use std::process::Command;
 use serde_json::Value;
 
 const BINARY: &str = "/usr/local/bin/zen-lead";
+/// The injected agent's command: the image must carry it.
+const POD_BINARY: &str = zen_lead::contract::AGENT_COMMAND;
 const USER: &str = "65532:65532";
 
 fn read(rel: &str) -> String {
@@ -41,9 +43,10 @@ fn instructions(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The final stage's COPY destination of the built binary, USER and ENTRYPOINT.
+/// The final stage's COPY destinations of the built binaries, USER and
+/// ENTRYPOINT.
 struct RuntimeStage {
-    binary: String,
+    binaries: Vec<String>,
     user: String,
     entrypoint: Vec<String>,
     base: String,
@@ -57,16 +60,11 @@ fn dockerfile_runtime() -> RuntimeStage {
         .expect("Dockerfile has a FROM");
     let stage = &all[last_from..];
     let base = stage[0].1.clone();
-    let copy = stage
+    let binaries: Vec<String> = stage
         .iter()
-        .find(|(op, rest)| op == "COPY" && rest.starts_with("--from="))
-        .expect("the runtime stage copies the binary from the build stage");
-    let binary = copy
-        .1
-        .split_whitespace()
-        .last()
-        .expect("COPY destination")
-        .to_owned();
+        .filter(|(op, rest)| op == "COPY" && rest.starts_with("--from="))
+        .filter_map(|(_, rest)| rest.split_whitespace().last().map(str::to_owned))
+        .collect();
     let user = stage
         .iter()
         .rfind(|(op, _)| op == "USER")
@@ -80,7 +78,7 @@ fn dockerfile_runtime() -> RuntimeStage {
     let entrypoint: Vec<String> = serde_json::from_str(&entry)
         .unwrap_or_else(|e| panic!("ENTRYPOINT must be the exec (JSON) form: {entry} ({e})"));
     RuntimeStage {
-        binary,
+        binaries,
         user,
         entrypoint,
         base,
@@ -90,7 +88,7 @@ fn dockerfile_runtime() -> RuntimeStage {
 #[test]
 fn dockerfile_runtime_stage_is_minimal_and_non_root() {
     let rt = dockerfile_runtime();
-    assert_eq!(rt.binary, BINARY);
+    assert_eq!(rt.binaries, [BINARY, POD_BINARY]);
     assert_eq!(
         rt.user, USER,
         "numeric uid:gid, so runAsNonRoot can verify it"
@@ -127,11 +125,13 @@ fn cluster_image_script_matches_the_dockerfile() {
         build.contains(&format!("--entrypoint {}", rt.entrypoint[0])),
         "images.sh entrypoint differs from the Dockerfile's: {build}"
     );
-    assert!(
-        script.contains(&format!("\"$bin:{}:0755\"", rt.binary)),
-        "images.sh does not put the binary at {}",
-        rt.binary
-    );
+    for (var, path) in [("bin", BINARY), ("pod_bin", POD_BINARY)] {
+        assert!(rt.binaries.iter().any(|b| b == path));
+        assert!(
+            script.contains(&format!("\"${var}:{path}:0755\"")),
+            "images.sh does not put ${var} at {path}"
+        );
+    }
 }
 
 fn tar_member(archive: &Path, member: &str) -> Vec<u8> {
@@ -216,12 +216,14 @@ fn local_cluster_image_has_the_dockerfile_layout() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let binary = rt.binary.trim_start_matches('/');
-    let entry = files
-        .iter()
-        .find(|l| l.ends_with(&format!(" {binary}")) || l.ends_with(&format!(" /{binary}")))
-        .unwrap_or_else(|| panic!("{binary} is not in the image's layers: {files:?}"));
-    assert!(entry.starts_with("-rwxr-xr-x"), "binary mode: {entry}");
+    for binary in &rt.binaries {
+        let binary = binary.trim_start_matches('/');
+        let entry = files
+            .iter()
+            .find(|l| l.ends_with(&format!(" {binary}")) || l.ends_with(&format!(" /{binary}")))
+            .unwrap_or_else(|| panic!("{binary} is not in the image's layers: {files:?}"));
+        assert!(entry.starts_with("-rwxr-xr-x"), "binary mode: {entry}");
+    }
 }
 
 /// Every target file Cargo.toml names is in the Docker build context and

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::faults::{
-    CutOff, Frozen, kill_all, pids_with_env, restart_apiserver, restart_component,
+    CutOff, Frozen, agent_exe, kill_all, pids_with_env, restart_apiserver, restart_component,
 };
 use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, from_json, records_dir, with_namespace};
@@ -486,7 +486,7 @@ async fn no_two_replicas_active_under_faults() {
                 }
                 Fault::KillElector => {
                     let pids = match system {
-                        System::ZenLead => pids_with_env("zen-lead", "ZEN_LEAD_POD_NAME", &leader),
+                        System::ZenLead => pids_with_env(agent_exe(), "ZEN_LEAD_POD_NAME", &leader),
                         System::Peer => pids_with_env("lepeer", "POD_NAME", &leader),
                     };
                     assert!(!pids.is_empty(), "no elector process for {leader}");

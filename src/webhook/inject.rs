@@ -31,12 +31,12 @@ use crate::contract::{
     JOB_NAME_ENV, SCHEDULED_TIME_ENV,
 };
 
-pub use crate::contract::{AGENT_CONTAINER, AGENT_PORT};
+pub use crate::contract::{AGENT_COMMAND, AGENT_CONTAINER, AGENT_PORT};
 
 /// Name of the agent's container port (at most 15 characters).
 pub const AGENT_PORT_NAME: &str = "zl-agent";
 
-/// Arguments of the agent container; the image's entrypoint is `zen-lead`.
+/// Arguments of the agent container's [`AGENT_COMMAND`].
 pub const AGENT_ARGS: &[&str] = &["agent"];
 
 /// The agent's environment: `zen-lead agent` reads each flag from these
@@ -1003,6 +1003,7 @@ pub fn agent_container(
         name: AGENT_CONTAINER.to_owned(),
         image: Some(config.image.clone()),
         image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(vec![AGENT_COMMAND.to_owned()]),
         args: Some(AGENT_ARGS.iter().map(|a| (*a).to_owned()).collect()),
         // A native sidecar: started before the app, stopped after it.
         restart_policy: Some("Always".to_owned()),

@@ -3,9 +3,10 @@
 # no Docker engine here; zl-cluster assembles the archives from files):
 #   registry.k8s.io/pause:3.10   the pod sandbox image (tests/cluster/cmd/pause)
 #   localhost/zl-testapp:dev     a test workload that records when it runs
-#   localhost/zen-lead:dev       zen-lead's static (musl) release binary, laid
+#   localhost/zen-lead:dev       zen-lead's static (musl) release binaries, laid
 #                                out like the Dockerfile's image:
 #                                /usr/local/bin/zen-lead as the entrypoint,
+#                                /usr/local/bin/zen-lead-pod (the agent's),
 #                                user 65532:65532
 #   localhost/zl-hactl:dev       a client-go controller (cmd/hactl) for the
 #                                `api` activation tests
@@ -33,17 +34,18 @@ go build -trimpath -ldflags "-s -w" -o bin/image-src/lepeer ./cmd/lepeer
 # resident memory carries no shared-library pages).
 target=x86_64-unknown-linux-musl
 log "building zen-lead and the kube-rs test controller (cargo build --release --target $target)"
-(cd "$repo" && cargo build --release --locked --quiet --target "$target" --bin zen-lead --example ha-controller)
+(cd "$repo" && cargo build --release --locked --quiet --target "$target" --bin zen-lead --bin zen-lead-pod --example ha-controller)
 bin="$repo/target/$target/release/zen-lead"
+pod_bin="$repo/target/$target/release/zen-lead-pod"
 hactl_rs="$repo/target/$target/release/examples/ha-controller"
-for b in "$bin" "$hactl_rs"; do
+for b in "$bin" "$pod_bin" "$hactl_rs"; do
   # A static(-pie) binary needs no shared libraries: ldd lists none with "=>".
   if ldd "$b" 2>/dev/null | grep -q '=>'; then
     echo "images: $b is dynamically linked; the images expect static binaries" >&2
     exit 1
   fi
 done
-zen_adds=(--add "$bin:/usr/local/bin/zen-lead:0755")
+zen_adds=(--add "$bin:/usr/local/bin/zen-lead:0755" --add "$pod_bin:/usr/local/bin/zen-lead-pod:0755")
 rs_adds=(--add "$hactl_rs:/usr/local/bin/ha-controller:0755")
 
 build() { # archive name, then zl-cluster image flags
