@@ -101,6 +101,81 @@ async fn controller_ha() {
     .await;
 }
 
+/// `make demo`'s pool (examples/demo/pool.yaml, `activation: process`):
+/// every pod Ready, the app runs only in the leader's pod, and `kubectl
+/// rollout restart` completes with the app running in a new pod.
+#[tokio::test]
+async fn demo_process_pool() {
+    with_zen_lead("ex-demo", |client, ns| async move {
+        apply_example(&ns, "demo/pool.yaml");
+        let pods = pods_where(&client, &ns, "app=demo-workers", 3, "Ready", is_ready).await;
+        let old: BTreeSet<String> = pods.iter().map(ResourceExt::name_any).collect();
+        for pod in &pods {
+            assert_eq!(
+                annotation(pod, "zen-lead.io/activation"),
+                Some("process"),
+                "{}",
+                pod.name_any()
+            );
+        }
+        let app_started = |ns: &str, pod: &str| {
+            kubectl_ok(ns, &["logs", pod, "-c", "app"]).contains("CMD started")
+        };
+        let holder = stable_holder(&client, &ns, "demo-workers").await;
+        let ns2 = ns.clone();
+        let h = holder.clone();
+        eventually("the holder's app to start", WAIT, || {
+            let (ns, h) = (ns2.clone(), h.clone());
+            async move {
+                app_started(&ns, &h)
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_owned())
+            }
+        })
+        .await;
+        for name in old.iter().filter(|p| **p != holder) {
+            assert!(
+                !app_started(&ns, name),
+                "{name}'s app runs, but {holder} leads"
+            );
+        }
+
+        kubectl_ok(&ns, &["rollout", "restart", "deployment/demo-workers"]);
+        kubectl_ok(
+            &ns,
+            &[
+                "rollout",
+                "status",
+                "deployment/demo-workers",
+                "--timeout=180s",
+            ],
+        );
+        // The rollout is complete once the new pods are Ready; the old
+        // holder hands over when its own SIGTERM has stopped its app.
+        let new = eventually("a new pod to hold the pool", WAIT, || {
+            let (client, ns, old) = (client.clone(), ns.clone(), old.clone());
+            async move {
+                let holder = stable_holder(&client, &ns, "demo-workers").await;
+                (!old.contains(&holder))
+                    .then_some(holder.clone())
+                    .ok_or_else(|| format!("{holder} is an old pod"))
+            }
+        })
+        .await;
+        let ns2 = ns.clone();
+        eventually("the new holder's app to start", WAIT, || {
+            let (ns, h) = (ns2.clone(), new.clone());
+            async move {
+                app_started(&ns, &h)
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_owned())
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn exclusive_cronjob() {
     with_zen_lead("ex-cron", |client, ns| async move {
