@@ -14,6 +14,9 @@
 //! (default 20) the steady-state window.
 #![forbid(unsafe_code)]
 
+#[path = "../tests/common/net.rs"]
+mod net;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -117,16 +120,8 @@ fn apiserver_pid() -> Option<u32> {
 }
 
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf);
+    let (status, text) = net::http_get(port, "/metrics").await;
+    (status == 200).then_some(())?;
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())

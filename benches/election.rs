@@ -17,7 +17,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/election_util/mod.rs"]
+#[path = "../tests/common/election.rs"]
 mod election_util;
 
 use std::io::{BufRead, BufReader};

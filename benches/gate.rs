@@ -19,7 +19,9 @@
 //! ZEN_LEAD_BENCH_N (default 1000) requests per path for GET and for
 //! PATCH. Goals (issue 8): < 1 ms added p99, < 10% less watch throughput.
 
-#[path = "../tests/support/gate.rs"]
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/gate.rs"]
 mod fixture;
 
 use std::path::PathBuf;

@@ -19,7 +19,9 @@
 //! peer is its own process. Both share the machine's cores with the load
 //! generator, so absolute numbers are pessimistic; the ratios are the point.
 
-#[path = "../tests/support/tls_client.rs"]
+#[path = "../tests/common/net.rs"]
+mod net;
+#[path = "../tests/common/tls_client.rs"]
 mod tls_client;
 
 use std::net::SocketAddr;
@@ -261,13 +263,6 @@ async fn measure(
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 struct Peer(Child);
 
 impl Drop for Peer {
@@ -282,7 +277,7 @@ async fn start_peer(
     cert_dir: &Path,
     tls: Arc<rustls::ClientConfig>,
 ) -> (Peer, SocketAddr) {
-    let port = free_port();
+    let port = net::free_port();
     let child = Command::new(binary)
         .args([
             "--host",

@@ -10,7 +10,7 @@
 //! checked against cert-manager's real CRDs, with `cert_manager_stand_in`
 //! playing cert-manager's controller and cainjector (see docs/TESTING.md).
 
-#[path = "support/chart.rs"]
+#[path = "common/chart.rs"]
 mod chart;
 mod common;
 
@@ -22,6 +22,7 @@ use chart::{
     Release, find, has_agent, helm, real_node_pod, render, render_text, scoped_values,
     wait_webhook_reachable,
 };
+use common::net::free_port;
 use common::{apply_crd, client, eventually, from_json, kubectl, with_namespace};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -985,13 +986,6 @@ impl Drop for DeleteWebhookConfig {
             &cache_dir(&self.0),
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 /// selfManaged: the chart creates the Secret with empty keys so the release

@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::net::{free_port, http_get};
 use common::workloads::LeaderLabelWatch;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -30,26 +30,10 @@ use zen_lead::api::keys::{
 };
 use zen_lead::api::{LeaderPolicy, LeaderPolicySpec};
 
-use common::{apply_crd, client, kubeconfig_path, repo_root, wait_for, with_namespace};
+use common::{apply_crd, client, kubeconfig_path, wait_for, with_namespace};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = repo_root()
-        .join("target/test-scratch")
-        .join(format!("controller-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    dir
-}
 
 fn signal(pid: u32, sig: Signal) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
@@ -129,31 +113,6 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_owned();
-    (code, body)
 }
 
 /// A `zen-lead agent` host process with a pod's identity.
@@ -574,7 +533,7 @@ async fn pods_by_role(client: &Client, ns: &str) -> BTreeMap<String, Option<Stri
 async fn pool_lease_status_roles_rbac_and_timing_changes() {
     let client = setup().await;
     with_namespace(&client, "ctl-pool", |client, ns| async move {
-        let dir = scratch("pool");
+        let dir = common::scratch_dir("controller-pool");
         create_policy(&client, &ns, "web", fast()).await;
         let mut pods = Vec::new();
         for (i, node) in ["kwok-0", "kwok-1", "kwok-0"].iter().enumerate() {
@@ -749,7 +708,7 @@ async fn pool_lease_status_roles_rbac_and_timing_changes() {
 async fn holder_pod_deleted_fails_over_without_waiting_for_expiry() {
     let client = setup().await;
     with_namespace(&client, "ctl-failover", |client, ns| async move {
-        let dir = scratch("failover");
+        let dir = common::scratch_dir("controller-failover");
         create_policy(&client, &ns, "db", json!({"leaseDurationSeconds": 30})).await;
         let mut pods = Vec::new();
         for i in 0..2 {
@@ -843,7 +802,7 @@ async fn holder_pod_deleted_fails_over_without_waiting_for_expiry() {
 async fn policy_created_after_pods_and_deleted() {
     let client = setup().await;
     with_namespace(&client, "ctl-orphan", |client, ns| async move {
-        let dir = scratch("orphan");
+        let dir = common::scratch_dir("controller-orphan");
         for i in 0..2 {
             create_pod(
                 &client,
@@ -948,7 +907,7 @@ async fn policy_created_after_pods_and_deleted() {
 async fn annotation_only_pool_gets_a_default_policy() {
     let client = setup().await;
     with_namespace(&client, "ctl-auto", |client, ns| async move {
-        let dir = scratch("auto");
+        let dir = common::scratch_dir("controller-auto");
         let deploy: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "flow"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "flow"}},
@@ -1027,7 +986,7 @@ async fn annotation_only_pool_gets_a_default_policy() {
 async fn pod_moves_between_pools() {
     let client = setup().await;
     with_namespace(&client, "ctl-move", |client, ns| async move {
-        let dir = scratch("move");
+        let dir = common::scratch_dir("controller-move");
         create_policy(&client, &ns, "a", fast()).await;
         create_policy(&client, &ns, "b", fast()).await;
         for (name, pool) in [("m-0", "a"), ("m-1", "a"), ("m-2", "b")] {
@@ -1108,7 +1067,7 @@ async fn pod_moves_between_pools() {
 async fn statefulset_pod_recreated_with_the_same_name() {
     let client = setup().await;
     with_namespace(&client, "ctl-sts", |client, ns| async move {
-        let dir = scratch("sts");
+        let dir = common::scratch_dir("controller-sts");
         create_policy(&client, &ns, "sts", json!({"leaseDurationSeconds": 30})).await;
         // The agent as the webhook injects it (pool_pod's), a single replica.
         create_kwok_statefulset(
@@ -1177,7 +1136,7 @@ async fn statefulset_pod_recreated_with_the_same_name() {
 async fn holder_on_not_ready_node_or_failed_pod_is_expired() {
     let client = setup().await;
     with_namespace(&client, "ctl-node", |client, ns| async move {
-        let dir = scratch("node");
+        let dir = common::scratch_dir("controller-node");
         // A node of our own (no kubelet): its status is what we write.
         let node_name = format!("{ns}-n");
         let nodes: Api<Node> = Api::all(client.clone());
@@ -1275,7 +1234,7 @@ async fn holder_on_not_ready_node_or_failed_pod_is_expired() {
 async fn pods_without_agent_are_reported_and_evicted() {
     let client = setup().await;
     with_namespace(&client, "ctl-noagent", |client, ns| async move {
-        let dir = scratch("noagent");
+        let dir = common::scratch_dir("controller-noagent");
         create_policy(&client, &ns, "bare", fast()).await;
         // Labelled but not injected (a bare pod: reported, never evicted).
         create_pod(&client, &ns, &pool_pod("lonely", Some("bare"), "kwok-0", false)).await;
@@ -1371,7 +1330,7 @@ fn annotated_deployment(name: &str, pool: &str, replicas: i32) -> Deployment {
 async fn scale_down_round_trips_with_a_controller_restart() {
     let client = setup().await;
     with_namespace(&client, "ctl-scale", |client, ns| async move {
-        let dir = scratch("scale");
+        let dir = common::scratch_dir("controller-scale");
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         deployments.create(&PostParams::default(), &annotated_deployment("worker", "jobs", 3)).await.expect("deployment");
         create_policy(&client, &ns, "jobs", json!({"followerMode": "scaleDown"})).await;
@@ -1453,7 +1412,7 @@ async fn scale_down_round_trips_with_a_controller_restart() {
 async fn standby_controller_takes_over() {
     let client = setup().await;
     with_namespace(&client, "ctl-ha", |client, ns| async move {
-        let dir = scratch("ha");
+        let dir = common::scratch_dir("controller-ha");
         let mut a = Controller::start(&dir, &ns, "ctl-a", &[]);
         common::eventually("ctl-a active", LIMIT, || async {
             (a.metric("zen_lead_controller_active").await == 1.0)
@@ -1512,7 +1471,7 @@ async fn standby_controller_takes_over() {
 async fn rolling_update_keeps_a_single_leader() {
     let client = setup().await;
     with_namespace(&client, "ctl-roll", |client, ns| async move {
-        let dir = scratch("roll");
+        let dir = common::scratch_dir("controller-roll");
         create_policy(&client, &ns, "roll", fast()).await;
         let deploy: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
@@ -1601,7 +1560,7 @@ async fn rolling_update_keeps_a_single_leader() {
 async fn pods_sharing_a_custom_identity_are_reported_and_one_leads() {
     let client = setup().await;
     with_namespace(&client, "ctl-dup", |client, ns| async move {
-        let dir = scratch("dup");
+        let dir = common::scratch_dir("controller-dup");
         let mut spec = fast();
         spec["identityStrategy"] = json!("custom");
         create_policy(&client, &ns, "dup", spec).await;
@@ -1708,7 +1667,7 @@ async fn pods_sharing_a_custom_identity_are_reported_and_one_leads() {
 async fn custom_identity_statefulset_pod_recreated_takes_over() {
     let client = setup().await;
     with_namespace(&client, "ctl-csts", |client, ns| async move {
-        let dir = scratch("csts");
+        let dir = common::scratch_dir("controller-csts");
         create_policy(
             &client,
             &ns,

@@ -3,6 +3,7 @@
 //! crash, the HTTP API agreeing with the Lease, and `zen-lead lock`.
 
 mod common;
+#[path = "common/election.rs"]
 mod election_util;
 
 use std::process::{Command, Stdio};

@@ -15,6 +15,7 @@
 //! Both disturb the shared API server, so they run one at a time.
 
 mod common;
+#[path = "common/election.rs"]
 mod election_util;
 
 use std::path::Path;

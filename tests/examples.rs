@@ -3,7 +3,7 @@
 //! chart (selfManaged TLS, one replica to spare the shared node), installed
 //! per test and scoped to that test's namespace.
 
-#[path = "support/chart.rs"]
+#[path = "common/chart.rs"]
 mod chart;
 mod common;
 

@@ -7,7 +7,7 @@
 //! Run: `cargo test --test gate` (cluster from `make cluster-up`).
 
 mod common;
-#[path = "support/gate.rs"]
+#[path = "common/gate.rs"]
 mod fixture;
 
 use std::time::Duration;
@@ -732,7 +732,7 @@ async fn an_unreachable_api_server_is_a_502_with_a_status() {
         fixture::create_lease(&client, &ns, "pool", Some("someone-else"), (3600, 4.0, 1.0)).await;
         let cluster = fixture::cluster(&kubeconfig_path());
         // A loopback port nothing listens on.
-        let dead = format!("https://127.0.0.1:{}", fixture::free_port());
+        let dead = format!("https://127.0.0.1:{}", common::net::free_port());
         let mut agent = GateAgent::start(AgentOpts {
             ns: &ns,
             pool: "pool",

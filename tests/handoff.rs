@@ -3,7 +3,7 @@
 //! the chart installed: leadership moves where it is told, the refusals name
 //! what is wrong, and the time each switchover took is printed.
 
-#[path = "support/chart.rs"]
+#[path = "common/chart.rs"]
 mod chart;
 mod common;
 

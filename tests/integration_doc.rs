@@ -3,6 +3,7 @@
 //! and must say what the Lease says.
 
 mod common;
+#[path = "common/election.rs"]
 mod election_util;
 
 use std::path::PathBuf;

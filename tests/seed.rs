@@ -4,7 +4,7 @@
 //! three, `zen-lead/role` on every pod, the status the Status API section
 //! names, and the annotation-only use cases working with no LeaderPolicy.
 
-#[path = "support/chart.rs"]
+#[path = "common/chart.rs"]
 mod chart;
 mod common;
 

@@ -40,16 +40,10 @@ impl Webhook {
     }
 
     async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(self.running.admin_addr)
-            .await
-            .expect("admin");
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        tcp.read_to_string(&mut out).await.expect("read");
-        out
+        let (status, body) =
+            common::net::http_get(self.running.admin_addr.port(), "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics on the admin server: {body}");
+        body
     }
 }
 

@@ -1,7 +1,8 @@
 //! The webhook's HTTPS server on loopback, without the cluster: answers to
 //! malformed input, body limits, and certificate rotation under load.
 
-#[path = "support/tls_client.rs"]
+mod common;
+#[path = "common/tls_client.rs"]
 mod tls_client;
 
 use std::path::PathBuf;
@@ -124,24 +125,6 @@ fn annotated_pod() -> Value {
     })
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.expect("read");
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out)
-}
-
 fn store_for(certs: &GeneratedCerts) -> Arc<CertStore> {
     CertStore::from_pem(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes(), "test").expect("store")
 }
@@ -217,9 +200,19 @@ async fn malformed_input_gets_a_review_or_a_400_with_a_message() {
     assert_eq!(v["response"]["patchType"], "JSONPatch");
 
     // Admin: live, ready, and the latency histogram is exported.
-    assert_eq!(http_get(running.admin_addr, "/livez").await.0, 200);
-    assert_eq!(http_get(running.admin_addr, "/readyz").await.0, 200);
-    let (status, metrics) = http_get(running.admin_addr, "/metrics").await;
+    assert_eq!(
+        common::net::http_get(running.admin_addr.port(), "/livez")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        common::net::http_get(running.admin_addr.port(), "/readyz")
+            .await
+            .0,
+        200
+    );
+    let (status, metrics) = common::net::http_get(running.admin_addr.port(), "/metrics").await;
     assert_eq!(status, 200);
     assert!(
         metrics.contains("zen_lead_webhook_admission_duration_seconds_bucket{"),

@@ -3,10 +3,16 @@
 //! is reachable these helpers make the test FAIL, saying how to start one.
 //!
 //! Each test file uses a subset; the rest would warn as dead code there.
+//! Heavier helpers of one topic live beside this file and are included by
+//! the suites that use them (`#[path = "common/<topic>.rs"] mod <topic>;`):
+//! `chart.rs` (a Helm install per test), `gate.rs` (the API gate),
+//! `tls_client.rs` (a webhook client over TLS), `election.rs` (host
+//! agents and Lease helpers).
 #![allow(dead_code)]
 
 pub mod delay_proxy;
 pub mod faults;
+pub mod net;
 pub mod records;
 pub mod workloads;
 pub mod zen_lead_host;
@@ -283,4 +289,15 @@ pub async fn http_ok(ip: &str, port: u16, method: &str, path: &str) -> Result<St
     } else {
         Err(format!("answered {reply:?}"))
     }
+}
+
+/// A fresh scratch directory under target/test-scratch (emptied if it
+/// existed), kept after the test for inspection.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = repo_root()
+        .join("target/test-scratch")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
 }

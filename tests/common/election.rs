@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -18,6 +17,8 @@ use tokio::time::Instant;
 use zen_lead::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
 use zen_lead::election::clock::now_mono_ns;
 
+pub use crate::common::net::{free_port, http_get};
+pub use crate::common::scratch_dir;
 use crate::common::{kubeconfig_path, repo_root};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
@@ -103,23 +104,6 @@ pub async fn lease_holder(client: &Client, ns: &str, name: &str) -> String {
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
         .unwrap_or_default()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-/// A scratch directory under target/, kept after the test for inspection.
-pub fn scratch_dir(test: &str) -> PathBuf {
-    let dir = repo_root()
-        .join("target/test-scratch")
-        .join(format!("{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    dir
 }
 
 pub fn signal(pid: u32, sig: Signal) {
@@ -282,34 +266,6 @@ pub fn read_entries(path: &Path) -> Vec<Entry> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
         .collect()
-}
-
-/// Minimal HTTP/1.0 GET against 127.0.0.1:port (status 0 when unreachable).
-pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-        Ok(Ok(text)) => {
-            let status = text
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            (status, body)
-        }
-        _ => (0, String::new()),
-    }
 }
 
 /// Opens the server-sent event stream at `path` and returns the first event

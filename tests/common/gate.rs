@@ -5,7 +5,7 @@
 //! talk to the gate the way an app in the pod would.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,14 +27,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
+use crate::common::net::free_port;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+pub const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
 
 /// The local cluster's API server address and CA, from the kubeconfig.
 pub struct Cluster {
@@ -368,31 +363,10 @@ impl GateAgent {
 
     /// Plain GET on the agent's HTTP port: (status, body).
     pub async fn http_get(&self, path: &str) -> Result<(u16, String), String> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::TcpStream::connect(self.http),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)
-            .await
-            .map_err(|e| e.to_string())?;
-        let code = reply
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad reply {reply:?}"))?;
-        let body = reply
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
+        match crate::common::net::http_get(self.http.port(), path).await {
+            (0, _) => Err(format!("no answer from the agent at {}", self.http)),
+            reply => Ok(reply),
+        }
     }
 
     /// Waits for `/startz` (the gate serves) and `/readyz` (the Lease is known).
