@@ -48,8 +48,8 @@ bench-webhook: ## Admission latency/throughput over TLS vs. a controller-runtime
 	$(CARGO) bench --locked --bench webhook
 
 bench-election: cluster-up ## Hand-off, takeover, idle requests and memory vs. client-go's election
-	$(CARGO) build --release --locked --target $(MUSL_TARGET) --bin zen-lead
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_AGENT_BIN=$(CURDIR)/target/$(MUSL_TARGET)/release/zen-lead \
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) --bin zen-lead-pod
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_AGENT_BIN=$(CURDIR)/target/$(MUSL_TARGET)/release/zen-lead-pod \
 	  $(CARGO) bench --locked --bench election
 
 bench-controller: cluster-up ## 1,000 policies x 3 pods: convergence time, memory, steady API requests

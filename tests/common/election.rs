@@ -24,8 +24,8 @@ use crate::common::{kubeconfig_path, repo_root};
 pub const BIN: &str = env!("CARGO_BIN_EXE_zen-lead");
 
 /// The binary agents run: `$ZEN_LEAD_AGENT_BIN` (the bench points it at the
-/// shipped static build, whose memory is the figure that matters), else the
-/// one cargo built for this target.
+/// shipped static `zen-lead-pod`, what the webhook injects, whose memory is
+/// the figure that matters), else the `zen-lead` cargo built for this target.
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("ZEN_LEAD_AGENT_BIN")
         .filter(|v| !v.is_empty())
