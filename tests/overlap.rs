@@ -3,11 +3,13 @@
 //! CLOCK_MONOTONIC records (one clock for every process of the host) whether
 //! two replicas were ever active at once.
 //!
-//! Two pools of three replicas run side by side in one namespace, with the
+//! Three pools of three replicas run side by side in one namespace, with the
 //! same timings (lease 5 s, renew 3 s, retry 1 s unless ZEN_LEAD_OVERLAP_LEASE
 //! says otherwise):
 //! - `zl`: `zl-testapp` in a zen-lead pool with `start` activation; active
 //!   while its process runs (it records its start and its SIGTERM);
+//! - `zlp`: the same app in a zen-lead pool with `process` activation (under
+//!   `zen-lead run`; every pod Ready);
 //! - `peer`: client-go's `leaderelection` in each pod (`lepeer`,
 //!   ReleaseOnCancel, exiting when it loses the lease as controllers do);
 //!   active while it leads. client-go documents that it does not fence.
@@ -27,7 +29,11 @@
 //! leader loses its term while its pod lives on (frozen, cut off, its agent
 //! down longer than the lease, the API server away longer than the renew
 //! deadline) an overlap is allowed while the fault lasts plus 10 s for the
-//! controller to delete the deposed pod, and is reported. The peer is
+//! controller to delete the deposed pod, and is reported. `process`
+//! activation stops the app by its term's own deadline: no overlap under
+//! any fault, except that a frozen pod's app (which does nothing while
+//! frozen) may still be seen running for up to 1 s after the thaw, the time
+//! `zen-lead run` takes to wake up past its deadline and stop it. The peer is
 //! measured, never judged.
 
 mod common;
@@ -56,27 +62,49 @@ fn mono() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum System {
     ZenLead,
+    ZenLeadProcess,
     Peer,
 }
 
 impl System {
+    const ALL: [System; 3] = [System::ZenLead, System::ZenLeadProcess, System::Peer];
+
     fn label(self) -> &'static str {
         match self {
             System::ZenLead => "zl",
+            System::ZenLeadProcess => "zlp",
             System::Peer => "peer",
         }
     }
     fn record(self) -> &'static str {
         match self {
             System::ZenLead => "zl.log",
+            System::ZenLeadProcess => "zlp.log",
             System::Peer => "peer.log",
         }
     }
     /// The executable of its active process, and the env var naming the pod.
     fn process(self) -> &'static str {
         match self {
-            System::ZenLead => "testapp",
+            System::ZenLead | System::ZenLeadProcess => "testapp",
             System::Peer => "lepeer",
+        }
+    }
+    /// The row of the report.
+    fn name(self) -> &'static str {
+        match self {
+            System::ZenLead => "zen-lead `start`",
+            System::ZenLeadProcess => "zen-lead `process`",
+            System::Peer => "client-go leaderelection",
+        }
+    }
+    /// How long an overlap that began under `fault` may last (`None`: none
+    /// allowed); the peer is never judged (see [`Fault::start_overlap_limit`]).
+    fn overlap_limit(self, fault: Fault, from: i64, healed: i64) -> Option<i64> {
+        match self {
+            System::ZenLead => fault.start_overlap_limit(from, healed),
+            System::ZenLeadProcess => fault.process_overlap_limit(healed),
+            System::Peer => Some(i64::MAX),
         }
     }
 }
@@ -100,7 +128,7 @@ impl Fault {
         Fault::RestartApiServer,
         Fault::RestartKubelet,
     ];
-    /// A restart of a cluster component hits both pools, whichever was aimed at.
+    /// A restart of a cluster component hits every pool, whichever was aimed at.
     fn hits_both(self) -> bool {
         matches!(self, Fault::RestartApiServer | Fault::RestartKubelet)
     }
@@ -126,6 +154,18 @@ impl Fault {
             Fault::RestartApiServer => Some(healed.max(from) + API_RESTART_GRACE),
             Fault::Cut | Fault::KillElector => Some(from + GRACE),
             Fault::DeletePod | Fault::RestartKubelet => None,
+        }
+    }
+
+    /// The same for `process` activation: `zen-lead run` stops the app by
+    /// the term's deadline on its own clock, so no overlap under any fault,
+    /// but a frozen pod's app is frozen too, and is seen running after the
+    /// thaw until `run`, woken past its deadline, has stopped it.
+    fn process_overlap_limit(self, healed: i64) -> Option<i64> {
+        const AFTER_THAW: i64 = 1_000_000_000;
+        match self {
+            Fault::Freeze => Some(healed + AFTER_THAW),
+            _ => None,
         }
     }
 }
@@ -279,18 +319,20 @@ fn timing() -> Timing {
 }
 
 async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
-    Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
-                "metadata": {"name": "zl"},
-                "spec": {"activation": "start", "leaseDurationSeconds": t.lease,
-                         "renewDeadlineSeconds": t.renew, "retryPeriodSeconds": t.retry}
-            })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+    for (pool, activation) in [("zl", "start"), ("zlp", "process")] {
+        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                    "metadata": {"name": pool},
+                    "spec": {"activation": activation, "leaseDurationSeconds": t.lease,
+                             "renewDeadlineSeconds": t.renew, "retryPeriodSeconds": t.retry}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create LeaderPolicy {pool}: {e}"));
+    }
     // The peer's ServiceAccount may campaign for its Lease.
     let rbac = [
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -310,13 +352,14 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
         .create(&PostParams::default(), &from_json(rbac[1].clone()))
         .await
         .unwrap_or_else(|e| panic!("create RoleBinding: {e}"));
-    let pod_spec = |image: &str, args: Vec<String>| {
+    let pod_spec = |image: &str, command: Option<&str>, args: Vec<String>| {
         json!({
             "nodeSelector": {"zen-lead.io/node": "real"},
             "tolerations": [{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
             "terminationGracePeriodSeconds": 10,
             "containers": [{
-                "name": "app", "image": image, "imagePullPolicy": "Never", "args": args,
+                "name": "app", "image": image, "imagePullPolicy": "Never",
+                "command": command.map(|c| vec![c]), "args": args,
                 "env": [
                     {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
@@ -328,11 +371,13 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
     };
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), ns);
-    let zl_args = vec![
-        "--name=$(POD_NAME)".to_owned(),
-        "--listen=:8080".to_owned(),
-        "--record=/records/zl.log".to_owned(),
-    ];
+    let app_args = |record: &str| {
+        vec![
+            "--name=$(POD_NAME)".to_owned(),
+            "--listen=:8080".to_owned(),
+            format!("--record=/records/{record}"),
+        ]
+    };
     let peer_args = vec![
         "--namespace=$(POD_NAMESPACE)".to_owned(),
         "--lease=peer".to_owned(),
@@ -342,14 +387,31 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
         format!("--renew-deadline={}s", t.renew),
         format!("--retry-period={}s", t.retry),
     ];
-    for (name, image, args, annotations) in [
+    // `process` runs the container's `command` under `zen-lead run`, so it
+    // must be set.
+    const TESTAPP: &str = "/usr/local/bin/testapp";
+    for (name, image, command, args, annotations) in [
         (
             "zl",
             "localhost/zl-testapp:dev",
-            zl_args,
+            None,
+            app_args(System::ZenLead.record()),
             json!({"zen-lead/pool": "zl"}),
         ),
-        ("peer", "localhost/zl-lepeer:dev", peer_args, json!({})),
+        (
+            "zlp",
+            "localhost/zl-testapp:dev",
+            Some(TESTAPP),
+            app_args(System::ZenLeadProcess.record()),
+            json!({"zen-lead/pool": "zlp"}),
+        ),
+        (
+            "peer",
+            "localhost/zl-lepeer:dev",
+            None,
+            peer_args,
+            json!({}),
+        ),
     ] {
         deployments
             .create(
@@ -359,7 +421,7 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
                     "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
                              "template": {
                                  "metadata": {"labels": {"app": name}, "annotations": annotations},
-                                 "spec": pod_spec(image, args)
+                                 "spec": pod_spec(image, command, args)
                              }}
                 })),
             )
@@ -451,7 +513,7 @@ async fn no_two_replicas_active_under_faults() {
         create_pools(&client, &ns, &dir, &t).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let api = common::delay_proxy::api_server_addr(&common::kubeconfig_path());
-        let mut trackers: BTreeMap<System, Tracker> = [System::ZenLead, System::Peer]
+        let mut trackers: BTreeMap<System, Tracker> = System::ALL
             .into_iter()
             .map(|s| {
                 (
@@ -469,7 +531,7 @@ async fn no_two_replicas_active_under_faults() {
         for n in 0..faults {
             // Every kind comes round; which pool it hits is random.
             let fault = Fault::ALL[(n + rng.below(Fault::ALL.len() as u64) as usize) % Fault::ALL.len()];
-            let system = if rng.below(2) == 0 { System::ZenLead } else { System::Peer };
+            let system = System::ALL[rng.below(System::ALL.len() as u64) as usize];
             let mut tracker = trackers.remove(&system).expect("tracker");
             let (leader, uid, ip) = steady(&pods, &mut tracker).await;
             for other in trackers.values_mut() {
@@ -486,7 +548,9 @@ async fn no_two_replicas_active_under_faults() {
                 }
                 Fault::KillElector => {
                     let pids = match system {
-                        System::ZenLead => pids_with_env(agent_exe(), "ZEN_LEAD_POD_NAME", &leader),
+                        System::ZenLead | System::ZenLeadProcess => {
+                            pids_with_env(agent_exe(), "ZEN_LEAD_POD_NAME", &leader)
+                        }
                         System::Peer => pids_with_env("lepeer", "POD_NAME", &leader),
                     };
                     assert!(!pids.is_empty(), "no elector process for {leader}");
@@ -574,17 +638,14 @@ async fn no_two_replicas_active_under_faults() {
             let longest = found.iter().map(|o| o.3 - o.2).max().unwrap_or(0);
             report.push_str(&format!(
                 "| {} | {} | {} | {} | {:.0} ms | {} |\n",
-                match system {
-                    System::ZenLead => "zen-lead `start`",
-                    System::Peer => "client-go leaderelection",
-                },
+                system.name(),
                 mine.len(),
                 terms.len(),
                 found.len(),
                 longest as f64 / 1e6,
                 takeovers.join("; ")
             ));
-            if *system == System::ZenLead {
+            if *system != System::Peer {
                 for (a, b, from, to) in &found {
                     // The fault it began under: the last one injected before
                     // that hit this pool (a restart hits both pools).
@@ -600,14 +661,22 @@ async fn no_two_replicas_active_under_faults() {
                             .filter(hits)
                             .filter(|o| o.at >= c.at && o.at <= *to)
                             .any(|o| {
-                                o.fault
-                                    .start_overlap_limit((*from).max(o.at), o.healed)
+                                system
+                                    .overlap_limit(o.fault, (*from).max(o.at), o.healed)
                                     .is_some_and(|limit| *to <= limit)
                             })
                     });
+                    println!(
+                        "overlap: {}: {a} and {b} together {:.0} ms, ended {:.0} ms after {:?} healed",
+                        system.name(),
+                        (*to - *from) as f64 / 1e6,
+                        cause.map_or(f64::NAN, |c| (*to - c.healed) as f64 / 1e6),
+                        cause.map(|c| c.fault)
+                    );
                     if !allowed {
                         failures.push(format!(
-                            "{a} and {b} were active together for {:.0} ms (after {cause:?})",
+                            "{}: {a} and {b} were active together for {:.0} ms (after {cause:?})",
+                            system.name(),
                             (*to - *from) as f64 / 1e6
                         ));
                     }
