@@ -19,13 +19,16 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd install run bench bench-webhook bench-election bench-controller bench-gate bench-takeover test chaos demo lint cluster-up cluster-down certs
+.PHONY: help build crd manifests install run bench bench-webhook bench-election bench-controller bench-gate bench-takeover test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Build the release binary (target/release/zen-lead)
 	$(CARGO) build --release --locked
+
+manifests: ## Regenerate config/ and deploy/ (kubectl apply install) from the chart
+	UPDATE_MANIFESTS=1 $(CARGO) test --locked --test manifests
 
 crd: ## Regenerate the committed CRD from the Rust types
 	$(CARGO) run --quiet --locked -- crd > $(CRD_FILE).tmp
