@@ -580,19 +580,34 @@ async fn no_two_replicas_active_under_faults() {
                 }
             }
             // A take-over, or the same leader still active a while later.
+            // After a take-over, keep sweeping until the old leader's app is
+            // seen gone (up to 3 s after the fault healed): one killed by
+            // SIGKILL (`process` after a thaw) writes no stop record, and its
+            // end is when a sweep first misses it.
             let patience = Instant::now() + Duration::from_secs(t.lease * 3 + 20);
             let mut takeover_ms = None;
             while Instant::now() < patience {
                 tracker.sweep();
-                if let Some(next) = tracker
-                    .terms()
-                    .iter()
-                    .filter(|x| x.pod != leader && x.start > at)
-                    .map(|x| x.start)
-                    .min()
+                if takeover_ms.is_none()
+                    && let Some(next) = tracker
+                        .terms()
+                        .iter()
+                        .filter(|x| x.pod != leader && x.start > at)
+                        .map(|x| x.start)
+                        .min()
                 {
                     takeover_ms = Some((next - at) as f64 / 1e6);
-                    break;
+                }
+                if takeover_ms.is_some() {
+                    let old_open = tracker
+                        .terms()
+                        .iter()
+                        .any(|x| x.pod == leader && x.end.is_none());
+                    if !old_open || mono() - healed > 3_000_000_000 {
+                        break;
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
                 let kept = tracker.leader().is_some_and(|(p, _)| p == leader);
                 if kept && mono() - healed > lease_ns + 2_000_000_000 {
