@@ -101,6 +101,20 @@ async fn controller_ha() {
     .await;
 }
 
+/// Whether `zen-lead run` in `pod`'s `app` container has started its CMD.
+fn app_started(ns: &str, pod: &str) -> bool {
+    kubectl_ok(ns, &["logs", pod, "-c", "app"]).contains("CMD started")
+}
+
+async fn wait_app_started(ns: &str, pod: &str) {
+    eventually(&format!("{pod}'s app to start"), WAIT, || async move {
+        app_started(ns, pod)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+}
+
 /// `make demo`'s pool (examples/demo/pool.yaml, `activation: process`):
 /// every pod Ready, the app runs only in the leader's pod, and `kubectl
 /// rollout restart` completes with the app running in a new pod.
@@ -118,21 +132,8 @@ async fn demo_process_pool() {
                 pod.name_any()
             );
         }
-        let app_started = |ns: &str, pod: &str| {
-            kubectl_ok(ns, &["logs", pod, "-c", "app"]).contains("CMD started")
-        };
         let holder = stable_holder(&client, &ns, "demo-workers").await;
-        let ns2 = ns.clone();
-        let h = holder.clone();
-        eventually("the holder's app to start", WAIT, || {
-            let (ns, h) = (ns2.clone(), h.clone());
-            async move {
-                app_started(&ns, &h)
-                    .then_some(())
-                    .ok_or_else(|| "not yet".to_owned())
-            }
-        })
-        .await;
+        wait_app_started(&ns, &holder).await;
         for name in old.iter().filter(|p| **p != holder) {
             assert!(
                 !app_started(&ns, name),
@@ -162,16 +163,7 @@ async fn demo_process_pool() {
             }
         })
         .await;
-        let ns2 = ns.clone();
-        eventually("the new holder's app to start", WAIT, || {
-            let (ns, h) = (ns2.clone(), new.clone());
-            async move {
-                app_started(&ns, &h)
-                    .then_some(())
-                    .ok_or_else(|| "not yet".to_owned())
-            }
-        })
-        .await;
+        wait_app_started(&ns, &new).await;
     })
     .await;
 }

@@ -327,6 +327,13 @@ mod tests {
         })
     }
 
+    /// [`running`], then SIGTERM forwarded to CMD at `t0 + 1s`.
+    fn signalled(t0: Instant) -> Machine {
+        let mut m = running(t0);
+        m.handle(Input::Signal(Signal::TERM), t0 + secs(1));
+        m
+    }
+
     /// A machine whose CMD runs in term 7 until `t0 + 10s`.
     fn running(t0: Instant) -> Machine {
         let mut m = Machine::new();
@@ -492,11 +499,7 @@ mod tests {
             ),
             (
                 "CMD ended by a forwarded signal in its term releases, then exits with its status",
-                {
-                    let mut m = running(t0);
-                    m.handle(Input::Signal(Signal::TERM), t0 + secs(1));
-                    m
-                },
+                signalled(t0),
                 Input::Exited(143),
                 t0 + secs(2),
                 Action::ReleaseAndExit(143, ReleaseReason::AppStopped),
@@ -504,11 +507,7 @@ mod tests {
             ),
             (
                 "CMD exiting 0 after a forwarded signal also releases",
-                {
-                    let mut m = running(t0);
-                    m.handle(Input::Signal(Signal::TERM), t0 + secs(1));
-                    m
-                },
+                signalled(t0),
                 Input::Exited(0),
                 t0 + secs(2),
                 Action::ReleaseAndExit(0, ReleaseReason::AppStopped),
