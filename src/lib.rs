@@ -44,15 +44,6 @@ pub const GIT_COMMIT: &str = env!("ZEN_LEAD_GIT_COMMIT");
 /// Top-level error of a `zen-lead` run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "`zen-lead {command}` is not implemented yet ({issue}); the flags were checked, \
-         nothing was started"
-    )]
-    NotImplemented {
-        command: &'static str,
-        issue: &'static str,
-    },
-
     #[error(transparent)]
     Api(#[from] api::ApiError),
 

@@ -59,6 +59,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cache {
+    /// Empty caches that no watch fills (unit tests fill the stores).
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self {
+        Cache {
+            policies: reflector::store::<LeaderPolicy>().0,
+            pods: reflector::store::<Pod>().0,
+            leases: reflector::store::<Lease>().0,
+            deployments: reflector::store::<Deployment>().0,
+            statefulsets: reflector::store::<StatefulSet>().0,
+            nodes: Arc::default(),
+            pool_pods: Arc::default(),
+            unlabelled: Arc::default(),
+            synced: Arc::default(),
+        }
+    }
+
     pub fn node_ready(&self, node: &str) -> bool {
         self.nodes
             .read()

@@ -1,7 +1,7 @@
 //! The controller's decisions, free of I/O: what a pool pod is, who leads,
 //! whether to hand off or expire the Lease, which labels and readiness-gate
 //! conditions pods should carry, what the status says, and how scaleDown
-//! sizes the pool's workloads. [`super::reconcile`] observes and writes.
+//! sizes the pool's workloads. [`super::pool`] observes and writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -451,12 +451,31 @@ pub fn deposed_start_leaders<'a>(pods: &'a [PodView], lease: &LeaseView) -> Vec<
         .collect()
 }
 
+/// What a pod's role label and annotation become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoleWrite {
+    Leader,
+    Follower,
+    /// Both removed: the pod left the pool, or the policy is gone.
+    Remove,
+}
+
+impl RoleWrite {
+    /// The value written; `None` deletes the key.
+    pub fn value(self) -> Option<&'static str> {
+        match self {
+            RoleWrite::Leader => Some(ROLE_LEADER),
+            RoleWrite::Follower => Some(ROLE_FOLLOWER),
+            RoleWrite::Remove => None,
+        }
+    }
+}
+
 /// A change of a pod's role label and annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleChange {
     pub pod: String,
-    /// `None`: remove both (the pod left the pool or the policy is gone).
-    pub role: Option<&'static str>,
+    pub role: RoleWrite,
 }
 
 /// Role changes in the order they must be written: every demotion of a pod
@@ -472,11 +491,12 @@ pub fn role_changes(
     let mut promote = Vec::new();
     let mut follow = Vec::new();
     for pod in pods {
-        let want = if Some(pod.name.as_str()) == leader {
-            ROLE_LEADER
+        let role = if Some(pod.name.as_str()) == leader {
+            RoleWrite::Leader
         } else {
-            ROLE_FOLLOWER
+            RoleWrite::Follower
         };
+        let want = role.value().unwrap_or(ROLE_FOLLOWER);
         let labelled_leader =
             pod.role_label.as_deref() == Some(ROLE_LEADER) || also_leader.contains(&pod.name);
         let current_ok = pod.role_label.as_deref() == Some(want)
@@ -487,9 +507,9 @@ pub fn role_changes(
         }
         let change = RoleChange {
             pod: pod.name.clone(),
-            role: Some(want),
+            role,
         };
-        if want == ROLE_LEADER {
+        if role == RoleWrite::Leader {
             // A `start` pod is labelled leader once the kubelet has let its
             // app start (the pod's status says so), not the moment its agent
             // takes the Lease: the label patch would otherwise reach the
@@ -517,7 +537,7 @@ pub fn role_removals(pods: &[PodView]) -> Vec<RoleChange> {
         .filter(|p| p.role_label.is_some() || p.role_annotation.is_some())
         .map(|p| RoleChange {
             pod: p.name.clone(),
-            role: None,
+            role: RoleWrite::Remove,
         })
         .collect()
 }
@@ -656,6 +676,30 @@ pub fn candidate_condition_current(pod: &PodView, want: &CandidateCondition) -> 
 }
 
 /// Everything the status is computed from.
+/// Why a policy is not ready (the `PolicyReady` condition's reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyProblem {
+    /// The timings contradict each other; the message names the fields.
+    InvalidTimings(String),
+    /// The Lease could not be created or updated.
+    LeaseError(String),
+}
+
+impl PolicyProblem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PolicyProblem::InvalidTimings(_) => "InvalidTimings",
+            PolicyProblem::LeaseError(_) => "LeaseError",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            PolicyProblem::InvalidTimings(m) | PolicyProblem::LeaseError(m) => m,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StatusInput<'a> {
     pub generation: Option<i64>,
@@ -663,7 +707,7 @@ pub struct StatusInput<'a> {
     pub previous: Option<&'a LeaderPolicyStatus>,
     /// `Err(reason, message)`: the policy is unusable (timings) or the
     /// Lease could not be ensured.
-    pub policy_ready: Result<(), (&'static str, String)>,
+    pub policy_ready: Result<(), PolicyProblem>,
     pub lease: Option<&'a LeaseView>,
     pub leader: Option<&'a PodView>,
     pub pods: &'a [PodView],
@@ -677,7 +721,7 @@ pub struct StatusInput<'a> {
     /// The timings in effect (`None` while the policy's timings are invalid).
     pub timings: Option<EffectiveTimings>,
     /// scaleDown outcome (`None` in standby mode).
-    pub scaled: Option<Result<String, (&'static str, String)>>,
+    pub scaled: Option<ScaleOutcome>,
     pub now: Time,
 }
 
@@ -739,12 +783,12 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
             g,
             now,
         ),
-        Err((reason, message)) => condition(
+        Err(problem) => condition(
             prev,
             conditions::POLICY_READY,
             false,
-            reason,
-            message.clone(),
+            problem.reason(),
+            problem.message().to_owned(),
             g,
             now,
         ),
@@ -864,7 +908,7 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
     conds.push(available);
 
     let scaled = match (&input.scaled, input.follower_mode) {
-        (Some(Ok(message)), _) => condition(
+        (Some(ScaleOutcome::Scaled(message)), _) => condition(
             prev,
             conditions::SCALED_DOWN,
             true,
@@ -873,11 +917,11 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
             g,
             now,
         ),
-        (Some(Err((reason, message))), _) => condition(
+        (Some(ScaleOutcome::Refused { reason, message }), _) => condition(
             prev,
             conditions::SCALED_DOWN,
             false,
-            reason,
+            reason.reason(),
             message.clone(),
             g,
             now,
@@ -985,33 +1029,33 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
     }
 }
 
-/// A leader change worth an event, a log line and a metric.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderChange {
-    pub old: Option<String>,
-    pub new: Option<String>,
+/// The workload kinds scaleDown sizes (the ones with a scale subresource
+/// whose pods zen-lead can attribute to them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
 }
 
-/// Compares the previous and new holder names (pod names, or identities
-/// when no pod is known).
-pub fn leader_change(
-    previous: Option<&LeaderPolicyStatus>,
-    next: &LeaderPolicyStatus,
-) -> Option<LeaderChange> {
-    let name = |s: Option<&LeaderPolicyStatus>| {
-        s.and_then(|s| s.current_holder.as_ref())
-            .map(|h| h.name.clone().unwrap_or_else(|| h.identity.clone()))
-    };
-    let old = name(previous);
-    let new = name(Some(next));
-    (old != new).then_some(LeaderChange { old, new })
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A workload that belongs to the pool (or did, and was scaled by it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WorkloadView {
-    /// `Deployment` or `StatefulSet`.
-    pub kind: &'static str,
+    pub kind: WorkloadKind,
     pub name: String,
     /// `spec.replicas` (defaults to 1 like the API server does).
     pub replicas: i32,
@@ -1030,25 +1074,53 @@ pub enum ScaleAction {
     /// Write the original count before the first scale (never overwritten
     /// afterwards, so a restart cannot record an already reduced count).
     Remember {
-        kind: &'static str,
+        kind: WorkloadKind,
         name: String,
         original: i32,
     },
     Scale {
-        kind: &'static str,
+        kind: WorkloadKind,
         name: String,
         replicas: i32,
     },
     /// Drop the bookkeeping annotations once the count is restored.
-    Forget { kind: &'static str, name: String },
+    Forget { kind: WorkloadKind, name: String },
+}
+
+/// Why scaleDown refuses to size a pool (the `ScaledDown` condition's
+/// reason, and the Warning event's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScaleRefusal {
+    HorizontalPodAutoscalerConflict,
+    NoWorkloads,
+}
+
+impl ScaleRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            ScaleRefusal::HorizontalPodAutoscalerConflict => "HorizontalPodAutoscalerConflict",
+            ScaleRefusal::NoWorkloads => "NoWorkloads",
+        }
+    }
+}
+
+/// What scaleDown achieved, for the status and events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ScaleOutcome {
+    /// The pool runs one replica in total; the message lists the counts.
+    Scaled(String),
+    Refused {
+        reason: ScaleRefusal,
+        message: String,
+    },
 }
 
 /// The scaleDown plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScalePlan {
     pub actions: Vec<ScaleAction>,
-    /// `Err` refuses: (reason, message).
-    pub outcome: Option<Result<String, (&'static str, String)>>,
+    /// `None`: not in scaleDown (restores only).
+    pub outcome: Option<ScaleOutcome>,
 }
 
 /// Plans scaleDown (`scale_down` = the policy exists, is not being deleted,
@@ -1058,7 +1130,7 @@ pub struct ScalePlan {
 pub fn scale_plan(
     workloads: &[WorkloadView],
     scale_down: bool,
-    keep: Option<(&str, &str)>,
+    keep: Option<(WorkloadKind, &str)>,
 ) -> ScalePlan {
     let mut actions = Vec::new();
     // Restore everything that should no longer be scaled.
@@ -1089,27 +1161,28 @@ pub fn scale_plan(
     if let Some(w) = members.iter().find(|w| w.hpa.is_some()) {
         return ScalePlan {
             actions,
-            outcome: Some(Err((
-                "HorizontalPodAutoscalerConflict",
-                format!(
+            outcome: Some(ScaleOutcome::Refused {
+                reason: ScaleRefusal::HorizontalPodAutoscalerConflict,
+                message: format!(
                     "{} {} is scaled by HorizontalPodAutoscaler {}; zen-lead does not fight it. \
                      Remove the HPA or use followerMode: standby",
                     w.kind,
                     w.name,
                     w.hpa.clone().unwrap_or_default()
                 ),
-            ))),
+            }),
         };
     }
     if members.is_empty() {
         return ScalePlan {
             actions,
-            outcome: Some(Err((
-                "NoWorkloads",
-                "no Deployment or StatefulSet of this namespace names the pool; bare pods and \
+            outcome: Some(ScaleOutcome::Refused {
+                reason: ScaleRefusal::NoWorkloads,
+                message:
+                    "no Deployment or StatefulSet of this namespace names the pool; bare pods and \
                  Jobs are not scaled"
-                    .to_owned(),
-            ))),
+                        .to_owned(),
+            }),
         };
     }
     // Who keeps the single replica: the leader's workload, else the first
@@ -1152,7 +1225,7 @@ pub fn scale_plan(
     }
     ScalePlan {
         actions,
-        outcome: Some(Ok(format!(
+        outcome: Some(ScaleOutcome::Scaled(format!(
             "the pool runs one replica in total ({})",
             summary.join(", ")
         ))),
@@ -1161,14 +1234,14 @@ pub fn scale_plan(
 
 /// The workload that owns a pod: a StatefulSet directly, a Deployment
 /// through its ReplicaSet (`<deployment>-<pod-template-hash>`).
-pub fn pod_workload(pod: &PodView) -> Option<(&'static str, String)> {
+pub fn pod_workload(pod: &PodView) -> Option<(WorkloadKind, String)> {
     let (kind, name) = pod.owner.as_ref()?;
     match kind.as_str() {
-        "StatefulSet" => Some(("StatefulSet", name.clone())),
+        "StatefulSet" => Some((WorkloadKind::StatefulSet, name.clone())),
         "ReplicaSet" => {
             let hash = pod.template_hash.as_deref()?;
             let deployment = name.strip_suffix(&format!("-{hash}"))?;
-            Some(("Deployment", deployment.to_owned()))
+            Some((WorkloadKind::Deployment, deployment.to_owned()))
         }
         _ => None,
     }

@@ -6,16 +6,18 @@
 //! - [`decide`]: every decision, pure and table-tested.
 //! - [`cache`]: the scoped watches and what a change queues.
 //! - [`queue`]: the de-duplicating pool queue.
-//! - [`reconcile`]: one pool's observe-decide-write pass.
+//! - [`pool`]: one pool's pass, observe → plan → apply.
+//! - [`context`]: what passes share (client, caches, memory, errors).
 //! - [`rbac`]: the candidates' Lease RBAC, one Role per ServiceAccount.
 //! - [`runner`]: the controller Lease and the workers.
 
 pub mod cache;
+pub mod context;
 pub mod decide;
 pub mod metrics;
+pub mod pool;
 pub mod queue;
 pub mod rbac;
-pub mod reconcile;
 pub mod runner;
 
 use std::net::SocketAddr;
@@ -33,8 +35,6 @@ pub struct Config {
     pub webhook: webhook::Config,
     pub admin_addr: SocketAddr,
     pub namespace: String,
-    pub agent_image: String,
-    pub evict_uninjected: bool,
     pub controllers: runner::Settings,
 }
 
@@ -206,8 +206,6 @@ impl Config {
             webhook,
             admin_addr: args.admin_addr,
             namespace: args.namespace.clone(),
-            agent_image: image.to_owned(),
-            evict_uninjected: args.evict_uninjected,
             controllers,
         })
     }

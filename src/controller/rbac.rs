@@ -17,8 +17,8 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use serde_json::json;
 
+use super::context::{Context, ReconcileError, api_err, create_or_apply, is_status};
 use super::queue::PoolKey;
-use super::reconcile::{Context, ReconcileError, api_err, create_or_apply, is_status};
 
 /// Verbs candidates get on their Leases. `list` is needed because the agent
 /// lists with `metadata.name=<lease>` before watching, which RBAC matches

@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::cache;
+use super::context::{Context, ERROR_BACKOFF};
 use super::metrics::Metrics;
+use super::pool;
 use super::queue::Queue;
-use super::reconcile::{self, Context, ERROR_BACKOFF};
 use crate::election::{Elector, ElectorConfig, LeaderStatus, Timings};
 
 /// What the controllers need beyond the client.
@@ -81,7 +82,7 @@ pub async fn controllers(
             loop {
                 let key = queue.pop().await;
                 let span = info_span!("reconcile", namespace = %key.namespace, policy = %key.name);
-                let result = reconcile::reconcile(&ctx, &key).instrument(span).await;
+                let result = pool::reconcile(&ctx, &key).instrument(span).await;
                 queue.done(&key);
                 match result {
                     Ok(Some(after)) => queue.push_after(key, after),

@@ -38,7 +38,10 @@ fn pod_view_reads_agent_and_identity() {
         v.candidate,
         Some(("True".to_owned(), "AgentStarted".to_owned()))
     );
-    assert_eq!(pod_workload(&v), Some(("Deployment", "web".to_owned())));
+    assert_eq!(
+        pod_workload(&v),
+        Some((WorkloadKind::Deployment, "web".to_owned()))
+    );
     // The agent's own strategy wins over the policy's: it is what the agent
     // writes into the Lease.
     let c = PodView::from_pod(&p, IdentityStrategy::Custom);
@@ -314,14 +317,13 @@ fn demotion_always_precedes_promotion() {
         Some("new"),
         &BTreeSet::new(),
     );
-    let order: Vec<(&str, Option<&str>)> =
-        changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
+    let order: Vec<(&str, RoleWrite)> = changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
     assert_eq!(
         order,
         vec![
-            ("old", Some("follower")),
-            ("new", Some("leader")),
-            ("other", Some("follower"))
+            ("old", RoleWrite::Follower),
+            ("new", RoleWrite::Leader),
+            ("other", RoleWrite::Follower)
         ]
     );
     // A pod we labelled leader that the cache still shows unlabelled is
@@ -350,28 +352,26 @@ fn a_start_leader_is_labelled_once_its_app_may_start() {
     other.app_released = false;
     // Took the Lease, startup probe not passed yet: only the follower label.
     let changes = role_changes(&[new.clone(), other.clone()], Some("new"), &BTreeSet::new());
-    let order: Vec<(&str, Option<&str>)> =
-        changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
-    assert_eq!(order, vec![("other", Some("follower"))]);
+    let order: Vec<(&str, RoleWrite)> = changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
+    assert_eq!(order, vec![("other", RoleWrite::Follower)]);
     // The kubelet released the app: promoted.
     new.app_released = true;
     let changes = role_changes(&[new.clone(), other.clone()], Some("new"), &BTreeSet::new());
     assert_eq!(changes[0].pod, "new");
-    assert_eq!(changes[0].role, Some("leader"));
+    assert_eq!(changes[0].role, RoleWrite::Leader);
     // `api` pods are promoted at once (their startup does not wait to lead).
     let mut api = pod("api");
     api.app_released = false;
     let changes = role_changes(&[api], Some("api"), &BTreeSet::new());
-    assert_eq!(changes[0].role, Some("leader"));
+    assert_eq!(changes[0].role, RoleWrite::Leader);
     // An old leader is still demoted while its successor waits.
     let mut old = pod("old");
     old.role_label = Some("leader".to_owned());
     old.role_annotation = Some("leader".to_owned());
     new.app_released = false;
     let changes = role_changes(&[old, new], Some("new"), &BTreeSet::new());
-    let order: Vec<(&str, Option<&str>)> =
-        changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
-    assert_eq!(order, vec![("old", Some("follower"))]);
+    let order: Vec<(&str, RoleWrite)> = changes.iter().map(|c| (c.pod.as_str(), c.role)).collect();
+    assert_eq!(order, vec![("old", RoleWrite::Follower)]);
 }
 
 /// A pod of Deployment `web` at template revision `rev`, created at `at`.
@@ -588,15 +588,6 @@ fn status_phases_and_conditions() {
         t(300),
     ));
     assert_eq!(s3, s2);
-    // Changes observed: leader change detected.
-    assert_eq!(
-        leader_change(Some(&s), &s2),
-        Some(LeaderChange {
-            old: None,
-            new: Some("a".into())
-        })
-    );
-    assert_eq!(leader_change(Some(&s2), &s3), None);
     // Expired Lease: Electing with LeaseExpired.
     let mut expired = held_by("a_id");
     expired.expired = true;
@@ -619,7 +610,9 @@ fn status_phases_and_conditions() {
     // Invalid policy and missing agents are reported with what to do.
     let missing = vec!["x".to_owned()];
     let mut bad = input(&pods, None, None, None, t(1));
-    bad.policy_ready = Err(("InvalidTimings", "spec.renewDeadlineSeconds ...".into()));
+    bad.policy_ready = Err(PolicyProblem::InvalidTimings(
+        "spec.renewDeadlineSeconds ...".into(),
+    ));
     bad.agent_missing = &missing;
     let s6 = status(&bad);
     assert_eq!(
@@ -639,7 +632,7 @@ fn status_phases_and_conditions() {
     );
 }
 
-fn w(kind: &'static str, name: &str, replicas: i32, original: Option<i32>) -> WorkloadView {
+fn w(kind: WorkloadKind, name: &str, replicas: i32, original: Option<i32>) -> WorkloadView {
     WorkloadView {
         kind,
         name: name.to_owned(),
@@ -655,77 +648,81 @@ fn scale_plan_table() {
     // First scaleDown: remember before scaling; the leader's workload keeps 1.
     let plan = scale_plan(
         &[
-            w("Deployment", "a", 3, None),
-            w("StatefulSet", "b", 2, None),
+            w(WorkloadKind::Deployment, "a", 3, None),
+            w(WorkloadKind::StatefulSet, "b", 2, None),
         ],
         true,
-        Some(("StatefulSet", "b")),
+        Some((WorkloadKind::StatefulSet, "b")),
     );
     assert_eq!(
         plan.actions,
         vec![
             ScaleAction::Remember {
-                kind: "Deployment",
+                kind: WorkloadKind::Deployment,
                 name: "a".into(),
                 original: 3
             },
             ScaleAction::Scale {
-                kind: "Deployment",
+                kind: WorkloadKind::Deployment,
                 name: "a".into(),
                 replicas: 0
             },
             ScaleAction::Remember {
-                kind: "StatefulSet",
+                kind: WorkloadKind::StatefulSet,
                 name: "b".into(),
                 original: 2
             },
             ScaleAction::Scale {
-                kind: "StatefulSet",
+                kind: WorkloadKind::StatefulSet,
                 name: "b".into(),
                 replicas: 1
             },
         ]
     );
-    assert!(matches!(plan.outcome, Some(Ok(_))));
+    assert!(matches!(plan.outcome, Some(ScaleOutcome::Scaled(_))));
     // After a restart: already remembered and scaled -> nothing at all
     // (never scales twice, never overwrites the original).
-    let plan = scale_plan(&[w("Deployment", "a", 1, Some(3))], true, None);
+    let plan = scale_plan(&[w(WorkloadKind::Deployment, "a", 1, Some(3))], true, None);
     assert!(plan.actions.is_empty(), "{:?}", plan.actions);
     // Remembered but the scale was interrupted: scale only.
-    let plan = scale_plan(&[w("Deployment", "a", 3, Some(3))], true, None);
+    let plan = scale_plan(&[w(WorkloadKind::Deployment, "a", 3, Some(3))], true, None);
     assert_eq!(
         plan.actions,
         vec![ScaleAction::Scale {
-            kind: "Deployment",
+            kind: WorkloadKind::Deployment,
             name: "a".into(),
             replicas: 1
         }]
     );
     // Back to standby: restore, then forget.
-    let plan = scale_plan(&[w("Deployment", "a", 1, Some(3))], false, None);
+    let plan = scale_plan(&[w(WorkloadKind::Deployment, "a", 1, Some(3))], false, None);
     assert_eq!(
         plan.actions,
         vec![
             ScaleAction::Scale {
-                kind: "Deployment",
+                kind: WorkloadKind::Deployment,
                 name: "a".into(),
                 replicas: 3
             },
             ScaleAction::Forget {
-                kind: "Deployment",
+                kind: WorkloadKind::Deployment,
                 name: "a".into()
             },
         ]
     );
     assert_eq!(plan.outcome, None);
     // Left the pool while in scaleDown: restored.
-    let mut left = w("Deployment", "gone", 0, Some(2));
+    let mut left = w(WorkloadKind::Deployment, "gone", 0, Some(2));
     left.in_pool = false;
-    let plan = scale_plan(&[left, w("Deployment", "a", 1, Some(3))], true, None);
+    let plan = scale_plan(
+        &[left, w(WorkloadKind::Deployment, "a", 1, Some(3))],
+        true,
+        None,
+    );
     assert_eq!(
         plan.actions[0],
         ScaleAction::Scale {
-            kind: "Deployment",
+            kind: WorkloadKind::Deployment,
             name: "gone".into(),
             replicas: 2
         }
@@ -733,21 +730,24 @@ fn scale_plan_table() {
     assert_eq!(
         plan.actions[1],
         ScaleAction::Forget {
-            kind: "Deployment",
+            kind: WorkloadKind::Deployment,
             name: "gone".into()
         }
     );
     // An HPA: refuse, touch nothing.
-    let mut auto = w("Deployment", "auto", 2, None);
+    let mut auto = w(WorkloadKind::Deployment, "auto", 2, None);
     auto.hpa = Some("auto-hpa".into());
     let plan = scale_plan(&[auto], true, None);
     assert!(plan.actions.is_empty());
     assert!(matches!(
         plan.outcome,
-        Some(Err(("HorizontalPodAutoscalerConflict", _)))
+        Some(ScaleOutcome::Refused {
+            reason: ScaleRefusal::HorizontalPodAutoscalerConflict,
+            ..
+        })
     ));
     // Standby, nothing scaled: nothing.
-    let plan = scale_plan(&[w("Deployment", "a", 3, None)], false, None);
+    let plan = scale_plan(&[w(WorkloadKind::Deployment, "a", 3, None)], false, None);
     assert!(plan.actions.is_empty());
 }
 

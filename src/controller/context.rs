@@ -1,0 +1,245 @@
+//! What every controller pass shares: the client, the caches, the event
+//! recorder and metrics, each pool's memory between passes, and the errors
+//! and API helpers of the writes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::Recorder;
+use kube::{Client, Resource};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::cache::Cache;
+use super::decide::ScaleOutcome;
+use super::metrics::Metrics;
+use super::queue::PoolKey;
+use super::rbac;
+use crate::api::keys::FIELD_MANAGER;
+
+/// Errors of one reconciliation; the pool is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{action} {kind} {namespace}/{name} failed: {source}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    /// The step, for the reconcile_errors metric.
+    pub fn step(&self) -> &'static str {
+        match self {
+            ReconcileError::Api { kind, .. } => kind,
+        }
+    }
+
+    /// A 409: someone wrote first; retry soon without alarm.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ReconcileError::Api { source: kube::Error::Api(e), .. } if e.code == 409)
+    }
+}
+
+/// Maps a failed request to a [`ReconcileError`] naming the object.
+pub(super) fn api_err(
+    action: &'static str,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let namespace = namespace.to_owned();
+    let name = name.to_owned();
+    move |source| ReconcileError::Api {
+        action,
+        kind,
+        namespace,
+        name,
+        source,
+    }
+}
+
+pub(super) fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(e) if e.code == code)
+}
+
+/// The Lease's resourceVersion last seen, and when (monotonic): the expiry
+/// clock, as client-go judges it.
+#[derive(Debug, Clone)]
+pub struct LeaseSeen {
+    pub version: String,
+    pub at: Instant,
+}
+
+/// The holder last seen in the Lease: a Lease deleted while held is
+/// re-created naming it (see the Lease contract).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderSeen {
+    pub identity: String,
+    pub instance: Option<String>,
+    pub transitions: i32,
+}
+
+/// An HPA and the workload it scales.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HpaTarget {
+    pub kind: String,
+    pub name: String,
+    pub hpa: String,
+}
+
+/// The leader last reported in an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reported {
+    /// Nothing reported since this controller's term began.
+    #[default]
+    Unknown,
+    Leaderless,
+    Leader(String),
+}
+
+/// What the controller remembers about a pool between reconciliations.
+/// Lost on restart by design: everything here can be re-derived.
+#[derive(Debug, Default)]
+pub struct PoolMemory {
+    pub lease_seen: Option<LeaseSeen>,
+    pub holder_seen: Option<HolderSeen>,
+    /// Pods this controller labelled leader (the cache may lag behind).
+    pub leaders: BTreeSet<String>,
+    /// Fingerprint of the last scaleDown check, and when.
+    pub scale_checked: Option<(u64, Instant)>,
+    pub scale_outcome: Option<ScaleOutcome>,
+    /// HPA targets last listed.
+    pub hpas: Vec<HpaTarget>,
+    pub reported: Reported,
+    /// Since when the pool is leaderless, as reported.
+    pub leaderless_since: Option<SystemTime>,
+    /// Pods already reported as running without the agent.
+    pub warned: BTreeSet<String>,
+    /// Owners whose pods were evicted recently (no eviction storms).
+    pub evicted: HashMap<String, Instant>,
+    /// Pods (by UID) seen as deposed `start` leaders, and since when.
+    pub deposed_since: HashMap<String, Instant>,
+    /// Pods (by UID) whose skipped scheduled run was reported on their Job.
+    pub skipped_reported: BTreeSet<String>,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub cache: Cache,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub evict_uninjected: bool,
+    /// Create a LeaderPolicy with the defaults for a pool whose pods name
+    /// one that does not exist (`--create-missing-policies`).
+    pub create_missing_policies: bool,
+    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+    /// (pool, workload) pairs already told that the pool's policy is missing:
+    /// once per controller term, not on every pod change.
+    pub(super) missing_reported: Mutex<BTreeSet<(PoolKey, String)>>,
+    /// Candidate RBAC per ServiceAccount (see [`rbac`]).
+    pub(super) rbac: rbac::Writer,
+}
+
+/// How long after a failed reconcile it is retried.
+pub const ERROR_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cache: Cache,
+        recorder: Recorder,
+        metrics: Metrics,
+        evict_uninjected: bool,
+        create_missing_policies: bool,
+    ) -> Self {
+        Self {
+            client,
+            cache,
+            recorder,
+            metrics,
+            evict_uninjected,
+            create_missing_policies,
+            memory: Mutex::new(HashMap::new()),
+            missing_reported: Mutex::new(BTreeSet::new()),
+            rbac: rbac::Writer::default(),
+        }
+    }
+
+    pub(super) fn with_memory<T>(&self, key: &PoolKey, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
+        let mut map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(key.clone()).or_default())
+    }
+
+    pub(super) fn forget(&self, key: &PoolKey) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// The API of `K` in the pool's namespace.
+    pub(super) fn api<K>(&self, key: &PoolKey) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &key.namespace)
+    }
+}
+
+pub(super) fn now_time() -> Time {
+    // Whole seconds: what the API server keeps, so a status computed now
+    // compares equal to the same status read back.
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
+}
+
+pub(super) fn truncate(t: &Time) -> Time {
+    Time(Timestamp::from_second(t.0.as_second()).unwrap_or(t.0))
+}
+
+/// Creates `obj`, or (when it exists, or `try_create` is false) applies it
+/// server-side with zen-lead's field manager.
+pub(super) async fn create_or_apply<K>(
+    api: &Api<K>,
+    try_create: bool,
+    obj: &K,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ReconcileError>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if try_create {
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => return Ok(()),
+            Err(err) if is_status(&err, 409) => {}
+            Err(err) => return Err(api_err("create", kind, namespace, name)(err)),
+        }
+    }
+    let mut body = serde_json::to_value(obj).unwrap_or_default();
+    body["apiVersion"] = json!(K::api_version(&()));
+    body["kind"] = json!(K::kind(&()));
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(api_err("apply", kind, namespace, name))
+}

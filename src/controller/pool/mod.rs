@@ -1,0 +1,295 @@
+//! One pool's pass: observe (the caches), plan (pure), apply (the writes).
+//!
+//! Some inputs of the plan need the API server first (the Lease must exist
+//! before anyone can be promoted; a holder missing from the cache is
+//! confirmed gone by a read), so a pass runs in phases:
+//! 1. the finalizer (before any scale a deletion could not undo), the Lease
+//!    and the candidates' RBAC, fast failover, deposed `start` leaders;
+//! 2. roles and readiness conditions: [`plan::pod_writes`] orders them
+//!    (demote before promote), [`apply::pod_writes`] performs them;
+//! 3. the safety net, scaleDown, the status and its events, and when to
+//!    look again.
+//!
+//! - [`observe`]: pods and workloads from the caches.
+//! - [`plan`]: the pure decisions of a pass and their ordering rules.
+//! - [`apply`]: pod, status and finalizer writes.
+//! - [`lease`]: the pool's Lease.
+//! - [`deposed`], [`missing`], [`safety`], [`scale`]: one concern each.
+//! - [`report`]: events and the leader-change metrics.
+
+pub mod apply;
+pub mod deposed;
+pub mod lease;
+pub mod missing;
+pub mod observe;
+pub mod plan;
+pub mod report;
+pub mod safety;
+pub mod scale;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use kube::runtime::events::EventType;
+use tokio::time::Instant;
+use tracing::info;
+
+use super::context::{Context, ReconcileError, now_time};
+use super::decide::{self, Failover, LeaseView, PodView, PolicyProblem, StatusInput};
+use super::queue::PoolKey;
+use super::rbac;
+use crate::api::{FollowerMode, LeaderPolicy};
+use report::{holder_pod_name, pod_ref};
+
+/// Reconciles one pool. `Ok(Some(d))`: look again after `d` (a Lease may
+/// expire then).
+pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>, ReconcileError> {
+    ctx.metrics.reconciles.inc();
+    let policy = ctx.cache.policy(key);
+    let pods = ctx.cache.pods_of(key);
+    match policy {
+        None => {
+            let views = observe::views(&pods, Default::default());
+            if missing::handle(ctx, key, &pods, &views).await? {
+                // Created: the policy's watch event brings the pool back.
+                return Ok(None);
+            }
+            orphan(ctx, key, &views).await?;
+            rbac::sync_pool(ctx, key, &[]).await?;
+            ctx.forget(key);
+            Ok(None)
+        }
+        Some(p) if p.meta().deletion_timestamp.is_some() => {
+            scale::finalize(ctx, key, &p).await?;
+            let views = observe::views(&pods, Default::default());
+            orphan(ctx, key, &views).await?;
+            rbac::sync_pool(ctx, key, &[]).await?;
+            Ok(None)
+        }
+        Some(p) => {
+            ctx.missing_reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(k, _)| k != key);
+            active(ctx, key, &p, &pods).await
+        }
+    }
+}
+
+/// A pool whose policy is missing: its pods are not candidates and nobody
+/// leads.
+async fn orphan(ctx: &Context, key: &PoolKey, views: &[PodView]) -> Result<(), ReconcileError> {
+    for write in plan::orphan_writes(&key.name, views) {
+        apply::pod(ctx, key, &write).await?;
+    }
+    Ok(())
+}
+
+async fn active(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    pods: &[Arc<Pod>],
+) -> Result<Option<Duration>, ReconcileError> {
+    let strategy = policy.spec.identity_strategy;
+    let views = observe::views(pods, strategy);
+    report::skipped_runs(ctx, key, pods).await;
+    let node_ready = |n: &str| ctx.cache.node_ready(n);
+
+    // Phase 1. Finalizer first, so no scale happens that a deletion could
+    // not undo.
+    let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
+    if scale_down && !apply::has_finalizer(policy) {
+        apply::finalizer(ctx, key, policy, true).await?;
+    }
+    let (policy_ready, lease) = lease_and_rbac(ctx, key, policy, &views).await?;
+    let mut lease_view = lease.as_ref().map(|l| lease::view(ctx, key, l));
+    let mut deposed_wake = None;
+    if let (Some(lv), Some(l)) = (lease_view.as_mut(), lease.as_ref()) {
+        failover(ctx, key, policy, &views, lv, l).await?;
+        deposed_wake = deposed(ctx, key, policy, &views, lv).await?;
+    }
+
+    // Phase 2: roles and readiness conditions.
+    let leader = lease_view
+        .as_ref()
+        .and_then(|lv| decide::leader(lv, &views, &node_ready));
+    let conflicts = decide::identity_conflicts(&views, lease_view.as_ref(), &node_ready);
+    let conditions = plan::candidate_conditions(&key.name, &views, strategy, &conflicts);
+    // The user looks at the pod that cannot be a candidate: say why there,
+    // once, when its condition turns to the identity problem.
+    for (pod, reason, message) in plan::identity_warnings(&conditions) {
+        let uid = views.iter().find(|p| p.name == pod).map(|p| p.uid.clone());
+        let reference = pod_ref(&key.namespace, pod, uid);
+        report::on_pod(
+            ctx,
+            &reference,
+            reason,
+            "CheckCandidate",
+            message.to_owned(),
+        )
+        .await;
+    }
+    let remembered = ctx.with_memory(key, |m| m.leaders.clone());
+    let writes = plan::pod_writes(
+        &views,
+        leader.map(|p| p.name.as_str()),
+        &remembered,
+        conditions,
+    );
+    apply::pod_writes(ctx, key, &writes).await?;
+
+    // Phase 3: the safety net, scaleDown, status.
+    let unlabelled = ctx.cache.unlabelled_of(key);
+    let missing = safety::run(ctx, key, policy, &views, &unlabelled).await;
+    let scaled = scale::run(ctx, key, policy, leader.and_then(decide::pod_workload)).await?;
+    // The finalizer goes once nothing scaled by this pool is left (the
+    // cache shows the restores of this pass on the next one).
+    if !scale_down
+        && apply::has_finalizer(policy)
+        && observe::workloads(ctx, key)
+            .iter()
+            .all(|w| w.original.is_none())
+    {
+        apply::finalizer(ctx, key, policy, false).await?;
+    }
+    let candidates = views.iter().filter(|p| p.candidate(&node_ready)).count();
+    let next = decide::status(&StatusInput {
+        generation: policy.meta().generation,
+        pool: &key.name,
+        previous: policy.status.as_ref(),
+        policy_ready,
+        lease: lease_view.as_ref(),
+        leader,
+        pods: &views,
+        candidates,
+        agent_missing: &missing,
+        identity_conflicts: &conflicts,
+        follower_mode: policy.spec.follower_mode,
+        timings: policy
+            .spec
+            .timings()
+            .is_ok()
+            .then(|| policy.spec.effective_seconds()),
+        scaled: if scale_down { scaled } else { None },
+        now: now_time(),
+    });
+    report::leader(ctx, key, policy, &next).await;
+    if policy.status.as_ref() != Some(&next) {
+        apply::status(ctx, key, &next).await?;
+    }
+
+    let lease_wake = lease_view.as_ref().zip(lease.as_ref()).and_then(|(lv, l)| {
+        let clock = lease::seen(ctx, key).map(|seen| lease::clock_of(l, seen));
+        plan::lease_wake(lv, clock, Instant::now())
+    });
+    Ok(plan::earliest(deposed_wake, lease_wake))
+}
+
+/// The Lease, carrying the policy's timings, and RBAC for the candidates'
+/// ServiceAccounts: independent, so written concurrently. A Lease that
+/// cannot be written makes the policy not ready (said in its status); a
+/// conflict is retried.
+async fn lease_and_rbac(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+) -> Result<(Result<(), PolicyProblem>, Option<Lease>), ReconcileError> {
+    let timings = match policy.spec.timings() {
+        Ok(timings) => timings,
+        Err(err) => return Ok((Err(PolicyProblem::InvalidTimings(err.to_string())), None)),
+    };
+    let want = lease::Desired::new(key, policy, timings);
+    let accounts = decide::service_accounts(views);
+    let (lease, rbac) = tokio::join!(
+        lease::ensure(ctx, key, &want),
+        rbac::sync_pool(ctx, key, &accounts)
+    );
+    rbac?;
+    match lease {
+        Ok(lease) => Ok((Ok(()), Some(lease))),
+        Err(err) if err.is_conflict() => Err(err),
+        Err(err) => Ok((Err(PolicyProblem::LeaseError(err.to_string())), None)),
+    }
+}
+
+/// Fast failover: a holder that cannot renew (its pod gone, its node
+/// NotReady) is cleared; a terminating holder is asked to hand over.
+async fn failover(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+    lv: &mut LeaseView,
+    lease: &Lease,
+) -> Result<(), ReconcileError> {
+    let node_ready = |n: &str| ctx.cache.node_ready(n);
+    let holder_pod = decide::holder_pod(lv, views);
+    let strategy = policy.spec.identity_strategy;
+    let confirmed_gone = decide::needs_confirmation(lv, holder_pod)
+        && lease::holder_confirmed_gone(ctx, key, strategy, lv).await?;
+    let holder = lv.holder.clone().unwrap_or_default();
+    match decide::failover(lv, holder_pod, views, &node_ready, confirmed_gone) {
+        Failover::Nothing => {}
+        Failover::Expire { why } => {
+            if lease::expire(ctx, key, lease).await? {
+                ctx.metrics.lease_expiries.inc();
+                info!(pool = %key, holder = %holder, reason = why.reason(), "expired the Lease of a holder that cannot renew; a follower takes over now");
+                report::on_policy(
+                    ctx,
+                    policy,
+                    EventType::Normal,
+                    "LeaseExpired",
+                    "ExpireLease",
+                    format!(
+                        "holder {holder} cannot renew ({}); cleared the Lease so a \
+                         follower takes over without waiting for expiry",
+                        why.reason()
+                    ),
+                    holder_pod_name(&holder).map(|n| pod_ref(&key.namespace, n, None)),
+                )
+                .await;
+                lv.holder = None;
+                lv.expired = false;
+            }
+        }
+        Failover::HandOff { to } => {
+            if lease::hand_off(ctx, key, lease, &to).await? {
+                info!(pool = %key, holder = %holder, successor = %to, "holder pod is terminating; asked it to hand over");
+                lv.preferred = Some(to);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deposed `start` leaders, whose app runs beside the successor's: deleted
+/// once they have looked deposed for [`plan::DEPOSED_GRACE`]. Returns when
+/// the next one falls due.
+async fn deposed(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+    lv: &LeaseView,
+) -> Result<Option<Duration>, ReconcileError> {
+    let deposed = decide::deposed_start_leaders(views, lv);
+    let (due, wake) = ctx.with_memory(key, |m| {
+        plan::deposed_due(&mut m.deposed_since, &deposed, Instant::now())
+    });
+    let due: Vec<&PodView> = deposed
+        .into_iter()
+        .filter(|p| due.contains(&p.uid))
+        .collect();
+    if !due.is_empty() {
+        deposed::remove(ctx, key, policy, &due).await?;
+    }
+    Ok(wake)
+}
+
+#[cfg(test)]
+mod tests;
