@@ -14,11 +14,11 @@ use kube::{Client, Resource};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::cache::Cache;
 use super::decide::ScaleOutcome;
 use super::metrics::Metrics;
 use super::queue::PoolKey;
 use super::rbac;
+use super::watch::Cache;
 use crate::api::keys::FIELD_MANAGER;
 
 /// Errors of one reconciliation; the pool is retried with backoff.

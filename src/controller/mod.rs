@@ -4,14 +4,13 @@
 //! scaleDown replica counts current.
 //!
 //! - [`decide`]: every decision, pure and table-tested.
-//! - [`cache`]: the scoped watches and what a change queues.
+//! - [`watch`]: the scoped watches, their caches, and what a change queues.
 //! - [`queue`]: the de-duplicating pool queue.
 //! - [`pool`]: one pool's pass, observe → plan → apply.
 //! - [`context`]: what passes share (client, caches, memory, errors).
 //! - [`rbac`]: the candidates' Lease RBAC, one Role per ServiceAccount.
 //! - [`runner`]: the controller Lease and the workers.
 
-pub mod cache;
 pub mod context;
 pub mod decide;
 pub mod metrics;
@@ -19,6 +18,7 @@ pub mod pool;
 pub mod queue;
 pub mod rbac;
 pub mod runner;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -67,6 +67,13 @@ impl Queue {
     }
 
     /// Queues `key` after `delay`.
+    /// Queues every pool of `keys`.
+    pub fn extend(&self, keys: impl IntoIterator<Item = PoolKey>) {
+        for key in keys {
+            self.push(key);
+        }
+    }
+
     pub fn push_after(&self, key: PoolKey, delay: Duration) {
         let queue = self.clone();
         tokio::spawn(async move {

@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::cache;
 use super::context::{Context, ERROR_BACKOFF};
 use super::metrics::Metrics;
 use super::pool;
 use super::queue::Queue;
+use super::watch as watches;
 use crate::election::{Elector, ElectorConfig, LeaderStatus, Timings};
 
 /// What the controllers need beyond the client.
@@ -44,7 +44,7 @@ pub async fn controllers(
     ready: Arc<AtomicBool>,
 ) {
     let queue = Queue::default();
-    let (cache, tasks) = cache::start(
+    let (cache, tasks) = watches::start(
         &client,
         settings.watch_namespace.as_deref(),
         settings.detect_uninjected,

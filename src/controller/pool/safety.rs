@@ -12,10 +12,10 @@ use tracing::{info, warn};
 
 use super::report::{self, pod_ref};
 use crate::api::LeaderPolicy;
-use crate::controller::cache::Unlabelled;
 use crate::controller::context::{Context, is_status};
 use crate::controller::decide::PodView;
 use crate::controller::queue::PoolKey;
+use crate::controller::watch::Unlabelled;
 
 /// At most one eviction per owner in this window.
 const EVICTION_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);

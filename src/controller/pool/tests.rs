@@ -13,9 +13,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::controller::cache::Cache;
 use crate::controller::decide::{CandidateCondition, RoleWrite, ScaleAction, WorkloadKind};
 use crate::controller::metrics::Metrics;
+use crate::controller::watch::Cache;
 use plan::{PodWrite, PodWrites};
 
 /// One request the mock API server saw.

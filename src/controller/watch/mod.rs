@@ -1,0 +1,422 @@
+//! What the controller watches, and how a change turns into queued pools.
+//!
+//! Every watch is scoped so its cost follows zen-lead's own objects, not
+//! the cluster: pods by the `zen-lead/pool` label, Leases by
+//! `zen-lead.io/policy`, LeaderPolicies by type. Two watches are wider by
+//! nature and say so: Nodes (to notice a NotReady node under a leader) and,
+//! with `--detect-uninjected`, the *metadata* of unlabelled pods (to find
+//! pool pods admitted while the webhook was down).
+
+pub mod map;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use tracing::warn;
+
+use crate::api::LeaderPolicy;
+use crate::api::keys::{LEASE_POLICY_LABEL, POOL_LABEL};
+use crate::controller::queue::{PoolKey, Queue};
+pub use map::pool_of;
+
+/// A pod that names a pool only by annotation (no label: the webhook never
+/// saw it), with its controlling owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unlabelled {
+    pub owner: Option<(String, String)>,
+}
+
+/// The caches the reconciler reads.
+#[derive(Clone)]
+pub struct Cache {
+    pub policies: Store<LeaderPolicy>,
+    pub pods: Store<Pod>,
+    pub leases: Store<Lease>,
+    /// Deployments and StatefulSets (for scaleDown: found even at 0 replicas).
+    pub deployments: Store<Deployment>,
+    pub statefulsets: Store<StatefulSet>,
+    /// Node name -> Ready. Unknown nodes count as ready.
+    nodes: Arc<RwLock<HashMap<String, bool>>>,
+    /// Pool -> names of its labelled pods.
+    pool_pods: Arc<Mutex<HashMap<PoolKey, BTreeSet<String>>>>,
+    /// Pool -> unlabelled pods that carry its annotation.
+    unlabelled: Arc<Mutex<map::UnlabelledMap>>,
+    synced: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only follows a panic mid-update of a plain map; the map is
+    // still usable and the next relist rebuilds it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Cache {
+    /// Empty caches that no watch fills (unit tests fill the stores).
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self {
+        Cache {
+            policies: reflector::store::<LeaderPolicy>().0,
+            pods: reflector::store::<Pod>().0,
+            leases: reflector::store::<Lease>().0,
+            deployments: reflector::store::<Deployment>().0,
+            statefulsets: reflector::store::<StatefulSet>().0,
+            nodes: Arc::default(),
+            pool_pods: Arc::default(),
+            unlabelled: Arc::default(),
+            synced: Arc::default(),
+        }
+    }
+
+    pub fn node_ready(&self, node: &str) -> bool {
+        self.nodes
+            .read()
+            .map(|n| n.get(node).copied().unwrap_or(true))
+            .unwrap_or(true)
+    }
+
+    /// The pool's labelled pods.
+    pub fn pods_of(&self, key: &PoolKey) -> Vec<Arc<Pod>> {
+        let names = lock(&self.pool_pods).get(key).cloned().unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| {
+                self.pods
+                    .get(&ObjectRef::new(n).within(&key.namespace))
+                    .filter(|p| pool_of(p).as_deref() == Some(key.name.as_str()))
+            })
+            .collect()
+    }
+
+    /// The pool's annotation-only pods.
+    pub fn unlabelled_of(&self, key: &PoolKey) -> BTreeMap<String, Unlabelled> {
+        lock(&self.unlabelled).get(key).cloned().unwrap_or_default()
+    }
+
+    pub fn policy(&self, key: &PoolKey) -> Option<Arc<LeaderPolicy>> {
+        self.policies
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+    }
+
+    pub fn lease(&self, key: &PoolKey) -> Option<Arc<Lease>> {
+        self.leases
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+    }
+
+    /// Every watch has delivered its initial list.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// Every pool the caches know of (policies and pods).
+    pub fn all_pools(&self) -> Vec<PoolKey> {
+        let mut keys: BTreeSet<PoolKey> = self
+            .policies
+            .state()
+            .iter()
+            .map(|p| PoolKey::new(p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        keys.extend(lock(&self.pool_pods).keys().cloned());
+        keys.into_iter().collect()
+    }
+}
+
+type Tasks = Vec<tokio::task::JoinHandle<()>>;
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Starts every watch; returns the caches and the tasks driving them. Each
+/// change queues the pools it concerns (see [`map`]).
+pub fn start(
+    client: &Client,
+    namespace: Option<&str>,
+    detect_uninjected: bool,
+    queue: &Queue,
+) -> (Cache, Tasks) {
+    let (policies, policy_writer) = reflector::store::<LeaderPolicy>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (leases, lease_writer) = reflector::store::<Lease>();
+    let (deployments, deployment_writer) = reflector::store::<Deployment>();
+    let (statefulsets, statefulset_writer) = reflector::store::<StatefulSet>();
+    let cache = Cache {
+        policies,
+        pods,
+        leases,
+        deployments,
+        statefulsets,
+        nodes: Arc::default(),
+        pool_pods: Arc::default(),
+        unlabelled: Arc::default(),
+        synced: Arc::default(),
+    };
+    let mut tasks = vec![
+        watch_policies(client, namespace, policy_writer, queue.clone()),
+        watch_leases(client, namespace, lease_writer, queue.clone()),
+        watch_pods(client, namespace, pod_writer, &cache, queue.clone()),
+        watch_workloads(client, namespace, deployment_writer, queue.clone(), |d| {
+            d.spec.as_ref().and_then(|s| s.template.metadata.as_ref())
+        }),
+        watch_workloads(client, namespace, statefulset_writer, queue.clone(), |s| {
+            s.spec.as_ref().and_then(|s| s.template.metadata.as_ref())
+        }),
+        watch_nodes(client, &cache, queue.clone()),
+    ];
+    if detect_uninjected {
+        tasks.push(watch_unlabelled(client, namespace, &cache, queue.clone()));
+    }
+    tasks.push(tokio::spawn(mark_synced(cache.clone())));
+    (cache, tasks)
+}
+
+/// LeaderPolicies, all of them in scope: each names its pool. Managed
+/// fields are a large share of every object and never read.
+fn watch_policies(
+    client: &Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<LeaderPolicy>,
+    q: Queue,
+) -> tokio::task::JoinHandle<()> {
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api(client, namespace), watcher::Config::default())
+            .default_backoff()
+            .modify(|p: &mut LeaderPolicy| p.managed_fields_mut().clear()),
+    );
+    tokio::spawn(drive(stream, "LeaderPolicies", move |ev| {
+        q.extend(map::policy_pool(&ev))
+    }))
+}
+
+/// Pool Leases, by the label the controller puts on them.
+fn watch_leases(
+    client: &Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<Lease>,
+    q: Queue,
+) -> tokio::task::JoinHandle<()> {
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            api(client, namespace),
+            watcher::Config::default().labels(LEASE_POLICY_LABEL),
+        )
+        .default_backoff()
+        .modify(|l: &mut Lease| l.managed_fields_mut().clear()),
+    );
+    tokio::spawn(drive(stream, "Leases", move |ev| {
+        q.extend(map::lease_pool(&ev))
+    }))
+}
+
+/// Pool pods, by the label the webhook puts on them, slimmed to what the
+/// decisions read.
+fn watch_pods(
+    client: &Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<Pod>,
+    cache: &Cache,
+    q: Queue,
+) -> tokio::task::JoinHandle<()> {
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            api(client, namespace),
+            watcher::Config::default().labels(POOL_LABEL),
+        )
+        .default_backoff()
+        .modify(slim_pod),
+    );
+    let by_pool = cache.pool_pods.clone();
+    let store = cache.pods.clone();
+    let mut index = map::PodIndex::default();
+    tokio::spawn(drive(stream, "pool pods", move |ev| {
+        let pools = index.event(&mut lock(&by_pool), &ev, || store.state());
+        q.extend(pools);
+    }))
+}
+
+/// Deployments or StatefulSets: a change of their pool annotation (or of
+/// what zen-lead recorded on them) queues the pools concerned, old and
+/// new. Their status is never read and changes with every pod: dropped.
+fn watch_workloads<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<K>,
+    q: Queue,
+    template: fn(&K) -> Option<&kube::api::ObjectMeta>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Metadata
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + WithoutStatus
+        + 'static,
+{
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api::<K>(client, namespace), watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| {
+                o.managed_fields_mut().clear();
+                o.drop_status();
+            }),
+    );
+    let mut index = map::WorkloadIndex::default();
+    tokio::spawn(drive(stream, K::KIND, move |ev| {
+        q.extend(index.event(&ev, template))
+    }))
+}
+
+/// Workloads whose status the cache does not keep.
+pub trait WithoutStatus {
+    fn drop_status(&mut self);
+}
+
+impl WithoutStatus for Deployment {
+    fn drop_status(&mut self) {
+        self.status = None;
+    }
+}
+
+impl WithoutStatus for StatefulSet {
+    fn drop_status(&mut self) {
+        self.status = None;
+    }
+}
+
+/// Nodes (cluster-wide by nature): only the Ready condition is kept; a
+/// change queues the pools with pods on the node.
+fn watch_nodes(client: &Client, cache: &Cache, q: Queue) -> tokio::task::JoinHandle<()> {
+    let stream = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff();
+    let nodes = cache.nodes.clone();
+    let pods = cache.pods.clone();
+    tokio::spawn(drive(stream, "Nodes", move |ev| {
+        let changed = {
+            let mut map = nodes.write().unwrap_or_else(|e| e.into_inner());
+            map::node_change(&mut map, &ev)
+        };
+        if let Some(node) = changed {
+            q.extend(map::pools_on_node(&pods.state(), &node));
+        }
+    }))
+}
+
+/// With `--detect-uninjected`: the metadata of unlabelled pods, to find
+/// pool pods admitted while the webhook was down.
+fn watch_unlabelled(
+    client: &Client,
+    namespace: Option<&str>,
+    cache: &Cache,
+    q: Queue,
+) -> tokio::task::JoinHandle<()> {
+    let stream = watcher::watcher(
+        api::<PartialObjectMeta<Pod>>(client, namespace),
+        watcher::Config::default().labels(&format!("!{POOL_LABEL}")),
+    )
+    .default_backoff();
+    let map = cache.unlabelled.clone();
+    let mut index = map::UnlabelledIndex::default();
+    tokio::spawn(drive(stream, "unlabelled pod metadata", move |ev| {
+        let pools = index.event(&mut lock(&map), &ev);
+        q.extend(pools);
+    }))
+}
+
+/// Synced once every reflector has listed.
+async fn mark_synced(c: Cache) {
+    let ok = c.policies.wait_until_ready().await.is_ok()
+        && c.pods.wait_until_ready().await.is_ok()
+        && c.leases.wait_until_ready().await.is_ok()
+        && c.deployments.wait_until_ready().await.is_ok()
+        && c.statefulsets.wait_until_ready().await.is_ok();
+    if ok {
+        c.synced.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Keeps only what [`super::decide::PodView`] reads, so the pod cache costs
+/// a few hundred bytes per pod whatever the pod spec holds.
+fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("zen-lead") || k == crate::api::keys::IDENTITY_ANNOTATION);
+    }
+    let name_only = |c: &Container| Container {
+        name: c.name.clone(),
+        ..Container::default()
+    };
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        service_account_name: s.service_account_name,
+        containers: s.containers.iter().map(name_only).collect(),
+        init_containers: s
+            .init_containers
+            .map(|cs| cs.iter().map(name_only).collect()),
+        ..PodSpec::default()
+    });
+    let slim_status = |c: &ContainerStatus| ContainerStatus {
+        name: c.name.clone(),
+        ready: c.ready,
+        started: c.started,
+        state: c.state.clone(),
+        ..ContainerStatus::default()
+    };
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| {
+                    c.type_ == crate::api::keys::CANDIDATE_READINESS_GATE || c.type_ == "Ready"
+                })
+                .collect()
+        }),
+        container_statuses: s
+            .container_statuses
+            .map(|cs| cs.iter().map(slim_status).collect()),
+        init_container_statuses: s
+            .init_container_statuses
+            .map(|cs| cs.iter().map(slim_status).collect()),
+        ..PodStatus::default()
+    });
+}
+
+/// Drives a watch stream, handing each event to `handle`. Watch errors are
+/// retried with backoff by the stream itself; they are logged here.
+async fn drive<K, S>(stream: S, what: &'static str, mut handle: impl FnMut(Event<K>))
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(ev) => handle(ev),
+            Err(err) => warn!(watch = what, error = %err, "watch failed; retrying"),
+        }
+    }
+}
