@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::Activation;
+use crate::contract::agent_env;
 use crate::telemetry::LogFormat;
 use crate::webhook::TlsMode;
 
@@ -517,24 +518,24 @@ pub struct ControllerArgs {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Pool (LeaderPolicy name) this pod is a candidate in.
-    #[arg(long, env = "ZEN_LEAD_POOL")]
+    #[arg(long, env = agent_env::POOL)]
     pub pool: String,
 
     /// This pod's name (downward API `metadata.name`).
-    #[arg(long, env = "ZEN_LEAD_POD_NAME")]
+    #[arg(long, env = agent_env::POD_NAME)]
     pub pod_name: String,
 
     /// This pod's namespace (downward API `metadata.namespace`).
-    #[arg(long, env = "ZEN_LEAD_POD_NAMESPACE")]
+    #[arg(long, env = agent_env::POD_NAMESPACE)]
     pub pod_namespace: String,
 
     /// This pod's UID (downward API `metadata.uid`).
-    #[arg(long, env = "ZEN_LEAD_POD_UID")]
+    #[arg(long, env = agent_env::POD_UID)]
     pub pod_uid: String,
 
     /// Candidate identity for `identityStrategy: custom` (the pod's
     /// `zen-lead/identity` annotation). Empty: derived from the pod name and UID.
-    #[arg(long, env = "ZEN_LEAD_IDENTITY", default_value = "")]
+    #[arg(long, env = agent_env::IDENTITY, default_value = "")]
     pub identity: String,
 
     /// Address of the agent's HTTP server (probes, /v1/leader, /metrics).
@@ -557,7 +558,7 @@ pub struct AgentArgs {
     #[arg(
         long,
         value_enum,
-        env = "ZEN_LEAD_IDENTITY_STRATEGY",
+        env = agent_env::IDENTITY_STRATEGY,
         default_value_t = AgentIdentityStrategy::Auto
     )]
     pub identity_strategy: AgentIdentityStrategy,

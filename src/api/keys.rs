@@ -154,6 +154,35 @@ pub mod conditions {
     pub const AGENT_MISSING: &str = "AgentMissing";
     /// Two live pool pods use the same candidate identity (custom strategy).
     pub const IDENTITY_CONFLICT: &str = "IdentityConflict";
+
+    /// The reasons each condition gives, by condition.
+    pub mod reasons {
+        // PolicyReady
+        pub const LEASE_READY: &str = "LeaseReady";
+        pub const INVALID_TIMINGS: &str = "InvalidTimings";
+        pub const LEASE_ERROR: &str = "LeaseError";
+        // LeaderElected
+        pub const LEADER_ELECTED: &str = "LeaderElected";
+        pub const LEASE_EXPIRED: &str = "LeaseExpired";
+        pub const HOLDER_NOT_LIVE: &str = "HolderNotLive";
+        pub const NO_CANDIDATES: &str = "NoCandidates";
+        pub const ELECTING: &str = "Electing";
+        // CandidatesAvailable
+        pub const CANDIDATES_RUNNING: &str = "CandidatesRunning";
+        pub const NO_POOL_PODS: &str = "NoPoolPods";
+        pub const AGENTS_NOT_STARTED: &str = "AgentsNotStarted";
+        // ScaledDown
+        pub const SCALED_DOWN: &str = "ScaledDown";
+        pub const HPA_CONFLICT: &str = "HorizontalPodAutoscalerConflict";
+        pub const NO_WORKLOADS: &str = "NoWorkloads";
+        pub const FOLLOWER_MODE_STANDBY: &str = "FollowerModeStandby";
+        // AgentMissing
+        pub const ALL_PODS_INJECTED: &str = "AllPodsInjected";
+        pub const PODS_WITHOUT_AGENT: &str = "PodsWithoutAgent";
+        // IdentityConflict
+        pub const IDENTITIES_UNIQUE: &str = "IdentitiesUnique";
+        pub const DUPLICATE_IDENTITY: &str = "DuplicateIdentity";
+    }
 }
 
 #[cfg(test)]

@@ -39,23 +39,7 @@ pub const AGENT_PORT_NAME: &str = "zl-agent";
 /// Arguments of the agent container's [`AGENT_COMMAND`].
 pub const AGENT_ARGS: &[&str] = &["agent"];
 
-/// The agent's environment: `zen-lead agent` reads each flag from these
-/// (src/cli.rs `AgentArgs`). Values come from the pool name or the downward API.
-pub mod agent_env {
-    pub const POOL: &str = "ZEN_LEAD_POOL";
-    pub const POD_NAME: &str = "ZEN_LEAD_POD_NAME";
-    pub const POD_NAMESPACE: &str = "ZEN_LEAD_POD_NAMESPACE";
-    pub const POD_UID: &str = "ZEN_LEAD_POD_UID";
-    pub const IDENTITY: &str = "ZEN_LEAD_IDENTITY";
-    /// The policy's `identityStrategy` at admission (`pod` or `custom`), so
-    /// the agent never guesses it from whether the annotation is present.
-    pub const IDENTITY_STRATEGY: &str = "ZEN_LEAD_IDENTITY_STRATEGY";
-    /// `api` turns the agent's API gate on; absent means `start`.
-    pub const ACTIVATION: &str = "ZEN_LEAD_ACTIVATION";
-    /// Where the gate keeps its CA key (`--gate-state-dir`), so a restarted
-    /// agent container is still trusted by apps that loaded `ca.crt` before.
-    pub const GATE_STATE_DIR: &str = "ZEN_LEAD_GATE_STATE_DIR";
-}
+pub use crate::contract::agent_env;
 
 /// Where the app's in-cluster client finds the API server and its
 /// credentials, and where `api` activation points it instead.

@@ -1,5 +1,6 @@
 use super::fixtures::pod;
 use super::*;
+use crate::api::{FollowerMode, LeaderPolicyStatus, Phase};
 use k8s_openapi::jiff::Timestamp;
 
 fn ready(_: &str) -> bool {
