@@ -336,14 +336,14 @@ fn main() {
         .block_on(server::start(
             ServeOptions {
                 addr: "127.0.0.1:0".parse().expect("addr"),
-                admin_addr: "127.0.0.1:0".parse().expect("addr"),
                 max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
                 request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
                 inject: InjectConfig::with_image("ghcr.io/kube-zen/zen-lead:bench"),
             },
             store,
             Arc::new(lookup),
-            zen_lead::telemetry::new_registry(),
+            server::Metrics::register(&mut zen_lead::telemetry::new_registry()),
+            zen_lead::admin::ReadyFlag::default(),
         ))
         .expect("zen-lead webhook starts");
 

@@ -48,7 +48,7 @@ pub const APP_PROBES_ENV: &str = "ZEN_LEAD_APP_PROBES";
 /// Prefix of the agent paths that stand in for app probes.
 pub const APP_HEALTH_PREFIX: &str = "/app-health";
 
-pub use crate::api::keys::EXCLUDE_CONTAINERS_ANNOTATION;
+pub use crate::keys::EXCLUDE_CONTAINERS_ANNOTATION;
 
 /// Agent env (`process` activation, a CronJob-created Job's pod): the Job's
 /// scheduled time, from its `batch.kubernetes.io/cronjob-scheduled-timestamp`.

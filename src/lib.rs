@@ -18,6 +18,7 @@
 //! - [`tls`], [`telemetry`]: certificates, logging, metrics.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod contract;
 pub mod controller;
 pub mod election;
 pub mod handoff;
+pub mod keys;
 pub mod lock;
 pub mod run;
 pub mod telemetry;
@@ -83,7 +85,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     telemetry::init_logging(cli.global.log_format, &cli.global.log_level)?;
     match cli.command {
         Command::Controller(args) => {
-            let config = controller::Config::from_args(&args)?;
+            let config = args.config()?;
             tracing::debug!(?config, "controller configuration");
             Ok(controller::run(&config).await?)
         }
@@ -168,7 +170,7 @@ pub fn exit_code(result: Result<(), Error>) -> std::process::ExitCode {
 }
 
 async fn run_agent(args: &cli::AgentArgs) -> Result<(), Error> {
-    let config = agent::Config::from_args(args)?;
+    let config = args.config()?;
     tracing::debug!(?config, "agent configuration");
     Ok(agent::run(&config).await?)
 }

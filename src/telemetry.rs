@@ -3,9 +3,6 @@
 //! Logs go to stderr so that commands whose output is data (`zen-lead crd`)
 //! keep stdout clean.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,31 +65,6 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), TelemetryError
             .try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadyInitialised)
-}
-
-/// Extra conditions for the admin server's `/readyz`, registered by the
-/// parts of the process that start after the server (the controller's
-/// caches): `/readyz` is 200 only while every registered flag is true.
-static READINESS: std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Adds a named readiness condition (see [`not_ready`]).
-pub fn register_readiness(name: &'static str, flag: Arc<AtomicBool>) {
-    READINESS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((name, flag));
-}
-
-/// Names of the registered readiness conditions that are false now.
-pub fn not_ready() -> Vec<&'static str> {
-    READINESS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(_, flag)| !flag.load(Ordering::Relaxed))
-        .map(|(name, _)| *name)
-        .collect()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -103,7 +103,8 @@ fn check_agent(case: &str, agent: &Value) {
             }
         }
     };
-    zen_lead::agent::Config::from_args(&parsed)
+    parsed
+        .config()
         .unwrap_or_else(|e| panic!("{case}: the agent would refuse to start: {e}"));
 }
 

@@ -20,12 +20,12 @@ use zen_lead::tls::{CertRequest, generate};
 use zen_lead::webhook::certs::CertStore;
 use zen_lead::webhook::inject::{AGENT_CONTAINER, InjectConfig};
 use zen_lead::webhook::lookup::ClusterLookup;
-use zen_lead::webhook::server::{self, Running, ServeOptions};
+use zen_lead::webhook::server::{self, ServeOptions};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Webhook {
-    running: Running,
+    running: common::webhook::Served,
     config_name: String,
     client: Client,
 }
@@ -59,20 +59,17 @@ async fn start_webhook(client: &Client, ns: &str) -> Webhook {
     .expect("certs");
     let store = CertStore::from_pem(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes(), "test")
         .expect("store");
-    let running = server::start(
+    let running = common::webhook::serve(
         ServeOptions {
             addr: "127.0.0.1:0".parse().expect("addr"),
-            admin_addr: "127.0.0.1:0".parse().expect("addr"),
             max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
             request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
             inject: InjectConfig::with_image("ghcr.io/kube-zen/zen-lead:test"),
         },
         store,
         ClusterLookup::start(client.clone()),
-        zen_lead::telemetry::new_registry(),
     )
-    .await
-    .expect("webhook starts");
+    .await;
 
     // The shipped local manifest, pointed at this server and this namespace.
     let template = std::fs::read_to_string(common::repo_root().join("webhook-config/local.yaml"))

@@ -16,7 +16,7 @@ use zen_lead::tls::{CertRequest, GeneratedCerts, generate};
 use zen_lead::webhook::certs::CertStore;
 use zen_lead::webhook::inject::InjectConfig;
 use zen_lead::webhook::lookup::StaticLookup;
-use zen_lead::webhook::server::{self, ServeOptions};
+use zen_lead::webhook::server::ServeOptions;
 
 fn certs() -> GeneratedCerts {
     generate(&CertRequest {
@@ -82,22 +82,19 @@ impl Drop for SecretDir {
     }
 }
 
-async fn start(store: Arc<CertStore>, max_body: usize) -> server::Running {
+async fn start(store: Arc<CertStore>, max_body: usize) -> common::webhook::Served {
     let lookup = StaticLookup::default().with_policy("ns", "pool", Activation::Auto);
-    server::start(
+    common::webhook::serve(
         ServeOptions {
             addr: "127.0.0.1:0".parse().expect("addr"),
-            admin_addr: "127.0.0.1:0".parse().expect("addr"),
             max_body_bytes: max_body,
             request_timeout: Duration::from_secs(4),
             inject: InjectConfig::with_image("zen-lead:test"),
         },
         store,
         Arc::new(lookup),
-        zen_lead::telemetry::new_registry(),
     )
     .await
-    .expect("server starts")
 }
 
 fn review(uid: &str, object: Value) -> Bytes {

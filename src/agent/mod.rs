@@ -21,8 +21,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::validate_pool_name;
-use crate::cli::{AgentArgs, AgentIdentityStrategy};
 use crate::contract::{AppProbe, BIN_PATH};
 use crate::election::{
     Elector, ElectorConfig, Metrics, RunError, Timings, counting_client, driver::ClientError,
@@ -151,83 +149,6 @@ pub enum AgentError {
 pub fn pod_identity(pod: &PodRef) -> String {
     let uid: String = pod.uid.chars().filter(|c| *c != '-').take(8).collect();
     format!("{}_{uid}", pod.name)
-}
-
-impl Config {
-    /// Builds the agent's settings from its flags.
-    pub fn from_args(args: &AgentArgs) -> Result<Self, AgentError> {
-        validate_pool_name(&args.pool).map_err(|reason| AgentError::InvalidPool {
-            value: args.pool.clone(),
-            reason,
-        })?;
-        for (flag, env, value) in [
-            ("--pod-name", "ZEN_LEAD_POD_NAME", &args.pod_name),
-            (
-                "--pod-namespace",
-                "ZEN_LEAD_POD_NAMESPACE",
-                &args.pod_namespace,
-            ),
-            ("--pod-uid", "ZEN_LEAD_POD_UID", &args.pod_uid),
-        ] {
-            if value.trim().is_empty() {
-                return Err(AgentError::MissingPodField { flag, env });
-            }
-        }
-        let custom = args.identity.trim();
-        if custom.len() > 255 {
-            return Err(AgentError::IdentityTooLong { len: custom.len() });
-        }
-        let pod = PodRef {
-            name: args.pod_name.trim().to_owned(),
-            namespace: args.pod_namespace.trim().to_owned(),
-            uid: args.pod_uid.trim().to_owned(),
-        };
-        let identity = match args.identity_strategy {
-            AgentIdentityStrategy::Pod => pod_identity(&pod),
-            AgentIdentityStrategy::Custom if custom.is_empty() => {
-                return Err(AgentError::MissingCustomIdentity);
-            }
-            AgentIdentityStrategy::Custom => custom.to_owned(),
-            AgentIdentityStrategy::Auto if custom.is_empty() => pod_identity(&pod),
-            AgentIdentityStrategy::Auto => custom.to_owned(),
-        };
-        let process = match args.gate.activation {
-            gate::Activation::Process => Some(ProcessConfig {
-                bin_dir: args.bin_dir.clone().ok_or(AgentError::MissingBinDir)?,
-                probes: if args.app_probes.trim().is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::from_str(&args.app_probes).map_err(AgentError::InvalidAppProbes)?
-                },
-                scheduled_run: match (args.scheduled_time.trim(), args.job_name.trim()) {
-                    ("", _) | (_, "") => None,
-                    (time, job) => Some((time.to_owned(), job.to_owned())),
-                },
-            }),
-            _ => None,
-        };
-        let gate = match args.gate.activation {
-            gate::Activation::Start | gate::Activation::Process => None,
-            gate::Activation::Api => Some(gate::GateConfig::from_args(
-                &args.gate,
-                &args.pool,
-                &identity,
-                &pod.namespace,
-            )?),
-        };
-        Ok(Self {
-            pool: args.pool.clone(),
-            pod,
-            identity,
-            http_addr: args.http_addr,
-            release_timeout: args.release_timeout,
-            create_lease: args.create_lease,
-            preferred_defer: args.preferred_defer,
-            leadership_log: args.leadership_log.clone(),
-            gate,
-            process,
-        })
-    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -397,7 +318,7 @@ mod tests {
         let crate::cli::Command::Agent(args) = cli.command else {
             panic!("agent expected");
         };
-        Config::from_args(&args)
+        args.config()
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The zen-lead API: the `LeaderPolicy` custom resource and the annotation,
 //! label and condition keys shared by every component.
 
-pub mod keys;
+/// The annotation, label and condition names (a leaf module, shared with
+/// the election, which the API types depend on).
+pub use crate::keys;
 mod leader_policy;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -7,10 +7,12 @@
 //! - [`watch`]: the scoped watches, their caches, and what a change queues.
 //! - [`queue`]: the de-duplicating pool queue.
 //! - [`pool`]: one pool's pass, observe → plan → apply.
-//! - [`context`]: what passes share (client, caches, memory, errors).
+//! - [`context`]: what passes share (client, caches, memory).
+//! - [`api_error`]: the errors of writes and the helpers writers share.
 //! - [`rbac`]: the candidates' Lease RBAC, one Role per ServiceAccount.
 //! - [`runner`]: the controller Lease and the workers.
 
+pub mod api_error;
 pub mod context;
 pub mod decide;
 pub mod metrics;
@@ -21,12 +23,11 @@ pub mod runner;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::api::validate_dns_label;
-use crate::cli::ControllerArgs;
+use crate::admin::Readiness;
+
 use crate::webhook::{self, WebhookError};
 
 /// Validated controller settings.
@@ -79,6 +80,15 @@ pub enum ControllerError {
 
     #[error("the controller election stopped: {0}")]
     Election(#[from] crate::election::RunError),
+
+    #[error(
+        "the controller election ended before shutdown ({reason}); this replica exits so it is \
+         restarted (the other replicas keep serving the webhook and one of them leads)"
+    )]
+    ControllersEnded { reason: String },
+
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Runs `zen-lead controller` until SIGTERM or Ctrl-C: the webhook and admin
@@ -90,37 +100,78 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     let mut registry = crate::telemetry::new_registry();
     metrics.register(&mut registry);
     election_metrics.register(registry.sub_registry_with_prefix("controller_lease"));
+    let webhook_metrics = webhook::server::Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let webhook_ready = readiness.condition("webhook serving certificate");
+    let caches_ready = readiness.condition("controller caches");
+    let admin = crate::admin::serve(config.admin_addr, registry, readiness).await?;
     let client = counting_client(metrics.api_requests.clone()).await?;
     let shutdown = shutdown_signal()?;
 
-    let ready = Arc::new(AtomicBool::new(false));
-    crate::telemetry::register_readiness("controller caches", ready.clone());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let election_client = counting_client(metrics.api_requests.clone()).await?;
-    let controllers = tokio::spawn(runner::lead_and_run(
-        client.clone(),
-        election_client,
-        config.controllers.clone(),
-        metrics,
-        ready,
-        election_metrics,
-        stop_rx,
-    ));
+    let (ended, ended_rx) = tokio::sync::oneshot::channel();
+    let settings = config.controllers.clone();
+    let controllers_client = client.clone();
+    let controllers = tokio::spawn(async move {
+        let result = runner::lead_and_run(
+            controllers_client,
+            election_client,
+            settings,
+            metrics,
+            caches_ready,
+            election_metrics,
+            stop_rx,
+        )
+        .await;
+        let _ = ended.send(());
+        result
+    });
+    let early = AtomicBool::new(false);
     let served = webhook::serve(
         &config.webhook,
-        config.admin_addr,
         &config.namespace,
         client,
-        registry,
-        shutdown,
+        webhook_metrics,
+        webhook_ready,
+        stop_on(shutdown, ended_rx, &early),
     )
     .await;
     let _ = stop.send(true);
     let elected = controllers.await.unwrap_or(Ok(()));
+    admin.shutdown().await;
     served?;
+    if early.load(Ordering::Relaxed) {
+        return Err(ControllerError::ControllersEnded {
+            reason: match elected {
+                Err(err) => err.to_string(),
+                Ok(()) => "it returned without an error".to_owned(),
+            },
+        });
+    }
     elected?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C, or as soon as the controllers' task
+/// (the controller Lease's election and the controllers) ends by itself;
+/// then `early` is set. A replica whose election stopped would stay Ready
+/// as a webhook that never campaigns again, so the process exits with an
+/// error instead and the kubelet restarts it; the webhook keeps being
+/// served by the other replicas meanwhile.
+pub async fn stop_on(
+    shutdown: impl std::future::Future<Output = ()>,
+    ended: tokio::sync::oneshot::Receiver<()>,
+    early: &AtomicBool,
+) {
+    tokio::select! {
+        _ = shutdown => {}
+        _ = ended => {
+            early.store(true, Ordering::Relaxed);
+            tracing::error!("the controller election stopped; stopping this replica so it restarts");
+        }
+    }
 }
 
 /// The client every controller request goes through; each request
@@ -152,68 +203,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Controller
     })
 }
 
-impl Config {
-    /// Builds the controller's settings from its flags.
-    pub fn from_args(args: &ControllerArgs) -> Result<Self, ControllerError> {
-        let webhook = webhook::Config::from_args(args)?;
-        validate_dns_label(&args.namespace).map_err(|reason| {
-            ControllerError::InvalidNamespace {
-                value: args.namespace.clone(),
-                reason,
-            }
-        })?;
-        let image = args.agent_image.trim();
-        if image.is_empty() || image.chars().any(char::is_whitespace) {
-            return Err(ControllerError::InvalidAgentImage {
-                value: args.agent_image.clone(),
-            });
-        }
-        let watch = args.watch_namespace.trim();
-        if !watch.is_empty() {
-            validate_dns_label(watch).map_err(|reason| ControllerError::InvalidWatchNamespace {
-                value: args.watch_namespace.clone(),
-                reason,
-            })?;
-        }
-        crate::api::validate_dns_subdomain(&args.controller_lease_name).map_err(|reason| {
-            ControllerError::InvalidLeaseName {
-                value: args.controller_lease_name.clone(),
-                reason,
-            }
-        })?;
-        if args.controller_lease_duration < Duration::from_secs(2) {
-            return Err(ControllerError::LeaseTooShort {
-                value: args.controller_lease_duration,
-            });
-        }
-        let identity = match args.controller_identity.trim() {
-            "" => default_identity(),
-            given => given.to_owned(),
-        };
-        let controllers = runner::Settings {
-            watch_namespace: (!watch.is_empty()).then(|| watch.to_owned()),
-            namespace: args.namespace.clone(),
-            lease_name: args.controller_lease_name.clone(),
-            lease_timings: crate::election::record::proportional(args.controller_lease_duration),
-            identity,
-            workers: args.workers,
-            evict_uninjected: args.evict_uninjected,
-            create_missing_policies: args.create_missing_policies,
-            detect_uninjected: args.detect_uninjected,
-            resync: Duration::from_secs(300),
-        };
-        Ok(Self {
-            webhook,
-            admin_addr: args.admin_addr,
-            namespace: args.namespace.clone(),
-            controllers,
-        })
-    }
-}
-
 /// `$POD_NAME` (downward API) or the host name, plus the process id, so two
 /// processes on one host never share an identity.
-fn default_identity() -> String {
+pub fn default_identity() -> String {
     let base = std::env::var("POD_NAME")
         .ok()
         .filter(|v| !v.is_empty())
@@ -222,4 +214,43 @@ fn default_identity() -> String {
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "zen-lead".to_owned());
     format!("{base}_{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_process_stops_when_the_controllers_task_ends_by_itself() {
+        // Ended without a signal: stop, marked early.
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        let early = AtomicBool::new(false);
+        let task = tokio::spawn(async move {
+            let _ = ended.send(());
+        });
+        let never = std::future::pending::<()>();
+        tokio::time::timeout(Duration::from_secs(5), stop_on(never, ended_rx, &early))
+            .await
+            .expect("stops when the controllers end");
+        assert!(early.load(Ordering::Relaxed));
+        let _ = task.await;
+
+        // A task that dies without saying so (its sender dropped) counts too.
+        let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        drop(ended);
+        let early = AtomicBool::new(false);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            stop_on(std::future::pending::<()>(), ended_rx, &early),
+        )
+        .await
+        .expect("stops");
+        assert!(early.load(Ordering::Relaxed));
+
+        // A signal: stop, not early (the controllers are still running).
+        let (_ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let early = AtomicBool::new(false);
+        stop_on(std::future::ready(()), ended_rx, &early).await;
+        assert!(!early.load(Ordering::Relaxed));
+    }
 }

@@ -14,10 +14,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use serde_json::json;
 
-use super::context::{Context, ReconcileError, api_err, create_or_apply, is_status};
+use super::api_error::{ReconcileError, api_err, create_or_apply, is_status};
 use super::queue::PoolKey;
 
 /// Verbs candidates get on their Leases. `list` is needed because the agent
@@ -122,19 +123,25 @@ impl Writer {
 /// Brings the RBAC of every account that `pool`'s live candidates use (none
 /// when the pool's policy is gone), or used before, up to date.
 pub async fn sync_pool(
-    ctx: &Context,
+    client: &Client,
+    rbac: &Writer,
     key: &PoolKey,
     accounts: &[String],
 ) -> Result<(), ReconcileError> {
-    for account in ctx.rbac.record(key, accounts) {
-        sync_account(ctx, &key.namespace, &account).await?;
+    for account in rbac.record(key, accounts) {
+        sync_account(client, rbac, &key.namespace, &account).await?;
     }
     Ok(())
 }
 
-async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), ReconcileError> {
-    let mut want = ctx.rbac.wanted(ns, account);
-    let claimed = ctx.rbac.account(ns, account, |st| {
+async fn sync_account(
+    client: &Client,
+    rbac: &Writer,
+    ns: &str,
+    account: &str,
+) -> Result<(), ReconcileError> {
+    let mut want = rbac.wanted(ns, account);
+    let claimed = rbac.account(ns, account, |st| {
         if st.busy {
             // The writer in flight goes round again and sees this change.
             st.dirty = true;
@@ -150,17 +157,16 @@ async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), Reco
         return Ok(());
     }
     let result = 'write: loop {
-        let previous = ctx.rbac.account(ns, account, |st| st.written.clone());
-        if let Err(err) = write(ctx, ns, account, &want, previous.as_ref()).await {
+        let previous = rbac.account(ns, account, |st| st.written.clone());
+        if let Err(err) = write(client, ns, account, &want, previous.as_ref()).await {
             break Err(err);
         }
-        ctx.rbac
-            .account(ns, account, |st| st.written = Some(want.clone()));
+        rbac.account(ns, account, |st| st.written = Some(want.clone()));
         // Look again before letting go: changes that arrived while writing
         // (their reconciles only marked the account dirty) are ours to write.
         loop {
-            let next = ctx.rbac.wanted(ns, account);
-            let step = ctx.rbac.account(ns, account, |st| {
+            let next = rbac.wanted(ns, account);
+            let step = rbac.account(ns, account, |st| {
                 if next != want {
                     Step::Write
                 } else if st.dirty {
@@ -174,7 +180,7 @@ async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), Reco
             match step {
                 Step::Write => {
                     tokio::time::sleep(COALESCE).await;
-                    want = ctx.rbac.wanted(ns, account);
+                    want = rbac.wanted(ns, account);
                     continue 'write;
                 }
                 Step::Recheck => continue,
@@ -183,7 +189,7 @@ async fn sync_account(ctx: &Context, ns: &str, account: &str) -> Result<(), Reco
         }
     };
     if result.is_err() {
-        ctx.rbac.account(ns, account, |st| st.busy = false);
+        rbac.account(ns, account, |st| st.busy = false);
     }
     result
 }
@@ -197,15 +203,15 @@ enum Step {
 /// Writes `pools` as `account`'s grant. `previous` is the last grant this
 /// process wrote (`None`: nothing yet, so the objects may or may not exist).
 async fn write(
-    ctx: &Context,
+    client: &Client,
     ns: &str,
     account: &str,
     pools: &BTreeSet<String>,
     previous: Option<&BTreeSet<String>>,
 ) -> Result<(), ReconcileError> {
     let name = rbac_name(account);
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), ns);
-    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), ns);
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     if pools.is_empty() {
         // Nobody left to grant: remove both (404: already gone).
         for result in [

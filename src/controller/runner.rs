@@ -1,8 +1,8 @@
 //! Runs the controllers on the replica that holds the controller's own
 //! Lease, and stops them the moment it no longer does.
 
+use crate::admin::ReadyFlag;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kube::Client;
@@ -37,12 +37,7 @@ pub struct Settings {
 
 /// Runs the controllers until the task is aborted: watches, workers and a
 /// periodic resync. `ready` turns true once every watch has listed.
-pub async fn controllers(
-    client: Client,
-    settings: Settings,
-    metrics: Metrics,
-    ready: Arc<AtomicBool>,
-) {
+pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, ready: ReadyFlag) {
     let queue = Queue::default();
     let (cache, tasks) = watches::start(
         &client,
@@ -71,7 +66,7 @@ pub async fn controllers(
     while !cache.synced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ready.store(true, Ordering::Relaxed);
+    ready.set(true);
     info!("caches synced; reconciling");
 
     let mut workers = Vec::new();
@@ -135,7 +130,7 @@ pub async fn lead_and_run(
     election_client: Client,
     settings: Settings,
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    ready: ReadyFlag,
     election_metrics: crate::election::Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::election::RunError> {
@@ -156,7 +151,7 @@ pub async fn lead_and_run(
     let (elector, mut status) = Elector::new(election_client, config, election_metrics)?;
     let election = tokio::spawn(elector.run(shutdown.clone(), Duration::from_secs(2)));
     // A standby replica is ready: it serves the webhook.
-    ready.store(true, Ordering::Relaxed);
+    ready.set(true);
     let span = info_span!("controller", identity = %settings.identity);
     async {
         loop {
@@ -178,7 +173,7 @@ pub async fn lead_and_run(
             }
             info!(lease = %format!("{}/{}", settings.namespace, settings.lease_name), "acquired the controller Lease; starting the controllers");
             metrics.is_active.set(1);
-            ready.store(false, Ordering::Relaxed);
+            ready.set(false);
             let task = tokio::spawn(
                 controllers(client.clone(), settings.clone(), metrics.clone(), ready.clone())
                     .in_current_span(),
@@ -199,7 +194,7 @@ pub async fn lead_and_run(
             task.abort();
             let _ = task.await;
             metrics.is_active.set(0);
-            ready.store(true, Ordering::Relaxed);
+            ready.set(true);
             if *shutdown.borrow() {
                 info!("shutting down: controllers stopped");
                 break;

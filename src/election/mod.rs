@@ -9,7 +9,7 @@
 //! - [`clock`]: monotonic timestamps comparable across processes.
 //!
 //! The timing rules below are client-go's, so a Lease shared with client-go
-//! tooling behaves the same, and the CRD's CEL rules (see [`crate::api`])
+//! tooling behaves the same, and the CRD's CEL rules (see the `api` module)
 //! enforce the same thing server-side.
 
 pub mod clock;

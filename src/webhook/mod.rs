@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::ControllerArgs;
 pub use inject::InjectConfig;
 pub use server::{Running, ServeOptions};
 
@@ -117,72 +116,10 @@ impl From<self_managed::SelfManagedError> for WebhookError {
     }
 }
 
-impl Config {
-    /// Builds the webhook's settings from the controller's flags.
-    pub fn from_args(args: &ControllerArgs) -> Result<Self, WebhookError> {
-        if args.webhook_addr == args.admin_addr {
-            return Err(WebhookError::AddrClash {
-                addr: args.webhook_addr,
-            });
-        }
-        let tls = match args.tls_mode {
-            TlsMode::SelfManaged => {
-                TlsSource::SelfManaged(self_managed::Settings::from_args(args)?)
-            }
-            TlsMode::Files => {
-                for (flag, path) in [
-                    ("--tls-cert-file", &args.tls_cert_file),
-                    ("--tls-key-file", &args.tls_key_file),
-                ] {
-                    if path.as_os_str().is_empty() {
-                        return Err(WebhookError::MissingFile { flag });
-                    }
-                }
-                if args.tls_cert_file == args.tls_key_file {
-                    return Err(WebhookError::SameCertAndKeyFile {
-                        path: args.tls_cert_file.clone(),
-                    });
-                }
-                TlsSource::Files {
-                    cert: args.tls_cert_file.clone(),
-                    key: args.tls_key_file.clone(),
-                    reload_interval: args.tls_reload_interval.max(Duration::from_millis(100)),
-                }
-            }
-        };
-        for (flag, value) in [
-            ("--agent-cpu-request", &args.agent_cpu_request),
-            ("--agent-memory-request", &args.agent_memory_request),
-            ("--agent-memory-limit", &args.agent_memory_limit),
-        ] {
-            if !is_quantity(value) {
-                return Err(WebhookError::InvalidQuantity {
-                    flag,
-                    value: value.clone(),
-                });
-            }
-        }
-        let mut inject = InjectConfig::with_image(args.agent_image.trim());
-        inject.image_pull_policy = (!args.agent_image_pull_policy.is_empty())
-            .then(|| args.agent_image_pull_policy.clone());
-        inject.cpu_request = args.agent_cpu_request.clone();
-        inject.memory_request = args.agent_memory_request.clone();
-        inject.memory_limit = args.agent_memory_limit.clone();
-        inject.default_activation = args.default_activation;
-        Ok(Self {
-            addr: args.webhook_addr,
-            tls,
-            // The flag's range keeps this far below usize::MAX.
-            max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
-            inject,
-        })
-    }
-}
-
 /// A Kubernetes quantity as resource requests take it: a decimal number with
 /// an optional suffix (`m`, `k`, `M`, `G`, `Ki`, `Mi`, `Gi`, ...). Checked
 /// here so a typo fails at start, not as a rejected pod.
-fn is_quantity(value: &str) -> bool {
+pub fn is_quantity(value: &str) -> bool {
     const SUFFIXES: &[&str] = &[
         "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
     ];
@@ -201,16 +138,15 @@ fn is_quantity(value: &str) -> bool {
 /// `registry` gets the webhook's metrics and is served on `/metrics`.
 pub async fn serve(
     config: &Config,
-    admin_addr: SocketAddr,
     namespace: &str,
     client: kube::Client,
-    registry: prometheus_client::registry::Registry,
+    metrics: server::Metrics,
+    ready: crate::admin::ReadyFlag,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WebhookError> {
     let lookup = lookup::ClusterLookup::start(client.clone());
     let options = ServeOptions {
         addr: config.addr,
-        admin_addr,
         max_body_bytes: config.max_body_bytes,
         request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
         inject: config.inject.clone(),
@@ -228,7 +164,7 @@ pub async fn serve(
             (store, Some(manager))
         }
     };
-    let running = server::start(options, store.clone(), lookup, registry).await?;
+    let running = server::start(options, store.clone(), lookup, metrics, ready).await?;
     let metrics = running.metrics.clone();
     let task = match (&config.tls, background) {
         (

@@ -20,8 +20,6 @@ use kube::{Api, Client};
 
 use super::certs::CertStore;
 use super::server::Metrics;
-use crate::api::validate_dns_label;
-use crate::cli::ControllerArgs;
 use crate::tls::{self, CA_CERT_FILE, CERT_FILE, CertRequest, KEY_FILE};
 
 /// How often the Secret and the caBundle are checked.
@@ -86,33 +84,6 @@ pub enum SelfManagedError {
 
     #[error(transparent)]
     Generate(#[from] tls::TlsError),
-}
-
-impl Settings {
-    pub fn from_args(args: &ControllerArgs) -> Result<Self, SelfManagedError> {
-        for (flag, value) in [
-            ("--webhook-service", &args.webhook_service),
-            ("--tls-secret", &args.tls_secret),
-        ] {
-            validate_dns_label(value).map_err(|reason| SelfManagedError::InvalidName {
-                flag,
-                value: value.clone(),
-                reason,
-            })?;
-        }
-        crate::api::validate_dns_subdomain(&args.webhook_config_name).map_err(|reason| {
-            SelfManagedError::InvalidName {
-                flag: "--webhook-config-name",
-                value: args.webhook_config_name.clone(),
-                reason,
-            }
-        })?;
-        Ok(Self {
-            webhook_config: args.webhook_config_name.clone(),
-            service: args.webhook_service.clone(),
-            secret: args.tls_secret.clone(),
-        })
-    }
 }
 
 /// The PEM material kept in the Secret.

@@ -1,9 +1,9 @@
-//! HTTPS serving of `POST /mutate` (axum on hyper over rustls) and the
-//! plain-HTTP admin server (`/livez`, `/readyz`, `/metrics`).
+//! HTTPS serving of `POST /mutate` (axum on hyper over rustls). The admin
+//! server (`/livez`, `/readyz`, `/metrics`) is the process's: see
+//! [`crate::admin`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -30,7 +30,7 @@ use super::certs::{CertStore, server_config};
 use super::inject::InjectConfig;
 use super::lookup::Lookup;
 use super::review::admit;
-use crate::telemetry;
+use crate::admin::ReadyFlag;
 
 /// Default largest request body. The API server sends whole pods; a pod is
 /// bounded by etcd's 1.5 MiB object limit, so 3 MiB leaves room for the
@@ -49,8 +49,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeOptions {
     /// HTTPS address of `/mutate` (port 0: any free port).
     pub addr: SocketAddr,
-    /// Plain-HTTP admin address (port 0: any free port).
-    pub admin_addr: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub inject: InjectConfig,
@@ -118,9 +116,8 @@ struct AppState<L> {
 /// A running webhook. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub addr: SocketAddr,
-    pub admin_addr: SocketAddr,
     pub metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    ready: ReadyFlag,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -128,16 +125,16 @@ pub struct Running {
 impl Running {
     /// Stops accepting connections; connections in progress finish on their own.
     pub async fn shutdown(self) {
-        self.ready.store(false, Ordering::Relaxed);
+        self.ready.set(false);
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Whether the webhook serves (its readiness condition).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.get()
     }
 }
 
@@ -236,60 +233,16 @@ fn router<L: Lookup>(state: Arc<AppState<L>>) -> Router {
         .with_state(state)
 }
 
-fn admin_router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { text(StatusCode::OK, "ok\n") }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.load(Ordering::Relaxed);
-                // Conditions of other parts of the process (the controller's caches).
-                let pending = telemetry::not_ready();
-                async move {
-                    if !ready {
-                        text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the webhook has no serving certificate loaded yet\n",
-                        )
-                    } else if !pending.is_empty() {
-                        text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {}\n", pending.join(", ")),
-                        )
-                    } else {
-                        text(StatusCode::OK, "ok\n")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    match telemetry::render(&registry) {
-                        Ok(body) => (
-                            [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
-                            body,
-                        )
-                            .into_response(),
-                        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
-                    }
-                }
-            }),
-        )
-}
-
-/// Binds both listeners and starts serving. Returns once both accept
-/// connections; `/readyz` is 200 from then on (the certificate is loaded
-/// before this is called).
+/// Binds the listener and starts serving. Returns once it accepts
+/// connections, and sets `ready` then (the certificate is loaded before
+/// this is called); [`Running::shutdown`] clears it.
 pub async fn start<L: Lookup>(
     options: ServeOptions,
     certs: Arc<CertStore>,
     lookup: Arc<L>,
-    mut registry: Registry,
+    metrics: Metrics,
+    ready: ReadyFlag,
 ) -> Result<Running, WebhookError> {
-    let metrics = Metrics::register(&mut registry);
     let tls = server_config(certs)?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = TcpListener::bind(options.addr)
@@ -299,21 +252,9 @@ pub async fn start<L: Lookup>(
             addr: options.addr,
             source,
         })?;
-    let admin = TcpListener::bind(options.admin_addr)
-        .await
-        .map_err(|source| WebhookError::Bind {
-            what: "admin server (--admin-addr)",
-            addr: options.admin_addr,
-            source,
-        })?;
     let addr = listener.local_addr().map_err(|source| WebhookError::Bind {
         what: "webhook (--webhook-addr)",
         addr: options.addr,
-        source,
-    })?;
-    let admin_addr = admin.local_addr().map_err(|source| WebhookError::Bind {
-        what: "admin server (--admin-addr)",
-        addr: options.admin_addr,
         source,
     })?;
 
@@ -325,7 +266,6 @@ pub async fn start<L: Lookup>(
         metrics: metrics.clone(),
     });
     let app = router(state);
-    let ready = Arc::new(AtomicBool::new(false));
     let (stop, stop_rx) = watch::channel(false);
 
     let mut stop_https = stop_rx.clone();
@@ -371,29 +311,13 @@ pub async fn start<L: Lookup>(
         }
     });
 
-    let registry = Arc::new(registry);
-    let admin_app = admin_router(registry, ready.clone());
-    let mut stop_admin = stop_rx;
-    let admin_task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop_admin.changed().await;
-        };
-        if let Err(err) = axum::serve(admin, admin_app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %err, "admin server failed");
-        }
-    });
-
-    ready.store(true, Ordering::Relaxed);
-    tracing::info!(%addr, %admin_addr, "webhook serving");
+    ready.set(true);
+    tracing::info!(%addr, "webhook serving");
     Ok(Running {
         addr,
-        admin_addr,
         metrics,
         ready,
         stop,
-        tasks: vec![https, admin_task],
+        tasks: vec![https],
     })
 }

@@ -14,6 +14,7 @@ pub mod delay_proxy;
 pub mod faults;
 pub mod net;
 pub mod records;
+pub mod webhook;
 pub mod workloads;
 pub mod zen_lead_host;
 

@@ -72,78 +72,6 @@ pub enum Activation {
     Process,
 }
 
-/// The gate's flags (part of `zen-lead agent`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct GateArgs {
-    /// How followers are kept inactive: `start` (the app starts only in the
-    /// leading pod), `api` (every app runs; its Kubernetes API writes pass
-    /// only while the pod leads) or `process` (every app container starts,
-    /// but its program runs under `zen-lead run` only while the pod leads).
-    #[arg(long, value_enum, env = "ZEN_LEAD_ACTIVATION", default_value_t = Activation::Start)]
-    pub activation: Activation,
-
-    /// `api` activation: where the gate serves HTTPS (HTTP/2 and HTTP/1.1)
-    /// to the app containers. Loopback: only containers of this pod reach it.
-    #[arg(long, env = "ZEN_LEAD_GATE_ADDR", default_value = "127.0.0.1:9467")]
-    pub gate_addr: SocketAddr,
-
-    /// `api` activation: directory the gate fills with `token`, `namespace`
-    /// and `ca.crt` (trusting the gate) for the app containers, which see it
-    /// as their service-account mount.
-    #[arg(
-        long,
-        env = "ZEN_LEAD_GATE_SA_DIR",
-        default_value = "/var/run/zen-lead/serviceaccount"
-    )]
-    pub gate_sa_dir: PathBuf,
-
-    /// `api` activation: the pod's real service-account mount: where the
-    /// token copied for the app comes from (re-read every 2 s, so rotations
-    /// reach the copy), and the CA that verifies the API server.
-    #[arg(
-        long,
-        env = "ZEN_LEAD_GATE_SOURCE_SA_DIR",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount"
-    )]
-    pub gate_source_sa_dir: PathBuf,
-
-    /// `api` activation: the API server to forward to (https://HOST:PORT).
-    /// Default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT of
-    /// the agent's environment, else the current kubeconfig's cluster.
-    #[arg(long, env = "ZEN_LEAD_GATE_UPSTREAM", value_name = "URL")]
-    pub gate_upstream: Option<String>,
-
-    /// `api` activation: PEM CA bundle that verifies the API server. Default:
-    /// ca.crt of --gate-source-sa-dir, else the kubeconfig's CA.
-    #[arg(long, env = "ZEN_LEAD_GATE_UPSTREAM_CA", value_name = "FILE")]
-    pub gate_upstream_ca: Option<PathBuf>,
-
-    /// `api` activation: a directory only the agent mounts (e.g. an
-    /// emptyDir) where the gate keeps its CA key, so a restarted agent
-    /// container is still trusted by app containers that loaded ca.crt
-    /// before. Unset: the CA lives in memory and a restarted agent makes a
-    /// new one (running apps then distrust the gate until they restart).
-    #[arg(long, env = "ZEN_LEAD_GATE_STATE_DIR", value_name = "DIR")]
-    pub gate_state_dir: Option<PathBuf>,
-
-    /// `api` activation: how long a standby's write waits for this pod to
-    /// lead. It is forwarded the moment the pod leads (inside the new term);
-    /// if the wait ends first it is refused with 503 and Retry-After: 1.
-    /// Spares clients whose retries back off (kube-rs) most of a hand-over's
-    /// delay. `0s` refuses at once. At most 64 writes wait at a time; more
-    /// are refused at once.
-    #[arg(long, env = "ZEN_LEAD_GATE_HOLD", default_value = "2s",
-          value_parser = crate::cli::parse_duration)]
-    pub gate_hold: Duration,
-
-    /// `api` activation: write classes that pass in every role, comma
-    /// separated: `events` (core and events.k8s.io Events), `leases`
-    /// (coordination.k8s.io Leases, for the app's own leader election),
-    /// `exec` (pods exec, attach, portforward). '' exempts nothing.
-    #[arg(long, env = "ZEN_LEAD_GATE_EXEMPT", default_value = "events")]
-    pub gate_exempt: String,
-}
-
 /// Errors of the gate.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -192,29 +120,6 @@ pub struct GateConfig {
     pub identity: String,
     /// Written to `namespace` when the source directory has none.
     pub namespace: String,
-}
-
-impl GateConfig {
-    pub fn from_args(
-        args: &GateArgs,
-        pool: &str,
-        identity: &str,
-        namespace: &str,
-    ) -> Result<Self, GateError> {
-        Ok(Self {
-            addr: args.gate_addr,
-            sa_dir: args.gate_sa_dir.clone(),
-            source_sa_dir: args.gate_source_sa_dir.clone(),
-            upstream: args.gate_upstream.clone().filter(|u| !u.trim().is_empty()),
-            upstream_ca: args.gate_upstream_ca.clone(),
-            state_dir: args.gate_state_dir.clone(),
-            exempt: ExemptSet::parse(&args.gate_exempt)?,
-            hold: args.gate_hold,
-            pool: pool.to_owned(),
-            identity: identity.to_owned(),
-            namespace: namespace.to_owned(),
-        })
-    }
 }
 
 /// A serving gate.

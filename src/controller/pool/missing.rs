@@ -5,16 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::report::{self, reference_name};
+use super::report::{self, controller_of, owning_workload, reference_name};
 use crate::api::keys::{
     CANDIDATE_READINESS_GATE, CREATED_BY_ANNOTATION, CREATED_BY_CONTROLLER, FIELD_MANAGER,
 };
@@ -197,43 +194,4 @@ async fn not_created(
         )
         .await;
     }
-}
-
-/// The object a user manages for this pod, where `kubectl describe` should
-/// show them news: the pod's controller, one level further for a
-/// ReplicaSet (its Deployment) or a Job (its CronJob), else the pod itself.
-pub async fn owning_workload(ctx: &Context, pod: &Pod) -> ObjectReference {
-    let namespace = pod.namespace();
-    let Some(owner) = controller_of(pod.owner_references()) else {
-        return pod.object_ref(&());
-    };
-    let ns = namespace.clone().unwrap_or_default();
-    let parent = match (owner.api_version.as_str(), owner.kind.as_str()) {
-        ("apps/v1", "ReplicaSet") => Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
-            .get_metadata_opt(&owner.name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|rs| controller_of(rs.owner_references()).cloned()),
-        ("batch/v1", "Job") => Api::<Job>::namespaced(ctx.client.clone(), &ns)
-            .get_metadata_opt(&owner.name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|job| controller_of(job.owner_references()).cloned()),
-        _ => None,
-    };
-    let o = parent.as_ref().unwrap_or(owner);
-    ObjectReference {
-        api_version: Some(o.api_version.clone()),
-        kind: Some(o.kind.clone()),
-        name: Some(o.name.clone()),
-        namespace,
-        uid: Some(o.uid.clone()),
-        ..ObjectReference::default()
-    }
-}
-
-fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
-    owners.iter().find(|o| o.controller == Some(true))
 }

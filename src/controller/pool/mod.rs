@@ -58,7 +58,7 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
                 return Ok(None);
             }
             orphan(ctx, key, &views).await?;
-            rbac::sync_pool(ctx, key, &[]).await?;
+            rbac::sync_pool(&ctx.client, &ctx.rbac, key, &[]).await?;
             ctx.forget(key);
             Ok(None)
         }
@@ -66,7 +66,7 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
             scale::finalize(ctx, key, &p).await?;
             let views = observe::views(&pods, Default::default());
             orphan(ctx, key, &views).await?;
-            rbac::sync_pool(ctx, key, &[]).await?;
+            rbac::sync_pool(&ctx.client, &ctx.rbac, key, &[]).await?;
             Ok(None)
         }
         Some(p) => {
@@ -207,7 +207,7 @@ async fn lease_and_rbac(
     let accounts = decide::service_accounts(views);
     let (lease, rbac) = tokio::join!(
         lease::ensure(ctx, key, &want),
-        rbac::sync_pool(ctx, key, &accounts)
+        rbac::sync_pool(&ctx.client, &ctx.rbac, key, &accounts)
     );
     rbac?;
     match lease {

@@ -5,12 +5,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::Api;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::missing::owning_workload;
 use crate::api::keys::conditions::LEADER_ELECTED;
 use crate::api::{LeaderPolicy, LeaderPolicyStatus};
 use crate::contract::{AGENT_CONTAINER, SKIPPED_RUN_MARKER};
@@ -258,4 +261,43 @@ pub fn skipped_run(pod: &Pod) -> Option<String> {
                 .starts_with(SKIPPED_RUN_MARKER)
                 .then(|| message.trim().to_owned())
         })
+}
+
+/// The object a user manages for this pod, where `kubectl describe` should
+/// show them news: the pod's controller, one level further for a
+/// ReplicaSet (its Deployment) or a Job (its CronJob), else the pod itself.
+pub async fn owning_workload(ctx: &Context, pod: &Pod) -> ObjectReference {
+    let namespace = pod.namespace();
+    let Some(owner) = controller_of(pod.owner_references()) else {
+        return pod.object_ref(&());
+    };
+    let ns = namespace.clone().unwrap_or_default();
+    let parent = match (owner.api_version.as_str(), owner.kind.as_str()) {
+        ("apps/v1", "ReplicaSet") => Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
+            .get_metadata_opt(&owner.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|rs| controller_of(rs.owner_references()).cloned()),
+        ("batch/v1", "Job") => Api::<Job>::namespaced(ctx.client.clone(), &ns)
+            .get_metadata_opt(&owner.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|job| controller_of(job.owner_references()).cloned()),
+        _ => None,
+    };
+    let o = parent.as_ref().unwrap_or(owner);
+    ObjectReference {
+        api_version: Some(o.api_version.clone()),
+        kind: Some(o.kind.clone()),
+        name: Some(o.name.clone()),
+        namespace,
+        uid: Some(o.uid.clone()),
+        ..ObjectReference::default()
+    }
+}
+
+pub fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
+    owners.iter().find(|o| o.controller == Some(true))
 }
