@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -407,69 +408,19 @@ impl Elector {
                 return Ok(());
             }
             let action = self.machine.decide(now);
-            if last_logged.as_ref() != Some(&action) {
-                // Once per distinct decision: enough to reconstruct what a
-                // candidate thought, without a line per renewal.
-                match &action {
-                    Action::Wait(until) => debug!(
-                        wait_ms = until.map(|u| u.saturating_duration_since(now).as_millis()),
-                        holder = ?self.machine.record().and_then(|r| r.holder.as_deref()),
-                        leading = self.machine.leading(now),
-                        "waiting"
-                    ),
-                    Action::Replace {
-                        kind: WriteKind::Renew,
-                        ..
-                    } => {}
-                    other => debug!(action = ?other, "next step"),
-                }
-                last_logged = Some(action.clone());
-            }
+            self.log_decision(&action, now, &mut last_logged);
             match action {
                 Action::Wait(until) => {
-                    if until.is_none() && !self.machine.leading(now) {
-                        if self.machine.observed() && self.machine.record().is_none() {
-                            if !waiting_logged {
-                                info!(
-                                    "Lease {}/{} does not exist yet; waiting for the zen-lead \
-                                     controller to create it (or start with --create-lease)",
-                                    self.cfg.namespace, self.cfg.name
-                                );
-                                waiting_logged = true;
-                            }
-                        } else {
-                            waiting_logged = false;
-                        }
-                    }
+                    self.note_missing_lease(until, now, &mut waiting_logged);
                     let wake = match (until, self.machine.lead_deadline()) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    tokio::select! {
-                        msg = events.recv() => match msg {
-                            Some(msg) => self.apply_watch(msg)?,
-                            None => return Err(RunError::WatchStopped {
-                                namespace: self.cfg.namespace.clone(),
-                                name: self.cfg.name.clone(),
-                            }),
-                        },
-                        () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
-                        changed = shutdown.changed() => {
-                            if changed.is_err() {
-                                return Ok(());
-                            }
-                        }
-                        // Picked up at the top of the loop.
-                        changed = async {
-                            match stand_down.as_deref_mut() {
-                                Some(rx) => rx.changed().await,
-                                None => std::future::pending().await,
-                            }
-                        } => {
-                            if changed.is_err() {
-                                stand_down = None;
-                            }
-                        }
+                    let flow = self
+                        .wait_for_change(wake, now, events, shutdown, &mut stand_down)
+                        .await?;
+                    if flow.is_break() {
+                        return Ok(());
                     }
                 }
                 Action::Read => self.read().await?,
@@ -479,26 +430,119 @@ impl Elector {
                     base_resource_version,
                     write,
                 } => {
-                    let term_until = self.machine.lead_deadline();
-                    if let Some(ev) = self.machine.begin(
-                        &Action::Replace {
-                            kind,
-                            base_resource_version: base_resource_version.clone(),
-                            write: write.clone(),
-                        },
-                        now,
-                    ) {
-                        self.emit(ev)?;
-                        self.publish();
-                    }
-                    if kind == WriteKind::Release {
-                        let limit = self.stop_limit(term_until, now);
-                        self.apps_stopped(limit).await;
-                    }
-                    self.write(kind, Some(base_resource_version), write).await?;
+                    self.replace(kind, base_resource_version, write, now)
+                        .await?;
                 }
             }
         }
+    }
+
+    /// Logs `action` once per distinct decision: enough to reconstruct what
+    /// a candidate thought, without a line per renewal.
+    fn log_decision(&self, action: &Action, now: Instant, last_logged: &mut Option<Action>) {
+        if last_logged.as_ref() != Some(action) {
+            match action {
+                Action::Wait(until) => debug!(
+                    wait_ms = until.map(|u| u.saturating_duration_since(now).as_millis()),
+                    holder = ?self.machine.record().and_then(|r| r.holder.as_deref()),
+                    leading = self.machine.leading(now),
+                    "waiting"
+                ),
+                Action::Replace {
+                    kind: WriteKind::Renew,
+                    ..
+                } => {}
+                other => debug!(action = ?other, "next step"),
+            }
+            *last_logged = Some(action.clone());
+        }
+    }
+
+    /// Says once (until it changes) that we wait for someone else to create
+    /// the missing Lease.
+    fn note_missing_lease(&self, until: Option<Instant>, now: Instant, waiting_logged: &mut bool) {
+        if until.is_none() && !self.machine.leading(now) {
+            if self.machine.observed() && self.machine.record().is_none() {
+                if !*waiting_logged {
+                    info!(
+                        "Lease {}/{} does not exist yet; waiting for the zen-lead \
+                         controller to create it (or start with --create-lease)",
+                        self.cfg.namespace, self.cfg.name
+                    );
+                    *waiting_logged = true;
+                }
+            } else {
+                *waiting_logged = false;
+            }
+        }
+    }
+
+    /// Sleeps until `wake`, a watch event, a shutdown or a stand-down
+    /// change, whichever comes first. `Break`: the shutdown sender is gone,
+    /// so the campaign ends as on shutdown.
+    async fn wait_for_change(
+        &mut self,
+        wake: Option<Instant>,
+        now: Instant,
+        events: &mut mpsc::Receiver<WatchMsg>,
+        shutdown: &mut watch::Receiver<bool>,
+        stand_down: &mut Option<&mut watch::Receiver<Option<Instant>>>,
+    ) -> Result<ControlFlow<()>, RunError> {
+        tokio::select! {
+            msg = events.recv() => match msg {
+                Some(msg) => self.apply_watch(msg)?,
+                None => return Err(RunError::WatchStopped {
+                    namespace: self.cfg.namespace.clone(),
+                    name: self.cfg.name.clone(),
+                }),
+            },
+            () = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            // Picked up at the top of the loop.
+            changed = async {
+                match stand_down.as_deref_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    *stand_down = None;
+                }
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Performs a CAS write decided by the machine; a release ends our term
+    /// first and waits for our apps to stop before clearing the Lease.
+    async fn replace(
+        &mut self,
+        kind: WriteKind,
+        base_resource_version: String,
+        write: SpecWrite,
+        now: Instant,
+    ) -> Result<(), RunError> {
+        let term_until = self.machine.lead_deadline();
+        if let Some(ev) = self.machine.begin(
+            &Action::Replace {
+                kind,
+                base_resource_version: base_resource_version.clone(),
+                write: write.clone(),
+            },
+            now,
+        ) {
+            self.emit(ev)?;
+            self.publish();
+        }
+        if kind == WriteKind::Release {
+            let limit = self.stop_limit(term_until, now);
+            self.apps_stopped(limit).await;
+        }
+        self.write(kind, Some(base_resource_version), write).await
     }
 
     fn apply_watch(&mut self, msg: WatchMsg) -> Result<(), RunError> {
@@ -702,53 +746,11 @@ impl Elector {
                 _ => api.replace(&name, &PostParams::default(), &body).await,
             }
         };
-        let result = {
-            let mut request = std::pin::pin!(timeout(limit, request));
-            // Our term may end while the request is in flight: say so on time.
-            loop {
-                let deadline = self.machine.lead_deadline();
-                tokio::select! {
-                    r = &mut request => break r,
-                    () = sleep_until(deadline.unwrap_or(sent_at)), if deadline.is_some() => {
-                        let now = Instant::now();
-                        if let Some(ev) = self.machine.expire(now) {
-                            self.emit(ev)?;
-                            self.publish();
-                        }
-                    }
-                }
-            }
-        };
+        let result = self.during_term(timeout(limit, request), sent_at).await?;
         let now = Instant::now();
         match result {
             Ok(Ok(lease)) => {
-                let Some(rec) = Record::from_lease(&lease) else {
-                    self.machine.write_failed(Failure::Stale, now);
-                    return Ok(());
-                };
-                if kind == WriteKind::Renew {
-                    self.metrics
-                        .renew_latency
-                        .set((now - sent_at).as_secs_f64());
-                }
-                self.last_lease = Some(lease);
-                let new_term = write_new_term;
-                if let Some(ev) = self.machine.write_ok(kind, sent_at, rec, now) {
-                    self.emit(ev)?;
-                }
-                if new_term
-                    && self.machine.leading(now)
-                    && let Some(job) = self.pending_duplicate.take()
-                {
-                    {
-                        warn!(
-                            job = %job,
-                            "this scheduled time already ran in the pool (scheduledRuns: once); \
-                             the command is skipped"
-                        );
-                        self.duplicate_of = Some(job);
-                    }
-                }
+                self.write_succeeded(kind, sent_at, lease, write_new_term, now)?;
             }
             Ok(Err(err)) => {
                 if kind == WriteKind::Renew {
@@ -770,6 +772,68 @@ impl Elector {
                 }
                 debug!(?kind, ?limit, "write timed out");
                 self.machine.write_failed(Failure::Transient, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits `request`; our term may end while it is in flight: say so on
+    /// time.
+    async fn during_term<F: Future>(
+        &mut self,
+        request: F,
+        sent_at: Instant,
+    ) -> Result<F::Output, RunError> {
+        let mut request = std::pin::pin!(request);
+        loop {
+            let deadline = self.machine.lead_deadline();
+            tokio::select! {
+                r = &mut request => break Ok(r),
+                () = sleep_until(deadline.unwrap_or(sent_at)), if deadline.is_some() => {
+                    let now = Instant::now();
+                    if let Some(ev) = self.machine.expire(now) {
+                        self.emit(ev)?;
+                        self.publish();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes in the Lease a write returned, and notes a skipped duplicate
+    /// scheduled run when the write began our term.
+    fn write_succeeded(
+        &mut self,
+        kind: WriteKind,
+        sent_at: Instant,
+        lease: Lease,
+        new_term: bool,
+        now: Instant,
+    ) -> Result<(), RunError> {
+        let Some(rec) = Record::from_lease(&lease) else {
+            self.machine.write_failed(Failure::Stale, now);
+            return Ok(());
+        };
+        if kind == WriteKind::Renew {
+            self.metrics
+                .renew_latency
+                .set((now - sent_at).as_secs_f64());
+        }
+        self.last_lease = Some(lease);
+        if let Some(ev) = self.machine.write_ok(kind, sent_at, rec, now) {
+            self.emit(ev)?;
+        }
+        if new_term
+            && self.machine.leading(now)
+            && let Some(job) = self.pending_duplicate.take()
+        {
+            {
+                warn!(
+                    job = %job,
+                    "this scheduled time already ran in the pool (scheduledRuns: once); \
+                     the command is skipped"
+                );
+                self.duplicate_of = Some(job);
             }
         }
         Ok(())
@@ -919,6 +983,24 @@ fn is_gone(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 410)
 }
 
+/// Longest pause between failed reads or watches of the Lease.
+const WATCH_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Doubles the pause after a failure, up to [`WATCH_MAX_BACKOFF`].
+fn grow_backoff(backoff: &mut Duration) {
+    *backoff = (*backoff * 2).min(WATCH_MAX_BACKOFF);
+}
+
+/// Where the Lease watch task goes after a step.
+enum WatchFlow {
+    /// Watch again from the last seen version.
+    Rewatch,
+    /// Read the Lease again first (the version is too old, or an error).
+    Relist,
+    /// The election is gone: end the task.
+    Stop,
+}
+
 /// Reads the Lease once, then watches it from that version; re-watches from
 /// the last seen version when a watch ends, and reads again only when the
 /// version is too old (410). No polling: an idle candidate has one open
@@ -927,109 +1009,156 @@ fn is_gone(err: &kube::Error) -> bool {
 async fn watch_lease(api: Api<Lease>, name: String, tx: mpsc::Sender<WatchMsg>) {
     let fields = format!("metadata.name={name}");
     let mut backoff = Duration::from_millis(100);
-    let max_backoff = Duration::from_secs(1);
-    'list: loop {
-        let read = timeout(Duration::from_secs(5), api.get_opt(&name)).await;
-        let lease = match read {
-            Ok(Ok(lease)) => lease,
-            other => {
-                if let Ok(Err(err)) = &other {
-                    debug!(error = %err, "reading the Lease failed");
+    loop {
+        let resource_version = match list_lease(&api, &name, &tx, &mut backoff).await {
+            Ok(resource_version) => resource_version,
+            Err(WatchFlow::Stop) => return,
+            Err(WatchFlow::Relist | WatchFlow::Rewatch) => continue,
+        };
+        match watch_from(&api, &fields, resource_version, &tx, &mut backoff).await {
+            WatchFlow::Stop => return,
+            WatchFlow::Relist | WatchFlow::Rewatch => {}
+        }
+    }
+}
+
+/// Reads the Lease and reports it; returns the version to watch from (empty
+/// when missing), or `Err` with what to do instead.
+async fn list_lease(
+    api: &Api<Lease>,
+    name: &str,
+    tx: &mpsc::Sender<WatchMsg>,
+    backoff: &mut Duration,
+) -> Result<String, WatchFlow> {
+    let read = timeout(Duration::from_secs(5), api.get_opt(name)).await;
+    let lease = match read {
+        Ok(Ok(lease)) => lease,
+        other => {
+            if let Ok(Err(err)) = &other {
+                debug!(error = %err, "reading the Lease failed");
+            }
+            if tx.send(WatchMsg::Connected(false)).await.is_err() {
+                return Err(WatchFlow::Stop);
+            }
+            sleep(*backoff).await;
+            grow_backoff(backoff);
+            return Err(WatchFlow::Relist);
+        }
+    };
+    // Missing: watch from "now" (an empty version); a Lease created in
+    // between arrives as a synthetic ADDED event.
+    let resource_version = lease
+        .as_ref()
+        .and_then(|l| l.metadata.resource_version.clone())
+        .unwrap_or_default();
+    let listed_rv = lease
+        .as_ref()
+        .and_then(|l| l.metadata.resource_version.clone());
+    if tx
+        .send(WatchMsg::Listed {
+            lease,
+            resource_version: listed_rv,
+        })
+        .await
+        .is_err()
+    {
+        return Err(WatchFlow::Stop);
+    }
+    Ok(resource_version)
+}
+
+/// Watches the Lease from `resource_version`, re-watching from the last
+/// seen version whenever a watch ends; returns only to re-read or stop.
+async fn watch_from(
+    api: &Api<Lease>,
+    fields: &str,
+    mut resource_version: String,
+    tx: &mpsc::Sender<WatchMsg>,
+    backoff: &mut Duration,
+) -> WatchFlow {
+    loop {
+        let params = WatchParams::default().fields(fields).timeout(290);
+        let stream = match timeout(
+            Duration::from_secs(5),
+            api.watch(&params, &resource_version),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                let _ = tx.send(WatchMsg::Connected(false)).await;
+                if is_gone(&err) {
+                    return WatchFlow::Relist;
                 }
-                if tx.send(WatchMsg::Connected(false)).await.is_err() {
-                    return;
-                }
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(max_backoff);
+                debug!(error = %err, "watching the Lease failed");
+                sleep(*backoff).await;
+                grow_backoff(backoff);
+                continue;
+            }
+            Err(_) => {
+                let _ = tx.send(WatchMsg::Connected(false)).await;
                 continue;
             }
         };
-        // Missing: watch from "now" (an empty version); a Lease created in
-        // between arrives as a synthetic ADDED event.
-        let mut resource_version = lease
-            .as_ref()
-            .and_then(|l| l.metadata.resource_version.clone())
-            .unwrap_or_default();
-        let listed_rv = lease
-            .as_ref()
-            .and_then(|l| l.metadata.resource_version.clone());
-        if tx
-            .send(WatchMsg::Listed {
-                lease,
-                resource_version: listed_rv,
-            })
-            .await
-            .is_err()
-        {
-            return;
+        if tx.send(WatchMsg::Connected(true)).await.is_err() {
+            return WatchFlow::Stop;
         }
-        loop {
-            let params = WatchParams::default().fields(&fields).timeout(290);
-            let stream = match timeout(
-                Duration::from_secs(5),
-                api.watch(&params, &resource_version),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    let _ = tx.send(WatchMsg::Connected(false)).await;
-                    if is_gone(&err) {
-                        continue 'list;
-                    }
-                    debug!(error = %err, "watching the Lease failed");
-                    sleep(backoff).await;
-                    backoff = (backoff * 2).min(max_backoff);
-                    continue;
+        *backoff = Duration::from_millis(100);
+        let stream = std::pin::pin!(stream.boxed());
+        match forward_events(stream, tx, &mut resource_version, backoff).await {
+            WatchFlow::Rewatch => {}
+            flow @ (WatchFlow::Relist | WatchFlow::Stop) => return flow,
+        }
+    }
+}
+
+/// Passes one watch's events on, tracking the last seen version, until the
+/// watch ends (`Rewatch`), fails for good (`Relist`) or nobody listens.
+async fn forward_events<S>(
+    mut stream: S,
+    tx: &mpsc::Sender<WatchMsg>,
+    resource_version: &mut String,
+    backoff: &mut Duration,
+) -> WatchFlow
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<Lease>>> + Unpin,
+{
+    loop {
+        match stream.try_next().await {
+            Ok(Some(WatchEvent::Added(lease) | WatchEvent::Modified(lease))) => {
+                if let Some(rv) = &lease.metadata.resource_version {
+                    resource_version.clone_from(rv);
                 }
-                Err(_) => {
-                    let _ = tx.send(WatchMsg::Connected(false)).await;
-                    continue;
+                if tx.send(WatchMsg::Applied(lease)).await.is_err() {
+                    return WatchFlow::Stop;
                 }
-            };
-            if tx.send(WatchMsg::Connected(true)).await.is_err() {
-                return;
             }
-            backoff = Duration::from_millis(100);
-            let mut stream = std::pin::pin!(stream.boxed());
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(WatchEvent::Added(lease) | WatchEvent::Modified(lease))) => {
-                        if let Some(rv) = &lease.metadata.resource_version {
-                            resource_version.clone_from(rv);
-                        }
-                        if tx.send(WatchMsg::Applied(lease)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Some(WatchEvent::Deleted(lease))) => {
-                        if let Some(rv) = &lease.metadata.resource_version {
-                            resource_version.clone_from(rv);
-                        }
-                        if tx.send(WatchMsg::Deleted(lease)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Some(WatchEvent::Bookmark(bookmark))) => {
-                        resource_version = bookmark.metadata.resource_version;
-                    }
-                    Ok(Some(WatchEvent::Error(status))) => {
-                        let _ = tx.send(WatchMsg::Connected(false)).await;
-                        if status.code != 410 {
-                            debug!(?status, "watch error");
-                            sleep(backoff).await;
-                        }
-                        continue 'list;
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        debug!(error = %err, "the Lease watch broke");
-                        let _ = tx.send(WatchMsg::Connected(false)).await;
-                        sleep(backoff).await;
-                        backoff = (backoff * 2).min(max_backoff);
-                        break;
-                    }
+            Ok(Some(WatchEvent::Deleted(lease))) => {
+                if let Some(rv) = &lease.metadata.resource_version {
+                    resource_version.clone_from(rv);
                 }
+                if tx.send(WatchMsg::Deleted(lease)).await.is_err() {
+                    return WatchFlow::Stop;
+                }
+            }
+            Ok(Some(WatchEvent::Bookmark(bookmark))) => {
+                *resource_version = bookmark.metadata.resource_version;
+            }
+            Ok(Some(WatchEvent::Error(status))) => {
+                let _ = tx.send(WatchMsg::Connected(false)).await;
+                if status.code != 410 {
+                    debug!(?status, "watch error");
+                    sleep(*backoff).await;
+                }
+                return WatchFlow::Relist;
+            }
+            Ok(None) => return WatchFlow::Rewatch,
+            Err(err) => {
+                debug!(error = %err, "the Lease watch broke");
+                let _ = tx.send(WatchMsg::Connected(false)).await;
+                sleep(*backoff).await;
+                grow_backoff(backoff);
+                return WatchFlow::Rewatch;
             }
         }
     }

@@ -195,6 +195,21 @@ fn earlier(a: Instant, b: Instant) -> Instant {
     if a < b { a } else { b }
 }
 
+/// The CAS write that clears the holder of `rec` (a voluntary release).
+fn release_of(rec: &Record) -> Action {
+    Action::Replace {
+        kind: WriteKind::Release,
+        base_resource_version: rec.resource_version.clone(),
+        write: SpecWrite {
+            holder: None,
+            instance: None,
+            transitions: rec.transitions,
+            new_term: false,
+            lease_duration_seconds: None,
+        },
+    }
+}
+
 impl Machine {
     pub fn new(cfg: MachineConfig) -> Self {
         let known_ld = cfg.fixed.unwrap_or(cfg.create_timings).lease_duration();
@@ -485,17 +500,7 @@ impl Machine {
         let View::Present { rec, .. } = &self.view else {
             return None;
         };
-        self.holds(rec).then(|| Action::Replace {
-            kind: WriteKind::Release,
-            base_resource_version: rec.resource_version.clone(),
-            write: SpecWrite {
-                holder: None,
-                instance: None,
-                transitions: rec.transitions,
-                new_term: false,
-                lease_duration_seconds: None,
-            },
-        })
+        self.holds(rec).then(|| release_of(rec))
     }
 
     fn fixed_lease_seconds(&self) -> Option<i32> {
@@ -515,120 +520,136 @@ impl Machine {
         if self.stale || matches!(self.view, View::Unknown) {
             return Action::Read;
         }
-        let me = self.cfg.identity.as_str();
         if let Some(lead) = &self.lead {
-            return match &self.view {
-                View::Present { rec, .. } => {
-                    let preferred_other = rec
-                        .preferred
-                        .as_deref()
-                        .is_some_and(|p| p != me && rec.preferred != lead.preferred_seen);
-                    if preferred_other || self.standing_down(now).is_some() {
-                        Action::Replace {
-                            kind: WriteKind::Release,
-                            base_resource_version: rec.resource_version.clone(),
-                            write: SpecWrite {
-                                holder: None,
-                                instance: None,
-                                transitions: rec.transitions,
-                                new_term: false,
-                                lease_duration_seconds: None,
-                            },
-                        }
-                    } else if now >= lead.next_renew {
-                        Action::Replace {
-                            kind: WriteKind::Renew,
-                            base_resource_version: rec.resource_version.clone(),
-                            write: SpecWrite {
-                                holder: Some(me.to_owned()),
-                                instance: Some(self.cfg.instance.clone()),
-                                transitions: rec.transitions,
-                                new_term: false,
-                                lease_duration_seconds: self.fixed_lease_seconds(),
-                            },
-                        }
-                    } else {
-                        Action::Wait(Some(earlier(lead.next_renew, lead.valid_until)))
-                    }
-                }
-                View::Missing { .. } if self.cfg.can_create => Action::Create(SpecWrite {
-                    holder: Some(me.to_owned()),
-                    instance: Some(self.cfg.instance.clone()),
-                    transitions: lead.token,
-                    new_term: false,
-                    lease_duration_seconds: self.fixed_lease_seconds(),
-                }),
-                _ => Action::Wait(Some(lead.valid_until)),
-            };
+            return self.decide_leading(lead, now);
         }
         if let Some(until) = self.standing_down(now) {
             return Action::Wait(Some(until));
         }
         match &self.view {
             View::Unknown => Action::Read,
-            View::Missing { prior } => {
-                if !self.cfg.can_create {
-                    return Action::Wait(None);
-                }
-                let create = Action::Create(SpecWrite {
-                    holder: Some(me.to_owned()),
-                    instance: Some(self.cfg.instance.clone()),
-                    transitions: self.last_transitions.map_or(0, |t| t.saturating_add(1)),
-                    new_term: true,
-                    // Agents keep the duration of the Lease they knew (the
-                    // driver uses create_timings for a Lease never seen).
-                    lease_duration_seconds: self.fixed_lease_seconds(),
-                });
-                match prior {
-                    Prior::Free | Prior::Mine => create,
-                    Prior::Claimed { until } if now >= *until => create,
-                    Prior::Claimed { until } => Action::Wait(Some(*until)),
-                }
-            }
+            View::Missing { prior } => self.decide_missing(prior, now),
             View::Present {
                 rec,
                 changed_at,
                 claim_until,
                 free_not_before,
                 ..
-            } => {
-                let acquire = |reclaim: bool| Action::Replace {
-                    kind: WriteKind::Acquire,
-                    base_resource_version: rec.resource_version.clone(),
-                    write: SpecWrite {
-                        holder: Some(me.to_owned()),
-                        instance: Some(self.cfg.instance.clone()),
-                        // client-go's rule: the count goes up whenever the
-                        // holder changes to us (also from an empty holder).
-                        transitions: if reclaim {
-                            rec.transitions
-                        } else {
-                            rec.transitions.saturating_add(1)
+            } => self.decide_present(rec, *changed_at, *claim_until, *free_not_before, now),
+        }
+    }
+
+    /// [`Machine::decide`] while we hold a term: release, renew or wait.
+    fn decide_leading(&self, lead: &Lead, now: Instant) -> Action {
+        let me = self.cfg.identity.as_str();
+        match &self.view {
+            View::Present { rec, .. } => {
+                let preferred_other = rec
+                    .preferred
+                    .as_deref()
+                    .is_some_and(|p| p != me && rec.preferred != lead.preferred_seen);
+                if preferred_other || self.standing_down(now).is_some() {
+                    release_of(rec)
+                } else if now >= lead.next_renew {
+                    Action::Replace {
+                        kind: WriteKind::Renew,
+                        base_resource_version: rec.resource_version.clone(),
+                        write: SpecWrite {
+                            holder: Some(me.to_owned()),
+                            instance: Some(self.cfg.instance.clone()),
+                            transitions: rec.transitions,
+                            new_term: false,
+                            lease_duration_seconds: self.fixed_lease_seconds(),
                         },
-                        new_term: !reclaim,
-                        lease_duration_seconds: self.fixed_lease_seconds(),
-                    },
-                };
-                match rec.holder.as_deref() {
-                    None => {
-                        let mut at = *free_not_before;
-                        if rec.preferred.as_deref().is_some_and(|p| p != me) {
-                            at = later(at, *changed_at + self.cfg.preferred_defer);
-                        }
-                        if now >= at {
-                            acquire(false)
-                        } else {
-                            Action::Wait(Some(at))
-                        }
                     }
-                    // Our own term, left by an earlier run of this same
-                    // instance: take it back. A Lease naming our identity
-                    // with another instance is someone else's claim.
-                    Some(_) if self.holds(rec) => acquire(true),
-                    Some(_) if now >= *claim_until => acquire(false),
-                    Some(_) => Action::Wait(Some(*claim_until)),
+                } else {
+                    Action::Wait(Some(earlier(lead.next_renew, lead.valid_until)))
                 }
             }
+            View::Missing { .. } if self.cfg.can_create => Action::Create(SpecWrite {
+                holder: Some(me.to_owned()),
+                instance: Some(self.cfg.instance.clone()),
+                transitions: lead.token,
+                new_term: false,
+                lease_duration_seconds: self.fixed_lease_seconds(),
+            }),
+            _ => Action::Wait(Some(lead.valid_until)),
+        }
+    }
+
+    /// [`Machine::decide`] without a term while the Lease is missing: create
+    /// it once any claim carried over the deletion has run out.
+    fn decide_missing(&self, prior: &Prior, now: Instant) -> Action {
+        if !self.cfg.can_create {
+            return Action::Wait(None);
+        }
+        let create = Action::Create(SpecWrite {
+            holder: Some(self.cfg.identity.clone()),
+            instance: Some(self.cfg.instance.clone()),
+            transitions: self.last_transitions.map_or(0, |t| t.saturating_add(1)),
+            new_term: true,
+            // Agents keep the duration of the Lease they knew (the
+            // driver uses create_timings for a Lease never seen).
+            lease_duration_seconds: self.fixed_lease_seconds(),
+        });
+        match prior {
+            Prior::Free | Prior::Mine => create,
+            Prior::Claimed { until } if now >= *until => create,
+            Prior::Claimed { until } => Action::Wait(Some(*until)),
+        }
+    }
+
+    /// [`Machine::decide`] without a term while the Lease exists: acquire it
+    /// when free (after any preferred deferral), ours, or its claim ran out.
+    fn decide_present(
+        &self,
+        rec: &Record,
+        changed_at: Instant,
+        claim_until: Instant,
+        free_not_before: Instant,
+        now: Instant,
+    ) -> Action {
+        let me = self.cfg.identity.as_str();
+        match rec.holder.as_deref() {
+            None => {
+                let mut at = free_not_before;
+                if rec.preferred.as_deref().is_some_and(|p| p != me) {
+                    at = later(at, changed_at + self.cfg.preferred_defer);
+                }
+                if now >= at {
+                    self.acquire_of(rec, false)
+                } else {
+                    Action::Wait(Some(at))
+                }
+            }
+            // Our own term, left by an earlier run of this same
+            // instance: take it back. A Lease naming our identity
+            // with another instance is someone else's claim.
+            Some(_) if self.holds(rec) => self.acquire_of(rec, true),
+            Some(_) if now >= claim_until => self.acquire_of(rec, false),
+            Some(_) => Action::Wait(Some(claim_until)),
+        }
+    }
+
+    /// The CAS write that names us in `rec`; `reclaim`: it already names
+    /// this instance (a restart), so the term and its count carry on.
+    fn acquire_of(&self, rec: &Record, reclaim: bool) -> Action {
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            base_resource_version: rec.resource_version.clone(),
+            write: SpecWrite {
+                holder: Some(self.cfg.identity.clone()),
+                instance: Some(self.cfg.instance.clone()),
+                // client-go's rule: the count goes up whenever the
+                // holder changes to us (also from an empty holder).
+                transitions: if reclaim {
+                    rec.transitions
+                } else {
+                    rec.transitions.saturating_add(1)
+                },
+                new_term: !reclaim,
+                lease_duration_seconds: self.fixed_lease_seconds(),
+            },
         }
     }
 

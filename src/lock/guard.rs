@@ -36,8 +36,23 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
         .await
         .map_err(guard_err("connect to the lock process"))?;
     let mut lines = BufReader::new(stream).lines();
+    let deadline = first_deadline(&mut lines).await;
+    let child = spawn_cmd(&args.command);
+    let group = child
+        .id()
+        .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?));
+    let signals = GuardSignals::install()?;
+    supervise(child, lines, deadline, group, signals, args.grace_period).await
+}
+
+/// The lock process's messages, one per line.
+type Lines = tokio::io::Lines<BufReader<UnixStream>>;
+
+/// Waits for the lock process's first `until`; CMD starts only inside a
+/// term that has not ended yet, otherwise the guard exits here.
+async fn first_deadline(lines: &mut Lines) -> Instant {
     let first = timeout(Duration::from_secs(10), lines.next_line()).await;
-    let Some(mut deadline) = first
+    let Some(deadline) = first
         .ok()
         .and_then(Result::ok)
         .flatten()
@@ -50,10 +65,16 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
         eprintln!("zen-lead lock-guard: the lock expired before CMD could start; CMD not run");
         std::process::exit(EXIT_LOST);
     }
-    let Some((program, rest)) = args.command.split_first() else {
+    deadline
+}
+
+/// Starts CMD in its own process group; exits as a shell would when it
+/// cannot.
+fn spawn_cmd(command: &[String]) -> tokio::process::Child {
+    let Some((program, rest)) = command.split_first() else {
         std::process::exit(EXIT_INTERNAL);
     };
-    let mut child = match tokio::process::Command::new(program)
+    match tokio::process::Command::new(program)
         .args(rest)
         .process_group(0)
         .spawn()
@@ -68,26 +89,51 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
             };
             std::process::exit(code);
         }
-    };
-    let group = child
-        .id()
-        .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?));
-    let signal_group = |sig: Signal| {
-        if let Some(pgid) = group {
-            // ESRCH (already gone) is fine.
-            let _ = kill_process_group(pgid, sig);
-        }
-    };
-    let install = |kind: SignalKind, name: &'static str| {
-        signal(kind).map_err(|source| LockError::Signal {
-            signal: name,
-            source,
-        })
-    };
-    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
-    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+    }
+}
 
+/// Signals to CMD's whole process group.
+fn signal_group(group: Option<Pid>, sig: Signal) {
+    if let Some(pgid) = group {
+        // ESRCH (already gone) is fine.
+        let _ = kill_process_group(pgid, sig);
+    }
+}
+
+/// The signals the guard passes on to CMD.
+struct GuardSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl GuardSignals {
+    /// Installs the handlers (SIGTERM, SIGINT, SIGHUP, in that order).
+    fn install() -> Result<Self, LockError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| LockError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+/// Runs CMD until it exits, stopping it (SIGTERM, SIGKILL after `grace`)
+/// once the lock may no longer be held; exits with its status.
+async fn supervise(
+    mut child: tokio::process::Child,
+    mut lines: Lines,
+    mut deadline: Instant,
+    group: Option<Pid>,
+    mut signals: GuardSignals,
+    grace: Duration,
+) -> ! {
     let mut kill_at: Option<Instant> = None;
     let mut kill_sent = false;
     let mut socket_open = true;
@@ -95,7 +141,7 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
         let stop_now = tokio::select! {
             exit = child.wait() => {
                 // Leftovers of CMD's group must not outlive the lock.
-                signal_group(Signal::KILL);
+                signal_group(group, Signal::KILL);
                 let code = match exit {
                     Ok(status) => exit_code(&status),
                     Err(_) => EXIT_INTERNAL,
@@ -118,17 +164,17 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
             },
             () = sleep_until(deadline), if kill_at.is_none() => true,
             () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !kill_sent => {
-                signal_group(Signal::KILL);
+                signal_group(group, Signal::KILL);
                 kill_sent = true;
                 false
             }
-            _ = term.recv() => { signal_group(Signal::TERM); false }
-            _ = int.recv() => { signal_group(Signal::INT); false }
-            _ = hup.recv() => { signal_group(Signal::HUP); false }
+            _ = signals.term.recv() => { signal_group(group, Signal::TERM); false }
+            _ = signals.int.recv() => { signal_group(group, Signal::INT); false }
+            _ = signals.hup.recv() => { signal_group(group, Signal::HUP); false }
         };
         if stop_now && kill_at.is_none() {
-            signal_group(Signal::TERM);
-            kill_at = Some(Instant::now() + args.grace_period);
+            signal_group(group, Signal::TERM);
+            kill_at = Some(Instant::now() + grace);
         }
     }
 }

@@ -339,23 +339,7 @@ async fn supervise_in(
 ) -> Result<i32, LockError> {
     let guard_err = |what| move |source| LockError::Guard { what, source };
     let listener = UnixListener::bind(socket).map_err(guard_err("socket"))?;
-    let exe = std::env::current_exe().map_err(guard_err("own executable"))?;
-    let mut guard = tokio::process::Command::new(exe);
-    // CMD inherits it through the guard, like etcdctl lock's ETCD_LOCK_REV:
-    // a protected resource can refuse writes stamped with an older token.
-    if let Some(token) = status.borrow().token {
-        guard.env(FENCING_TOKEN_ENV, token.to_string());
-    }
-    let mut child = guard
-        .arg("lock-guard")
-        .arg("--socket")
-        .arg(socket)
-        .arg("--grace-period")
-        .arg(format!("{}ms", request.grace_period.as_millis()))
-        .arg("--")
-        .args(&request.command)
-        .spawn()
-        .map_err(guard_err("spawn"))?;
+    let mut child = spawn_guard(request, status, socket)?;
     let guard_pid = child
         .id()
         .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?));
@@ -372,7 +356,48 @@ async fn supervise_in(
             return Ok(exit.map(|e| exit_code(&e)).unwrap_or(EXIT_INTERNAL));
         }
     };
-    let mut stream = stream;
+    Ok(inform_guard(request, lease, status, signals, child, guard_pid, stream).await)
+}
+
+/// Starts `zen-lead lock-guard` (which runs CMD) on `socket`, passing the
+/// fencing token on to CMD.
+fn spawn_guard(
+    request: &Request,
+    status: &watch::Receiver<LeaderStatus>,
+    socket: &std::path::Path,
+) -> Result<tokio::process::Child, LockError> {
+    let guard_err = |what| move |source| LockError::Guard { what, source };
+    let exe = std::env::current_exe().map_err(guard_err("own executable"))?;
+    let mut guard = tokio::process::Command::new(exe);
+    // CMD inherits it through the guard, like etcdctl lock's ETCD_LOCK_REV:
+    // a protected resource can refuse writes stamped with an older token.
+    if let Some(token) = status.borrow().token {
+        guard.env(FENCING_TOKEN_ENV, token.to_string());
+    }
+    guard
+        .arg("lock-guard")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--grace-period")
+        .arg(format!("{}ms", request.grace_period.as_millis()))
+        .arg("--")
+        .args(&request.command)
+        .spawn()
+        .map_err(guard_err("spawn"))
+}
+
+/// Tells the connected guard every new term end (`until`), or `stop` once
+/// the lock is lost, and passes signals on, until the guard exits; returns
+/// the exit status.
+async fn inform_guard(
+    request: &Request,
+    lease: &str,
+    status: &mut watch::Receiver<LeaderStatus>,
+    signals: &mut Signals,
+    mut child: tokio::process::Child,
+    guard_pid: Option<rustix::process::Pid>,
+    mut stream: tokio::net::UnixStream,
+) -> i32 {
     let mut told: Option<Instant> = None;
     let mut lost = false;
     loop {
@@ -404,9 +429,9 @@ async fn supervise_in(
                 let code = exit.map(|e| exit_code(&e)).unwrap_or(EXIT_INTERNAL);
                 if lost {
                     eprintln!("zen-lead lock: lost Lease {lease} while CMD was running; CMD was stopped");
-                    return Ok(EXIT_LOST);
+                    return EXIT_LOST;
                 }
-                return Ok(code);
+                return code;
             }
             changed = status.changed(), if !lost => {
                 if changed.is_err() {

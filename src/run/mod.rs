@@ -308,50 +308,18 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
         let input = match next.take() {
             Some(input) => input,
             None => {
-                let wake = machine.next_wake();
-                tokio::select! {
-                    got = feed.recv() => match got {
-                        Some(Feed::Event(view)) => Input::Event(view),
-                        Some(Feed::Broken) | None => Input::StreamBroken,
-                    },
-                    () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Input::Timer,
-                    woken = signals.recv() => match woken {
-                        Woken::Signal(sig) => Input::Signal(sig),
-                        Woken::Child => match reap(cmd) {
-                            Some(code) => {
-                                // Leftovers of CMD's group must not outlive it:
-                                // they may still act for a term that is over.
-                                signal_group(cmd.take(), Signal::KILL);
-                                // Only now may the agent release.
-                                drop(hold.take());
-                                Input::Exited(code)
-                            }
-                            None => continue,
-                        },
-                    },
+                let waited =
+                    wait_input(&machine, &mut feed, &mut signals, &mut cmd, &mut hold).await;
+                match waited {
+                    Some(input) => input,
+                    None => continue,
                 }
             }
         };
         match machine.handle(input, Instant::now()) {
             Action::Nothing => {}
             Action::Start(launch) => {
-                match client::hold(args.agent_addr).await {
-                    Ok(stream) => drop(hold.replace(stream)),
-                    // The term still bounds CMD; only a voluntary release
-                    // would not wait for it.
-                    Err(err) => warn!("the agent did not count CMD as running ({err})"),
-                }
-                let started = start(&args.command, &launch);
-                match started {
-                    Ok(pid) => {
-                        info!(fencing_token = ?launch.token, pool = %launch.pool, pid = pid.as_raw_nonzero().get(), "this pod leads; CMD started");
-                        cmd = Some(pid);
-                    }
-                    Err(code) => {
-                        drop(hold.take());
-                        next = Some(Input::Exited(code));
-                    }
-                }
+                next = start_cmd(args, &launch, &mut cmd, &mut hold).await;
             }
             Action::Stop { reason, kill_at } => {
                 warn!(
@@ -369,44 +337,113 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
                 info!(code, "exiting");
                 std::process::exit(code);
             }
-            Action::Skip(job) => {
-                let message = format!(
-                    "{SKIPPED_RUN_MARKER}: Job {job} already ran this scheduled time in the pool \
-                     (scheduledRuns: once); the command was not run"
-                );
-                info!("{message}");
-                // The controller reads it from the container's status.
-                if let Err(err) = std::fs::write(TERMINATION_LOG, &message) {
-                    warn!("could not write {TERMINATION_LOG}: {err}");
-                }
-                std::process::exit(0);
-            }
-            Action::ReleaseAndExit(code, reason) => {
-                match reason {
-                    ReleaseReason::AppFailed => warn!(
-                        code,
-                        "CMD failed while this pod leads; asking the agent to hand leadership to another replica"
-                    ),
-                    ReleaseReason::AppStopped => info!(
-                        code,
-                        "CMD was stopped by a signal while this pod leads; asking the agent to hand leadership to another replica now"
-                    ),
-                }
-                match timeout(
-                    args.release_timeout,
-                    client::release(args.agent_addr, reason),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => warn!("release not confirmed: {err}"),
-                    Err(_) => warn!(
-                        "release not confirmed within {:?}; the term ends by itself",
-                        args.release_timeout
-                    ),
-                }
-                std::process::exit(code);
-            }
+            Action::Skip(job) => skip_run(&job),
+            Action::ReleaseAndExit(code, reason) => release_and_exit(args, code, reason).await,
         }
     }
+}
+
+/// Waits for the next input of the machine: an agent event, its timer, a
+/// signal, or CMD's exit. `None`: only other children exited (reaped).
+async fn wait_input(
+    machine: &Machine,
+    feed: &mut mpsc::Receiver<Feed>,
+    signals: &mut Signals,
+    cmd: &mut Option<Pid>,
+    hold: &mut Option<tokio::net::TcpStream>,
+) -> Option<Input> {
+    let wake = machine.next_wake();
+    let input = tokio::select! {
+        got = feed.recv() => match got {
+            Some(Feed::Event(view)) => Input::Event(view),
+            Some(Feed::Broken) | None => Input::StreamBroken,
+        },
+        () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Input::Timer,
+        woken = signals.recv() => match woken {
+            Woken::Signal(sig) => Input::Signal(sig),
+            Woken::Child => match reap(*cmd) {
+                Some(code) => {
+                    // Leftovers of CMD's group must not outlive it:
+                    // they may still act for a term that is over.
+                    signal_group(cmd.take(), Signal::KILL);
+                    // Only now may the agent release.
+                    drop(hold.take());
+                    Input::Exited(code)
+                }
+                None => return None,
+            },
+        },
+    };
+    Some(input)
+}
+
+/// Starts CMD for a term, holding the agent's running-app count while it
+/// runs; returns the exit to feed back when it could not start.
+async fn start_cmd(
+    args: &RunArgs,
+    launch: &Launch,
+    cmd: &mut Option<Pid>,
+    hold: &mut Option<tokio::net::TcpStream>,
+) -> Option<Input> {
+    match client::hold(args.agent_addr).await {
+        Ok(stream) => drop(hold.replace(stream)),
+        // The term still bounds CMD; only a voluntary release
+        // would not wait for it.
+        Err(err) => warn!("the agent did not count CMD as running ({err})"),
+    }
+    let started = start(&args.command, launch);
+    match started {
+        Ok(pid) => {
+            info!(fencing_token = ?launch.token, pool = %launch.pool, pid = pid.as_raw_nonzero().get(), "this pod leads; CMD started");
+            *cmd = Some(pid);
+            None
+        }
+        Err(code) => {
+            drop(hold.take());
+            Some(Input::Exited(code))
+        }
+    }
+}
+
+/// Completes without running CMD: this scheduled time already ran.
+fn skip_run(job: &str) -> ! {
+    let message = format!(
+        "{SKIPPED_RUN_MARKER}: Job {job} already ran this scheduled time in the pool \
+         (scheduledRuns: once); the command was not run"
+    );
+    info!("{message}");
+    // The controller reads it from the container's status.
+    if let Err(err) = std::fs::write(TERMINATION_LOG, &message) {
+        warn!("could not write {TERMINATION_LOG}: {err}");
+    }
+    std::process::exit(0);
+}
+
+/// CMD ended while this pod leads: asks the agent to hand leadership on
+/// (bounded by --release-timeout), then exits with `code`.
+async fn release_and_exit(args: &RunArgs, code: i32, reason: ReleaseReason) -> ! {
+    match reason {
+        ReleaseReason::AppFailed => warn!(
+            code,
+            "CMD failed while this pod leads; asking the agent to hand leadership to another replica"
+        ),
+        ReleaseReason::AppStopped => info!(
+            code,
+            "CMD was stopped by a signal while this pod leads; asking the agent to hand leadership to another replica now"
+        ),
+    }
+    match timeout(
+        args.release_timeout,
+        client::release(args.agent_addr, reason),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!("release not confirmed: {err}"),
+        Err(_) => warn!(
+            "release not confirmed within {:?}; the term ends by itself",
+            args.release_timeout
+        ),
+    }
+    std::process::exit(code);
 }

@@ -616,29 +616,7 @@ pub fn decide_run(
         Membership::Member { pool, origin } => (pool, origin),
     };
     let mut warnings = Vec::new();
-    let requested = match policy {
-        PolicyState::Found { activation, .. } => *activation,
-        PolicyState::Missing => {
-            warnings.push(format!(
-                "zen-lead: LeaderPolicy {pool:?} does not exist in this namespace; the pod joins \
-                 with default settings and no leader is elected until the policy is created"
-            ));
-            Activation::Auto
-        }
-        PolicyState::Unknown { reason } => {
-            warnings.push(format!(
-                "zen-lead: could not read LeaderPolicy {pool:?} ({reason}); the pod joins with \
-                 default settings"
-            ));
-            Activation::Auto
-        }
-    };
-    // The cluster's default stands in for `auto` (the operator chose it with
-    // --default-activation); an explicit `api` or `start` always wins.
-    let requested = match requested {
-        Activation::Auto => config.default_activation,
-        chosen => chosen,
-    };
+    let requested = requested_activation(pool, policy, config, &mut warnings);
     let activation = effective_activation(requested, pod);
     let token = TokenVolume::of(pod);
     let mut patch = Vec::new();
@@ -649,22 +627,7 @@ pub fn decide_run(
         app_probes = wiring.probes;
     }
     if activation == Activation::Api {
-        match &token {
-            TokenVolume::Present(volume) => {
-                patch.extend(app_wiring(pod, volume, &mut warnings));
-            }
-            TokenVolume::Absent { pod_opted_out } => warnings.push(format!(
-                "zen-lead: activation \"api\" for pool {pool:?}, but the app has no \
-                 service-account token ({}), so there are no Kubernetes API writes to fence: \
-                 every replica runs unrestricted. Route traffic with the zen-lead.io/role=leader \
-                 label, or use activation \"start\" if only one replica may run",
-                if *pod_opted_out {
-                    "the pod sets automountServiceAccountToken: false"
-                } else {
-                    "its ServiceAccount does not automount one"
-                }
-            )),
-        }
+        patch.extend(api_patch(pod, pool, &token, &mut warnings));
     }
     let identity = match policy {
         PolicyState::Found { identity, .. } => *identity,
@@ -689,6 +652,66 @@ pub fn decide_run(
         patch,
         warnings,
     })
+}
+
+/// The activation the policy asks for, with the cluster's default standing
+/// in for `auto`; warns when the policy is missing or unreadable.
+fn requested_activation(
+    pool: &str,
+    policy: &PolicyState,
+    config: &InjectConfig,
+    warnings: &mut Vec<String>,
+) -> Activation {
+    let requested = match policy {
+        PolicyState::Found { activation, .. } => *activation,
+        PolicyState::Missing => {
+            warnings.push(format!(
+                "zen-lead: LeaderPolicy {pool:?} does not exist in this namespace; the pod joins \
+                 with default settings and no leader is elected until the policy is created"
+            ));
+            Activation::Auto
+        }
+        PolicyState::Unknown { reason } => {
+            warnings.push(format!(
+                "zen-lead: could not read LeaderPolicy {pool:?} ({reason}); the pod joins with \
+                 default settings"
+            ));
+            Activation::Auto
+        }
+    };
+    // The cluster's default stands in for `auto` (the operator chose it with
+    // --default-activation); an explicit `api` or `start` always wins.
+    match requested {
+        Activation::Auto => config.default_activation,
+        chosen => chosen,
+    }
+}
+
+/// `api` activation's wiring of the app containers, or (without a token to
+/// fence) nothing but a warning.
+fn api_patch(
+    pod: &Pod,
+    pool: &str,
+    token: &TokenVolume,
+    warnings: &mut Vec<String>,
+) -> Vec<PatchOperation> {
+    match token {
+        TokenVolume::Present(volume) => app_wiring(pod, volume, warnings),
+        TokenVolume::Absent { pod_opted_out } => {
+            warnings.push(format!(
+                "zen-lead: activation \"api\" for pool {pool:?}, but the app has no \
+                 service-account token ({}), so there are no Kubernetes API writes to fence: \
+                 every replica runs unrestricted. Route traffic with the zen-lead.io/role=leader \
+                 label, or use activation \"start\" if only one replica may run",
+                if *pod_opted_out {
+                    "the pod sets automountServiceAccountToken: false"
+                } else {
+                    "its ServiceAccount does not automount one"
+                }
+            ));
+            Vec::new()
+        }
+    }
 }
 
 /// The pod's service-account token volume, as the ServiceAccount admission
@@ -767,71 +790,91 @@ fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<
                     .map(|s| (*s).to_owned())
                     .collect()
             };
-            // The token mount: the plugin's volume is swapped for the
-            // agent's directory. A container mounting something else there
-            // brings its own credentials, which the gate could not forward:
-            // it is left alone entirely (pointed at the gate, the CA it
-            // brings would not trust the agent's certificate).
-            let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-            match mounts
-                .iter()
-                .position(|m| m.mount_path.trim_end_matches('/') == SA_MOUNT_PATH)
-            {
-                Some(k) if mounts[k].name == token_volume => {
-                    let mut path = at(&["volumeMounts"]);
-                    path.push(k.to_string());
-                    ops.push(replace(&path, mount.clone()));
-                }
-                Some(k) => {
-                    warnings.push(format!(
-                        "zen-lead: container {:?} mounts volume {:?} at {SA_MOUNT_PATH}, not the \
-                         pod's service-account token; it keeps its own credentials and talks to \
-                         the API server directly, so its writes are not fenced",
-                        container.name, mounts[k].name
-                    ));
+            match token_mount_op(container, token_volume, &mount, &at) {
+                Ok(op) => ops.push(op),
+                Err(warning) => {
+                    warnings.push(warning);
                     continue;
                 }
-                // Also keeps the ServiceAccount plugin, which runs again
-                // after this webhook changed the pod, from adding the real
-                // token to this container.
-                None if container.volume_mounts.is_none() => {
-                    ops.push(add(
-                        &at(&["volumeMounts"]),
-                        Value::Array(vec![mount.clone()]),
-                    ));
-                }
-                None => ops.push(add(&at(&["volumeMounts", "-"]), mount.clone())),
             }
-            // Environment: explicit env wins over the kubelet's service
-            // variables and over envFrom, so these override both.
-            match container.env.as_ref() {
-                None => ops.push(add(
-                    &at(&["env"]),
-                    Value::Array(
-                        gate_env
-                            .iter()
-                            .map(|(n, v)| json!({"name": n, "value": v}))
-                            .collect(),
-                    ),
-                )),
-                Some(env) => {
-                    for (name, value) in &gate_env {
-                        let entry = json!({"name": name, "value": value});
-                        match env.iter().position(|e| e.name == *name) {
-                            Some(k) => {
-                                let mut path = at(&["env"]);
-                                path.push(k.to_string());
-                                ops.push(replace(&path, entry));
-                            }
-                            None => ops.push(add(&at(&["env", "-"]), entry)),
-                        }
-                    }
-                }
-            }
+            gate_env_ops(container, &gate_env, &at, &mut ops);
         }
     }
     ops.extend(host_aliases(pod, warnings));
     ops
+}
+
+/// The token mount: the plugin's volume is swapped for the agent's
+/// directory. A container mounting something else there brings its own
+/// credentials, which the gate could not forward: it is left alone entirely
+/// (pointed at the gate, the CA it brings would not trust the agent's
+/// certificate), and `Err` carries the warning saying so.
+fn token_mount_op(
+    container: &Container,
+    token_volume: &str,
+    mount: &Value,
+    at: &impl Fn(&[&'static str]) -> Vec<String>,
+) -> Result<PatchOperation, String> {
+    use api_wiring::SA_MOUNT_PATH;
+    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    match mounts
+        .iter()
+        .position(|m| m.mount_path.trim_end_matches('/') == SA_MOUNT_PATH)
+    {
+        Some(k) if mounts[k].name == token_volume => {
+            let mut path = at(&["volumeMounts"]);
+            path.push(k.to_string());
+            Ok(replace(&path, mount.clone()))
+        }
+        Some(k) => Err(format!(
+            "zen-lead: container {:?} mounts volume {:?} at {SA_MOUNT_PATH}, not the \
+             pod's service-account token; it keeps its own credentials and talks to \
+             the API server directly, so its writes are not fenced",
+            container.name, mounts[k].name
+        )),
+        // Also keeps the ServiceAccount plugin, which runs again
+        // after this webhook changed the pod, from adding the real
+        // token to this container.
+        None if container.volume_mounts.is_none() => Ok(add(
+            &at(&["volumeMounts"]),
+            Value::Array(vec![mount.clone()]),
+        )),
+        None => Ok(add(&at(&["volumeMounts", "-"]), mount.clone())),
+    }
+}
+
+/// Environment: explicit env wins over the kubelet's service variables and
+/// over envFrom, so these override both.
+fn gate_env_ops(
+    container: &Container,
+    gate_env: &[(&str, String)],
+    at: &impl Fn(&[&'static str]) -> Vec<String>,
+    ops: &mut Vec<PatchOperation>,
+) {
+    match container.env.as_ref() {
+        None => ops.push(add(
+            &at(&["env"]),
+            Value::Array(
+                gate_env
+                    .iter()
+                    .map(|(n, v)| json!({"name": n, "value": v}))
+                    .collect(),
+            ),
+        )),
+        Some(env) => {
+            for (name, value) in gate_env {
+                let entry = json!({"name": name, "value": value});
+                match env.iter().position(|e| e.name == *name) {
+                    Some(k) => {
+                        let mut path = at(&["env"]);
+                        path.push(k.to_string());
+                        ops.push(replace(&path, entry));
+                    }
+                    None => ops.push(add(&at(&["env", "-"]), entry)),
+                }
+            }
+        }
+    }
 }
 
 /// Host aliases sending the API server's in-cluster names to the gate,
@@ -905,6 +948,44 @@ pub fn agent_container(
     app_probes: &[AppProbe],
     scheduled: Option<&ScheduledRun>,
 ) -> Container {
+    let mounts = agent_mounts(activation, token);
+    let extra_env = agent_extra_env(activation, app_probes, scheduled);
+    Container {
+        name: AGENT_CONTAINER.to_owned(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(vec![AGENT_COMMAND.to_owned()]),
+        args: Some(AGENT_ARGS.iter().map(|a| (*a).to_owned()).collect()),
+        // A native sidecar: started before the app, stopped after it.
+        restart_policy: Some("Always".to_owned()),
+        env: Some(agent_env_vars(pool, identity, extra_env)),
+        ports: Some(vec![ContainerPort {
+            name: Some(AGENT_PORT_NAME.to_owned()),
+            container_port: AGENT_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(agent_resources(config)),
+        volume_mounts: Some(mounts),
+        // The kubelet starts the app containers only after this succeeds:
+        // once the pod leads (`start`), once the gate serves (`api`), once
+        // the binary is shared (`process`).
+        startup_probe: Some(agent_probe(
+            agent_paths::STARTZ,
+            1,
+            STARTUP_FAILURE_THRESHOLD,
+        )),
+        readiness_probe: Some(agent_probe(agent_paths::READYZ, 5, 3)),
+        liveness_probe: Some(agent_probe(agent_paths::LIVEZ, 10, 3)),
+        security_context: Some(restricted_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// The agent's volume mounts: a real service-account token for its own API
+/// access, plus what its activation shares with the app.
+fn agent_mounts(activation: Activation, token: &TokenVolume) -> Vec<VolumeMount> {
     use api_wiring::*;
     let mut mounts = vec![VolumeMount {
         name: match token {
@@ -915,7 +996,6 @@ pub fn agent_container(
         read_only: Some(true),
         ..VolumeMount::default()
     }];
-    let mut extra_env = Vec::new();
     if activation == Activation::Api {
         mounts.push(VolumeMount {
             name: GATE_SA_VOLUME.to_owned(),
@@ -927,6 +1007,26 @@ pub fn agent_container(
             mount_path: GATE_STATE_DIR.to_owned(),
             ..VolumeMount::default()
         });
+    }
+    if activation == Activation::Process {
+        mounts.push(VolumeMount {
+            name: BIN_VOLUME.to_owned(),
+            mount_path: BIN_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+    }
+    mounts
+}
+
+/// The agent's activation-specific environment (after the common part).
+fn agent_extra_env(
+    activation: Activation,
+    app_probes: &[AppProbe],
+    scheduled: Option<&ScheduledRun>,
+) -> Vec<EnvVar> {
+    use api_wiring::GATE_STATE_DIR;
+    let mut extra_env = Vec::new();
+    if activation == Activation::Api {
         extra_env.push(EnvVar {
             name: agent_env::ACTIVATION.to_owned(),
             value: Some("api".to_owned()),
@@ -939,11 +1039,6 @@ pub fn agent_container(
         });
     }
     if activation == Activation::Process {
-        mounts.push(VolumeMount {
-            name: BIN_VOLUME.to_owned(),
-            mount_path: BIN_DIR.to_owned(),
-            ..VolumeMount::default()
-        });
         let plain = |name: &str, value: String| EnvVar {
             name: name.to_owned(),
             value: Some(value),
@@ -961,7 +1056,41 @@ pub fn agent_container(
             extra_env.push(plain(JOB_NAME_ENV, run.job.clone()));
         }
     }
-    let field_env = |name: &str, path: &str| EnvVar {
+    extra_env
+}
+
+/// The agent's whole environment: pool, pod facts and identity, then
+/// `extra_env`.
+fn agent_env_vars(pool: &str, identity: IdentityStrategy, extra_env: Vec<EnvVar>) -> Vec<EnvVar> {
+    vec![
+        EnvVar {
+            name: agent_env::POOL.to_owned(),
+            value: Some(pool.to_owned()),
+            ..EnvVar::default()
+        },
+        field_env(agent_env::POD_NAME, "metadata.name"),
+        field_env(agent_env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(agent_env::POD_UID, "metadata.uid"),
+        EnvVar {
+            name: agent_env::IDENTITY_STRATEGY.to_owned(),
+            value: Some(identity.as_str().to_owned()),
+            ..EnvVar::default()
+        },
+        // Empty when the annotation is absent, which the agent reads as
+        // "derive the identity from the pod".
+        field_env(
+            agent_env::IDENTITY,
+            &format!("metadata.annotations['{IDENTITY_ANNOTATION}']"),
+        ),
+    ]
+    .into_iter()
+    .chain(extra_env)
+    .collect()
+}
+
+/// An env var read from the pod's own fields (downward API).
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
@@ -971,8 +1100,12 @@ pub fn agent_container(
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
-    };
-    let probe = |path: &str, period: i32, failures: i32| Probe {
+    }
+}
+
+/// An HTTP probe of the agent's port.
+fn agent_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String(AGENT_PORT_NAME.to_owned()),
@@ -982,84 +1115,41 @@ pub fn agent_container(
         failure_threshold: Some(failures),
         timeout_seconds: Some(1),
         ..Probe::default()
-    };
-    Container {
-        name: AGENT_CONTAINER.to_owned(),
-        image: Some(config.image.clone()),
-        image_pull_policy: config.image_pull_policy.clone(),
-        command: Some(vec![AGENT_COMMAND.to_owned()]),
-        args: Some(AGENT_ARGS.iter().map(|a| (*a).to_owned()).collect()),
-        // A native sidecar: started before the app, stopped after it.
-        restart_policy: Some("Always".to_owned()),
-        env: Some(
-            vec![
-                EnvVar {
-                    name: agent_env::POOL.to_owned(),
-                    value: Some(pool.to_owned()),
-                    ..EnvVar::default()
-                },
-                field_env(agent_env::POD_NAME, "metadata.name"),
-                field_env(agent_env::POD_NAMESPACE, "metadata.namespace"),
-                field_env(agent_env::POD_UID, "metadata.uid"),
-                EnvVar {
-                    name: agent_env::IDENTITY_STRATEGY.to_owned(),
-                    value: Some(identity.as_str().to_owned()),
-                    ..EnvVar::default()
-                },
-                // Empty when the annotation is absent, which the agent reads as
-                // "derive the identity from the pod".
-                field_env(
-                    agent_env::IDENTITY,
-                    &format!("metadata.annotations['{IDENTITY_ANNOTATION}']"),
-                ),
-            ]
-            .into_iter()
-            .chain(extra_env)
-            .collect(),
-        ),
-        ports: Some(vec![ContainerPort {
-            name: Some(AGENT_PORT_NAME.to_owned()),
-            container_port: AGENT_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), Quantity(config.cpu_request.clone())),
-                ("memory".to_owned(), Quantity(config.memory_request.clone())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                Quantity(config.memory_limit.clone()),
-            )])),
-            ..ResourceRequirements::default()
+    }
+}
+
+/// The agent's requests and limits, from the webhook's configuration.
+fn agent_resources(config: &InjectConfig) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(config.cpu_request.clone())),
+            ("memory".to_owned(), Quantity(config.memory_request.clone())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(config.memory_limit.clone()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Everything Pod Security "restricted" asks of a container.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(AGENT_UID),
+        run_as_group: Some(AGENT_UID),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
         }),
-        volume_mounts: Some(mounts),
-        // The kubelet starts the app containers only after this succeeds:
-        // once the pod leads (`start`), once the gate serves (`api`), once
-        // the binary is shared (`process`).
-        startup_probe: Some(probe(agent_paths::STARTZ, 1, STARTUP_FAILURE_THRESHOLD)),
-        readiness_probe: Some(probe(agent_paths::READYZ, 5, 3)),
-        liveness_probe: Some(probe(agent_paths::LIVEZ, 10, 3)),
-        // Everything Pod Security "restricted" asks of a container.
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(AGENT_UID),
-            run_as_group: Some(AGENT_UID),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_owned(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
         }),
-        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-        ..Container::default()
+        ..SecurityContext::default()
     }
 }
 
@@ -1093,7 +1183,6 @@ fn injection_patch(
     token: &TokenVolume,
     config: &InjectConfig,
 ) -> Vec<PatchOperation> {
-    use api_wiring::*;
     // Serialising a k8s-openapi Container cannot fail (no maps with
     // non-string keys); Null would only produce a patch the API server
     // rejects with a clear message.
@@ -1101,34 +1190,7 @@ fn injection_patch(
     let spec = pod.spec.as_ref();
     let mut ops = Vec::with_capacity(8);
 
-    // Volumes the agent mounts: the directory it keeps for the app (`api`),
-    // and a token of its own when the pod has none. The latter has the
-    // sources of the ServiceAccount plugin's volume.
-    let mut volumes = Vec::new();
-    if activation == Activation::Api {
-        volumes.push(
-            json!({"name": GATE_SA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        );
-        // An emptyDir lives as long as the pod, so the CA key outlives
-        // restarts of the agent container, which is all it is for.
-        volumes.push(
-            json!({"name": GATE_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        );
-    }
-    if activation == Activation::Process {
-        volumes.push(process::bin_volume());
-    }
-    if matches!(token, TokenVolume::Absent { .. }) {
-        volumes.push(json!({"name": AGENT_TOKEN_VOLUME, "projected": {
-            "defaultMode": 0o644,
-            "sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": AGENT_TOKEN_SECONDS}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace",
-                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-            ],
-        }}));
-    }
+    let volumes = agent_volumes(activation, token);
     match spec.and_then(|s| s.volumes.as_ref()) {
         Some(list) if !list.is_empty() => {
             ops.extend(
@@ -1170,9 +1232,56 @@ fn injection_patch(
         None => ops.push(add(&["metadata", "labels"], json!({ POOL_LABEL: pool }))),
     }
 
-    // Annotations recording what was injected, from where.
+    ops.extend(record_annotations(
+        pod, &agent, pool, origin, activation, config,
+    ));
+    ops
+}
+
+/// Volumes the agent mounts: the directory it keeps for the app (`api`),
+/// and a token of its own when the pod has none. The latter has the
+/// sources of the ServiceAccount plugin's volume.
+fn agent_volumes(activation: Activation, token: &TokenVolume) -> Vec<Value> {
+    use api_wiring::*;
+    let mut volumes = Vec::new();
+    if activation == Activation::Api {
+        volumes.push(
+            json!({"name": GATE_SA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        );
+        // An emptyDir lives as long as the pod, so the CA key outlives
+        // restarts of the agent container, which is all it is for.
+        volumes.push(
+            json!({"name": GATE_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        );
+    }
+    if activation == Activation::Process {
+        volumes.push(process::bin_volume());
+    }
+    if matches!(token, TokenVolume::Absent { .. }) {
+        volumes.push(json!({"name": AGENT_TOKEN_VOLUME, "projected": {
+            "defaultMode": 0o644,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": AGENT_TOKEN_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        }}));
+    }
+    volumes
+}
+
+/// Annotations recording what was injected, from where.
+fn record_annotations(
+    pod: &Pod,
+    agent: &Value,
+    pool: &str,
+    origin: &PoolOrigin,
+    activation: Activation,
+    config: &InjectConfig,
+) -> Vec<PatchOperation> {
     let records = [
-        (INJECTED_ANNOTATION, injected_value(&agent, pool, config)),
+        (INJECTED_ANNOTATION, injected_value(agent, pool, config)),
         (
             ACTIVATION_ANNOTATION,
             activation_name(activation).to_owned(),
@@ -1180,17 +1289,17 @@ fn injection_patch(
         (POOL_FROM_ANNOTATION, origin.to_string()),
     ];
     if pod.metadata.annotations.is_some() {
-        for (key, value) in records {
-            ops.push(add(&["metadata", "annotations", key], Value::String(value)));
-        }
+        records
+            .into_iter()
+            .map(|(key, value)| add(&["metadata", "annotations", key], Value::String(value)))
+            .collect()
     } else {
         let map: serde_json::Map<String, Value> = records
             .into_iter()
             .map(|(k, v)| (k.to_owned(), Value::String(v)))
             .collect();
-        ops.push(add(&["metadata", "annotations"], Value::Object(map)));
+        vec![add(&["metadata", "annotations"], Value::Object(map))]
     }
-    ops
 }
 
 #[cfg(test)]

@@ -78,67 +78,88 @@ pub fn wiring(pod: &Pod, pool: &str) -> Result<ProcessWiring, Denial> {
                 .map(|s| (*s).to_owned())
                 .collect()
         };
-        let command = container
-            .command
-            .as_deref()
-            .filter(|c| c.first().is_some_and(|p| !p.is_empty()))
-            .ok_or_else(|| Denial::NoCommand {
-                pool: pool.to_owned(),
-                container: container.name.clone(),
-            })?;
-        let wrapped: Vec<&str> = [BIN_PATH, "run", "--"]
-            .into_iter()
-            .chain(command.iter().map(String::as_str))
-            .collect();
-        wiring.ops.push(replace(&at(&["command"]), json!(wrapped)));
-
-        let mount = json!(VolumeMount {
-            name: BIN_VOLUME.to_owned(),
-            mount_path: BIN_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        match container.volume_mounts.as_deref() {
-            Some(list) if !list.is_empty() => {
-                wiring.ops.push(add(&at(&["volumeMounts", "-"]), mount));
-            }
-            _ => wiring
-                .ops
-                .push(add(&at(&["volumeMounts"]), Value::Array(vec![mount]))),
-        }
-
-        let budget = container.liveness_probe.as_ref().map_or(0, |l| {
-            start_budget_seconds(container.startup_probe.as_ref(), l)
-        });
-        for (kind, field, probe) in [
-            (
-                ProbeKind::Startup,
-                "startupProbe",
-                container.startup_probe.as_ref(),
-            ),
-            (
-                ProbeKind::Readiness,
-                "readinessProbe",
-                container.readiness_probe.as_ref(),
-            ),
-            (
-                ProbeKind::Liveness,
-                "livenessProbe",
-                container.liveness_probe.as_ref(),
-            ),
-        ] {
-            let Some(probe) = probe else { continue };
-            let budget = if kind == ProbeKind::Liveness {
-                budget
-            } else {
-                0
-            };
-            let (rewritten, app) = rewrite_probe(container, pool, kind, probe, budget)?;
-            wiring.ops.push(replace(&at(&[field]), json!(rewritten)));
-            wiring.probes.extend(app);
-        }
+        wiring.ops.push(wrap_command(container, pool, &at)?);
+        wiring.ops.push(bin_mount(container, &at));
+        wire_probes(container, pool, &at, &mut wiring)?;
     }
     Ok(wiring)
+}
+
+/// Runs the container's program under `zen-lead run`; a container without
+/// an explicit `command` is refused.
+fn wrap_command(
+    container: &Container,
+    pool: &str,
+    at: &impl Fn(&[&str]) -> Vec<String>,
+) -> Result<PatchOperation, Denial> {
+    let command = container
+        .command
+        .as_deref()
+        .filter(|c| c.first().is_some_and(|p| !p.is_empty()))
+        .ok_or_else(|| Denial::NoCommand {
+            pool: pool.to_owned(),
+            container: container.name.clone(),
+        })?;
+    let wrapped: Vec<&str> = [BIN_PATH, "run", "--"]
+        .into_iter()
+        .chain(command.iter().map(String::as_str))
+        .collect();
+    Ok(replace(&at(&["command"]), json!(wrapped)))
+}
+
+/// Mounts the binary the agent shares, read-only.
+fn bin_mount(container: &Container, at: &impl Fn(&[&str]) -> Vec<String>) -> PatchOperation {
+    let mount = json!(VolumeMount {
+        name: BIN_VOLUME.to_owned(),
+        mount_path: BIN_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    match container.volume_mounts.as_deref() {
+        Some(list) if !list.is_empty() => add(&at(&["volumeMounts", "-"]), mount),
+        _ => add(&at(&["volumeMounts"]), Value::Array(vec![mount])),
+    }
+}
+
+/// Rewrites the container's probes (startup, readiness, liveness, in that
+/// order); only the liveness probe gets the start budget.
+fn wire_probes(
+    container: &Container,
+    pool: &str,
+    at: &impl Fn(&[&str]) -> Vec<String>,
+    wiring: &mut ProcessWiring,
+) -> Result<(), Denial> {
+    let budget = container.liveness_probe.as_ref().map_or(0, |l| {
+        start_budget_seconds(container.startup_probe.as_ref(), l)
+    });
+    for (kind, field, probe) in [
+        (
+            ProbeKind::Startup,
+            "startupProbe",
+            container.startup_probe.as_ref(),
+        ),
+        (
+            ProbeKind::Readiness,
+            "readinessProbe",
+            container.readiness_probe.as_ref(),
+        ),
+        (
+            ProbeKind::Liveness,
+            "livenessProbe",
+            container.liveness_probe.as_ref(),
+        ),
+    ] {
+        let Some(probe) = probe else { continue };
+        let budget = if kind == ProbeKind::Liveness {
+            budget
+        } else {
+            0
+        };
+        let (rewritten, app) = rewrite_probe(container, pool, kind, probe, budget)?;
+        wiring.ops.push(replace(&at(&[field]), json!(rewritten)));
+        wiring.probes.extend(app);
+    }
+    Ok(())
 }
 
 /// One probe: `exec` wrapped by `zen-lead probe`; the network kinds pointed
@@ -152,45 +173,66 @@ fn rewrite_probe(
 ) -> Result<(Probe, Option<AppProbe>), Denial> {
     let mut out = probe.clone();
     if let Some(exec) = &probe.exec {
-        let mut command = vec![
-            BIN_PATH.to_owned(),
-            "probe".to_owned(),
-            "--kind".to_owned(),
-            kind.as_str().to_owned(),
-        ];
-        if budget > 0 {
-            command.extend(["--budget".to_owned(), format!("{budget}s")]);
-        }
-        command.push("--".to_owned());
-        command.extend(exec.command.iter().flatten().cloned());
+        let command = probe_command(kind, budget, exec.command.iter().flatten());
         if let Some(e) = out.exec.as_mut() {
             e.command = Some(command);
         }
         return Ok((out, None));
     }
-    let port = |value: &IntOrString| -> Result<u16, Denial> {
-        let resolved = match value {
-            IntOrString::Int(n) => Some(*n),
-            IntOrString::String(name) => container
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .map(|p| p.container_port),
-        };
-        resolved
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| Denial::ProbePort {
-                pool: pool.to_owned(),
-                container: container.name.clone(),
-                kind: kind.as_str(),
-                port: match value {
-                    IntOrString::Int(n) => n.to_string(),
-                    IntOrString::String(s) => s.clone(),
-                },
-            })
+    let Some(action) = probe_action(container, pool, kind, probe)? else {
+        // A probe with no handler is refused by the API server anyway.
+        return Ok((out, None));
     };
+    out.tcp_socket = None;
+    out.grpc = None;
+    out.http_get = Some(HTTPGetAction {
+        path: Some(app_health_path(&container.name, kind)),
+        port: IntOrString::Int(AGENT_PORT),
+        scheme: Some("HTTP".to_owned()),
+        ..HTTPGetAction::default()
+    });
+    let app = AppProbe {
+        container: container.name.clone(),
+        kind,
+        action,
+        timeout_seconds: probe
+            .timeout_seconds
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(1),
+        start_budget_seconds: budget,
+    };
+    Ok((out, Some(app)))
+}
+
+/// An exec probe's command under `zen-lead probe`.
+fn probe_command<'a>(
+    kind: ProbeKind,
+    budget: u32,
+    original: impl Iterator<Item = &'a String>,
+) -> Vec<String> {
+    let mut command = vec![
+        BIN_PATH.to_owned(),
+        "probe".to_owned(),
+        "--kind".to_owned(),
+        kind.as_str().to_owned(),
+    ];
+    if budget > 0 {
+        command.extend(["--budget".to_owned(), format!("{budget}s")]);
+    }
+    command.push("--".to_owned());
+    command.extend(original.cloned());
+    command
+}
+
+/// What the agent performs for a network probe (`None`: no handler).
+fn probe_action(
+    container: &Container,
+    pool: &str,
+    kind: ProbeKind,
+    probe: &Probe,
+) -> Result<Option<ProbeAction>, Denial> {
+    let port = |value: &IntOrString| probe_port(container, pool, kind, value);
     let action = if let Some(http) = &probe.http_get {
         ProbeAction::HttpGet {
             scheme: http.scheme.clone().unwrap_or_else(|| "HTTP".to_owned()),
@@ -215,29 +257,40 @@ fn rewrite_probe(
             service: grpc.service.clone().unwrap_or_default(),
         }
     } else {
-        // A probe with no handler is refused by the API server anyway.
-        return Ok((out, None));
+        return Ok(None);
     };
-    out.tcp_socket = None;
-    out.grpc = None;
-    out.http_get = Some(HTTPGetAction {
-        path: Some(app_health_path(&container.name, kind)),
-        port: IntOrString::Int(AGENT_PORT),
-        scheme: Some("HTTP".to_owned()),
-        ..HTTPGetAction::default()
-    });
-    let app = AppProbe {
-        container: container.name.clone(),
-        kind,
-        action,
-        timeout_seconds: probe
-            .timeout_seconds
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(1),
-        start_budget_seconds: budget,
+    Ok(Some(action))
+}
+
+/// A probe's port as a number (named ports looked up in the container);
+/// refuses the pod when it does not resolve to a valid port.
+fn probe_port(
+    container: &Container,
+    pool: &str,
+    kind: ProbeKind,
+    value: &IntOrString,
+) -> Result<u16, Denial> {
+    let resolved = match value {
+        IntOrString::Int(n) => Some(*n),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
     };
-    Ok((out, Some(app)))
+    resolved
+        .and_then(|n| u16::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Denial::ProbePort {
+            pool: pool.to_owned(),
+            container: container.name.clone(),
+            kind: kind.as_str(),
+            port: match value {
+                IntOrString::Int(n) => n.to_string(),
+                IntOrString::String(s) => s.clone(),
+            },
+        })
 }
 
 /// The shared volume for the binary (a disk-backed emptyDir: the binary is

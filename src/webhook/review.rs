@@ -183,21 +183,11 @@ pub async fn admit<L: Lookup>(body: &[u8], lookup: &L, config: &InjectConfig) ->
             ));
         }
     };
-    let api_version = match review.api_version.as_deref() {
-        Some(v @ (V1 | V1BETA1)) => v,
-        other => {
-            return bad_request(format!(
-                "apiVersion {other:?} is not {V1:?} (register the webhook with \
-                 admissionReviewVersions: [\"v1\"])"
-            ));
-        }
+    let api_version = match envelope_version(review.api_version.as_deref(), review.kind.as_deref())
+    {
+        Ok(v) => v,
+        Err(reply) => return reply,
     };
-    if review.kind.as_deref() != Some(REVIEW_KIND) {
-        return bad_request(format!(
-            "kind {:?} is not {REVIEW_KIND:?}",
-            review.kind.as_deref().unwrap_or("")
-        ));
-    }
     let Some(request) = review.request else {
         return bad_request("the AdmissionReview has no request".to_owned());
     };
@@ -219,75 +209,122 @@ pub async fn admit<L: Lookup>(body: &[u8], lookup: &L, config: &InjectConfig) ->
     if !is_pod || request.operation.as_deref() != Some("CREATE") {
         return allow(api_version, uid, plain(Outcome::NotInPool));
     }
-    let Some(raw) = request.object else {
-        return refuse(
-            api_version,
-            uid,
-            400,
-            "zen-lead: request.object is missing from a pod CREATE".to_owned(),
-            "malformed",
-        );
+    let pod = match pod_of(request.object, api_version, uid) {
+        Ok(pod) => pod,
+        Err(reply) => return reply,
     };
-    let pod: Pod = match serde_json::from_str(raw.get()) {
-        Ok(p) => p,
-        Err(err) => {
-            return refuse(
-                api_version,
-                uid,
-                400,
-                format!("zen-lead: request.object is not a valid Pod: {err}"),
-                "malformed",
-            );
-        }
-    };
-    // Found by fuzzing: without a spec there is nothing to inject into, and a
-    // patch adding under /spec would not apply. The API server requires it too.
-    if pod.spec.is_none() {
-        return refuse(
-            api_version,
-            uid,
-            400,
-            "zen-lead: request.object is not a valid Pod: it has no spec".to_owned(),
-            "malformed",
-        );
-    }
     let namespace = request
         .namespace
         .as_deref()
         .or(pod.metadata.namespace.as_deref())
         .unwrap_or("");
-    // At CREATE most pods only have generateName.
-    let name = match (request.name.as_deref(), pod.metadata.name.as_deref()) {
+    let name = pod_name(request.name.as_deref(), &pod);
+    let span = tracing::debug_span!("admit", namespace, pod = %name, uid);
+    answer(&pod, namespace, lookup, config, api_version, uid)
+        .instrument(span)
+        .await
+}
+
+/// The review's apiVersion when the envelope is one we answer (v1 or
+/// v1beta1 AdmissionReview), else the 400 saying what is wrong.
+fn envelope_version<'a>(
+    api_version: Option<&'a str>,
+    kind: Option<&str>,
+) -> Result<&'a str, Reply> {
+    let api_version = match api_version {
+        Some(v @ (V1 | V1BETA1)) => v,
+        other => {
+            return Err(bad_request(format!(
+                "apiVersion {other:?} is not {V1:?} (register the webhook with \
+                 admissionReviewVersions: [\"v1\"])"
+            )));
+        }
+    };
+    if kind != Some(REVIEW_KIND) {
+        return Err(bad_request(format!(
+            "kind {:?} is not {REVIEW_KIND:?}",
+            kind.unwrap_or("")
+        )));
+    }
+    Ok(api_version)
+}
+
+/// The pod of a pod CREATE, or the refusal saying why it cannot be used.
+fn pod_of(raw: Option<&RawValue>, api_version: &str, uid: &str) -> Result<Pod, Reply> {
+    let Some(raw) = raw else {
+        return Err(refuse(
+            api_version,
+            uid,
+            400,
+            "zen-lead: request.object is missing from a pod CREATE".to_owned(),
+            "malformed",
+        ));
+    };
+    let pod: Pod = match serde_json::from_str(raw.get()) {
+        Ok(p) => p,
+        Err(err) => {
+            return Err(refuse(
+                api_version,
+                uid,
+                400,
+                format!("zen-lead: request.object is not a valid Pod: {err}"),
+                "malformed",
+            ));
+        }
+    };
+    // Found by fuzzing: without a spec there is nothing to inject into, and a
+    // patch adding under /spec would not apply. The API server requires it too.
+    if pod.spec.is_none() {
+        return Err(refuse(
+            api_version,
+            uid,
+            400,
+            "zen-lead: request.object is not a valid Pod: it has no spec".to_owned(),
+            "malformed",
+        ));
+    }
+    Ok(pod)
+}
+
+/// The pod's name for logs; at CREATE most pods only have generateName.
+fn pod_name(request_name: Option<&str>, pod: &Pod) -> String {
+    match (request_name, pod.metadata.name.as_deref()) {
         (Some(n), _) | (None, Some(n)) if !n.is_empty() => n.to_owned(),
         _ => format!(
             "{}*",
             pod.metadata.generate_name.as_deref().unwrap_or_default()
         ),
-    };
-    let span = tracing::debug_span!("admit", namespace, pod = %name, uid);
-    async {
-        let result = decide(&pod, namespace, lookup, config).await;
-        match result {
-            Ok(decision) => {
-                if decision.outcome != Outcome::NotInPool {
-                    tracing::debug!(outcome = decision.outcome.as_str(), warnings = ?decision.warnings, "admitted");
-                }
-                allow(api_version, uid, decision)
+    }
+}
+
+/// Decides for the pod and answers with the patch, or with the denial.
+async fn answer<L: Lookup>(
+    pod: &Pod,
+    namespace: &str,
+    lookup: &L,
+    config: &InjectConfig,
+    api_version: &str,
+    uid: &str,
+) -> Reply {
+    let result = decide(pod, namespace, lookup, config).await;
+    match result {
+        Ok(decision) => {
+            if decision.outcome != Outcome::NotInPool {
+                tracing::debug!(outcome = decision.outcome.as_str(), warnings = ?decision.warnings, "admitted");
             }
-            Err(denial) => {
-                tracing::info!(reason = %denial, "denied");
-                refuse(
-                    api_version,
-                    uid,
-                    403,
-                    format!("zen-lead: {denial}"),
-                    "denied",
-                )
-            }
+            allow(api_version, uid, decision)
+        }
+        Err(denial) => {
+            tracing::info!(reason = %denial, "denied");
+            refuse(
+                api_version,
+                uid,
+                403,
+                format!("zen-lead: {denial}"),
+                "denied",
+            )
         }
     }
-    .instrument(span)
-    .await
 }
 
 fn plain(outcome: Outcome) -> Decision {

@@ -146,23 +146,7 @@ pub async fn handle(
     let span = debug_span!("gate", verb = %method, path = %req.uri().path());
     let verdict = match classify(&method, req.uri().path(), req.uri().query(), &shared.exempt) {
         Ok(verdict) => verdict,
-        Err(bad) => {
-            let class = if upgrade {
-                RequestClass::Upgrade
-            } else if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
-                RequestClass::Read
-            } else {
-                RequestClass::Write
-            };
-            shared.metrics.count(class, Outcome::Invalid);
-            span.in_scope(|| debug!(reason = %bad, "refused an unparseable request"));
-            return Ok(status_response(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("zen-lead gate: {bad}"),
-                None,
-            ));
-        }
+        Err(bad) => return Ok(refuse_unparseable(&shared, &method, upgrade, &bad, &span)),
     };
     let class = if upgrade {
         RequestClass::Upgrade
@@ -176,31 +160,9 @@ pub async fn handle(
     // starts in the term may finish (bounded by `Term`), none starts after
     // it. A standby's write may first wait for the term (`--gate-hold`).
     let term = if verdict == Verdict::Write {
-        let waited = Instant::now();
-        let (decision, held) = wait_to_lead(&shared.hold, shared.status.clone())
-            .instrument(span.clone())
-            .await;
-        if let Some(held) = held {
-            shared.metrics.held(held);
-        }
-        match decision {
-            Ok(status) => {
-                if held.is_some() {
-                    span.in_scope(|| {
-                        debug!(
-                            held_ms = waited.elapsed().as_secs_f64() * 1e3,
-                            "a held write passes: this pod leads now"
-                        );
-                    });
-                }
-                Some(Term::new(&status, shared.status.clone()))
-            }
-            Err(status) => {
-                shared.metrics.count(class, Outcome::Refused);
-                shared.metrics.refused_writes.inc();
-                span.in_scope(|| debug!(?held, "refused a write: this replica is a standby"));
-                return Ok(refuse_standby(&shared, &status));
-            }
+        match gate_write(&shared, class, &span).await {
+            Ok(term) => Some(term),
+            Err(refused) => return Ok(refused),
         }
     } else {
         None
@@ -232,6 +194,67 @@ pub async fn handle(
     Ok(forward(shared, request, h2, term, class)
         .instrument(span)
         .await)
+}
+
+/// Answers a request whose path cannot be classified (400), counted by
+/// what its method and headers suggest.
+fn refuse_unparseable(
+    shared: &Shared,
+    method: &Method,
+    upgrade: bool,
+    bad: &super::classify::BadPath,
+    span: &tracing::Span,
+) -> Response<GateBody> {
+    let class = if upgrade {
+        RequestClass::Upgrade
+    } else if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        RequestClass::Read
+    } else {
+        RequestClass::Write
+    };
+    shared.metrics.count(class, Outcome::Invalid);
+    span.in_scope(|| debug!(reason = %bad, "refused an unparseable request"));
+    status_response(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &format!("zen-lead gate: {bad}"),
+        None,
+    )
+}
+
+/// Lets a write start only inside a term (a standby's may first wait for
+/// one): `Ok` with the term that bounds it, `Err` with the refusal.
+async fn gate_write(
+    shared: &Arc<Shared>,
+    class: RequestClass,
+    span: &tracing::Span,
+) -> Result<Term, Response<GateBody>> {
+    let waited = Instant::now();
+    let (decision, held) = wait_to_lead(&shared.hold, shared.status.clone())
+        .instrument(span.clone())
+        .await;
+    if let Some(held) = held {
+        shared.metrics.held(held);
+    }
+    match decision {
+        Ok(status) => {
+            if held.is_some() {
+                span.in_scope(|| {
+                    debug!(
+                        held_ms = waited.elapsed().as_secs_f64() * 1e3,
+                        "a held write passes: this pod leads now"
+                    );
+                });
+            }
+            Ok(Term::new(&status, shared.status.clone()))
+        }
+        Err(status) => {
+            shared.metrics.count(class, Outcome::Refused);
+            shared.metrics.refused_writes.inc();
+            span.in_scope(|| debug!(?held, "refused a write: this replica is a standby"));
+            Err(refuse_standby(shared, &status))
+        }
+    }
 }
 
 async fn forward(
@@ -324,36 +347,9 @@ async fn tunnel(
             );
         }
     };
-    let upstream_error = |shared: &Shared, what: String, retry: Option<u64>| {
-        shared.metrics.count(class, Outcome::UpstreamError);
-        warn!(error = %what, upstream = %shared.target.base, "connection upgrade to the API server failed");
-        status_response(
-            StatusCode::BAD_GATEWAY,
-            "InternalError",
-            &format!(
-                "zen-lead gate: the API server {} could not be reached: {what}",
-                shared.target.base
-            ),
-            retry,
-        )
-    };
-    let stream = match shared.upgrade_connector.connect(&shared.target.base).await {
-        Ok(stream) => stream,
-        Err(err) => return upstream_error(&shared, err.to_string(), Some(1)),
-    };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(err) => return upstream_error(&shared, error_chain(&err), Some(1)),
-        };
-    tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            debug!(error = %err, "upstream upgrade connection ended");
-        }
-    });
-    let mut response = match sender.send_request(forwarded).await {
+    let mut response = match send_upgrade(&shared, class, forwarded).await {
         Ok(response) => response,
-        Err(err) => return upstream_error(&shared, error_chain(&err), None),
+        Err(failed) => return failed,
     };
     shared.metrics.count(class, Outcome::Passed);
     debug!(status = response.status().as_u16(), "upgrade answered");
@@ -368,36 +364,91 @@ async fn tunnel(
     *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *reply.headers_mut() = response.headers().clone();
     let pool = shared.pool.clone();
-    tokio::spawn(
-        async move {
-            let (client_io, upstream_io) = match tokio::join!(client_side, upstream_side) {
-                (Ok(c), Ok(u)) => (c, u),
-                (Err(err), _) | (_, Err(err)) => {
-                    debug!(error = %err, "an upgraded connection could not be taken over");
-                    return;
-                }
-            };
-            let mut client_io = TokioIo::new(client_io);
-            let mut upstream_io = TokioIo::new(upstream_io);
-            let copy = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io);
-            match term {
-                None => {
-                    let _ = copy.await;
-                }
-                Some(term) => {
-                    tokio::select! {
-                        _ = copy => {}
-                        why = term.ended() => {
-                            warn!(why, pool = %pool, "closed an exec/attach/port-forward stream at the end of this replica's term");
-                        }
-                    }
+    tokio::spawn(splice(client_side, upstream_side, term, pool).in_current_span());
+    reply
+}
+
+/// Sends the upgrade request on a fresh HTTP/1.1 connection to the API
+/// server; `Err` is the 502 to answer when that fails.
+async fn send_upgrade(
+    shared: &Shared,
+    class: RequestClass,
+    forwarded: Request<Incoming>,
+) -> Result<Response<Incoming>, Response<GateBody>> {
+    let stream = match shared.upgrade_connector.connect(&shared.target.base).await {
+        Ok(stream) => stream,
+        Err(err) => return Err(upgrade_failed(shared, class, err.to_string(), Some(1))),
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(err) => return Err(upgrade_failed(shared, class, error_chain(&err), Some(1))),
+        };
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            debug!(error = %err, "upstream upgrade connection ended");
+        }
+    });
+    match sender.send_request(forwarded).await {
+        Ok(response) => Ok(response),
+        Err(err) => Err(upgrade_failed(shared, class, error_chain(&err), None)),
+    }
+}
+
+/// The 502 for an upgrade the API server could not take (`retry`: nothing
+/// was sent, so the client may retry).
+fn upgrade_failed(
+    shared: &Shared,
+    class: RequestClass,
+    what: String,
+    retry: Option<u64>,
+) -> Response<GateBody> {
+    shared.metrics.count(class, Outcome::UpstreamError);
+    warn!(error = %what, upstream = %shared.target.base, "connection upgrade to the API server failed");
+    status_response(
+        StatusCode::BAD_GATEWAY,
+        "InternalError",
+        &format!(
+            "zen-lead gate: the API server {} could not be reached: {what}",
+            shared.target.base
+        ),
+        retry,
+    )
+}
+
+/// Copies bytes both ways between the upgraded client and API server
+/// connections until either side closes or, for a gated upgrade, the term
+/// ends.
+async fn splice(
+    client_side: hyper::upgrade::OnUpgrade,
+    upstream_side: hyper::upgrade::OnUpgrade,
+    term: Option<Term>,
+    pool: String,
+) {
+    let (client_io, upstream_io) = match tokio::join!(client_side, upstream_side) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(err), _) | (_, Err(err)) => {
+            debug!(error = %err, "an upgraded connection could not be taken over");
+            return;
+        }
+    };
+    let mut client_io = TokioIo::new(client_io);
+    let mut upstream_io = TokioIo::new(upstream_io);
+    let copy = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io);
+    match term {
+        None => {
+            let _ = copy.await;
+        }
+        Some(term) => {
+            tokio::select! {
+                _ = copy => {}
+                why = term.ended() => {
+                    warn!(why, pool = %pool, "closed an exec/attach/port-forward stream at the end of this replica's term");
                 }
             }
-            debug!("upgraded connection closed");
         }
-        .in_current_span(),
-    );
-    reply
+    }
+    debug!("upgraded connection closed");
 }
 
 /// The bound on a write that started while this pod led. Nobody else can
