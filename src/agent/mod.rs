@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -157,54 +157,18 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     let mut registry = crate::telemetry::new_registry();
     metrics.register(&mut registry);
     let client = counting_client(metrics.api_requests.clone()).await?;
-    let (elector, status) = Elector::new(
-        client,
-        ElectorConfig {
-            namespace: config.pod.namespace.clone(),
-            name: config.pool.clone(),
-            identity: config.identity.clone(),
-            // The pod UID: a restarted agent container of this pod takes its
-            // own term back; another pod with the same identity does not.
-            instance: config.pod.uid.clone(),
-            can_create: config.create_lease,
-            fixed: None,
-            create_timings: Timings::default(),
-            preferred_defer: config.preferred_defer,
-            fail_on_denied: false,
-            leadership_log: config.leadership_log.clone(),
-        },
-        metrics,
-    )?;
+    let (elector, status) = Elector::new(client, elector_config(config), metrics)?;
 
     let (stand_down_tx, stand_down_rx) = watch::channel(None);
     let (running_tx, running_rx) = watch::channel(0);
-    let elector = match &config.process {
-        Some(process) => {
-            share_binary(&process.bin_dir)?;
-            let elector = elector
-                .with_stand_down(stand_down_rx)
-                .with_running_apps(running_rx);
-            match process.scheduled_run.clone() {
-                Some((time, job)) => elector.with_scheduled_run(time, job),
-                None => elector,
-            }
-        }
-        None => elector,
-    };
+    let elector = with_process_activation(elector, config, stand_down_rx, running_rx)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| AgentError::Listen {
             addr: config.http_addr,
             source,
         })?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
+    let (mut sigterm, mut sigint) = termination_signals()?;
     info!(
         pool = %config.pool,
         namespace = %config.pod.namespace,
@@ -248,14 +212,7 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
         _ = sigint.recv() => { info!("SIGINT: stepping down"); Ok(()) }
         result = &mut election => {
             // The election only ends by itself on a fatal error.
-            return match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(err.into()),
-                Err(join) => Err(AgentError::Election(RunError::WatchStopped {
-                    namespace: format!("{} ({join})", config.pod.namespace),
-                    name: config.pool.clone(),
-                })),
-            };
+            return election_ended(result, config);
         }
         result = &mut server => match result {
             Ok(Err(err)) => Err(AgentError::Serve(err)),
@@ -263,14 +220,89 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
         },
     };
     let _ = stop_tx.send(true);
-    // The release is bounded inside the election; this is only a backstop.
-    match tokio::time::timeout(config.release_timeout + Duration::from_secs(1), election).await {
+    await_release(election, config.release_timeout).await;
+    server.abort();
+    outcome
+}
+
+/// The pool Lease's election settings for this pod's candidacy.
+fn elector_config(config: &Config) -> ElectorConfig {
+    ElectorConfig {
+        namespace: config.pod.namespace.clone(),
+        name: config.pool.clone(),
+        identity: config.identity.clone(),
+        // The pod UID: a restarted agent container of this pod takes its
+        // own term back; another pod with the same identity does not.
+        instance: config.pod.uid.clone(),
+        can_create: config.create_lease,
+        fixed: None,
+        create_timings: Timings::default(),
+        preferred_defer: config.preferred_defer,
+        fail_on_denied: false,
+        leadership_log: config.leadership_log.clone(),
+    }
+}
+
+/// In `process` activation, shares the binary and wires the elector to the app processes.
+fn with_process_activation(
+    elector: Elector,
+    config: &Config,
+    stand_down_rx: watch::Receiver<Option<tokio::time::Instant>>,
+    running_rx: watch::Receiver<usize>,
+) -> Result<Elector, AgentError> {
+    Ok(match &config.process {
+        Some(process) => {
+            share_binary(&process.bin_dir)?;
+            let elector = elector
+                .with_stand_down(stand_down_rx)
+                .with_running_apps(running_rx);
+            match process.scheduled_run.clone() {
+                Some((time, job)) => elector.with_scheduled_run(time, job),
+                None => elector,
+            }
+        }
+        None => elector,
+    })
+}
+
+/// Installs the SIGTERM and SIGINT handlers that end the agent.
+fn termination_signals() -> Result<(Signal, Signal), AgentError> {
+    let sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    Ok((sigterm, sigint))
+}
+
+/// The agent's result when the election task ended by itself (only on a fatal error).
+fn election_ended(
+    result: Result<Result<(), RunError>, tokio::task::JoinError>,
+    config: &Config,
+) -> Result<(), AgentError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.into()),
+        Err(join) => Err(AgentError::Election(RunError::WatchStopped {
+            namespace: format!("{} ({join})", config.pod.namespace),
+            name: config.pool.clone(),
+        })),
+    }
+}
+
+/// Waits for the election to release the Lease (a backstop: the release is bounded inside it).
+async fn await_release(
+    election: tokio::task::JoinHandle<Result<(), RunError>>,
+    release_timeout: Duration,
+) {
+    match tokio::time::timeout(release_timeout + Duration::from_secs(1), election).await {
         Ok(Ok(Err(err))) => warn!("{err}"),
         Ok(_) => {}
         Err(_) => warn!("the election did not stop in time"),
     }
-    server.abort();
-    outcome
 }
 
 /// Copies this (static) binary into the shared volume for `zen-lead run`:

@@ -97,86 +97,49 @@ impl PodView {
         let agent_started =
             agent.is_some_and(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()));
         let app_released = agent.is_some_and(|c| c.started == Some(true));
-        let finished = status
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Failed" || p == "Succeeded");
         let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
-        let custom_identity = annotation(IDENTITY_ANNOTATION)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty());
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
         let agent_strategy = agent_identity_strategy(pod);
-        let strategy = match agent_strategy {
-            Some(s) => s,
-            // Injected before the webhook passed the strategy: the agent ran
-            // with `auto` (custom whenever the annotation is set).
-            None if injected && custom_identity.is_some() => IdentityStrategy::Custom,
-            None if injected => IdentityStrategy::Pod,
-            None => strategy,
-        };
-        let identity = match strategy {
-            IdentityStrategy::Pod => {
-                (!name.is_empty() && !uid.is_empty()).then(|| keys::pod_identity(&name, &uid))
-            }
-            IdentityStrategy::Custom => custom_identity,
-        };
-        let candidate = status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == CANDIDATE_READINESS_GATE))
-            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
-        let owner = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map(|o| (o.kind.clone(), o.name.clone()));
+        let identity = pod_identity_of(pod, injected, agent_strategy, strategy);
         PodView {
-            name,
-            uid,
             node: spec.and_then(|s| s.node_name.clone()),
             terminating: meta.deletion_timestamp.is_some(),
-            finished,
+            finished: status
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Failed" || p == "Succeeded"),
             injected,
             agent_started,
             app_released,
             identity,
             agent_strategy,
-            role_label: meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(ROLE_LABEL))
-                .cloned(),
+            role_label: label(ROLE_LABEL),
             role_annotation: annotation(ROLE_ANNOTATION),
-            candidate,
+            candidate: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == CANDIDATE_READINESS_GATE))
+                .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default())),
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "default".to_owned()),
-            owner,
-            template_hash: meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("pod-template-hash"))
-                .cloned(),
+            owner: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| (o.kind.clone(), o.name.clone())),
+            template_hash: label("pod-template-hash"),
             fenced: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("api"),
             start_activation: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("start"),
-            app_running: status
-                .and_then(|s| s.container_statuses.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        c.name != AGENT_CONTAINER
-                            && c.state.as_ref().is_some_and(|st| st.running.is_some())
-                    })
-                }),
+            app_running: app_running(pod),
             ready: status
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
                 .is_some_and(|c| c.status == "True"),
-            revision: meta.labels.as_ref().and_then(|l| {
-                l.get("pod-template-hash")
-                    .or_else(|| l.get("controller-revision-hash"))
-                    .cloned()
-            }),
+            revision: label("pod-template-hash").or_else(|| label("controller-revision-hash")),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+            name,
+            uid,
         }
     }
 
@@ -202,6 +165,50 @@ impl PodView {
     pub fn candidate(&self, node_ready: &dyn Fn(&str) -> bool) -> bool {
         self.alive(node_ready) && self.agent_started
     }
+}
+
+/// The identity the pod's agent writes into the Lease: its own strategy
+/// when the webhook passed one, else what an agent injected before that ran
+/// with (`auto`: custom whenever the annotation is set), else the policy's.
+fn pod_identity_of(
+    pod: &Pod,
+    injected: bool,
+    agent_strategy: Option<IdentityStrategy>,
+    policy_strategy: IdentityStrategy,
+) -> Option<String> {
+    let meta = &pod.metadata;
+    let custom = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(IDENTITY_ANNOTATION))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let strategy = match agent_strategy {
+        Some(s) => s,
+        None if injected && custom.is_some() => IdentityStrategy::Custom,
+        None if injected => IdentityStrategy::Pod,
+        None => policy_strategy,
+    };
+    match strategy {
+        IdentityStrategy::Pod => {
+            let name = meta.name.as_deref().unwrap_or_default();
+            let uid = meta.uid.as_deref().unwrap_or_default();
+            (!name.is_empty() && !uid.is_empty()).then(|| keys::pod_identity(name, uid))
+        }
+        IdentityStrategy::Custom => custom,
+    }
+}
+
+/// Whether an app container (not the agent) runs.
+fn app_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.name != AGENT_CONTAINER && c.state.as_ref().is_some_and(|st| st.running.is_some())
+            })
+        })
 }
 
 /// The `ZEN_LEAD_IDENTITY_STRATEGY` the webhook put on the agent container.
@@ -779,25 +786,7 @@ pub fn scale_plan(
     scale_down: bool,
     keep: Option<(WorkloadKind, &str)>,
 ) -> ScalePlan {
-    let mut actions = Vec::new();
-    // Restore everything that should no longer be scaled.
-    for w in workloads {
-        if let Some(original) = w.original
-            && (!scale_down || !w.in_pool)
-        {
-            if w.replicas != original {
-                actions.push(ScaleAction::Scale {
-                    kind: w.kind,
-                    name: w.name.clone(),
-                    replicas: original,
-                });
-            }
-            actions.push(ScaleAction::Forget {
-                kind: w.kind,
-                name: w.name.clone(),
-            });
-        }
-    }
+    let mut actions = restores(workloads, scale_down);
     if !scale_down {
         return ScalePlan {
             actions,
@@ -805,31 +794,10 @@ pub fn scale_plan(
         };
     }
     let members: Vec<&WorkloadView> = workloads.iter().filter(|w| w.in_pool).collect();
-    if let Some(w) = members.iter().find(|w| w.hpa.is_some()) {
+    if let Some(refused) = refusal(&members) {
         return ScalePlan {
             actions,
-            outcome: Some(ScaleOutcome::Refused {
-                reason: ScaleRefusal::HorizontalPodAutoscalerConflict,
-                message: format!(
-                    "{} {} is scaled by HorizontalPodAutoscaler {}; zen-lead does not fight it. \
-                     Remove the HPA or use followerMode: standby",
-                    w.kind,
-                    w.name,
-                    w.hpa.clone().unwrap_or_default()
-                ),
-            }),
-        };
-    }
-    if members.is_empty() {
-        return ScalePlan {
-            actions,
-            outcome: Some(ScaleOutcome::Refused {
-                reason: ScaleRefusal::NoWorkloads,
-                message:
-                    "no Deployment or StatefulSet of this namespace names the pool; bare pods and \
-                 Jobs are not scaled"
-                        .to_owned(),
-            }),
+            outcome: Some(refused),
         };
     }
     // Who keeps the single replica: the leader's workload, else the first
@@ -850,9 +818,9 @@ pub fn scale_plan(
                 .as_ref()
                 .is_some_and(|(k, n)| *k == w.kind && *n == w.name),
         );
+        summary.push(format!("{} {}: {target}", w.kind, w.name));
         if w.original.is_none() {
             if w.replicas == target {
-                summary.push(format!("{} {}: {target}", w.kind, w.name));
                 continue;
             }
             actions.push(ScaleAction::Remember {
@@ -868,7 +836,6 @@ pub fn scale_plan(
                 replicas: target,
             });
         }
-        summary.push(format!("{} {}: {target}", w.kind, w.name));
     }
     ScalePlan {
         actions,
@@ -877,6 +844,53 @@ pub fn scale_plan(
             summary.join(", ")
         ))),
     }
+}
+
+/// Restores of everything that should no longer be scaled: the original
+/// count, then the bookkeeping dropped.
+fn restores(workloads: &[WorkloadView], scale_down: bool) -> Vec<ScaleAction> {
+    let mut actions = Vec::new();
+    for w in workloads {
+        if let Some(original) = w.original
+            && (!scale_down || !w.in_pool)
+        {
+            if w.replicas != original {
+                actions.push(ScaleAction::Scale {
+                    kind: w.kind,
+                    name: w.name.clone(),
+                    replicas: original,
+                });
+            }
+            actions.push(ScaleAction::Forget {
+                kind: w.kind,
+                name: w.name.clone(),
+            });
+        }
+    }
+    actions
+}
+
+/// Why the members cannot be scaled, if they cannot: an HPA sizes one, or
+/// there is no Deployment or StatefulSet at all.
+fn refusal(members: &[&WorkloadView]) -> Option<ScaleOutcome> {
+    if let Some(w) = members.iter().find(|w| w.hpa.is_some()) {
+        return Some(ScaleOutcome::Refused {
+            reason: ScaleRefusal::HorizontalPodAutoscalerConflict,
+            message: format!(
+                "{} {} is scaled by HorizontalPodAutoscaler {}; zen-lead does not fight it. \
+                 Remove the HPA or use followerMode: standby",
+                w.kind,
+                w.name,
+                w.hpa.clone().unwrap_or_default()
+            ),
+        });
+    }
+    members.is_empty().then(|| ScaleOutcome::Refused {
+        reason: ScaleRefusal::NoWorkloads,
+        message: "no Deployment or StatefulSet of this namespace names the pool; bare pods and \
+                  Jobs are not scaled"
+            .to_owned(),
+    })
 }
 
 /// The workload that owns a pod: a StatefulSet directly, a Deployment

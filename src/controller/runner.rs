@@ -134,18 +134,7 @@ pub async fn lead_and_run(
     election_metrics: crate::election::Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::election::RunError> {
-    let config = ElectorConfig {
-        namespace: settings.namespace.clone(),
-        name: settings.lease_name.clone(),
-        identity: settings.identity.clone(),
-        instance: crate::election::process_instance(),
-        can_create: true,
-        fixed: Some(settings.lease_timings),
-        create_timings: settings.lease_timings,
-        preferred_defer: Duration::ZERO,
-        fail_on_denied: false,
-        leadership_log: None,
-    };
+    let config = elector_config(&settings);
     // Its own client (connection pool): renewals never queue behind a
     // burst of reconcile requests.
     let (elector, mut status) = Elector::new(election_client, config, election_metrics)?;
@@ -155,19 +144,7 @@ pub async fn lead_and_run(
     let span = info_span!("controller", identity = %settings.identity);
     async {
         loop {
-            // Wait to lead.
-            loop {
-                if *shutdown.borrow() {
-                    break;
-                }
-                if status.borrow().leading_at(Instant::now()) {
-                    break;
-                }
-                tokio::select! {
-                    r = status.changed() => if r.is_err() { break },
-                    _ = shutdown.changed() => {}
-                }
-            }
+            wait_to_lead(&mut status, &mut shutdown).await;
             if *shutdown.borrow() || !status.borrow().leading_at(Instant::now()) {
                 break;
             }
@@ -178,19 +155,7 @@ pub async fn lead_and_run(
                 controllers(client.clone(), settings.clone(), metrics.clone(), ready.clone())
                     .in_current_span(),
             );
-            // Lead until the deadline passes without renewal, or shutdown.
-            loop {
-                let until = lead_until(&status.borrow());
-                let Some(until) = until else { break };
-                if Instant::now() >= until {
-                    break;
-                }
-                tokio::select! {
-                    r = status.changed() => if r.is_err() { break },
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = shutdown.changed() => if *shutdown.borrow() { break },
-                }
-            }
+            lead_while_renewed(&mut status, &mut shutdown).await;
             task.abort();
             let _ = task.await;
             metrics.is_active.set(0);
@@ -216,6 +181,60 @@ pub async fn lead_and_run(
         None => election.await,
     };
     joined.unwrap_or(Ok(()))
+}
+
+/// The controller Lease's election settings: fixed timings, always allowed to create it.
+fn elector_config(settings: &Settings) -> ElectorConfig {
+    ElectorConfig {
+        namespace: settings.namespace.clone(),
+        name: settings.lease_name.clone(),
+        identity: settings.identity.clone(),
+        instance: crate::election::process_instance(),
+        can_create: true,
+        fixed: Some(settings.lease_timings),
+        create_timings: settings.lease_timings,
+        preferred_defer: Duration::ZERO,
+        fail_on_denied: false,
+        leadership_log: None,
+    }
+}
+
+/// Waits to lead: returns once we lead, shutdown is signalled, or the status channel closes.
+async fn wait_to_lead(
+    status: &mut watch::Receiver<LeaderStatus>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if status.borrow().leading_at(Instant::now()) {
+            break;
+        }
+        tokio::select! {
+            r = status.changed() => if r.is_err() { break },
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Leads until the deadline passes without renewal, or shutdown.
+async fn lead_while_renewed(
+    status: &mut watch::Receiver<LeaderStatus>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    loop {
+        let until = lead_until(&status.borrow());
+        let Some(until) = until else { break };
+        if Instant::now() >= until {
+            break;
+        }
+        tokio::select! {
+            r = status.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(until) => {}
+            _ = shutdown.changed() => if *shutdown.borrow() { break },
+        }
+    }
 }
 
 fn lead_until(status: &LeaderStatus) -> Option<Instant> {

@@ -233,6 +233,33 @@ fn router<L: Lookup>(state: Arc<AppState<L>>) -> Router {
         .with_state(state)
 }
 
+/// Serves one accepted connection: TLS handshake (bounded), then HTTP/1 or HTTP/2.
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    app: Router,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = TowerToHyperService::new(app);
+    if let Err(err) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %err, "webhook connection ended with an error");
+    }
+}
+
 /// Binds the listener and starts serving. Returns once it accepts
 /// connections, and sets `ready` then (the certificate is loaded before
 /// this is called); [`Running::shutdown`] clears it.
@@ -287,27 +314,7 @@ pub async fn start<L: Lookup>(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let service = TowerToHyperService::new(app);
-                if let Err(err) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %err, "webhook connection ended with an error");
-                }
-            });
+            tokio::spawn(serve_connection(acceptor, app, tcp, peer));
         }
     });
 

@@ -99,19 +99,13 @@ async fn active(
     report::skipped_runs(ctx, key, pods).await;
     let node_ready = |n: &str| ctx.cache.node_ready(n);
 
-    // Phase 1. Finalizer first, so no scale happens that a deletion could
-    // not undo.
     let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
-    if scale_down && !apply::has_finalizer(policy) {
-        apply::finalizer(ctx, key, policy, true).await?;
-    }
-    let (policy_ready, lease) = lease_and_rbac(ctx, key, policy, &views).await?;
-    let mut lease_view = lease.as_ref().map(|l| lease::view(ctx, key, l));
-    let mut deposed_wake = None;
-    if let (Some(lv), Some(l)) = (lease_view.as_mut(), lease.as_ref()) {
-        failover(ctx, key, policy, &views, lv, l).await?;
-        deposed_wake = deposed(ctx, key, policy, &views, lv).await?;
-    }
+    let LeasePhase {
+        policy_ready,
+        lease,
+        view: lease_view,
+        wake: deposed_wake,
+    } = lease_phase(ctx, key, policy, &views).await?;
 
     // Phase 2: roles and readiness conditions.
     let leader = lease_view
@@ -119,28 +113,7 @@ async fn active(
         .and_then(|lv| decide::leader(lv, &views, &node_ready));
     let conflicts = decide::identity_conflicts(&views, lease_view.as_ref(), &node_ready);
     let conditions = plan::candidate_conditions(&key.name, &views, strategy, &conflicts);
-    // The user looks at the pod that cannot be a candidate: say why there,
-    // once, when its condition turns to the identity problem.
-    for (pod, reason, message) in plan::identity_warnings(&conditions) {
-        let uid = views.iter().find(|p| p.name == pod).map(|p| p.uid.clone());
-        let reference = pod_ref(&key.namespace, pod, uid);
-        report::on_pod(
-            ctx,
-            &reference,
-            reason,
-            "CheckCandidate",
-            message.to_owned(),
-        )
-        .await;
-    }
-    let remembered = ctx.with_memory(key, |m| m.leaders.clone());
-    let writes = plan::pod_writes(
-        &views,
-        leader.map(|p| p.name.as_str()),
-        &remembered,
-        conditions,
-    );
-    apply::pod_writes(ctx, key, &writes).await?;
+    roles(ctx, key, &views, leader, conditions).await?;
 
     // Phase 3: the safety net, scaleDown, status.
     let unlabelled = ctx.cache.unlabelled_of(key);
@@ -187,6 +160,75 @@ async fn active(
         plan::lease_wake(lv, clock, Instant::now())
     });
     Ok(plan::earliest(deposed_wake, lease_wake))
+}
+
+/// Phase 2: the identity problems told on their pods, then the role and
+/// condition writes in the order [`plan::pod_writes`] gives.
+async fn roles(
+    ctx: &Context,
+    key: &PoolKey,
+    views: &[PodView],
+    leader: Option<&PodView>,
+    conditions: std::collections::BTreeMap<String, decide::CandidateCondition>,
+) -> Result<(), ReconcileError> {
+    // The user looks at the pod that cannot be a candidate: say why there,
+    // once, when its condition turns to the identity problem.
+    for (pod, reason, message) in plan::identity_warnings(&conditions) {
+        let uid = views.iter().find(|p| p.name == pod).map(|p| p.uid.clone());
+        let reference = pod_ref(&key.namespace, pod, uid);
+        report::on_pod(
+            ctx,
+            &reference,
+            reason,
+            "CheckCandidate",
+            message.to_owned(),
+        )
+        .await;
+    }
+    let remembered = ctx.with_memory(key, |m| m.leaders.clone());
+    let writes = plan::pod_writes(
+        views,
+        leader.map(|p| p.name.as_str()),
+        &remembered,
+        conditions,
+    );
+    apply::pod_writes(ctx, key, &writes).await
+}
+
+/// What phase 1 leaves for the rest of the pass.
+struct LeasePhase {
+    policy_ready: Result<(), PolicyProblem>,
+    lease: Option<Lease>,
+    view: Option<LeaseView>,
+    /// When a deposed `start` leader falls due.
+    wake: Option<Duration>,
+}
+
+/// Phase 1. The finalizer first, so no scale happens that a deletion could
+/// not undo; then the Lease and RBAC, fast failover and deposed leaders.
+async fn lease_phase(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+) -> Result<LeasePhase, ReconcileError> {
+    let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
+    if scale_down && !apply::has_finalizer(policy) {
+        apply::finalizer(ctx, key, policy, true).await?;
+    }
+    let (policy_ready, lease) = lease_and_rbac(ctx, key, policy, views).await?;
+    let mut view = lease.as_ref().map(|l| lease::view(ctx, key, l));
+    let mut wake = None;
+    if let (Some(lv), Some(l)) = (view.as_mut(), lease.as_ref()) {
+        failover(ctx, key, policy, views, lv, l).await?;
+        wake = deposed(ctx, key, policy, views, lv).await?;
+    }
+    Ok(LeasePhase {
+        policy_ready,
+        lease,
+        view,
+        wake,
+    })
 }
 
 /// The Lease, carrying the policy's timings, and RBAC for the candidates'
