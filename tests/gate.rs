@@ -21,7 +21,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-use common::{client, eventually, from_json, kubeconfig_path, repo_root, with_namespace};
+use common::{client, eventually, from_json, kubeconfig_path, with_namespace};
 use fixture::{AgentOpts, GateAgent, RawConn, Tokens};
 
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -30,9 +30,7 @@ const LEASE: i32 = 6;
 const RENEW_DEADLINE: Duration = Duration::from_secs(4);
 
 fn scratch(test: &str) -> std::path::PathBuf {
-    repo_root()
-        .join("target/test-scratch")
-        .join(format!("gate-{test}-{}", std::process::id()))
+    common::scratch_dir(&format!("gate-{test}"))
 }
 
 fn cm(name: &str) -> serde_json::Value {

@@ -6,6 +6,8 @@
 //! as the agent sends them. Every assertion waits on a condition with a
 //! generous deadline; timing bounds only check what the stop rule promises.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -88,7 +90,7 @@ impl FakeAgent {
 
     /// Waits until `run` has opened its event stream (and so got the view).
     async fn wait_watching(&self) {
-        wait_for("run to open the event stream", PROMPT, || {
+        common::wait_until("run to open the event stream", PROMPT, || {
             self.watches.load(Ordering::SeqCst) > 0
         })
         .await;
@@ -197,30 +199,13 @@ fn following() -> String {
 
 /// A fresh scratch directory.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "zen-lead-run-cmd-{name}-{}-{}",
-        std::process::id(),
-        clock::unix_ns()
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    common::scratch_dir(&format!("run-cmd-{name}"))
 }
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|t| t.lines().map(str::to_owned).collect())
         .unwrap_or_default()
-}
-
-async fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let until = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < until,
-            "timed out after {within:?} waiting for {what}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn exit_within(child: &mut Child, within: Duration) -> ExitStatus {
@@ -314,7 +299,7 @@ async fn cmd_starts_only_while_leading_with_the_term_in_its_env() {
     assert!(still_running(&mut run));
 
     agent.say(leading(5, Duration::from_secs(30), Duration::from_secs(1)));
-    wait_for("CMD to start", PROMPT, || {
+    common::wait_until("CMD to start", PROMPT, || {
         !lines(&dir.join("started")).is_empty()
     })
     .await;
@@ -335,12 +320,12 @@ async fn cmd_stops_when_the_deadline_passes_and_starts_again_in_the_next_term() 
     agent.wait_watching().await;
     let deadline = Instant::now() + lead_for;
     agent.say(leading(5, lead_for, Duration::from_secs(5)));
-    wait_for("CMD to start", PROMPT, || {
+    common::wait_until("CMD to start", PROMPT, || {
         !lines(&dir.join("started")).is_empty()
     })
     .await;
     // No renewal, no other event: only run's own timer can stop CMD.
-    wait_for(
+    common::wait_until(
         "CMD to get SIGTERM at the deadline",
         lead_for + PROMPT,
         || !lines(&dir.join("stopped")).is_empty(),
@@ -362,7 +347,7 @@ async fn cmd_stops_when_the_deadline_passes_and_starts_again_in_the_next_term() 
     assert!(still_running(&mut run), "run exited after CMD was stopped");
 
     agent.say(leading(6, Duration::from_secs(30), Duration::from_secs(1)));
-    wait_for("CMD to start again", PROMPT, || {
+    common::wait_until("CMD to start again", PROMPT, || {
         lines(&dir.join("started")).len() == 2
     })
     .await;
@@ -374,28 +359,28 @@ async fn cmd_stops_when_the_agent_says_not_leading_or_the_term_changes() {
     let dir = scratch("not-leading");
     let agent = FakeAgent::start(leading(5, Duration::from_secs(30), Duration::from_secs(5))).await;
     let mut run = spawn_run(&agent, &recording_cmd(&dir, 143));
-    wait_for("CMD to start", PROMPT, || {
+    common::wait_until("CMD to start", PROMPT, || {
         !lines(&dir.join("started")).is_empty()
     })
     .await;
     agent.say(following());
-    wait_for("CMD to stop", PROMPT, || {
+    common::wait_until("CMD to stop", PROMPT, || {
         lines(&dir.join("stopped")).len() == 1
     })
     .await;
 
     agent.say(leading(6, Duration::from_secs(30), Duration::from_secs(5)));
-    wait_for("CMD to start again", PROMPT, || {
+    common::wait_until("CMD to start again", PROMPT, || {
         lines(&dir.join("started")).len() == 2
     })
     .await;
     // A term CMD did not start in (we missed its beginning): stop, restart.
     agent.say(leading(8, Duration::from_secs(30), Duration::from_secs(5)));
-    wait_for("CMD to stop for the new term", PROMPT, || {
+    common::wait_until("CMD to stop for the new term", PROMPT, || {
         lines(&dir.join("stopped")).len() == 2
     })
     .await;
-    wait_for("CMD to start in the new term", PROMPT, || {
+    common::wait_until("CMD to start in the new term", PROMPT, || {
         lines(&dir.join("started")).len() == 3
     })
     .await;
@@ -408,13 +393,13 @@ async fn cmd_stops_at_once_when_the_stream_breaks() {
     let dir = scratch("broken");
     let agent = FakeAgent::start(leading(5, Duration::from_secs(60), Duration::from_secs(5))).await;
     let mut run = spawn_run(&agent, &recording_cmd(&dir, 143));
-    wait_for("CMD to start", PROMPT, || {
+    common::wait_until("CMD to start", PROMPT, || {
         !lines(&dir.join("started")).is_empty()
     })
     .await;
     agent.break_streams(true);
     // Long before the 60 s deadline.
-    wait_for("CMD to stop after the stream broke", PROMPT, || {
+    common::wait_until("CMD to stop after the stream broke", PROMPT, || {
         !lines(&dir.join("stopped")).is_empty()
     })
     .await;
@@ -428,7 +413,7 @@ async fn cmd_stops_at_once_when_the_stream_breaks() {
 
     // The agent is back and the pod still leads: CMD runs again.
     agent.state.send_modify(|s| s.down = false);
-    wait_for("CMD to start after the agent is back", PROMPT, || {
+    common::wait_until("CMD to start after the agent is back", PROMPT, || {
         lines(&dir.join("started")).len() == 2
     })
     .await;
@@ -469,7 +454,7 @@ async fn sigterm_to_run_reaches_cmd_then_run_hands_over_and_exits_with_its_statu
     let dir = scratch("sigterm");
     let agent = FakeAgent::start(leading(5, Duration::from_secs(30), Duration::from_secs(5))).await;
     let mut run = spawn_run(&agent, &recording_cmd(&dir, 42));
-    wait_for("CMD to start", PROMPT, || {
+    common::wait_until("CMD to start", PROMPT, || {
         !lines(&dir.join("started")).is_empty()
     })
     .await;
@@ -525,14 +510,14 @@ async fn cmd_ignoring_sigterm_is_killed_after_the_grace() {
     agent.wait_watching().await;
     let deadline = Instant::now() + lead_for;
     agent.say(leading(5, lead_for, grace));
-    wait_for("CMD to start", PROMPT, || {
+    common::wait_until("CMD to start", PROMPT, || {
         !lines(&dir.join("pid")).is_empty()
     })
     .await;
     let pid: i32 = lines(&dir.join("pid"))[0].parse().expect("pid");
     let pid = rustix::process::Pid::from_raw(pid).expect("pid");
     // run reaps CMD as soon as it dies, so "no such process" means gone.
-    wait_for("CMD to be killed", lead_for + grace + PROMPT, || {
+    common::wait_until("CMD to be killed", lead_for + grace + PROMPT, || {
         rustix::process::test_kill_process(pid).is_err()
     })
     .await;
@@ -555,7 +540,7 @@ async fn orphans_of_cmd_are_reaped() {
         d = dir.display()
     );
     let mut run = spawn_run(&agent, &script);
-    wait_for("the orphan's pid", PROMPT, || {
+    common::wait_until("the orphan's pid", PROMPT, || {
         !lines(&dir.join("orphan")).is_empty()
     })
     .await;
@@ -567,13 +552,13 @@ async fn orphans_of_cmd_are_reaped() {
         let after_name = stat.rsplit_once(')').map(|(_, rest)| rest.to_owned());
         after_name.and_then(|rest| rest.split_whitespace().nth(1).map(str::to_owned))
     };
-    wait_for("the orphan to be adopted by run", PROMPT, || {
+    common::wait_until("the orphan to be adopted by run", PROMPT, || {
         parent().as_deref() == Some(run_pid.as_str())
     })
     .await;
     let pid = rustix::process::Pid::from_raw(pid).expect("pid");
     // An unreaped orphan would stay a zombie, which still "exists".
-    wait_for("the orphan to be reaped", PROMPT, || {
+    common::wait_until("the orphan to be reaped", PROMPT, || {
         rustix::process::test_kill_process(pid).is_err()
     })
     .await;

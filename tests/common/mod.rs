@@ -211,6 +211,19 @@ pub async fn wait_for<T>(what: &str, limit: Duration, fut: impl Future<Output = 
         .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
 }
 
+/// Polls a synchronous condition (a file written, a process gone) every
+/// 20 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `probe` until it returns `Some`, at most until `limit`: for checks
 /// that have no watch to wait on (e.g. output of a CLI).
 pub async fn eventually<T, Fut>(what: &str, limit: Duration, mut probe: impl FnMut() -> Fut) -> T

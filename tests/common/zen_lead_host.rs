@@ -18,12 +18,7 @@ use kube::{Api, Client};
 /// The agent image the controller injects (built by tests/cluster/images.sh).
 pub const AGENT_IMAGE: &str = "localhost/zen-lead:dev";
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+pub use super::net::free_port;
 
 /// `zen-lead controller` on the host, serving the webhook on loopback and
 /// managing only the test's namespace; killed when dropped.
