@@ -121,6 +121,17 @@ pub const RESTORE_FINALIZER: &str = "zen-lead.io/restore-replicas";
 /// Default name of the controller's own Lease (in its `--namespace`).
 pub const CONTROLLER_LEASE_NAME: &str = "zen-lead-controller";
 
+/// The controller Lease's default name for a scope: [`CONTROLLER_LEASE_NAME`]
+/// cluster-wide, suffixed with the namespace when the controller watches
+/// one namespace only, so controllers of different scopes never wait for
+/// each other.
+pub fn controller_lease_name(watch_namespace: Option<&str>) -> String {
+    match watch_namespace.map(str::trim).filter(|ns| !ns.is_empty()) {
+        None => CONTROLLER_LEASE_NAME.to_owned(),
+        Some(ns) => format!("{CONTROLLER_LEASE_NAME}-{ns}"),
+    }
+}
+
 /// Characters of the pod UID in a `pod`-strategy identity.
 pub const POD_IDENTITY_UID_CHARS: usize = 8;
 

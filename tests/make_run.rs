@@ -4,6 +4,9 @@
 //! then injects an annotated pod through it, and stopping the script removes
 //! the registration. Scoped with ZEN_LEAD_WATCH_NAMESPACE (and a unique
 //! configuration name) so tests running beside it are not intercepted.
+//! Also: started several times in a row, into a controller namespace that
+//! does not exist yet, and beside a controller of another scope (as `make
+//! demo` leaves one running), a new policy gets its Lease every time.
 
 mod common;
 
@@ -13,10 +16,12 @@ use std::time::Duration;
 use common::zen_lead_host::free_port;
 use common::{client, eventually, kubeconfig_path, kubectl_path, repo_root, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::PostParams;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
 use serde_json::json;
+use zen_lead::api::{LeaderPolicy, LeaderPolicySpec};
 use zen_lead::webhook::inject::AGENT_CONTAINER;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -115,6 +120,120 @@ async fn make_run_registers_the_webhook_and_injects_then_cleans_up() {
                 Ok(Some(_)) => Err("still registered".to_owned()),
                 Err(e) => Err(e.to_string()),
             }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// `make run` scoped to `watch` (its webhook too), keeping its own Lease in
+/// `home`, registered as `config`.
+fn start_scoped(watch: &str, home: &str, config: &str) -> RunLocal {
+    let log = std::fs::File::create(repo_root().join(format!("target/{config}-run-local.log")))
+        .unwrap_or_else(|e| panic!("log file: {e}"));
+    let mut cmd = Command::new("setsid");
+    cmd.arg("bash")
+        .arg("webhook-config/run-local.sh")
+        .current_dir(repo_root())
+        .env("BIN", env!("CARGO_BIN_EXE_zen-lead"))
+        .env("KUBECTL", kubectl_path())
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("WEBHOOK_PORT", free_port().to_string())
+        .env("ADMIN_PORT", free_port().to_string())
+        .env("WEBHOOK_CONFIG_NAME", config)
+        .env("ZEN_LEAD_WATCH_NAMESPACE", watch)
+        .env("ZEN_LEAD_NAMESPACE", home)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap_or_else(|e| panic!("log: {e}")))
+        .stderr(log);
+    RunLocal(cmd.spawn().unwrap_or_else(|e| panic!("run-local.sh: {e}")))
+}
+
+/// A new pool's Lease waits for the controller to lead: up to one
+/// controller lease duration (15 s) when its own Lease is new, plus a pass.
+const LEASE_LIMIT: Duration = Duration::from_secs(90);
+
+/// Registered, then a new policy `name` in `ns` gets its Lease (written only
+/// by the controller that leads the scope), with the script still running
+/// (it exited with `Error 22` in 5 of 7 starts when it re-checked /readyz).
+async fn policy_gets_its_lease(
+    client: &Client,
+    run: &mut RunLocal,
+    config: &str,
+    ns: &str,
+    name: &str,
+) {
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    eventually(
+        &format!("webhook configuration {config}"),
+        LEASE_LIMIT,
+        || async {
+            configs
+                .get_opt(config)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .ok_or_else(|| "not registered yet".to_owned())
+        },
+    )
+    .await;
+    let mut policy = LeaderPolicy::new(name, LeaderPolicySpec::default());
+    policy.metadata.namespace = Some(ns.to_owned());
+    Api::<LeaderPolicy>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap_or_else(|e| panic!("create LeaderPolicy {ns}/{name}: {e}"));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    eventually(
+        &format!("the Lease of policy {ns}/{name}"),
+        LEASE_LIMIT,
+        || async {
+            leases
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .ok_or_else(|| "no Lease yet".to_owned())
+        },
+    )
+    .await;
+    if let Ok(Some(status)) = run.0.try_wait() {
+        panic!("make run ({config}) exited: {status}");
+    }
+}
+
+#[tokio::test]
+async fn make_run_starts_every_time_and_leads_its_own_scope() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "make-run-again", |client, ns| async move {
+        with_namespace(&client, "make-run-demo", |client, demo| async move {
+            // The controller's namespace does not exist yet: created.
+            let home = format!("{ns}-home");
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            let config = format!("{ns}-make-run");
+            for round in 0..3 {
+                let mut run = start_scoped(&ns, &home, &config);
+                policy_gets_its_lease(&client, &mut run, &config, &ns, &format!("round-{round}"))
+                    .await;
+                assert!(
+                    namespaces.get_opt(&home).await.ok().flatten().is_some(),
+                    "the controller's namespace {home} exists"
+                );
+                drop(run);
+            }
+            // Beside a controller of another scope (a demo): both lead.
+            let demo_config = format!("{demo}-make-run");
+            let mut demo_run = start_scoped(&demo, &home, &demo_config);
+            policy_gets_its_lease(&client, &mut demo_run, &demo_config, &demo, "demo").await;
+            let mut run = start_scoped(&ns, &home, &config);
+            policy_gets_its_lease(&client, &mut run, &config, &ns, "beside-demo").await;
+            if let Ok(Some(status)) = demo_run.0.try_wait() {
+                panic!("the demo's make run exited: {status}");
+            }
+            drop(run);
+            drop(demo_run);
+            let _ = namespaces.delete(&home, &DeleteParams::background()).await;
         })
         .await;
     })

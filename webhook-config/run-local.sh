@@ -33,14 +33,25 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Register only once the webhook answers, so the Fail entry never points at
-# a server that is not there yet.
+# Register only once the webhook itself answers over TLS with the CA we are
+# about to register, so the Fail entry never points at a server that is not
+# there. Not /readyz: that also waits for the controller's caches, and it
+# turns 503 again for a moment when this controller takes its Lease and lists.
+webhook_answers() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --cacert certs/ca.crt \
+    "https://127.0.0.1:${WEBHOOK_PORT}/mutate" 2>/dev/null) || true
+  [ -n "$code" ] && [ "$code" != "000" ]
+}
 for _ in $(seq 1 300); do
-  if curl -fsS "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null 2>&1; then break; fi
+  if webhook_answers; then break; fi
   if ! kill -0 "$pid" 2>/dev/null; then echo "zen-lead controller exited" >&2; exit 1; fi
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:${ADMIN_PORT}/readyz" >/dev/null
+if ! webhook_answers; then
+  echo "the zen-lead webhook did not answer on https://127.0.0.1:${WEBHOOK_PORT} within 30 s" >&2
+  exit 1
+fi
 
 ca=$(base64 -w0 certs/ca.crt)
 scope=(-e "s|^  name: zen-lead\$|  name: ${CONFIG_NAME}|")

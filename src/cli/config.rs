@@ -64,7 +64,11 @@ impl ControllerArgs {
                 reason,
             })?;
         }
-        validate_dns_subdomain(controller_lease_name).map_err(|reason| {
+        let lease_name = match controller_lease_name.trim() {
+            "" => crate::keys::controller_lease_name(Some(watch)),
+            given => given.to_owned(),
+        };
+        validate_dns_subdomain(&lease_name).map_err(|reason| {
             ControllerError::InvalidLeaseName {
                 value: controller_lease_name.clone(),
                 reason,
@@ -82,7 +86,7 @@ impl ControllerArgs {
         let controllers = runner::Settings {
             watch_namespace: (!watch.is_empty()).then(|| watch.to_owned()),
             namespace: namespace.clone(),
-            lease_name: controller_lease_name.clone(),
+            lease_name,
             lease_timings: crate::election::record::proportional(*controller_lease_duration),
             identity,
             workers: *workers,

@@ -426,11 +426,11 @@ pub struct ControllerArgs {
 
     /// Name of the controller's own Lease (in --namespace): the replica
     /// holding it runs the controllers; the others only serve the webhook.
-    #[arg(
-        long,
-        env = "ZEN_LEAD_CONTROLLER_LEASE_NAME",
-        default_value = "zen-lead-controller"
-    )]
+    /// Default: `zen-lead-controller`, or `zen-lead-controller-<namespace>`
+    /// with --watch-namespace, so controllers watching different scopes
+    /// (a demo in one namespace, a development controller in another) do
+    /// not wait for each other.
+    #[arg(long, env = "ZEN_LEAD_CONTROLLER_LEASE_NAME", default_value = "")]
     pub controller_lease_name: String,
 
     /// Lease duration of the controller's own Lease: how long a standby

@@ -89,6 +89,13 @@ pub enum ControllerError {
 
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+
+    #[error(
+        "namespace {namespace:?} (--namespace, ZEN_LEAD_NAMESPACE) holds the controller's Lease but \
+         does not exist, and creating it failed: {reason}; create it (kubectl create namespace \
+         {namespace}) or choose an existing one with --namespace"
+    )]
+    MissingNamespace { namespace: String, reason: String },
 }
 
 /// Runs `zen-lead controller` until SIGTERM or Ctrl-C: the webhook and admin
@@ -106,6 +113,7 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     let caches_ready = readiness.condition("controller caches");
     let admin = crate::admin::serve(config.admin_addr, registry, readiness).await?;
     let client = counting_client(metrics.api_requests.clone()).await?;
+    ensure_namespace(&client, &config.namespace).await?;
     let shutdown = shutdown_signal()?;
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -152,6 +160,51 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     elected?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The controller's own namespace holds its Lease (and, self-managed, its
+/// certificate Secret). A controller run from a workstation (`make run`)
+/// against a fresh cluster finds none: it is created, or the error says
+/// what to do. Inside a cluster the pod runs in it, and the chart grants no
+/// read of namespaces, so a 403 means there is nothing to check.
+pub async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), ControllerError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    match api.get_opt(name).await {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
+        Err(kube::Error::Api(e)) if e.code == 403 => return Ok(()),
+        Err(err) => {
+            // Transient (the API server is slow): the election retries and
+            // reports on its own.
+            tracing::warn!(namespace = name, error = %err, "could not check the controller's namespace");
+            return Ok(());
+        }
+    }
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                namespace = name,
+                "created the controller's namespace (--namespace)"
+            );
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(err) => Err(ControllerError::MissingNamespace {
+            namespace: name.to_owned(),
+            reason: err.to_string(),
+        }),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C, or as soon as the controllers' task
@@ -252,5 +305,74 @@ mod tests {
         let early = AtomicBool::new(false);
         stop_on(std::future::ready(()), ended_rx, &early).await;
         assert!(!early.load(Ordering::Relaxed));
+    }
+
+    /// A mock API server answering `script` in order; returns what it saw
+    /// as (method, path).
+    /// (method, path) of each request the mock saw.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+    fn mock(script: Vec<(u16, serde_json::Value)>) -> (kube::Client, Seen) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut script = script.into_iter();
+            while let Some((request, respond)) = handle.next_request().await {
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    request.method().to_string(),
+                    request.uri().path().to_owned(),
+                ));
+                let (status, body) = script.next().unwrap_or((500, serde_json::json!({})));
+                let mut response = Response::new(Body::from(body.to_string().into_bytes()));
+                *response.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                respond.send_response(response);
+            }
+        });
+        (kube::Client::new(service, "default"), seen)
+    }
+
+    fn status(code: u16) -> serde_json::Value {
+        let reason = if code == 404 { "NotFound" } else { "Forbidden" };
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "message": "m", "reason": reason, "code": code})
+    }
+
+    #[tokio::test]
+    async fn a_missing_namespace_is_created_or_named_in_the_error() {
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                                    "metadata": {"name": "zen-lead"}});
+        // Exists: one read.
+        let (client, seen) = mock(vec![(200, ns.clone())]);
+        ensure_namespace(&client, "zen-lead").await.expect("exists");
+        assert_eq!(seen.lock().map(|s| s.len()).unwrap_or(0), 1);
+        // Missing: created.
+        let (client, seen) = mock(vec![(404, status(404)), (201, ns)]);
+        ensure_namespace(&client, "zen-lead")
+            .await
+            .expect("created");
+        let calls = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(
+            calls[1],
+            ("POST".to_owned(), "/api/v1/namespaces".to_owned())
+        );
+        // In a cluster without the right to read namespaces: nothing to check.
+        let (client, _) = mock(vec![(403, status(403))]);
+        ensure_namespace(&client, "zen-lead")
+            .await
+            .expect("403 on read");
+        // Missing and not creatable: the error names the flag and the fix.
+        let (client, _) = mock(vec![(404, status(404)), (403, status(403))]);
+        let err = ensure_namespace(&client, "zen-lead")
+            .await
+            .expect_err("cannot create");
+        let text = err.to_string();
+        assert!(
+            text.contains("--namespace") && text.contains("kubectl create namespace zen-lead"),
+            "{text}"
+        );
     }
 }

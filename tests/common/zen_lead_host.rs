@@ -48,7 +48,7 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
         Api::namespaced(super::client().await, ns);
     let lease = k8s_openapi::api::coordination::v1::Lease {
         metadata: ObjectMeta {
-            name: Some(zen_lead::api::keys::CONTROLLER_LEASE_NAME.to_owned()),
+            name: Some(zen_lead::keys::controller_lease_name(Some(ns))),
             ..ObjectMeta::default()
         },
         ..Default::default()
