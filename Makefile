@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd manifests install run bench bench-webhook bench-election bench-controller bench-gate bench-takeover test chaos demo lint cluster-up cluster-down certs
+.PHONY: help build crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,8 +55,38 @@ bench-election: cluster-up ## Hand-off, takeover, idle requests and memory vs. c
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_AGENT_BIN=$(CURDIR)/target/$(MUSL_TARGET)/release/zen-lead-pod \
 	  $(CARGO) bench --locked --bench election
 
-bench-controller: cluster-up ## 1,000 policies x 3 pods: convergence time, memory, steady API requests
+# bench-controller reads ZL_BENCH_SIZES (pool counts, e.g. 300,1000,3000 for the
+# scale curve), ZL_BENCH_RUNS and ZL_BENCH_BASELINE_BIN (a zen-lead binary to
+# measure alternately with this build) from the environment.
+bench-controller: cluster-up ## Pools x 3 pods (ZL_BENCH_SIZES, default 1000): convergence time, requests per pool, memory, steady API requests
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench controller_scale
+
+# The revision bench-controller-baseline compares with; empty: the parent of
+# the first commit of the controller redesign (observe -> plan -> apply).
+BASELINE_REV ?=
+BASELINE_REDESIGN := ^controller: one pool.s pass as observe
+bench-controller-baseline: cluster-up ## bench-controller alternating with BASELINE_REV's build (default: the commit before the controller redesign)
+	rev='$(BASELINE_REV)'; \
+	if [ -z "$$rev" ]; then \
+	  first=$$(git log --format=%H --grep='$(BASELINE_REDESIGN)' | tail -n 1); \
+	  if [ -z "$$first" ]; then echo "no commit matches '$(BASELINE_REDESIGN)': set BASELINE_REV" >&2; exit 1; fi; \
+	  rev="$$first^"; \
+	fi; \
+	rev=$$(git rev-parse --verify "$$rev^{commit}"); \
+	mkdir -p target/baseline; \
+	if [ -x target/baseline/zen-lead ] && [ "$$(cat target/baseline/zen-lead.rev 2>/dev/null)" = "$$rev" ]; then \
+	  echo "baseline $$rev: target/baseline/zen-lead already built"; \
+	else \
+	  wt=$$(mktemp -d /tmp/zen-lead-baseline.XXXXXX); \
+	  trap 'git worktree remove --force "$$wt"' EXIT; \
+	  git worktree add --detach "$$wt" "$$rev"; \
+	  (cd "$$wt" && CARGO_TARGET_DIR=$(CURDIR)/target/baseline-build $(CARGO) build --release --locked --bin zen-lead); \
+	  git worktree remove --force "$$wt"; trap - EXIT; \
+	  cp target/baseline-build/release/zen-lead target/baseline/zen-lead; \
+	  echo "$$rev" > target/baseline/zen-lead.rev; \
+	fi; \
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZL_BENCH_BASELINE_BIN=$(CURDIR)/target/baseline/zen-lead \
+	  $(CARGO) bench --locked --bench controller_scale
 
 bench-gate: cluster-up ## API gate vs direct to the API server: GET/PATCH p50/p99, watch events/s
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) bench --locked --bench gate
