@@ -251,6 +251,17 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
 /// without their role are listed through a label selector (the API server
 /// encodes only those); only when none is left are the policies listed,
 /// and once they are right, one full list of the pods checks every pod.
+/// Every condition a converged status carries (by type, not by count: a
+/// count went stale once when IdentityConflict was added).
+const EXPECTED_CONDITIONS: [&str; 6] = [
+    zen_lead::keys::conditions::POLICY_READY,
+    zen_lead::keys::conditions::LEADER_ELECTED,
+    zen_lead::keys::conditions::CANDIDATES_AVAILABLE,
+    zen_lead::keys::conditions::SCALED_DOWN,
+    zen_lead::keys::conditions::AGENT_MISSING,
+    zen_lead::keys::conditions::IDENTITY_CONFLICT,
+];
+
 async fn convergence(client: &Client, ns: &str) -> (usize, usize) {
     let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -276,7 +287,9 @@ async fn convergence(client: &Client, ns: &str) -> (usize, usize) {
             !(s.candidates == Some(PODS_PER_POLICY as i32)
                 && s.observed_generation == p.metadata.generation
                 && s.phase == Some(zen_lead::api::Phase::Electing)
-                && s.conditions.len() == 5)
+                && EXPECTED_CONDITIONS
+                    .iter()
+                    .all(|t| s.conditions.iter().any(|c| c.type_ == *t)))
         })
         .count();
     if bad_policies > 0 {
