@@ -1455,9 +1455,13 @@ async fn standby_controller_takes_over() {
                 .ok_or("none".to_owned())
         })
         .await;
-        let ctl_lease = lease(&client, &ns, "zen-lead-controller")
-            .await
-            .expect("controller Lease");
+        let ctl_lease = lease(
+            &client,
+            &ns,
+            &zen_lead::keys::controller_lease_name(Some(&ns)),
+        )
+        .await
+        .expect("controller Lease");
         assert_eq!(lease_holder(&ctl_lease).as_deref(), Some("ctl-b"));
     })
     .await;
