@@ -16,9 +16,9 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::Signals;
 use super::{EXIT_INTERNAL, EXIT_LOST, LockError, exit_code};
 use crate::cli::LockGuardArgs;
 use crate::election::clock;
@@ -41,7 +41,7 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
     let group = child
         .id()
         .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?));
-    let signals = GuardSignals::install()?;
+    let signals = Signals::new()?;
     supervise(child, lines, deadline, group, signals, args.grace_period).await
 }
 
@@ -100,30 +100,6 @@ fn signal_group(group: Option<Pid>, sig: Signal) {
     }
 }
 
-/// The signals the guard passes on to CMD.
-struct GuardSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl GuardSignals {
-    /// Installs the handlers (SIGTERM, SIGINT, SIGHUP, in that order).
-    fn install() -> Result<Self, LockError> {
-        let install = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| LockError::Signal {
-                signal: name,
-                source,
-            })
-        };
-        Ok(Self {
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-            hup: install(SignalKind::hangup(), "SIGHUP")?,
-        })
-    }
-}
-
 /// Runs CMD until it exits, stopping it (SIGTERM, SIGKILL after `grace`)
 /// once the lock may no longer be held; exits with its status.
 async fn supervise(
@@ -131,7 +107,7 @@ async fn supervise(
     mut lines: Lines,
     mut deadline: Instant,
     group: Option<Pid>,
-    mut signals: GuardSignals,
+    mut signals: Signals,
     grace: Duration,
 ) -> ! {
     let mut kill_at: Option<Instant> = None;

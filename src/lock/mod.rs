@@ -268,7 +268,8 @@ pub async fn run(request: Request) -> Result<(), LockError> {
     session.exit(code).await
 }
 
-/// The three signals `lock` passes on to CMD.
+/// The three signals `lock` and its guard pass on to CMD (installed in
+/// the order SIGTERM, SIGINT, SIGHUP).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
