@@ -64,21 +64,8 @@ impl ControllerArgs {
                 reason,
             })?;
         }
-        let lease_name = match controller_lease_name.trim() {
-            "" => crate::keys::controller_lease_name(Some(watch)),
-            given => given.to_owned(),
-        };
-        validate_dns_subdomain(&lease_name).map_err(|reason| {
-            ControllerError::InvalidLeaseName {
-                value: controller_lease_name.clone(),
-                reason,
-            }
-        })?;
-        if *controller_lease_duration < Duration::from_secs(2) {
-            return Err(ControllerError::LeaseTooShort {
-                value: *controller_lease_duration,
-            });
-        }
+        let lease_name =
+            controller_lease(controller_lease_name, watch, *controller_lease_duration)?;
         let identity = match controller_identity.trim() {
             "" => controller::default_identity(),
             given => given.to_owned(),
@@ -272,6 +259,28 @@ impl AgentArgs {
             process,
         })
     }
+}
+
+/// The controller's own Lease name: `given`, or by default one scoped to the
+/// watched namespace, so controllers of different scopes do not wait for
+/// each other. Its duration must leave room for a renewal.
+fn controller_lease(
+    given: &str,
+    watch: &str,
+    duration: Duration,
+) -> Result<String, ControllerError> {
+    let name = match given.trim() {
+        "" => crate::keys::controller_lease_name(Some(watch)),
+        given => given.to_owned(),
+    };
+    validate_dns_subdomain(&name).map_err(|reason| ControllerError::InvalidLeaseName {
+        value: given.to_owned(),
+        reason,
+    })?;
+    if duration < Duration::from_secs(2) {
+        return Err(ControllerError::LeaseTooShort { value: duration });
+    }
+    Ok(name)
 }
 
 /// The pod the agent runs in, from the downward API.

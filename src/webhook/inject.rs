@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, MoveOperation, PatchOperation, ReplaceOperation};
+use json_patch::{MoveOperation, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
@@ -19,6 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
+pub use super::denial::{Denial, PoolOrigin};
+use super::patch::{add, pointer, replace};
 use super::process;
 use crate::api::keys::{
     ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, INJECTED_ANNOTATION,
@@ -27,8 +28,7 @@ use crate::api::keys::{
 use crate::api::validate_pool_name;
 use crate::api::{Activation, IdentityStrategy};
 use crate::contract::{
-    APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
-    JOB_NAME_ENV, SCHEDULED_TIME_ENV,
+    APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, JOB_NAME_ENV, SCHEDULED_TIME_ENV,
 };
 
 pub use crate::contract::{AGENT_COMMAND, AGENT_CONTAINER, AGENT_PORT};
@@ -213,22 +213,6 @@ pub fn controller_of(owners: Option<&Vec<OwnerReference>>) -> Option<&OwnerRefer
     owners?.iter().find(|o| o.controller == Some(true))
 }
 
-/// Where a pod's pool annotation was found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PoolOrigin {
-    Pod,
-    Owner { kind: String, name: String },
-}
-
-impl std::fmt::Display for PoolOrigin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Pod => f.write_str("pod"),
-            Self::Owner { kind, name } => write!(f, "{kind}/{name}"),
-        }
-    }
-}
-
 /// Whether a pod is in a pool, after looking at it and its owners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -255,72 +239,6 @@ pub enum Triage {
     Decided(Membership),
     /// No pool annotation on the pod: ask this controller owner.
     AskOwner(OwnerReference),
-}
-
-/// Why a pod is refused. Only for annotations that are present but wrong: a
-/// pod that asked for a pool must not start without its election.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denial {
-    #[error("{POOL_ANNOTATION} {value:?} (on {origin}) cannot name a LeaderPolicy: {reason}")]
-    InvalidPool {
-        value: String,
-        origin: PoolOrigin,
-        reason: String,
-    },
-
-    #[error("{JOIN_ANNOTATION} {value:?} (on {origin}) must be \"true\" or \"false\"")]
-    InvalidJoin { value: String, origin: PoolOrigin },
-
-    #[error(
-        "LeaderPolicy {pool:?} has identityStrategy: custom, so every pod of the pool needs its \
-         own {IDENTITY_ANNOTATION} annotation, and this pod has none; set a unique \
-         {IDENTITY_ANNOTATION} on the pod, or use identityStrategy: pod"
-    )]
-    MissingCustomIdentity { pool: String },
-
-    #[error(
-        "LeaderPolicy {pool:?} has identityStrategy: custom, but this pod's {IDENTITY_ANNOTATION} \
-         {identity:?} comes from the pod template of {owner}, which gives every pod it creates \
-         the same identity (a rollout runs old and new pods together); use identityStrategy: pod \
-         for a {owner_kind}, or run it as a single-replica StatefulSet or a bare pod"
-    )]
-    SharedCustomIdentity {
-        pool: String,
-        identity: String,
-        owner: String,
-        owner_kind: String,
-    },
-
-    #[error(
-        "LeaderPolicy {pool:?} uses activation: process, which runs each app container's program \
-         under `zen-lead run`, but container {container:?} has no `command` (it relies on the \
-         image's ENTRYPOINT, which admission cannot see); set `command` to the image's \
-         entrypoint (`args` stay as they are), or name the container in \
-         {EXCLUDE_CONTAINERS_ANNOTATION} to run it in every replica"
-    )]
-    NoCommand { pool: String, container: String },
-
-    #[error(
-        "{EXCLUDE_CONTAINERS_ANNOTATION} names {names:?}, but the pod has no such container (its \
-         containers: {containers:?}; pool {pool:?})"
-    )]
-    UnknownExcludedContainers {
-        pool: String,
-        names: Vec<String>,
-        containers: Vec<String>,
-    },
-
-    #[error(
-        "LeaderPolicy {pool:?} uses activation: process, so container {container:?}'s {kind} \
-         probe is answered through the agent, which needs its port as a number; port {port:?} \
-         is not a valid port or one of the container's named ports"
-    )]
-    ProbePort {
-        pool: String,
-        container: String,
-        kind: &'static str,
-        port: String,
-    },
 }
 
 /// What is known about the pool's LeaderPolicy.
@@ -742,13 +660,6 @@ impl TokenVolume {
     }
 }
 
-pub(super) fn replace<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
-    PatchOperation::Replace(ReplaceOperation {
-        path: pointer(path),
-        value,
-    })
-}
-
 /// Points every app container at the gate: `KUBERNETES_SERVICE_HOST/PORT`,
 /// the service-account directory the agent keeps instead of the real token
 /// mount, and host aliases for the API server's in-cluster names. Uses the
@@ -922,17 +833,6 @@ fn host_aliases(pod: &Pod, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
         .into_iter()
         .map(|n| add(&["spec", "hostAliases", &index, "hostnames", "-"], json!(n)))
         .collect()
-}
-
-fn pointer<S: AsRef<str>>(tokens: &[S]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().map(AsRef::as_ref))
-}
-
-pub(super) fn add<S: AsRef<str>>(path: &[S], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: pointer(path),
-        value,
-    })
 }
 
 /// The agent container for `pool`. It always mounts a real service-account

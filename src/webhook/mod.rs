@@ -10,8 +10,10 @@
 //! - [`server`]: HTTPS `/mutate` and the admin server.
 
 pub mod certs;
+pub mod denial;
 pub mod inject;
 pub mod lookup;
+mod patch;
 pub mod process;
 pub mod review;
 pub mod self_managed;

@@ -12,10 +12,11 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod, Probe, VolumeMou
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use super::inject::{AGENT_PORT, Denial, add, replace};
+use super::denial::Denial;
+use super::patch::{add, replace};
 use crate::contract::{
-    AppProbe, BIN_DIR, BIN_PATH, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION, ProbeAction, ProbeKind,
-    app_health_path, start_budget_seconds,
+    AGENT_PORT, AppProbe, BIN_DIR, BIN_PATH, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
+    ProbeAction, ProbeKind, app_health_path, start_budget_seconds,
 };
 
 /// What `process` activation adds besides the agent.
