@@ -72,6 +72,12 @@ pub const FENCING_TOKEN_ENV: &str = "ZEN_LEAD_FENCING_TOKEN";
 pub const POOL_ENV: &str = "ZEN_LEAD_POOL";
 pub const IDENTITY_ENV: &str = "ZEN_LEAD_IDENTITY";
 
+/// How the fencing ValidatingAdmissionPolicy's refusal message begins (the
+/// chart's `templates/fencing.yaml` writes it; the agent's gate looks for it
+/// to tell a refusal from the API server's cache lag, right after this pod
+/// began to lead, from any other 403).
+pub const FENCING_DENIAL_MARKER: &str = "zen-lead fencing:";
+
 /// `POST` on the agent (loopback only): release the Lease if this pod holds
 /// it and stand down for a while, so another replica takes over.
 pub const RELEASE_PATH: &str = "/v1/release";

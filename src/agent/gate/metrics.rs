@@ -54,6 +54,17 @@ impl HeldOutcome {
     }
 }
 
+/// What followed a server-side fencing refusal of a leader's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceOutcome {
+    /// Refused while this pod leads: sent again after a short wait.
+    Retried,
+    /// A retry was admitted.
+    Passed,
+    /// Given to the app: this pod no longer leads, or the retries ran out.
+    Returned,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HeldLabels {
     outcome: &'static str,
@@ -76,6 +87,11 @@ pub struct GateMetrics {
     pub connections: Counter,
     /// Connections opened to the API server (pooled and upgrades).
     pub upstream_connections: Counter,
+    /// Writes of this pod, while it led, that the server-side fencing policy
+    /// refused (the API server's cache still showed the previous holder),
+    /// by what the gate did: `retried` (sent again), `passed` (a retry was
+    /// admitted), `returned` (the refusal went to the app).
+    fence_refusals: Family<HeldLabels, Counter>,
 }
 
 impl GateMetrics {
@@ -104,6 +120,13 @@ impl GateMetrics {
             self.writes_waiting.clone(),
         );
         registry.register(
+            "gate_fence_refusals",
+            "Writes this pod sent while it led that the server-side fencing policy refused (the \
+             API server's cache still showed the previous holder), by what followed (retried: sent \
+             again; passed: a retry was admitted; returned: the refusal went to the app)",
+            self.fence_refusals.clone(),
+        );
+        registry.register(
             "gate_connections",
             "TLS connections the API gate accepted from the app",
             self.connections.clone(),
@@ -113,6 +136,19 @@ impl GateMetrics {
             "Connections the API gate opened to the API server",
             self.upstream_connections.clone(),
         );
+    }
+
+    /// Counts one server-side fencing refusal of a leader's write (or a
+    /// retry that then passed): see [`FenceOutcome`].
+    pub fn fence(&self, outcome: FenceOutcome) {
+        let outcome = match outcome {
+            FenceOutcome::Retried => "retried",
+            FenceOutcome::Passed => "passed",
+            FenceOutcome::Returned => "returned",
+        };
+        self.fence_refusals
+            .get_or_create(&HeldLabels { outcome })
+            .inc();
     }
 
     pub fn held(&self, outcome: HeldOutcome) {

@@ -14,6 +14,7 @@
 
 pub mod certs;
 pub mod classify;
+pub mod fence_retry;
 pub mod metrics;
 pub mod proxy;
 pub mod sa_dir;

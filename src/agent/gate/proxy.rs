@@ -17,12 +17,12 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use super::ExemptSet;
 use super::classify::{Verdict, classify, is_watch};
+use super::fence_retry;
 use super::metrics::{GateMetrics, HeldOutcome, Outcome, RequestClass};
 use super::upstream::{Connector, Pooled, Target};
 use crate::election::LeaderStatus;
 
-/// Responses: the API server's streamed body, or one the gate wrote.
-pub type GateBody = Either<Incoming, Full<Bytes>>;
+pub use super::upstream::GateBody;
 
 /// What every request needs.
 pub struct Shared {
@@ -190,10 +190,62 @@ pub async fn handle(
     // HTTP/1.1 connections, where a short request costs less.
     let h2 = req.version() == Version::HTTP_2
         || is_watch(req.method(), req.uri().path(), req.uri().query());
-    let request = forwarded.map(|()| req.into_body());
-    Ok(forward(shared, request, h2, term, class)
+    let sent = match term {
+        None => {
+            let request = forwarded.map(|()| Either::Left(req.into_body()));
+            let client = shared.clients.pick(h2).clone();
+            return Ok(forward(
+                &shared,
+                async move { Ok(client.request(request).await?.map(Either::Left)) },
+                None,
+                class,
+            )
+            .instrument(span)
+            .await);
+        }
+        Some(term) => (term, forwarded, req.into_body()),
+    };
+    Ok(forward_write(&shared, sent, h2, class)
         .instrument(span)
         .await)
+}
+
+/// A gated write: read whole first, so a refusal by the server-side fencing
+/// policy while this pod leads can be sent again (`fence_retry`).
+async fn forward_write(
+    shared: &Shared,
+    (term, head, body): (Term, Request<()>, Incoming),
+    h2: bool,
+    class: RequestClass,
+) -> Response<GateBody> {
+    let body = match fence_retry::read_body(body).await {
+        Ok(body) => body,
+        Err(err) => {
+            shared.metrics.count(class, Outcome::Invalid);
+            return status_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!("zen-lead gate: {err}"),
+                None,
+            );
+        }
+    };
+    // The body may have taken a while: the write leaves only in a term.
+    let now = shared.status.borrow().clone();
+    if !now.leading_at(Instant::now()) {
+        shared.metrics.count(class, Outcome::Refused);
+        shared.metrics.refused_writes.inc();
+        return refuse_standby(shared, &now);
+    }
+    let head = fence_retry::Head::new(head);
+    let sent = fence_retry::send(
+        shared.clients.pick(h2),
+        &head,
+        body,
+        &shared.status,
+        &shared.metrics,
+    );
+    forward(shared, sent, Some(term), class).await
 }
 
 /// Answers a request whose path cannot be classified (400), counted by
@@ -258,19 +310,14 @@ async fn gate_write(
 }
 
 async fn forward(
-    shared: Arc<Shared>,
-    request: Request<Incoming>,
-    h2: bool,
+    shared: &Shared,
+    sent: impl std::future::Future<
+        Output = Result<Response<GateBody>, hyper_util::client::legacy::Error>,
+    >,
     term: Option<Term>,
     class: RequestClass,
 ) -> Response<GateBody> {
     let start = Instant::now();
-    let client = if h2 {
-        &shared.clients.h2
-    } else {
-        &shared.clients.h1
-    };
-    let sent = client.request(request);
     let result = match term {
         None => sent.await,
         Some(term) => {
@@ -303,7 +350,7 @@ async fn forward(
             );
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
-            Response::from_parts(parts, Either::Left(body))
+            Response::from_parts(parts, body)
         }
         Err(err) => {
             shared.metrics.count(class, Outcome::UpstreamError);

@@ -386,8 +386,22 @@ impl tower::Service<Uri> for Connector {
 /// one upstream connection per concurrent request (its watches are not
 /// funnelled through one connection and one writer on either side).
 pub struct Pooled {
-    pub h2: Client<Connector, Incoming>,
-    pub h1: Client<Connector, Incoming>,
+    pub h2: Client<Connector, UpBody>,
+    pub h1: Client<Connector, UpBody>,
+}
+
+/// Responses: the API server's streamed body, or one the gate wrote.
+pub type GateBody = http_body_util::Either<Incoming, http_body_util::Full<hyper::body::Bytes>>;
+
+/// What goes upstream: the app's streamed body, or a gated write's body
+/// read whole (so it can be sent again, see `fence_retry`).
+pub type UpBody = http_body_util::Either<Incoming, http_body_util::Full<hyper::body::Bytes>>;
+
+impl Pooled {
+    /// The client for a request: HTTP/2 (`h2`) or HTTP/1.1.
+    pub fn pick(&self, h2: bool) -> &Client<Connector, UpBody> {
+        if h2 { &self.h2 } else { &self.h1 }
+    }
 }
 
 /// hyper's default per-stream receive window.
