@@ -148,6 +148,17 @@ pub fn pod_identity(pod_name: &str, pod_uid: &str) -> String {
     format!("{pod_name}_{uid}")
 }
 
+/// Label on a pool's Lease (written by the controller): `"true"` while the
+/// pool is fenced on the server, which makes the Lease a parameter of the
+/// fencing ValidatingAdmissionPolicy (its binding selects on this label).
+pub const FENCED_LABEL: &str = "zen-lead.io/fenced";
+
+/// Annotation on a fenced pool's Lease (written by the controller): the UIDs
+/// of the pool's `api` and `process` pods, comma separated and sorted. The
+/// fencing policy refuses a write made with the token of a pod listed here
+/// unless the Lease names that pod as its holder.
+pub const FENCED_PODS_ANNOTATION: &str = "zen-lead.io/fenced-pods";
+
 /// Field manager zen-lead uses for server-side apply.
 pub const FIELD_MANAGER: &str = "zen-lead";
 
@@ -165,6 +176,8 @@ pub mod conditions {
     pub const AGENT_MISSING: &str = "AgentMissing";
     /// Two live pool pods use the same candidate identity (custom strategy).
     pub const IDENTITY_CONFLICT: &str = "IdentityConflict";
+    /// The API server refuses writes of the pool's pods that do not lead.
+    pub const SERVER_SIDE_FENCING: &str = "ServerSideFencing";
 
     /// The reasons each condition gives, by condition.
     pub mod reasons {
@@ -193,6 +206,11 @@ pub mod conditions {
         // IdentityConflict
         pub const IDENTITIES_UNIQUE: &str = "IdentitiesUnique";
         pub const DUPLICATE_IDENTITY: &str = "DuplicateIdentity";
+        // ServerSideFencing
+        pub const FENCED: &str = "Fenced";
+        pub const FENCING_DISABLED: &str = "Disabled";
+        pub const FENCING_NOT_INSTALLED: &str = "PolicyNotInstalled";
+        pub const START_ACTIVATION: &str = "StartActivation";
     }
 }
 

@@ -139,6 +139,16 @@ pub struct LeaderPolicySpec {
     /// it duplicated. Jobs without a scheduled time always run.
     #[serde(default)]
     pub scheduled_runs: ScheduledRuns,
+
+    /// Whether the API server itself refuses a write made with the token of
+    /// one of this pool's `api` or `process` pods unless that pod holds the
+    /// pool's Lease (a ValidatingAdmissionPolicy; Kubernetes 1.30+). It
+    /// covers what the agent's gate cannot: an app that bypasses the gate, a
+    /// leader paused past its lease. Unset: the cluster's default (the
+    /// chart's fencing.serverSide). The ServerSideFencing condition says
+    /// whether the pool is fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_fencing: Option<bool>,
 }
 
 /// Whether a scheduled time runs once per pool.
@@ -166,6 +176,7 @@ impl Default for LeaderPolicySpec {
             follower_mode: FollowerMode::default(),
             activation: Activation::default(),
             scheduled_runs: ScheduledRuns::default(),
+            server_side_fencing: None,
         }
     }
 }

@@ -34,6 +34,8 @@ impl ControllerArgs {
             controller_identity,
             workers,
             detect_uninjected,
+            server_side_fencing,
+            fencing_policy_name,
             agent_image_pull_policy: _,
             agent_cpu_request: _,
             agent_memory_request: _,
@@ -81,6 +83,10 @@ impl ControllerArgs {
             create_missing_policies: *create_missing_policies,
             detect_uninjected: *detect_uninjected,
             resync: Duration::from_secs(300),
+            fencing: controller::FencingSettings {
+                default_on: *server_side_fencing,
+                policy_name: fencing_policy_name.trim().to_owned(),
+            },
         };
         Ok(controller::Config {
             webhook,

@@ -458,6 +458,24 @@ pub struct ControllerArgs {
           action = clap::ArgAction::Set)]
     pub detect_uninjected: bool,
 
+    /// Server-side fencing for every `api` and `process` pool whose
+    /// LeaderPolicy leaves spec.serverSideFencing unset: the controller lists
+    /// the pool's pods on its Lease, and the fencing ValidatingAdmissionPolicy
+    /// (installed by the chart) refuses their writes unless they lead. A pool
+    /// is fenced only while that policy and its binding exist.
+    #[arg(long, env = "ZEN_LEAD_SERVER_SIDE_FENCING", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub server_side_fencing: bool,
+
+    /// Name of the fencing ValidatingAdmissionPolicy and of its binding (the
+    /// chart's `<release>-fencing`), checked before a pool is called fenced.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_FENCING_POLICY_NAME",
+        default_value = "zen-lead-fencing"
+    )]
+    pub fencing_policy_name: String,
+
     /// imagePullPolicy of the injected agent container. Empty: the
     /// cluster's default for the image's tag.
     #[arg(long, env = "ZEN_LEAD_AGENT_IMAGE_PULL_POLICY", default_value = "",

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 pub use super::api_error::{ReconcileError, api_err, is_status};
 use super::decide::ScaleOutcome;
+use super::fencing::Fencing;
 use super::metrics::Metrics;
 use super::queue::PoolKey;
 use super::rbac;
@@ -91,6 +92,9 @@ pub struct Context {
     /// Create a LeaderPolicy with the defaults for a pool whose pods name
     /// one that does not exist (`--create-missing-policies`).
     pub create_missing_policies: bool,
+    /// Server-side fencing: the settings and whether the cluster has the
+    /// policy.
+    pub fencing: Fencing,
     memory: Mutex<HashMap<PoolKey, PoolMemory>>,
     /// (pool, workload) pairs already told that the pool's policy is missing:
     /// once per controller term, not on every pod change.
@@ -110,6 +114,7 @@ impl Context {
         metrics: Metrics,
         evict_uninjected: bool,
         create_missing_policies: bool,
+        fencing: Fencing,
     ) -> Self {
         Self {
             client,
@@ -118,6 +123,7 @@ impl Context {
             metrics,
             evict_uninjected,
             create_missing_policies,
+            fencing,
             memory: Mutex::new(HashMap::new()),
             missing_reported: Mutex::new(BTreeSet::new()),
             rbac: rbac::Writer::default(),

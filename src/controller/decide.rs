@@ -15,11 +15,12 @@ use crate::api::keys::{
 };
 use crate::contract::{AGENT_CONTAINER, agent_env};
 
+pub mod fencing;
 mod status;
 pub use status::{PolicyProblem, StatusInput, status};
 
 /// What the controller needs to know about one pool pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodView {
     pub name: String,
     pub uid: String,

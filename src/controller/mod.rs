@@ -15,6 +15,7 @@
 pub mod api_error;
 pub mod context;
 pub mod decide;
+pub mod fencing;
 pub mod metrics;
 pub mod pool;
 pub mod queue;
@@ -25,6 +26,8 @@ pub mod watch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+pub use fencing::FencingSettings;
 
 use crate::admin::Readiness;
 

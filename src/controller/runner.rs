@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::context::{Context, ERROR_BACKOFF};
+use super::fencing::{Fencing, FencingSettings};
 use super::metrics::Metrics;
 use super::pool;
 use super::queue::Queue;
@@ -33,6 +34,7 @@ pub struct Settings {
     pub create_missing_policies: bool,
     pub detect_uninjected: bool,
     pub resync: Duration,
+    pub fencing: FencingSettings,
 }
 
 /// Runs the controllers until the task is aborted: watches, workers and a
@@ -60,6 +62,7 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
         metrics.clone(),
         settings.evict_uninjected,
         settings.create_missing_policies,
+        Fencing::new(settings.fencing.clone()),
     ));
     // Do not act on half-listed caches: a pod missing from a partial list
     // would look deleted.

@@ -94,3 +94,7 @@ matchExpressions:
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end -}}
+
+{{- define "zen-lead.fencingPolicyName" -}}
+{{- printf "%s-fencing" (include "zen-lead.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::fencing::FencingState;
 use super::{IdentityConflict, LeaseView, PodView, ScaleOutcome};
 use crate::api::keys::IDENTITY_ANNOTATION;
 use crate::api::keys::conditions::{self, reasons};
@@ -56,6 +57,8 @@ pub struct StatusInput<'a> {
     pub timings: Option<EffectiveTimings>,
     /// scaleDown outcome (`None` in standby mode).
     pub scaled: Option<ScaleOutcome>,
+    /// Server-side fencing of the pool.
+    pub fencing: FencingState,
     pub now: Time,
 }
 
@@ -273,6 +276,53 @@ fn identity_conflict(input: &StatusInput<'_>) -> Want {
 
 /// The leader as the status names it; `since` is the Lease's acquire time,
 /// or the previous status's while the same identity holds.
+fn server_side_fencing(input: &StatusInput<'_>) -> Want {
+    let t = conditions::SERVER_SIDE_FENCING;
+    match input.fencing {
+        FencingState::Fenced => want(
+            t,
+            true,
+            reasons::FENCED,
+            "the API server refuses writes made with the token of a pool pod that does not \
+             hold the Lease (zen-lead fencing policy)"
+                .to_owned(),
+        ),
+        FencingState::Disabled { by_policy: true } => want(
+            t,
+            false,
+            reasons::FENCING_DISABLED,
+            "spec.serverSideFencing is false: only the agents' gates fence this pool's writes"
+                .to_owned(),
+        ),
+        FencingState::Disabled { by_policy: false } => want(
+            t,
+            false,
+            reasons::FENCING_DISABLED,
+            "the controller runs with --server-side-fencing=false (chart value \
+             fencing.serverSide) and spec.serverSideFencing is unset; set it to true to fence \
+             this pool"
+                .to_owned(),
+        ),
+        FencingState::NotInstalled => want(
+            t,
+            false,
+            reasons::FENCING_NOT_INSTALLED,
+            "the fencing ValidatingAdmissionPolicy or its binding is not installed (chart value \
+             fencing.serverSide=true, or deploy/zen-lead.yaml); only the agents' gates fence \
+             this pool's writes"
+                .to_owned(),
+        ),
+        FencingState::StartActivation => want(
+            t,
+            false,
+            reasons::START_ACTIVATION,
+            "activation: start runs the app in the leader only; a deposed leader's pod is \
+             deleted rather than fenced"
+                .to_owned(),
+        ),
+    }
+}
+
 fn holder(input: &StatusInput<'_>) -> Option<Holder> {
     let pod = input.leader?;
     let identity = pod.identity.clone().unwrap_or_default();
@@ -302,6 +352,7 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
         scaled_down(input),
         agent_missing(input),
         identity_conflict(input),
+        server_side_fencing(input),
     ]
     .into_iter()
     .map(|w| settle(input, w))

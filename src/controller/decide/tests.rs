@@ -1,5 +1,6 @@
 use super::fixtures::pod;
 use super::*;
+use crate::api::keys::conditions::{self, reasons};
 use crate::api::{FollowerMode, LeaderPolicyStatus, Phase};
 use k8s_openapi::jiff::Timestamp;
 
@@ -523,6 +524,7 @@ fn input<'a>(
         follower_mode: FollowerMode::Standby,
         timings: Some(crate::api::LeaderPolicySpec::default().effective_seconds()),
         scaled: None,
+        fencing: super::fencing::FencingState::Fenced,
         now,
     }
 }
@@ -863,4 +865,41 @@ fn deposed_start_leaders_are_pods_running_their_app_without_the_lease() {
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["a", "b"]);
+}
+
+#[test]
+fn server_side_fencing_condition_follows_the_fencing_state() {
+    use super::fencing::FencingState::*;
+    let pods = vec![pod("a")];
+    let cases = [
+        (Fenced, "True", reasons::FENCED),
+        (
+            Disabled { by_policy: true },
+            "False",
+            reasons::FENCING_DISABLED,
+        ),
+        (
+            Disabled { by_policy: false },
+            "False",
+            reasons::FENCING_DISABLED,
+        ),
+        (NotInstalled, "False", reasons::FENCING_NOT_INSTALLED),
+        (StartActivation, "False", reasons::START_ACTIVATION),
+    ];
+    for (state, want_status, want_reason) in cases {
+        let mut i = input(&pods, None, None, None, t(100));
+        i.fencing = state;
+        let s = status(&i);
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::SERVER_SIDE_FENCING)
+            .expect("ServerSideFencing condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            (want_status, want_reason),
+            "{state:?}"
+        );
+        assert!(!c.message.is_empty());
+    }
 }

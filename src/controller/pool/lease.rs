@@ -16,8 +16,9 @@ use tracing::info;
 
 use super::plan::LeaseClock;
 use crate::api::keys::{
-    HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL, POOL_LABEL, PREFERRED_HOLDER_ANNOTATION,
-    RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION, SCHEDULED_RUNS_ANNOTATION,
+    FENCED_LABEL, FENCED_PODS_ANNOTATION, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
+    POOL_LABEL, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION,
+    SCHEDULED_RUNS_ANNOTATION,
 };
 use crate::api::{IdentityStrategy, LeaderPolicy, ScheduledRuns};
 use crate::controller::context::{
@@ -39,6 +40,10 @@ pub struct Desired {
     pub retry_period: String,
     pub scheduled_once: bool,
     pub owner: OwnerReference,
+    /// Server-side fencing: the pool's fenced pods (see
+    /// [`crate::controller::fencing::members`]), or `None` when the pool is
+    /// not fenced on the server.
+    pub fenced_pods: Option<String>,
 }
 
 impl Desired {
@@ -50,6 +55,7 @@ impl Desired {
             retry_period: format_seconds(timings.retry_period()),
             scheduled_once: policy.spec.scheduled_runs == ScheduledRuns::Once,
             owner: owner_ref(policy),
+            fenced_pods: None,
         }
     }
 }
@@ -97,6 +103,7 @@ pub fn conform(lease: &mut Lease, want: &Desired) -> bool {
         }
         changed = true;
     }
+    changed |= conform_fencing(meta, want.fenced_pods.as_deref());
     let owners = meta.owner_references.get_or_insert_with(Vec::new);
     if !owners.iter().any(|o| o.uid == want.owner.uid) {
         // Another controller owner (e.g. a previous policy with the same
@@ -111,6 +118,25 @@ pub fn conform(lease: &mut Lease, want: &Desired) -> bool {
         changed = true;
     }
     changed
+}
+
+/// The fencing label and pod list: present exactly while the pool is fenced,
+/// so the fencing policy's binding selects only fenced pools' Leases.
+fn conform_fencing(meta: &mut ObjectMeta, fenced_pods: Option<&str>) -> bool {
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    match fenced_pods {
+        Some(pods) => {
+            let label = labels.insert(FENCED_LABEL.to_owned(), "true".to_owned());
+            let list = annotations.insert(FENCED_PODS_ANNOTATION.to_owned(), pods.to_owned());
+            label.as_deref() != Some("true") || list.as_deref() != Some(pods)
+        }
+        None => {
+            let label = labels.remove(FENCED_LABEL);
+            let list = annotations.remove(FENCED_PODS_ANNOTATION);
+            label.is_some() || list.is_some()
+        }
+    }
 }
 
 /// The Lease to create for a pool. One deleted while held is re-created

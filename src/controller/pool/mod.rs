@@ -39,6 +39,7 @@ use tracing::info;
 
 use super::context::{Context, ReconcileError, now_time};
 use super::decide::{self, Failover, LeaseView, PodView, PolicyProblem, StatusInput};
+use super::fencing::{self, FencingState};
 use super::queue::PoolKey;
 use super::rbac;
 use crate::api::{FollowerMode, LeaderPolicy};
@@ -105,6 +106,7 @@ async fn active(
         lease,
         view: lease_view,
         wake: deposed_wake,
+        fencing,
     } = lease_phase(ctx, key, policy, &views).await?;
 
     // Phase 2: roles and readiness conditions.
@@ -148,6 +150,7 @@ async fn active(
             .is_ok()
             .then(|| policy.spec.effective_seconds()),
         scaled: if scale_down { scaled } else { None },
+        fencing,
         now: now_time(),
     });
     report::leader(ctx, key, policy, &next).await;
@@ -202,6 +205,7 @@ struct LeasePhase {
     view: Option<LeaseView>,
     /// When a deposed `start` leader falls due.
     wake: Option<Duration>,
+    fencing: FencingState,
 }
 
 /// Phase 1. The finalizer first, so no scale happens that a deletion could
@@ -216,7 +220,8 @@ async fn lease_phase(
     if scale_down && !apply::has_finalizer(policy) {
         apply::finalizer(ctx, key, policy, true).await?;
     }
-    let (policy_ready, lease) = lease_and_rbac(ctx, key, policy, views).await?;
+    let fencing = ctx.fencing.state(&ctx.client, policy).await;
+    let (policy_ready, lease) = lease_and_rbac(ctx, key, policy, views, fencing).await?;
     let mut view = lease.as_ref().map(|l| lease::view(ctx, key, l));
     let mut wake = None;
     if let (Some(lv), Some(l)) = (view.as_mut(), lease.as_ref()) {
@@ -228,11 +233,13 @@ async fn lease_phase(
         lease,
         view,
         wake,
+        fencing,
     })
 }
 
-/// The Lease, carrying the policy's timings, and RBAC for the candidates'
-/// ServiceAccounts: independent, so written concurrently. A Lease that
+/// The Lease, carrying the policy's timings (and, when the pool is fenced on
+/// the server, its pods), and RBAC for the candidates' ServiceAccounts:
+/// independent, so written concurrently. A Lease that
 /// cannot be written makes the policy not ready (said in its status); a
 /// conflict is retried.
 async fn lease_and_rbac(
@@ -240,12 +247,14 @@ async fn lease_and_rbac(
     key: &PoolKey,
     policy: &LeaderPolicy,
     views: &[PodView],
+    fencing: FencingState,
 ) -> Result<(Result<(), PolicyProblem>, Option<Lease>), ReconcileError> {
     let timings = match policy.spec.timings() {
         Ok(timings) => timings,
         Err(err) => return Ok((Err(PolicyProblem::InvalidTimings(err.to_string())), None)),
     };
-    let want = lease::Desired::new(key, policy, timings);
+    let mut want = lease::Desired::new(key, policy, timings);
+    want.fenced_pods = fencing.fenced().then(|| fencing::members(views));
     let accounts = decide::service_accounts(views);
     let (lease, rbac) = tokio::join!(
         lease::ensure(ctx, key, &want),

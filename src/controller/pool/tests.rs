@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::controller::decide::{CandidateCondition, RoleWrite, ScaleAction, WorkloadKind};
+use crate::controller::fencing::{Fencing, FencingSettings};
 use crate::controller::metrics::Metrics;
 use crate::controller::watch::Cache;
 use plan::{PodWrite, PodWrites};
@@ -74,6 +75,10 @@ fn mock(script: Vec<Answer>) -> (Context, Arc<Mutex<Vec<Seen>>>) {
         Metrics::default(),
         false,
         false,
+        Fencing::new(FencingSettings {
+            default_on: false,
+            policy_name: "zen-lead-fencing".to_owned(),
+        }),
     );
     (ctx, seen)
 }
@@ -532,6 +537,49 @@ fn conforming_a_lease_is_idempotent_and_keeps_the_holder() {
             .unwrap_or_default()
             .contains_key(crate::api::keys::SCHEDULED_RUNS_ANNOTATION)
     );
+}
+
+#[test]
+fn a_fenced_pool_lease_carries_the_label_and_its_pods_exactly_while_fenced() {
+    use crate::api::keys::{FENCED_LABEL, FENCED_PODS_ANNOTATION};
+    let plain = desired();
+    let mut l = lease::fresh(&key(), None, &plain);
+    let mut fenced = plain.clone();
+    fenced.fenced_pods = Some("uid-a,uid-b".to_owned());
+    assert!(
+        lease::conform(&mut l, &fenced),
+        "turning fencing on is a change"
+    );
+    assert!(
+        !lease::conform(&mut l, &fenced),
+        "second pass changes nothing"
+    );
+    let label = |l: &k8s_openapi::api::coordination::v1::Lease| {
+        l.metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get(FENCED_LABEL)
+            .cloned()
+    };
+    let pods = |l: &k8s_openapi::api::coordination::v1::Lease| {
+        l.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get(FENCED_PODS_ANNOTATION)
+            .cloned()
+    };
+    assert_eq!(label(&l).as_deref(), Some("true"));
+    assert_eq!(pods(&l).as_deref(), Some("uid-a,uid-b"));
+    // A pod joins: the list follows.
+    fenced.fenced_pods = Some("uid-a,uid-b,uid-c".to_owned());
+    assert!(lease::conform(&mut l, &fenced));
+    assert_eq!(pods(&l).as_deref(), Some("uid-a,uid-b,uid-c"));
+    // Fencing off: both go, so the policy's binding no longer selects it.
+    assert!(lease::conform(&mut l, &plain));
+    assert_eq!((label(&l), pods(&l)), (None, None));
+    assert!(!lease::conform(&mut l, &plain));
 }
 
 #[test]
