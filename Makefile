@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover test chaos demo lint cluster-up cluster-down certs
+.PHONY: help build crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -96,6 +96,9 @@ ROUNDS ?= 20
 bench-takeover: cluster-up ## Delete the leader -> successor's app started: process vs start on the real node, p50/p99
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(ROUNDS) $(CARGO) test --locked --test process bench_takeover_process_vs_start -- --ignored --nocapture
 
+bench-fencing: cluster-up ## Server-side fencing: admission latency of a pool leader's and an outside pod's writes, policy on vs off, p50/p99
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(or $(FENCING_ROUNDS),6) $(CARGO) test --locked --test fencing bench_fencing_admission_latency -- --ignored --nocapture
+
 certs: build ## Generate development certificates into certs/ (kept if present)
 	@if [ -f certs/tls.crt ]; then echo "certs/ already has certificates (zen-lead certs --force to replace)"; \
 	else $(BIN) certs --out certs --dns localhost --ip 127.0.0.1; fi
@@ -120,7 +123,7 @@ FAULTS ?= 300
 chaos: cluster-up ## Faults on the real node vs. a client-go peer; no two active replicas (table: target/overlap-report.md)
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_OVERLAP_FAULTS=$(FAULTS) $(CARGO) test --locked --test overlap -- --nocapture
 
-bench: bench-webhook bench-election bench-controller bench-gate bench-takeover ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
+bench: bench-webhook bench-election bench-controller bench-gate bench-takeover bench-fencing ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
 demo: cluster-up build ## Local cluster + zen-lead + an example pool with a leader
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory install

@@ -201,6 +201,7 @@ async fn main() {
         tokens: &tokens,
         upstream: None,
         extra: vec!["--log-level".into(), "warn".into()],
+        pod: None,
     });
     agent.wait_serving(Duration::from_secs(60)).await;
     agent.wait_leading(true, Duration::from_secs(60)).await;

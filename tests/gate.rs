@@ -51,6 +51,7 @@ async fn follower(client: &Client, ns: &str, test: &str, extra: &[&str]) -> (Gat
         tokens: &tokens,
         upstream: None,
         extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        pod: None,
     });
     agent.wait_serving(START_LIMIT).await;
     (agent, tokens)
@@ -739,6 +740,7 @@ async fn an_unreachable_api_server_is_a_502_with_a_status() {
             tokens: &tokens,
             upstream: Some(dead.clone()),
             extra: vec![],
+            pod: None,
         });
         agent.wait_serving(START_LIMIT).await;
         let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;

@@ -180,6 +180,23 @@ pub async fn issue_token(client: &Client, ns: &str, name: &str) -> String {
     issued.status.map(|s| s.token).unwrap_or_default()
 }
 
+/// A fresh token of ServiceAccount `sa` bound to a pod, as the kubelet
+/// mounts one: the API server puts the pod's name and UID into the
+/// request's user info (`authentication.kubernetes.io/pod-name`, `pod-uid`).
+pub async fn issue_pod_token(client: &Client, ns: &str, sa: &str, pod: &str, uid: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {
+        "audiences": [], "expirationSeconds": 3600,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+    }}))
+    .expect("token request");
+    let issued: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {sa} bound to pod {pod}: {e}"));
+    issued.status.map(|s| s.token).unwrap_or_default()
+}
+
 /// Creates the pool's Lease with the given holder and timings (seconds).
 pub async fn create_lease(
     client: &Client,
@@ -241,6 +258,9 @@ pub struct AgentOpts<'a> {
     /// Replaces the upstream (e.g. an unreachable address).
     pub upstream: Option<String>,
     pub extra: Vec<String>,
+    /// The pod the agent stands for (name, UID), when a real Pod object
+    /// exists; else a made-up `gate-<pool>` with a fresh UID.
+    pub pod: Option<(&'a str, &'a str)>,
 }
 
 /// `zen-lead agent --activation api` on the host: its election uses the
@@ -282,12 +302,17 @@ impl GateAgent {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let uid = format!(
-            "{:08x}-0000-4000-8000-{:012x}",
-            (nanos >> 20) as u32,
-            nanos as u64 & 0xffff_ffff_ffff
-        );
-        let pod = format!("gate-{}", opts.pool);
+        let (pod, uid) = match opts.pod {
+            Some((name, uid)) => (name.to_owned(), uid.to_owned()),
+            None => (
+                format!("gate-{}", opts.pool),
+                format!(
+                    "{:08x}-0000-4000-8000-{:012x}",
+                    (nanos >> 20) as u32,
+                    nanos as u64 & 0xffff_ffff_ffff
+                ),
+            ),
+        };
         let identity = format!("{pod}_{}", &uid[..8]);
         let log = dir.join("agent.log");
         let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("agent log: {e}"));

@@ -1,0 +1,783 @@
+//! Server-side fencing on the local cluster (the chart's
+//! ValidatingAdmissionPolicy, rendered from `charts/zen-lead`): the real API
+//! server refuses a write made with a pool pod's own token unless that pod
+//! holds its pool's Lease.
+//!
+//! The pool: three Pod objects (kept Pending, so nothing runs in them) with
+//! the labels and the agent container the webhook leaves, a LeaderPolicy, and
+//! `zen-lead controller` on the host, which lists the pods on the Lease. For
+//! each pod a `zen-lead agent --activation api` runs on the host as that pod:
+//! its pod name and UID, and tokens bound to the pod (TokenRequest with a
+//! Pod `boundObjectRef`, as the kubelet mounts them), so the API server sees
+//! exactly the user info it would see from the pod.
+//!
+//! The policy is cluster-wide, so the tests of this file take turns
+//! ([`POLICY`]) and remove it when they end.
+
+mod common;
+#[path = "common/gate.rs"]
+mod fixture;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use zen_lead::api::LeaderPolicy;
+use zen_lead::api::keys::{FENCED_LABEL, FENCED_PODS_ANNOTATION};
+
+use common::{apply_crd, client, eventually, kubeconfig_path, with_namespace, zen_lead_host};
+use fixture::{AgentOpts, GateAgent, Tokens};
+
+/// The chart's default policy (and binding) name, which `zen-lead
+/// controller` checks by default.
+const POLICY_NAME: &str = "zen-lead-fencing";
+const POOL: &str = "web";
+const LIMIT: Duration = Duration::from_secs(60);
+/// One test at a time installs and removes the cluster-wide policy.
+static POLICY: Mutex<()> = Mutex::const_new(());
+
+#[path = "common/chart.rs"]
+mod chart;
+
+/// The policy and binding as the chart renders them.
+fn rendered() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let docs = chart::render("zen-lead", "zen-lead-system", &[]);
+    let policy = chart::find(&docs, "ValidatingAdmissionPolicy", POLICY_NAME).clone();
+    let binding = chart::find(&docs, "ValidatingAdmissionPolicyBinding", POLICY_NAME).clone();
+    (
+        serde_json::from_value(policy).expect("a ValidatingAdmissionPolicy"),
+        serde_json::from_value(binding).expect("a ValidatingAdmissionPolicyBinding"),
+    )
+}
+
+/// The installed policy; removed when dropped.
+struct Installed;
+
+async fn install_policy(client: &Client) -> Installed {
+    let (policy, binding) = rendered();
+    let pp = PatchParams::apply("zen-lead-tests").force();
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    policies
+        .patch(POLICY_NAME, &pp, &Patch::Apply(&policy))
+        .await
+        .unwrap_or_else(|e| panic!("apply the fencing policy: {e}"));
+    bindings
+        .patch(POLICY_NAME, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap_or_else(|e| panic!("apply the fencing binding: {e}"));
+    // The API server type-checks the rule; a warning there means a typo.
+    let checked = eventually("the fencing policy's type check", LIMIT, || async {
+        let p = policies.get(POLICY_NAME).await.map_err(|e| e.to_string())?;
+        p.status
+            .and_then(|s| s.type_checking)
+            .ok_or_else(|| "not type-checked yet".to_owned())
+    })
+    .await;
+    assert!(
+        checked.expression_warnings.unwrap_or_default().is_empty(),
+        "the fencing policy's CEL has type warnings"
+    );
+    Installed
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's client belongs to the test's
+        // runtime (blocked here): a fresh client on a fresh runtime.
+        let _ = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = client().await;
+                let dp = DeleteParams::default();
+                let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+                let policies: Api<ValidatingAdmissionPolicy> = Api::all(client);
+                let _ = bindings.delete(POLICY_NAME, &dp).await;
+                let _ = policies.delete(POLICY_NAME, &dp).await;
+            });
+        })
+        .join();
+    }
+}
+
+fn scratch(test: &str) -> PathBuf {
+    common::scratch_dir(&format!("fencing-{test}"))
+}
+
+/// A pool pod as the webhook leaves it (label, annotations, the agent
+/// container), kept Pending by a node selector nothing matches.
+fn pool_pod(name: &str, pool: Option<&str>) -> Pod {
+    let mut labels = json!({});
+    let mut annotations = json!({});
+    if let Some(pool) = pool {
+        labels = json!({"zen-lead/pool": pool});
+        annotations = json!({"zen-lead.io/injected": "test", "zen-lead.io/activation": "api"});
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {
+            "serviceAccountName": "app",
+            "nodeSelector": {"zen-lead.io/test-nowhere": "true"},
+            "initContainers": [{"name": zen_lead::contract::AGENT_CONTAINER,
+                "image": "localhost/none:0", "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "localhost/none:0"}],
+        },
+    }))
+    .expect("pod")
+}
+
+async fn create_pod(client: &Client, ns: &str, name: &str, pool: Option<&str>) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = pods
+        .create(&PostParams::default(), &pool_pod(name, pool))
+        .await
+        .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
+    pod.uid().unwrap_or_default()
+}
+
+async fn create_policy(client: &Client, ns: &str, fencing: Option<bool>) {
+    let mut spec = json!({"activation": "api", "leaseDurationSeconds": 6});
+    if let Some(on) = fencing {
+        spec["serverSideFencing"] = json!(on);
+    }
+    let lp: LeaderPolicy = serde_json::from_value(json!({
+        "apiVersion": "coordination.kube-zen.io/v1alpha1",
+        "kind": "LeaderPolicy",
+        "metadata": {"name": POOL},
+        "spec": spec,
+    }))
+    .expect("policy");
+    Api::<LeaderPolicy>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &lp)
+        .await
+        .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+}
+
+/// One member of the pool: its Pod object and the host agent standing for it.
+struct Member {
+    name: String,
+    uid: String,
+    /// The pod's own token (ServiceAccount `app`, bound to the pod).
+    token: String,
+    agent: GateAgent,
+}
+
+/// The pool: `n` pods, the controller, and an agent per pod.
+struct Pool {
+    members: Vec<Member>,
+    /// The test's scratch directory (kubeconfigs of direct clients go here).
+    dir: PathBuf,
+    _controller: zen_lead_host::Controller,
+}
+
+async fn pool(client: &Client, ns: &str, test: &str, n: usize, fencing: Option<bool>) -> Pool {
+    // ServiceAccounts and RBAC (the `app` account may write ConfigMaps,
+    // Events and Leases).
+    let _ = fixture::accounts(client, ns).await;
+    create_policy(client, ns, fencing).await;
+    let dir = scratch(test);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let controller = zen_lead_host::start_controller(ns, &dir).await;
+    let cluster = fixture::cluster(&kubeconfig_path());
+    let mut members = Vec::new();
+    for i in 0..n {
+        let name = format!("{POOL}-{i}");
+        let uid = create_pod(client, ns, &name, Some(POOL)).await;
+        let token = fixture::issue_pod_token(client, ns, "app", &name, &uid).await;
+        let tokens = Tokens {
+            app: token.clone(),
+            agent: token.clone(),
+        };
+        let mut agent = GateAgent::start(AgentOpts {
+            ns,
+            pool: POOL,
+            dir: dir.join(&name),
+            cluster: &cluster,
+            tokens: &tokens,
+            upstream: None,
+            extra: vec![],
+            pod: Some((&name, &uid)),
+        });
+        agent.wait_serving(LIMIT).await;
+        members.push(Member {
+            name,
+            uid,
+            token,
+            agent,
+        });
+    }
+    Pool {
+        members,
+        dir,
+        _controller: controller,
+    }
+}
+
+impl Pool {
+    /// Waits until the Lease names one of the members and its agent says it
+    /// leads; returns its index.
+    async fn leader(&self, client: &Client, ns: &str) -> usize {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+        eventually("a leader among the pool's agents", LIMIT, || async {
+            let lease = leases.get(POOL).await.map_err(|e| e.to_string())?;
+            let holder = lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            let i = self
+                .members
+                .iter()
+                .position(|m| m.agent.identity == holder)
+                .ok_or_else(|| format!("holder {holder:?}"))?;
+            match self.members[i].agent.leading().await {
+                Ok(true) => Ok(i),
+                other => Err(format!("{holder} holds; its agent says {other:?}")),
+            }
+        })
+        .await
+    }
+}
+
+/// A client that talks to the API server directly with `token` (what an
+/// app that bypasses the gate, or a thawed process, would send).
+async fn direct(token: &str, dir: &std::path::Path) -> Client {
+    let cluster = fixture::cluster(&kubeconfig_path());
+    std::fs::create_dir_all(dir).expect("dir");
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("direct-{n}.kubeconfig"));
+    fixture::write_kubeconfig(&path, &cluster.server, &cluster.ca_pem, token, None);
+    fixture::client_from(&path, false).await
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}})).expect("cm")
+}
+
+/// Creates a ConfigMap; `Err(message)` when the API server refused it.
+async fn write(client: &Client, ns: &str, name: &str) -> Result<(), (u16, String)> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    match cms.create(&PostParams::default(), &cm(name)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+fn assert_fenced(result: Result<(), (u16, String)>, pod: &str, holder: &str, what: &str) {
+    let (code, message) = match result {
+        Ok(()) => panic!("{what}: the API server admitted the write"),
+        Err(refusal) => refusal,
+    };
+    assert_eq!(code, 403, "{what}: {message}");
+    for part in ["zen-lead fencing", pod, POOL, holder] {
+        assert!(
+            message.contains(part),
+            "{what}: the refusal should name {part:?}: {message}"
+        );
+    }
+}
+
+/// Waits until the controller lists every member on the Lease and the
+/// policy says the pool is fenced.
+async fn wait_fenced(client: &Client, ns: &str, pool: &Pool) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let mut uids: Vec<&str> = pool.members.iter().map(|m| m.uid.as_str()).collect();
+    uids.sort_unstable();
+    let want = uids.join(",");
+    eventually("the Lease listing the pool's pods", LIMIT, || async {
+        let lease = leases.get(POOL).await.map_err(|e| e.to_string())?;
+        let label = lease.labels().get(FENCED_LABEL).cloned();
+        let pods = lease.annotations().get(FENCED_PODS_ANNOTATION).cloned();
+        (label.as_deref() == Some("true") && pods.as_deref() == Some(want.as_str()))
+            .then_some(())
+            .ok_or_else(|| format!("label {label:?}, pods {pods:?}"))
+    })
+    .await;
+    condition(client, ns, "True", "Fenced").await;
+}
+
+async fn condition(client: &Client, ns: &str, status: &str, reason: &str) {
+    let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    eventually(
+        &format!("ServerSideFencing {status}/{reason}"),
+        LIMIT,
+        || async {
+            let p = policies.get(POOL).await.map_err(|e| e.to_string())?;
+            let c = p
+                .status
+                .and_then(|s| {
+                    s.conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "ServerSideFencing")
+                })
+                .ok_or_else(|| "no ServerSideFencing condition".to_owned())?;
+            (c.status == status && c.reason == reason)
+                .then_some(())
+                .ok_or_else(|| format!("{}/{}: {}", c.status, c.reason, c.message))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_a_followers_own_writes_and_admits_the_leaders() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install_policy(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "refuses", 3, None).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let l = pool.leader(&client, &ns).await;
+        let leader = &pool.members[l];
+        let f = (l + 1) % pool.members.len();
+        let follower = &pool.members[f];
+        let dir = pool.dir.clone();
+
+        // The leader writes, through its gate and with its token directly.
+        let through_gate = leader.agent.app_client(false).await;
+        write(&through_gate, &ns, "by-leader-gate")
+            .await
+            .unwrap_or_else(|e| panic!("the leader's write through its gate: {e:?}"));
+        write(&direct(&leader.token, &dir).await, &ns, "by-leader-direct")
+            .await
+            .unwrap_or_else(|e| panic!("the leader's direct write: {e:?}"));
+
+        // A follower that bypasses its gate: refused by the API server.
+        let follower_direct = direct(&follower.token, &dir).await;
+        assert_fenced(
+            write(&follower_direct, &ns, "by-follower").await,
+            &follower.name,
+            &leader.agent.identity,
+            "a follower's direct write",
+        );
+        // Its Events pass, as through the gate.
+        let events: Api<Event> = Api::namespaced(follower_direct.clone(), &ns);
+        let event: Event = serde_json::from_value(json!({
+            "metadata": {"generateName": "follower-"},
+            "involvedObject": {"kind": "Pod", "name": follower.name, "namespace": ns},
+            "reason": "Test", "message": "an event from a follower", "type": "Normal",
+        }))
+        .expect("event");
+        events
+            .create(&PostParams::default(), &event)
+            .await
+            .unwrap_or_else(|e| panic!("a follower's Event is exempt: {e}"));
+
+        // The follower's identity by impersonation: refused too.
+        let impersonated = impersonate(&client, &ns, &follower.name, &follower.uid).await;
+        assert_fenced(
+            impersonated,
+            &follower.name,
+            &leader.agent.identity,
+            "a write impersonating the follower",
+        );
+
+        // A pod outside any pool, same ServiceAccount: not fenced.
+        let other_uid = create_pod(&client, &ns, "outside", None).await;
+        let other = fixture::issue_pod_token(&client, &ns, "app", "outside", &other_uid).await;
+        write(&direct(&other, &dir).await, &ns, "by-outsider")
+            .await
+            .unwrap_or_else(|e| panic!("a pod outside the pool: {e:?}"));
+
+        // The follower's election writes (its Lease) were admitted all along:
+        // it still follows, and the leader still renews.
+        assert_eq!(follower.agent.leading().await, Ok(false));
+        assert_eq!(leader.agent.leading().await, Ok(true));
+    })
+    .await;
+}
+
+/// POST a ConfigMap as the pool's ServiceAccount with the follower pod's
+/// extra user info (`Impersonate-Extra-…`), as the cluster admin.
+async fn impersonate(client: &Client, ns: &str, pod: &str, uid: &str) -> Result<(), (u16, String)> {
+    let body = serde_json::to_vec(&cm("by-impersonation")).expect("body");
+    let request = http::Request::post(format!("/api/v1/namespaces/{ns}/configmaps"))
+        .header("Content-Type", "application/json")
+        .header(
+            "Impersonate-User",
+            format!("system:serviceaccount:{ns}:app"),
+        )
+        .header("Impersonate-Group", "system:serviceaccounts")
+        .header(
+            "Impersonate-Extra-authentication.kubernetes.io%2fpod-name",
+            pod,
+        )
+        .header(
+            "Impersonate-Extra-authentication.kubernetes.io%2fpod-uid",
+            uid,
+        )
+        .body(body)
+        .expect("request");
+    match client.request::<Value>(request).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+/// Hand-overs (the leader's agent stops with SIGTERM, releasing the Lease,
+/// and comes back): the new leader's first write through its gate is never
+/// refused, whatever the API server's cache shows at that moment, and the
+/// old leader's token is refused once the successor has written.
+#[tokio::test]
+async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_lands() {
+    const HAND_OVERS: usize = 20;
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install_policy(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let mut pool = pool(&client, &ns, "handovers", 3, None).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let dir = pool.dir.clone();
+        let mut stale_admitted = 0;
+        let mut first_write_ms = Vec::new();
+        for round in 0..HAND_OVERS {
+            let old = pool.leader(&client, &ns).await;
+            pool.members[old].agent.signal("-TERM");
+            let started = Instant::now();
+            let new = eventually("a successor", LIMIT, || {
+                let members = &pool.members;
+                async move {
+                    for (i, m) in members.iter().enumerate() {
+                        if i != old && m.agent.leading().await == Ok(true) {
+                            return Ok(i);
+                        }
+                    }
+                    Err("nobody else leads yet".to_owned())
+                }
+            })
+            .await;
+            // The successor's first write, through its gate, at once.
+            let app = pool.members[new].agent.app_client(false).await;
+            write(&app, &ns, &format!("round-{round}"))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: the new leader's write: {e:?}"));
+            first_write_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            // The old leader's token, after the successor wrote: refused.
+            let stale = write(
+                &direct(&pool.members[old].token, &dir).await,
+                &ns,
+                &format!("stale-{round}"),
+            )
+            .await;
+            if stale.is_ok() {
+                stale_admitted += 1;
+            }
+            // Back as a candidate for later rounds.
+            pool.members[old].agent.restart();
+            pool.members[old].agent.wait_serving(LIMIT).await;
+        }
+        let mut refusals = String::new();
+        for m in &pool.members {
+            for line in m.agent.metrics().await.lines() {
+                if line.starts_with("zen_lead_gate_fence_refusals_total") {
+                    refusals.push_str(&format!("{} {line}\n", m.name));
+                }
+            }
+        }
+        first_write_ms.sort_by(f64::total_cmp);
+        eprintln!(
+            "{HAND_OVERS} hand-overs: SIGTERM to the new leader's first admitted write p50 {:.0} ms, \
+             max {:.0} ms; stale writes admitted: {stale_admitted}; gate retries after a fencing \
+             refusal (agents' counters since their last start):\n{refusals}",
+            first_write_ms[first_write_ms.len() / 2],
+            first_write_ms[first_write_ms.len() - 1],
+        );
+        assert_eq!(stale_admitted, 0, "writes with a deposed leader's token landed");
+    })
+    .await;
+}
+
+/// A whole leader frozen past its lease (SIGSTOP), a successor takes over,
+/// then the old one thaws: what it sends afterwards is refused.
+#[tokio::test]
+async fn a_leader_frozen_past_its_lease_cannot_write_after_the_thaw() {
+    const ROUNDS: usize = 3;
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install_policy(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "freeze", 3, None).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let dir = pool.dir.clone();
+        let mut admitted = 0;
+        for round in 0..ROUNDS {
+            let old = pool.leader(&client, &ns).await;
+            let frozen = &pool.members[old];
+            // The app's connection and credentials are ready before the
+            // freeze, as in a paused process.
+            let stale_direct = direct(&frozen.token, &dir).await;
+            let stale_gate = frozen.agent.app_client(false).await;
+            frozen.agent.signal("-STOP");
+            let new = eventually("a successor while the leader is frozen", LIMIT, || {
+                let members = &pool.members;
+                async move {
+                    for (i, m) in members.iter().enumerate() {
+                        if i != old && m.agent.leading().await == Ok(true) {
+                            return Ok(i);
+                        }
+                    }
+                    Err("the frozen leader's lease has not run out".to_owned())
+                }
+            })
+            .await;
+            let successor = pool.members[new].agent.app_client(false).await;
+            write(&successor, &ns, &format!("successor-{round}"))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: the successor's write: {e:?}"));
+            frozen.agent.signal("-CONT");
+            for (how, c) in [("direct", &stale_direct), ("gate", &stale_gate)] {
+                if write(c, &ns, &format!("thawed-{how}-{round}"))
+                    .await
+                    .is_ok()
+                {
+                    admitted += 1;
+                }
+            }
+            assert_fenced(
+                write(&stale_direct, &ns, &format!("thawed-check-{round}")).await,
+                &frozen.name,
+                &pool.members[new].agent.identity,
+                "the thawed leader's direct write",
+            );
+            frozen.agent.wait_leading(false, LIMIT).await;
+        }
+        assert_eq!(admitted, 0, "writes of a thawed, deposed leader landed");
+    })
+    .await;
+}
+
+/// `serverSideFencing: false` on the policy: the Lease is not a parameter,
+/// the condition says why, and a follower's direct write is admitted (only
+/// the gate fences it).
+#[tokio::test]
+async fn a_policy_can_turn_server_side_fencing_off() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install_policy(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "off", 2, Some(false)).await;
+        condition(&client, &ns, "False", "Disabled").await;
+        let l = pool.leader(&client, &ns).await;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let lease = leases.get(POOL).await.expect("lease");
+        assert!(!lease.labels().contains_key(FENCED_LABEL));
+        let follower = &pool.members[(l + 1) % 2];
+        write(&direct(&follower.token, &pool.dir).await, &ns, "unfenced")
+            .await
+            .unwrap_or_else(|e| panic!("an unfenced pool's follower writes directly: {e:?}"));
+        // On again: the controller lists the pods and the fence holds.
+        let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        policies
+            .patch(
+                POOL,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"serverSideFencing": true}})),
+            )
+            .await
+            .expect("turn fencing on");
+        wait_fenced(&client, &ns, &pool).await;
+        assert_fenced(
+            write(&direct(&follower.token, &pool.dir).await, &ns, "fenced-now").await,
+            &follower.name,
+            &pool.members[l].agent.identity,
+            "a follower's direct write once fencing is on",
+        );
+    })
+    .await;
+}
+
+/// Without the policy installed the controller says so, and lists nothing.
+#[tokio::test]
+async fn without_the_policy_installed_the_pool_is_not_called_fenced() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let _pool = pool(&client, &ns, "absent", 1, None).await;
+        condition(&client, &ns, "False", "PolicyNotInstalled").await;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let lease = leases.get(POOL).await.expect("lease");
+        assert!(!lease.labels().contains_key(FENCED_LABEL));
+    })
+    .await;
+}
+
+/// `make bench-fencing`: the admission latency the policy adds. A fenced
+/// pool's leader and a pod outside any pool (same namespace, same
+/// ServiceAccount) each merge-PATCH a ConfigMap directly; rounds alternate
+/// the policy's binding present and absent (absent = fencing off), so both
+/// columns are measured in the same run on the same cluster.
+#[tokio::test]
+#[ignore = "benchmark: make bench-fencing"]
+async fn bench_fencing_admission_latency() {
+    let rounds: usize = std::env::var("ZEN_LEAD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    const WRITES: usize = 200;
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install_policy(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "bench", 2, None).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let l = pool.leader(&client, &ns).await;
+        let dir = pool.dir.clone();
+        let leader = direct(&pool.members[l].token, &dir).await;
+        let outside_uid = create_pod(&client, &ns, "outside", None).await;
+        let outside_token =
+            fixture::issue_pod_token(&client, &ns, "app", "outside", &outside_uid).await;
+        let outside = direct(&outside_token, &dir).await;
+        for (c, name) in [(&leader, "leader-cm"), (&outside, "outside-cm")] {
+            write(c, &ns, name).await.expect("first write");
+        }
+        // A pod in a namespace without any fenced pool.
+        let elsewhere_ns = other_namespace(&client).await;
+        let _ = fixture::accounts(&client, &elsewhere_ns).await;
+        let elsewhere_uid = create_pod(&client, &elsewhere_ns, "elsewhere", None).await;
+        let elsewhere_token =
+            fixture::issue_pod_token(&client, &elsewhere_ns, "app", "elsewhere", &elsewhere_uid)
+                .await;
+        let elsewhere = direct(&elsewhere_token, &dir).await;
+        write(&elsewhere, &elsewhere_ns, "elsewhere-cm")
+            .await
+            .expect("first write elsewhere");
+        let (_, binding) = rendered();
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+        // (who, fencing on) -> latencies in ms
+        let mut samples: std::collections::BTreeMap<(&str, bool), Vec<f64>> = Default::default();
+        for round in 0..rounds * 2 {
+            let on = round % 2 == 0;
+            if on {
+                bindings
+                    .patch(
+                        POLICY_NAME,
+                        &PatchParams::apply("zen-lead-tests").force(),
+                        &Patch::Apply(&binding),
+                    )
+                    .await
+                    .expect("binding");
+            } else {
+                let _ = bindings.delete(POLICY_NAME, &DeleteParams::default()).await;
+            }
+            // Wait until the API server acts on the change: a follower's
+            // direct write is refused exactly while the binding is there.
+            let follower = direct(&pool.members[(l + 1) % 2].token, &dir).await;
+            eventually("the binding change to take effect", LIMIT, || async {
+                let refused = write(&follower, &ns, "probe").await.is_err();
+                let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+                let _ = cms.delete("probe", &DeleteParams::default()).await;
+                (refused == on)
+                    .then_some(())
+                    .ok_or_else(|| format!("refused {refused}, binding {on}"))
+            })
+            .await;
+            for i in 0..WRITES {
+                for (who, c, name, in_ns) in [
+                    ("leader", &leader, "leader-cm", &ns),
+                    ("outside", &outside, "outside-cm", &ns),
+                    ("elsewhere", &elsewhere, "elsewhere-cm", &elsewhere_ns),
+                ] {
+                    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), in_ns);
+                    let started = Instant::now();
+                    cms.patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"data": {"i": i.to_string()}})),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{who} PATCH with fencing {on}: {e}"));
+                    samples
+                        .entry((who, on))
+                        .or_default()
+                        .push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let pct = |v: &mut Vec<f64>, p: f64| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() as f64 - 1.0) * p).round() as usize]
+        };
+        eprintln!(
+            "\nfencing admission latency: merge PATCH of a ConfigMap, direct to the API server, \
+             {rounds} rounds x {WRITES} writes per column, binding present/absent alternating"
+        );
+        eprintln!("| writer | fencing | p50 ms | p99 ms |");
+        eprintln!("|---|---|---|---|");
+        let mut p = std::collections::BTreeMap::new();
+        for ((who, on), v) in samples.iter_mut() {
+            let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+            p.insert((*who, *on), (p50, p99));
+            eprintln!(
+                "| {who} | {} | {p50:.2} | {p99:.2} |",
+                if *on { "on" } else { "off" }
+            );
+        }
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let _ = namespaces
+            .delete(&elsewhere_ns, &DeleteParams::background())
+            .await;
+        eprintln!(
+            "leader: the pool's leader; outside: a pod of no pool in the pool's namespace; \
+             elsewhere: a pod in a namespace without fenced pools"
+        );
+        for who in ["leader", "outside", "elsewhere"] {
+            let (on50, on99) = p[&(who, true)];
+            let (off50, off99) = p[&(who, false)];
+            eprintln!(
+                "{who}: on/off p50 {:.2} (+{:.2} ms), p99 {:.2} (+{:.2} ms)",
+                on50 / off50,
+                on50 - off50,
+                on99 / off99,
+                on99 - off99
+            );
+        }
+    })
+    .await;
+}
+
+/// A second test namespace (labelled like the others), for the caller to
+/// delete.
+async fn other_namespace(client: &Client) -> String {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+        "metadata": {"generateName": "zl-fencing-other-",
+            "labels": {common::TEST_LABEL: "true"}},
+    }))
+    .expect("namespace");
+    let created = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create a namespace: {e}"));
+    let name = created.name_any();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &name);
+    eventually("the default ServiceAccount", LIMIT, || async {
+        accounts
+            .get_opt("default")
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    name
+}
