@@ -297,6 +297,31 @@ fn name(p: &Pod) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
+/// The pool is fenced on the server: its policy says so and its Lease lists
+/// its pods.
+async fn fenced_on_the_server(client: &Client, ns: &str) {
+    let policies: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    eventually(
+        "ServerSideFencing True on the pool",
+        Duration::from_secs(60),
+        || async {
+            let p = policies.get(POOL).await.map_err(|e| e.to_string())?;
+            let c = p
+                .status
+                .and_then(|s| {
+                    s.conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "ServerSideFencing")
+                })
+                .ok_or("no ServerSideFencing condition")?;
+            (c.status == "True")
+                .then_some(())
+                .ok_or_else(|| format!("{}: {}", c.reason, c.message))
+        },
+    )
+    .await;
+}
+
 /// `zen_lead_gate_refused_writes_total` from a pod's agent.
 async fn refused_writes(pod: &Pod) -> Result<u64, String> {
     let ip = pod
@@ -356,6 +381,9 @@ async fn run(scenario: Scenario) {
     let _serial = SERIAL.lock().await;
     let client = client().await;
     common::apply_crd(&client, &zen_lead::api::crd()).await;
+    // Server-side fencing is on, as the chart installs it by default: the
+    // replicas' writes pass the API server's fence as well as their gates.
+    let _fence = common::fencing::install(&client).await;
     let prefix = format!("e2e-api-{}", scenario.label);
     with_namespace(&client, &prefix, |client, ns| async move {
         let label = scenario.label;
@@ -397,6 +425,7 @@ async fn run(scenario: Scenario) {
 
         // ---- 1. three Ready replicas, one writer ----
         let (leader, names) = three_ready_with_leader(&pods, "3 Ready pods, one leader").await;
+        fenced_on_the_server(&client, &ns).await;
         let leader_name = name(&leader);
         for p in pool_pods(&pods).await.unwrap_or_default() {
             let ann = p.metadata.annotations.clone().unwrap_or_default();
@@ -748,6 +777,24 @@ async fn run(scenario: Scenario) {
         );
         let runs = r.assert_writers_never_interleave();
         println!("e2e-api[{label}] writers in API server order: {runs:?}");
+        // The fence never refused a replica's write: whatever the gates let
+        // through while a replica led, the API server admitted (a refusal
+        // during the cache lag after a hand-over is retried by the gate).
+        // The stopped replica's write in flight at SIGSTOP may meet the fence
+        // after SIGCONT: that refusal is the fence working, and is counted.
+        let (stale, fenced): (Vec<&Write>, Vec<&Write>) = r
+            .writes
+            .iter()
+            .filter(|w| w.code == 403)
+            .partition(|w| w.pod == leader_name && w.end > t_stop);
+        println!(
+            "e2e-api[{label}] the API server's fence refused {} write(s) of the stopped replica",
+            stale.len()
+        );
+        assert!(
+            fenced.is_empty(),
+            "writes refused with 403 (server-side fencing or RBAC): {fenced:?}"
+        );
 
         let _ = deploys.delete(POOL, &DeleteParams::background()).await;
         let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())

@@ -11,8 +11,8 @@
 //! Pod `boundObjectRef`, as the kubelet mounts them), so the API server sees
 //! exactly the user info it would see from the pod.
 //!
-//! The policy is cluster-wide, so the tests of this file take turns
-//! ([`POLICY`]) and remove it when they end.
+//! The policy (`common/fencing.rs`) is cluster-wide, so the tests of this
+//! file take turns ([`POLICY`]) and remove it when they end.
 
 mod common;
 #[path = "common/gate.rs"]
@@ -21,9 +21,7 @@ mod fixture;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -33,83 +31,14 @@ use tokio::sync::Mutex;
 use zen_lead::api::LeaderPolicy;
 use zen_lead::api::keys::{FENCED_LABEL, FENCED_PODS_ANNOTATION};
 
+use common::fencing::{POLICY_NAME, install, rendered};
 use common::{apply_crd, client, eventually, kubeconfig_path, with_namespace, zen_lead_host};
 use fixture::{AgentOpts, GateAgent, Tokens};
 
-/// The chart's default policy (and binding) name, which `zen-lead
-/// controller` checks by default.
-const POLICY_NAME: &str = "zen-lead-fencing";
 const POOL: &str = "web";
 const LIMIT: Duration = Duration::from_secs(60);
 /// One test at a time installs and removes the cluster-wide policy.
 static POLICY: Mutex<()> = Mutex::const_new(());
-
-#[path = "common/chart.rs"]
-mod chart;
-
-/// The policy and binding as the chart renders them.
-fn rendered() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let docs = chart::render("zen-lead", "zen-lead-system", &[]);
-    let policy = chart::find(&docs, "ValidatingAdmissionPolicy", POLICY_NAME).clone();
-    let binding = chart::find(&docs, "ValidatingAdmissionPolicyBinding", POLICY_NAME).clone();
-    (
-        serde_json::from_value(policy).expect("a ValidatingAdmissionPolicy"),
-        serde_json::from_value(binding).expect("a ValidatingAdmissionPolicyBinding"),
-    )
-}
-
-/// The installed policy; removed when dropped.
-struct Installed;
-
-async fn install_policy(client: &Client) -> Installed {
-    let (policy, binding) = rendered();
-    let pp = PatchParams::apply("zen-lead-tests").force();
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    policies
-        .patch(POLICY_NAME, &pp, &Patch::Apply(&policy))
-        .await
-        .unwrap_or_else(|e| panic!("apply the fencing policy: {e}"));
-    bindings
-        .patch(POLICY_NAME, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap_or_else(|e| panic!("apply the fencing binding: {e}"));
-    // The API server type-checks the rule; a warning there means a typo.
-    let checked = eventually("the fencing policy's type check", LIMIT, || async {
-        let p = policies.get(POLICY_NAME).await.map_err(|e| e.to_string())?;
-        p.status
-            .and_then(|s| s.type_checking)
-            .ok_or_else(|| "not type-checked yet".to_owned())
-    })
-    .await;
-    assert!(
-        checked.expression_warnings.unwrap_or_default().is_empty(),
-        "the fencing policy's CEL has type warnings"
-    );
-    Installed
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        // Drop cannot await, and the test's client belongs to the test's
-        // runtime (blocked here): a fresh client on a fresh runtime.
-        let _ = std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let client = client().await;
-                let dp = DeleteParams::default();
-                let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-                let policies: Api<ValidatingAdmissionPolicy> = Api::all(client);
-                let _ = bindings.delete(POLICY_NAME, &dp).await;
-                let _ = policies.delete(POLICY_NAME, &dp).await;
-            });
-        })
-        .join();
-    }
-}
 
 fn scratch(test: &str) -> PathBuf {
     common::scratch_dir(&format!("fencing-{test}"))
@@ -336,7 +265,7 @@ async fn the_api_server_refuses_a_followers_own_writes_and_admits_the_leaders() 
     let _turn = POLICY.lock().await;
     let client = client().await;
     apply_crd(&client, &zen_lead::api::crd()).await;
-    let _policy = install_policy(&client).await;
+    let _policy = install(&client).await;
     with_namespace(&client, "fencing", |client, ns| async move {
         let pool = pool(&client, &ns, "refuses", 3, None).await;
         wait_fenced(&client, &ns, &pool).await;
@@ -438,7 +367,7 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
     let _turn = POLICY.lock().await;
     let client = client().await;
     apply_crd(&client, &zen_lead::api::crd()).await;
-    let _policy = install_policy(&client).await;
+    let _policy = install(&client).await;
     with_namespace(&client, "fencing", |client, ns| async move {
         let mut pool = pool(&client, &ns, "handovers", 3, None).await;
         wait_fenced(&client, &ns, &pool).await;
@@ -510,7 +439,7 @@ async fn a_leader_frozen_past_its_lease_cannot_write_after_the_thaw() {
     let _turn = POLICY.lock().await;
     let client = client().await;
     apply_crd(&client, &zen_lead::api::crd()).await;
-    let _policy = install_policy(&client).await;
+    let _policy = install(&client).await;
     with_namespace(&client, "fencing", |client, ns| async move {
         let pool = pool(&client, &ns, "freeze", 3, None).await;
         wait_fenced(&client, &ns, &pool).await;
@@ -570,7 +499,7 @@ async fn a_policy_can_turn_server_side_fencing_off() {
     let _turn = POLICY.lock().await;
     let client = client().await;
     apply_crd(&client, &zen_lead::api::crd()).await;
-    let _policy = install_policy(&client).await;
+    let _policy = install(&client).await;
     with_namespace(&client, "fencing", |client, ns| async move {
         let pool = pool(&client, &ns, "off", 2, Some(false)).await;
         condition(&client, &ns, "False", "Disabled").await;
@@ -635,7 +564,7 @@ async fn bench_fencing_admission_latency() {
     let _turn = POLICY.lock().await;
     let client = client().await;
     apply_crd(&client, &zen_lead::api::crd()).await;
-    let _policy = install_policy(&client).await;
+    let _policy = install(&client).await;
     with_namespace(&client, "fencing", |client, ns| async move {
         let pool = pool(&client, &ns, "bench", 2, None).await;
         wait_fenced(&client, &ns, &pool).await;

@@ -12,6 +12,7 @@
 
 pub mod delay_proxy;
 pub mod faults;
+pub mod fencing;
 pub mod net;
 pub mod records;
 pub mod webhook;

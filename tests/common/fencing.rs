@@ -1,0 +1,94 @@
+//! The server-side fencing policy and binding as shipped (`deploy/zen-lead.yaml`,
+//! rendered from the chart and checked against it by tests/manifests.rs),
+//! installed for a test and removed when the guard drops. Cluster-wide: a
+//! test binary that installs it must take turns (a mutex) between its tests.
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::Value;
+
+/// The chart's default policy (and binding) name, which `zen-lead
+/// controller` checks by default.
+pub const POLICY_NAME: &str = "zen-lead-fencing";
+
+/// The policy and binding of `deploy/zen-lead.yaml`.
+pub fn rendered() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let path = super::repo_root().join("deploy/zen-lead.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == POLICY_NAME)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} {POLICY_NAME} in {}", path.display()))
+    };
+    (
+        serde_json::from_value(find("ValidatingAdmissionPolicy")).expect("a policy"),
+        serde_json::from_value(find("ValidatingAdmissionPolicyBinding")).expect("a binding"),
+    )
+}
+
+/// The installed policy; removed when dropped.
+pub struct Installed;
+
+/// Applies the policy and binding and waits for the API server's type check
+/// (a warning there means a typo in the rule).
+pub async fn install(client: &Client) -> Installed {
+    let (policy, binding) = rendered();
+    let pp = PatchParams::apply("zen-lead-tests").force();
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    policies
+        .patch(POLICY_NAME, &pp, &Patch::Apply(&policy))
+        .await
+        .unwrap_or_else(|e| panic!("apply the fencing policy: {e}"));
+    bindings
+        .patch(POLICY_NAME, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap_or_else(|e| panic!("apply the fencing binding: {e}"));
+    let checked = super::eventually(
+        "the fencing policy's type check",
+        Duration::from_secs(60),
+        || async {
+            let p = policies.get(POLICY_NAME).await.map_err(|e| e.to_string())?;
+            p.status
+                .and_then(|s| s.type_checking)
+                .ok_or_else(|| "not type-checked yet".to_owned())
+        },
+    )
+    .await;
+    assert!(
+        checked.expression_warnings.unwrap_or_default().is_empty(),
+        "the fencing policy's CEL has type warnings"
+    );
+    Installed
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's client belongs to the test's
+        // runtime (blocked here): a fresh client on a fresh runtime.
+        let _ = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = super::client().await;
+                let dp = DeleteParams::default();
+                let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+                let policies: Api<ValidatingAdmissionPolicy> = Api::all(client);
+                let _ = bindings.delete(POLICY_NAME, &dp).await;
+                let _ = policies.delete(POLICY_NAME, &dp).await;
+            });
+        })
+        .join();
+    }
+}
