@@ -284,10 +284,31 @@ async fn the_api_server_refuses_a_followers_own_writes_and_admits_the_leaders() 
             .await
             .unwrap_or_else(|e| panic!("the leader's direct write: {e:?}"));
 
-        // A follower that bypasses its gate: refused by the API server.
+        // A follower that bypasses its gate: refused by the API server, once
+        // its cache of the Lease shows the membership the controller wrote
+        // (how long that took is printed: it is the fence's blind window for
+        // a new pod).
         let follower_direct = direct(&follower.token, &dir).await;
+        let listed = Instant::now();
+        let mut attempt = 0;
+        let refusal = eventually("the follower's direct write refused", LIMIT, || {
+            attempt += 1;
+            let (c, ns) = (&follower_direct, &ns);
+            async move {
+                match write(c, ns, &format!("by-follower-{attempt}")).await {
+                    Ok(()) => Err("admitted: the API server's cache lags".to_owned()),
+                    Err(refusal) => Ok(refusal),
+                }
+            }
+        })
+        .await;
+        eprintln!(
+            "membership seen by the fence {:.0} ms after the Lease listed the pods ({attempt} \
+             attempts)",
+            listed.elapsed().as_secs_f64() * 1e3
+        );
         assert_fenced(
-            write(&follower_direct, &ns, "by-follower").await,
+            Err(refusal),
             &follower.name,
             &leader.agent.identity,
             "a follower's direct write",
@@ -374,8 +395,36 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
         let dir = pool.dir.clone();
         let mut stale_admitted = 0;
         let mut first_write_ms = Vec::new();
+        // SIGTERM to the new leader's held write admitted.
+        let mut held_ms = Vec::new();
         for round in 0..HAND_OVERS {
             let old = pool.leader(&client, &ns).await;
+            // Each follower's app has a write waiting in its gate (held,
+            // `--gate-hold`): the successor's goes upstream the moment it
+            // leads, before the API server's cache may show it as holder;
+            // that is the refusal the gate retries.
+            let mut held = Vec::new();
+            for (i, m) in pool.members.iter().enumerate().filter(|(i, _)| *i != old) {
+                let app = m.agent.app_client(false).await;
+                let (ns, name) = (ns.clone(), format!("held-{round}-{i}"));
+                held.push((
+                    i,
+                    tokio::spawn(async move { (write(&app, &ns, &name).await, Instant::now()) }),
+                ));
+            }
+            for (i, _) in &held {
+                let agent = &pool.members[*i].agent;
+                eventually("the follower's write held in its gate", LIMIT, || async {
+                    agent
+                        .metrics()
+                        .await
+                        .lines()
+                        .any(|l| l == "zen_lead_gate_writes_waiting 1")
+                        .then_some(())
+                        .ok_or_else(|| "not held yet".to_owned())
+                })
+                .await;
+            }
             pool.members[old].agent.signal("-TERM");
             let started = Instant::now();
             let new = eventually("a successor", LIMIT, || {
@@ -390,7 +439,16 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
                 }
             })
             .await;
-            // The successor's first write, through its gate, at once.
+            for (i, task) in held {
+                let (result, done) = task.await.expect("held write task");
+                if i == new {
+                    result.unwrap_or_else(|e| {
+                        panic!("round {round}: the new leader's held write was refused: {e:?}")
+                    });
+                    held_ms.push(done.duration_since(started).as_secs_f64() * 1e3);
+                }
+            }
+            // The successor's next write, through its gate, at once.
             let app = pool.members[new].agent.app_client(false).await;
             write(&app, &ns, &format!("round-{round}"))
                 .await
@@ -410,23 +468,37 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
             pool.members[old].agent.restart();
             pool.members[old].agent.wait_serving(LIMIT).await;
         }
+        let mut retried = 0.0;
         let mut refusals = String::new();
         for m in &pool.members {
             for line in m.agent.metrics().await.lines() {
+                if line.starts_with("zen_lead_gate_fence_refusals_total{outcome=\"retried\"}") {
+                    retried += line
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                }
                 if line.starts_with("zen_lead_gate_fence_refusals_total") {
                     refusals.push_str(&format!("{} {line}\n", m.name));
                 }
             }
         }
         first_write_ms.sort_by(f64::total_cmp);
+        held_ms.sort_by(f64::total_cmp);
         eprintln!(
-            "{HAND_OVERS} hand-overs: SIGTERM to the new leader's first admitted write p50 {:.0} ms, \
-             max {:.0} ms; stale writes admitted: {stale_admitted}; gate retries after a fencing \
-             refusal (agents' counters since their last start):\n{refusals}",
+            "{HAND_OVERS} hand-overs: every new leader's held write admitted, SIGTERM to admitted \
+             p50 {:.0} ms, max {:.0} ms (its next write: p50 {:.0} ms); stale writes admitted: \
+             {stale_admitted}; fencing refusals the gates retried (counters since each agent's last \
+             start): {retried}\n{refusals}",
+            held_ms[held_ms.len() / 2],
+            held_ms[held_ms.len() - 1],
             first_write_ms[first_write_ms.len() / 2],
-            first_write_ms[first_write_ms.len() - 1],
         );
-        assert_eq!(stale_admitted, 0, "writes with a deposed leader's token landed");
+        assert_eq!(
+            stale_admitted, 0,
+            "writes with a deposed leader's token landed"
+        );
     })
     .await;
 }
