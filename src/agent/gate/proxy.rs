@@ -174,12 +174,13 @@ pub async fn handle(
     let forwarded = match upstream_request(&shared.target, &mut req, false) {
         Ok(forwarded) => forwarded,
         Err(err) => {
-            shared.metrics.count(class, Outcome::Invalid);
-            return Ok(status_response(
+            let why = format!("the request cannot be forwarded: {err}");
+            return Ok(invalid(
+                &shared,
+                class,
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
-                &format!("zen-lead gate: the request cannot be forwarded: {err}"),
-                None,
+                &why,
             ));
         }
     };
@@ -190,52 +191,45 @@ pub async fn handle(
     // HTTP/1.1 connections, where a short request costs less.
     let h2 = req.version() == Version::HTTP_2
         || is_watch(req.method(), req.uri().path(), req.uri().query());
-    let sent = match term {
-        None => {
-            let request = forwarded.map(|()| Either::Left(req.into_body()));
-            let client = shared.clients.pick(h2).clone();
-            return Ok(forward(
-                &shared,
-                async move { Ok(client.request(request).await?.map(Either::Left)) },
-                None,
-                class,
-            )
-            .instrument(span)
-            .await);
-        }
-        Some(term) => (term, forwarded, req.into_body()),
+    let Some(term) = term else {
+        let request = forwarded.map(|()| Either::Left(req.into_body()));
+        let client = shared.clients.pick(h2);
+        let sent = async { Ok(client.request(request).await?.map(Either::Left)) };
+        return Ok(forward(&shared, sent, None, class).instrument(span).await);
     };
-    Ok(forward_write(&shared, sent, h2, class)
-        .instrument(span)
-        .await)
+    Ok(
+        forward_write(&shared, term, forwarded, req.into_body(), h2, class)
+            .instrument(span)
+            .await,
+    )
 }
 
 /// A gated write: read whole first, so a refusal by the server-side fencing
 /// policy while this pod leads can be sent again (`fence_retry`).
 async fn forward_write(
     shared: &Shared,
-    (term, head, body): (Term, Request<()>, Incoming),
+    term: Term,
+    head: Request<()>,
+    body: Incoming,
     h2: bool,
     class: RequestClass,
 ) -> Response<GateBody> {
     let body = match fence_retry::read_body(body).await {
         Ok(body) => body,
         Err(err) => {
-            shared.metrics.count(class, Outcome::Invalid);
-            return status_response(
+            return invalid(
+                shared,
+                class,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
-                &format!("zen-lead gate: {err}"),
-                None,
+                &err,
             );
         }
     };
     // The body may have taken a while: the write leaves only in a term.
     let now = shared.status.borrow().clone();
     if !now.leading_at(Instant::now()) {
-        shared.metrics.count(class, Outcome::Refused);
-        shared.metrics.refused_writes.inc();
-        return refuse_standby(shared, &now);
+        return refuse_counted(shared, class, &now);
     }
     let head = fence_retry::Head::new(head);
     let sent = fence_retry::send(
@@ -246,6 +240,30 @@ async fn forward_write(
         &shared.metrics,
     );
     forward(shared, sent, Some(term), class).await
+}
+
+/// A request the gate cannot forward as it is, answered and counted
+/// `invalid`.
+fn invalid(
+    shared: &Shared,
+    class: RequestClass,
+    code: StatusCode,
+    reason: &str,
+    why: &str,
+) -> Response<GateBody> {
+    shared.metrics.count(class, Outcome::Invalid);
+    status_response(code, reason, &format!("zen-lead gate: {why}"), None)
+}
+
+/// A write refused because this replica does not lead, counted.
+fn refuse_counted(
+    shared: &Shared,
+    class: RequestClass,
+    status: &LeaderStatus,
+) -> Response<GateBody> {
+    shared.metrics.count(class, Outcome::Refused);
+    shared.metrics.refused_writes.inc();
+    refuse_standby(shared, status)
 }
 
 /// Answers a request whose path cannot be classified (400), counted by
@@ -264,13 +282,13 @@ fn refuse_unparseable(
     } else {
         RequestClass::Write
     };
-    shared.metrics.count(class, Outcome::Invalid);
     span.in_scope(|| debug!(reason = %bad, "refused an unparseable request"));
-    status_response(
+    invalid(
+        shared,
+        class,
         StatusCode::BAD_REQUEST,
         "BadRequest",
-        &format!("zen-lead gate: {bad}"),
-        None,
+        &bad.to_string(),
     )
 }
 
@@ -301,10 +319,8 @@ async fn gate_write(
             Ok(Term::new(&status, shared.status.clone()))
         }
         Err(status) => {
-            shared.metrics.count(class, Outcome::Refused);
-            shared.metrics.refused_writes.inc();
             span.in_scope(|| debug!(?held, "refused a write: this replica is a standby"));
-            Err(refuse_standby(shared, &status))
+            Err(refuse_counted(shared, class, &status))
         }
     }
 }
@@ -385,13 +401,8 @@ async fn tunnel(
     let forwarded = match upstream_request(&shared.target, &mut req, true) {
         Ok(forwarded) => origin_form(forwarded).map(|()| req.into_body()),
         Err(err) => {
-            shared.metrics.count(class, Outcome::Invalid);
-            return status_response(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("zen-lead gate: the request cannot be forwarded: {err}"),
-                None,
-            );
+            let why = format!("the request cannot be forwarded: {err}");
+            return invalid(&shared, class, StatusCode::BAD_REQUEST, "BadRequest", &why);
         }
     };
     let mut response = match send_upgrade(&shared, class, forwarded).await {
