@@ -4,13 +4,13 @@
 //! is to mark a fenced pool's Lease as a parameter of that policy and list
 //! the pool's pods on it (see [`crate::controller::pool::lease::conform`]).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use kube::{Api, Client};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -34,6 +34,8 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// The settings plus a cached answer to "is the fencing policy installed?".
 pub struct Fencing {
     pub settings: FencingSettings,
+    /// Held across the read, so workers that find the answer stale together
+    /// wait for one read instead of each sending their own.
     checked: Mutex<Option<(Instant, bool)>>,
 }
 
@@ -41,7 +43,7 @@ impl Fencing {
     pub fn new(settings: FencingSettings) -> Self {
         Self {
             settings,
-            checked: Mutex::new(None),
+            checked: Mutex::const_new(None),
         }
     }
 
@@ -60,14 +62,13 @@ impl Fencing {
     }
 
     async fn installed(&self, client: &Client) -> bool {
-        let cached = *self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, installed)) = cached
+        let mut slot = self.checked.lock().await;
+        if let Some((at, installed)) = *slot
             && at.elapsed() < RECHECK
         {
             return installed;
         }
         let installed = self.read(client).await;
-        let mut slot = self.checked.lock().unwrap_or_else(|e| e.into_inner());
         if slot.map(|(_, was)| was) != Some(installed) {
             if installed {
                 info!(policy = %self.settings.policy_name, "the fencing ValidatingAdmissionPolicy and its binding are installed: api and process pools are fenced on the server");
