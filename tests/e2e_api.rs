@@ -297,31 +297,6 @@ fn name(p: &Pod) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
-/// The pool is fenced on the server: its policy says so and its Lease lists
-/// its pods.
-async fn fenced_on_the_server(client: &Client, ns: &str) {
-    let policies: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), ns);
-    eventually(
-        "ServerSideFencing True on the pool",
-        Duration::from_secs(60),
-        || async {
-            let p = policies.get(POOL).await.map_err(|e| e.to_string())?;
-            let c = p
-                .status
-                .and_then(|s| {
-                    s.conditions
-                        .into_iter()
-                        .find(|c| c.type_ == "ServerSideFencing")
-                })
-                .ok_or("no ServerSideFencing condition")?;
-            (c.status == "True")
-                .then_some(())
-                .ok_or_else(|| format!("{}: {}", c.reason, c.message))
-        },
-    )
-    .await;
-}
-
 /// `zen_lead_gate_refused_writes_total` from a pod's agent.
 async fn refused_writes(pod: &Pod) -> Result<u64, String> {
     let ip = pod
@@ -425,7 +400,7 @@ async fn run(scenario: Scenario) {
 
         // ---- 1. three Ready replicas, one writer ----
         let (leader, names) = three_ready_with_leader(&pods, "3 Ready pods, one leader").await;
-        fenced_on_the_server(&client, &ns).await;
+        common::fencing::wait_condition(&client, &ns, POOL, "True", None).await;
         let leader_name = name(&leader);
         for p in pool_pods(&pods).await.unwrap_or_default() {
             let ann = p.metadata.annotations.clone().unwrap_or_default();

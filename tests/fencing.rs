@@ -154,6 +154,19 @@ async fn pool(client: &Client, ns: &str, test: &str, n: usize, fencing: Option<b
 }
 
 impl Pool {
+    /// Waits until a member other than `old` says it leads; its index.
+    async fn successor(&self, old: usize, what: &str) -> usize {
+        eventually(what, LIMIT, || async {
+            for (i, m) in self.members.iter().enumerate() {
+                if i != old && m.agent.leading().await == Ok(true) {
+                    return Ok(i);
+                }
+            }
+            Err("nobody else leads yet".to_owned())
+        })
+        .await
+    }
+
     /// Waits until the Lease names one of the members and its agent says it
     /// leads; returns its index.
     async fn leader(&self, client: &Client, ns: &str) -> usize {
@@ -238,26 +251,7 @@ async fn wait_fenced(client: &Client, ns: &str, pool: &Pool) {
 }
 
 async fn condition(client: &Client, ns: &str, status: &str, reason: &str) {
-    let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
-    eventually(
-        &format!("ServerSideFencing {status}/{reason}"),
-        LIMIT,
-        || async {
-            let p = policies.get(POOL).await.map_err(|e| e.to_string())?;
-            let c = p
-                .status
-                .and_then(|s| {
-                    s.conditions
-                        .into_iter()
-                        .find(|c| c.type_ == "ServerSideFencing")
-                })
-                .ok_or_else(|| "no ServerSideFencing condition".to_owned())?;
-            (c.status == status && c.reason == reason)
-                .then_some(())
-                .ok_or_else(|| format!("{}/{}: {}", c.status, c.reason, c.message))
-        },
-    )
-    .await;
+    common::fencing::wait_condition(client, ns, POOL, status, Some(reason)).await;
 }
 
 #[tokio::test]
@@ -427,18 +421,7 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
             }
             pool.members[old].agent.signal("-TERM");
             let started = Instant::now();
-            let new = eventually("a successor", LIMIT, || {
-                let members = &pool.members;
-                async move {
-                    for (i, m) in members.iter().enumerate() {
-                        if i != old && m.agent.leading().await == Ok(true) {
-                            return Ok(i);
-                        }
-                    }
-                    Err("nobody else leads yet".to_owned())
-                }
-            })
-            .await;
+            let new = pool.successor(old, "a successor").await;
             for (i, task) in held {
                 let (result, done) = task.await.expect("held write task");
                 if i == new {
@@ -525,18 +508,9 @@ async fn a_leader_frozen_past_its_lease_cannot_write_after_the_thaw() {
             let stale_direct = direct(&frozen.token, &dir).await;
             let stale_gate = frozen.agent.app_client(false).await;
             frozen.agent.signal("-STOP");
-            let new = eventually("a successor while the leader is frozen", LIMIT, || {
-                let members = &pool.members;
-                async move {
-                    for (i, m) in members.iter().enumerate() {
-                        if i != old && m.agent.leading().await == Ok(true) {
-                            return Ok(i);
-                        }
-                    }
-                    Err("the frozen leader's lease has not run out".to_owned())
-                }
-            })
-            .await;
+            let new = pool
+                .successor(old, "a successor while the leader is frozen")
+                .await;
             let successor = pool.members[new].agent.app_client(false).await;
             write(&successor, &ns, &format!("successor-{round}"))
                 .await
@@ -651,7 +625,7 @@ async fn bench_fencing_admission_latency() {
             write(c, &ns, name).await.expect("first write");
         }
         // A pod in a namespace without any fenced pool.
-        let elsewhere_ns = other_namespace(&client).await;
+        let elsewhere_ns = common::create_namespace(&client, "fencing-other").await;
         let _ = fixture::accounts(&client, &elsewhere_ns).await;
         let elsewhere_uid = create_pod(&client, &elsewhere_ns, "elsewhere", None).await;
         let elsewhere_token =
@@ -753,32 +727,4 @@ async fn bench_fencing_admission_latency() {
         }
     })
     .await;
-}
-
-/// A second test namespace (labelled like the others), for the caller to
-/// delete.
-async fn other_namespace(client: &Client) -> String {
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
-        "metadata": {"generateName": "zl-fencing-other-",
-            "labels": {common::TEST_LABEL: "true"}},
-    }))
-    .expect("namespace");
-    let created = namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("create a namespace: {e}"));
-    let name = created.name_any();
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &name);
-    eventually("the default ServiceAccount", LIMIT, || async {
-        accounts
-            .get_opt("default")
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|_| ())
-            .ok_or_else(|| "not yet".to_owned())
-    })
-    .await;
-    name
 }

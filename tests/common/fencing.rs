@@ -35,6 +35,37 @@ pub fn rendered() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBindin
     )
 }
 
+/// Waits until LeaderPolicy `pool`'s `ServerSideFencing` condition has
+/// `status` (and `reason`, when given).
+pub async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    pool: &str,
+    status: &str,
+    reason: Option<&str>,
+) {
+    let policies: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let what = format!(
+        "ServerSideFencing {status}/{}",
+        reason.unwrap_or("any reason")
+    );
+    super::eventually(&what, Duration::from_secs(60), || async {
+        let p = policies.get(pool).await.map_err(|e| e.to_string())?;
+        let c = p
+            .status
+            .and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == zen_lead::keys::conditions::SERVER_SIDE_FENCING)
+            })
+            .ok_or_else(|| "no ServerSideFencing condition".to_owned())?;
+        (c.status == status && reason.is_none_or(|r| c.reason == r))
+            .then_some(())
+            .ok_or_else(|| format!("{}/{}: {}", c.status, c.reason, c.message))
+    })
+    .await;
+}
+
 /// The installed policy; removed when dropped.
 pub struct Installed;
 

@@ -169,31 +169,31 @@ pub async fn accounts(client: &Client, ns: &str) -> Tokens {
 
 /// A fresh token of ServiceAccount `name` (TokenRequest, one hour).
 pub async fn issue_token(client: &Client, ns: &str, name: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .expect("token request");
-    let issued: TokenRequest = sas
-        .create_subresource("token", name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {name}: {e}"));
-    issued.status.map(|s| s.token).unwrap_or_default()
+    token_request(client, ns, name, json!({})).await
 }
 
 /// A fresh token of ServiceAccount `sa` bound to a pod, as the kubelet
 /// mounts one: the API server puts the pod's name and UID into the
 /// request's user info (`authentication.kubernetes.io/pod-name`, `pod-uid`).
 pub async fn issue_pod_token(client: &Client, ns: &str, sa: &str, pod: &str, uid: &str) -> String {
+    let bound =
+        json!({"boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}});
+    token_request(client, ns, sa, bound).await
+}
+
+/// TokenRequest for `sa`, one hour, with `extra` merged into its spec.
+async fn token_request(client: &Client, ns: &str, sa: &str, extra: serde_json::Value) -> String {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {
-        "audiences": [], "expirationSeconds": 3600,
-        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
-    }}))
-    .expect("token request");
+    let mut spec = json!({"audiences": [], "expirationSeconds": 3600});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": spec })).expect("token request");
     let issued: TokenRequest = sas
         .create_subresource("token", sa, &PostParams::default(), &request)
         .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {sa} bound to pod {pod}: {e}"));
+        .unwrap_or_else(|e| panic!("TokenRequest for {sa} ({extra}): {e}"));
     issued.status.map(|s| s.token).unwrap_or_default()
 }
 

@@ -120,14 +120,10 @@ pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Runs `body` with a fresh namespace (server-generated unique name starting
-/// with `zl-<prefix>-`) and deletes the namespace afterwards, also when
-/// `body` panics; the panic is then re-raised.
-pub async fn with_namespace<F, Fut>(client: &Client, prefix: &str, body: F)
-where
-    F: FnOnce(Client, String) -> Fut,
-    Fut: Future<Output = ()>,
-{
+/// A fresh test namespace (`zl-<prefix>-…`, labelled [`TEST_LABEL`]) whose
+/// `default` ServiceAccount exists; the caller deletes it
+/// ([`with_namespace`] does).
+pub async fn create_namespace(client: &Client, prefix: &str) -> String {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
         metadata: ObjectMeta {
@@ -166,6 +162,19 @@ where
         },
     )
     .await;
+    name
+}
+
+/// Runs `body` with a fresh namespace (server-generated unique name starting
+/// with `zl-<prefix>-`) and deletes the namespace afterwards, also when
+/// `body` panics; the panic is then re-raised.
+pub async fn with_namespace<F, Fut>(client: &Client, prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let name = create_namespace(client, prefix).await;
 
     let outcome = AssertUnwindSafe(body(client.clone(), name.clone()))
         .catch_unwind()
