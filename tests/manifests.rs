@@ -288,3 +288,26 @@ async fn installs_with_three_kubectl_applies_and_runs_a_pool() {
     })
     .await;
 }
+
+/// The fencing policy's refusal begins with the marker the agent's gate looks
+/// for (`contract::FENCING_DENIAL_MARKER`), or a leader's write refused during
+/// the API server's cache lag would reach the app instead of being retried.
+#[test]
+fn the_fencing_refusal_carries_the_gates_marker() {
+    let (policy, _) = common::fencing::rendered();
+    let messages: Vec<String> = policy
+        .spec
+        .and_then(|s| s.validations)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.message_expression)
+        .collect();
+    assert!(
+        !messages.is_empty()
+            && messages
+                .iter()
+                .all(|m| m.starts_with(&format!("'{}", zen_lead::contract::FENCING_DENIAL_MARKER))),
+        "every validation's messageExpression must begin with {:?}: {messages:?}",
+        zen_lead::contract::FENCING_DENIAL_MARKER
+    );
+}
