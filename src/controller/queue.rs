@@ -66,7 +66,6 @@ impl Queue {
         }
     }
 
-    /// Queues `key` after `delay`.
     /// Queues every pool of `keys`.
     pub fn extend(&self, keys: impl IntoIterator<Item = PoolKey>) {
         for key in keys {
@@ -74,6 +73,7 @@ impl Queue {
         }
     }
 
+    /// Queues `key` after `delay`.
     pub fn push_after(&self, key: PoolKey, delay: Duration) {
         let queue = self.clone();
         tokio::spawn(async move {

@@ -47,17 +47,28 @@ pub fn rbac_name(account: &str) -> String {
 
 #[derive(Debug, Default)]
 struct AccountState {
-    /// Pools granted by the last successful write (`None`: not written since
-    /// this process started).
-    written: Option<BTreeSet<String>>,
+    /// The [`Wanted::version`] of the last successful write (`None`: not
+    /// written since this process started), and whether it granted any pool.
+    written: Option<(u64, bool)>,
     busy: bool,
     dirty: bool,
+}
+
+/// The pools an account's candidates need, and a version that changes with
+/// them. Every pass of every pool asks whether its accounts are up to date;
+/// comparing versions keeps that O(1) where comparing (or cloning) the set
+/// cost O(pools sharing the account), quadratic over a namespace of pools
+/// that share one account.
+#[derive(Debug, Default)]
+struct Wanted {
+    pools: BTreeSet<String>,
+    version: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// (namespace, account) -> pools whose live candidates run as it.
-    wanted: HashMap<(String, String), BTreeSet<String>>,
+    wanted: HashMap<(String, String), Wanted>,
     /// Pool -> accounts it was last recorded with.
     pools: HashMap<PoolKey, BTreeSet<String>>,
     accounts: HashMap<(String, String), AccountState>,
@@ -88,26 +99,40 @@ impl Writer {
                 .insert(key.clone(), now.clone())
                 .unwrap_or_default();
             for gone in before.difference(&now) {
-                if let Some(pools) = st.wanted.get_mut(&(key.namespace.clone(), gone.clone())) {
-                    pools.remove(&key.name);
+                if let Some(w) = st.wanted.get_mut(&(key.namespace.clone(), gone.clone()))
+                    && w.pools.remove(&key.name)
+                {
+                    w.version += 1;
                 }
             }
             for account in &now {
-                st.wanted
+                let w = st
+                    .wanted
                     .entry((key.namespace.clone(), account.clone()))
-                    .or_default()
-                    .insert(key.name.clone());
+                    .or_default();
+                if w.pools.insert(key.name.clone()) {
+                    w.version += 1;
+                }
             }
             before.union(&now).cloned().collect()
         })
     }
 
-    fn wanted(&self, ns: &str, account: &str) -> BTreeSet<String> {
+    /// The version of `account`'s wanted grant (cheap: no copy of the set).
+    fn version(&self, ns: &str, account: &str) -> u64 {
         self.with(|st| {
             st.wanted
                 .get(&(ns.to_owned(), account.to_owned()))
-                .cloned()
-                .unwrap_or_default()
+                .map_or(0, |w| w.version)
+        })
+    }
+
+    /// `account`'s wanted grant and its version, copied to be written.
+    fn wanted(&self, ns: &str, account: &str) -> (u64, BTreeSet<String>) {
+        self.with(|st| {
+            st.wanted
+                .get(&(ns.to_owned(), account.to_owned()))
+                .map_or((0, BTreeSet::new()), |w| (w.version, w.pools.clone()))
         })
     }
 
@@ -140,14 +165,14 @@ async fn sync_account(
     ns: &str,
     account: &str,
 ) -> Result<(), ReconcileError> {
-    let mut want = rbac.wanted(ns, account);
+    let version = rbac.version(ns, account);
     let claimed = rbac.account(ns, account, |st| {
         if st.busy {
             // The writer in flight goes round again and sees this change.
             st.dirty = true;
             return false;
         }
-        if st.written.as_ref() == Some(&want) {
+        if st.written.map(|(v, _)| v) == Some(version) {
             return false;
         }
         st.busy = true;
@@ -157,17 +182,20 @@ async fn sync_account(
         return Ok(());
     }
     let result = 'write: loop {
-        let previous = rbac.account(ns, account, |st| st.written.clone());
-        if let Err(err) = write(client, ns, account, &want, previous.as_ref()).await {
+        let (version, pools) = rbac.wanted(ns, account);
+        let granted_before = rbac.account(ns, account, |st| st.written.map(|(_, any)| any));
+        if let Err(err) = write(client, ns, account, &pools, granted_before).await {
             break Err(err);
         }
-        rbac.account(ns, account, |st| st.written = Some(want.clone()));
+        rbac.account(ns, account, |st| {
+            st.written = Some((version, !pools.is_empty()));
+        });
         // Look again before letting go: changes that arrived while writing
         // (their reconciles only marked the account dirty) are ours to write.
         loop {
-            let next = rbac.wanted(ns, account);
+            let next = rbac.version(ns, account);
             let step = rbac.account(ns, account, |st| {
-                if next != want {
+                if next != version {
                     Step::Write
                 } else if st.dirty {
                     st.dirty = false;
@@ -180,7 +208,6 @@ async fn sync_account(
             match step {
                 Step::Write => {
                     tokio::time::sleep(COALESCE).await;
-                    want = rbac.wanted(ns, account);
                     continue 'write;
                 }
                 Step::Recheck => continue,
@@ -200,14 +227,15 @@ enum Step {
     Done,
 }
 
-/// Writes `pools` as `account`'s grant. `previous` is the last grant this
-/// process wrote (`None`: nothing yet, so the objects may or may not exist).
+/// Writes `pools` as `account`'s grant. `granted_before`: whether the last
+/// grant this process wrote named any pool (`None`: nothing written yet, so
+/// the objects may or may not exist).
 async fn write(
     client: &Client,
     ns: &str,
     account: &str,
     pools: &BTreeSet<String>,
-    previous: Option<&BTreeSet<String>>,
+    granted_before: Option<bool>,
 ) -> Result<(), ReconcileError> {
     let name = rbac_name(account);
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);
@@ -233,10 +261,10 @@ async fn write(
         return Ok(());
     }
     let (role, binding) = objects(ns, account, pools);
-    match previous {
+    match granted_before {
         // Both exist as this process wrote them: only the Role's rule
         // changes, and a merge patch of it is the cheapest write there is.
-        Some(before) if !before.is_empty() => {
+        Some(true) => {
             let patch = json!({ "rules": role.rules });
             match roles
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -330,6 +358,44 @@ mod tests {
             ("ServiceAccount", "default")
         );
         assert_eq!(binding.role_ref.name, "zen-lead-candidate-default");
+    }
+
+    #[test]
+    fn the_wanted_version_changes_exactly_when_the_grant_does() {
+        let w = Writer::default();
+        let key = |n: &str| PoolKey::new("ns", n);
+        let accounts = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(w.version("ns", "default"), 0);
+        let touched = w.record(&key("a"), &accounts(&["default"]));
+        assert_eq!(touched, BTreeSet::from(["default".to_owned()]));
+        let v1 = w.version("ns", "default");
+        assert_ne!(v1, 0);
+        // The same pool again, with the same account: nothing to write.
+        w.record(&key("a"), &accounts(&["default"]));
+        assert_eq!(w.version("ns", "default"), v1);
+        // Another pool on the account: a new grant.
+        w.record(&key("b"), &accounts(&["default"]));
+        let (v2, pools) = w.wanted("ns", "default");
+        assert_ne!(v2, v1);
+        assert_eq!(pools, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+        // Pool a moves to another account: both accounts are touched and
+        // both grants change; the same namespace's other accounts do not.
+        let touched = w.record(&key("a"), &accounts(&["worker"]));
+        assert_eq!(
+            touched,
+            BTreeSet::from(["default".to_owned(), "worker".to_owned()])
+        );
+        let (v3, pools) = w.wanted("ns", "default");
+        assert_ne!(v3, v2);
+        assert_eq!(pools, BTreeSet::from(["b".to_owned()]));
+        assert_eq!(w.wanted("ns", "worker").1, BTreeSet::from(["a".to_owned()]));
+        // A pool that is gone leaves its accounts.
+        w.record(&key("b"), &[]);
+        let (v4, pools) = w.wanted("ns", "default");
+        assert_ne!(v4, v3);
+        assert!(pools.is_empty());
+        // Another namespace's account of the same name is another grant.
+        assert_eq!(w.version("other", "default"), 0);
     }
 
     #[test]
