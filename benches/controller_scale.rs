@@ -731,6 +731,18 @@ async fn run() {
     )
     .await
     .unwrap_or_else(|e| fail(format!("apply CRD: {e}")));
+    // A CRD applied for the first time is served a moment later: creating
+    // policies before then fails with 404.
+    let established = kube::runtime::wait::await_condition(
+        crds,
+        zen_lead::api::CRD_NAME,
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    match tokio::time::timeout(Duration::from_secs(30), established).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => fail(format!("watch CRD: {e}")),
+        Err(_) => fail("the CRD was not Established within 30 s".into()),
+    }
     ensure_certs();
 
     let total = runs * sizes.len() * binaries.len();
