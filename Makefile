@@ -35,9 +35,10 @@ crd: ## Regenerate the committed CRD from the Rust types
 	mv $(CRD_FILE).tmp $(CRD_FILE)
 	@echo "wrote $(CRD_FILE)"
 
-install: ## Apply the CRDs to the cluster of the current kubeconfig
+install: ## Apply the CRDs and the server-side fencing policy to the cluster of the current kubeconfig
 	$(KUBECTL) apply --server-side --field-manager=zen-lead -f charts/zen-lead/crds/
 	$(KUBECTL) wait --for=condition=Established --timeout=60s -f charts/zen-lead/crds/
+	$(KUBECTL) apply --server-side --field-manager=zen-lead -f config/fencing/
 
 # make run WEBHOOK_PORT=... ADMIN_PORT=... to move the local ports.
 WEBHOOK_PORT ?= 9443

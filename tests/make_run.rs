@@ -2,7 +2,8 @@
 //! cluster: it starts `zen-lead controller` on loopback with the development
 //! certificates, registers `webhook-config/local.yaml`, the real API server
 //! then injects an annotated pod through it, and stopping the script removes
-//! the registration. Scoped with ZEN_LEAD_WATCH_NAMESPACE (and a unique
+//! the registration; it also installs the server-side fencing policy
+//! (config/fencing/), which the controller finds. Scoped with ZEN_LEAD_WATCH_NAMESPACE (and a unique
 //! configuration name) so tests running beside it are not intercepted.
 //! Also: started several times in a row, into a controller namespace that
 //! does not exist yet, and beside a controller of another scope (as `make
@@ -15,13 +16,15 @@ use std::time::Duration;
 
 use common::zen_lead_host::free_port;
 use common::{client, eventually, kubeconfig_path, kubectl_path, repo_root, with_namespace};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use zen_lead::api::{LeaderPolicy, LeaderPolicySpec};
+use zen_lead::api::{Activation, LeaderPolicy, LeaderPolicySpec};
 use zen_lead::webhook::inject::AGENT_CONTAINER;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -86,6 +89,43 @@ async fn make_run_registers_the_webhook_and_injects_then_cleans_up() {
                 "scoped to the test namespace: {selector}"
             );
         }
+
+        // The server-side fencing policy is installed (config/fencing/,
+        // applied before the controller starts), and the controller finds
+        // it: an `api` pool is fenced on the server.
+        let (want_policy, want_binding) = common::fencing::rendered();
+        let _uninstall = common::fencing::Installed;
+        let vaps: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+        let vap = vaps
+            .get(common::fencing::POLICY_NAME)
+            .await
+            .unwrap_or_else(|e| panic!("the fencing policy make run applies: {e}"));
+        assert_eq!(vap.spec, want_policy.spec, "config/fencing/'s policy");
+        let binding = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .get(common::fencing::POLICY_NAME)
+            .await
+            .unwrap_or_else(|e| panic!("the fencing binding make run applies: {e}"));
+        assert_eq!(binding.spec, want_binding.spec, "config/fencing/'s binding");
+        let mut fenced = LeaderPolicy::new(
+            "fenced",
+            LeaderPolicySpec {
+                activation: Activation::Api,
+                ..LeaderPolicySpec::default()
+            },
+        );
+        fenced.metadata.namespace = Some(ns.clone());
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &fenced)
+            .await
+            .unwrap_or_else(|e| panic!("create LeaderPolicy {ns}/fenced: {e}"));
+        common::fencing::wait_condition(
+            &client,
+            &ns,
+            "fenced",
+            "True",
+            Some(zen_lead::keys::conditions::reasons::FENCED),
+        )
+        .await;
 
         // The real API server calls it: an annotated pod gets the agent
         // (the pool has no LeaderPolicy: admitted, with a warning).

@@ -21,6 +21,14 @@ if [ ! -f certs/tls.crt ] || [ ! -f certs/ca.crt ]; then
   "$BIN" certs --out certs --dns localhost --ip 127.0.0.1
 fi
 
+# The server-side fencing policy (config/fencing/, as `make install` applies
+# it): without it the controller runs, but no pool is fenced on the server
+# (its LeaderPolicy says so: ServerSideFencing=False, PolicyNotInstalled).
+# Cluster-wide and shared, so it stays when the script stops.
+if ! "$KUBECTL" apply --server-side --field-manager=zen-lead -f config/fencing/ >/dev/null; then
+  echo "could not apply config/fencing/ (the server-side fencing policy); pools will not be fenced on the server" >&2
+fi
+
 "$BIN" controller \
   --webhook-addr "127.0.0.1:${WEBHOOK_PORT}" \
   --admin-addr "127.0.0.1:${ADMIN_PORT}" \
