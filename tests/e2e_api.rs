@@ -15,7 +15,9 @@
 //!    the followers' gate metrics), followers' caches follow the heartbeat;
 //! 2. `kubectl delete pod` of the leader: time to the next replica's write;
 //! 3. `kubectl rollout restart` + `rollout status`; a PDB `minAvailable: 2`
-//!    allows one eviction at a time (drain semantics, pod by pod);
+//!    allows one eviction at a time (drain semantics, pod by pod); then
+//!    (3b) the leader deleted again and again until the lead has moved 20
+//!    times: no write of any leader is refused by the server-side fence;
 //! 4. SIGSTOP of the leader's agent: its writes stop, another replica takes
 //!    over after the lease duration, no two replicas' writes interleave; after
 //!    SIGCONT the old replica's held writes are refused.
@@ -43,6 +45,10 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const POOL: &str = "hactl";
+/// Changes of leader (writer) the scenario goes through before SIGSTOP,
+/// topped up by deleting the leader: the server-side fence must refuse none
+/// of a new leader's writes, however often the lead moves.
+const HANDOVERS: usize = 20;
 /// Short timings so the SIGSTOP step takes seconds, not a minute.
 const LEASE_S: i64 = 8;
 const RENEW_S: i64 = 5;
@@ -641,6 +647,48 @@ async fn run(scenario: Scenario) {
              (429) until the replacement was Ready, then allowed it"
         );
         let _ = pdbs.delete(POOL, &DeleteParams::default()).await;
+
+        // ---- 3b. hand-overs under server-side fencing ----
+        // Delete the leader again and again until the records show
+        // HANDOVERS changes of writer: each successor is a pod that never
+        // led (its predecessors are gone), and none of its writes may be
+        // refused (checked with every other 403 below).
+        let t_handovers = monotonic_ns();
+        let mut takeovers = Vec::new();
+        loop {
+            let runs = records(&dir).assert_writers_never_interleave();
+            if runs.len() > HANDOVERS {
+                break;
+            }
+            let Some(leader) = runs.last().cloned() else {
+                panic!("no successful write recorded before the hand-overs");
+            };
+            let t_delete = monotonic_ns();
+            let out = kubectl(&ns, &["delete", "pod", &leader, "--wait=false"]);
+            assert!(out.status.success(), "kubectl delete pod {leader}: {out:?}");
+            let next = eventually(
+                &format!("a successor of {leader} to write (hand-over {})", runs.len()),
+                Duration::from_secs(120),
+                || async {
+                    records(&dir)
+                        .first_ok_after(&leader, t_delete)
+                        .cloned()
+                        .ok_or_else(|| "no write from another replica yet".to_owned())
+                },
+            )
+            .await;
+            takeovers.push(ms(next.end - t_delete));
+        }
+        takeovers.sort_by(f64::total_cmp);
+        println!(
+            "e2e-api[{label}] step 3b: {HANDOVERS} hand-overs in all ({} by deleting the leader, \
+             in {:.1} s): delete -> the successor's first successful write p50 {:.0} ms, max \
+             {:.0} ms",
+            takeovers.len(),
+            ms(monotonic_ns() - t_handovers) / 1000.0,
+            takeovers.get(takeovers.len() / 2).copied().unwrap_or(f64::NAN),
+            takeovers.last().copied().unwrap_or(f64::NAN),
+        );
 
         // ---- 4. SIGSTOP the leader's agent ----
         let (leader, _) = three_ready_with_leader(&pods, "3 Ready pods before SIGSTOP").await;
