@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help build crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing test chaos demo lint cluster-up cluster-down certs
+.PHONY: help prereqs build crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -126,9 +126,8 @@ chaos: cluster-up ## Faults on the real node vs. a client-go peer; no two active
 
 bench: bench-webhook bench-election bench-controller bench-gate bench-takeover bench-fencing ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
-demo: cluster-up build ## Local cluster + zen-lead + an example pool with a leader
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(MAKE) --no-print-directory install
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) KUBECTL=$(KUBECTL) BIN=$(BIN) DEMO_NAMESPACE=$(DEMO_NAMESPACE) bash examples/demo/run.sh
+demo: cluster-up ## Local cluster + zen-lead installed with Helm + a controller pool and a worker pool, failover timed
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) KUBECTL=$(KUBECTL) DEMO_NAMESPACE=$(DEMO_NAMESPACE) bash examples/demo/run.sh
 
 lint: ## Check formatting and clippy lints
 	$(CARGO) fmt --all -- --check

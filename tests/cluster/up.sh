@@ -5,8 +5,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 start=$SECONDS
 bash "$here/build.sh"
+echo "cluster-up: cluster binaries ready after $((SECONDS - start))s (a first build takes 10+ minutes on 2 cores)"
 if [[ "${ZL_REAL_NODE:-1}" == 1 ]]; then
+  images=$SECONDS
   bash "$here/images.sh"
+  echo "cluster-up: images ready in $((SECONDS - images))s"
   set -- --real-node=true "$@"
 else
   set -- --real-node=false "$@"
