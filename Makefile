@@ -104,7 +104,10 @@ certs: build ## Generate development certificates into certs/ (kept if present)
 	@if [ -f certs/tls.crt ]; then echo "certs/ already has certificates (zen-lead certs --force to replace)"; \
 	else $(BIN) certs --out certs --dns localhost --ip 127.0.0.1; fi
 
-cluster-up: ## Build (if needed) and start the local cluster
+prereqs: ## Install what the cluster, tests and demo need (musl target; Debian packages as root), or name what is missing
+	bash tests/cluster/prereqs.sh
+
+cluster-up: prereqs ## Build (if needed) and start the local cluster
 	bash tests/cluster/up.sh
 
 cluster-down: ## Stop the local cluster and remove its state

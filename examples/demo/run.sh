@@ -1,63 +1,124 @@
 #!/usr/bin/env bash
-# `make demo`, after the cluster is up and zen-lead is built: runs
-# `zen-lead controller` on this host (webhook on loopback, registered with the
-# cluster), applies the demo pool, waits for a leader and shows it.
-# `make cluster-down` stops the controller too (its files live under .cluster/).
+# `make demo`, once the local cluster is up (its image of zen-lead,
+# localhost/zen-lead:dev, is in the real node's containerd): installs zen-lead
+# with the Helm chart the way a user does (release `zen-lead-demo`, namespace
+# zen-lead-demo-system, self-managed TLS, scoped to the demo namespace so the
+# rest of the cluster, e.g. a later `make test`, is left alone), then shows:
+#   1. a controller in `api` activation: three Ready replicas, one writer;
+#   2. a worker pool in `process` activation: one app process running;
+#   3. a live failover of each: the leader deleted, the take-over timed;
+#   4. what to try next.
+# Run it again at will (helm upgrade --install, kubectl apply); `make
+# cluster-down` removes everything with the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KUBECTL=${KUBECTL:-tests/cluster/bin/kubectl}
-BIN=${BIN:-target/release/zen-lead}
+HELM=${HELM:-tests/cluster/bin/helm}
 NS=${DEMO_NAMESPACE:-zen-lead-demo}
-dir=.cluster/demo
-mkdir -p "$dir"
+RELEASE=zen-lead-demo
+SYSTEM_NS=zen-lead-demo-system
 export KUBECONFIG=${KUBECONFIG:-$PWD/.cluster/kubeconfig}
+k() { "$KUBECTL" "$@"; }
+say() { printf '\n== %s\n' "$*"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-if [[ -f "$dir/controller.pid" ]] && kill -0 "$(cat "$dir/controller.pid")" 2>/dev/null; then
-  kill "$(cat "$dir/controller.pid")"; sleep 1
+# An earlier demo ran the controller on the host and registered a webhook
+# configuration under the name the chart now uses: stop and remove both.
+if [[ -f .cluster/demo/controller.pid ]]; then
+  kill "$(cat .cluster/demo/controller.pid)" 2>/dev/null || true
+  rm -f .cluster/demo/controller.pid
+  k delete mutatingwebhookconfiguration zen-lead-demo --ignore-not-found >/dev/null
 fi
-[[ -f "$dir/tls.crt" ]] || "$BIN" certs --out "$dir" --dns localhost --ip 127.0.0.1 >/dev/null
-webhook_port=$(port); admin_port=$(port)
-"$KUBECTL" create namespace zen-lead --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
-"$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
-nohup "$BIN" controller --webhook-addr "127.0.0.1:$webhook_port" --admin-addr "127.0.0.1:$admin_port" \
-  --tls-cert-file "$PWD/$dir/tls.crt" --tls-key-file "$PWD/$dir/tls.key" \
-  --agent-image localhost/zen-lead:dev --agent-image-pull-policy Never --watch-namespace "$NS" \
-  > "$PWD/$dir/controller.log" 2>&1 &
-echo $! > "$dir/controller.pid"
-for _ in $(seq 1 200); do
-  curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
-  kill -0 "$(cat "$dir/controller.pid")" 2>/dev/null || { echo "zen-lead controller exited; see $dir/controller.log" >&2; exit 1; }
-  sleep 0.1
-done
-ca=$(base64 -w0 "$dir/ca.crt")
-# webhook-config/local.yaml, scoped to the demo namespace so the demo never
-# touches other namespaces (e.g. a later `make test`).
-sed -e "s|\${WEBHOOK_PORT}|$webhook_port|g" -e "s|\${CA_BUNDLE}|$ca|g" \
-    -e 's|^  name: zen-lead$|  name: zen-lead-demo|' -e 's|operator: NotIn|operator: In|' \
-    -e "s|values: \\[\"kube-system\", \"zen-lead-system\"\\]|values: [\"$NS\"]|" \
-    webhook-config/local.yaml | "$KUBECTL" apply -f - >/dev/null
-echo "demo: zen-lead controller running (log: $dir/controller.log), webhook https://127.0.0.1:$webhook_port/mutate"
 
-"$KUBECTL" apply -n "$NS" -f examples/demo/pool.yaml
-"$KUBECTL" wait -n "$NS" leaderpolicy/demo-workers --for=jsonpath='{.status.phase}'=Stable --timeout=120s
-# `process` activation: every pod is Ready; only the leader's app process runs.
-for _ in $(seq 1 120); do
-  "$KUBECTL" get pods -n "$NS" -l zen-lead.io/role=leader -o name 2>/dev/null | grep -q . && break
-  sleep 1
+say "1/4 installing zen-lead with Helm (release $RELEASE in $SYSTEM_NS, image localhost/zen-lead:dev)"
+k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
+values=$(mktemp)
+trap 'rm -f "$values"' EXIT
+cat >"$values" <<YAML
+tls:
+  mode: selfManaged
+controller:
+  watchNamespace: $NS
+webhook:
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: [$NS]
+YAML
+start=$(now_ms)
+"$HELM" upgrade --install "$RELEASE" charts/zen-lead --namespace "$SYSTEM_NS" --create-namespace \
+  -f charts/zen-lead/ci/local-cluster-values.yaml -f "$values" --wait --timeout 5m >/dev/null
+echo "installed in $(( ($(now_ms) - start) / 1000 )) s:"
+k get deploy -n "$SYSTEM_NS"
+
+say "applying the demo pools in namespace $NS"
+k apply -n "$NS" -f examples/demo/controller.yaml -f examples/demo/pool.yaml
+for pool in demo-controller demo-workers; do
+  k wait -n "$NS" "leaderpolicy/$pool" --for=jsonpath='{.status.phase}'=Stable --timeout=180s >/dev/null
+  k rollout status -n "$NS" "deploy/$pool" --timeout=180s >/dev/null
 done
-"$KUBECTL" wait -n "$NS" pod -l zen-lead.io/role=leader --for=condition=Ready --timeout=120s
+
+# The leader's pod: the one labelled leader that is not terminating.
+leader_of() {
+  k get pods -n "$NS" -l "app=$1,zen-lead.io/role=leader" \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' 2>/dev/null \
+    | awk 'NF == 1 { print $1; exit }' || true
+}
+writer() { k get configmap heartbeat -n "$NS" -o jsonpath='{.data.writer}' 2>/dev/null || true; }
+wait_for() { # what, seconds, command...: until the command prints something
+  local what=$1 limit=$2 out
+  shift 2
+  for _ in $(seq 1 $((limit * 10))); do
+    out=$("$@" || true)
+    if [[ -n "$out" ]]; then echo "$out"; return 0; fi
+    sleep 0.1
+  done
+  echo "demo: timed out after ${limit}s waiting for $what" >&2
+  return 1
+}
+
+say "2/4 the controller pool (activation: api) and the worker pool (activation: process)"
+k get leaderpolicy -n "$NS"
 echo
-"$KUBECTL" get leaderpolicy -n "$NS"
+k get pods -n "$NS" -L zen-lead.io/role -o wide | cut -c1-120
+controller_leader=$(wait_for "the controller pool's leader" 120 leader_of demo-controller)
+first_writer=$(wait_for "the controller's heartbeat" 60 writer)
 echo
-"$KUBECTL" get pods -n "$NS" -L zen-lead.io/role
+echo "demo-controller: 3 replicas Ready, caches warm; the heartbeat ConfigMap is written by $first_writer"
+echo "(the leader is $controller_leader); the two followers' writes are refused by their agents' gates."
+
+say "3/4 live failover: deleting each pool's leader"
+# api: from the delete to the first heartbeat written by another replica.
+t0=$(now_ms)
+k delete pod -n "$NS" "$controller_leader" --wait=false >/dev/null
+not_old_writer() { local w; w=$(writer); [[ -n "$w" && "$w" != "$controller_leader" ]] && echo "$w"; }
+new_writer=$(wait_for "another replica's heartbeat" 60 not_old_writer)
+echo "demo-controller: deleted $controller_leader; $new_writer wrote the heartbeat $(( $(now_ms) - t0 )) ms later"
+echo "  (measured by polling kubectl, so the figure includes up to ~200 ms of polling)"
+
+# process: from the delete to the new leader's app process start (its own
+# log line, wall clock in ns).
+worker_leader=$(wait_for "the worker pool's leader" 60 leader_of demo-workers)
+t0_ns=$(date +%s%N)
+k delete pod -n "$NS" "$worker_leader" --wait=false >/dev/null
+other_leader() { local l; l=$(leader_of demo-workers); [[ -n "$l" && "$l" != "$worker_leader" ]] && echo "$l"; }
+new_leader=$(wait_for "a new worker leader" 60 other_leader)
+app_start() {
+  k logs -n "$NS" "$new_leader" -c app 2>/dev/null | grep '"event":"start"' | tail -1 \
+    | sed -n 's/.*"unixNano":\([0-9]*\).*/\1/p'
+}
+started_ns=$(wait_for "the new leader's app to start" 60 app_start)
+echo "demo-workers: deleted $worker_leader; the app process of $new_leader started $(( (started_ns - t0_ns) / 1000000 )) ms later"
+
+say "4/4 what to try next"
 cat <<MSG
-
-The pool has one leader. Every pod is Ready (2/2), but only the leader's app process runs;
-the others hold it under \`zen-lead run\` until they lead.
-Try:  export KUBECONFIG=$KUBECONFIG
-      $KUBECTL delete pod -n $NS -l zen-lead.io/role=leader     # another pod's app starts
-      $KUBECTL rollout restart -n $NS deploy/demo-workers       # completes: followers are Ready
-      $KUBECTL logs -n $NS -l zen-lead.io/role=leader -c app    # the running app's start line
-      $KUBECTL get lp -n $NS -w
+export KUBECONFIG=$KUBECONFIG
+$KUBECTL get lp -n $NS -w                                        # leaders, candidates, phase
+$KUBECTL rollout restart -n $NS deploy/demo-controller          # completes: followers are Ready
+$KUBECTL logs -n $NS -l zen-lead.io/role=leader -c controller    # the controller's writes (JSON lines)
+$KUBECTL delete pod -n $NS -l app=demo-workers,zen-lead.io/role=leader   # another pod's app starts
+$KUBECTL get lease -n $NS -o wide                                # the pools' Leases
+Your own workload: annotate its pod template with zen-lead/pool: NAME and create a LeaderPolicy NAME
+(examples/). Re-run: make demo. Remove everything: make cluster-down.
 MSG
