@@ -30,14 +30,34 @@ pub struct Metrics {
     pub policies_created: Counter,
 }
 
+/// The steps whose error counters exist from the start at zero, so a rate
+/// or an alert over `reconcile_errors_total` sees them before the first
+/// failure (others appear when they first fail).
+const KNOWN_STEPS: &[&str] = &[
+    "Lease",
+    "Pod",
+    "LeaderPolicy",
+    "Role",
+    "RoleBinding",
+    "event",
+    "eviction",
+    "delete-deposed",
+];
+
 impl Default for Metrics {
     fn default() -> Self {
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        for step in KNOWN_STEPS {
+            reconcile_errors
+                .get_or_create(&ErrorLabels { step })
+                .inc_by(0);
+        }
         Self {
             leader_changes: Counter::default(),
             // 10 ms .. ~5.5 min
             failover_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             reconciles: Counter::default(),
-            reconcile_errors: Family::default(),
+            reconcile_errors,
             api_requests: Counter::default(),
             is_active: Gauge::default(),
             policies: Gauge::default(),

@@ -79,6 +79,11 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
         });
         let reloads = Family::<ReloadLabels, Counter>::default();
+        // Both results exist from the start at zero, so an alert on
+        // `increase(...{result="error"})` sees the series before a failure.
+        for result in ["ok", "error"] {
+            reloads.get_or_create(&ReloadLabels { result }).inc_by(0);
+        }
         registry.register(
             "webhook_admission_duration_seconds",
             "Time to answer one admission request, by outcome (injected, not_in_pool, ...)",

@@ -65,6 +65,16 @@ pub enum FenceOutcome {
     Returned,
 }
 
+impl FenceOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            FenceOutcome::Retried => "retried",
+            FenceOutcome::Passed => "passed",
+            FenceOutcome::Returned => "returned",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HeldLabels {
     outcome: &'static str,
@@ -95,7 +105,45 @@ pub struct GateMetrics {
 }
 
 impl GateMetrics {
+    /// Registers the metrics. Every label value of the closed label sets
+    /// exists from the start at zero, so rates and alerts see the series
+    /// before the first event.
     pub fn register(&self, registry: &mut Registry) {
+        for class in [
+            RequestClass::Read,
+            RequestClass::Write,
+            RequestClass::Upgrade,
+        ] {
+            for outcome in [
+                Outcome::Passed,
+                Outcome::Refused,
+                Outcome::UpstreamError,
+                Outcome::Invalid,
+                Outcome::Cut,
+            ] {
+                self.requests
+                    .get_or_create(&labels(class, outcome))
+                    .inc_by(0);
+            }
+        }
+        for outcome in [HeldOutcome::Passed, HeldOutcome::Refused, HeldOutcome::Full] {
+            self.held_writes
+                .get_or_create(&HeldLabels {
+                    outcome: outcome.label(),
+                })
+                .inc_by(0);
+        }
+        for outcome in [
+            FenceOutcome::Retried,
+            FenceOutcome::Passed,
+            FenceOutcome::Returned,
+        ] {
+            self.fence_refusals
+                .get_or_create(&HeldLabels {
+                    outcome: outcome.label(),
+                })
+                .inc_by(0);
+        }
         registry.register(
             "gate_requests",
             "Requests through the API gate by class (read, write, upgrade) and outcome (passed, \
@@ -141,13 +189,10 @@ impl GateMetrics {
     /// Counts one server-side fencing refusal of a leader's write (or a
     /// retry that then passed): see [`FenceOutcome`].
     pub fn fence(&self, outcome: FenceOutcome) {
-        let outcome = match outcome {
-            FenceOutcome::Retried => "retried",
-            FenceOutcome::Passed => "passed",
-            FenceOutcome::Returned => "returned",
-        };
         self.fence_refusals
-            .get_or_create(&HeldLabels { outcome })
+            .get_or_create(&HeldLabels {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
@@ -160,20 +205,22 @@ impl GateMetrics {
     }
 
     pub fn count(&self, class: RequestClass, outcome: Outcome) {
-        let class = match class {
-            RequestClass::Read => "read",
-            RequestClass::Write => "write",
-            RequestClass::Upgrade => "upgrade",
-        };
-        let outcome = match outcome {
-            Outcome::Passed => "passed",
-            Outcome::Refused => "refused",
-            Outcome::UpstreamError => "upstream_error",
-            Outcome::Invalid => "invalid",
-            Outcome::Cut => "cut",
-        };
-        self.requests
-            .get_or_create(&Labels { class, outcome })
-            .inc();
+        self.requests.get_or_create(&labels(class, outcome)).inc();
     }
+}
+
+fn labels(class: RequestClass, outcome: Outcome) -> Labels {
+    let class = match class {
+        RequestClass::Read => "read",
+        RequestClass::Write => "write",
+        RequestClass::Upgrade => "upgrade",
+    };
+    let outcome = match outcome {
+        Outcome::Passed => "passed",
+        Outcome::Refused => "refused",
+        Outcome::UpstreamError => "upstream_error",
+        Outcome::Invalid => "invalid",
+        Outcome::Cut => "cut",
+    };
+    Labels { class, outcome }
 }
