@@ -25,6 +25,8 @@ pub use super::net::free_port;
 pub struct Controller {
     pub child: tokio::process::Child,
     pub webhook_port: u16,
+    /// livez, readyz and /metrics.
+    pub admin_port: u16,
     pub ca_pem: String,
 }
 
@@ -95,6 +97,7 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
     Controller {
         child,
         webhook_port,
+        admin_port,
         ca_pem: certs.ca_cert_pem,
     }
 }
