@@ -5,9 +5,10 @@
 //! Why per account and not per pool: a namespace with many pools sharing one
 //! account (the common `default`) would otherwise cost two objects, and two
 //! writes, per pool. Writes for one account are coalesced: while one is in
-//! flight, other pools' reconciles only mark the account dirty, and the
-//! writer goes round again (after a short pause, so a burst of new pools
-//! costs a few writes) with everything recorded by then.
+//! flight, other pools' reconciles only record what they need, and the
+//! writer, seeing the grant's version moved, goes round again (after a short
+//! pause, so a burst of new pools costs a few writes) with everything
+//! recorded by then.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -50,8 +51,9 @@ struct AccountState {
     /// The [`Wanted::version`] of the last successful write (`None`: not
     /// written since this process started), and whether it granted any pool.
     written: Option<(u64, bool)>,
+    /// A write is in flight (its writer goes round again if the version
+    /// moves meanwhile).
     busy: bool,
-    dirty: bool,
 }
 
 /// The pools an account's candidates need, and a version that changes with
@@ -72,6 +74,12 @@ struct State {
     /// Pool -> accounts it was last recorded with.
     pools: HashMap<PoolKey, BTreeSet<String>>,
     accounts: HashMap<(String, String), AccountState>,
+}
+
+impl State {
+    fn version(&self, key: &(String, String)) -> u64 {
+        self.wanted.get(key).map_or(0, |w| w.version)
+    }
 }
 
 /// Who needs which Leases, and what was written: shared by the workers.
@@ -118,30 +126,58 @@ impl Writer {
         })
     }
 
-    /// The version of `account`'s wanted grant (cheap: no copy of the set).
-    fn version(&self, ns: &str, account: &str) -> u64 {
+    /// Claims `account` for a write: its grant moved since the last write
+    /// and no write is in flight.
+    fn claim(&self, ns: &str, account: &str) -> bool {
+        let key = (ns.to_owned(), account.to_owned());
         self.with(|st| {
-            st.wanted
-                .get(&(ns.to_owned(), account.to_owned()))
-                .map_or(0, |w| w.version)
+            let version = st.version(&key);
+            let acct = st.accounts.entry(key).or_default();
+            if acct.busy || acct.written.map(|(v, _)| v) == Some(version) {
+                return false;
+            }
+            acct.busy = true;
+            true
         })
     }
 
-    /// `account`'s wanted grant and its version, copied to be written.
-    fn wanted(&self, ns: &str, account: &str) -> (u64, BTreeSet<String>) {
+    /// What the claimed writer writes: the grant's version and pools, and
+    /// whether the last write granted any pool (`None`: none yet).
+    fn to_write(&self, ns: &str, account: &str) -> (u64, BTreeSet<String>, Option<bool>) {
+        let key = (ns.to_owned(), account.to_owned());
         self.with(|st| {
-            st.wanted
-                .get(&(ns.to_owned(), account.to_owned()))
-                .map_or((0, BTreeSet::new()), |w| (w.version, w.pools.clone()))
+            let granted_before = st
+                .accounts
+                .get(&key)
+                .and_then(|a| a.written.map(|(_, any)| any));
+            let (version, pools) = st
+                .wanted
+                .get(&key)
+                .map_or((0, BTreeSet::new()), |w| (w.version, w.pools.clone()));
+            (version, pools, granted_before)
         })
     }
 
-    fn account<T>(&self, ns: &str, account: &str, f: impl FnOnce(&mut AccountState) -> T) -> T {
+    /// Records a successful write of `version`. Releases the claim, unless
+    /// the grant moved meanwhile: then `true`, write again.
+    fn written(&self, ns: &str, account: &str, version: u64, any: bool) -> bool {
+        let key = (ns.to_owned(), account.to_owned());
         self.with(|st| {
-            f(st.accounts
-                .entry((ns.to_owned(), account.to_owned()))
-                .or_default())
+            let again = st.version(&key) != version;
+            let acct = st.accounts.entry(key).or_default();
+            acct.written = Some((version, any));
+            acct.busy = again;
+            again
         })
+    }
+
+    /// Releases the claim after a failed write (the next pass claims again).
+    fn release(&self, ns: &str, account: &str) {
+        self.with(|st| {
+            if let Some(acct) = st.accounts.get_mut(&(ns.to_owned(), account.to_owned())) {
+                acct.busy = false;
+            }
+        });
     }
 }
 
@@ -165,66 +201,21 @@ async fn sync_account(
     ns: &str,
     account: &str,
 ) -> Result<(), ReconcileError> {
-    let version = rbac.version(ns, account);
-    let claimed = rbac.account(ns, account, |st| {
-        if st.busy {
-            // The writer in flight goes round again and sees this change.
-            st.dirty = true;
-            return false;
-        }
-        if st.written.map(|(v, _)| v) == Some(version) {
-            return false;
-        }
-        st.busy = true;
-        true
-    });
-    if !claimed {
+    if !rbac.claim(ns, account) {
         return Ok(());
     }
-    let result = 'write: loop {
-        let (version, pools) = rbac.wanted(ns, account);
-        let granted_before = rbac.account(ns, account, |st| st.written.map(|(_, any)| any));
+    loop {
+        let (version, pools, granted_before) = rbac.to_write(ns, account);
         if let Err(err) = write(client, ns, account, &pools, granted_before).await {
-            break Err(err);
+            rbac.release(ns, account);
+            return Err(err);
         }
-        rbac.account(ns, account, |st| {
-            st.written = Some((version, !pools.is_empty()));
-        });
-        // Look again before letting go: changes that arrived while writing
-        // (their reconciles only marked the account dirty) are ours to write.
-        loop {
-            let next = rbac.version(ns, account);
-            let step = rbac.account(ns, account, |st| {
-                if next != version {
-                    Step::Write
-                } else if st.dirty {
-                    st.dirty = false;
-                    Step::Recheck
-                } else {
-                    st.busy = false;
-                    Step::Done
-                }
-            });
-            match step {
-                Step::Write => {
-                    tokio::time::sleep(COALESCE).await;
-                    continue 'write;
-                }
-                Step::Recheck => continue,
-                Step::Done => break 'write Ok(()),
-            }
+        // Pools recorded while writing are ours to write: go round again.
+        if !rbac.written(ns, account, version, !pools.is_empty()) {
+            return Ok(());
         }
-    };
-    if result.is_err() {
-        rbac.account(ns, account, |st| st.busy = false);
+        tokio::time::sleep(COALESCE).await;
     }
-    result
-}
-
-enum Step {
-    Write,
-    Recheck,
-    Done,
 }
 
 /// Writes `pools` as `account`'s grant. `granted_before`: whether the last
@@ -361,41 +352,46 @@ mod tests {
     }
 
     #[test]
-    fn the_wanted_version_changes_exactly_when_the_grant_does() {
+    fn a_write_is_claimed_only_when_the_grant_moved_and_goes_round_for_pools_recorded_meanwhile() {
         let w = Writer::default();
         let key = |n: &str| PoolKey::new("ns", n);
         let accounts = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(w.version("ns", "default"), 0);
-        let touched = w.record(&key("a"), &accounts(&["default"]));
-        assert_eq!(touched, BTreeSet::from(["default".to_owned()]));
-        let v1 = w.version("ns", "default");
-        assert_ne!(v1, 0);
-        // The same pool again, with the same account: nothing to write.
-        w.record(&key("a"), &accounts(&["default"]));
-        assert_eq!(w.version("ns", "default"), v1);
-        // Another pool on the account: a new grant.
-        w.record(&key("b"), &accounts(&["default"]));
-        let (v2, pools) = w.wanted("ns", "default");
-        assert_ne!(v2, v1);
-        assert_eq!(pools, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
-        // Pool a moves to another account: both accounts are touched and
-        // both grants change; the same namespace's other accounts do not.
-        let touched = w.record(&key("a"), &accounts(&["worker"]));
+        let set = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
         assert_eq!(
-            touched,
-            BTreeSet::from(["default".to_owned(), "worker".to_owned()])
+            w.record(&key("a"), &accounts(&["default"])),
+            set(&["default"])
         );
-        let (v3, pools) = w.wanted("ns", "default");
-        assert_ne!(v3, v2);
-        assert_eq!(pools, BTreeSet::from(["b".to_owned()]));
-        assert_eq!(w.wanted("ns", "worker").1, BTreeSet::from(["a".to_owned()]));
+        assert!(w.claim("ns", "default"));
+        // Another pass while the write is in flight leaves it to the writer.
+        assert!(!w.claim("ns", "default"));
+        let (v1, pools, before) = w.to_write("ns", "default");
+        assert_eq!((pools, before), (set(&["a"]), None));
+        // Pool b recorded while writing: the writer goes round again...
+        w.record(&key("b"), &accounts(&["default"]));
+        assert!(w.written("ns", "default", v1, true));
+        let (v2, pools, before) = w.to_write("ns", "default");
+        assert_eq!((pools, before), (set(&["a", "b"]), Some(true)));
+        // ...and then lets go.
+        assert!(!w.written("ns", "default", v2, true));
+        // The same pool again with the same account: nothing to write.
+        w.record(&key("a"), &accounts(&["default"]));
+        assert!(!w.claim("ns", "default"));
+        // Pool a moves to another account: both grants move.
+        assert_eq!(
+            w.record(&key("a"), &accounts(&["worker"])),
+            set(&["default", "worker"])
+        );
+        assert!(w.claim("ns", "default") && w.claim("ns", "worker"));
+        assert_eq!(w.to_write("ns", "default").1, set(&["b"]));
+        assert_eq!(w.to_write("ns", "worker").1, set(&["a"]));
+        // A failed write lets go; the next pass claims again.
+        w.release("ns", "default");
+        assert!(w.claim("ns", "default"));
         // A pool that is gone leaves its accounts.
         w.record(&key("b"), &[]);
-        let (v4, pools) = w.wanted("ns", "default");
-        assert_ne!(v4, v3);
-        assert!(pools.is_empty());
+        assert!(w.to_write("ns", "default").1.is_empty());
         // Another namespace's account of the same name is another grant.
-        assert_eq!(w.version("other", "default"), 0);
+        assert_eq!(w.to_write("other", "default").0, 0);
     }
 
     #[test]
