@@ -17,6 +17,18 @@ pub enum RequestClass {
     Upgrade,
 }
 
+impl RequestClass {
+    const ALL: [RequestClass; 3] = [Self::Read, Self::Write, Self::Upgrade];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Upgrade => "upgrade",
+        }
+    }
+}
+
 /// `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -32,6 +44,26 @@ pub enum Outcome {
     Cut,
 }
 
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Self::Passed,
+        Self::Refused,
+        Self::UpstreamError,
+        Self::Invalid,
+        Self::Cut,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Refused => "refused",
+            Self::UpstreamError => "upstream_error",
+            Self::Invalid => "invalid",
+            Self::Cut => "cut",
+        }
+    }
+}
+
 /// How a standby's write that waited for leadership ended (`outcome` of
 /// `zen_lead_gate_held_writes_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +77,8 @@ pub enum HeldOutcome {
 }
 
 impl HeldOutcome {
+    const ALL: [HeldOutcome; 3] = [Self::Passed, Self::Refused, Self::Full];
+
     fn label(self) -> &'static str {
         match self {
             HeldOutcome::Passed => "passed",
@@ -66,6 +100,8 @@ pub enum FenceOutcome {
 }
 
 impl FenceOutcome {
+    const ALL: [FenceOutcome; 3] = [Self::Retried, Self::Passed, Self::Returned];
+
     fn label(self) -> &'static str {
         match self {
             FenceOutcome::Retried => "retried",
@@ -109,39 +145,21 @@ impl GateMetrics {
     /// exists from the start at zero, so rates and alerts see the series
     /// before the first event.
     pub fn register(&self, registry: &mut Registry) {
-        for class in [
-            RequestClass::Read,
-            RequestClass::Write,
-            RequestClass::Upgrade,
-        ] {
-            for outcome in [
-                Outcome::Passed,
-                Outcome::Refused,
-                Outcome::UpstreamError,
-                Outcome::Invalid,
-                Outcome::Cut,
-            ] {
+        for class in RequestClass::ALL {
+            for outcome in Outcome::ALL {
                 self.requests
                     .get_or_create(&labels(class, outcome))
                     .inc_by(0);
             }
         }
-        for outcome in [HeldOutcome::Passed, HeldOutcome::Refused, HeldOutcome::Full] {
+        for outcome in HeldOutcome::ALL.map(HeldOutcome::label) {
             self.held_writes
-                .get_or_create(&HeldLabels {
-                    outcome: outcome.label(),
-                })
+                .get_or_create(&HeldLabels { outcome })
                 .inc_by(0);
         }
-        for outcome in [
-            FenceOutcome::Retried,
-            FenceOutcome::Passed,
-            FenceOutcome::Returned,
-        ] {
+        for outcome in FenceOutcome::ALL.map(FenceOutcome::label) {
             self.fence_refusals
-                .get_or_create(&HeldLabels {
-                    outcome: outcome.label(),
-                })
+                .get_or_create(&HeldLabels { outcome })
                 .inc_by(0);
         }
         registry.register(
@@ -210,17 +228,8 @@ impl GateMetrics {
 }
 
 fn labels(class: RequestClass, outcome: Outcome) -> Labels {
-    let class = match class {
-        RequestClass::Read => "read",
-        RequestClass::Write => "write",
-        RequestClass::Upgrade => "upgrade",
-    };
-    let outcome = match outcome {
-        Outcome::Passed => "passed",
-        Outcome::Refused => "refused",
-        Outcome::UpstreamError => "upstream_error",
-        Outcome::Invalid => "invalid",
-        Outcome::Cut => "cut",
-    };
-    Labels { class, outcome }
+    Labels {
+        class: class.label(),
+        outcome: outcome.label(),
+    }
 }
