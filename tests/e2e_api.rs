@@ -333,6 +333,23 @@ async fn managers(cms: &Api<ConfigMap>, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// `kubectl delete pod` of the writing `leader`; waits for another
+/// replica's successful write. Returns when the delete was sent and that
+/// write.
+async fn delete_leader(ns: &str, dir: &Path, leader: &str, what: &str) -> (i64, Write) {
+    let t_delete = monotonic_ns();
+    let out = kubectl(ns, &["delete", "pod", leader, "--wait=false"]);
+    assert!(out.status.success(), "kubectl delete pod {leader}: {out:?}");
+    let next = eventually(what, Duration::from_secs(120), || async {
+        records(dir)
+            .first_ok_after(leader, t_delete)
+            .cloned()
+            .ok_or_else(|| "no write from another replica yet".to_owned())
+    })
+    .await;
+    (t_delete, next)
+}
+
 fn kubectl(ns: &str, args: &[&str]) -> std::process::Output {
     let cache = std::env::temp_dir().join(format!("zl-kubectl-cache-{ns}"));
     let mut full = vec!["-n", ns];
@@ -530,20 +547,8 @@ async fn run(scenario: Scenario) {
         }
 
         // ---- 2. delete the leader ----
-        let t_delete = monotonic_ns();
-        let out = kubectl(&ns, &["delete", "pod", &leader_name, "--wait=false"]);
-        assert!(out.status.success(), "kubectl delete pod: {out:?}");
-        let next = eventually(
-            "another replica's write to succeed",
-            Duration::from_secs(120),
-            || async {
-                records(&dir)
-                    .first_ok_after(&leader_name, t_delete)
-                    .cloned()
-                    .ok_or_else(|| "no write from another replica yet".to_owned())
-            },
-        )
-        .await;
+        let (t_delete, next) =
+            delete_leader(&ns, &dir, &leader_name, "another replica's write to succeed").await;
         let r = records(&dir);
         let old_last = r
             .last_ok_of(&leader_name)
@@ -663,20 +668,8 @@ async fn run(scenario: Scenario) {
             let Some(leader) = runs.last().cloned() else {
                 panic!("no successful write recorded before the hand-overs");
             };
-            let t_delete = monotonic_ns();
-            let out = kubectl(&ns, &["delete", "pod", &leader, "--wait=false"]);
-            assert!(out.status.success(), "kubectl delete pod {leader}: {out:?}");
-            let next = eventually(
-                &format!("a successor of {leader} to write (hand-over {})", runs.len()),
-                Duration::from_secs(120),
-                || async {
-                    records(&dir)
-                        .first_ok_after(&leader, t_delete)
-                        .cloned()
-                        .ok_or_else(|| "no write from another replica yet".to_owned())
-                },
-            )
-            .await;
+            let what = format!("a successor of {leader} to write (hand-over {})", runs.len());
+            let (t_delete, next) = delete_leader(&ns, &dir, &leader, &what).await;
             takeovers.push(ms(next.end - t_delete));
         }
         takeovers.sort_by(f64::total_cmp);
