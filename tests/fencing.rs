@@ -454,14 +454,12 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
         let mut retried = 0.0;
         let mut refusals = String::new();
         for m in &pool.members {
-            for line in m.agent.metrics().await.lines() {
-                if line.starts_with("zen_lead_gate_fence_refusals_total{outcome=\"retried\"}") {
-                    retried += line
-                        .rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .unwrap_or(0.0);
-                }
+            let metrics = m.agent.metrics().await;
+            retried += common::metric_sum(
+                &metrics,
+                "zen_lead_gate_fence_refusals_total{outcome=\"retried\"}",
+            );
+            for line in metrics.lines() {
                 if line.starts_with("zen_lead_gate_fence_refusals_total") {
                     refusals.push_str(&format!("{} {line}\n", m.name));
                 }

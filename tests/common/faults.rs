@@ -146,16 +146,12 @@ pub fn restart_apiserver() {
 /// ...) with its command line; for the API server, waits until it is ready.
 pub fn restart_component(name: &str) {
     let root = super::repo_root();
-    let out = Command::new(root.join("tests/cluster/bin/zl-cluster"))
-        .args(["restart", "--state"])
-        .arg(root.join(".cluster"))
-        .arg(name)
-        .output()
-        .unwrap_or_else(|e| panic!("zl-cluster restart: {e}"));
-    assert!(
-        out.status.success(),
-        "zl-cluster restart {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(
+        Command::new(root.join("tests/cluster/bin/zl-cluster"))
+            .args(["restart", "--state"])
+            .arg(root.join(".cluster"))
+            .arg(name),
+        &format!("zl-cluster restart {name}"),
     );
 }
 

@@ -315,6 +315,28 @@ pub async fn http_ok(ip: &str, port: u16, method: &str, path: &str) -> Result<St
     }
 }
 
+/// Runs `cmd` to the end; fails the test, with `what` and the command's
+/// stderr, unless it succeeds.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The sum of the samples of Prometheus text `text` on lines that start
+/// with `prefix` (a series, or a family with `{`): 0 when there are none.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A fresh scratch directory under target/test-scratch (emptied if it
 /// existed), kept after the test for inspection.
 pub fn scratch_dir(test: &str) -> PathBuf {
