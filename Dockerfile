@@ -2,7 +2,7 @@
 #
 # zen-lead image: two static binaries (musl) on a minimal non-root base:
 # zen-lead (everything) and zen-lead-pod (what a pool pod runs).
-#   docker build --build-arg ZEN_LEAD_GIT_COMMIT="$(git rev-parse --short HEAD)" -t zen-lead .
+#   docker build --build-arg ZEN_LEAD_GIT_COMMIT="$(git rev-parse --short=12 HEAD)" -t zen-lead .
 # The build context has no .git (see .dockerignore), so the commit is passed in;
 # build.rs falls back to "unknown" without it.
 #

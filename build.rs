@@ -1,7 +1,9 @@
 //! Records the git commit for `zen-lead version`.
 //!
 //! Order: `ZEN_LEAD_GIT_COMMIT` from the environment (container builds copy no
-//! `.git`), then `git rev-parse --short HEAD`, then `unknown`.
+//! `.git`), then `git rev-parse --short=12 HEAD`, then `unknown`. A fixed
+//! length: plain `--short` grows with the repository's object count, so a
+//! shallow and a full clone of one commit would build different binaries.
 
 use std::path::Path;
 use std::process::Command;
@@ -20,7 +22,7 @@ fn main() {
 
 fn git_short_head() -> Option<String> {
     let out = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["rev-parse", "--short=12", "HEAD"])
         .output()
         .ok()?;
     if !out.status.success() {

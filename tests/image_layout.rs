@@ -1,5 +1,6 @@
-//! The published image (Dockerfile) and the local cluster's image
-//! (tests/cluster/images.sh, imported as `localhost/zen-lead:dev`) must agree
+//! The Dockerfile's image and the release image `make image` builds without
+//! Docker (tools/oci/release-image.sh; the local cluster imports it as
+//! `localhost/zen-lead:dev` and pulls it from its registry) must agree
 //! on what the chart and the webhook rely on: the binary's path, the user and
 //! the entrypoint. Also: the Dockerfile's build context holds every file the
 //! Cargo manifest names, and hadolint finds nothing.
@@ -112,26 +113,37 @@ fn dockerfile_runtime_stage_is_minimal_and_non_root() {
     }
 }
 
-/// images.sh builds localhost/zen-lead:dev with the same path and entrypoint.
+/// `make image` (tools/oci/release-image.sh, which also builds the local
+/// cluster's localhost/zen-lead:dev) uses the same paths, user and
+/// entrypoint.
 #[test]
-fn cluster_image_script_matches_the_dockerfile() {
+fn release_image_script_matches_the_dockerfile() {
     let rt = dockerfile_runtime();
-    let script = read("tests/cluster/images.sh");
+    let script = read("tools/oci/release-image.sh");
     let build = script
-        .lines()
-        .find(|l| l.trim_start().starts_with("build zen-lead "))
-        .expect("images.sh builds the zen-lead image");
+        .split("zl-image\" build")
+        .nth(1)
+        .expect("release-image.sh runs zl-image build");
     assert!(
         build.contains(&format!("--entrypoint {}", rt.entrypoint[0])),
-        "images.sh entrypoint differs from the Dockerfile's: {build}"
+        "release-image.sh entrypoint differs from the Dockerfile's: {build}"
+    );
+    assert!(
+        build.contains(&format!("--user {}", rt.user)),
+        "release-image.sh user differs from the Dockerfile's: {build}"
     );
     for (var, path) in [("bin", BINARY), ("pod_bin", POD_BINARY)] {
         assert!(rt.binaries.iter().any(|b| b == path));
         assert!(
-            script.contains(&format!("\"${var}:{path}:0755\"")),
-            "images.sh does not put ${var} at {path}"
+            build.contains(&format!("\"${var}:{path}:0755\"")),
+            "release-image.sh does not put ${var} at {path}"
         );
     }
+    let images = read("tests/cluster/images.sh");
+    assert!(
+        images.contains("tools/oci/release-image.sh\" localhost/zen-lead:dev"),
+        "images.sh does not build the cluster's zen-lead image with release-image.sh"
+    );
 }
 
 fn tar_member(archive: &Path, member: &str) -> Vec<u8> {

@@ -57,7 +57,7 @@ fn each_missing_piece_is_named_with_the_command_that_installs_it() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     for (piece, how) in [
         ("Rust toolchain", "https://rustup.rs"),
-        ("Go >= 1.24", "https://go.dev/dl"),
+        ("Go >= 1.26.7", "https://go.dev/dl"),
         ("Debian packages", "sudo apt-get install -y"),
     ] {
         let line = stderr

@@ -27,7 +27,6 @@ var commands = map[string]command{
 	"kubectl":                 {"kubectl", runKubectl},
 	"kubelet":                 {"kubelet (the real node)", runKubelet},
 	"kube-proxy":              {"kube-proxy (iptables mode, the real node)", runKubeProxy},
-	"image":                   {"assemble an OCI image archive from files (no Docker needed)", runImage},
 	"up":                      {"start the local cluster (idempotent)", runUp},
 	"down":                    {"stop the processes `up` started and remove the state", runDown},
 	"status":                  {"report whether the local cluster is up", runStatus},

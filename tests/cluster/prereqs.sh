@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What `make test`, `make demo` and CI need on this machine type (Debian,
-# x86_64) beyond bash, make, a Rust toolchain (rustup) and Go >= 1.24:
+# x86_64) beyond bash, make, a Rust toolchain (rustup) and Go >= 1.26.7:
 #   - the Rust target x86_64-unknown-linux-musl (the shipped, static build
 #     the images carry);
 #   - Debian packages: musl-tools (ring's C parts for musl), containerd, runc,
@@ -32,11 +32,14 @@ if ! have cargo || ! have rustup; then
   problems+=("a Rust toolchain with rustup (cargo, rustup): install it from https://rustup.rs")
 fi
 if ! have go; then
-  problems+=("Go >= 1.24 (builds the local cluster from Kubernetes' Go modules): install it from https://go.dev/dl")
+  problems+=("Go >= 1.26.7 (builds the local cluster, its registry and the image tools from Go modules): install it from https://go.dev/dl")
 else
-  go_minor=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
-  if [[ -z "$go_minor" || "$go_minor" -lt 24 ]]; then
-    problems+=("Go >= 1.24 (found $(go env GOVERSION 2>/dev/null || echo 'an unknown version')): install it from https://go.dev/dl")
+  # The newest go directive among the Go modules here (the registry's
+  # distribution/v3 needs 1.26, Prometheus's rule parser 1.26.7).
+  go_version=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\)\.\{0,1\}\([0-9]*\).*/\1 \2/p')
+  read -r go_minor go_patch <<<"${go_version:-0 0}"
+  if (( ${go_minor:-0} < 26 || (${go_minor:-0} == 26 && ${go_patch:-0} < 7) )); then
+    problems+=("Go >= 1.26.7 (found $(go env GOVERSION 2>/dev/null || echo 'an unknown version')): install it from https://go.dev/dl")
   fi
 fi
 

@@ -1,6 +1,6 @@
 module github.com/kube-zen/zen-lead/tests/peers/rulecheck
 
-go 1.26.8
+go 1.26.7
 
 require (
 	github.com/prometheus/common v0.74.0
