@@ -39,9 +39,13 @@ const (
 	realNodeTaint = "zen-lead.io/real-node"
 	realNodeLabel = "zen-lead.io/node"
 	pauseImage    = "registry.k8s.io/pause:3.10"
+	// The local registry: the bridge's host address, where the node's
+	// containerd pulls from (pods never reach it: the guards drop pod traffic
+	// to the host). Images are pushed as <registryAddr>/<name>:<tag>.
+	registryAddr = realHostIP + ":5000"
 )
 
-var realComponents = []string{"containerd", "kubelet", "kube-proxy"}
+var realComponents = []string{"registry", "containerd", "kubelet", "kube-proxy"}
 
 // hostCmd runs a host networking command, failing with its output.
 func hostCmd(name string, args ...string) error {
@@ -161,11 +165,24 @@ func startRealNode(o *upOptions, st *state, pki *clusterPKI, server string) erro
 		return fmt.Errorf("real node network: %w", err)
 	}
 	dirs := map[string]string{}
-	for _, d := range []string{"containerd", "containerd/root", "containerd/state", "cni/net.d", "cni/ipam", "kubelet", "kubelet-pki", "kube-proxy"} {
+	for _, d := range []string{"containerd", "containerd/root", "containerd/state", "containerd/certs.d/" + registryAddr, "cni/net.d", "cni/ipam", "kubelet", "kubelet-pki", "kube-proxy", "registry"} {
 		dirs[d] = filepath.Join(st.Dir, d)
 		if err := os.MkdirAll(dirs[d], 0o700); err != nil {
 			return err
 		}
+	}
+	if err := startRegistry(o, st, dirs["registry"]); err != nil {
+		return err
+	}
+	// containerd pulls from the local registry over plain HTTP (hosts.toml:
+	// containerd's per-registry configuration, as on a user's node).
+	if err := os.WriteFile(filepath.Join(dirs["containerd/certs.d/"+registryAddr], "hosts.toml"), []byte(fmt.Sprintf(`server = "http://%[1]s"
+
+# containerd 1.6 refuses a hosts.toml without a host table.
+[host."http://%[1]s"]
+  capabilities = ["pull", "resolve"]
+`, registryAddr)), 0o600); err != nil {
+		return err
 	}
 	sock := st.containerdSocket()
 	containerdConfig := filepath.Join(dirs["containerd"], "config.toml")
@@ -194,7 +211,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %q
-`, dirs["containerd/root"], dirs["containerd/state"], sock, sock+".ttrpc", pauseImage, dirs["cni/net.d"])), 0o600); err != nil {
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = %q
+`, dirs["containerd/root"], dirs["containerd/state"], sock, sock+".ttrpc", pauseImage, dirs["cni/net.d"], filepath.Join(dirs["containerd"], "certs.d"))), 0o600); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(dirs["cni/net.d"], "10-zl.conflist"), []byte(fmt.Sprintf(`{
@@ -285,7 +304,8 @@ clusterDomain: cluster.local
 maxPods: 40
 podPidsLimit: -1
 serializeImagePulls: false
-# Images are imported, never pulled (there is no registry): never collect them.
+# Test images are imported, not pulled, so they could not be pulled back
+# after a collection: never collect images.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # A shared 2-core machine: evict only when really short.
@@ -345,6 +365,36 @@ iptables:
 	return st.spawn("kube-proxy", st.Binary, "kube-proxy", "--config="+proxyConfig)
 }
 
+// startRegistry serves the CNCF distribution registry (tools/oci's
+// zl-registry) on the bridge's host address, storing images under dir.
+func startRegistry(o *upOptions, st *state, dir string) error {
+	if o.registry == "" {
+		return fmt.Errorf("the real node needs --registry (tools/oci/build.sh builds tools/oci/bin/zl-registry)")
+	}
+	if _, err := os.Stat(o.registry); err != nil {
+		return fmt.Errorf("registry binary: %w (tools/oci/build.sh builds it)", err)
+	}
+	config := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog: {disabled: true}
+storage:
+  filesystem: {rootdirectory: %q}
+  delete: {enabled: true}
+http:
+  addr: %q
+`, filepath.Join(dir, "data"), registryAddr)), 0o600); err != nil {
+		return err
+	}
+	if err := st.spawn("registry", o.registry, "serve", config); err != nil {
+		return err
+	}
+	return waitFor(o.timeout, "the registry to serve on "+registryAddr, func() error {
+		return httpOK("http://" + registryAddr + "/v2/")
+	}, st)
+}
+
 // importImages loads every OCI archive in dir into containerd's k8s.io
 // namespace (a no-op for content it already has).
 func (st *state) importImages(dir string) error {
@@ -395,6 +445,7 @@ func waitRealNodeReady(ctx context.Context, o *upOptions, st *state) error {
 // removes the host network pieces.
 func (st *state) stopRealNode() {
 	if _, ok := st.PIDs["containerd"]; !ok {
+		st.stopOne("registry") // started first: up may have failed after it
 		return
 	}
 	st.stopOne("kubelet")
@@ -426,6 +477,7 @@ func (st *state) stopRealNode() {
 		_ = exec.Command(st.Binary, "kube-proxy", "--cleanup", cfg).Run()
 	}
 	st.stopOne("containerd")
+	st.stopOne("registry")
 	st.killStrays()
 	st.unmountAll()
 	teardownHostNetwork()

@@ -60,6 +60,7 @@ type upOptions struct {
 	timeout   time.Duration
 	realNode  bool
 	images    string
+	registry  string
 }
 
 func parseUpFlags(name string, args []string) (*upOptions, error) {
@@ -75,6 +76,7 @@ func parseUpFlags(name string, args []string) (*upOptions, error) {
 	fs.DurationVar(&o.timeout, "timeout", 4*time.Minute, "how long to wait for the cluster to work")
 	fs.BoolVar(&o.realNode, "real-node", true, "also run a real node (containerd, runc, kubelet, kube-proxy) as real-0")
 	fs.StringVar(&o.images, "images", filepath.Join(filepath.Dir(self), "images"), "directory of OCI image archives to import into the real node")
+	fs.StringVar(&o.registry, "registry", "", "the registry binary the real node pulls from (tools/oci/bin/zl-registry); needed with --real-node")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -93,7 +95,11 @@ func runUp(args []string) int {
 	}
 	start := time.Now()
 	if st, err := loadState(o.dir); err == nil {
-		if problem := st.health(); problem == "" {
+		problem := st.health()
+		if _, node := st.PIDs["containerd"]; problem == "" && node && st.PIDs["registry"] == 0 {
+			problem = "its real node has no registry (started by an older zl-cluster)"
+		}
+		if problem == "" {
 			fmt.Printf("zl-cluster: already running (state %s)\n", o.dir)
 			if _, ok := st.PIDs["containerd"]; ok {
 				// Images may have been rebuilt since: importing is cheap when unchanged.

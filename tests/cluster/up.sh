@@ -6,11 +6,14 @@ repo="$(cd "$here/../.." && pwd)"
 start=$SECONDS
 bash "$here/build.sh"
 echo "cluster-up: cluster binaries ready after $((SECONDS - start))s (a first build takes 10+ minutes on 2 cores)"
-if [[ "${ZL_REAL_NODE:-1}" == 1 ]]; then
+real_node="${ZL_REAL_NODE:-1}"
+if [[ "$real_node" == 1 ]]; then
   images=$SECONDS
+  # The image tools and the registry the real node pulls from (tools/oci).
+  bash "$repo/tools/oci/build.sh"
   bash "$here/images.sh"
   echo "cluster-up: images ready in $((SECONDS - images))s"
-  set -- --real-node=true "$@"
+  set -- --real-node=true --registry "$repo/tools/oci/bin/zl-registry" "$@"
 else
   set -- --real-node=false "$@"
 fi
@@ -19,4 +22,16 @@ fi
 # object (docs/ARCHITECTURE.md, "Server-side fencing").
 KUBECONFIG="$repo/.cluster/kubeconfig" "$here/bin/kubectl" apply --server-side --field-manager=zl-cluster \
   -f "$here/manifests/lease-params-anchor.yaml" >/dev/null
+if [[ "$real_node" == 1 ]]; then
+  # The release image in the local registry under the chart's default tag, so
+  # the chart installs with only image.repository=198.19.128.1:5000/zen-lead
+  # and the kubelet pulls it like on any cluster. (The address is
+  # registryAddr in realnode.go.)
+  version="$(awk -F'"' '/^appVersion:/ {print $2}' "$repo/charts/zen-lead/Chart.yaml")"
+  image="198.19.128.1:5000/zen-lead:$version"
+  "$repo/tools/oci/bin/zl-image" push --insecure "$here/bin/images/zen-lead.tar" "$image"
+  # The tag may now name a rebuilt image: forget the node's copy, so that the
+  # next pod pulls the new one (IfNotPresent would keep running the old).
+  ctr --address "$repo/.cluster/containerd/containerd.sock" -n k8s.io images rm "$image" >/dev/null 2>&1 || true
+fi
 echo "cluster-up: total $((SECONDS - start))s"
