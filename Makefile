@@ -19,13 +19,28 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help prereqs build crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing test chaos demo lint cluster-up cluster-down certs
+.PHONY: help prereqs build image push crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Build the release binary (target/release/zen-lead)
 	$(CARGO) build --release --locked
+
+# The release image. IMAGE defaults to the chart's image and appVersion, so the
+# chart's defaults name exactly what `make image` builds.
+VERSION := $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/zen-lead/Chart.yaml)
+IMAGE_REPOSITORY := ghcr.io/kube-zen/zen-lead
+IMAGE ?= $(IMAGE_REPOSITORY):$(VERSION)
+IMAGE_ARCHIVE ?= $(CURDIR)/target/image/zen-lead.oci.tar
+# PUSH_FLAGS=--insecure for a registry that speaks plain HTTP.
+PUSH_FLAGS ?=
+
+image: ## Build the release image as an OCI archive, no Docker needed (IMAGE_ARCHIVE; IMAGE names it)
+	bash tools/oci/release-image.sh "$(IMAGE)" "$(IMAGE_ARCHIVE)"
+
+push: image ## Push the release image: make push IMAGE=registry/repo:tag (credentials: ~/.docker/config.json)
+	tools/oci/bin/zl-image push $(PUSH_FLAGS) "$(IMAGE_ARCHIVE)" "$(IMAGE)"
 
 manifests: ## Regenerate config/ and deploy/ (kubectl apply install) from the chart
 	UPDATE_MANIFESTS=1 $(CARGO) test --locked --test manifests

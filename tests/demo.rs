@@ -89,4 +89,22 @@ fn make_demo_installs_with_helm_shows_both_pools_and_times_a_failover_twice() {
              heartbeat) {api} ms, process pool (next app start) {process} ms"
         );
     }
+    // Installed as a user would: the chart's tag, pulled by the kubelet from
+    // the local registry (a pulled image is recorded by its registry digest).
+    let out = common::run_ok(
+        Command::new(kubectl_path())
+            .env("KUBECONFIG", kubeconfig_path())
+            .args(["get", "pods", "-n", SYSTEM_NS, "-o"])
+            .arg(r#"jsonpath={range .items[*].status.containerStatuses[*]}{.image} {.imageID}{"\n"}{end}"#),
+        "kubectl get the demo controller's pods",
+    );
+    let images = String::from_utf8_lossy(&out.stdout);
+    let image = common::local_registry_image();
+    assert!(
+        !images.trim().is_empty()
+            && images.lines().all(|l| l
+                .starts_with(&format!("{image} {}/", common::LOCAL_REGISTRY))
+                && l.contains("@sha256:")),
+        "the demo's controller does not run the registry's image:\n{images}"
+    );
 }

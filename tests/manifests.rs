@@ -242,9 +242,10 @@ impl Drop for Installed {
 
 /// The seed's three commands on the local cluster, then a pool: the
 /// controller comes up, the webhook injects the agent, the pool gets a
-/// Lease and a Stable status. Only the image is changed (to the locally
-/// built one) and the controller is placed on the real node, the local
-/// cluster's one node that runs containers.
+/// Lease and a Stable status. Only the image's registry is changed (to the
+/// local cluster's, which holds the release image under the same tag; the
+/// kubelet pulls it there) and the controller is placed on the real node, the
+/// local cluster's one node that runs containers.
 #[tokio::test]
 async fn installs_with_three_kubectl_applies_and_runs_a_pool() {
     use common::workloads::{kubectl_ok, stable_holder};
@@ -255,7 +256,7 @@ async fn installs_with_three_kubectl_applies_and_runs_a_pool() {
         let text = std::fs::read_to_string(path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         let local = text.replace(
             &format!("ghcr.io/kube-zen/zen-lead:{version}"),
-            "localhost/zen-lead:dev",
+            &common::local_registry_image(),
         );
         assert!(
             rel != DEPLOY_FILE || local != text,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`, once the local cluster is up (its image of zen-lead,
-# localhost/zen-lead:dev, is in the real node's containerd): installs zen-lead
-# with the Helm chart the way a user does (release `zen-lead-demo`, namespace
+# `make demo`, once the local cluster is up (its registry holds the release
+# image, pushed by cluster-up): installs zen-lead with the Helm chart the way a
+# user does, naming only the image's repository (release `zen-lead-demo`, namespace
 # zen-lead-demo-system, self-managed TLS, scoped to the demo namespace so the
 # rest of the cluster, e.g. a later `make test`, is left alone), then shows:
 #   1. a controller in `api` activation: three Ready replicas, one writer;
@@ -16,6 +16,8 @@ KUBECTL=${KUBECTL:-tests/cluster/bin/kubectl}
 HELM=${HELM:-tests/cluster/bin/helm}
 NS=${DEMO_NAMESPACE:-zen-lead-demo}
 RELEASE=zen-lead-demo
+# The local cluster's registry (tests/cluster/realnode.go registryAddr).
+REPOSITORY=198.19.128.1:5000/zen-lead
 SYSTEM_NS=zen-lead-demo-system
 export KUBECONFIG=${KUBECONFIG:-$PWD/.cluster/kubeconfig}
 k() { "$KUBECTL" "$@"; }
@@ -30,11 +32,18 @@ if [[ -f .cluster/demo/controller.pid ]]; then
   k delete mutatingwebhookconfiguration zen-lead-demo --ignore-not-found >/dev/null
 fi
 
-say "1/4 installing zen-lead with Helm (release $RELEASE in $SYSTEM_NS, image localhost/zen-lead:dev)"
+say "1/4 installing zen-lead with Helm (release $RELEASE in $SYSTEM_NS, image $REPOSITORY, the chart's tag)"
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
 values=$(mktemp)
 trap 'rm -f "$values"' EXIT
+# Only the real node runs containers (the KWOK nodes fake them).
 cat >"$values" <<YAML
+nodeSelector:
+  zen-lead.io/node: real
+tolerations:
+  - key: zen-lead.io/real-node
+    operator: Exists
+    effect: NoSchedule
 tls:
   mode: selfManaged
 controller:
@@ -48,7 +57,7 @@ webhook:
 YAML
 start=$(now_ms)
 "$HELM" upgrade --install "$RELEASE" charts/zen-lead --namespace "$SYSTEM_NS" --create-namespace \
-  -f charts/zen-lead/ci/local-cluster-values.yaml -f "$values" --wait --timeout 5m >/dev/null
+  --set image.repository="$REPOSITORY" -f "$values" --wait --timeout 5m >/dev/null
 echo "installed in $(( ($(now_ms) - start) / 1000 )) s:"
 k get deploy -n "$SYSTEM_NS"
 

@@ -39,6 +39,16 @@ pub const TEST_LABEL: &str = "zen-lead.io/test";
 /// Field manager for the tests' server-side applies.
 pub const FIELD_MANAGER: &str = "zen-lead-tests";
 
+/// The local cluster's registry (tests/cluster/realnode.go `registryAddr`):
+/// the real node's containerd pulls from it over plain HTTP.
+pub const LOCAL_REGISTRY: &str = "198.19.128.1:5000";
+
+/// The release image as `make cluster-up` pushes it to the local registry:
+/// the chart's default tag (its appVersion, which is the crate's version).
+pub fn local_registry_image() -> String {
+    format!("{LOCAL_REGISTRY}/zen-lead:{}", env!("CARGO_PKG_VERSION"))
+}
+
 const CLUSTER_HINT: &str = "run `make cluster-up` (or point KUBECONFIG at a reachable cluster)";
 
 /// Root of the repository.
