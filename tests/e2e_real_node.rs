@@ -1,6 +1,6 @@
 //! End to end on the real node: `zen-lead controller` (webhook + controllers,
-//! as a host process) injects the agent from the `localhost/zen-lead:dev`
-//! image into annotated pods on `real-0`, and the kubelet runs the app only
+//! as a host process) injects the agent from the release image (pulled from
+//! the local registry) into annotated pods on `real-0`, and the kubelet runs the app only
 //! in the pod that leads (`start` activation).
 //!
 //! The app is `zl-testapp`, which appends start/stop lines with

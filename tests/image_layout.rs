@@ -1,6 +1,6 @@
 //! The Dockerfile's image and the release image `make image` builds without
-//! Docker (tools/oci/release-image.sh; the local cluster imports it as
-//! `localhost/zen-lead:dev` and pulls it from its registry) must agree
+//! Docker (tools/oci/release-image.sh; the local cluster's registry serves
+//! it) must agree
 //! on what the chart and the webhook rely on: the binary's path, the user and
 //! the entrypoint. Also: the Dockerfile's build context holds every file the
 //! Cargo manifest names, and hadolint finds nothing.
@@ -113,8 +113,8 @@ fn dockerfile_runtime_stage_is_minimal_and_non_root() {
     }
 }
 
-/// `make image` (tools/oci/release-image.sh, which also builds the local
-/// cluster's localhost/zen-lead:dev) uses the same paths, user and
+/// `make image` (tools/oci/release-image.sh, which also builds the image the
+/// local cluster's registry serves) uses the same paths, user and
 /// entrypoint.
 #[test]
 fn release_image_script_matches_the_dockerfile() {
@@ -141,8 +141,8 @@ fn release_image_script_matches_the_dockerfile() {
     }
     let images = read("tests/cluster/images.sh");
     assert!(
-        images.contains("tools/oci/release-image.sh\" localhost/zen-lead:dev"),
-        "images.sh does not build the cluster's zen-lead image with release-image.sh"
+        images.contains("tools/oci/release-image.sh\" \"198.19.128.1:5000/zen-lead:$version\""),
+        "images.sh does not build the registry's zen-lead image with release-image.sh"
     );
 }
 
@@ -168,7 +168,7 @@ fn json(bytes: &[u8]) -> Value {
 #[test]
 fn local_cluster_image_has_the_dockerfile_layout() {
     let rt = dockerfile_runtime();
-    let archive: PathBuf = common::repo_root().join("tests/cluster/bin/images/zen-lead.tar");
+    let archive: PathBuf = common::repo_root().join("tests/cluster/bin/release/zen-lead.tar");
     assert!(
         archive.exists(),
         "{} is missing: `make cluster-up` builds it",

@@ -1,5 +1,5 @@
 //! `process` activation on the real node: `zen-lead controller` (a host
-//! process) injects the agent from the `localhost/zen-lead:dev` image; each app
+//! process) injects the agent from the release image (the local registry); each app
 //! container runs `zl-testapp` under `zen-lead run`, which starts it only while
 //! the pod leads. The app appends start/stop lines with CLOCK_MONOTONIC
 //! timestamps to a hostPath file, so the tests see exactly when each pod's app

@@ -3,15 +3,14 @@
 # (no Docker engine here: tools/oci's zl-image assembles them from files):
 #   registry.k8s.io/pause:3.10   the pod sandbox image (tests/cluster/cmd/pause)
 #   localhost/zl-testapp:dev     a test workload that records when it runs
-#   localhost/zen-lead:dev       the release image (`make image`,
-#                                tools/oci/release-image.sh); up.sh also pushes
-#                                it to the local registry as
-#                                198.19.128.1:5000/zen-lead:<appVersion>
 #   localhost/zl-hactl:dev       a client-go controller (cmd/hactl) for the
 #                                `api` activation tests
 #   localhost/zl-hactl-rs:dev    its kube-rs twin (examples/ha-controller.rs)
 #   localhost/zl-lepeer:dev      client-go's leaderelection in a pod: the peer
 #                                of the overlap checker (tests/overlap.rs)
+# and, not imported, bin/release/zen-lead.tar: the release image (`make image`,
+# tools/oci/release-image.sh), which up.sh pushes to the local registry as
+# 198.19.128.1:5000/zen-lead:<appVersion>.
 # `zl-cluster up` imports them into containerd; a second `up` re-imports, so a
 # rebuilt binary reaches the node without restarting the cluster.
 set -euo pipefail
@@ -28,9 +27,13 @@ go build -trimpath -ldflags "-s -w" -o bin/image-src/testapp ./cmd/testapp
 go build -trimpath -ldflags "-s -w" -o bin/image-src/hactl ./cmd/hactl
 go build -trimpath -ldflags "-s -w" -o bin/image-src/lepeer ./cmd/lepeer
 
-# zen-lead's image is the release image (`make image`), under the name the
-# tests use. The kube-rs test controller is static (musl) like it.
-bash "$repo/tools/oci/release-image.sh" localhost/zen-lead:dev "$out/zen-lead.tar"
+# zen-lead's image is the release image (`make image`), named as up.sh pushes
+# it to the local registry. It is not imported: the kubelet pulls it.
+version="$(awk -F'"' '/^appVersion:/ {print $2}' "$repo/charts/zen-lead/Chart.yaml")"
+mkdir -p "$here/bin/release"
+bash "$repo/tools/oci/release-image.sh" "198.19.128.1:5000/zen-lead:$version" "$here/bin/release/zen-lead.tar"
+rm -f "$out/zen-lead.tar" "$out/zen-lead.tar.stamp" # imported by earlier versions of this script
+# The kube-rs test controller is static (musl) like zen-lead.
 target=x86_64-unknown-linux-musl
 (cd "$repo" && cargo build --release --locked --quiet --target "$target" --example ha-controller)
 hactl_rs="$repo/target/$target/release/examples/ha-controller"

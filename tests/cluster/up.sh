@@ -29,7 +29,7 @@ if [[ "$real_node" == 1 ]]; then
   # registryAddr in realnode.go.)
   version="$(awk -F'"' '/^appVersion:/ {print $2}' "$repo/charts/zen-lead/Chart.yaml")"
   image="198.19.128.1:5000/zen-lead:$version"
-  "$repo/tools/oci/bin/zl-image" push --insecure "$here/bin/images/zen-lead.tar" "$image"
+  "$repo/tools/oci/bin/zl-image" push --insecure "$here/bin/release/zen-lead.tar" "$image"
   # The tag may now name a rebuilt image: forget the node's copy, so that the
   # next pod pulls the new one (IfNotPresent would keep running the old).
   ctr --address "$repo/.cluster/containerd/containerd.sock" -n k8s.io images rm "$image" >/dev/null 2>&1 || true

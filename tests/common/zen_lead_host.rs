@@ -15,9 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-/// The agent image the controller injects (built by tests/cluster/images.sh).
-pub const AGENT_IMAGE: &str = "localhost/zen-lead:dev";
-
 pub use super::net::free_port;
 
 /// `zen-lead controller` on the host, serving the webhook on loopback and
@@ -71,12 +68,10 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
         .arg("--tls-key-file")
         .arg(dir.join("tls.key"))
         .args(["--namespace", ns, "--watch-namespace", ns])
-        .args([
-            "--agent-image",
-            AGENT_IMAGE,
-            "--agent-image-pull-policy",
-            "Never",
-        ])
+        // The release image from the local registry, pulled as on any
+        // cluster (cluster-up pushes the image of this build).
+        .args(["--agent-image", &super::local_registry_image()])
+        .args(["--agent-image-pull-policy", "IfNotPresent"])
         .env("KUBECONFIG", super::kubeconfig_path())
         .stdout(Stdio::null())
         .stderr(log)
