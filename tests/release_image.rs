@@ -84,6 +84,25 @@ fn the_charts_default_image_is_what_make_image_builds() {
         "",
         "values.yaml image.tag must stay empty (the chart's appVersion)"
     );
+    // Examples that pull zen-lead from the local registry name the tag
+    // cluster-up pushes.
+    let pushed = common::local_registry_image();
+    let repository_prefix = format!("{}/zen-lead:", common::LOCAL_REGISTRY);
+    let out = Command::new("grep")
+        .args(["-rhoE", &format!("{repository_prefix}[^ \"]*"), "examples"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("grep: {e}"));
+    // grep: 0 found some, 1 found none, 2 failed.
+    assert!(
+        out.status.code().is_some_and(|c| c < 2),
+        "grep examples failed"
+    );
+    let named = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        named.lines().all(|l| l == pushed),
+        "examples name a zen-lead tag cluster-up does not push (want {pushed}):\n{named}"
+    );
     // What `make image` would run, with its defaults expanded.
     let plan = make(&["-n", "image"]);
     assert!(
