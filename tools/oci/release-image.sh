@@ -21,7 +21,10 @@ if ! command -v musl-gcc >/dev/null; then
   exit 1
 fi
 bash "$here/build.sh" zl-image
-(cd "$repo" && cargo build --release --locked --quiet --target "$target" --bin zen-lead --bin zen-lead-pod)
+# The local cluster's kube-rs test controller (examples/ha-controller.rs) is
+# built in the same invocation: built on its own, it changes the fingerprint of
+# dependencies the two share, and each build would undo the other (minutes).
+(cd "$repo" && cargo build --release --locked --quiet --target "$target" --bin zen-lead --bin zen-lead-pod --example ha-controller)
 bin="$repo/target/$target/release/zen-lead"
 pod_bin="$repo/target/$target/release/zen-lead-pod"
 for b in "$bin" "$pod_bin"; do
