@@ -84,12 +84,13 @@ fn the_charts_default_image_is_what_make_image_builds() {
         "",
         "values.yaml image.tag must stay empty (the chart's appVersion)"
     );
-    // Examples that pull zen-lead from the local registry name the tag
-    // cluster-up pushes.
+    // Example manifests that pull zen-lead from the local registry name the
+    // tag cluster-up pushes.
     let pushed = common::local_registry_image();
     let repository_prefix = format!("{}/zen-lead:", common::LOCAL_REGISTRY);
     let out = Command::new("grep")
-        .args(["-rhoE", &format!("{repository_prefix}[^ \"]*"), "examples"])
+        .args(["-rhoE", "--include=*.yaml"])
+        .args([&format!("{repository_prefix}[^ \"]*"), "examples"])
         .current_dir(repo_root())
         .output()
         .unwrap_or_else(|e| panic!("grep: {e}"));
