@@ -32,19 +32,10 @@ fn yaml_value(text: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key}: in {text}"))
 }
 
-/// `make` as a user runs it: without the CARGO_* variables cargo sets for a
-/// test process. Build scripts watch some of them, so inheriting them would
-/// make the musl build recompile what cluster-up has just built.
 fn make(args: &[&str]) -> String {
-    let mut cmd = Command::new("make");
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
-            cmd.env_remove(key);
-        }
-    }
     let out = run_ok(
-        cmd.args(["--no-print-directory"])
+        Command::new("make")
+            .args(["--no-print-directory"])
             .args(args)
             .current_dir(repo_root()),
         &format!("make {}", args.join(" ")),
