@@ -17,11 +17,6 @@ const BINARY: &str = "/usr/local/bin/zen-lead";
 const POD_BINARY: &str = zen_lead::contract::AGENT_COMMAND;
 const USER: &str = "65532:65532";
 
-fn read(rel: &str) -> String {
-    let path = common::repo_root().join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Dockerfile instructions (continuation lines joined, comments dropped).
 fn instructions(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -54,7 +49,7 @@ struct RuntimeStage {
 }
 
 fn dockerfile_runtime() -> RuntimeStage {
-    let all = instructions(&read("Dockerfile"));
+    let all = instructions(&common::read_repo_file("Dockerfile"));
     let last_from = all
         .iter()
         .rposition(|(op, _)| op == "FROM")
@@ -101,7 +96,7 @@ fn dockerfile_runtime_stage_is_minimal_and_non_root() {
         rt.base
     );
     // Every base image is pinned to a version, never a moving `latest`.
-    for (op, rest) in instructions(&read("Dockerfile")) {
+    for (op, rest) in instructions(&common::read_repo_file("Dockerfile")) {
         if op == "FROM" {
             let image = rest.split_whitespace().next().unwrap_or("");
             assert!(
@@ -119,7 +114,7 @@ fn dockerfile_runtime_stage_is_minimal_and_non_root() {
 #[test]
 fn release_image_script_matches_the_dockerfile() {
     let rt = dockerfile_runtime();
-    let script = read("tools/oci/release-image.sh");
+    let script = common::read_repo_file("tools/oci/release-image.sh");
     let build = script
         .split("zl-image\" build")
         .nth(1)
@@ -139,7 +134,7 @@ fn release_image_script_matches_the_dockerfile() {
             "release-image.sh does not put ${var} at {path}"
         );
     }
-    let images = read("tests/cluster/images.sh");
+    let images = common::read_repo_file("tests/cluster/images.sh");
     assert!(
         images.contains("tools/oci/release-image.sh\" \"198.19.128.1:5000/zen-lead:$version\""),
         "images.sh does not build the registry's zen-lead image with release-image.sh"
@@ -225,7 +220,7 @@ fn local_cluster_image_has_the_dockerfile_layout() {
 /// copied into the build stage (a missing bench file breaks the manifest).
 #[test]
 fn docker_build_context_has_every_file_cargo_needs() {
-    let manifest = read("Cargo.toml");
+    let manifest = common::read_repo_file("Cargo.toml");
     let mut needed = vec![
         "Cargo.toml".to_owned(),
         "Cargo.lock".to_owned(),
@@ -251,12 +246,12 @@ fn docker_build_context_has_every_file_cargo_needs() {
         }
     }
     needed.dedup();
-    let ignore = read(".dockerignore");
+    let ignore = common::read_repo_file(".dockerignore");
     let allowed: Vec<&str> = ignore
         .lines()
         .filter_map(|l| l.trim().strip_prefix('!'))
         .collect();
-    let copies: Vec<String> = instructions(&read("Dockerfile"))
+    let copies: Vec<String> = instructions(&common::read_repo_file("Dockerfile"))
         .into_iter()
         .filter(|(op, rest)| op == "COPY" && !rest.starts_with("--from="))
         .map(|(_, rest)| rest)

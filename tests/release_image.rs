@@ -20,10 +20,6 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(repo_root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
 /// The value of `key:` on the first line of `text` that sets it, unquoted.
 fn yaml_value(text: &str, key: &str) -> String {
     text.lines()
@@ -66,14 +62,14 @@ fn sha256_of(path: &Path) -> String {
 
 #[test]
 fn the_charts_default_image_is_what_make_image_builds() {
-    let chart = read("charts/zen-lead/Chart.yaml");
+    let chart = common::read_repo_file("charts/zen-lead/Chart.yaml");
     let app_version = yaml_value(&chart, "appVersion");
     assert_eq!(
         app_version,
         env!("CARGO_PKG_VERSION"),
         "Chart.yaml appVersion and Cargo.toml's version differ"
     );
-    let values = read("charts/zen-lead/values.yaml");
+    let values = common::read_repo_file("charts/zen-lead/values.yaml");
     let image = values
         .split("\nimage:\n")
         .nth(1)

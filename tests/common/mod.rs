@@ -51,6 +51,12 @@ pub fn local_registry_image() -> String {
 
 const CLUSTER_HINT: &str = "run `make cluster-up` (or point KUBECONFIG at a reachable cluster)";
 
+/// A file of the repository, by its path from the root.
+pub fn read_repo_file(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

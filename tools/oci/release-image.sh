@@ -27,7 +27,7 @@ bash "$here/build.sh" zl-image
 (cd "$repo" && cargo build --release --locked --quiet --target "$target" --bin zen-lead --bin zen-lead-pod --example ha-controller)
 bin="$repo/target/$target/release/zen-lead"
 pod_bin="$repo/target/$target/release/zen-lead-pod"
-for b in "$bin" "$pod_bin"; do
+for b in "$bin" "$pod_bin" "$repo/target/$target/release/examples/ha-controller"; do
   # A static(-pie) binary needs no shared libraries: ldd lists none with "=>".
   if ldd "$b" 2>/dev/null | grep -q '=>'; then
     echo "release-image: $b is dynamically linked; the image expects static binaries" >&2
