@@ -10,6 +10,10 @@
 //   - reconcile: every ConfigMap labelled hactl.zen-lead.io/input=true gets a
 //     copy named <name>-out (create or update), driven by the informer.
 //
+// With --counters it does neither: it runs the overlap checker's work
+// (internal/counters: a compare-and-set and a blind increment of two
+// ConfigMaps, every --interval), recorded per write attempt.
+//
 // Every write uses the pod's name as field manager, so the objects'
 // managedFields say which replicas' writes reached the API server. Each write
 // attempt, as client-go returns it (after its own retries), is appended as a
@@ -45,6 +49,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/kube-zen/zen-lead/tests/cluster/internal/counters"
 )
 
 const inputLabel = "hactl.zen-lead.io/input"
@@ -208,6 +214,8 @@ func main() {
 	record := flag.String("record", "", "file to append JSON lines to (default: stdout)")
 	interval := flag.Duration("interval", 100*time.Millisecond, "time between heartbeat writes")
 	heartbeat := flag.String("heartbeat", "heartbeat", "name of the heartbeat ConfigMap")
+	countersMode := flag.Bool("counters", false, "only increment the overlap checker's counters (internal/counters)")
+	uid := flag.String("uid", os.Getenv("POD_UID"), "this replica's pod UID, in --counters records (default $POD_UID)")
 	flag.Parse()
 	if *ns == "" || *pod == "" {
 		fmt.Fprintln(os.Stderr, "hactl: --namespace and --name (or POD_NAMESPACE, POD_NAME) are required")
@@ -234,6 +242,12 @@ func main() {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
+	if *countersMode {
+		cfg := counters.Config{Namespace: *ns, Pod: *pod, UID: *uid, Interval: *interval}
+		counters.Run(ctx, client, cfg, rec.emit)
+		rec.emit(map[string]any{"event": "stop"})
+		return
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(*ns))
 	informer := factory.Core().V1().ConfigMaps()
 	c := &controller{

@@ -20,7 +20,10 @@
 // {"event":"start"|"stop","name":id,"mono":CLOCK_MONOTONIC ns} when it starts
 // and stops leading (comparable with every process on the host), and
 // --exit-on-loss exits 1 when leadership is lost, as a typical controller
-// does (klog.Fatalf("leaderelection lost")).
+// does (klog.Fatalf("leaderelection lost")). With --counters-record it also
+// does the overlap checker's `api` work while it leads (internal/counters:
+// the same increments the zen-lead `api` pool makes through its gate, here
+// straight to the API server), recorded per write attempt to that file.
 package main
 
 import (
@@ -43,6 +46,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/kube-zen/zen-lead/tests/cluster/internal/counters"
 )
 
 var (
@@ -88,6 +93,22 @@ func record(path, id, event string) {
 	_, _ = f.Write(append(line, '\n'))
 }
 
+// appendLine appends one JSON line to path.
+func appendLine(path string, fields map[string]any) {
+	line, _ := json.Marshal(fields)
+	recordMu.Lock()
+	defer recordMu.Unlock()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o666)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lepeer: record: %v\n", err)
+		return
+	}
+	defer f.Close()
+	_, _ = f.Write(append(line, '\n'))
+}
+
+var recordMu sync.Mutex
+
 func main() {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "path to a kubeconfig")
 	namespace := flag.String("namespace", "default", "namespace of the Lease")
@@ -98,6 +119,8 @@ func main() {
 	leaseDuration := flag.Duration("lease-duration", 15*time.Second, "client-go LeaseDuration")
 	renewDeadline := flag.Duration("renew-deadline", 10*time.Second, "client-go RenewDeadline")
 	retryPeriod := flag.Duration("retry-period", 2*time.Second, "client-go RetryPeriod")
+	countersRecord := flag.String("counters-record", "", "while leading, increment the overlap checker's counters and record each write here")
+	countersInterval := flag.Duration("counters-interval", 200*time.Millisecond, "time between two rounds of counter writes")
 	flag.Parse()
 	if *id == "" {
 		fmt.Fprintln(os.Stderr, "lepeer: --id is required")
@@ -133,9 +156,16 @@ func main() {
 		ReleaseOnCancel: true,
 		Name:            *name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(context.Context) {
+			OnStartedLeading: func(leading context.Context) {
 				record(*recordPath, *id, "start")
 				emit(map[string]any{"event": "leading", "id": *id})
+				if *countersRecord != "" {
+					// client-go cancels this context when renewing fails
+					// past the renew deadline; nothing fences what is in
+					// flight then.
+					cfg := counters.Config{Namespace: *namespace, Pod: *id, UID: os.Getenv("POD_UID"), Interval: *countersInterval}
+					counters.Run(leading, client, cfg, func(f map[string]any) { appendLine(*countersRecord, f) })
+				}
 			},
 			OnStoppedLeading: func() {
 				record(*recordPath, *id, "stop")
