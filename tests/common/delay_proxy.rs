@@ -2,11 +2,15 @@
 //! by an adjustable latency: a slow API server (or a slow network path) for
 //! the processes pointed at it, while everything else talks to the real one.
 //! Bytes are forwarded in order, each chunk at its arrival time plus the
-//! latency in force when it arrived; answers come back undelayed.
+//! latency in force when it arrived; answers come back undelayed. A latency
+//! can also be set for one client address only (the overlap checker slows
+//! one pod's path while the others' stay fast).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,40 +22,73 @@ use tokio::time::Instant;
 /// A running proxy; stops with the test's runtime.
 pub struct DelayProxy {
     pub addr: SocketAddr,
-    latency_ms: Arc<AtomicU64>,
+    latency: Arc<Latency>,
+}
+
+/// The latency for everyone, and for some client addresses.
+#[derive(Default)]
+struct Latency {
+    all_ms: AtomicU64,
+    by_client_ms: Mutex<HashMap<IpAddr, u64>>,
+}
+
+impl Latency {
+    fn for_client(&self, client: IpAddr) -> Duration {
+        let one = self
+            .by_client_ms
+            .lock()
+            .map(|m| m.get(&client).copied().unwrap_or(0))
+            .unwrap_or(0);
+        Duration::from_millis(self.all_ms.load(Ordering::Relaxed).max(one))
+    }
 }
 
 impl DelayProxy {
     /// Listens on 127.0.0.1 (the API server's certificate covers it) and
     /// forwards to `upstream`.
     pub async fn start(upstream: SocketAddr) -> DelayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream).await
+    }
+
+    /// Listens on `bind` (port 0: any free port) and forwards to `upstream`.
+    pub async fn start_on(bind: SocketAddr, upstream: SocketAddr) -> DelayProxy {
+        let listener = TcpListener::bind(bind)
             .await
-            .unwrap_or_else(|e| panic!("delay proxy: bind: {e}"));
+            .unwrap_or_else(|e| panic!("delay proxy: bind {bind}: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("delay proxy: {e}"));
-        let latency_ms = Arc::new(AtomicU64::new(0));
-        let latency = latency_ms.clone();
+        let latency = Arc::new(Latency::default());
+        let shared = latency.clone();
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let latency = latency.clone();
+            while let Ok((client, from)) = listener.accept().await {
+                let latency = shared.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, server, latency).await;
+                        relay(client, from.ip(), server, latency).await;
                     }
                 });
             }
         });
-        DelayProxy { addr, latency_ms }
+        DelayProxy { addr, latency }
     }
 
     /// Latency added to everything sent from now on.
     pub fn set_latency(&self, latency: Duration) {
-        self.latency_ms.store(
+        self.latency.all_ms.store(
             u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// Latency added to what `client` sends from now on (zero: none).
+    pub fn set_client_latency(&self, client: IpAddr, latency: Duration) {
+        if let Ok(mut m) = self.latency.by_client_ms.lock() {
+            m.insert(
+                client,
+                u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            );
+        }
     }
 
     /// A copy of `kubeconfig` whose current cluster is reached through the
@@ -94,7 +131,7 @@ pub fn api_server_addr(kubeconfig: &Path) -> SocketAddr {
         .unwrap_or_else(|e| panic!("API server address {host_port:?} is not ip:port: {e}"))
 }
 
-async fn relay(client: TcpStream, server: TcpStream, latency: Arc<AtomicU64>) {
+async fn relay(client: TcpStream, from: IpAddr, server: TcpStream, latency: Arc<Latency>) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
@@ -104,8 +141,7 @@ async fn relay(client: TcpStream, server: TcpStream, latency: Arc<AtomicU64>) {
             match client_read.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let due =
-                        Instant::now() + Duration::from_millis(latency.load(Ordering::Relaxed));
+                    let due = Instant::now() + latency.for_client(from);
                     if tx.send((due, buf[..n].to_vec())).is_err() {
                         break;
                     }

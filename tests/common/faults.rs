@@ -37,33 +37,34 @@ impl Drop for Frozen {
 /// address (after kube-proxy's DNAT of the `kubernetes` Service) and the
 /// answers back are dropped. The kubelet's probes still reach the pod, as in
 /// a partition between the pod's network and the control plane. Healed on
-/// drop.
+/// drop. `api` lists every address the pod reaches the API server at (the
+/// API server itself, and a [`Redirected`] proxy in front of it).
 pub struct CutOff {
     rules: Vec<Vec<String>>,
 }
 
 impl CutOff {
-    pub fn pod(pod_ip: &str, api: std::net::SocketAddr) -> CutOff {
-        let (ip, port) = (api.ip().to_string(), api.port().to_string());
-        let rules: Vec<Vec<String>> = [
-            vec![
-                "INPUT", "-s", pod_ip, "-d", &ip, "-p", "tcp", "--dport", &port,
-            ],
-            vec![
-                "OUTPUT", "-s", &ip, "-d", pod_ip, "-p", "tcp", "--sport", &port,
-            ],
-        ]
-        .iter()
-        .map(|r| {
-            let mut rule: Vec<String> = r.iter().map(|s| (*s).to_owned()).collect();
-            rule.extend(
-                ["-m", "comment", "--comment", "zl-test-cut", "-j", "DROP"].map(str::to_owned),
-            );
-            rule
-        })
-        .collect();
+    pub fn pod(pod_ip: &str, api: &[std::net::SocketAddr]) -> CutOff {
+        let mut rules: Vec<Vec<String>> = Vec::new();
+        for addr in api {
+            let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+            for r in [
+                [
+                    "INPUT", "-s", pod_ip, "-d", &ip, "-p", "tcp", "--dport", &port,
+                ],
+                [
+                    "OUTPUT", "-s", &ip, "-d", pod_ip, "-p", "tcp", "--sport", &port,
+                ],
+            ] {
+                let mut rule: Vec<String> = r.iter().map(|s| (*s).to_owned()).collect();
+                rule.extend(
+                    ["-m", "comment", "--comment", "zl-test-cut", "-j", "DROP"].map(str::to_owned),
+                );
+                rules.push(rule);
+            }
+        }
         for rule in &rules {
-            iptables("-I", rule);
+            iptables("filter", "-I", rule);
         }
         CutOff { rules }
     }
@@ -72,15 +73,84 @@ impl CutOff {
 impl Drop for CutOff {
     fn drop(&mut self) {
         for rule in &self.rules {
-            iptables("-D", rule);
+            iptables("filter", "-D", rule);
         }
     }
 }
 
-fn iptables(op: &str, rule: &[String]) {
+/// New connections from the real node's pods to the `kubernetes` Service
+/// (`service`, its ClusterIP and port) go to `to` instead (a delaying proxy
+/// of the test, in front of the API server), ahead of kube-proxy's own DNAT.
+/// Installed before the pods start, so their every connection takes it.
+/// Removed on drop; a rule left by a killed test run is removed first.
+pub struct Redirected {
+    rule: Vec<String>,
+}
+
+/// The real node's pod network (tests/cluster/realnode.go).
+pub const REAL_POD_CIDR: &str = "198.19.128.0/24";
+
+impl Redirected {
+    pub fn service(service: std::net::SocketAddr, to: std::net::SocketAddr) -> Redirected {
+        remove_rules("nat", "PREROUTING", "zl-test-redirect");
+        let rule: Vec<String> = [
+            "PREROUTING",
+            "-s",
+            REAL_POD_CIDR,
+            "-d",
+            &service.ip().to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &service.port().to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            "zl-test-redirect",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        iptables("nat", "-I", &rule);
+        Redirected { rule }
+    }
+}
+
+impl Drop for Redirected {
+    fn drop(&mut self) {
+        iptables("nat", "-D", &self.rule);
+    }
+}
+
+/// Deletes every rule of `chain` whose comment is `comment`.
+fn remove_rules(table: &str, chain: &str, comment: &str) {
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "-t", table, "-S", chain])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains(comment) {
+            continue;
+        }
+        // `-A CHAIN args...` back into `-D CHAIN args...` (the comment has
+        // no spaces, so splitting on whitespace is exact).
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let _ = Command::new("iptables")
+            .args(["-w", "-t", table, "-D"])
+            .args(args)
+            .output();
+    }
+}
+
+fn iptables(table: &str, op: &str, rule: &[String]) {
     let (chain, rest) = rule.split_first().unwrap_or_else(|| panic!("empty rule"));
     let mut cmd = Command::new("iptables");
-    cmd.args(["-w", op, chain]);
+    cmd.args(["-w", "-t", table, op, chain]);
     if op == "-I" {
         cmd.arg("1");
     }
