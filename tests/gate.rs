@@ -63,7 +63,14 @@ async fn make_leader(client: &Client, ns: &str, agent: &GateAgent) {
     agent.wait_leading(true, Duration::from_secs(30)).await;
 }
 
+/// A standby's refusal (503). Only a create says `Retry-After`: clients
+/// resend the same body after it, and only a create's the API server checks
+/// against a stale read.
 fn assert_standby_refusal(resp: &fixture::RawResponse, what: &str) {
+    assert_refusal(resp, what, Some("1"));
+}
+
+fn assert_refusal(resp: &fixture::RawResponse, what: &str, retry_after: Option<&str>) {
     assert_eq!(
         resp.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -73,7 +80,7 @@ fn assert_standby_refusal(resp: &fixture::RawResponse, what: &str) {
         resp.headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok()),
-        Some("1"),
+        retry_after,
         "{what}: Retry-After"
     );
     let status = resp.json();
@@ -186,9 +193,9 @@ async fn follower_reads_pass_and_writes_are_refused() {
             )
             .await
             .expect("h1 PATCH");
-        assert_standby_refusal(&patched, "patch over HTTP/1.1");
+        assert_refusal(&patched, "patch over HTTP/1.1", None);
         let deleted = h1.send(Method::DELETE, &format!("{cm_path}/existing"), Some(&tokens.app), None).await.expect("DELETE");
-        assert_standby_refusal(&deleted, "delete");
+        assert_refusal(&deleted, "delete", None);
         // kube-rs surfaces the Status as an API error (retries off here).
         match cms.create(&PostParams::default(), &from_json(cm("new"))).await {
             Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (503, "ServiceUnavailable")),
@@ -563,6 +570,72 @@ async fn kube_rs_retries_a_refused_write_until_the_pod_leads() {
             "kube-rs retried {refused} refused attempts; the write completed {:?} after it started",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// Found by the overlap checker: a blind patch a standby made from what it
+/// read then, held until the pod led, landed after the previous leader's
+/// last increments and undid them (a lost update). A held write now goes
+/// out once the pod leads only if the API server can refuse it as stale: a
+/// patch carrying the resourceVersion it was based on passes, a blind one
+/// gets 409 Conflict, so the app reads again.
+#[tokio::test]
+async fn a_held_blind_patch_is_refused_when_the_pod_leads_and_a_checked_one_passes() {
+    let client = client().await;
+    with_namespace(&client, "gate-b", |client, ns| async move {
+        let (agent, tokens) = follower(&client, &ns, "blind", &["--gate-hold", "60s"]).await;
+        let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let counter = admin_cms
+            .create(&PostParams::default(), &from_json(cm("counter")))
+            .await
+            .expect("create the counter");
+        let rv = counter.metadata.resource_version.clone().expect("a resourceVersion");
+        let path = format!("/api/v1/namespaces/{ns}/configmaps/counter");
+        let patch = |body: serde_json::Value| {
+            let (token, path, gate, ca) = (tokens.app.clone(), path.clone(), agent.gate, agent.gate_ca());
+            tokio::spawn(async move {
+                let mut conn = RawConn::open(gate, &ca, false).await;
+                conn.send(Method::PATCH, &path, Some(&token), Some(("application/merge-patch+json", body)))
+                    .await
+            })
+        };
+        let blind = patch(json!({"data": {"k": "blind"}}));
+        let checked = patch(json!({"metadata": {"resourceVersion": rv}, "data": {"checked": "yes"}}));
+        eventually("both writes held", Duration::from_secs(30), || async {
+            let waiting = metric(&agent.metrics().await, "zen_lead_gate_writes_waiting");
+            (waiting >= 2.0).then_some(()).ok_or(format!("{waiting} waiting"))
+        })
+        .await;
+        make_leader(&client, &ns, &agent).await;
+        let answer = |task: tokio::task::JoinHandle<Result<fixture::RawResponse, String>>| async move {
+            common::wait_for("a held write's answer", Duration::from_secs(60), task)
+                .await
+                .expect("task")
+                .expect("answer")
+        };
+        let blind = answer(blind).await;
+        assert_eq!(blind.status, StatusCode::CONFLICT, "{blind:?}");
+        let status = blind.json();
+        let message = status["message"].as_str().unwrap_or_default();
+        for part in ["standby", "resourceVersion precondition", "read again"] {
+            assert!(message.contains(part), "the refusal should say {part:?}: {message}");
+        }
+        assert!(blind.headers.get("retry-after").is_none(), "{blind:?}");
+        let checked = answer(checked).await;
+        assert_eq!(checked.status, StatusCode::OK, "{checked:?}");
+        let now = admin_cms.get("counter").await.expect("get the counter");
+        let data = now.data.unwrap_or_default();
+        assert_eq!(data.get("k").map(String::as_str), Some("v"), "the blind patch landed");
+        assert_eq!(data.get("checked").map(String::as_str), Some("yes"));
+        let metrics = agent.metrics().await;
+        for (outcome, want) in [("blind", 1.0), ("passed", 1.0)] {
+            assert_eq!(
+                metric(&metrics, &format!("zen_lead_gate_held_writes_total{{outcome=\"{outcome}\"}}")),
+                want,
+                "{metrics}"
+            );
+        }
     })
     .await;
 }

@@ -280,6 +280,41 @@ pub fn is_watch(method: &Method, path: &str, query: Option<&str>) -> bool {
     by_query || by_path
 }
 
+/// Whether a write may reach the API server later than the app made it
+/// (after waiting in the gate for this pod to lead, or sent again after a
+/// `Retry-After`): only if the API server itself refuses it when what it
+/// was decided on has changed since. A create is refused if the object
+/// exists; an update, patch or delete carrying a resourceVersion
+/// precondition is refused with 409 Conflict if the object changed. A
+/// blind update or patch made while this pod was a standby, sent once it
+/// leads, could overwrite what the previous leader wrote after the app's
+/// read: a lost update (the overlap checker's `blind` counter found them).
+/// A body that is not JSON (protobuf) cannot be checked and counts as blind.
+pub fn survives_a_stale_read(method: &Method, body: &[u8]) -> bool {
+    match *method {
+        Method::POST => true,
+        Method::PUT | Method::PATCH | Method::DELETE => has_version_precondition(body),
+        _ => false,
+    }
+}
+
+/// A resourceVersion the API server checks: `metadata.resourceVersion` of
+/// an object, a merge, strategic-merge or apply patch; `preconditions` of
+/// DeleteOptions; a JSON patch `test` of `/metadata/resourceVersion`.
+fn has_version_precondition(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let set = |x: &serde_json::Value| x.as_str().is_some_and(|s| !s.is_empty());
+    set(&v["metadata"]["resourceVersion"])
+        || set(&v["preconditions"]["resourceVersion"])
+        || v.as_array().is_some_and(|ops| {
+            ops.iter().any(|op| {
+                op["op"] == "test" && op["path"] == "/metadata/resourceVersion" && set(&op["value"])
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,6 +731,55 @@ mod tests {
                 is_watch(method, path, query),
                 watch,
                 "{method} {path}?{query:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_writes_the_server_can_check_may_arrive_late() {
+        let cases: [(Method, &str, bool); 12] = [
+            (Method::POST, r#"{"metadata":{"name":"a"}}"#, true),
+            (Method::POST, "\u{8}protobuf", true),
+            (
+                Method::PUT,
+                r#"{"metadata":{"name":"a","resourceVersion":"42"}}"#,
+                true,
+            ),
+            (Method::PUT, r#"{"metadata":{"name":"a"}}"#, false),
+            (
+                Method::PUT,
+                r#"{"metadata":{"name":"a","resourceVersion":""}}"#,
+                false,
+            ),
+            (Method::PATCH, r#"{"data":{"value":"7"}}"#, false),
+            (
+                Method::PATCH,
+                r#"{"metadata":{"resourceVersion":"42"},"data":{"value":"7"}}"#,
+                true,
+            ),
+            (
+                Method::PATCH,
+                r#"[{"op":"test","path":"/metadata/resourceVersion","value":"42"},{"op":"replace","path":"/data/value","value":"7"}]"#,
+                true,
+            ),
+            (
+                Method::PATCH,
+                r#"[{"op":"replace","path":"/data/value","value":"7"}]"#,
+                false,
+            ),
+            (
+                Method::DELETE,
+                r#"{"preconditions":{"resourceVersion":"42"}}"#,
+                true,
+            ),
+            (Method::DELETE, "", false),
+            (Method::PUT, "k8s\u{0}protobuf", false),
+        ];
+        for (method, body, want) in cases {
+            assert_eq!(
+                survives_a_stale_read(&method, body.as_bytes()),
+                want,
+                "{method} {body}"
             );
         }
     }

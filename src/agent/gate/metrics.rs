@@ -74,16 +74,21 @@ pub enum HeldOutcome {
     Refused,
     /// Too many writes were already waiting: refused at once, not held.
     Full,
+    /// The pod led before the hold ended, but the write carried nothing the
+    /// API server could check against a stale read (a blind update or
+    /// patch): refused with 409 Conflict, so the app reads again.
+    Blind,
 }
 
 impl HeldOutcome {
-    const ALL: [HeldOutcome; 3] = [Self::Passed, Self::Refused, Self::Full];
+    const ALL: [HeldOutcome; 4] = [Self::Passed, Self::Refused, Self::Full, Self::Blind];
 
     fn label(self) -> &'static str {
         match self {
             HeldOutcome::Passed => "passed",
             HeldOutcome::Refused => "refused",
             HeldOutcome::Full => "full",
+            HeldOutcome::Blind => "blind",
         }
     }
 }
@@ -177,7 +182,8 @@ impl GateMetrics {
             "gate_held_writes",
             "Standby writes the API gate held waiting for leadership, by how the hold ended \
              (passed: the pod led and the write was forwarded; refused: the hold expired; full: too \
-             many writes waiting, refused at once)",
+             many writes waiting, refused at once; blind: the pod led but the write had no \
+             resourceVersion precondition, refused with 409 so the app reads again)",
             self.held_writes.clone(),
         );
         registry.register(

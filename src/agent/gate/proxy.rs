@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::ExemptSet;
-use super::classify::{Verdict, classify, is_watch};
+use super::classify::{Verdict, classify, is_watch, survives_a_stale_read};
 use super::fence_retry;
 use super::metrics::{GateMetrics, HeldOutcome, Outcome, RequestClass};
 use super::upstream::{Connector, Pooled, Target};
@@ -159,16 +159,20 @@ pub async fn handle(
     // The role is decided once, before anything is forwarded: a write that
     // starts in the term may finish (bounded by `Term`), none starts after
     // it. A standby's write may first wait for the term (`--gate-hold`).
-    let term = if verdict == Verdict::Write {
-        match gate_write(&shared, class, &span).await {
-            Ok(term) => Some(term),
+    let method = req.method().clone();
+    let (term, held) = if verdict == Verdict::Write {
+        match gate_write(&shared, class, &method, &span).await {
+            Ok((term, held)) => (Some(term), held),
             Err(refused) => return Ok(refused),
         }
     } else {
-        None
+        (None, false)
     };
 
     if upgrade {
+        if held {
+            shared.metrics.held(HeldOutcome::Passed);
+        }
         return Ok(tunnel(shared, req, term, class).instrument(span).await);
     }
     let forwarded = match upstream_request(&shared.target, &mut req, false) {
@@ -197,23 +201,40 @@ pub async fn handle(
         let sent = async { Ok(client.request(request).await?.map(Either::Left)) };
         return Ok(forward(&shared, sent, None, class).instrument(span).await);
     };
-    Ok(
-        forward_write(&shared, term, forwarded, req.into_body(), h2, class)
-            .instrument(span)
-            .await,
-    )
+    let write = GatedWrite {
+        term,
+        held,
+        h2,
+        class,
+    };
+    Ok(forward_write(&shared, write, forwarded, req.into_body())
+        .instrument(span)
+        .await)
+}
+
+/// A write the gate lets go, and how it got there.
+struct GatedWrite {
+    term: Term,
+    /// It waited for this pod to lead (`--gate-hold`).
+    held: bool,
+    h2: bool,
+    class: RequestClass,
 }
 
 /// A gated write: read whole first, so a refusal by the server-side fencing
 /// policy while this pod leads can be sent again (`fence_retry`).
 async fn forward_write(
     shared: &Shared,
-    term: Term,
+    write: GatedWrite,
     head: Request<()>,
     body: Incoming,
-    h2: bool,
-    class: RequestClass,
 ) -> Response<GateBody> {
+    let GatedWrite {
+        term,
+        held,
+        h2,
+        class,
+    } = write;
     let body = match fence_retry::read_body(body).await {
         Ok(body) => body,
         Err(err) => {
@@ -229,7 +250,17 @@ async fn forward_write(
     // The body may have taken a while: the write leaves only in a term.
     let now = shared.status.borrow().clone();
     if !now.leading_at(Instant::now()) {
-        return refuse_counted(shared, class, &now);
+        return refuse_counted(shared, class, head.method(), &now);
+    }
+    if held {
+        // Made while this pod was a standby, from what the app read then.
+        if !survives_a_stale_read(head.method(), &body) {
+            shared.metrics.held(HeldOutcome::Blind);
+            shared.metrics.count(class, Outcome::Refused);
+            debug!("refused a held write with no resourceVersion precondition");
+            return refuse_blind_held(shared);
+        }
+        shared.metrics.held(HeldOutcome::Passed);
     }
     let head = fence_retry::Head::new(head);
     let sent = fence_retry::send(
@@ -259,11 +290,12 @@ fn invalid(
 fn refuse_counted(
     shared: &Shared,
     class: RequestClass,
+    method: &Method,
     status: &LeaderStatus,
 ) -> Response<GateBody> {
     shared.metrics.count(class, Outcome::Refused);
     shared.metrics.refused_writes.inc();
-    refuse_standby(shared, status)
+    refuse_standby(shared, method, status)
 }
 
 /// Answers a request whose path cannot be classified (400), counted by
@@ -297,13 +329,16 @@ fn refuse_unparseable(
 async fn gate_write(
     shared: &Arc<Shared>,
     class: RequestClass,
+    method: &Method,
     span: &tracing::Span,
-) -> Result<Term, Response<GateBody>> {
+) -> Result<(Term, bool), Response<GateBody>> {
     let waited = Instant::now();
     let (decision, held) = wait_to_lead(&shared.hold, shared.status.clone())
         .instrument(span.clone())
         .await;
-    if let Some(held) = held {
+    // A held write that passes is counted once its body is seen (it may
+    // still be refused as blind).
+    if let Some(held) = held.filter(|h| *h != HeldOutcome::Passed) {
         shared.metrics.held(held);
     }
     match decision {
@@ -316,11 +351,14 @@ async fn gate_write(
                     );
                 });
             }
-            Ok(Term::new(&status, shared.status.clone()))
+            Ok((
+                Term::new(&status, shared.status.clone()),
+                held == Some(HeldOutcome::Passed),
+            ))
         }
         Err(status) => {
             span.in_scope(|| debug!(?held, "refused a write: this replica is a standby"));
-            Err(refuse_counted(shared, class, &status))
+            Err(refuse_counted(shared, class, method, &status))
         }
     }
 }
@@ -571,7 +609,14 @@ fn margin(status: &LeaderStatus) -> Duration {
         .saturating_sub(status.timings.renew_deadline())
 }
 
-fn refuse_standby(shared: &Shared, status: &LeaderStatus) -> Response<GateBody> {
+/// A standby's write, refused (503). Only a create carries `Retry-After`:
+/// clients resend the same body after it (client-go, kube-rs), and a
+/// create is the one write whose body the gate does not read here that the
+/// API server checks against a stale read ([`survives_a_stale_read`]). A
+/// blind update resent once this pod leads could undo the previous
+/// leader's last writes; without the header the app's own error handling
+/// (a controller's requeue) reads again first.
+fn refuse_standby(shared: &Shared, method: &Method, status: &LeaderStatus) -> Response<GateBody> {
     let leader = status.holder.as_deref().unwrap_or("none");
     status_response(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -581,7 +626,24 @@ fn refuse_standby(shared: &Shared, status: &LeaderStatus) -> Response<GateBody> 
              (leader: {leader})",
             shared.pool, shared.identity
         ),
-        Some(1),
+        (*method == Method::POST).then_some(1),
+    )
+}
+
+/// A write held while this pod was a standby, refused once it leads because
+/// the API server could not tell it rests on a stale read (409, as a failed
+/// resourceVersion precondition is: controllers read again and retry).
+fn refuse_blind_held(shared: &Shared) -> Response<GateBody> {
+    status_response(
+        StatusCode::CONFLICT,
+        "Conflict",
+        &format!(
+            "zen-lead pool {:?}: this write waited while this replica ({}) was a standby and \
+             carries no resourceVersion precondition; this replica leads now, but what the write \
+             was based on may have changed since: read again and retry",
+            shared.pool, shared.identity
+        ),
+        None,
     )
 }
 
