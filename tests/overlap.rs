@@ -3,26 +3,46 @@
 //! CLOCK_MONOTONIC records (one clock for every process of the host) whether
 //! two replicas were ever active at once.
 //!
-//! Three pools of three replicas run side by side in one namespace, with the
+//! Four pools of three replicas run side by side in one namespace, with the
 //! same timings (lease 5 s, renew 3 s, retry 1 s unless ZEN_LEAD_OVERLAP_LEASE
 //! says otherwise):
 //! - `zl`: `zl-testapp` in a zen-lead pool with `start` activation; active
 //!   while its process runs (it records its start and its SIGTERM);
 //! - `zlp`: the same app in a zen-lead pool with `process` activation (under
 //!   `zen-lead run`; every pod Ready);
+//! - `zla`: a client-go app (`hactl --counters`) in a zen-lead pool with
+//!   `api` activation and server-side fencing on: every replica runs and
+//!   writes through its gate; active is whose writes land. Every 200 ms it
+//!   increments two ConfigMap counters by read-modify-write, one with a
+//!   resourceVersion precondition (`cas`), one without (`blind`);
 //! - `peer`: client-go's `leaderelection` in each pod (`lepeer`,
 //!   ReleaseOnCancel, exiting when it loses the lease as controllers do);
-//!   active while it leads. client-go documents that it does not fence.
+//!   active while it leads, and doing the same counter work as `zla` while
+//!   it leads, straight to the API server. client-go documents that it does
+//!   not fence.
+//!
+//! The writes are checked against the Leases' history (watched by the test;
+//! a resourceVersion is etcd's revision, one order for Lease updates and
+//! ConfigMap writes): a lost update is an increment acknowledged twice with
+//! the same value; a stale write is one that landed while another replica
+//! held the Lease and had already written in that term.
 //!
 //! Faults, at random (the seed is printed; ZEN_LEAD_OVERLAP_SEED repeats a
 //! run), each aimed at the leader of one pool: delete its pod; SIGKILL its
 //! elector (zen-lead's agent container; the peer's process); freeze the whole
 //! pod past the lease, then thaw; cut the pod off from the API server past the
-//! lease, then heal; restart the API server or the kubelet (both pools at
-//! once). A process
+//! lease, then heal; slow its path to the API server (every byte it sends
+//! delayed by 1 s to twice the renew deadline, through a proxy of the test
+//! that the real node's pods reach the `kubernetes` Service by) past the
+//! lease, then heal; restart the API server or the kubelet (every pool at
+//! once). Each pool takes its faults in order, and the pools are hit in
+//! parallel, except that a restart of a component waits until no other
+//! fault is in progress and holds the others off until it is over. A process
 //! that was killed writes nothing more: it counts as active until the checker
-//! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 6; `make chaos` sets more)
-//! is the number of faults; the table goes to target/overlap-report.md.
+//! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 7, one of each kind;
+//! `make chaos` sets more) is the number of faults: every 7 have each kind
+//! once, every 28 aim each kind at each pool once. The table goes to
+//! target/overlap-report.md.
 //!
 //! What it asserts for zen-lead: no overlap after a pod deletion or a kubelet
 //! restart. `start` activation cannot stop an app in place, so whenever the
@@ -33,23 +53,32 @@
 //! activation stops the app by its term's own deadline: no overlap under
 //! any fault, except that a frozen pod's app (which does nothing while
 //! frozen) may still be seen running for up to 1 s after the thaw, the time
-//! `zen-lead run` takes to wake up past its deadline and stop it. The peer is
-//! measured, never judged.
+//! `zen-lead run` takes to wake up past its deadline and stop it. `api`: no
+//! lost update and no stale write under any fault. The peer is measured,
+//! never judged.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::delay_proxy::DelayProxy;
 use common::faults::{
-    CutOff, Frozen, agent_exe, kill_all, pids_with_env, restart_apiserver, restart_component,
+    CutOff, Frozen, Redirected, agent_exe, kill_all, pids_with_env, restart_apiserver,
+    restart_component,
 };
 use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, from_json, records_dir, with_namespace};
+use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
@@ -63,30 +92,54 @@ fn mono() -> i64 {
 enum System {
     ZenLead,
     ZenLeadProcess,
+    ZenLeadApi,
     Peer,
 }
 
 impl System {
-    const ALL: [System; 3] = [System::ZenLead, System::ZenLeadProcess, System::Peer];
+    const ALL: [System; 4] = [
+        System::ZenLead,
+        System::ZenLeadProcess,
+        System::ZenLeadApi,
+        System::Peer,
+    ];
 
+    /// Its pods' `app` label, its pool and its Lease.
     fn label(self) -> &'static str {
         match self {
             System::ZenLead => "zl",
             System::ZenLeadProcess => "zlp",
+            System::ZenLeadApi => "zla",
             System::Peer => "peer",
         }
     }
+    /// Its activity records: start/stop lines, or (`zla`) write lines.
     fn record(self) -> &'static str {
         match self {
             System::ZenLead => "zl.log",
             System::ZenLeadProcess => "zlp.log",
+            System::ZenLeadApi => "zla.log",
             System::Peer => "peer.log",
         }
+    }
+    /// Its counter writes, if it does the `api` work.
+    fn writes(self) -> Option<&'static str> {
+        match self {
+            System::ZenLeadApi => Some("zla.log"),
+            System::Peer => Some("peer-writes.log"),
+            System::ZenLead | System::ZenLeadProcess => None,
+        }
+    }
+    /// Active is whose writes land (every replica runs): its terms are the
+    /// runs of one replica's writes in etcd's order.
+    fn active_by_writes(self) -> bool {
+        self == System::ZenLeadApi
     }
     /// The executable of its active process, and the env var naming the pod.
     fn process(self) -> &'static str {
         match self {
             System::ZenLead | System::ZenLeadProcess => "testapp",
+            System::ZenLeadApi => "hactl",
             System::Peer => "lepeer",
         }
     }
@@ -95,16 +148,21 @@ impl System {
         match self {
             System::ZenLead => "zen-lead `start`",
             System::ZenLeadProcess => "zen-lead `process`",
+            System::ZenLeadApi => "zen-lead `api`",
             System::Peer => "client-go leaderelection",
         }
     }
     /// How long an overlap that began under `fault` may last (`None`: none
     /// allowed); the peer is never judged (see [`Fault::start_overlap_limit`]).
+    /// `api` is judged by its writes (no stale write, no lost update): its
+    /// terms are reconstructed from writes, and a write's span (sent, then
+    /// acknowledged) can straddle a hand-over without landing outside its
+    /// term.
     fn overlap_limit(self, fault: Fault, from: i64, healed: i64) -> Option<i64> {
         match self {
             System::ZenLead => fault.start_overlap_limit(from, healed),
             System::ZenLeadProcess => fault.process_overlap_limit(healed),
-            System::Peer => Some(i64::MAX),
+            System::ZenLeadApi | System::Peer => Some(i64::MAX),
         }
     }
 }
@@ -115,16 +173,18 @@ enum Fault {
     KillElector,
     Freeze,
     Cut,
+    Slow,
     RestartApiServer,
     RestartKubelet,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 7] = [
         Fault::DeletePod,
         Fault::KillElector,
         Fault::Freeze,
         Fault::Cut,
+        Fault::Slow,
         Fault::RestartApiServer,
         Fault::RestartKubelet,
     ];
@@ -137,8 +197,9 @@ impl Fault {
     /// `start` activation (`None`: none allowed). `start` overlaps whenever
     /// the leader loses its term while its pod lives on: frozen (its app
     /// stops only once thawed), cut off, its agent down longer than the lease
-    /// (the kubelet backs off restarting a sidecar that died again), or the
-    /// API server away longer than the renew deadline. The controller deletes
+    /// (the kubelet backs off restarting a sidecar that died again), its
+    /// renewals slowed past the renew deadline, or the API server away longer
+    /// than the renew deadline. The controller deletes
     /// such a deposed pod once the successor leads. A deleted pod or a
     /// restarted kubelet must never overlap.
     fn start_overlap_limit(self, from: i64, healed: i64) -> Option<i64> {
@@ -152,7 +213,7 @@ impl Fault {
         match self {
             Fault::Freeze => Some(healed.max(from) + GRACE),
             Fault::RestartApiServer => Some(healed.max(from) + API_RESTART_GRACE),
-            Fault::Cut | Fault::KillElector => Some(from + GRACE),
+            Fault::Cut | Fault::Slow | Fault::KillElector => Some(from + GRACE),
             Fault::DeletePod | Fault::RestartKubelet => None,
         }
     }
@@ -191,21 +252,268 @@ struct Term {
     end: Option<i64>,
 }
 
+/// A JSON-lines file read incrementally: the records grow for the whole
+/// run (the `api` pools write five times a second), and are read often.
+struct Lines {
+    file: PathBuf,
+    offset: u64,
+    partial: String,
+    values: Vec<serde_json::Value>,
+}
+
+impl Lines {
+    fn new(file: PathBuf) -> Lines {
+        Lines {
+            file,
+            offset: 0,
+            partial: String::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Parses what was appended since the last call.
+    fn refresh(&mut self) -> &[serde_json::Value] {
+        let Ok(mut f) = std::fs::File::open(&self.file) else {
+            return &self.values;
+        };
+        let mut buf = String::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_ok() && f.read_to_string(&mut buf).is_ok() {
+            self.offset += buf.len() as u64;
+            self.partial.push_str(&buf);
+            // Only whole lines: a writer may be half-way through one.
+            if let Some(cut) = self.partial.rfind('\n') {
+                let rest = self.partial.split_off(cut + 1);
+                for line in self.partial.lines() {
+                    if let Ok(v) = serde_json::from_str(line) {
+                        self.values.push(v);
+                    }
+                }
+                self.partial = rest;
+            }
+        }
+        &self.values
+    }
+}
+
+/// One attempt of the `api` work (tests/cluster/internal/counters).
+#[derive(Debug, Clone)]
+struct Write {
+    pod: String,
+    uid: String,
+    /// `cas` (resourceVersion precondition) or `blind` (none).
+    kind: String,
+    ok: bool,
+    /// The value it wrote (read + 1).
+    value: i64,
+    /// The revision it landed at, when acknowledged.
+    rv: Option<i64>,
+    start: i64,
+    end: i64,
+    code: i64,
+}
+
+fn parse_writes(values: &[serde_json::Value]) -> Vec<Write> {
+    values
+        .iter()
+        .filter(|v| v["event"] == "write")
+        .filter_map(|v| {
+            Some(Write {
+                pod: v["name"].as_str()?.to_owned(),
+                uid: v["uid"].as_str().unwrap_or_default().to_owned(),
+                kind: v["kind"].as_str()?.to_owned(),
+                ok: v["ok"].as_bool()?,
+                value: v["value"].as_i64().unwrap_or(0),
+                rv: v["rv"].as_i64(),
+                start: v["start"].as_i64()?,
+                end: v["mono"].as_i64()?,
+                code: v["code"].as_i64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// An `api` system's terms: runs of one replica's acknowledged writes, in
+/// etcd's order, from the start of its first write to the end of its last.
+/// The last run is still open if it wrote within [`OPEN_WINDOW`].
+fn write_terms(writes: &[Write], now: i64) -> Vec<Term> {
+    const OPEN_WINDOW: i64 = 1_500_000_000;
+    let mut landed: Vec<&Write> = writes.iter().filter(|w| w.ok && w.rv.is_some()).collect();
+    landed.sort_by_key(|w| w.rv);
+    let mut terms: Vec<Term> = Vec::new();
+    for w in landed {
+        match terms.last_mut() {
+            Some(t) if t.pod == w.pod => t.end = t.end.max(Some(w.end)),
+            _ => terms.push(Term {
+                pod: w.pod.clone(),
+                start: w.start,
+                end: Some(w.end),
+            }),
+        }
+    }
+    if let Some(t) = terms.last_mut()
+        && t.end.is_some_and(|e| now - e < OPEN_WINDOW)
+    {
+        t.end = None;
+    }
+    terms
+}
+
+/// One state of a Lease, as the test's watch saw it.
+#[derive(Debug, Clone)]
+struct LeaseState {
+    rv: i64,
+    lease: String,
+    holder: String,
+    /// zen-lead's holder instance: the holding pod's UID.
+    instance: Option<String>,
+}
+
+impl LeaseState {
+    fn from_lease(l: &Lease) -> Option<LeaseState> {
+        let spec = l.spec.as_ref();
+        Some(LeaseState {
+            rv: l.metadata.resource_version.as_deref()?.parse().ok()?,
+            lease: l.metadata.name.clone()?,
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .unwrap_or_default(),
+            instance: l
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(zen_lead::keys::HOLDER_INSTANCE_ANNOTATION))
+                .and_then(|v| v.rsplit_once('/'))
+                .map(|(_, uid)| uid.to_owned()),
+        })
+    }
+
+    /// Whether this state names `w`'s replica as the holder: by pod UID
+    /// where zen-lead records it, by identity (the pod name) otherwise.
+    fn held_by(&self, w: &Write) -> bool {
+        match &self.instance {
+            Some(uid) => !w.uid.is_empty() && *uid == w.uid,
+            None => !self.holder.is_empty() && self.holder == w.pod,
+        }
+    }
+
+    fn same_holder(&self, other: &LeaseState) -> bool {
+        self.holder == other.holder && self.instance == other.instance
+    }
+}
+
+/// What the write checker found for one system.
+#[derive(Debug, Default, PartialEq)]
+struct WriteCheck {
+    /// Writes the API server acknowledged.
+    acked: usize,
+    /// Acknowledged increments that wrote a value already written (both read
+    /// the same value: one increment is lost), by kind.
+    lost_cas: usize,
+    lost_blind: usize,
+    /// Acknowledged writes that landed while another replica held the Lease
+    /// and had already written in its term.
+    stale: usize,
+    /// Acknowledged writes that landed while the Lease named another
+    /// replica or nobody (stale ones included).
+    outside_term: usize,
+    /// `cas` writes refused because another write came between its read and
+    /// its write: two writers at once.
+    conflicts: usize,
+    /// Acknowledged writes that landed where the Lease watch may have
+    /// missed states ([`LeaseLog::gaps`]): not judged stale or not.
+    unchecked: usize,
+    /// The first stale writes, described.
+    stale_examples: Vec<String>,
+}
+
+/// Checks `writes` against the history of `lease`.
+fn check_writes(writes: &[Write], history: &LeaseLog, lease: &str) -> WriteCheck {
+    let mut states: Vec<&LeaseState> = history.states.iter().filter(|l| l.lease == lease).collect();
+    states.sort_by_key(|l| l.rv);
+    states.dedup_by_key(|l| l.rv);
+    let mut landed: Vec<&Write> = writes.iter().filter(|w| w.ok && w.rv.is_some()).collect();
+    landed.sort_by_key(|w| w.rv);
+    let mut check = WriteCheck {
+        acked: landed.len(),
+        conflicts: writes
+            .iter()
+            .filter(|w| w.kind == "cas" && w.code == 409)
+            .count(),
+        ..WriteCheck::default()
+    };
+    let mut values: BTreeMap<(&str, i64), usize> = BTreeMap::new();
+    for w in &landed {
+        *values.entry((w.kind.as_str(), w.value)).or_default() += 1;
+    }
+    for ((kind, _), n) in values {
+        let lost = n.saturating_sub(1);
+        if kind == "cas" {
+            check.lost_cas += lost;
+        } else {
+            check.lost_blind += lost;
+        }
+    }
+    for w in &landed {
+        let rv = w.rv.unwrap_or_default();
+        if history.gaps.iter().any(|(from, to)| *from < rv && rv < *to) {
+            check.unchecked += 1;
+            continue;
+        }
+        let at = states.partition_point(|l| l.rv < rv);
+        let Some(holder) = at.checked_sub(1).map(|i| states[i]) else {
+            continue; // before the first state the watch saw
+        };
+        if holder.held_by(w) {
+            continue;
+        }
+        check.outside_term += 1;
+        // Where the holder's tenure began: the oldest state of the run of
+        // states that name it.
+        let mut first = at - 1;
+        while first > 0 && states[first - 1].same_holder(holder) {
+            first -= 1;
+        }
+        let from = states[first].rv;
+        if landed
+            .iter()
+            .any(|x| x.rv.is_some_and(|r| r > from && r < rv) && holder.held_by(x))
+        {
+            check.stale += 1;
+            if check.stale_examples.len() < 10 {
+                check.stale_examples.push(format!(
+                    "{} {} value {} at rv {rv} (sent at {}, acknowledged at {}): the Lease named {}/{:?} since rv {from}",
+                    w.pod, w.kind, w.value, w.start, w.end, holder.holder, holder.instance
+                ));
+            }
+        }
+    }
+    check
+}
+
 /// The records of one system, and when killed processes were seen gone.
 struct Tracker {
     system: System,
-    file: PathBuf,
+    records: Lines,
     gone: BTreeMap<(String, i64), i64>,
 }
 
 impl Tracker {
-    fn terms(&self) -> Vec<Term> {
-        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+    fn new(system: System, dir: &Path) -> Tracker {
+        Tracker {
+            system,
+            records: Lines::new(dir.join(system.record())),
+            gone: BTreeMap::new(),
+        }
+    }
+
+    fn terms(&mut self) -> Vec<Term> {
+        let system = self.system;
+        let values = self.records.refresh();
+        if system.active_by_writes() {
+            return write_terms(&parse_writes(values), mono());
+        }
         let mut terms: Vec<Term> = Vec::new();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
+        for v in values {
             let (Some(pod), Some(at)) = (v["name"].as_str(), v["mono"].as_i64()) else {
                 continue;
             };
@@ -249,8 +557,12 @@ impl Tracker {
         terms
     }
 
-    /// Marks open terms whose process no longer exists as ended now.
+    /// Marks open terms whose process no longer exists as ended now (an
+    /// `api` system's terms end with its writes instead).
     fn sweep(&mut self) {
+        if self.system.active_by_writes() {
+            return;
+        }
         let now = mono();
         for t in self.terms() {
             if t.end.is_none()
@@ -262,7 +574,7 @@ impl Tracker {
     }
 
     /// The pod of the one open term, if exactly one is open.
-    fn leader(&self) -> Option<(String, i64)> {
+    fn leader(&mut self) -> Option<(String, i64)> {
         let open: Vec<Term> = self
             .terms()
             .into_iter()
@@ -318,8 +630,11 @@ fn timing() -> Timing {
     }
 }
 
+/// How often an `api` worker increments each counter.
+const COUNTER_INTERVAL: &str = "200ms";
+
 async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
-    for (pool, activation) in [("zl", "start"), ("zlp", "process")] {
+    for (pool, activation) in [("zl", "start"), ("zlp", "process"), ("zla", "api")] {
         Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
             .create(
                 &PostParams::default(),
@@ -333,12 +648,15 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
             .await
             .unwrap_or_else(|e| panic!("create LeaderPolicy {pool}: {e}"));
     }
-    // The peer's ServiceAccount may campaign for its Lease.
+    // The peer's ServiceAccount (every pod's) may campaign for its Lease,
+    // and every `api` worker may increment the counters.
     let rbac = [
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                "metadata": {"name": "peer"},
                "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                          "verbs": ["get", "create", "update"]}]}),
+                          "verbs": ["get", "create", "update"]},
+                         {"apiGroups": [""], "resources": ["configmaps"],
+                          "verbs": ["get", "create", "update", "patch"]}]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": {"name": "peer"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "peer"},
@@ -362,7 +680,8 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
                 "command": command.map(|c| vec![c]), "args": args,
                 "env": [
                     {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
                 ],
                 "volumeMounts": [{"name": "records", "mountPath": "/records"}]
             }],
@@ -386,6 +705,13 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
         format!("--lease-duration={}s", t.lease),
         format!("--renew-deadline={}s", t.renew),
         format!("--retry-period={}s", t.retry),
+        "--counters-record=/records/peer-writes.log".to_owned(),
+        format!("--counters-interval={COUNTER_INTERVAL}"),
+    ];
+    let api_args = vec![
+        "--counters".to_owned(),
+        format!("--interval={COUNTER_INTERVAL}"),
+        format!("--record=/records/{}", System::ZenLeadApi.record()),
     ];
     // `process` runs the container's `command` under `zen-lead run`, so it
     // must be set.
@@ -404,6 +730,13 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
             Some(TESTAPP),
             app_args(System::ZenLeadProcess.record()),
             json!({"zen-lead/pool": "zlp"}),
+        ),
+        (
+            "zla",
+            "localhost/zl-hactl:dev",
+            None,
+            api_args,
+            json!({"zen-lead/pool": "zla"}),
         ),
         (
             "peer",
@@ -430,14 +763,23 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
     }
 }
 
+/// A system's tracker, shared by its pool's fault loop and the sweeper.
+type Shared = Arc<Mutex<Tracker>>;
+
+fn lock(tracker: &Shared) -> std::sync::MutexGuard<'_, Tracker> {
+    tracker
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Waits until the system has exactly one active pod (for at least 2 s) and
 /// three live pods; returns the leader pod with its UID and IP.
-async fn steady(pods: &Api<Pod>, tracker: &mut Tracker) -> (String, String, String) {
+async fn steady(pods: &Api<Pod>, tracker: &Shared) -> (String, String, String) {
     let deadline = Instant::now() + Duration::from_secs(180);
+    let label = lock(tracker).system.label();
     loop {
-        tracker.sweep();
         let list = pods
-            .list(&ListParams::default().labels(&format!("app={}", tracker.system.label())))
+            .list(&ListParams::default().labels(&format!("app={label}")))
             .await
             .map(|l| l.items)
             .unwrap_or_default();
@@ -456,7 +798,8 @@ async fn steady(pods: &Api<Pod>, tracker: &mut Tracker) -> (String, String, Stri
                 })
             })
             .collect();
-        if let Some((leader, since)) = tracker.leader()
+        let leader = lock(tracker).leader();
+        if let Some((leader, since)) = leader
             && live.len() == 3
             && mono() - since > 2_000_000_000
             && let Some(pod) = live
@@ -473,9 +816,8 @@ async fn steady(pods: &Api<Pod>, tracker: &mut Tracker) -> (String, String, Stri
         }
         assert!(
             Instant::now() < deadline,
-            "{}: no steady single leader within 180 s: {:?}",
-            tracker.system.label(),
-            tracker.terms()
+            "{label}: no steady single leader within 180 s: {:?}",
+            lock(tracker).terms()
         );
         sleep(Duration::from_millis(200)).await;
     }
@@ -491,7 +833,214 @@ struct Outcome {
     takeover_ms: Option<f64>,
 }
 
-#[tokio::test]
+/// The Leases of one namespace as the test's own watch saw them.
+#[derive(Debug, Clone, Default)]
+struct LeaseLog {
+    /// Every state seen, in the order seen.
+    states: Vec<LeaseState>,
+    /// Revisions the watch may have missed states in: after an API server
+    /// restart it can no longer resume and lists again, and only the Leases'
+    /// current states come back: (last revision seen before, newest after).
+    gaps: Vec<(i64, i64)>,
+}
+
+/// Watches the Leases of `ns` into a [`LeaseLog`].
+fn watch_leases(client: &Client, ns: &str) -> Arc<Mutex<LeaseLog>> {
+    let log = Arc::new(Mutex::new(LeaseLog::default()));
+    let sink = log.clone();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    tokio::spawn(async move {
+        let mut events = watcher::watcher(leases, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let (mut listed, mut last) = (false, 0_i64);
+        let mut relist: Option<(i64, i64)> = None;
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            let Ok(mut log) = sink.lock() else { return };
+            match event {
+                watcher::Event::Init if listed => relist = Some((last, last)),
+                watcher::Event::InitDone => {
+                    listed = true;
+                    if let Some(gap) = relist.take() {
+                        log.gaps.push(gap);
+                    }
+                }
+                watcher::Event::Apply(l) | watcher::Event::InitApply(l) => {
+                    if let Some(state) = LeaseState::from_lease(&l) {
+                        last = last.max(state.rv);
+                        if let Some(gap) = relist.as_mut() {
+                            gap.1 = gap.1.max(state.rv);
+                        }
+                        log.states.push(state);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    log
+}
+
+/// The `kubernetes` Service's ClusterIP and port: where the pods' clients
+/// (zen-lead's agents, the peer) dial the API server.
+async fn kubernetes_service(client: &Client) -> SocketAddr {
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap_or_else(|e| panic!("get Service default/kubernetes: {e}"));
+    let spec = svc.spec.unwrap_or_default();
+    let ip = spec.cluster_ip.unwrap_or_default();
+    let port = spec
+        .ports
+        .unwrap_or_default()
+        .first()
+        .map_or(443, |p| p.port);
+    format!("{ip}:{port}")
+        .parse()
+        .unwrap_or_else(|e| panic!("Service kubernetes at {ip}:{port}: {e}"))
+}
+
+/// What every pool's fault loop shares.
+struct World {
+    pods: Api<Pod>,
+    t: Timing,
+    /// The API server, and the proxy the pods reach it through.
+    api: SocketAddr,
+    proxy: DelayProxy,
+    trackers: BTreeMap<System, Shared>,
+    /// Faults aimed at one pod hold it shared, so the pools are hit in
+    /// parallel; a restart of a cluster component, which hits every pool,
+    /// holds it alone.
+    turn: tokio::sync::RwLock<()>,
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    n: usize,
+    fault: Fault,
+    /// For `Slow`: the latency added.
+    latency: Duration,
+}
+
+/// Injects `plan` into `system`'s leader and watches what follows.
+async fn inject(world: &World, system: System, plan: Plan) -> Outcome {
+    let Plan { n, fault, latency } = plan;
+    let t = &world.t;
+    let tracker = &world.trackers[&system];
+    let (mut _alone, mut _shared) = (None, None);
+    if fault.hits_both() {
+        _alone = Some(world.turn.write().await);
+        for other in world.trackers.values() {
+            steady(&world.pods, other).await;
+        }
+    } else {
+        _shared = Some(world.turn.read().await);
+    }
+    let (leader, uid, ip) = steady(&world.pods, tracker).await;
+    let at = mono();
+    let mut healed = at;
+    println!(
+        "overlap: fault {n}: {fault:?} on {} leader {leader}",
+        system.label()
+    );
+    match fault {
+        Fault::DeletePod => {
+            world
+                .pods
+                .delete(&leader, &DeleteParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("delete {leader}: {e}"));
+        }
+        Fault::KillElector => {
+            let pids = match system {
+                System::Peer => pids_with_env("lepeer", "POD_NAME", &leader),
+                _ => pids_with_env(agent_exe(), "ZEN_LEAD_POD_NAME", &leader),
+            };
+            assert!(!pids.is_empty(), "no elector process for {leader}");
+            kill_all(&pids);
+        }
+        Fault::Freeze | Fault::Cut | Fault::Slow => {
+            let pod_ip: std::net::IpAddr = ip
+                .parse()
+                .unwrap_or_else(|e| panic!("pod IP {ip:?} of {leader}: {e}"));
+            let guard: Box<dyn std::any::Any + Send> = match fault {
+                Fault::Freeze => Box::new(Frozen::pod(&uid)),
+                Fault::Cut => Box::new(CutOff::pod(&ip, &[world.api, world.proxy.addr])),
+                _ => {
+                    println!(
+                        "overlap: fault {n}: {} ms on {leader}'s path",
+                        latency.as_millis()
+                    );
+                    world.proxy.set_client_latency(pod_ip, latency);
+                    Box::new(())
+                }
+            };
+            sleep(Duration::from_secs(t.lease + 2)).await;
+            drop(guard);
+            healed = mono();
+            if fault == Fault::Slow {
+                world.proxy.set_client_latency(pod_ip, Duration::ZERO);
+                // What was sent just before still arrives that late.
+                healed += i64::try_from(latency.as_nanos()).unwrap_or(0);
+            }
+        }
+        Fault::RestartApiServer => {
+            tokio::task::block_in_place(restart_apiserver);
+            healed = mono();
+        }
+        Fault::RestartKubelet => {
+            tokio::task::block_in_place(|| restart_component("kubelet"));
+            healed = mono();
+        }
+    }
+    // A take-over, or the same leader still active a while later. After a
+    // take-over, wait until the old leader's app is seen gone (up to 3 s
+    // after the fault healed): one killed by SIGKILL (`process` after a
+    // thaw) writes no stop record, and its end is when the sweeper first
+    // misses it.
+    let lease_ns = i64::try_from(t.lease).unwrap_or(5) * 1_000_000_000;
+    let patience = Instant::now() + Duration::from_secs(t.lease * 3 + 20);
+    let mut takeover_ms = None;
+    while Instant::now() < patience {
+        let terms = lock(tracker).terms();
+        if takeover_ms.is_none()
+            && let Some(next) = terms
+                .iter()
+                .filter(|x| x.pod != leader && x.start > at)
+                .map(|x| x.start)
+                .min()
+        {
+            takeover_ms = Some((next - at) as f64 / 1e6);
+        }
+        if takeover_ms.is_some() {
+            let old_open = terms.iter().any(|x| x.pod == leader && x.end.is_none());
+            if !old_open || mono() - healed > 3_000_000_000 {
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let kept = lock(tracker).leader().is_some_and(|(p, _)| p == leader);
+        if kept && mono() - healed > lease_ns + 2_000_000_000 {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    println!("overlap: fault {n}: take-over {takeover_ms:?} ms");
+    Outcome {
+        system,
+        fault,
+        at,
+        healed,
+        takeover_ms,
+    }
+}
+
+// Two workers: the delaying proxy that every pod's API traffic takes must
+// keep relaying while a fault loop blocks (restarting a component).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_two_replicas_active_under_faults() {
     let client = client().await;
     common::apply_crd(&client, &zen_lead::api::crd()).await;
@@ -500,7 +1049,7 @@ async fn no_two_replicas_active_under_faults() {
         let faults: usize = std::env::var("ZEN_LEAD_OVERLAP_FAULTS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(6);
+            .unwrap_or(Fault::ALL.len());
         let seed: u64 = std::env::var("ZEN_LEAD_OVERLAP_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -508,131 +1057,130 @@ async fn no_two_replicas_active_under_faults() {
         println!("overlap: seed {seed}, {faults} faults, lease {}s / {}s / {}s", t.lease, t.renew, t.retry);
         let mut rng = Rng(seed);
         let dir = records_dir(&ns);
+        // The pods reach the API server through a proxy of the test (it
+        // slows one pod's path for the `Slow` fault), on the API server's own
+        // address so a cut-off covers both.
+        let api = common::delay_proxy::api_server_addr(&common::kubeconfig_path());
+        let proxy = DelayProxy::start_on(SocketAddr::new(api.ip(), 0), api).await;
+        let redirect = Redirected::service(kubernetes_service(&client).await, proxy.addr);
+        let fencing = common::fencing::install(&client).await;
+        let leases = watch_leases(&client, &ns);
         let controller = start_controller(&ns, &dir).await;
         let hook = register_webhook(&client, &ns, &controller).await;
         create_pools(&client, &ns, &dir, &t).await;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let api = common::delay_proxy::api_server_addr(&common::kubeconfig_path());
-        let mut trackers: BTreeMap<System, Tracker> = System::ALL
+        common::fencing::wait_condition(&client, &ns, "zla", "True", None).await;
+        let world = Arc::new(World {
+            pods: Api::namespaced(client.clone(), &ns),
+            t,
+            api,
+            proxy,
+            trackers: System::ALL
+                .into_iter()
+                .map(|s| (s, Arc::new(Mutex::new(Tracker::new(s, &dir)))))
+                .collect(),
+            turn: tokio::sync::RwLock::new(()),
+        });
+        // The sweeper: a killed process writes no stop record; its term
+        // ends when a sweep first misses it, whatever the loops are doing.
+        let sweeper = {
+            let world = world.clone();
+            tokio::spawn(async move {
+                loop {
+                    for tracker in world.trackers.values() {
+                        lock(tracker).sweep();
+                    }
+                    sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        // Every run of 7 faults has each kind once, in random order; every
+        // run of 28 aims each kind at each pool once (kind k hits pool
+        // offset[k] + round), so a short run still sees every kind and a
+        // long one every pair. Each pool's faults run in order, the pools'
+        // in parallel.
+        let mut plans: BTreeMap<System, Vec<Plan>> = BTreeMap::new();
+        let (kinds, pools) = (Fault::ALL.len(), System::ALL.len());
+        let mut order: Vec<usize> = (0..kinds).collect();
+        let mut offset: Vec<usize> = vec![0; kinds];
+        for n in 0..faults {
+            let (round, slot) = (n / kinds, n % kinds);
+            if slot == 0 {
+                if round % pools == 0 {
+                    for o in &mut offset {
+                        *o = rng.below(pools as u64) as usize;
+                    }
+                }
+                for i in (1..kinds).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            let k = order[slot];
+            let (fault, system) = (Fault::ALL[k], System::ALL[(offset[k] + round) % pools]);
+            // Slower than 1 s, up to twice the renew deadline.
+            let latency = Duration::from_millis(1000 + rng.below(world.t.renew * 2000 - 999));
+            plans.entry(system).or_default().push(Plan { n, fault, latency });
+        }
+        let loops: Vec<_> = plans
             .into_iter()
-            .map(|s| {
-                (
-                    s,
-                    Tracker {
-                        system: s,
-                        file: dir.join(s.record()),
-                        gone: BTreeMap::new(),
-                    },
-                )
+            .map(|(system, plans)| {
+                let world = world.clone();
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    for plan in plans {
+                        outcomes.push(inject(&world, system, plan).await);
+                    }
+                    outcomes
+                })
             })
             .collect();
-        let lease_ns = i64::try_from(t.lease).unwrap_or(5) * 1_000_000_000;
         let mut outcomes: Vec<Outcome> = Vec::new();
-        for n in 0..faults {
-            // Every kind comes round; which pool it hits is random.
-            let fault = Fault::ALL[(n + rng.below(Fault::ALL.len() as u64) as usize) % Fault::ALL.len()];
-            let system = System::ALL[rng.below(System::ALL.len() as u64) as usize];
-            let mut tracker = trackers.remove(&system).expect("tracker");
-            let (leader, uid, ip) = steady(&pods, &mut tracker).await;
-            for other in trackers.values_mut() {
-                steady(&pods, other).await;
-            }
-            let at = mono();
-            let mut healed = at;
-            println!("overlap: fault {n}: {fault:?} on {} leader {leader}", system.label());
-            match fault {
-                Fault::DeletePod => {
-                    pods.delete(&leader, &DeleteParams::default())
-                        .await
-                        .unwrap_or_else(|e| panic!("delete {leader}: {e}"));
-                }
-                Fault::KillElector => {
-                    let pids = match system {
-                        System::ZenLead | System::ZenLeadProcess => {
-                            pids_with_env(agent_exe(), "ZEN_LEAD_POD_NAME", &leader)
-                        }
-                        System::Peer => pids_with_env("lepeer", "POD_NAME", &leader),
-                    };
-                    assert!(!pids.is_empty(), "no elector process for {leader}");
-                    kill_all(&pids);
-                }
-                Fault::Freeze | Fault::Cut => {
-                    let guard: Box<dyn std::any::Any> = if fault == Fault::Freeze {
-                        Box::new(Frozen::pod(&uid))
-                    } else {
-                        Box::new(CutOff::pod(&ip, api))
-                    };
-                    let until = Instant::now() + Duration::from_secs(t.lease + 2);
-                    while Instant::now() < until {
-                        tracker.sweep();
-                        sleep(Duration::from_millis(200)).await;
-                    }
-                    drop(guard);
-                    healed = mono();
-                }
-                Fault::RestartApiServer => {
-                    restart_apiserver();
-                    healed = mono();
-                }
-                Fault::RestartKubelet => {
-                    restart_component("kubelet");
-                    healed = mono();
-                }
-            }
-            // A take-over, or the same leader still active a while later.
-            // After a take-over, keep sweeping until the old leader's app is
-            // seen gone (up to 3 s after the fault healed): one killed by
-            // SIGKILL (`process` after a thaw) writes no stop record, and its
-            // end is when a sweep first misses it.
-            let patience = Instant::now() + Duration::from_secs(t.lease * 3 + 20);
-            let mut takeover_ms = None;
-            while Instant::now() < patience {
-                tracker.sweep();
-                if takeover_ms.is_none()
-                    && let Some(next) = tracker
-                        .terms()
-                        .iter()
-                        .filter(|x| x.pod != leader && x.start > at)
-                        .map(|x| x.start)
-                        .min()
-                {
-                    takeover_ms = Some((next - at) as f64 / 1e6);
-                }
-                if takeover_ms.is_some() {
-                    let old_open = tracker
-                        .terms()
-                        .iter()
-                        .any(|x| x.pod == leader && x.end.is_none());
-                    if !old_open || mono() - healed > 3_000_000_000 {
-                        break;
-                    }
-                    sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                let kept = tracker.leader().is_some_and(|(p, _)| p == leader);
-                if kept && mono() - healed > lease_ns + 2_000_000_000 {
-                    break;
-                }
-                sleep(Duration::from_millis(100)).await;
-            }
-            println!("overlap: fault {n}: take-over {takeover_ms:?} ms");
-            outcomes.push(Outcome { system, fault, at, healed, takeover_ms });
-            trackers.insert(system, tracker);
+        for l in loops {
+            outcomes.extend(l.await.unwrap_or_else(|e| panic!("a fault loop failed: {e}")));
         }
-        for tracker in trackers.values_mut() {
-            steady(&pods, tracker).await;
+        outcomes.sort_by_key(|o| o.at);
+        for tracker in world.trackers.values() {
+            steady(&world.pods, tracker).await;
         }
+        sweeper.abort();
+        let t = &world.t;
 
         // The checker.
         let now = mono();
-        let mut report = String::from(
-            "| system | faults | terms | overlaps | longest overlap | take-over p50 / p99 by fault |\n|---|---|---|---|---|---|\n",
+        let history = leases.lock().map(|h| h.clone()).unwrap_or_default();
+        // Kept beside the records, for a post-mortem.
+        let _ = std::fs::write(
+            dir.join("leases.log"),
+            history
+                .states
+                .iter()
+                .map(|l| format!("{} {} {} {:?}\n", l.rv, l.lease, l.holder, l.instance))
+                .chain(history.gaps.iter().map(|(a, b)| format!("gap {a} {b}\n")))
+                .collect::<String>(),
+        );
+        let mut by_kind: BTreeMap<Fault, usize> = BTreeMap::new();
+        for o in &outcomes {
+            *by_kind.entry(o.fault).or_default() += 1;
+        }
+        let mut report = format!(
+            "faults by kind: {}\n\n| system | faults | terms | overlaps | longest overlap | lost updates (cas / blind) | stale writes (of acknowledged) | take-over p50 / p99 by fault |\n|---|---|---|---|---|---|---|---|\n",
+            by_kind
+                .iter()
+                .map(|(k, n)| format!("{k:?} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let mut failures = Vec::new();
-        for (system, tracker) in &trackers {
-            let terms = tracker.terms();
+        for (system, tracker) in &world.trackers {
+            let system = *system;
+            let terms = lock(tracker).terms();
             let found = overlaps(&terms, now);
-            let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.system == *system).collect();
+            let writes = system.writes().map(|file| {
+                let mut lines = Lines::new(dir.join(file));
+                let check = check_writes(&parse_writes(lines.refresh()), &history, system.label());
+                println!("overlap: {}: writes {check:?}", system.name());
+                check
+            });
+            let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.system == system).collect();
             let mut by_kind: BTreeMap<Fault, Vec<f64>> = BTreeMap::new();
             for o in &mine {
                 by_kind.entry(o.fault).or_default().extend(o.takeover_ms);
@@ -651,8 +1199,17 @@ async fn no_two_replicas_active_under_faults() {
                 })
                 .collect();
             let longest = found.iter().map(|o| o.3 - o.2).max().unwrap_or(0);
+            let (lost, stale) = writes.as_ref().map_or(("—".to_owned(), "—".to_owned()), |c| {
+                (
+                    format!("{} / {}", c.lost_cas, c.lost_blind),
+                    format!(
+                        "{} of {} ({} outside a term, {} in a watch gap)",
+                        c.stale, c.acked, c.outside_term, c.unchecked
+                    ),
+                )
+            });
             report.push_str(&format!(
-                "| {} | {} | {} | {} | {:.0} ms | {} |\n",
+                "| {} | {} | {} | {} | {:.0} ms | {lost} | {stale} | {} |\n",
                 system.name(),
                 mine.len(),
                 terms.len(),
@@ -660,41 +1217,50 @@ async fn no_two_replicas_active_under_faults() {
                 longest as f64 / 1e6,
                 takeovers.join("; ")
             ));
-            if *system != System::Peer {
-                for (a, b, from, to) in &found {
-                    // The fault it began under: the last one injected before
-                    // that hit this pool (a restart hits both pools).
-                    let hits = |o: &&Outcome| o.system == *system || o.fault.hits_both();
-                    let cause = outcomes.iter().rev().filter(hits).find(|o| o.at <= *from);
-                    // The cause bounds the overlap; so does a later fault that
-                    // hit this pool while it lasted (a second API server
-                    // restart also holds up the controller's deletion of the
-                    // deposed pod), counted from when it began.
-                    let allowed = cause.is_some_and(|c| {
-                        outcomes
-                            .iter()
-                            .filter(hits)
-                            .filter(|o| o.at >= c.at && o.at <= *to)
-                            .any(|o| {
-                                system
-                                    .overlap_limit(o.fault, (*from).max(o.at), o.healed)
-                                    .is_some_and(|limit| *to <= limit)
-                            })
-                    });
-                    println!(
-                        "overlap: {}: {a} and {b} together {:.0} ms, ended {:.0} ms after {:?} healed",
+            if system == System::Peer {
+                continue;
+            }
+            if let Some(c) = &writes {
+                if c.stale > 0 || c.lost_cas > 0 || c.lost_blind > 0 {
+                    failures.push(format!("{}: {c:?}", system.name()));
+                }
+                if c.acked == 0 {
+                    failures.push(format!("{}: no write was acknowledged", system.name()));
+                }
+            }
+            for (a, b, from, to) in &found {
+                // The fault it began under: the last one injected before
+                // that hit this pool (a restart hits every pool).
+                let hits = |o: &&Outcome| o.system == system || o.fault.hits_both();
+                let cause = outcomes.iter().rev().filter(hits).find(|o| o.at <= *from);
+                // The cause bounds the overlap; so does a later fault that
+                // hit this pool while it lasted (a second API server
+                // restart also holds up the controller's deletion of the
+                // deposed pod), counted from when it began.
+                let allowed = cause.is_some_and(|c| {
+                    outcomes
+                        .iter()
+                        .filter(hits)
+                        .filter(|o| o.at >= c.at && o.at <= *to)
+                        .any(|o| {
+                            system
+                                .overlap_limit(o.fault, (*from).max(o.at), o.healed)
+                                .is_some_and(|limit| *to <= limit)
+                        })
+                });
+                println!(
+                    "overlap: {}: {a} and {b} together {:.0} ms, ended {:.0} ms after {:?} healed",
+                    system.name(),
+                    (*to - *from) as f64 / 1e6,
+                    cause.map_or(f64::NAN, |c| (*to - c.healed) as f64 / 1e6),
+                    cause.map(|c| c.fault)
+                );
+                if !allowed {
+                    failures.push(format!(
+                        "{}: {a} and {b} were active together for {:.0} ms (after {cause:?})",
                         system.name(),
-                        (*to - *from) as f64 / 1e6,
-                        cause.map_or(f64::NAN, |c| (*to - c.healed) as f64 / 1e6),
-                        cause.map(|c| c.fault)
-                    );
-                    if !allowed {
-                        failures.push(format!(
-                            "{}: {a} and {b} were active together for {:.0} ms (after {cause:?})",
-                            system.name(),
-                            (*to - *from) as f64 / 1e6
-                        ));
-                    }
+                        (*to - *from) as f64 / 1e6
+                    ));
                 }
             }
         }
@@ -706,9 +1272,108 @@ async fn no_two_replicas_active_under_faults() {
             .delete(&hook, &DeleteParams::default())
             .await;
         drop(controller.child);
+        drop(fencing);
+        drop(redirect);
+        drop(world);
     })
     .await;
     // Its API server restarts leave the controller manager's informers
     // backing off; the next suite's Deployments must get their pods.
     common::faults::wait_workload_controllers(&client).await;
+}
+
+fn write(pod: &str, kind: &str, value: i64, rv: i64) -> Write {
+    Write {
+        pod: pod.to_owned(),
+        uid: format!("uid-{pod}"),
+        kind: kind.to_owned(),
+        ok: true,
+        value,
+        rv: Some(rv),
+        start: rv,
+        end: rv,
+        code: 200,
+    }
+}
+
+fn log(states: &[LeaseState]) -> LeaseLog {
+    LeaseLog {
+        states: states.to_vec(),
+        gaps: Vec::new(),
+    }
+}
+
+fn state(rv: i64, holder: &str) -> LeaseState {
+    LeaseState {
+        rv,
+        lease: "zla".to_owned(),
+        holder: holder.to_owned(),
+        instance: (!holder.is_empty()).then(|| format!("uid-{holder}")),
+    }
+}
+
+#[test]
+fn a_clean_hand_over_has_no_stale_write_and_no_lost_update() {
+    let history = log(&[state(1, "a"), state(4, "a"), state(10, ""), state(12, "b")]);
+    let writes = [
+        write("a", "cas", 1, 2),
+        write("a", "blind", 1, 3),
+        write("a", "cas", 2, 5),
+        write("b", "cas", 3, 13),
+        write("b", "blind", 2, 14),
+    ];
+    let check = check_writes(&writes, &history, "zla");
+    assert_eq!(
+        check,
+        WriteCheck {
+            acked: 5,
+            ..WriteCheck::default()
+        }
+    );
+    let terms = write_terms(&writes, i64::MAX);
+    let pods: Vec<&str> = terms.iter().map(|t| t.pod.as_str()).collect();
+    assert_eq!(pods, ["a", "b"]);
+}
+
+#[test]
+fn a_deposed_leaders_write_after_its_successors_is_stale() {
+    let mut history = log(&[state(1, "a"), state(10, "b"), state(20, "b")]);
+    let writes = [
+        write("a", "blind", 1, 2),
+        // Lands after b took the Lease, before b wrote: outside a term only.
+        write("a", "blind", 2, 11),
+        write("b", "blind", 3, 12),
+        // Lands after b's first write: stale, and a lost blind increment
+        // (a read 2 as b did).
+        write("a", "blind", 3, 21),
+    ];
+    let check = check_writes(&writes, &history, "zla");
+    assert_eq!(check.outside_term, 2);
+    assert_eq!(check.stale, 1);
+    assert_eq!(check.lost_blind, 1);
+    assert_eq!(check.lost_cas, 0);
+    // Another pool's Lease says nothing about this one.
+    assert_eq!(check_writes(&writes, &history, "zl").outside_term, 0);
+    // Where the watch relisted (an API server restart), nothing is judged.
+    history.gaps.push((15, 25));
+    let check = check_writes(&writes, &history, "zla");
+    assert_eq!((check.stale, check.unchecked), (0, 1));
+}
+
+#[test]
+fn a_refused_write_counts_nowhere_but_a_cas_conflict_is_reported() {
+    let history = log(&[state(1, "a")]);
+    let mut refused = write("b", "cas", 7, 0);
+    refused.ok = false;
+    refused.rv = None;
+    refused.code = 409;
+    let check = check_writes(&[write("a", "cas", 7, 2), refused], &history, "zla");
+    assert_eq!(
+        check,
+        WriteCheck {
+            acked: 1,
+            conflicts: 1,
+            ..WriteCheck::default()
+        }
+    );
 }
