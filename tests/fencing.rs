@@ -484,6 +484,95 @@ async fn over_twenty_hand_overs_no_leader_write_is_refused_and_no_stale_write_la
     .await;
 }
 
+/// Fencing refusals this agent's gate sent again since it started.
+async fn retried(agent: &GateAgent) -> f64 {
+    common::metric_sum(
+        &agent.metrics().await,
+        "zen_lead_gate_fence_refusals_total{outcome=\"retried\"}",
+    )
+}
+
+/// The refusal the gate retries, forced: a second fenced Lease (a decoy the
+/// test writes) lists the leader's pod and names another holder, which is
+/// what the policy sees when its cache still shows the previous holder. The
+/// leader's write through its gate is refused while the decoy stands; the
+/// gate, whose own pod leads, sends it again until the decoy is gone, and
+/// the app sees one successful write.
+#[tokio::test]
+async fn a_refusal_while_the_pod_leads_is_retried_and_the_app_never_sees_it() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "retry", 2, None).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let leader = &pool.members[pool.leader(&client, &ns).await];
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let decoy: Lease = serde_json::from_value(json!({
+            "metadata": {"name": "decoy", "labels": {FENCED_LABEL: "true"},
+                         "annotations": {FENCED_PODS_ANNOTATION: leader.uid,
+                                         zen_lead::keys::HOLDER_INSTANCE_ANNOTATION: "someone-else/0"}},
+            "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 60},
+        }))
+        .expect("lease");
+        leases
+            .create(&PostParams::default(), &decoy)
+            .await
+            .unwrap_or_else(|e| panic!("create the decoy Lease: {e}"));
+        // The decoy is in the policy's cache once the leader's own direct
+        // writes are refused.
+        let direct_client = direct(&leader.token, &pool.dir).await;
+        let mut n = 0;
+        eventually("the leader's direct write refused by the decoy", LIMIT, || {
+            n += 1;
+            let (c, ns) = (&direct_client, &ns);
+            async move {
+                match write(c, ns, &format!("direct-{n}")).await {
+                    Ok(()) => Err("admitted: the decoy is not in the cache yet".to_owned()),
+                    Err((403, m)) if m.contains("someone-else") => Ok(()),
+                    Err(other) => Err(format!("refused otherwise: {other:?}")),
+                }
+            }
+        })
+        .await;
+        let before = retried(&leader.agent).await;
+        let app = leader.agent.app_client(false).await;
+        let app_ns = ns.clone();
+        let write_task =
+            tokio::spawn(async move { write(&app, &app_ns, "through-the-gate").await });
+        eventually("the gate retrying the refused write", LIMIT, || async {
+            let now = retried(&leader.agent).await;
+            (now > before).then_some(()).ok_or(format!("retried {now}"))
+        })
+        .await;
+        leases
+            .delete("decoy", &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete the decoy Lease: {e}"));
+        write_task
+            .await
+            .expect("write task")
+            .unwrap_or_else(|e| panic!("the app saw the refusal the gate should retry: {e:?}"));
+        let metrics = leader.agent.metrics().await;
+        let passed = common::metric_sum(
+            &metrics,
+            "zen_lead_gate_fence_refusals_total{outcome=\"passed\"}",
+        );
+        let returned = common::metric_sum(
+            &metrics,
+            "zen_lead_gate_fence_refusals_total{outcome=\"returned\"}",
+        );
+        eprintln!(
+            "forced refusal: retried {} time(s), then admitted (passed {passed}, returned {returned})",
+            retried(&leader.agent).await - before
+        );
+        assert!(passed >= 1.0, "no retry was admitted:\n{metrics}");
+        assert_eq!(returned, 0.0, "a refusal reached the app:\n{metrics}");
+    })
+    .await;
+}
+
 /// A whole leader frozen past its lease (SIGSTOP), a successor takes over,
 /// then the old one thaws: what it sends afterwards is refused.
 #[tokio::test]
