@@ -13,12 +13,13 @@
 //! - `zla`: a client-go app (`hactl --counters`) in a zen-lead pool with
 //!   `api` activation and server-side fencing on: every replica runs and
 //!   writes through its gate; active is whose writes land. Every 200 ms it
-//!   increments two ConfigMap counters by read-modify-write, one with a
-//!   resourceVersion precondition (`cas`), one without (`blind`);
+//!   increments two ConfigMap counters of its own by read-modify-write, one
+//!   with a resourceVersion precondition (`zla-cas`), one without
+//!   (`zla-blind`);
 //! - `peer`: client-go's `leaderelection` in each pod (`lepeer`,
 //!   ReleaseOnCancel, exiting when it loses the lease as controllers do);
-//!   active while it leads, and doing the same counter work as `zla` while
-//!   it leads, straight to the API server. client-go documents that it does
+//!   active while it leads, and doing the same counter work as `zla` (on
+//!   `peer-cas` and `peer-blind`) while it leads, straight to the API server. client-go documents that it does
 //!   not fence.
 //!
 //! The writes are checked against the Leases' history (watched by the test;
@@ -706,10 +707,12 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
         format!("--renew-deadline={}s", t.renew),
         format!("--retry-period={}s", t.retry),
         "--counters-record=/records/peer-writes.log".to_owned(),
+        "--counters-prefix=peer".to_owned(),
         format!("--counters-interval={COUNTER_INTERVAL}"),
     ];
     let api_args = vec![
         "--counters".to_owned(),
+        "--counters-prefix=zla".to_owned(),
         format!("--interval={COUNTER_INTERVAL}"),
         format!("--record=/records/{}", System::ZenLeadApi.record()),
     ];

@@ -216,6 +216,7 @@ func main() {
 	heartbeat := flag.String("heartbeat", "heartbeat", "name of the heartbeat ConfigMap")
 	countersMode := flag.Bool("counters", false, "only increment the overlap checker's counters (internal/counters)")
 	uid := flag.String("uid", os.Getenv("POD_UID"), "this replica's pod UID, in --counters records (default $POD_UID)")
+	prefix := flag.String("counters-prefix", "counter", "with --counters: the counters are ConfigMaps PREFIX-cas and PREFIX-blind")
 	flag.Parse()
 	if *ns == "" || *pod == "" {
 		fmt.Fprintln(os.Stderr, "hactl: --namespace and --name (or POD_NAMESPACE, POD_NAME) are required")
@@ -243,7 +244,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	if *countersMode {
-		cfg := counters.Config{Namespace: *ns, Pod: *pod, UID: *uid, Interval: *interval}
+		cfg := counters.Config{Namespace: *ns, Pod: *pod, UID: *uid, Interval: *interval, Prefix: *prefix}
 		counters.Run(ctx, client, cfg, rec.emit)
 		rec.emit(map[string]any{"event": "stop"})
 		return

@@ -120,6 +120,7 @@ func main() {
 	renewDeadline := flag.Duration("renew-deadline", 10*time.Second, "client-go RenewDeadline")
 	retryPeriod := flag.Duration("retry-period", 2*time.Second, "client-go RetryPeriod")
 	countersRecord := flag.String("counters-record", "", "while leading, increment the overlap checker's counters and record each write here")
+	countersPrefix := flag.String("counters-prefix", "peer", "the counters are ConfigMaps PREFIX-cas and PREFIX-blind")
 	countersInterval := flag.Duration("counters-interval", 200*time.Millisecond, "time between two rounds of counter writes")
 	flag.Parse()
 	if *id == "" {
@@ -163,7 +164,7 @@ func main() {
 					// client-go cancels this context when renewing fails
 					// past the renew deadline; nothing fences what is in
 					// flight then.
-					cfg := counters.Config{Namespace: *namespace, Pod: *id, UID: os.Getenv("POD_UID"), Interval: *countersInterval}
+					cfg := counters.Config{Namespace: *namespace, Pod: *id, UID: os.Getenv("POD_UID"), Interval: *countersInterval, Prefix: *countersPrefix}
 					counters.Run(leading, client, cfg, func(f map[string]any) { appendLine(*countersRecord, f) })
 				}
 			},

@@ -2,10 +2,12 @@
 // the replicas of an `api` pool and of the client-go peer while they are
 // active: two counters in ConfigMaps, incremented by read-modify-write.
 //
-//   - "cas": GET, then PUT with the resourceVersion read (a precondition),
-//     so the API server refuses the write if anyone wrote in between;
-//   - "blind": GET, then a merge patch with no precondition, so two writers
-//     that read the same value both "succeed" and one increment is lost.
+//   - PREFIX-cas: GET, then PUT with the resourceVersion read (a
+//     precondition), so the API server refuses the write if anyone wrote in
+//     between;
+//   - PREFIX-blind: GET, then a merge patch with no precondition, so two
+//     writers that read the same value both "succeed" and one increment is
+//     lost.
 //
 // Every write attempt is recorded with CLOCK_MONOTONIC at its start and end,
 // whether the API server acknowledged it, the value written and the
@@ -49,6 +51,8 @@ type Config struct {
 	Pod, UID string
 	// Interval between two rounds (one write to each counter).
 	Interval time.Duration
+	// Prefix of the two ConfigMaps' names: each system its own counters.
+	Prefix string
 }
 
 // Run writes both counters every interval until ctx ends. After a failed
@@ -74,10 +78,11 @@ type writer struct {
 
 func (w *writer) increment(ctx context.Context, kind string) {
 	cms := w.client.CoreV1().ConfigMaps(w.cfg.Namespace)
+	name := w.cfg.Prefix + "-" + kind
 	start := Monotonic()
-	cm, err := cms.Get(ctx, kind, metav1.GetOptions{})
+	cm, err := cms.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kind}, Data: map[string]string{"value": "0"}}
+		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string]string{"value": "0"}}
 		cm, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: w.cfg.Pod})
 		if apierrors.IsAlreadyExists(err) {
 			return // another replica created it: next round
@@ -97,7 +102,7 @@ func (w *writer) increment(ctx context.Context, kind string) {
 		got, err = cms.Update(ctx, want, metav1.UpdateOptions{FieldManager: w.cfg.Pod})
 	} else {
 		patch, _ := json.Marshal(map[string]any{"data": data})
-		got, err = cms.Patch(ctx, kind, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: w.cfg.Pod})
+		got, err = cms.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: w.cfg.Pod})
 	}
 	w.record(kind, start, next, got, err, "write")
 }
