@@ -28,10 +28,26 @@ fn yaml_value(text: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key}: in {text}"))
 }
 
+/// `make`, in the environment a shell would give it. `cargo test` runs a
+/// test with variables of its own set (`CARGO_PKG_NAME`, `OUT_DIR`, ...,
+/// and build.rs's `rustc-env` `ZEN_LEAD_GIT_COMMIT`), and build scripts of
+/// the release build ask to rerun when some of them change (ring's watches
+/// `CARGO_PKG_NAME`, ours `ZEN_LEAD_GIT_COMMIT`): with them, `make image`
+/// here and from a shell would each rebuild the release binaries, minutes
+/// every time.
 fn make(args: &[&str]) -> String {
+    let mut cmd = Command::new("make");
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO") && key != "CARGO_HOME")
+            || key == "OUT_DIR"
+            || key == "ZEN_LEAD_GIT_COMMIT"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     let out = run_ok(
-        Command::new("make")
-            .args(["--no-print-directory"])
+        cmd.args(["--no-print-directory"])
             .args(args)
             .current_dir(repo_root()),
         &format!("make {}", args.join(" ")),
