@@ -289,7 +289,10 @@ pub fn is_watch(method: &Method, path: &str, query: Option<&str>) -> bool {
 /// blind update or patch made while this pod was a standby, sent once it
 /// leads, could overwrite what the previous leader wrote after the app's
 /// read: a lost update (the overlap checker's `blind` counter found them).
-/// A body that is not JSON (protobuf) cannot be checked and counts as blind.
+/// The body is JSON, or protobuf: client-go's typed clients encode built-in
+/// types as protobuf (since 1.33), so its `Update` reaches the gate in it
+/// (the overlap checker found those refused as blind). A body in neither
+/// (CBOR, or one that does not parse) cannot be checked and counts as blind.
 pub fn survives_a_stale_read(method: &Method, body: &[u8]) -> bool {
     match *method {
         Method::POST => true,
@@ -302,6 +305,9 @@ pub fn survives_a_stale_read(method: &Method, body: &[u8]) -> bool {
 /// an object, a merge, strategic-merge or apply patch; `preconditions` of
 /// DeleteOptions; a JSON patch `test` of `/metadata/resourceVersion`.
 fn has_version_precondition(body: &[u8]) -> bool {
+    if let Some(unknown) = body.strip_prefix(PROTOBUF_MAGIC) {
+        return protobuf_has_version_precondition(unknown);
+    }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
     };
@@ -313,6 +319,79 @@ fn has_version_precondition(body: &[u8]) -> bool {
                 op["op"] == "test" && op["path"] == "/metadata/resourceVersion" && set(&op["value"])
             })
         })
+}
+
+/// What starts a Kubernetes protobuf body, before its `runtime.Unknown`
+/// envelope: `typeMeta` (1: `apiVersion` 1, `kind` 2), `raw` (2, the
+/// object), `contentEncoding` (3).
+const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
+
+/// The same as [`has_version_precondition`] for a protobuf `runtime.Unknown`.
+/// Every built-in object carries its `ObjectMeta` as field 1, whose
+/// `resourceVersion` is field 6; `DeleteOptions` carries `preconditions` as
+/// field 2, whose `resourceVersion` is field 2 (apimachinery's
+/// generated.proto).
+fn protobuf_has_version_precondition(unknown: &[u8]) -> bool {
+    let set = |s: Option<&[u8]>| s.is_some_and(|s| !s.is_empty());
+    if set(pb_field(unknown, 3)) {
+        return false; // an encoded (compressed) object: cannot look inside
+    }
+    let Some(raw) = pb_field(unknown, 2) else {
+        return false;
+    };
+    let kind = pb_field(unknown, 1).and_then(|type_meta| pb_field(type_meta, 2));
+    if kind == Some(b"DeleteOptions".as_slice()) {
+        set(pb_field(raw, 2).and_then(|pre| pb_field(pre, 2)))
+    } else {
+        set(pb_field(raw, 1).and_then(|meta| pb_field(meta, 6)))
+    }
+}
+
+/// The last length-delimited field `number` of a protobuf message (a later
+/// one wins, as when protobuf merges), or `None` when it is absent or the
+/// bytes are not a well-formed message.
+fn pb_field(mut msg: &[u8], number: u64) -> Option<&[u8]> {
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut value = 0_u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = buf.split_first()?;
+            *buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    fn skip<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let taken = buf.get(..n)?;
+        *buf = buf.get(n..)?;
+        Some(taken)
+    }
+    let mut found = None;
+    while !msg.is_empty() {
+        let key = varint(&mut msg)?;
+        match key & 7 {
+            0 => {
+                varint(&mut msg)?;
+            }
+            1 => {
+                skip(&mut msg, 8)?;
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut msg)?).ok()?;
+                let value = skip(&mut msg, len)?;
+                if key >> 3 == number {
+                    found = Some(value);
+                }
+            }
+            5 => {
+                skip(&mut msg, 4)?;
+            }
+            _ => return None, // groups (deprecated) or not protobuf
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -782,5 +861,63 @@ mod tests {
                 "{method} {body}"
             );
         }
+    }
+
+    /// Bodies as client-go encodes them (`tests/cluster/cmd/pbbodies`
+    /// wrote them with apimachinery's protobuf serializer).
+    #[test]
+    fn a_protobuf_write_is_checked_like_a_json_one() {
+        let cases: [(Method, &str, &[u8], bool); 5] = [
+            (
+                Method::PUT,
+                "ConfigMap with resourceVersion",
+                include_bytes!("../../../tests/golden/gate/put-configmap-with-rv.pb"),
+                true,
+            ),
+            (
+                Method::PUT,
+                "ConfigMap without",
+                include_bytes!("../../../tests/golden/gate/put-configmap-without-rv.pb"),
+                false,
+            ),
+            (
+                Method::DELETE,
+                "DeleteOptions with preconditions.resourceVersion",
+                include_bytes!("../../../tests/golden/gate/delete-options-with-rv.pb"),
+                true,
+            ),
+            (
+                Method::DELETE,
+                "DeleteOptions with preconditions.uid only",
+                include_bytes!("../../../tests/golden/gate/delete-options-with-uid-only.pb"),
+                false,
+            ),
+            (
+                Method::DELETE,
+                "DeleteOptions without preconditions",
+                include_bytes!("../../../tests/golden/gate/delete-options-without-precond.pb"),
+                false,
+            ),
+        ];
+        for (method, what, body, want) in cases {
+            assert!(
+                body.starts_with(PROTOBUF_MAGIC),
+                "{what}: not a protobuf body"
+            );
+            assert_eq!(
+                survives_a_stale_read(&method, body),
+                want,
+                "{method} {what}"
+            );
+            // Cut anywhere, it never panics.
+            for end in PROTOBUF_MAGIC.len()..body.len() {
+                let _ = survives_a_stale_read(&method, &body[..end]);
+            }
+        }
+        let with_rv = include_bytes!("../../../tests/golden/gate/put-configmap-with-rv.pb");
+        assert!(
+            !survives_a_stale_read(&Method::PUT, &with_rv[..with_rv.len() / 2]),
+            "a truncated body is not a checked write"
+        );
     }
 }
