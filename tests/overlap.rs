@@ -90,6 +90,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
+use zen_lead::agent::gate::proxy::HELD_BLIND_MARKER;
 
 fn mono() -> i64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -334,10 +335,6 @@ struct Write {
     refused_as_blind: bool,
 }
 
-/// What the gate's 409 for a held blind write says
-/// (`src/agent/gate/proxy.rs`, `refuse_blind_held`).
-const REFUSED_AS_BLIND: &str = "carries no resourceVersion precondition";
-
 fn parse_writes(values: &[serde_json::Value]) -> Vec<Write> {
     values
         .iter()
@@ -355,7 +352,7 @@ fn parse_writes(values: &[serde_json::Value]) -> Vec<Write> {
                 code: v["code"].as_i64().unwrap_or(0),
                 refused_as_blind: v["error"]
                     .as_str()
-                    .is_some_and(|e| e.contains(REFUSED_AS_BLIND)),
+                    .is_some_and(|e| e.contains(HELD_BLIND_MARKER)),
             })
         })
         .collect()
@@ -632,9 +629,9 @@ fn overlaps(terms: &[Term], now: i64) -> Vec<(String, String, i64, i64)> {
             }
             let from = a.start.max(b.start);
             let to = a.end.unwrap_or(now).min(b.end.unwrap_or(now));
-            // The earlier term's pod first: the one deposed.
-            let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
             if to > from {
+                // The earlier term's pod first: the one deposed.
+                let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
                 out.push((first.pod.clone(), second.pod.clone(), from, to));
             }
         }
@@ -1345,15 +1342,16 @@ async fn no_two_replicas_active_under_faults() {
                     // by then. What follows the deletion is the kubelet's.
                     let base = cause.map_or(*from, |c| (*from).max(c.healed));
                     let deleted = deletion_of.get(a).copied();
-                    if let Some(d) = deleted {
-                        controller_ms.push((d - base) as f64 / 1e6);
-                        kubelet_ms.push((*to - d) as f64 / 1e6);
+                    // (controller's part, kubelet's part) in ms.
+                    let parts = deleted.map(|d| ((d - base) as f64 / 1e6, (*to - d) as f64 / 1e6));
+                    if let Some((controller, kubelet)) = parts {
+                        controller_ms.push(controller);
+                        kubelet_ms.push(kubelet);
                     }
+                    let (controller, kubelet) = parts.unwrap_or((f64::NAN, f64::NAN));
                     println!(
-                        "overlap: {}: {a}'s deletion requested {:.0} ms after the successor's start or the heal, its app stopped {:.0} ms after that",
+                        "overlap: {}: {a}'s deletion requested {controller:.0} ms after the successor's start or the heal, its app stopped {kubelet:.0} ms after that",
                         system.name(),
-                        deleted.map_or(f64::NAN, |d| (d - base) as f64 / 1e6),
-                        deleted.map_or(f64::NAN, |d| (*to - d) as f64 / 1e6),
                     );
                     if deleted.is_none_or(|d| d > base + DELETE_BOUND) && *to > base + DELETE_BOUND
                     {

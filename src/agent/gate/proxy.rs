@@ -630,6 +630,10 @@ fn refuse_standby(shared: &Shared, method: &Method, status: &LeaderStatus) -> Re
     )
 }
 
+/// What the 409 for a held blind write says about it (the overlap checker
+/// tells these refusals from the API server's own conflicts by it).
+pub const HELD_BLIND_MARKER: &str = "carries no resourceVersion precondition";
+
 /// A write held while this pod was a standby, refused once it leads because
 /// the API server could not tell it rests on a stale read (409, as a failed
 /// resourceVersion precondition is: controllers read again and retry).
@@ -639,8 +643,8 @@ fn refuse_blind_held(shared: &Shared) -> Response<GateBody> {
         "Conflict",
         &format!(
             "zen-lead pool {:?}: this write waited while this replica ({}) was a standby and \
-             carries no resourceVersion precondition; this replica leads now, but what the write \
-             was based on may have changed since: read again and retry",
+             {HELD_BLIND_MARKER}; this replica leads now, but what the write was based on may \
+             have changed since: read again and retry",
             shared.pool, shared.identity
         ),
         None,
