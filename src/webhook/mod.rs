@@ -146,6 +146,8 @@ pub async fn serve(
     ready: crate::admin::ReadyFlag,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WebhookError> {
+    // Pinned so start-up can race it and the serving phase still await it.
+    let mut shutdown = std::pin::pin!(shutdown);
     let lookup = lookup::ClusterLookup::start(client.clone());
     let options = ServeOptions {
         addr: config.addr,
@@ -162,7 +164,13 @@ pub async fn serve(
         }
         TlsSource::SelfManaged(settings) => {
             let manager = self_managed::Manager::new(client.clone(), namespace, settings.clone());
-            let store = manager.initialise().await?;
+            // The API server may be down while this replica starts: wait for
+            // it (not ready; the admin server's /livez keeps answering)
+            // instead of exiting into the kubelet's growing restart back-off.
+            let store = tokio::select! {
+                store = manager.initialise_retrying(self_managed::Retry::START) => store?,
+                () = &mut shutdown => return Ok(()),
+            };
             (store, Some(manager))
         }
     };
