@@ -28,6 +28,7 @@ pub struct Metrics {
     pub evictions: Counter,
     pub deposed_deletions: Counter,
     pub policies_created: Counter,
+    pub fencing_read_errors: Counter,
 }
 
 /// The steps whose error counters exist from the start at zero, so a rate
@@ -66,6 +67,7 @@ impl Default for Metrics {
             evictions: Counter::default(),
             deposed_deletions: Counter::default(),
             policies_created: Counter::default(),
+            fencing_read_errors: Counter::default(),
         }
     }
 }
@@ -132,6 +134,12 @@ impl Metrics {
             "policies_created",
             "LeaderPolicies created with the defaults because pool pods named one that did not exist",
             self.policies_created.clone(),
+        );
+        r.register(
+            "fencing_policy_read_errors",
+            "Reads of the fencing ValidatingAdmissionPolicy or its binding that failed or timed out \
+             (the last answer is kept: fencing stays on)",
+            self.fencing_read_errors.clone(),
         );
     }
 

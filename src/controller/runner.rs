@@ -62,7 +62,10 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
         metrics.clone(),
         settings.evict_uninjected,
         settings.create_missing_policies,
-        Fencing::new(settings.fencing.clone()),
+        Fencing::new(
+            settings.fencing.clone(),
+            metrics.fencing_read_errors.clone(),
+        ),
     ));
     // Do not act on half-listed caches: a pod missing from a partial list
     // would look deleted.

@@ -56,6 +56,95 @@ pub fn members(views: &[PodView]) -> String {
     uids.join(",")
 }
 
+/// One read of the fencing policy and its binding, as [`PolicyPresence`]
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyRead {
+    /// Both exist.
+    Present,
+    /// The API server answered that the policy or the binding does not
+    /// exist (404).
+    Absent,
+    /// No answer to go by: a transport error, a timeout, a 5xx, a 429, a
+    /// 403. Says nothing about the cluster, only about reaching it.
+    Failed,
+}
+
+/// How many [`PolicyRead::Absent`] answers in a row (reads that failed
+/// between them neither count nor break the run) confirm that the fencing
+/// policy is gone.
+pub const ABSENT_TO_CONFIRM: u8 = 3;
+
+/// What the controller believes about the fencing policy across reads.
+///
+/// Fails closed: fencing turns off only once the API server has answered
+/// "not found" [`ABSENT_TO_CONFIRM`] times in a row. A failed read keeps the
+/// last belief, and before any confirmed answer the policy counts as
+/// installed, because turning fencing off strips every fenced pool's Lease
+/// (two writes per pool, during the brownout that made the read fail)
+/// while keeping it on for a policy that is missing only labels Leases that
+/// nothing selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyPresence {
+    /// The last confirmed answer; `None` before the first.
+    confirmed: Option<bool>,
+    /// `Absent` answers since the last `Present`.
+    absent: u8,
+    /// The last read failed.
+    failed: bool,
+}
+
+impl PolicyPresence {
+    /// The belief after `read`.
+    pub fn observe(self, read: PolicyRead) -> Self {
+        match read {
+            PolicyRead::Present => Self {
+                confirmed: Some(true),
+                absent: 0,
+                failed: false,
+            },
+            PolicyRead::Absent => {
+                let absent = self.absent.saturating_add(1);
+                Self {
+                    confirmed: if absent >= ABSENT_TO_CONFIRM {
+                        Some(false)
+                    } else {
+                        self.confirmed
+                    },
+                    absent,
+                    failed: false,
+                }
+            }
+            PolicyRead::Failed => Self {
+                failed: true,
+                ..self
+            },
+        }
+    }
+
+    /// Whether pools that want fencing are fenced.
+    pub fn installed(self) -> bool {
+        self.confirmed.unwrap_or(true)
+    }
+
+    /// The last confirmed answer; `None` before the first.
+    pub fn known(self) -> Option<bool> {
+        self.confirmed
+    }
+
+    /// Nothing to confirm: the next read can wait the long interval. Not
+    /// settled while an absence is being confirmed, after a failed read, or
+    /// before the first answer.
+    pub fn settled(self) -> bool {
+        !self.failed
+            && match self.confirmed {
+                Some(true) => self.absent == 0,
+                Some(false) => true,
+                None => false,
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +227,65 @@ mod tests {
         ];
         assert_eq!(members(&views), "a,c");
         assert_eq!(members(&[]), "");
+    }
+    #[test]
+    fn fencing_turns_off_only_after_three_not_founds_in_a_row() {
+        use PolicyRead::{Absent as A, Failed as F, Present as P};
+        let cases: &[(&[PolicyRead], bool, &str)] = &[
+            (&[], true, "no answer yet: fail closed"),
+            (&[F], true, "only failures at start: fail closed"),
+            (&[F, F, F, F], true, "failures never confirm an absence"),
+            (&[A], true, "one 404 at start is not a confirmation"),
+            (&[A, A], true, "two 404s are not"),
+            (&[A, A, A], false, "three 404s in a row confirm"),
+            (&[P], true, "installed"),
+            (&[P, F], true, "a failure keeps installed"),
+            (&[P, F, F, F, F, F], true, "a brownout keeps installed"),
+            (&[P, A, A], true, "two 404s after installed do not flip it"),
+            (&[P, A, A, A], false, "three 404s after installed do"),
+            (
+                &[P, A, F, A, F, A],
+                false,
+                "failures between 404s neither count nor break the run",
+            ),
+            (
+                &[P, A, A, P, A, A],
+                true,
+                "a found answer restarts the count",
+            ),
+            (&[A, A, A, F], false, "a failure keeps not installed"),
+            (&[A, A, A, A, A], false, "more 404s stay not installed"),
+            (
+                &[A, A, A, P],
+                true,
+                "installing shows at the first found answer",
+            ),
+        ];
+        for (reads, want, why) in cases {
+            let belief = reads
+                .iter()
+                .fold(PolicyPresence::default(), |b, r| b.observe(*r));
+            assert_eq!(belief.installed(), *want, "{why}: {reads:?}");
+        }
+    }
+
+    #[test]
+    fn the_belief_is_rechecked_soon_until_it_is_settled() {
+        use PolicyRead::{Absent as A, Failed as F, Present as P};
+        let cases: &[(&[PolicyRead], bool)] = &[
+            (&[], false),
+            (&[P], true),
+            (&[P, F], false),
+            (&[P, F, P], true),
+            (&[P, A], false),
+            (&[P, A, A, A], true),
+            (&[A, A, A, F], false),
+        ];
+        for (reads, want) in cases {
+            let belief = reads
+                .iter()
+                .fold(PolicyPresence::default(), |b, r| b.observe(*r));
+            assert_eq!(belief.settled(), *want, "{reads:?}");
+        }
     }
 }

@@ -75,10 +75,13 @@ fn mock(script: Vec<Answer>) -> (Context, Arc<Mutex<Vec<Seen>>>) {
         Metrics::default(),
         false,
         false,
-        Fencing::new(FencingSettings {
-            default_on: false,
-            policy_name: "zen-lead-fencing".to_owned(),
-        }),
+        Fencing::new(
+            FencingSettings {
+                default_on: false,
+                policy_name: "zen-lead-fencing".to_owned(),
+            },
+            Default::default(),
+        ),
     );
     (ctx, seen)
 }
