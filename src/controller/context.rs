@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -102,9 +102,6 @@ pub struct Context {
     /// Candidate RBAC per ServiceAccount (see [`rbac`]).
     pub(super) rbac: rbac::Writer,
 }
-
-/// How long after a failed reconcile it is retried.
-pub const ERROR_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Context {
     pub fn new(

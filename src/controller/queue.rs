@@ -1,8 +1,10 @@
 //! A de-duplicating work queue of pools: a pool queued twice is reconciled
 //! once, and a pool is never reconciled by two workers at the same time (a
-//! change that arrives while it runs queues it again afterwards).
+//! change that arrives while it runs queues it again afterwards). A pool
+//! whose pass fails is retried with a per-pool exponential back-off.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +38,26 @@ struct State {
     queued: HashSet<PoolKey>,
     running: HashSet<PoolKey>,
     dirty: HashSet<PoolKey>,
+    /// Failed passes in a row, per pool (gone after a pass succeeds).
+    failures: HashMap<PoolKey, u32>,
+}
+
+/// The first retry of a failed pass.
+pub const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Retries double up to this, so a pool failing through a long outage costs
+/// a couple of requests a minute, not ten a second.
+pub const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// The delay before retrying a pass that failed `attempt` times in a row
+/// (1 = the first failure): [`RETRY_FIRST`] doubling to [`RETRY_CAP`],
+/// times a jitter of ±20% taken from `seed`, so pools that failed together
+/// (an API server brownout) do not all come back in the same instant.
+pub fn retry_delay(attempt: u32, seed: u64) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let base = RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_CAP);
+    // 800 ..= 1200 thousandths.
+    let permille = 800 + u32::try_from(seed % 1001).unwrap_or(0) * 400 / 1000;
+    base.saturating_mul(permille) / 1000
 }
 
 /// The queue; cheap to clone.
@@ -80,6 +102,27 @@ impl Queue {
             tokio::time::sleep(delay).await;
             queue.push(key);
         });
+    }
+
+    /// Records a failed pass of `key` and queues it again after its
+    /// back-off; returns the delay.
+    pub fn retry(&self, key: PoolKey) -> Duration {
+        let attempt = {
+            let mut s = self.lock();
+            let n = s.failures.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        // A per-process random hash: replicas and pools spread differently.
+        let seed = std::collections::hash_map::RandomState::new().hash_one((&key, attempt));
+        let delay = retry_delay(attempt, seed);
+        self.push_after(key, delay);
+        delay
+    }
+
+    /// A pass of `key` succeeded: its next failure starts the back-off over.
+    pub fn succeeded(&self, key: &PoolKey) {
+        self.lock().failures.remove(key);
     }
 
     /// Waits for the next key and marks it running.
@@ -150,5 +193,56 @@ mod tests {
         q.done(&a);
         q.done(&b);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn retry_delays_double_to_the_cap_with_twenty_percent_jitter() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // (attempt, base)
+            (0, ms(200)),
+            (1, ms(200)),
+            (2, ms(400)),
+            (3, ms(800)),
+            (5, ms(3_200)),
+            (8, ms(25_600)),
+            (9, RETRY_CAP),
+            (1_000, RETRY_CAP),
+            (u32::MAX, RETRY_CAP),
+        ];
+        for (attempt, base) in cases {
+            let low = retry_delay(attempt, 0);
+            let mid = retry_delay(attempt, 500);
+            let high = retry_delay(attempt, 1000);
+            assert_eq!(low, base * 4 / 5, "attempt {attempt}: lowest");
+            assert_eq!(mid, base, "attempt {attempt}: middle");
+            assert_eq!(high, base * 6 / 5, "attempt {attempt}: highest");
+            for seed in [1, 7, 999, 123_456_789, u64::MAX] {
+                let d = retry_delay(attempt, seed);
+                assert!(
+                    low <= d && d <= high,
+                    "attempt {attempt} seed {seed}: {d:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_per_pool_and_a_success_starts_over() {
+        let q = Queue::default();
+        let a = PoolKey::new("ns", "a");
+        let b = PoolKey::new("ns", "b");
+        let in_band = |d: Duration, base: Duration| base * 4 / 5 <= d && d <= base * 6 / 5;
+        let ms = Duration::from_millis;
+        for base in [ms(200), ms(400), ms(800), ms(1_600)] {
+            let d = q.retry(a.clone());
+            assert!(in_band(d, base), "a: {d:?} for {base:?}");
+        }
+        // Another pool's failures are its own.
+        let d = q.retry(b.clone());
+        assert!(in_band(d, ms(200)), "b: {d:?}");
+        q.succeeded(&a);
+        let d = q.retry(a.clone());
+        assert!(in_band(d, ms(200)), "a after a success: {d:?}");
     }
 }

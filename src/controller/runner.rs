@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::context::{Context, ERROR_BACKOFF};
+use super::context::Context;
 use super::fencing::{Fencing, FencingSettings};
 use super::metrics::Metrics;
 use super::pool;
@@ -86,16 +86,20 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
                 let result = pool::reconcile(&ctx, &key).instrument(span).await;
                 queue.done(&key);
                 match result {
-                    Ok(Some(after)) => queue.push_after(key, after),
-                    Ok(None) => {}
+                    Ok(after) => {
+                        queue.succeeded(&key);
+                        if let Some(after) = after {
+                            queue.push_after(key, after);
+                        }
+                    }
                     Err(err) => {
                         ctx.metrics.error(err.step());
+                        let pool = key.to_string();
+                        let retry = queue.retry(key);
                         if err.is_conflict() {
-                            debug!(pool = %key, error = %err, "conflict; retrying");
-                            queue.push_after(key, Duration::from_millis(200));
+                            debug!(%pool, error = %err, ?retry, "conflict; retrying");
                         } else {
-                            warn!(pool = %key, error = %err, "reconcile failed; retrying");
-                            queue.push_after(key, ERROR_BACKOFF);
+                            warn!(%pool, error = %err, ?retry, "reconcile failed; retrying");
                         }
                     }
                 }
