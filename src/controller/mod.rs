@@ -11,6 +11,7 @@
 //! - [`api_error`]: the errors of writes and the helpers writers share.
 //! - [`rbac`]: the candidates' Lease RBAC, one Role per ServiceAccount.
 //! - [`runner`]: the controller Lease and the workers.
+//! - [`task`]: the long-running tasks, and a panic in one as an error.
 
 pub mod api_error;
 pub mod context;
@@ -21,6 +22,7 @@ pub mod pool;
 pub mod queue;
 pub mod rbac;
 pub mod runner;
+pub mod task;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -84,9 +86,13 @@ pub enum ControllerError {
     #[error("the controller election stopped: {0}")]
     Election(#[from] crate::election::RunError),
 
+    #[error("{0}")]
+    Task(#[from] task::TaskError),
+
     #[error(
-        "the controller election ended before shutdown ({reason}); this replica exits so it is \
-         restarted (the other replicas keep serving the webhook and one of them leads)"
+        "the controller election or the controllers ended before shutdown ({reason}); this \
+         replica exits so it is restarted (the other replicas keep serving the webhook and one \
+         of them leads)"
     )]
     ControllersEnded { reason: String },
 
@@ -149,7 +155,8 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     )
     .await;
     let _ = stop.send(true);
-    let elected = controllers.await.unwrap_or(Ok(()));
+    // A panic of the task is an error, never a clean exit.
+    let elected = task::joined("controller election", controllers.await);
     admin.shutdown().await;
     served?;
     if early.load(Ordering::Relaxed) {
@@ -160,7 +167,10 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
             },
         });
     }
-    elected?;
+    elected.map_err(|err| match err {
+        runner::RunnerError::Election(e) => ControllerError::Election(e),
+        runner::RunnerError::Task(e) => ControllerError::Task(e),
+    })?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,15 +9,29 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::context::Context;
 use super::fencing::{Fencing, FencingSettings};
 use super::metrics::Metrics;
 use super::pool;
 use super::queue::Queue;
+use super::task::{self, TaskError, Tasks};
 use super::watch as watches;
-use crate::election::{Elector, ElectorConfig, LeaderStatus, Timings};
+use crate::election::{Elector, ElectorConfig, LeaderStatus, RunError, Timings};
+
+/// Why [`lead_and_run`] stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Election(#[from] RunError),
+
+    /// A controller task panicked (or ended): this replica stops leading
+    /// (releasing the Lease) and exits, instead of holding the Lease with
+    /// the part that failed gone.
+    #[error("{0}")]
+    Task(#[from] TaskError),
+}
 
 /// What the controllers need beyond the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +52,14 @@ pub struct Settings {
 }
 
 /// Runs the controllers until the task is aborted: watches, workers and a
-/// periodic resync. `ready` turns true once every watch has listed.
-pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, ready: ReadyFlag) {
+/// periodic resync. `ready` turns true once every watch has listed. Returns
+/// only when one of its tasks panicked or ended.
+pub async fn controllers(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: ReadyFlag,
+) -> TaskError {
     let queue = Queue::default();
     let (cache, tasks) = watches::start(
         &client,
@@ -47,7 +67,11 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
         settings.detect_uninjected,
         &queue,
     );
-    let _guard = AbortOnDrop(tasks);
+    let mut running = Tasks::default();
+    for t in tasks {
+        // The cache-sync marker finishes once synced; only a panic counts.
+        running.push("watch", false, t);
+    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -70,16 +94,18 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
     // Do not act on half-listed caches: a pod missing from a partial list
     // would look deleted.
     while !cache.synced() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            failed = running.failed() => return failed,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
     }
     ready.set(true);
     info!("caches synced; reconciling");
 
-    let mut workers = Vec::new();
     for _ in 0..settings.workers {
         let ctx = ctx.clone();
         let queue = queue.clone();
-        workers.push(tokio::spawn(async move {
+        let worker = tokio::spawn(async move {
             loop {
                 let key = queue.pop().await;
                 let span = info_span!("reconcile", namespace = %key.namespace, policy = %key.name);
@@ -104,13 +130,16 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
                     }
                 }
             }
-        }));
+        });
+        running.push("worker", true, worker);
     }
-    let _workers = AbortOnDrop(workers);
     let mut tick = tokio::time::interval(settings.resync);
     tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            failed = running.failed() => return failed,
+            _ = tick.tick() => {}
+        }
         metrics
             .policies
             .set(i64::try_from(cache.policies.state().len()).unwrap_or(i64::MAX));
@@ -123,18 +152,10 @@ pub async fn controllers(client: Client, settings: Settings, metrics: Metrics, r
     }
 }
 
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
 /// Campaigns for the controller Lease; runs [`controllers`] while leading.
-/// Returns when `shutdown` turns true (after releasing the Lease).
+/// Returns when `shutdown` turns true (after releasing the Lease), or with
+/// an error when the election or a controller task fails (after releasing
+/// the Lease, so a standby takes over at once).
 pub async fn lead_and_run(
     client: Client,
     election_client: Client,
@@ -143,36 +164,57 @@ pub async fn lead_and_run(
     ready: ReadyFlag,
     election_metrics: crate::election::Metrics,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), crate::election::RunError> {
+) -> Result<(), RunnerError> {
     let config = elector_config(&settings);
     // Its own client (connection pool): renewals never queue behind a
     // burst of reconcile requests.
     let (elector, mut status) = Elector::new(election_client, config, election_metrics)?;
-    let election = tokio::spawn(elector.run(shutdown.clone(), Duration::from_secs(2)));
+    // Its own stop signal: it is stopped (and releases the Lease) on
+    // shutdown, and also when the controllers fail.
+    let (stop_election, election_stop) = watch::channel(false);
+    let election = tokio::spawn(elector.run(election_stop, Duration::from_secs(2)));
     // A standby replica is ready: it serves the webhook.
     ready.set(true);
     let span = info_span!("controller", identity = %settings.identity);
-    async {
+    let failed = async {
         loop {
             wait_to_lead(&mut status, &mut shutdown).await;
             if *shutdown.borrow() || !status.borrow().leading_at(Instant::now()) {
-                break;
+                break None;
             }
             info!(lease = %format!("{}/{}", settings.namespace, settings.lease_name), "acquired the controller Lease; starting the controllers");
             metrics.is_active.set(1);
             ready.set(false);
-            let task = tokio::spawn(
+            let mut task = tokio::spawn(
                 controllers(client.clone(), settings.clone(), metrics.clone(), ready.clone())
                     .in_current_span(),
             );
-            lead_while_renewed(&mut status, &mut shutdown).await;
-            task.abort();
-            let _ = task.await;
+            let ended = tokio::select! {
+                _ = lead_while_renewed(&mut status, &mut shutdown) => None,
+                ended = &mut task => Some(ended),
+            };
+            let failed = match ended {
+                Some(Ok(err)) => Some(err),
+                Some(Err(join)) => Some(task::join_error("controllers", join)),
+                None => {
+                    task.abort();
+                    match task.await {
+                        // Failed just before it was stopped.
+                        Ok(err) => Some(err),
+                        Err(join) if join.is_panic() => Some(task::join_error("controllers", join)),
+                        Err(_) => None,
+                    }
+                }
+            };
             metrics.is_active.set(0);
             ready.set(true);
+            if let Some(err) = failed {
+                error!(error = %err, "a controller task failed; releasing the controller Lease and stopping this replica so it restarts");
+                break Some(err);
+            }
             if *shutdown.borrow() {
                 info!("shutting down: controllers stopped");
-                break;
+                break None;
             }
             warn!("lost the controller Lease; controllers stopped, serving the webhook only");
         }
@@ -180,17 +222,29 @@ pub async fn lead_and_run(
     .instrument(span)
     .await;
     // The election ends by itself only on an error; otherwise it releases
-    // the Lease once shutdown is signalled.
+    // the Lease once stopped.
     let mut election = election;
-    let finished_early = tokio::select! {
-        r = &mut election => Some(r),
-        _ = async { let _ = shutdown.wait_for(|s| *s).await; } => None,
+    let finished_early = if failed.is_some() {
+        None
+    } else {
+        tokio::select! {
+            r = &mut election => Some(r),
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => None,
+        }
     };
+    let _ = stop_election.send(true);
     let joined = match finished_early {
         Some(r) => r,
         None => election.await,
     };
-    joined.unwrap_or(Ok(()))
+    let elected = task::joined(
+        "controller election",
+        joined.map(|r| r.map_err(RunnerError::from)),
+    );
+    match failed {
+        Some(err) => Err(err.into()),
+        None => elected,
+    }
 }
 
 /// The controller Lease's election settings: fixed timings, always allowed to create it.
