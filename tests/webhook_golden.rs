@@ -1,6 +1,7 @@
 //! Golden tests of the webhook's injection: `tests/golden/webhook/<case>/`
 //! holds `input.yaml` (the pod as the API server sends it at CREATE, the
-//! owners and LeaderPolicies that exist) and `expected.yaml` (outcome,
+//! owners and LeaderPolicies that exist, and reads that fail) and
+//! `expected.yaml` (outcome, or a refusal's code and message;
 //! warnings, the JSON patch, the pod after the patch, and what a second pass
 //! over that pod does: nothing).
 //!
@@ -26,6 +27,25 @@ struct Input {
     owners: Vec<OwnerInput>,
     #[serde(default)]
     policies: Vec<PolicyInput>,
+    /// Owners whose read fails: the API server's answer.
+    #[serde(default)]
+    owner_errors: Vec<OwnerErrorInput>,
+    /// LeaderPolicies whose read fails.
+    #[serde(default)]
+    policy_errors: Vec<PolicyErrorInput>,
+}
+
+#[derive(Deserialize)]
+struct OwnerErrorInput {
+    uid: String,
+    code: u16,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct PolicyErrorInput {
+    name: String,
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -78,13 +98,18 @@ fn review_body(namespace: &str, pod: &Value) -> Vec<u8> {
     .expect("review json")
 }
 
-/// Sends `pod` through the full AdmissionReview path; returns (allowed,
-/// message, patch ops, warnings).
-async fn through_review(
-    namespace: &str,
-    pod: &Value,
-    lookup: &StaticLookup,
-) -> (bool, Option<String>, Value, Vec<String>) {
+/// What came back through the full AdmissionReview path.
+struct Answer {
+    allowed: bool,
+    /// A refusal's status code and message.
+    code: Value,
+    message: Option<String>,
+    patch: Value,
+    warnings: Vec<String>,
+}
+
+/// Sends `pod` through the full AdmissionReview path.
+async fn through_review(namespace: &str, pod: &Value, lookup: &StaticLookup) -> Answer {
     let reply = admit(&review_body(namespace, pod), lookup, &config()).await;
     assert_eq!(
         reply.status,
@@ -116,12 +141,13 @@ async fn through_review(
                 .collect()
         })
         .unwrap_or_default();
-    (
-        response["allowed"].as_bool().expect("allowed"),
-        response["status"]["message"].as_str().map(str::to_owned),
+    Answer {
+        allowed: response["allowed"].as_bool().expect("allowed"),
+        code: response["status"]["code"].clone(),
+        message: response["status"]["message"].as_str().map(str::to_owned),
         patch,
         warnings,
-    )
+    }
 }
 
 async fn run_case(dir: &Path) -> Value {
@@ -143,12 +169,28 @@ async fn run_case(dir: &Path) -> Value {
             },
         );
     }
+    for failure in &input.owner_errors {
+        lookup = lookup.with_owner_error(
+            &input.namespace,
+            &failure.uid,
+            failure.code,
+            &failure.message,
+        );
+    }
+    for failure in &input.policy_errors {
+        lookup = lookup.with_policy_error(&input.namespace, &failure.name, &failure.reason);
+    }
     let pod: Pod = serde_json::from_value(input.pod.clone()).expect("input pod is a Pod");
 
-    let (allowed, message, patch, warnings) =
-        through_review(&input.namespace, &input.pod, &lookup).await;
+    let Answer {
+        allowed,
+        code,
+        message,
+        patch,
+        warnings,
+    } = through_review(&input.namespace, &input.pod, &lookup).await;
     if !allowed {
-        return json!({ "allowed": false, "message": message });
+        return json!({ "allowed": false, "code": code, "message": message });
     }
     // The pure path and the HTTP path agree.
     let decision = decide(&pod, &input.namespace, &lookup, &config())
@@ -167,9 +209,8 @@ async fn run_case(dir: &Path) -> Value {
     let _: Pod = serde_json::from_value(after.clone()).expect("patched pod is still a Pod");
 
     // Idempotency: a second pass (reinvocation) over the result changes nothing.
-    let (again_allowed, _, again_patch, again_warnings) =
-        through_review(&input.namespace, &after, &lookup).await;
-    assert!(again_allowed);
+    let again = through_review(&input.namespace, &after, &lookup).await;
+    assert!(again.allowed);
     let again_decision = decide(
         &serde_json::from_value(after.clone()).expect("pod"),
         &input.namespace,
@@ -186,8 +227,8 @@ async fn run_case(dir: &Path) -> Value {
         "pod": after,
         "reinvocation": {
             "outcome": again_decision.outcome.as_str(),
-            "patch": again_patch,
-            "warnings": again_warnings,
+            "patch": again.patch,
+            "warnings": again.warnings,
         }
     })
 }

@@ -172,17 +172,26 @@ impl ScheduledRun {
     }
 }
 
-/// The activation a pod of `policy` gets, as [`decide`] applies it.
-pub fn activation_of(pod: &Pod, policy: &PolicyState, config: &InjectConfig) -> Activation {
-    let requested = match policy {
-        PolicyState::Found { activation, .. } => *activation,
-        PolicyState::Missing | PolicyState::Unknown { .. } => Activation::Auto,
-    };
-    let requested = match requested {
+/// The activation a pod of pool `pool` (in `namespace`) gets, as
+/// [`decide_run`] applies it; refused when the policy could not be read.
+pub fn activation_of(
+    pod: &Pod,
+    namespace: &str,
+    pool: &str,
+    policy: &PolicyState,
+    config: &InjectConfig,
+) -> Result<Activation, Refusal> {
+    let (requested, _) = policy.settings(namespace, pool)?;
+    Ok(effective_activation(with_default(requested, config), pod))
+}
+
+/// The cluster's default (`--default-activation`) stands in for `auto`; an
+/// explicit `api`, `start` or `process` always wins.
+fn with_default(requested: Activation, config: &InjectConfig) -> Activation {
+    match requested {
         Activation::Auto => config.default_activation,
         chosen => chosen,
-    };
-    effective_activation(requested, pod)
+    }
 }
 
 /// Kinds whose annotations the webhook consults (group, kind): the pod's
@@ -248,11 +257,109 @@ pub enum PolicyState {
         activation: Activation,
         identity: IdentityStrategy,
     },
+    /// The API server says it does not exist: the pod joins with the
+    /// defaults (and a warning), and no leader is elected until it exists.
     Missing,
-    /// The lookup failed; the pod still gets the defaults.
-    Unknown {
+    /// The lookup failed: a pool member is refused ([`Refusal::PolicyUnreadable`]),
+    /// never given defaults that may not be the policy's.
+    Unknown { reason: String },
+}
+
+impl PolicyState {
+    /// The activation the policy asks for and its identity strategy: its
+    /// own, the CRD's defaults (`auto`, `pod`) when it does not exist, or the
+    /// refusal when it could not be read.
+    pub fn settings(
+        &self,
+        namespace: &str,
+        pool: &str,
+    ) -> Result<(Activation, IdentityStrategy), Refusal> {
+        match self {
+            Self::Found {
+                activation,
+                identity,
+            } => Ok((*activation, *identity)),
+            Self::Missing => Ok((Activation::Auto, IdentityStrategy::Pod)),
+            Self::Unknown { reason } => Err(Refusal::PolicyUnreadable {
+                namespace: namespace.to_owned(),
+                pool: pool.to_owned(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
+/// What a refusal for an unreadable fact tells the user about retries.
+const RETRIED: &str = "The pod is refused so that it cannot run as an unprotected pool replica; \
+    its controller (a ReplicaSet, Job, StatefulSet or DaemonSet) retries the create with \
+    back-off, a pod created directly must be created again. If this persists, check the \
+    zen-lead controller's log and that its ServiceAccount may get";
+
+/// Why the webhook refuses a pod: an annotation that is present but wrong
+/// ([`Denial`]), or a fact zen-lead needs and could not read. The latter
+/// fail closed: a pod that may belong to a pool must not start without its
+/// election, or with an activation its policy may not ask for. They are
+/// transient; the pod's controller retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Denied(#[from] Denial),
+
+    #[error(
+        "could not read {kind} {namespace}/{name}, {} ({reason}), so zen-lead cannot tell \
+         whether the pod belongs to a pool (a {POOL_ANNOTATION} annotation there would make it \
+         one). {RETRIED} {kind}s in namespace {namespace}",
+        owner_role(.of)
+    )]
+    OwnerUnreadable {
+        namespace: String,
+        kind: String,
+        name: String,
+        /// The owner (`<Kind> <name>`) whose owner this is, when not the pod's own.
+        of: Option<String>,
         reason: String,
     },
+
+    #[error(
+        "could not read LeaderPolicy {namespace}/{pool}, the policy of the pod's pool \
+         ({reason}), so the pod's activation and identity strategy are unknown. {RETRIED} \
+         LeaderPolicies in namespace {namespace}"
+    )]
+    PolicyUnreadable {
+        namespace: String,
+        pool: String,
+        reason: String,
+    },
+
+    #[error(
+        "could not read Job {namespace}/{job}, the pod's Job ({reason}), for the scheduled \
+         time of the CronJob run it belongs to. Pool {pool:?} uses activation process, where \
+         scheduledRuns: once lets only the first Job of a scheduled time run; started as a \
+         manual run, this one could repeat a run another Job already made. {RETRIED} Jobs in \
+         namespace {namespace}"
+    )]
+    JobUnreadable {
+        namespace: String,
+        job: String,
+        pool: String,
+        reason: String,
+    },
+}
+
+/// "the pod's owner", or "the owner of the pod's ReplicaSet web-5d8f".
+fn owner_role(of: &Option<String>) -> String {
+    of.as_deref().map_or_else(
+        || "the pod's owner".to_owned(),
+        |o| format!("the owner of the pod's {o}"),
+    )
+}
+
+impl Refusal {
+    /// Whether zen-lead refused because it could not read something (a
+    /// transient failure of its own), not because of the pod's annotations.
+    pub fn is_unreadable(&self) -> bool {
+        !matches!(self, Self::Denied(_))
+    }
 }
 
 /// What happened to a pod, for logs and metrics.
@@ -427,25 +534,27 @@ fn runs_continuously(pod: &Pod) -> bool {
 /// together; DaemonSets run one per node). Other shared identities (a
 /// StatefulSet or Job with several pods) are only known from the pods that
 /// exist, so the controller reports them; the election keeps them safe.
+/// A policy that could not be read is refused here too: its strategy is
+/// unknown, and `pod` is no safe guess for a `custom` pool.
 pub fn check_identity(
     pod: &Pod,
+    namespace: &str,
     chain: &[OwnerMeta],
     membership: &Membership,
     policy: &PolicyState,
-) -> Result<(), Denial> {
-    let (Membership::Member { pool, .. }, PolicyState::Found { identity, .. }) =
-        (membership, policy)
-    else {
+) -> Result<(), Refusal> {
+    let Membership::Member { pool, .. } = membership else {
         return Ok(());
     };
-    if *identity != IdentityStrategy::Custom || has_agent(pod) {
+    let (_, identity) = policy.settings(namespace, pool)?;
+    if identity != IdentityStrategy::Custom || has_agent(pod) {
         return Ok(());
     }
     let Some(value) = annotation(pod, IDENTITY_ANNOTATION)
         .map(str::trim)
         .filter(|v| !v.is_empty())
     else {
-        return Err(Denial::MissingCustomIdentity { pool: pool.clone() });
+        return Err(Denial::MissingCustomIdentity { pool: pool.clone() }.into());
     };
     match controller_of(pod.metadata.owner_references.as_ref()) {
         Some(owner)
@@ -482,7 +591,8 @@ pub fn check_identity(
                 } else {
                     owner.kind.clone()
                 },
-            })
+            }
+            .into())
         }
         _ => Ok(()),
     }
@@ -506,25 +616,28 @@ pub fn reinvocation(pod: &Pod) -> Decision {
     }
 }
 
-/// The decision for a pod whose membership is known.
+/// The decision for a pod whose membership is known (its namespace from its
+/// own metadata, for messages).
 pub fn decide(
     pod: &Pod,
     membership: &Membership,
     policy: &PolicyState,
     config: &InjectConfig,
-) -> Result<Decision, Denial> {
-    decide_run(pod, membership, policy, config, None)
+) -> Result<Decision, Refusal> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    decide_run(pod, namespace, membership, policy, config, None)
 }
 
 /// [`decide`] for a pod of a CronJob-created Job: `process` activation tells
 /// the agent the scheduled run, for `scheduledRuns: once`.
 pub fn decide_run(
     pod: &Pod,
+    namespace: &str,
     membership: &Membership,
     policy: &PolicyState,
     config: &InjectConfig,
     scheduled: Option<&ScheduledRun>,
-) -> Result<Decision, Denial> {
+) -> Result<Decision, Refusal> {
     if has_agent(pod) {
         return Ok(reinvocation(pod));
     }
@@ -533,9 +646,15 @@ pub fn decide_run(
         Membership::OptedOut { .. } => return Ok(Decision::plain(Outcome::OptedOut)),
         Membership::Member { pool, origin } => (pool, origin),
     };
+    let (requested, identity) = policy.settings(namespace, pool)?;
     let mut warnings = Vec::new();
-    let requested = requested_activation(pool, policy, config, &mut warnings);
-    let activation = effective_activation(requested, pod);
+    if *policy == PolicyState::Missing {
+        warnings.push(format!(
+            "zen-lead: LeaderPolicy {pool:?} does not exist in this namespace; the pod joins \
+             with default settings and no leader is elected until the policy is created"
+        ));
+    }
+    let activation = effective_activation(with_default(requested, config), pod);
     let token = TokenVolume::of(pod);
     let mut patch = Vec::new();
     let mut app_probes = Vec::new();
@@ -547,12 +666,9 @@ pub fn decide_run(
     if activation == Activation::Api {
         patch.extend(api_patch(pod, pool, &token, &mut warnings));
     }
-    let identity = match policy {
-        PolicyState::Found { identity, .. } => *identity,
-        // The CRD's default; a `custom` policy created later is reported by
-        // the controller on this pod, which then needs re-creating.
-        PolicyState::Missing | PolicyState::Unknown { .. } => IdentityStrategy::Pod,
-    };
+    // For a missing policy the CRD's default, `pod`; a `custom` policy
+    // created later is reported by the controller on this pod, which then
+    // needs re-creating.
     let agent = agent_container(
         pool,
         config,
@@ -570,39 +686,6 @@ pub fn decide_run(
         patch,
         warnings,
     })
-}
-
-/// The activation the policy asks for, with the cluster's default standing
-/// in for `auto`; warns when the policy is missing or unreadable.
-fn requested_activation(
-    pool: &str,
-    policy: &PolicyState,
-    config: &InjectConfig,
-    warnings: &mut Vec<String>,
-) -> Activation {
-    let requested = match policy {
-        PolicyState::Found { activation, .. } => *activation,
-        PolicyState::Missing => {
-            warnings.push(format!(
-                "zen-lead: LeaderPolicy {pool:?} does not exist in this namespace; the pod joins \
-                 with default settings and no leader is elected until the policy is created"
-            ));
-            Activation::Auto
-        }
-        PolicyState::Unknown { reason } => {
-            warnings.push(format!(
-                "zen-lead: could not read LeaderPolicy {pool:?} ({reason}); the pod joins with \
-                 default settings"
-            ));
-            Activation::Auto
-        }
-    };
-    // The cluster's default stands in for `auto` (the operator chose it with
-    // --default-activation); an explicit `api` or `start` always wins.
-    match requested {
-        Activation::Auto => config.default_activation,
-        chosen => chosen,
-    }
 }
 
 /// `api` activation's wiring of the app containers, or (without a token to
@@ -1532,6 +1615,70 @@ mod tests {
             effective_activation(Activation::Auto, &bare),
             Activation::Start
         );
+    }
+
+    #[test]
+    fn an_unreadable_policy_refuses_a_member_and_a_missing_one_gives_defaults() {
+        let p = annotated(json!({"metadata": {"namespace": "shop"},
+            "spec": {"containers": [{"name": "app", "command": ["/app"]}]}}));
+        let m = membership(&p, &[]).expect("member");
+        let unknown = PolicyState::Unknown {
+            reason: "the API server answered 503: etcd is down".to_owned(),
+        };
+        let err = decide(&p, &m, &unknown, &config()).unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::PolicyUnreadable {
+                namespace: "shop".into(),
+                pool: "pool-a".into(),
+                reason: "the API server answered 503: etcd is down".into(),
+            }
+        );
+        assert!(err.is_unreadable());
+        let text = err.to_string();
+        for part in [
+            "could not read LeaderPolicy shop/pool-a",
+            "etcd is down",
+            "activation and identity strategy are unknown",
+            "refused so that it cannot run as an unprotected pool replica",
+            "retries the create with back-off",
+            "may get LeaderPolicies in namespace shop",
+        ] {
+            assert!(text.contains(part), "{part:?} not in {text}");
+        }
+        // Every pure entry point refuses it; none falls back to `auto`.
+        assert_eq!(
+            activation_of(&p, "shop", "pool-a", &unknown, &config()),
+            Err(err.clone())
+        );
+        assert_eq!(check_identity(&p, "shop", &[], &m, &unknown), Err(err));
+        // Not a member: the policy does not matter.
+        let none = decide(&p, &Membership::None, &unknown, &config()).expect("admitted");
+        assert_eq!(none.outcome, Outcome::NotInPool);
+        // Confirmed missing: the defaults (`auto`), with a warning.
+        let d = decide(&p, &m, &PolicyState::Missing, &config()).expect("admitted");
+        assert_eq!(d.outcome, Outcome::Injected);
+        assert!(d.warnings[0].contains("does not exist"), "{:?}", d.warnings);
+        assert_eq!(
+            activation_of(&p, "shop", "pool-a", &PolicyState::Missing, &config()),
+            Ok(Activation::Start)
+        );
+    }
+
+    #[test]
+    fn denials_stay_denials() {
+        let p = annotated(json!({}));
+        let m = membership(&p, &[]).expect("member");
+        let custom = PolicyState::Found {
+            activation: Activation::Start,
+            identity: IdentityStrategy::Custom,
+        };
+        let err = check_identity(&p, "ns", &[], &m, &custom).unwrap_err();
+        assert!(!err.is_unreadable());
+        assert!(matches!(
+            err,
+            Refusal::Denied(Denial::MissingCustomIdentity { .. })
+        ));
     }
 
     #[test]

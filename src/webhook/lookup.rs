@@ -79,13 +79,20 @@ pub fn owner_meta(kind: &str, meta: &ObjectMeta) -> OwnerMeta {
 }
 
 /// A fixed set of owners and policies: golden tests, the fuzz target and
-/// the benchmark.
+/// the benchmark. Tests can also make it fail a read, or answer slowly.
 #[derive(Debug, Clone, Default)]
 pub struct StaticLookup {
     /// By `(namespace, uid)`.
     pub owners: HashMap<(String, String), OwnerMeta>,
     /// By `(namespace, name)`.
     pub policies: HashMap<(String, String), PolicyFacts>,
+    /// Owners whose read fails, by `(namespace, uid)`: the API server's
+    /// answer (HTTP code, message).
+    pub owner_errors: HashMap<(String, String), (u16, String)>,
+    /// LeaderPolicies whose read fails, by `(namespace, name)`: the reason.
+    pub policy_errors: HashMap<(String, String), String>,
+    /// How long every answer takes (a slow API server behind the index).
+    pub delay: Option<Duration>,
 }
 
 /// What the webhook needs of a LeaderPolicy.
@@ -134,6 +141,41 @@ impl StaticLookup {
             .insert((namespace.to_owned(), owner.uid.clone()), owner);
         self
     }
+
+    /// Reading the owner with `uid` fails: the API server answers `code`
+    /// with `message` (as a fallback GET's failure reaches the webhook).
+    pub fn with_owner_error(
+        mut self,
+        namespace: &str,
+        uid: &str,
+        code: u16,
+        message: &str,
+    ) -> Self {
+        self.owner_errors.insert(
+            (namespace.to_owned(), uid.to_owned()),
+            (code, message.to_owned()),
+        );
+        self
+    }
+
+    /// Reading LeaderPolicy `name` fails with `reason`.
+    pub fn with_policy_error(mut self, namespace: &str, name: &str, reason: &str) -> Self {
+        self.policy_errors
+            .insert((namespace.to_owned(), name.to_owned()), reason.to_owned());
+        self
+    }
+
+    /// Every answer takes `delay`.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    async fn wait(&self) {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
 }
 
 impl Lookup for StaticLookup {
@@ -142,6 +184,17 @@ impl Lookup for StaticLookup {
         namespace: &str,
         owner: &OwnerReference,
     ) -> Result<Option<OwnerMeta>, LookupError> {
+        self.wait().await;
+        let key = (namespace.to_owned(), owner.uid.clone());
+        if let Some((code, message)) = self.owner_errors.get(&key) {
+            let status = kube::core::Status::failure(message, "").with_code(*code);
+            return Err(LookupError::Get {
+                kind: owner.kind.clone(),
+                namespace: namespace.to_owned(),
+                name: owner.name.clone(),
+                source: kube::Error::Api(Box::new(status)),
+            });
+        }
         Ok(self
             .owners
             .get(&(namespace.to_owned(), owner.uid.clone()))
@@ -150,7 +203,14 @@ impl Lookup for StaticLookup {
     }
 
     async fn policy(&self, namespace: &str, name: &str) -> PolicyState {
-        match self.policies.get(&(namespace.to_owned(), name.to_owned())) {
+        self.wait().await;
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(reason) = self.policy_errors.get(&key) {
+            return PolicyState::Unknown {
+                reason: reason.clone(),
+            };
+        }
+        match self.policies.get(&key) {
             Some(facts) => facts.state(),
             None => PolicyState::Missing,
         }

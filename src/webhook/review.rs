@@ -4,6 +4,9 @@
 //! (a malformed pod is refused with `allowed: false` and a message); anything
 //! else is an HTTP 400 with a message. Nothing here panics on input.
 
+use std::task::Poll;
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
@@ -11,12 +14,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use tokio::time::{Instant, timeout_at};
+
 use super::inject::{
-    self, Decision, InjectConfig, MAX_OWNER_DEPTH, Membership, Outcome, Triage, is_supported_owner,
+    self, Decision, InjectConfig, MAX_OWNER_DEPTH, Membership, Outcome, Refusal, Triage,
+    is_supported_owner,
 };
 use super::inject::{OwnerMeta, ScheduledRun};
-use super::lookup::Lookup;
+use super::lookup::{FALLBACK_TIMEOUT, Lookup, LookupError};
 use crate::api::Activation;
+
+/// The time all lookups of one admission share, from the moment its body
+/// has been read: owners (up to two), the LeaderPolicy, a `process` pod's
+/// Job. They are served from watch-fed indexes at once; only a miss waits
+/// for a GET (each also bounded by [`FALLBACK_TIMEOUT`]). When time runs out
+/// the pod is refused (fail closed) while the API server still listens: it
+/// waits `timeoutSeconds`, 3 s for pods not yet in a pool, and treats no
+/// answer as its `failurePolicy` says, `Ignore` for those, which would admit
+/// the pod unchanged. 2.2 s leaves 0.8 s of the 3 for the request's way
+/// there and back and the rest of the admission.
+pub const LOOKUP_BUDGET: Duration = Duration::from_millis(2200);
 
 const REVIEW_KIND: &str = "AdmissionReview";
 const V1: &str = "admission.k8s.io/v1";
@@ -28,7 +46,8 @@ pub struct Reply {
     pub status: StatusCode,
     /// JSON AdmissionReview, or a plain-text message for a 400.
     pub body: Vec<u8>,
-    /// Metric label: an [`Outcome`], `denied`, `malformed` or `bad_request`.
+    /// Metric label: an [`Outcome`], `denied`, `lookup_failed` (refused
+    /// because a read failed), `malformed` or `bad_request`.
     pub outcome: &'static str,
 }
 
@@ -173,8 +192,9 @@ fn allow(api_version: &str, uid: &str, decision: Decision) -> Reply {
     )
 }
 
-/// Answers one request body.
+/// Answers one request body; its lookups share [`LOOKUP_BUDGET`] from now.
 pub async fn admit<L: Lookup>(body: &[u8], lookup: &L, config: &InjectConfig) -> Reply {
+    let deadline = Instant::now() + LOOKUP_BUDGET;
     let review: ReviewIn<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(err) => {
@@ -220,7 +240,7 @@ pub async fn admit<L: Lookup>(body: &[u8], lookup: &L, config: &InjectConfig) ->
         .unwrap_or("");
     let name = pod_name(request.name.as_deref(), &pod);
     let span = tracing::debug_span!("admit", namespace, pod = %name, uid);
-    answer(&pod, namespace, lookup, config, api_version, uid)
+    answer(&pod, namespace, lookup, config, api_version, uid, deadline)
         .instrument(span)
         .await
 }
@@ -297,7 +317,7 @@ fn pod_name(request_name: Option<&str>, pod: &Pod) -> String {
     }
 }
 
-/// Decides for the pod and answers with the patch, or with the denial.
+/// Decides for the pod and answers with the patch, or with the refusal.
 async fn answer<L: Lookup>(
     pod: &Pod,
     namespace: &str,
@@ -305,8 +325,9 @@ async fn answer<L: Lookup>(
     config: &InjectConfig,
     api_version: &str,
     uid: &str,
+    deadline: Instant,
 ) -> Reply {
-    let result = decide(pod, namespace, lookup, config).await;
+    let result = decide_by(pod, namespace, lookup, config, deadline).await;
     match result {
         Ok(decision) => {
             if decision.outcome != Outcome::NotInPool {
@@ -314,13 +335,25 @@ async fn answer<L: Lookup>(
             }
             allow(api_version, uid, decision)
         }
-        Err(denial) => {
-            tracing::info!(reason = %denial, "denied");
+        Err(refusal) if refusal.is_unreadable() => {
+            tracing::warn!(reason = %refusal, "refused: a lookup failed");
+            // 503: zen-lead's own part failed, not the request; the pod's
+            // controller retries the create.
+            refuse(
+                api_version,
+                uid,
+                503,
+                format!("zen-lead: {refusal}"),
+                "lookup_failed",
+            )
+        }
+        Err(refusal) => {
+            tracing::info!(reason = %refusal, "denied");
             refuse(
                 api_version,
                 uid,
                 403,
-                format!("zen-lead: {denial}"),
+                format!("zen-lead: {refusal}"),
                 "denied",
             )
         }
@@ -335,87 +368,439 @@ fn plain(outcome: Outcome) -> Decision {
     }
 }
 
-/// The decision for a pod: triage, owner chain, policy, patch.
+/// The decision for a pod: triage, owner chain, policy, patch. The lookups
+/// share [`LOOKUP_BUDGET`] from now.
 pub async fn decide<L: Lookup>(
     pod: &Pod,
     namespace: &str,
     lookup: &L,
     config: &InjectConfig,
-) -> Result<Decision, inject::Denial> {
+) -> Result<Decision, Refusal> {
+    decide_by(
+        pod,
+        namespace,
+        lookup,
+        config,
+        Instant::now() + LOOKUP_BUDGET,
+    )
+    .await
+}
+
+/// [`decide`] with the lookups' deadline. A lookup that fails or does not
+/// finish by `deadline` refuses the pod when its answer could make the pod a
+/// pool member, or change how it is wired: it fails closed.
+pub async fn decide_by<L: Lookup>(
+    pod: &Pod,
+    namespace: &str,
+    lookup: &L,
+    config: &InjectConfig,
+    deadline: Instant,
+) -> Result<Decision, Refusal> {
     let chain = match inject::triage(pod) {
         Triage::AlreadyInjected => return Ok(inject::reinvocation(pod)),
         Triage::Decided(_) => Vec::new(),
-        Triage::AskOwner(first) => {
-            let mut chain = Vec::with_capacity(MAX_OWNER_DEPTH);
-            let mut next = Some(first);
-            while let Some(owner) = next.take() {
-                if chain.len() >= MAX_OWNER_DEPTH || !is_supported_owner(&owner) {
-                    break;
-                }
-                match lookup.owner(namespace, &owner).await {
-                    Ok(Some(meta)) => {
-                        next = meta.controller.clone();
-                        chain.push(meta);
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        // Cannot tell whether the pod is in a pool. Admit it
-                        // unchanged: the controller's AgentMissing check
-                        // reports (and can evict) a pool pod without agent.
-                        tracing::warn!(error = %err, "owner lookup failed; pod admitted unchanged");
-                        let mut d = plain(Outcome::NotInPool);
-                        d.warnings.push(format!(
-                            "zen-lead: could not read the pod's owner ({err}); admitted without \
-                             checking for a zen-lead/pool annotation on it"
-                        ));
-                        return Ok(d);
-                    }
-                }
-            }
-            chain
-        }
+        Triage::AskOwner(first) => owner_chain(first, namespace, lookup, deadline).await?,
     };
     let membership = inject::membership(pod, &chain)?;
-    let policy = match &membership {
-        Membership::Member { pool, .. } => lookup.policy(namespace, pool).await,
-        _ => inject::PolicyState::Missing,
+    let Membership::Member { pool, .. } = &membership else {
+        return inject::decide_run(
+            pod,
+            namespace,
+            &membership,
+            &inject::PolicyState::Missing,
+            config,
+            None,
+        );
     };
-    inject::check_identity(pod, &chain, &membership, &policy)?;
-    let scheduled = match &membership {
-        Membership::Member { .. }
-            if inject::activation_of(pod, &policy, config) == Activation::Process =>
-        {
-            scheduled_run(pod, namespace, &chain, lookup).await
+    let policy = match within(deadline, lookup.policy(namespace, pool)).await {
+        Ok(policy) => policy,
+        Err(_) => inject::PolicyState::Unknown {
+            reason: out_of_time(),
+        },
+    };
+    inject::check_identity(pod, namespace, &chain, &membership, &policy)?;
+    let scheduled =
+        if inject::activation_of(pod, namespace, pool, &policy, config)? == Activation::Process {
+            scheduled_run(pod, namespace, pool, &chain, lookup, deadline).await?
+        } else {
+            None
+        };
+    inject::decide_run(
+        pod,
+        namespace,
+        &membership,
+        &policy,
+        config,
+        scheduled.as_ref(),
+    )
+}
+
+/// The pod's controller and (for a ReplicaSet or Job) its controller, nearest
+/// first. An owner that could not be read refuses the pod: its annotations
+/// decide whether the pod is in a pool.
+async fn owner_chain<L: Lookup>(
+    first: OwnerReference,
+    namespace: &str,
+    lookup: &L,
+    deadline: Instant,
+) -> Result<Vec<OwnerMeta>, Refusal> {
+    let mut chain: Vec<OwnerMeta> = Vec::with_capacity(MAX_OWNER_DEPTH);
+    let mut next = Some(first);
+    while let Some(owner) = next.take() {
+        if chain.len() >= MAX_OWNER_DEPTH || !is_supported_owner(&owner) {
+            break;
         }
-        _ => None,
-    };
-    inject::decide_run(pod, &membership, &policy, config, scheduled.as_ref())
+        match read_owner(namespace, &owner, lookup, deadline).await {
+            Ok(Some(meta)) => {
+                next = meta.controller.clone();
+                chain.push(meta);
+            }
+            // Gone, or another incarnation: it names no pool for this pod.
+            Ok(None) => break,
+            Err(reason) => {
+                return Err(Refusal::OwnerUnreadable {
+                    namespace: namespace.to_owned(),
+                    kind: owner.kind,
+                    name: owner.name,
+                    of: chain.last().map(|o| format!("{} {}", o.kind, o.name)),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(chain)
+}
+
+/// One owner read, bounded by the admission's deadline; `Err` is the reason
+/// it could not be read.
+async fn read_owner<L: Lookup>(
+    namespace: &str,
+    owner: &OwnerReference,
+    lookup: &L,
+    deadline: Instant,
+) -> Result<Option<OwnerMeta>, String> {
+    match within(deadline, lookup.owner(namespace, owner)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(err)) => Err(reason_of(&err)),
+        Err(_) => Err(out_of_time()),
+    }
+}
+
+/// `lookup`'s answer, or `Err` when it has none by `deadline`. An answer
+/// ready at once (an index hit, the usual case) needs no timer, nor a Tokio
+/// runtime (the fuzz target polls `admit` with a plain executor).
+async fn within<F: std::future::Future>(deadline: Instant, lookup: F) -> Result<F::Output, ()> {
+    let mut lookup = std::pin::pin!(lookup);
+    if let Poll::Ready(answer) = futures::poll!(lookup.as_mut()) {
+        return Ok(answer);
+    }
+    timeout_at(deadline, lookup).await.map_err(|_| ())
+}
+
+/// Why a read failed, without repeating the object the refusal names.
+fn reason_of(err: &LookupError) -> String {
+    match err {
+        LookupError::Get {
+            source: kube::Error::Api(status),
+            ..
+        } => format!(
+            "the API server answered {}: {}",
+            status.code, status.message
+        ),
+        LookupError::Get { source, .. } => source.to_string(),
+        LookupError::Timeout { .. } => format!("no answer within {FALLBACK_TIMEOUT:?}"),
+    }
+}
+
+fn out_of_time() -> String {
+    format!(
+        "no answer within {LOOKUP_BUDGET:?}, the time zen-lead gives all reads of one \
+         admission so that it answers before the API server stops waiting"
+    )
 }
 
 /// The scheduled run of a CronJob-created Job's pod. The Job is in `chain`
 /// when the pool was named on an owner; otherwise it is read now (only for
-/// `process` pods, the only ones that use it).
+/// `process` pods, the only ones that use it). A Job that could not be read
+/// refuses the pod: without its scheduled time a scheduled run would start as
+/// a manual one, which `scheduledRuns: once` lets run again.
 async fn scheduled_run<L: Lookup>(
     pod: &Pod,
     namespace: &str,
+    pool: &str,
     chain: &[OwnerMeta],
     lookup: &L,
-) -> Option<ScheduledRun> {
+    deadline: Instant,
+) -> Result<Option<ScheduledRun>, Refusal> {
     if let Some(job) = chain.first() {
-        return ScheduledRun::of(job);
+        return Ok(ScheduledRun::of(job));
     }
-    let owner = inject::controller_of(pod.metadata.owner_references.as_ref())?;
+    let Some(owner) = inject::controller_of(pod.metadata.owner_references.as_ref()) else {
+        return Ok(None);
+    };
     if owner.kind != "Job" || !owner.api_version.starts_with("batch/") {
-        return None;
+        return Ok(None);
     }
-    match lookup.owner(namespace, owner).await {
-        Ok(Some(job)) => ScheduledRun::of(&job),
-        Ok(None) => None,
-        Err(err) => {
-            // The run is then not known to be a scheduled one: it runs (one at
-            // a time), as a manual Job would.
-            tracing::warn!(error = %err, "could not read the pod's Job for its scheduled time");
-            None
+    match read_owner(namespace, owner, lookup, deadline).await {
+        Ok(job) => Ok(job.as_ref().and_then(ScheduledRun::of)),
+        Err(reason) => Err(Refusal::JobUnreadable {
+            namespace: namespace.to_owned(),
+            job: owner.name.clone(),
+            pool: pool.to_owned(),
+            reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::keys::POOL_ANNOTATION;
+    use crate::webhook::lookup::StaticLookup;
+    use serde_json::{Value, json};
+
+    fn config() -> InjectConfig {
+        let mut c = InjectConfig::with_image("zen-lead:test");
+        c.version = "test".to_owned();
+        c
+    }
+
+    fn pod(json: Value) -> Pod {
+        serde_json::from_value(json).expect("pod")
+    }
+
+    fn owner_ref(api: &str, kind: &str, name: &str, uid: &str) -> Value {
+        json!({"apiVersion": api, "kind": kind, "name": name, "uid": uid, "controller": true})
+    }
+
+    /// A Deployment's pod, as the ReplicaSet controller creates it, without a
+    /// pool annotation of its own.
+    fn deployment_pod() -> Pod {
+        pod(json!({
+            "metadata": {"generateName": "web-5d8f-", "namespace": "shop",
+                "ownerReferences": [owner_ref("apps/v1", "ReplicaSet", "web-5d8f", "rs")]},
+            "spec": {"containers": [{"name": "app", "command": ["/app"]}]}
+        }))
+    }
+
+    fn meta(kind: &str, name: &str, uid: &str, controller: Option<Value>) -> OwnerMeta {
+        OwnerMeta {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            pool: None,
+            join: None,
+            controller: controller.map(|c| serde_json::from_value(c).expect("ref")),
+            scheduled_time: None,
         }
+    }
+
+    fn replica_set() -> OwnerMeta {
+        meta(
+            "ReplicaSet",
+            "web-5d8f",
+            "rs",
+            Some(owner_ref("apps/v1", "Deployment", "web", "dep")),
+        )
+    }
+
+    fn deployment(pool: Option<&str>) -> OwnerMeta {
+        OwnerMeta {
+            pool: pool.map(str::to_owned),
+            ..meta("Deployment", "web", "dep", None)
+        }
+    }
+
+    fn review(pod: &Pod) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": V1, "kind": REVIEW_KIND,
+            "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "shop", "operation": "CREATE", "object": pod}
+        }))
+        .expect("json")
+    }
+
+    fn response(reply: &Reply) -> Value {
+        assert_eq!(reply.status, StatusCode::OK);
+        serde_json::from_slice::<Value>(&reply.body).expect("review")["response"].clone()
+    }
+
+    /// The fuzz target drives `admit` with `futures::executor::block_on`:
+    /// lookups that answer at once must not need Tokio's timer.
+    #[test]
+    fn lookups_that_answer_at_once_need_no_runtime() {
+        let lookup = StaticLookup::default()
+            .with_owner("shop", replica_set())
+            .with_owner("shop", deployment(Some("web")))
+            .with_policy("shop", "web", Activation::Auto);
+        let reply =
+            futures::executor::block_on(admit(&review(&deployment_pod()), &lookup, &config()));
+        assert_eq!(reply.outcome, "injected");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_owner_refuses_the_pod() {
+        let lookup = StaticLookup::default().with_owner_error(
+            "shop",
+            "rs",
+            403,
+            "replicasets.apps \"web-5d8f\" is forbidden",
+        );
+        let err = decide(&deployment_pod(), "shop", &lookup, &config())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::OwnerUnreadable {
+                namespace: "shop".into(),
+                kind: "ReplicaSet".into(),
+                name: "web-5d8f".into(),
+                of: None,
+                reason: "the API server answered 403: replicasets.apps \"web-5d8f\" is forbidden"
+                    .into(),
+            }
+        );
+        let reply = admit(&review(&deployment_pod()), &lookup, &config()).await;
+        assert_eq!(reply.outcome, "lookup_failed");
+        let response = response(&reply);
+        assert_eq!(response["allowed"], false);
+        assert_eq!(response["status"]["code"], 503);
+        let message = response["status"]["message"].as_str().expect("message");
+        for part in [
+            "zen-lead: could not read ReplicaSet shop/web-5d8f, the pod's owner",
+            "is forbidden",
+            "cannot tell whether the pod belongs to a pool",
+            "refused so that it cannot run as an unprotected pool replica",
+            "retries the create with back-off",
+            "may get ReplicaSets in namespace shop",
+        ] {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_owner_of_the_owner_refuses_the_pod_naming_both() {
+        let lookup = StaticLookup::default()
+            .with_owner("shop", replica_set())
+            .with_owner_error("shop", "dep", 500, "etcdserver: request timed out");
+        let err = decide(&deployment_pod(), "shop", &lookup, &config())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "could not read Deployment shop/web, the owner of the pod's ReplicaSet web-5d8f \
+                 (the API server answered 500: etcdserver: request timed out)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_policy_refuses_a_member_only() {
+        let lookup = StaticLookup::default()
+            .with_owner("shop", replica_set())
+            .with_owner("shop", deployment(Some("web")))
+            .with_policy_error("shop", "web", "no answer within 2s");
+        let err = decide(&deployment_pod(), "shop", &lookup, &config())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::PolicyUnreadable {
+                namespace: "shop".into(),
+                pool: "web".into(),
+                reason: "no answer within 2s".into(),
+            }
+        );
+        // Outside any pool the policy is never read.
+        let lookup = StaticLookup::default()
+            .with_owner("shop", replica_set())
+            .with_owner("shop", deployment(None))
+            .with_policy_error("shop", "web", "no answer within 2s");
+        let d = decide(&deployment_pod(), "shop", &lookup, &config())
+            .await
+            .expect("admitted");
+        assert_eq!(d.outcome, Outcome::NotInPool);
+    }
+
+    /// A `process` pod of a CronJob's Job that names its pool itself: its
+    /// Job is read for the scheduled time.
+    fn job_pod() -> Pod {
+        pod(json!({
+            "metadata": {"generateName": "nightly-1-", "namespace": "batch",
+                "annotations": {POOL_ANNOTATION: "nightly"},
+                "ownerReferences": [owner_ref("batch/v1", "Job", "nightly-1", "job")]},
+            "spec": {"containers": [{"name": "report", "command": ["/report"]}]}
+        }))
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_job_refuses_a_process_pod_that_needs_its_scheduled_time() {
+        let failing =
+            || StaticLookup::default().with_owner_error("batch", "job", 503, "the server is busy");
+        for activation in [Activation::Process] {
+            let lookup = failing().with_policy("batch", "nightly", activation);
+            let err = decide(&job_pod(), "batch", &lookup, &config())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Refusal::JobUnreadable { job, pool, .. } if job == "nightly-1" && pool == "nightly"),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("scheduledRuns: once"), "{text}");
+            assert!(text.contains("the server is busy"), "{text}");
+        }
+        // `start` does not use the scheduled time: the Job is not read.
+        let lookup = failing().with_policy("batch", "nightly", Activation::Start);
+        let d = decide(&job_pod(), "batch", &lookup, &config())
+            .await
+            .expect("admitted");
+        assert_eq!(d.outcome, Outcome::Injected);
+    }
+
+    #[tokio::test]
+    async fn lookups_that_do_not_finish_by_the_deadline_refuse_the_pod() {
+        let lookup = StaticLookup::default()
+            .with_owner("shop", replica_set())
+            .with_owner("shop", deployment(Some("web")))
+            .with_delay(Duration::from_secs(10));
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(50);
+        let err = decide_by(&deployment_pod(), "shop", &lookup, &config(), deadline)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            matches!(&err, Refusal::OwnerUnreadable { reason, .. } if reason.contains("no answer within 2.2s")),
+            "{err:?}"
+        );
+    }
+
+    /// Three serial reads (ReplicaSet, Deployment, LeaderPolicy) of 1.5 s
+    /// each, every one within the 2 s a fallback GET may take: the
+    /// admission still answers, refusing, within [`LOOKUP_BUDGET`], before
+    /// the API server's 3 s for such pods run out (and `Ignore` would
+    /// admit the pod unchanged).
+    #[tokio::test]
+    async fn slow_lookups_share_one_budget_and_the_answer_comes_before_the_api_server_gives_up() {
+        let lookup = StaticLookup::default()
+            .with_owner("shop", replica_set())
+            .with_owner("shop", deployment(Some("web")))
+            .with_policy("shop", "web", Activation::Api)
+            .with_delay(Duration::from_millis(1500));
+        let started = Instant::now();
+        let reply = admit(&review(&deployment_pod()), &lookup, &config()).await;
+        let took = started.elapsed();
+        assert!(took >= LOOKUP_BUDGET, "{took:?}");
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        assert_eq!(reply.outcome, "lookup_failed");
+        let response = response(&reply);
+        assert_eq!(response["allowed"], false);
+        let message = response["status"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("could not read Deployment shop/web"),
+            "{message}"
+        );
     }
 }
