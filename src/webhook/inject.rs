@@ -28,7 +28,8 @@ use crate::api::keys::{
 use crate::api::validate_pool_name;
 use crate::api::{Activation, IdentityStrategy};
 use crate::contract::{
-    APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, JOB_NAME_ENV, SCHEDULED_TIME_ENV,
+    APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
+    JOB_NAME_ENV, SCHEDULED_TIME_ENV,
 };
 
 pub use crate::contract::{AGENT_COMMAND, AGENT_CONTAINER, AGENT_PORT};
@@ -508,24 +509,140 @@ fn parse_join(value: &str) -> Option<bool> {
     }
 }
 
+/// Annotation on injected pods: why the pod got the activation in
+/// `zen-lead.io/activation` (`auto: every app container has a command, so
+/// process`), for the controller to surface in the pool's status.
+// Belongs in crate::keys with the other keys; kept here while that file is
+// being edited elsewhere.
+pub const ACTIVATION_REASON_ANNOTATION: &str = "zen-lead.io/activation-reason";
+
+/// An activation (never `auto`) and why the pod gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub activation: Activation,
+    pub reason: String,
+}
+
 /// The activation a pod gets. `auto` means `api` for pods of long-running
 /// controllers, whose rollouts and drains need every replica Ready: ReplicaSets
 /// (Deployments), StatefulSets and DaemonSets. Everything else (Jobs, CronJobs,
-/// bare pods, other owners) gets `start`: runs to completion must not overlap.
+/// bare pods, other owners) runs to completion and must not overlap: `process`
+/// where it can hold every app container (each has a `command`, and the pod
+/// has no init containers, which `process` would not hold), since `run` stops
+/// a deposed leader's program by its term's deadline, where `start` leaves it
+/// running until the kubelet kills it; `start` otherwise.
 pub fn effective_activation(requested: Activation, pod: &Pod) -> Activation {
     match requested {
-        Activation::Auto if runs_continuously(pod) => Activation::Api,
-        Activation::Auto | Activation::Start => Activation::Start,
-        Activation::Api => Activation::Api,
-        Activation::Process => Activation::Process,
+        Activation::Auto => auto_activation(pod).activation,
+        chosen => chosen,
     }
 }
 
-fn runs_continuously(pod: &Pod) -> bool {
-    controller_of(pod.metadata.owner_references.as_ref()).is_some_and(|o| {
-        o.api_version.starts_with("apps/")
-            && matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet")
-    })
+/// The activation the policy's `requested` one (`auto` for a missing policy)
+/// gives `pod`, with the cluster's default standing in for `auto`, and why.
+pub fn resolve_activation(requested: Activation, pod: &Pod, config: &InjectConfig) -> Resolved {
+    match (requested, config.default_activation) {
+        (Activation::Auto, Activation::Auto) => auto_activation(pod),
+        (Activation::Auto, default) => Resolved {
+            activation: default,
+            reason: format!(
+                "auto: the controller's --default-activation is {}",
+                activation_name(default)
+            ),
+        },
+        (chosen, _) => Resolved {
+            activation: chosen,
+            reason: format!("LeaderPolicy activation: {}", activation_name(chosen)),
+        },
+    }
+}
+
+/// What `auto` means for `pod`, and why.
+fn auto_activation(pod: &Pod) -> Resolved {
+    if let Some(kind) = long_running_owner(pod) {
+        return Resolved {
+            activation: Activation::Api,
+            reason: format!(
+                "auto: a {kind}'s pods run continuously, and api keeps every replica Ready"
+            ),
+        };
+    }
+    match process_blocker(pod) {
+        None => Resolved {
+            activation: Activation::Process,
+            reason: "auto: every app container has a command, so process".to_owned(),
+        },
+        Some(why) => Resolved {
+            activation: Activation::Start,
+            reason: format!("auto: {why}, so start"),
+        },
+    }
+}
+
+/// The kind of the pod's controller when its pods run continuously.
+fn long_running_owner(pod: &Pod) -> Option<&str> {
+    controller_of(pod.metadata.owner_references.as_ref())
+        .filter(|o| {
+            o.api_version.starts_with("apps/")
+                && matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet")
+        })
+        .map(|o| o.kind.as_str())
+}
+
+/// Why `process` cannot hold this run-to-completion pod the way `start`
+/// would, if anything: a container it cannot wire (no `command`), init
+/// containers (`process` holds only app containers; with `start` the kubelet
+/// starts no init container of a follower), or no app container left to hold.
+fn process_blocker(pod: &Pod) -> Option<String> {
+    // The pool only names itself in a Denial's text, which is not used here.
+    let wiring = match process::wiring(pod, "") {
+        Ok(wiring) => wiring,
+        Err(Denial::NoCommand { container, .. }) => {
+            return Some(format!(
+                "container {container:?} has no command (process needs one)"
+            ));
+        }
+        Err(Denial::UnknownExcludedContainers { names, .. }) => {
+            return Some(format!(
+                "{EXCLUDE_CONTAINERS_ANNOTATION} names {names:?}, which the pod does not have"
+            ));
+        }
+        Err(Denial::ProbePort {
+            container,
+            kind,
+            port,
+            ..
+        }) => {
+            return Some(format!(
+                "container {container:?}'s {kind} probe port {port:?} is neither a number nor \
+                 one of its named ports (process needs one)"
+            ));
+        }
+        Err(other) => return Some(format!("process cannot wire the pod ({other})")),
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        return Some("the pod has no spec".to_owned());
+    };
+    if let Some(init) = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name != AGENT_CONTAINER)
+    {
+        return Some(format!(
+            "init container {:?} would run in every pod under process, which holds only app \
+             containers",
+            init.name
+        ));
+    }
+    if wiring.ops.is_empty() {
+        return Some(if spec.containers.is_empty() {
+            "the pod has no app container for process to hold".to_owned()
+        } else {
+            format!("{EXCLUDE_CONTAINERS_ANNOTATION} excludes every app container from process")
+        });
+    }
+    None
 }
 
 /// Identity rules a pod must meet before it joins a `custom` pool: it names
@@ -654,7 +771,8 @@ pub fn decide_run(
              with default settings and no leader is elected until the policy is created"
         ));
     }
-    let activation = effective_activation(with_default(requested, config), pod);
+    let resolved = resolve_activation(requested, pod, config);
+    let activation = resolved.activation;
     let token = TokenVolume::of(pod);
     let mut patch = Vec::new();
     let mut app_probes = Vec::new();
@@ -679,7 +797,7 @@ pub fn decide_run(
         scheduled,
     );
     patch.extend(injection_patch(
-        pod, pool, origin, &agent, activation, &token, config,
+        pod, pool, origin, &agent, &resolved, &token, config,
     ));
     Ok(Decision {
         outcome: Outcome::Injected,
@@ -1162,10 +1280,11 @@ fn injection_patch(
     pool: &str,
     origin: &PoolOrigin,
     agent: &Container,
-    activation: Activation,
+    resolved: &Resolved,
     token: &TokenVolume,
     config: &InjectConfig,
 ) -> Vec<PatchOperation> {
+    let activation = resolved.activation;
     // Serialising a k8s-openapi Container cannot fail (no maps with
     // non-string keys); Null would only produce a patch the API server
     // rejects with a clear message.
@@ -1216,7 +1335,7 @@ fn injection_patch(
     }
 
     ops.extend(record_annotations(
-        pod, &agent, pool, origin, activation, config,
+        pod, &agent, pool, origin, resolved, config,
     ));
     ops
 }
@@ -1260,15 +1379,16 @@ fn record_annotations(
     agent: &Value,
     pool: &str,
     origin: &PoolOrigin,
-    activation: Activation,
+    resolved: &Resolved,
     config: &InjectConfig,
 ) -> Vec<PatchOperation> {
     let records = [
         (INJECTED_ANNOTATION, injected_value(agent, pool, config)),
         (
             ACTIVATION_ANNOTATION,
-            activation_name(activation).to_owned(),
+            activation_name(resolved.activation).to_owned(),
         ),
+        (ACTIVATION_REASON_ANNOTATION, resolved.reason.clone()),
         (POOL_FROM_ANNOTATION, origin.to_string()),
     ];
     if pod.metadata.annotations.is_some() {
@@ -1585,36 +1705,179 @@ mod tests {
     }
 
     #[test]
-    fn auto_is_api_only_for_long_running_controllers() {
-        let owned = |api: &str, kind: &str| {
-            pod(json!({"metadata": {"name": "x", "ownerReferences": [{
+    fn auto_is_api_for_long_running_controllers_else_process_where_every_command_is_set() {
+        let owned = |api: &str, kind: &str, extra: Value| {
+            let mut base = json!({"metadata": {"name": "x", "ownerReferences": [{
                 "apiVersion": api, "kind": kind, "name": "o", "uid": "u", "controller": true}]},
-                "spec": {"containers": []}}))
+                "spec": {"containers": [{"name": "a", "command": ["/a"]}]}});
+            json_patch::merge(&mut base, &extra);
+            pod(base)
         };
-        for (api, kind, want) in [
-            ("apps/v1", "ReplicaSet", Activation::Api),
-            ("apps/v1", "StatefulSet", Activation::Api),
-            ("apps/v1", "DaemonSet", Activation::Api),
-            ("batch/v1", "Job", Activation::Start),
-            ("example.com/v1", "ReplicaSet", Activation::Start),
-        ] {
-            let p = owned(api, kind);
-            assert_eq!(
-                effective_activation(Activation::Auto, &p),
-                want,
-                "{api} {kind}"
-            );
-            assert_eq!(
-                effective_activation(Activation::Start, &p),
-                Activation::Start
-            );
-            assert_eq!(effective_activation(Activation::Api, &p), Activation::Api);
+        let job = |extra: Value| owned("batch/v1", "Job", extra);
+        let two = |b: Value| json!({"spec": {"containers": [{"name": "a", "command": ["/a"]}, b]}});
+        let cases = [
+            // Long-running controllers: api, whatever the commands.
+            (
+                owned("apps/v1", "ReplicaSet", json!({})),
+                Activation::Api,
+                "auto: a ReplicaSet's pods run continuously",
+            ),
+            (
+                owned("apps/v1", "StatefulSet", two(json!({"name": "b"}))),
+                Activation::Api,
+                "StatefulSet",
+            ),
+            (
+                owned("apps/v1", "DaemonSet", json!({})),
+                Activation::Api,
+                "DaemonSet",
+            ),
+            // Run to completion: process where every app container has a command.
+            (
+                job(json!({})),
+                Activation::Process,
+                "auto: every app container has a command, so process",
+            ),
+            (
+                owned("example.com/v1", "ReplicaSet", json!({})),
+                Activation::Process,
+                "every app container has a command",
+            ),
+            (
+                job(two(json!({"name": "b"}))),
+                Activation::Start,
+                "auto: container \"b\" has no command (process needs one), so start",
+            ),
+            (
+                job(two(json!({"name": "b", "command": [""]}))),
+                Activation::Start,
+                "container \"b\" has no command",
+            ),
+            // The container without a command is excluded: it runs in every pod.
+            (
+                job(
+                    json!({"metadata": {"annotations": {EXCLUDE_CONTAINERS_ANNOTATION: "b"}},
+                    "spec": {"containers": [{"name": "a", "command": ["/a"]}, {"name": "b"}]}}),
+                ),
+                Activation::Process,
+                "every app container has a command",
+            ),
+            (
+                job(json!({"metadata": {"annotations": {EXCLUDE_CONTAINERS_ANNOTATION: "a"}}})),
+                Activation::Start,
+                "excludes every app container",
+            ),
+            (
+                job(json!({"metadata": {"annotations": {EXCLUDE_CONTAINERS_ANNOTATION: "nope"}}})),
+                Activation::Start,
+                "names [\"nope\"], which the pod does not have",
+            ),
+            // process holds app containers only; start holds init containers too.
+            (
+                job(json!({"spec": {"initContainers": [{"name": "fetch", "command": ["/f"]}]}})),
+                Activation::Start,
+                "auto: init container \"fetch\" would run in every pod under process",
+            ),
+            (
+                job(
+                    json!({"spec": {"containers": [{"name": "a", "command": ["/a"],
+                    "readinessProbe": {"httpGet": {"port": "web"}}}]}}),
+                ),
+                Activation::Start,
+                "readiness probe port \"web\" is neither a number nor one of its named ports",
+            ),
+        ];
+        for (p, want, reason) in cases {
+            let resolved = resolve_activation(Activation::Auto, &p, &config());
+            assert_eq!(resolved.activation, want, "{p:?}");
+            assert!(resolved.reason.contains(reason), "{}", resolved.reason);
+            assert_eq!(effective_activation(Activation::Auto, &p), want);
+            // An explicit activation is never changed, and says where it came from.
+            for chosen in [Activation::Api, Activation::Start, Activation::Process] {
+                assert_eq!(effective_activation(chosen, &p), chosen);
+                let resolved = resolve_activation(chosen, &p, &config());
+                assert_eq!(resolved.activation, chosen);
+                assert!(resolved.reason.starts_with("LeaderPolicy activation: "));
+            }
         }
-        let bare = pod(json!({"metadata": {"name": "x"}, "spec": {"containers": []}}));
+        let bare = |extra: Value| {
+            let mut base =
+                json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}});
+            json_patch::merge(&mut base, &extra);
+            pod(base)
+        };
         assert_eq!(
-            effective_activation(Activation::Auto, &bare),
+            effective_activation(Activation::Auto, &bare(json!({}))),
             Activation::Start
         );
+        assert_eq!(
+            effective_activation(
+                Activation::Auto,
+                &bare(json!({"spec": {"containers": [{"name": "a", "command": ["/a"]}]}}))
+            ),
+            Activation::Process
+        );
+    }
+
+    #[test]
+    fn the_reason_for_the_activation_is_recorded_on_the_pod() {
+        let annotations = |p: &Pod, requested: Activation, default: Activation| {
+            let m = membership(p, &[]).expect("member");
+            let mut c = config();
+            c.default_activation = default;
+            let found = PolicyState::Found {
+                activation: requested,
+                identity: IdentityStrategy::Pod,
+            };
+            let d = decide(p, &m, &found, &c).expect("admitted");
+            let a = apply(p, &d.patch).metadata.annotations.unwrap_or_default();
+            (
+                a.get(ACTIVATION_ANNOTATION).cloned().unwrap_or_default(),
+                a.get(ACTIVATION_REASON_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        };
+        let with_command =
+            annotated(json!({"spec": {"containers": [{"name": "app", "command": ["/app"]}]}}));
+        let without = annotated(json!({}));
+        let cases = [
+            (
+                &with_command,
+                Activation::Auto,
+                Activation::Auto,
+                "process",
+                "auto: every app container has a command, so process",
+            ),
+            (
+                &without,
+                Activation::Auto,
+                Activation::Auto,
+                "start",
+                "auto: container \"app\" has no command (process needs one), so start",
+            ),
+            (
+                &with_command,
+                Activation::Auto,
+                Activation::Start,
+                "start",
+                "auto: the controller's --default-activation is start",
+            ),
+            (
+                &with_command,
+                Activation::Api,
+                Activation::Auto,
+                "api",
+                "LeaderPolicy activation: api",
+            ),
+        ];
+        for (p, requested, default, activation, reason) in cases {
+            assert_eq!(
+                annotations(p, requested, default),
+                (activation.to_owned(), reason.to_owned()),
+                "policy {requested:?}, default {default:?}"
+            );
+        }
     }
 
     #[test]
@@ -1661,7 +1924,7 @@ mod tests {
         assert!(d.warnings[0].contains("does not exist"), "{:?}", d.warnings);
         assert_eq!(
             activation_of(&p, "shop", "pool-a", &PolicyState::Missing, &config()),
-            Ok(Activation::Start)
+            Ok(Activation::Process)
         );
     }
 

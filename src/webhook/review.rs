@@ -738,7 +738,8 @@ mod tests {
     async fn an_unreadable_job_refuses_a_process_pod_that_needs_its_scheduled_time() {
         let failing =
             || StaticLookup::default().with_owner_error("batch", "job", 503, "the server is busy");
-        for activation in [Activation::Process] {
+        // `auto` on a Job pod with commands is `process`, as is `process`.
+        for activation in [Activation::Auto, Activation::Process] {
             let lookup = failing().with_policy("batch", "nightly", activation);
             let err = decide(&job_pod(), "batch", &lookup, &config())
                 .await
