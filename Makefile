@@ -46,7 +46,7 @@ manifests: ## Regenerate config/ and deploy/ (kubectl apply install) from the ch
 	UPDATE_MANIFESTS=1 $(CARGO) test --locked --test manifests
 
 crd: ## Regenerate the committed CRD from the Rust types
-	$(CARGO) run --quiet --locked -- crd > $(CRD_FILE).tmp
+	$(CARGO) run --quiet --locked --bin zen-lead -- crd > $(CRD_FILE).tmp
 	mv $(CRD_FILE).tmp $(CRD_FILE)
 	@echo "wrote $(CRD_FILE)"
 

@@ -185,6 +185,8 @@ pub mod conditions {
         pub const LEASE_READY: &str = "LeaseReady";
         pub const INVALID_TIMINGS: &str = "InvalidTimings";
         pub const LEASE_ERROR: &str = "LeaseError";
+        /// A Lease of the pool's name exists that zen-lead did not create.
+        pub const LEASE_NOT_MANAGED: &str = "LeaseNotManaged";
         // LeaderElected
         pub const LEADER_ELECTED: &str = "LeaderElected";
         pub const LEASE_EXPIRED: &str = "LeaseExpired";

@@ -149,6 +149,15 @@ pub struct LeaderPolicySpec {
     /// whether the pool is fenced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_side_fencing: Option<bool>,
+
+    /// Take over a Lease of the pool's name that zen-lead did not create
+    /// (another controller's leader election, say). false: such a Lease is
+    /// left untouched, the pool does not run, and the PolicyReady condition
+    /// and an Event name the Lease and its holder: rename the policy, or set
+    /// this once the Lease's old users are gone. zen-lead then rewrites its
+    /// timings and owner, and deleting the policy deletes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_existing_lease: bool,
 }
 
 /// Whether a scheduled time runs once per pool.
@@ -177,6 +186,7 @@ impl Default for LeaderPolicySpec {
             activation: Activation::default(),
             scheduled_runs: ScheduledRuns::default(),
             server_side_fencing: None,
+            adopt_existing_lease: false,
         }
     }
 }

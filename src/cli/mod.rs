@@ -403,8 +403,12 @@ pub struct ControllerArgs {
     pub agent_image: String,
 
     /// Evict pool pods that run without the agent (admitted while the
-    /// webhook was down) so they come back through the webhook.
-    #[arg(long, env = "ZEN_LEAD_EVICT_UNINJECTED")]
+    /// webhook was down, which only pods whose pool is named on their
+    /// workload, not on the pod, can be) so they come back through the
+    /// webhook. On by default: such a pod is an unprotected active replica.
+    /// At most one eviction per workload every 30 s, and never a bare pod.
+    #[arg(long, env = "ZEN_LEAD_EVICT_UNINJECTED", default_value_t = true,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub evict_uninjected: bool,
 
     /// Create a LeaderPolicy with the defaults when pods name a pool that has

@@ -44,12 +44,16 @@ pub fn state(policy: &LeaderPolicy, default_on: bool, installed: bool) -> Fencin
 
 /// The pods the fence applies to: the pool's `api` and `process` pods that
 /// may still act (terminating ones included: they run until they are gone),
-/// by UID, sorted and comma separated, as the policy reads them.
-pub fn members(views: &[PodView]) -> String {
+/// and every pool pod known to run without the agent (`uninjected`: admitted
+/// while the webhook was down; no agent, so it can never hold the Lease and
+/// every write of its is refused), by UID, sorted and comma separated, as
+/// the policy reads them.
+pub fn members<'a>(views: &'a [PodView], uninjected: impl IntoIterator<Item = &'a str>) -> String {
     let mut uids: Vec<&str> = views
         .iter()
-        .filter(|p| p.injected && !p.start_activation && !p.finished && !p.uid.is_empty())
+        .filter(|p| !p.start_activation && !p.finished && !p.uid.is_empty())
         .map(|p| p.uid.as_str())
+        .chain(uninjected.into_iter().filter(|u| !u.is_empty()))
         .collect();
     uids.sort_unstable();
     uids.dedup();
@@ -216,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn members_are_the_live_api_and_process_pods_sorted() {
+    fn members_are_the_live_api_and_process_pods_and_the_uninjected_sorted() {
         let views = [
             view("c", "api", false),
             view("a", "process", false),
@@ -225,9 +229,12 @@ mod tests {
             view("e", "api", true),
             view("a", "process", false),
         ];
-        assert_eq!(members(&views), "a,c");
-        assert_eq!(members(&[]), "");
+        assert_eq!(members(&views, []), "a,c,d");
+        assert_eq!(members(&[], []), "");
+        // Annotation-only pods the webhook never saw are listed too.
+        assert_eq!(members(&views, ["f", "", "a"]), "a,c,d,f");
     }
+
     #[test]
     fn fencing_turns_off_only_after_three_not_founds_in_a_row() {
         use PolicyRead::{Absent as A, Failed as F, Present as P};

@@ -18,6 +18,9 @@ pub enum PolicyProblem {
     InvalidTimings(String),
     /// The Lease could not be created or updated.
     LeaseError(String),
+    /// A Lease of the pool's name exists that zen-lead did not create; the
+    /// message names it and its holder.
+    LeaseNotManaged(String),
 }
 
 impl PolicyProblem {
@@ -25,12 +28,15 @@ impl PolicyProblem {
         match self {
             PolicyProblem::InvalidTimings(_) => reasons::INVALID_TIMINGS,
             PolicyProblem::LeaseError(_) => reasons::LEASE_ERROR,
+            PolicyProblem::LeaseNotManaged(_) => reasons::LEASE_NOT_MANAGED,
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            PolicyProblem::InvalidTimings(m) | PolicyProblem::LeaseError(m) => m,
+            PolicyProblem::InvalidTimings(m)
+            | PolicyProblem::LeaseError(m)
+            | PolicyProblem::LeaseNotManaged(m) => m,
         }
     }
 }

@@ -171,9 +171,46 @@ pub fn fresh(key: &PoolKey, last: Option<HolderSeen>, want: &Desired) -> Lease {
     lease
 }
 
-/// Creates the Lease or brings its timings, label and owner in line.
-/// Returns the Lease as stored.
-pub async fn ensure(ctx: &Context, key: &PoolKey, want: &Desired) -> Result<Lease, ReconcileError> {
+/// Whether zen-lead made `lease`: the controller (its policy label, or a
+/// LeaderPolicy owner, from this policy or an earlier one of the same name),
+/// or an agent or `zen-lead lock` (the timings annotations they write into a
+/// Lease they create). Anything else belongs to someone else: another
+/// controller's leader election with the same name, most likely.
+pub fn made_by_zen_lead(lease: &Lease) -> bool {
+    let meta = &lease.metadata;
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LEASE_POLICY_LABEL))
+        || meta.owner_references.as_ref().is_some_and(|owners| {
+            owners.iter().any(|o| {
+                o.kind == LeaderPolicy::kind(&())
+                    && o.api_version.split('/').next() == Some(&LeaderPolicy::group(&()))
+            })
+        })
+        || meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(RENEW_DEADLINE_ANNOTATION))
+}
+
+/// The pool's Lease as [`ensure`] left it.
+#[derive(Debug)]
+pub enum Ensured {
+    /// Created, or brought in line; as stored.
+    Managed(Box<Lease>),
+    /// A Lease of that name that zen-lead did not create, left untouched
+    /// (the policy does not opt in to adopting it).
+    NotManaged { holder: Option<String> },
+}
+
+/// Creates the Lease or brings its timings, label and owner in line. A
+/// Lease zen-lead did not create is adopted only with `adopt`.
+pub async fn ensure(
+    ctx: &Context,
+    key: &PoolKey,
+    want: &Desired,
+    adopt: bool,
+) -> Result<Ensured, ReconcileError> {
     let api: Api<Lease> = ctx.api(key);
     let mut lease = match ctx.cache.lease(key).map(|l| (*l).clone()) {
         Some(l) => l,
@@ -185,10 +222,10 @@ pub async fn ensure(ctx: &Context, key: &PoolKey, want: &Desired) -> Result<Leas
             {
                 Ok(created) => {
                     info!(pool = %key, "created the pool's Lease");
-                    return Ok(created);
+                    return Ok(Ensured::Managed(Box::new(created)));
                 }
-                // Exists without our label (made by an agent or a person):
-                // adopt it below.
+                // Exists without our label: adopted below if zen-lead made
+                // it (an agent, `zen-lead lock`, an earlier policy).
                 Err(err) if is_status(&err, 409) => api.get(&key.name).await.map_err(api_err(
                     "read",
                     "Lease",
@@ -199,11 +236,20 @@ pub async fn ensure(ctx: &Context, key: &PoolKey, want: &Desired) -> Result<Leas
             }
         }
     };
+    if !adopt && !made_by_zen_lead(&lease) {
+        return Ok(Ensured::NotManaged {
+            holder: lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty()),
+        });
+    }
     if !conform(&mut lease, want) {
-        return Ok(lease);
+        return Ok(Ensured::Managed(Box::new(lease)));
     }
     api.replace(&key.name, &PostParams::default(), &lease)
         .await
+        .map(|stored| Ensured::Managed(Box::new(stored)))
         .map_err(api_err("update", "Lease", &key.namespace, &key.name))
 }
 

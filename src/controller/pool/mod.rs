@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use kube::runtime::events::EventType;
 use tokio::time::Instant;
 use tracing::info;
@@ -238,10 +238,13 @@ async fn lease_phase(
 }
 
 /// The Lease, carrying the policy's timings (and, when the pool is fenced on
-/// the server, its pods), and RBAC for the candidates' ServiceAccounts:
-/// independent, so written concurrently. A Lease that
-/// cannot be written makes the policy not ready (said in its status); a
-/// conflict is retried.
+/// the server, its pods), and RBAC for the candidates' ServiceAccounts. A
+/// Lease that cannot be written makes the policy not ready (said in its
+/// status); a conflict is retried. A Lease of the pool's name that zen-lead
+/// did not create is left alone, and so the candidates get no rights on it
+/// (so they cannot take part in someone else's election): the RBAC waits
+/// for the Lease while it is not in the cache, and is written beside it
+/// once it is.
 async fn lease_and_rbac(
     ctx: &Context,
     key: &PoolKey,
@@ -254,18 +257,73 @@ async fn lease_and_rbac(
         Err(err) => return Ok((Err(PolicyProblem::InvalidTimings(err.to_string())), None)),
     };
     let mut want = lease::Desired::new(key, policy, timings);
-    want.fenced_pods = fencing.fenced().then(|| fencing::members(views));
+    want.fenced_pods = fencing.fenced().then(|| {
+        let unlabelled = ctx.cache.unlabelled_of(key);
+        fencing::members(views, unlabelled.values().map(|u| u.uid.as_str()))
+    });
     let accounts = decide::service_accounts(views);
-    let (lease, rbac) = tokio::join!(
-        lease::ensure(ctx, key, &want),
-        rbac::sync_pool(&ctx.client, &ctx.rbac, key, &accounts)
-    );
+    let adopt = policy.spec.adopt_existing_lease;
+    let (lease, rbac) = if ctx.cache.lease(key).is_some() {
+        tokio::join!(
+            lease::ensure(ctx, key, &want, adopt),
+            rbac::sync_pool(&ctx.client, &ctx.rbac, key, &accounts)
+        )
+    } else {
+        let lease = lease::ensure(ctx, key, &want, adopt).await;
+        let granted = match &lease {
+            Ok(lease::Ensured::NotManaged { .. }) => &[][..],
+            _ => &accounts[..],
+        };
+        (lease, rbac::sync_pool(&ctx.client, &ctx.rbac, key, granted).await)
+    };
     rbac?;
     match lease {
-        Ok(lease) => Ok((Ok(()), Some(lease))),
+        Ok(lease::Ensured::Managed(lease)) => Ok((Ok(()), Some(*lease))),
+        Ok(lease::Ensured::NotManaged { holder }) => {
+            let problem = not_managed(key, holder.as_deref());
+            report_not_managed(ctx, policy, &problem).await;
+            Ok((Err(problem), None))
+        }
         Err(err) if err.is_conflict() => Err(err),
         Err(err) => Ok((Err(PolicyProblem::LeaseError(err.to_string())), None)),
     }
+}
+
+/// The PolicyReady message for a Lease zen-lead did not create.
+fn not_managed(key: &PoolKey, holder: Option<&str>) -> PolicyProblem {
+    PolicyProblem::LeaseNotManaged(format!(
+        "Lease {}/{} exists and zen-lead did not create it (holder: {}); it may be another \
+         controller's leader election, so zen-lead leaves it untouched and this pool does not \
+         run. Rename the LeaderPolicy (and the pods' zen-lead/pool), or set \
+         spec.adoptExistingLease: true once nothing else uses that Lease",
+        key.namespace,
+        key.name,
+        holder.unwrap_or("none"),
+    ))
+}
+
+/// An Event on the policy, once: when its PolicyReady condition turns to
+/// [`reasons::LEASE_NOT_MANAGED`](crate::api::keys::conditions::reasons::LEASE_NOT_MANAGED).
+async fn report_not_managed(ctx: &Context, policy: &LeaderPolicy, problem: &PolicyProblem) {
+    let already = policy.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == crate::api::keys::conditions::POLICY_READY && c.reason == problem.reason()
+        })
+    });
+    if already {
+        return;
+    }
+    tracing::warn!(policy = %policy.name_any(), "{}", problem.message());
+    report::on_policy(
+        ctx,
+        policy,
+        EventType::Warning,
+        problem.reason(),
+        "EnsureLease",
+        problem.message().to_owned(),
+        None,
+    )
+    .await;
 }
 
 /// Fast failover: a holder that cannot renew (its pod gone, its node

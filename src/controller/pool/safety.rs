@@ -69,7 +69,8 @@ pub async fn run(
                 if ctx.evict_uninjected {
                     "evicting it so it is re-created through the webhook"
                 } else {
-                    "delete it, or run the controller with --evict-uninjected"
+                    "delete it so its workload re-creates it through the webhook \
+                     (the controller runs with --evict-uninjected=false)"
                 }
             ),
             Some(pod_ref(&key.namespace, name, None)),

@@ -248,15 +248,16 @@ fn desired() -> lease::Desired {
 }
 
 #[tokio::test]
-async fn a_missing_lease_is_created_and_an_existing_unlabelled_one_adopted_by_swap() {
+async fn a_missing_lease_is_created_and_an_existing_one_adopted_only_when_zen_lead_made_it() {
     // Not in the cache: created.
     let created = lease::fresh(&key(), None, &desired());
     let mut stored = serde_json::to_value(&created).unwrap_or_default();
     stored["metadata"]["resourceVersion"] = json!("1");
     let (ctx, seen) = mock(vec![(201, stored)]);
-    lease::ensure(&ctx, &key(), &desired())
+    let ensured = lease::ensure(&ctx, &key(), &desired(), false)
         .await
         .expect("created");
+    assert!(matches!(ensured, lease::Ensured::Managed(_)), "{ensured:?}");
     let seen = requests(&seen);
     assert_eq!(
         calls(&seen),
@@ -270,46 +271,103 @@ async fn a_missing_lease_is_created_and_an_existing_unlabelled_one_adopted_by_sw
         "web"
     );
 
-    // Someone else's Lease of that name: read, then replaced with the
-    // resourceVersion read (compare-and-swap).
+    let post_get = vec![
+        (
+            "POST".to_owned(),
+            "/apis/coordination.k8s.io/v1/namespaces/ns/leases".to_owned(),
+        ),
+        (
+            "GET".to_owned(),
+            "/apis/coordination.k8s.io/v1/namespaces/ns/leases/web".to_owned(),
+        ),
+    ];
+    // Another controller's Lease of that name (client-go's leader election
+    // writes no zen-lead marks): read, and left untouched.
     let foreign = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "web", "namespace": "ns", "resourceVersion": "42"},
-        "spec": {"holderIdentity": "someone"}});
+        "spec": {"holderIdentity": "someone", "leaseDurationSeconds": 137}});
     let (ctx, seen) = mock(vec![
         (409, status_json(409, "AlreadyExists")),
         (200, foreign.clone()),
-        (200, foreign),
     ]);
-    lease::ensure(&ctx, &key(), &desired())
+    let ensured = lease::ensure(&ctx, &key(), &desired(), false)
         .await
-        .expect("adopted");
-    let seen = requests(&seen);
-    assert_eq!(
-        calls(&seen),
-        vec![
-            (
-                "POST".into(),
-                "/apis/coordination.k8s.io/v1/namespaces/ns/leases".into()
-            ),
-            (
-                "GET".into(),
-                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/web".into()
-            ),
-            (
-                "PUT".into(),
-                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/web".into()
-            ),
-        ]
-    );
-    assert_eq!(seen[2].body["metadata"]["resourceVersion"], "42");
-    assert_eq!(
-        seen[2].body["spec"]["holderIdentity"], "someone",
-        "the holder is kept"
-    );
-    assert_eq!(
-        seen[2].body["metadata"]["ownerReferences"][0]["uid"],
-        "policy-uid"
-    );
+        .expect("read");
+    match ensured {
+        lease::Ensured::NotManaged { holder } => assert_eq!(holder.as_deref(), Some("someone")),
+        other => panic!("a foreign Lease was adopted: {other:?}"),
+    }
+    assert_eq!(calls(&requests(&seen)), post_get, "no write to a foreign Lease");
+
+    // With the policy's opt-in, or made by a zen-lead agent (the timings it
+    // writes into a Lease it creates): replaced with the resourceVersion
+    // read (compare-and-swap), the holder kept.
+    let mut by_agent = foreign.clone();
+    by_agent["metadata"]["annotations"] =
+        json!({crate::api::keys::RENEW_DEADLINE_ANNOTATION: "10"});
+    for (lease_json, adopt) in [(foreign, true), (by_agent, false)] {
+        let (ctx, seen) = mock(vec![
+            (409, status_json(409, "AlreadyExists")),
+            (200, lease_json.clone()),
+            (200, lease_json),
+        ]);
+        let ensured = lease::ensure(&ctx, &key(), &desired(), adopt)
+            .await
+            .expect("adopted");
+        assert!(matches!(ensured, lease::Ensured::Managed(_)), "{ensured:?}");
+        let seen = requests(&seen);
+        let mut want = post_get.clone();
+        want.push((
+            "PUT".into(),
+            "/apis/coordination.k8s.io/v1/namespaces/ns/leases/web".into(),
+        ));
+        assert_eq!(calls(&seen), want);
+        assert_eq!(seen[2].body["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            seen[2].body["spec"]["holderIdentity"], "someone",
+            "the holder is kept"
+        );
+        assert_eq!(
+            seen[2].body["metadata"]["ownerReferences"][0]["uid"],
+            "policy-uid"
+        );
+    }
+}
+
+#[test]
+fn a_lease_is_zen_leads_by_its_policy_label_policy_owner_or_agent_timings() {
+    use crate::api::keys::{LEASE_POLICY_LABEL, RENEW_DEADLINE_ANNOTATION};
+    let lease = |meta: Value| -> k8s_openapi::api::coordination::v1::Lease {
+        serde_json::from_value(json!({"metadata": meta})).unwrap_or_default()
+    };
+    let cases = [
+        (json!({"name": "web"}), false),
+        (json!({"labels": {"app": "operator"}}), false),
+        (json!({"labels": {LEASE_POLICY_LABEL: "web"}}), true),
+        (json!({"annotations": {RENEW_DEADLINE_ANNOTATION: "10"}}), true),
+        (
+            json!({"annotations": {"control-plane.alpha.kubernetes.io/leader": "{}"}}),
+            false,
+        ),
+        (
+            json!({"ownerReferences": [{"apiVersion": "coordination.kube-zen.io/v1alpha1",
+                "kind": "LeaderPolicy", "name": "web", "uid": "old"}]}),
+            true,
+        ),
+        (
+            json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                "name": "web", "uid": "d"}]}),
+            false,
+        ),
+        (
+            json!({"ownerReferences": [{"apiVersion": "example.com/v1", "kind": "LeaderPolicy",
+                "name": "web", "uid": "x"}]}),
+            false,
+        ),
+    ];
+    for (meta, want) in cases {
+        assert_eq!(lease::made_by_zen_lead(&lease(meta.clone())), want, "{meta}");
+    }
 }
 
 #[tokio::test]

@@ -234,7 +234,10 @@ pub fn unlabelled_entry(m: &PartialObjectMeta<Pod>) -> Option<(PoolKey, String, 
     Some((
         PoolKey::new(m.namespace().unwrap_or_default(), pool),
         m.name_any(),
-        Unlabelled { owner },
+        Unlabelled {
+            owner,
+            uid: m.uid().unwrap_or_default(),
+        },
     ))
 }
 

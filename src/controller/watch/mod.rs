@@ -35,6 +35,8 @@ pub use map::pool_of;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unlabelled {
     pub owner: Option<(String, String)>,
+    /// Listed on a fenced pool's Lease, so its writes are refused.
+    pub uid: String,
 }
 
 /// The caches the reconciler reads.
