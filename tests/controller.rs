@@ -78,6 +78,13 @@ impl Controller {
             .args(["--namespace", ns, "--watch-namespace", ns])
             .args(["--controller-identity", name])
             .args(["--controller-lease-duration", "3s"])
+            // The fixtures' uninjected pool pods stand in for injected ones
+            // (KWOK pods with a fake agent status): only the test of the
+            // safety net asks for evictions.
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--evict-uninjected")))
+                    .then_some("--evict-uninjected=false"),
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -1224,6 +1231,136 @@ async fn holder_on_not_ready_node_or_failed_pod_is_expired() {
         .await;
         assert!(policy_events(&client, &ns, "n").await.iter().any(|(_, r, n)| r == "LeaseExpired" && n.contains("HolderPodFinished")));
         let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
+    })
+    .await;
+}
+
+/// A LeaderPolicy named like a Lease zen-lead did not create (another
+/// controller's leader election, here held by "operator-abc"): the Lease is
+/// left untouched (holder, duration, owner, resourceVersion), the candidates
+/// get no rights on it, and the policy's PolicyReady condition and an Event
+/// name the Lease and its holder. spec.adoptExistingLease opts in.
+#[tokio::test]
+async fn a_lease_zen_lead_did_not_create_is_reported_not_adopted() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-foreign", |client, ns| async move {
+        let dir = common::scratch_dir("controller-foreign");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let now = zen_lead::election::record::now_micro();
+        let theirs: Lease = serde_json::from_value(json!({
+            "metadata": {"name": "my-operator"},
+            "spec": {"holderIdentity": "operator-abc", "leaseDurationSeconds": 137,
+                     "acquireTime": now, "renewTime": now, "leaseTransitions": 4}
+        }))
+        .expect("lease json");
+        let before = leases
+            .create(&PostParams::default(), &theirs)
+            .await
+            .expect("their Lease");
+        create_pod(
+            &client,
+            &ns,
+            &pool_pod("op-0", Some("my-operator"), "kwok-0", true),
+        )
+        .await;
+        running_pod(&client, &ns, "op-0").await;
+        create_policy(&client, &ns, "my-operator", fast()).await;
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+
+        let p = policy_until(
+            &client,
+            &ns,
+            "my-operator",
+            "PolicyReady False/LeaseNotManaged",
+            LIMIT,
+            |p| {
+                let c = condition(p, "PolicyReady");
+                (c.map(|c| (c.status.as_str(), c.reason.as_str()))
+                    == Some(("False", "LeaseNotManaged")))
+                .then_some(())
+                .ok_or(format!("{c:?}"))
+            },
+        )
+        .await;
+        let message = condition(&p, "PolicyReady")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            message.contains(&format!("Lease {ns}/my-operator"))
+                && message.contains("operator-abc"),
+            "{message}"
+        );
+        assert!(message.contains("adoptExistingLease"), "{message}");
+        common::eventually("the LeaseNotManaged event", LIMIT, || async {
+            let events = policy_events(&client, &ns, "my-operator").await;
+            events
+                .iter()
+                .any(|(t, r, n)| {
+                    t == "Warning" && r == "LeaseNotManaged" && n.contains("operator-abc")
+                })
+                .then_some(())
+                .ok_or(format!("{events:?}"))
+        })
+        .await;
+        // Several passes later the Lease is exactly as its owner left it,
+        // and the pool's candidates got no rights on it.
+        let candidates_of = |p: &LeaderPolicy| p.status.as_ref().and_then(|s| s.candidates);
+        policy_until(&client, &ns, "my-operator", "the pod counted", LIMIT, |p| {
+            candidates_of(p)
+                .is_some()
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let after = leases.get("my-operator").await.expect("their Lease");
+        assert_eq!(
+            after.resource_version(),
+            before.resource_version(),
+            "zen-lead wrote their Lease: {after:?}"
+        );
+        assert!(after.owner_references().is_empty(), "{after:?}");
+        assert_eq!(lease_holder(&after).as_deref(), Some("operator-abc"));
+        assert!(
+            Api::<Role>::namespaced(client.clone(), &ns)
+                .get_opt("zen-lead-candidate-default")
+                .await
+                .expect("read Role")
+                .is_none(),
+            "the candidates were granted rights on someone else's Lease"
+        );
+
+        // The opt-in: adopted, the holder kept.
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .patch(
+                "my-operator",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"adoptExistingLease": true}})),
+            )
+            .await
+            .expect("opt in");
+        policy_until(
+            &client,
+            &ns,
+            "my-operator",
+            "PolicyReady True",
+            LIMIT,
+            |p| {
+                let c = condition(p, "PolicyReady");
+                (c.map(|c| c.status.as_str()) == Some("True"))
+                    .then_some(())
+                    .ok_or(format!("{c:?}"))
+            },
+        )
+        .await;
+        let adopted = leases.get("my-operator").await.expect("Lease");
+        assert_eq!(
+            adopted.labels().get(LEASE_POLICY_LABEL).map(String::as_str),
+            Some("my-operator")
+        );
+        assert_eq!(
+            adopted.spec.as_ref().and_then(|s| s.lease_duration_seconds),
+            Some(5)
+        );
     })
     .await;
 }

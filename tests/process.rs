@@ -10,6 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::guard;
 use common::records::{Run, STEADY, assert_no_overlap, monotonic_ns, runs, wait_steady};
 use common::zen_lead_host::{Controller, register_webhook, start_controller};
 use common::{client, eventually, from_json, pod_ready, records_dir, with_namespace};
@@ -36,6 +37,8 @@ struct Setup {
     dir: std::path::PathBuf,
     controller: Controller,
     hook: String,
+    /// The chart's webhook entries and fail-closed guard, when asked for.
+    chart_admission: Option<guard::Installed>,
 }
 
 impl Setup {
@@ -49,6 +52,23 @@ impl Setup {
             dir,
             controller,
             hook,
+            chart_admission: None,
+        }
+    }
+
+    /// Admission as the chart installs it: both webhook entries (first-time
+    /// pool pods with failurePolicy Ignore) and the require-agent guard.
+    async fn like_chart(client: &Client, ns: &str) -> Self {
+        let dir = records_dir(ns);
+        let controller = start_controller(ns, &dir).await;
+        let installed = guard::install(client, ns, &controller).await;
+        Self {
+            client: client.clone(),
+            ns: ns.to_owned(),
+            dir,
+            controller,
+            hook: String::new(),
+            chart_admission: Some(installed),
         }
     }
 
@@ -89,9 +109,12 @@ impl Setup {
     }
 
     async fn done(self) {
-        let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.hook, &DeleteParams::default())
-            .await;
+        if !self.hook.is_empty() {
+            let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+                .delete(&self.hook, &DeleteParams::default())
+                .await;
+        }
+        drop(self.chart_admission);
         drop(self.controller.child);
     }
 }
@@ -135,6 +158,42 @@ fn all_probe_kinds() -> Value {
         "livenessProbe": {"exec": {"command": [TESTAPP_BIN, "--check", "http://127.0.0.1:8080/"]},
                           "periodSeconds": 2, "failureThreshold": 2}
     })
+}
+
+/// Restarts the Deployment's pods as `kubectl rollout restart` does.
+async fn rollout_restart(deploys: &Api<Deployment>, name: &str, stamp: &str) {
+    deploys
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": stamp}}}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restart {name}: {e}"));
+}
+
+/// Waits until the Deployment's rollout is complete: every replica updated,
+/// Ready, and no old one left.
+async fn rollout_complete(deploys: &Api<Deployment>, name: &str, replicas: i32, limit: Duration) {
+    eventually(&format!("the rollout of {name} to complete"), limit, || {
+        let deploys = deploys.clone();
+        async move {
+            let d = deploys.get(name).await.map_err(|e| e.to_string())?;
+            let s = d.status.unwrap_or_default();
+            let gen_seen = s.observed_generation >= d.metadata.generation;
+            if gen_seen
+                && s.updated_replicas == Some(replicas)
+                && s.ready_replicas == Some(replicas)
+                && s.replicas == Some(replicas)
+            {
+                Ok(())
+            } else {
+                Err(format!("status {s:?}"))
+            }
+        }
+    })
+    .await;
 }
 
 /// The runs still open (started, no stop recorded).
@@ -333,38 +392,109 @@ async fn process_pool_keeps_followers_ready_and_one_app_running() {
             .filter_map(|p| p.metadata.name)
             .collect();
         let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        deploys
-            .patch(
-                "workers",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-                    "kubectl.kubernetes.io/restartedAt": "process-test"}}}}})),
-            )
-            .await
-            .expect("restart");
-        eventually("the rollout to complete", Duration::from_secs(240), || {
-            let deploys = deploys.clone();
-            async move {
-                let d = deploys.get("workers").await.map_err(|e| e.to_string())?;
-                let s = d.status.unwrap_or_default();
-                let gen_seen = s.observed_generation >= d.metadata.generation;
-                if gen_seen
-                    && s.updated_replicas == Some(3)
-                    && s.ready_replicas == Some(3)
-                    && s.replicas == Some(3)
-                {
-                    Ok(())
-                } else {
-                    Err(format!("status {s:?}"))
-                }
-            }
-        })
-        .await;
+        rollout_restart(&deploys, "workers", "process-test").await;
+        rollout_complete(&deploys, "workers", 3, Duration::from_secs(240)).await;
         let leader = steady_pool(&setup, "workers", 3).await;
         assert!(
             !old.contains(&leader),
             "the app still runs in an old pod {leader}"
         );
+        assert_no_overlap(&runs(&setup.dir));
+        setup.done().await;
+    })
+    .await;
+}
+
+/// zen-lead's webhook down across a rollout (the controller stopped), with
+/// admission as the chart installs it: the first-time pool pods' webhook
+/// entry has failurePolicy Ignore, so the API server admits the rollout's
+/// new pods without the agent, and only the require-agent guard stands
+/// between them and a second running app. It refuses them (the ReplicaSet's
+/// events say why), the rollout waits, one app runs throughout, and the
+/// rollout completes once the controller is back.
+#[tokio::test]
+async fn a_rollout_while_the_webhook_is_down_waits_and_never_runs_two_apps() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "process-outage", |client, ns| async move {
+        let mut setup = Setup::like_chart(&client, &ns).await;
+        setup.policy("outage", json!({})).await;
+        setup
+            .deployment("outage", 3, template("outage", &setup.dir, &[], json!({})))
+            .await;
+        let leader = steady_pool(&setup, "outage", 3).await;
+
+        setup.controller.stop().await;
+        let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        rollout_restart(&deploys, "outage", "webhook-outage").await;
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let refusal = eventually(
+            "the guard's refusal among the ReplicaSet's events",
+            Duration::from_secs(90),
+            || {
+                let events = events.clone();
+                let dir = setup.dir.clone();
+                async move {
+                    // Sampled throughout: without the guard, the new pods
+                    // start their apps unprotected here.
+                    let open: Vec<String> = open_runs(&dir).into_iter().map(|r| r.name).collect();
+                    assert!(
+                        open.len() <= 1,
+                        "apps running at once while the webhook is down: {open:?}"
+                    );
+                    let list = events
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    list.items
+                        .into_iter()
+                        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+                        .filter_map(|e| e.message)
+                        .find(|m| m.contains("did not inject the election agent"))
+                        .ok_or_else(|| "no FailedCreate event from the guard yet".to_owned())
+                }
+            },
+        )
+        .await;
+        assert!(
+            refusal.contains("pool outage") && refusal.contains("second active replica"),
+            "{refusal}"
+        );
+        // Refused, so no pod runs without the agent, and the app still runs
+        // once, in the old leader.
+        let pods = setup
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .expect("pods");
+        for pod in &pods.items {
+            let injected = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten())
+                .any(|c| c.name == zen_lead::contract::AGENT_CONTAINER);
+            assert!(
+                injected,
+                "pod {} runs without the agent",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+        let open: Vec<String> = open_runs(&setup.dir).into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            open,
+            vec![leader.clone()],
+            "apps running while the webhook is down"
+        );
+
+        let back = std::time::Instant::now();
+        setup.controller.resume(&ns, &setup.dir).await;
+        rollout_complete(&deploys, "outage", 3, Duration::from_secs(180)).await;
+        println!(
+            "process: rollout complete {:.1} s after the controller came back",
+            back.elapsed().as_secs_f64()
+        );
+        let now = steady_pool(&setup, "outage", 3).await;
+        assert_ne!(now, leader, "the app still runs in an old pod");
         assert_no_overlap(&runs(&setup.dir));
         setup.done().await;
     })

@@ -10,7 +10,6 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use serde_json::Value;
 
 /// The chart's default policy (and binding) name, which `zen-lead
 /// controller` checks by default.
@@ -18,20 +17,9 @@ pub const POLICY_NAME: &str = "zen-lead-fencing";
 
 /// The policy and binding of `deploy/zen-lead.yaml`.
 pub fn rendered() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let path = super::repo_root().join("deploy/zen-lead.yaml");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text)
-        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
-    let find = |kind: &str| {
-        docs.iter()
-            .find(|d| d["kind"] == kind && d["metadata"]["name"] == POLICY_NAME)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {kind} {POLICY_NAME} in {}", path.display()))
-    };
     (
-        serde_json::from_value(find("ValidatingAdmissionPolicy")).expect("a policy"),
-        serde_json::from_value(find("ValidatingAdmissionPolicyBinding")).expect("a binding"),
+        super::shipped("ValidatingAdmissionPolicy", POLICY_NAME),
+        super::shipped("ValidatingAdmissionPolicyBinding", POLICY_NAME),
     )
 }
 

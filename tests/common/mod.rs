@@ -13,6 +13,7 @@
 pub mod delay_proxy;
 pub mod faults;
 pub mod fencing;
+pub mod guard;
 pub mod net;
 pub mod records;
 pub mod webhook;
@@ -60,6 +61,22 @@ pub fn read_repo_file(rel: &str) -> String {
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The object of `kind` named `name` in `deploy/zen-lead.yaml` (the chart
+/// as the kubectl-only install ships it; tests/manifests.rs keeps the two
+/// equal).
+pub fn shipped<T: serde::de::DeserializeOwned>(kind: &str, name: &str) -> T {
+    let path = repo_root().join("deploy/zen-lead.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    let doc = docs
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {}", path.display()));
+    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
 }
 
 /// The kubeconfig the tests use: `$KUBECONFIG` if set, else the one

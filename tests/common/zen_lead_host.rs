@@ -57,7 +57,34 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(e) => panic!("create the controller Lease: {e}"),
     }
-    let log = std::fs::File::create(dir.join("controller.log"))
+    Controller {
+        child: spawn(ns, dir, webhook_port, admin_port).await,
+        webhook_port,
+        admin_port,
+        ca_pem: certs.ca_cert_pem,
+    }
+}
+
+impl Controller {
+    /// Stops the controller (its webhook with it) until [`Self::resume`].
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts it again on the same ports and certificate, and waits until
+    /// it is ready.
+    pub async fn resume(&mut self, ns: &str, dir: &Path) {
+        self.child = spawn(ns, dir, self.webhook_port, self.admin_port).await;
+    }
+}
+
+/// `zen-lead controller` for `ns`, appending to `dir`/controller.log; returns
+/// once it is ready.
+async fn spawn(ns: &str, dir: &Path, webhook_port: u16, admin_port: u16) -> tokio::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("controller.log"))
         .unwrap_or_else(|e| panic!("log file: {e}"));
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
         .arg("controller")
@@ -89,12 +116,7 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
         },
     )
     .await;
-    Controller {
-        child,
-        webhook_port,
-        admin_port,
-        ca_pem: certs.ca_cert_pem,
-    }
+    child
 }
 
 /// The webhook configuration of webhook-config/local.yaml, scoped to one namespace.

@@ -98,3 +98,7 @@ matchExpressions:
 {{- define "zen-lead.fencingPolicyName" -}}
 {{- printf "%s-fencing" (include "zen-lead.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{- define "zen-lead.injectionGuardName" -}}
+{{- printf "%s-require-agent" (include "zen-lead.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
