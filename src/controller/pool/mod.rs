@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Resource, ResourceExt};
 use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -274,7 +274,10 @@ async fn lease_and_rbac(
             Ok(lease::Ensured::NotManaged { .. }) => &[][..],
             _ => &accounts[..],
         };
-        (lease, rbac::sync_pool(&ctx.client, &ctx.rbac, key, granted).await)
+        (
+            lease,
+            rbac::sync_pool(&ctx.client, &ctx.rbac, key, granted).await,
+        )
     };
     rbac?;
     match lease {

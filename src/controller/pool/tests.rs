@@ -297,7 +297,11 @@ async fn a_missing_lease_is_created_and_an_existing_one_adopted_only_when_zen_le
         lease::Ensured::NotManaged { holder } => assert_eq!(holder.as_deref(), Some("someone")),
         other => panic!("a foreign Lease was adopted: {other:?}"),
     }
-    assert_eq!(calls(&requests(&seen)), post_get, "no write to a foreign Lease");
+    assert_eq!(
+        calls(&requests(&seen)),
+        post_get,
+        "no write to a foreign Lease"
+    );
 
     // With the policy's opt-in, or made by a zen-lead agent (the timings it
     // writes into a Lease it creates): replaced with the resourceVersion
@@ -344,7 +348,10 @@ fn a_lease_is_zen_leads_by_its_policy_label_policy_owner_or_agent_timings() {
         (json!({"name": "web"}), false),
         (json!({"labels": {"app": "operator"}}), false),
         (json!({"labels": {LEASE_POLICY_LABEL: "web"}}), true),
-        (json!({"annotations": {RENEW_DEADLINE_ANNOTATION: "10"}}), true),
+        (
+            json!({"annotations": {RENEW_DEADLINE_ANNOTATION: "10"}}),
+            true,
+        ),
         (
             json!({"annotations": {"control-plane.alpha.kubernetes.io/leader": "{}"}}),
             false,
@@ -366,7 +373,11 @@ fn a_lease_is_zen_leads_by_its_policy_label_policy_owner_or_agent_timings() {
         ),
     ];
     for (meta, want) in cases {
-        assert_eq!(lease::made_by_zen_lead(&lease(meta.clone())), want, "{meta}");
+        assert_eq!(
+            lease::made_by_zen_lead(&lease(meta.clone())),
+            want,
+            "{meta}"
+        );
     }
 }
 
