@@ -49,6 +49,11 @@ pub const INJECTED_ANNOTATION: &str = "zen-lead.io/injected";
 /// Annotation on injected pods: the activation mode that was wired (`start`).
 pub const ACTIVATION_ANNOTATION: &str = "zen-lead.io/activation";
 
+/// Annotation on injected pods: why the pod got the activation in
+/// `zen-lead.io/activation` (`auto: every app container has a command, so
+/// process`).
+pub const ACTIVATION_REASON_ANNOTATION: &str = "zen-lead.io/activation-reason";
+
 /// Annotation on injected pods: where `zen-lead/pool` was found, `pod` or
 /// `<Kind>/<name>` of the owning workload (e.g. `CronJob/nightly-report`).
 pub const POOL_FROM_ANNOTATION: &str = "zen-lead.io/pool-from";

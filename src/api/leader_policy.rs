@@ -127,8 +127,10 @@ pub struct LeaderPolicySpec {
     /// until it leads (cold standby). `process`: every pod's containers start
     /// and the pod is Ready, but the app's process runs only in the leader
     /// (under `zen-lead run`; cold standby with Ready followers). `auto`:
-    /// `api` for Deployments, StatefulSets and DaemonSets, `start` for Jobs,
-    /// CronJobs and bare pods.
+    /// `api` for Deployments, StatefulSets and DaemonSets; for Jobs, CronJobs
+    /// and bare pods `process` when every app container has a `command` and
+    /// the pod has no init containers, else `start` (the pod's
+    /// zen-lead.io/activation-reason annotation says which and why).
     #[serde(default)]
     pub activation: Activation,
 
@@ -308,9 +310,10 @@ pub enum FollowerMode {
 )]
 #[serde(rename_all = "camelCase")]
 pub enum Activation {
-    /// `api` for pods of Deployments, StatefulSets and DaemonSets, `start` for
-    /// Jobs, CronJobs and bare pods (or what the controller's
-    /// `--default-activation` says).
+    /// `api` for pods of Deployments, StatefulSets and DaemonSets; `process`
+    /// for Jobs, CronJobs and bare pods whose app containers all have a
+    /// `command` (and no init containers), else `start` (or what the
+    /// controller's `--default-activation` says).
     #[default]
     Auto,
     /// Hot standby: only the leader's API writes pass the agent.

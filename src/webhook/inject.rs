@@ -22,6 +22,7 @@ pub use super::denial::{Denial, PoolOrigin};
 use super::patch::{add, pointer, replace};
 use super::process;
 use crate::api::keys::{
+    ACTIVATION_REASON_ANNOTATION,
     ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, INJECTED_ANNOTATION,
     JOIN_ANNOTATION, POOL_ANNOTATION, POOL_FROM_ANNOTATION, POOL_LABEL,
 };
@@ -508,13 +509,6 @@ fn parse_join(value: &str) -> Option<bool> {
         _ => None,
     }
 }
-
-/// Annotation on injected pods: why the pod got the activation in
-/// `zen-lead.io/activation` (`auto: every app container has a command, so
-/// process`), for the controller to surface in the pool's status.
-// Belongs in crate::keys with the other keys; kept here while that file is
-// being edited elsewhere.
-pub const ACTIVATION_REASON_ANNOTATION: &str = "zen-lead.io/activation-reason";
 
 /// An activation (never `auto`) and why the pod gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
