@@ -72,25 +72,7 @@ pub async fn controllers(
         // The cache-sync marker finishes once synced; only a panic counts.
         running.push("watch", false, t);
     }
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "zen-lead".to_owned(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
-    let ctx = Arc::new(Context::new(
-        client,
-        cache.clone(),
-        recorder,
-        metrics.clone(),
-        settings.evict_uninjected,
-        settings.create_missing_policies,
-        Fencing::new(
-            settings.fencing.clone(),
-            metrics.fencing_read_errors.clone(),
-        ),
-    ));
+    let ctx = context(client, cache.clone(), &settings, &metrics);
     // Do not act on half-listed caches: a pod missing from a partial list
     // would look deleted.
     while !cache.synced() {
@@ -101,39 +83,82 @@ pub async fn controllers(
     }
     ready.set(true);
     info!("caches synced; reconciling");
-
     for _ in 0..settings.workers {
-        let ctx = ctx.clone();
-        let queue = queue.clone();
-        let worker = tokio::spawn(async move {
-            loop {
-                let key = queue.pop().await;
-                let span = info_span!("reconcile", namespace = %key.namespace, policy = %key.name);
-                let result = pool::reconcile(&ctx, &key).instrument(span).await;
-                queue.done(&key);
-                match result {
-                    Ok(after) => {
-                        queue.succeeded(&key);
-                        if let Some(after) = after {
-                            queue.push_after(key, after);
-                        }
-                    }
-                    Err(err) => {
-                        ctx.metrics.error(err.step());
-                        let pool = key.to_string();
-                        let retry = queue.retry(key);
-                        if err.is_conflict() {
-                            debug!(%pool, error = %err, ?retry, "conflict; retrying");
-                        } else {
-                            warn!(%pool, error = %err, ?retry, "reconcile failed; retrying");
-                        }
-                    }
+        running.push(
+            "worker",
+            true,
+            tokio::spawn(work(ctx.clone(), queue.clone())),
+        );
+    }
+    resync(&cache, &queue, &metrics, settings.resync, &mut running).await
+}
+
+/// What every pass shares.
+fn context(
+    client: Client,
+    cache: watches::Cache,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "zen-lead".to_owned(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    Arc::new(Context::new(
+        client,
+        cache,
+        recorder,
+        metrics.clone(),
+        settings.evict_uninjected,
+        settings.create_missing_policies,
+        Fencing::new(
+            settings.fencing.clone(),
+            metrics.fencing_read_errors.clone(),
+        ),
+    ))
+}
+
+/// One worker: reconciles the pools the queue hands it, forever.
+async fn work(ctx: Arc<Context>, queue: Queue) {
+    loop {
+        let key = queue.pop().await;
+        let span = info_span!("reconcile", namespace = %key.namespace, policy = %key.name);
+        let result = pool::reconcile(&ctx, &key).instrument(span).await;
+        queue.done(&key);
+        match result {
+            Ok(after) => {
+                queue.succeeded(&key);
+                if let Some(after) = after {
+                    queue.push_after(key, after);
                 }
             }
-        });
-        running.push("worker", true, worker);
+            Err(err) => {
+                ctx.metrics.error(err.step());
+                let pool = key.to_string();
+                let retry = queue.retry(key);
+                if err.is_conflict() {
+                    debug!(%pool, error = %err, ?retry, "conflict; retrying");
+                } else {
+                    warn!(%pool, error = %err, ?retry, "reconcile failed; retrying");
+                }
+            }
+        }
     }
-    let mut tick = tokio::time::interval(settings.resync);
+}
+
+/// Re-queues every pool each `every` (and updates the size gauges) until
+/// one of `running` fails; returns that failure.
+async fn resync(
+    cache: &watches::Cache,
+    queue: &Queue,
+    metrics: &Metrics,
+    every: Duration,
+    running: &mut Tasks,
+) -> TaskError {
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tokio::select! {
@@ -172,43 +197,23 @@ pub async fn lead_and_run(
     // Its own stop signal: it is stopped (and releases the Lease) on
     // shutdown, and also when the controllers fail.
     let (stop_election, election_stop) = watch::channel(false);
-    let election = tokio::spawn(elector.run(election_stop, Duration::from_secs(2)));
+    let mut election = tokio::spawn(elector.run(election_stop, Duration::from_secs(2)));
     // A standby replica is ready: it serves the webhook.
     ready.set(true);
     let span = info_span!("controller", identity = %settings.identity);
+    let term = Term {
+        client: &client,
+        settings: &settings,
+        metrics: &metrics,
+        ready: &ready,
+    };
     let failed = async {
         loop {
             wait_to_lead(&mut status, &mut shutdown).await;
             if *shutdown.borrow() || !status.borrow().leading_at(Instant::now()) {
                 break None;
             }
-            info!(lease = %format!("{}/{}", settings.namespace, settings.lease_name), "acquired the controller Lease; starting the controllers");
-            metrics.is_active.set(1);
-            ready.set(false);
-            let mut task = tokio::spawn(
-                controllers(client.clone(), settings.clone(), metrics.clone(), ready.clone())
-                    .in_current_span(),
-            );
-            let ended = tokio::select! {
-                _ = lead_while_renewed(&mut status, &mut shutdown) => None,
-                ended = &mut task => Some(ended),
-            };
-            let failed = match ended {
-                Some(Ok(err)) => Some(err),
-                Some(Err(join)) => Some(task::join_error("controllers", join)),
-                None => {
-                    task.abort();
-                    match task.await {
-                        // Failed just before it was stopped.
-                        Ok(err) => Some(err),
-                        Err(join) if join.is_panic() => Some(task::join_error("controllers", join)),
-                        Err(_) => None,
-                    }
-                }
-            };
-            metrics.is_active.set(0);
-            ready.set(true);
-            if let Some(err) = failed {
+            if let Some(err) = term.run(&mut status, &mut shutdown).await {
                 error!(error = %err, "a controller task failed; releasing the controller Lease and stopping this replica so it restarts");
                 break Some(err);
             }
@@ -223,7 +228,6 @@ pub async fn lead_and_run(
     .await;
     // The election ends by itself only on an error; otherwise it releases
     // the Lease once stopped.
-    let mut election = election;
     let finished_early = if failed.is_some() {
         None
     } else {
@@ -244,6 +248,58 @@ pub async fn lead_and_run(
     match failed {
         Some(err) => Err(err.into()),
         None => elected,
+    }
+}
+
+/// What one term of leading runs the controllers with.
+struct Term<'a> {
+    client: &'a Client,
+    settings: &'a Settings,
+    metrics: &'a Metrics,
+    ready: &'a ReadyFlag,
+}
+
+impl Term<'_> {
+    /// Runs the controllers while this replica leads; returns their failure,
+    /// or `None` once the Lease is lost or shutdown is signalled.
+    async fn run(
+        &self,
+        status: &mut watch::Receiver<LeaderStatus>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<TaskError> {
+        let settings = self.settings;
+        info!(lease = %format!("{}/{}", settings.namespace, settings.lease_name), "acquired the controller Lease; starting the controllers");
+        self.metrics.is_active.set(1);
+        self.ready.set(false);
+        let mut task = tokio::spawn(
+            controllers(
+                self.client.clone(),
+                settings.clone(),
+                self.metrics.clone(),
+                self.ready.clone(),
+            )
+            .in_current_span(),
+        );
+        let ended = tokio::select! {
+            _ = lead_while_renewed(status, shutdown) => None,
+            ended = &mut task => Some(ended),
+        };
+        let failed = match ended {
+            Some(Ok(err)) => Some(err),
+            Some(Err(join)) => Some(task::join_error("controllers", join)),
+            None => {
+                task.abort();
+                match task.await {
+                    // Failed just before it was stopped.
+                    Ok(err) => Some(err),
+                    Err(join) if join.is_panic() => Some(task::join_error("controllers", join)),
+                    Err(_) => None,
+                }
+            }
+        };
+        self.metrics.is_active.set(0);
+        self.ready.set(true);
+        failed
     }
 }
 
