@@ -594,8 +594,8 @@ async fn process_app_stops_when_its_agent_is_paused_or_killed() {
     .await;
 }
 
-/// A hand-off (the Lease's preferred holder, as `zen-lead handoff` and the
-/// controller write it) to a follower while the leader's app takes 0.7 s to
+/// `zen-lead handoff --to` a follower (it names the Lease's preferred
+/// holder, as the controller does) while the leader's app takes 0.7 s to
 /// stop: the old agent ends its term at once but clears the Lease only once
 /// its app has exited, so the successor's app never starts beside it.
 #[tokio::test]
@@ -626,18 +626,14 @@ async fn process_hand_off_waits_for_the_old_app_to_exit() {
             follower.metadata.name.as_deref().unwrap_or_default(),
             follower.metadata.uid.as_deref().unwrap_or_default(),
         );
-        let asked = monotonic_ns();
-        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
-            .patch(
-                "handing",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
-                    zen_lead::api::keys::PREFERRED_HOLDER_ANNOTATION: identity}}})),
-            )
-            .await
-            .expect("set the preferred holder");
-        let dir = setup.dir.clone();
         let name = follower.metadata.name.clone().unwrap_or_default();
+        let asked = monotonic_ns();
+        // The operator's command: it returns once the successor's agent
+        // says it leads.
+        let (ok, said) = zen_lead_handoff(&ns, "handing", &["--to", &name]).await;
+        assert!(ok, "zen-lead handoff failed: {said}");
+        assert!(said.contains(&identity) || said.contains(&name), "{said}");
+        let dir = setup.dir.clone();
         let next = eventually(
             "the follower's app to start",
             Duration::from_secs(60),
@@ -664,6 +660,93 @@ async fn process_hand_off_waits_for_the_old_app_to_exit() {
         );
         assert!(stopped <= next.start, "{all:?}");
         assert_no_overlap(&all);
+        setup.done().await;
+    })
+    .await;
+}
+
+/// `zen-lead handoff NAME -n NS [EXTRA]`: whether it succeeded, and what it
+/// printed (stdout and stderr).
+async fn zen_lead_handoff(ns: &str, pool: &str, extra: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .args(["handoff", pool, "-n", ns, "--timeout", "60s"])
+        .args(extra)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run zen-lead handoff: {e}"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// `zen-lead handoff` on a `start` pool: nothing in the leader's pod can
+/// stop its app, so a hand-off would start the successor's app beside it.
+/// The command refuses, says to delete the leader pod instead, and writes
+/// nothing: the Lease keeps its holder and one app runs.
+#[tokio::test]
+async fn handoff_of_a_start_pool_is_refused_and_runs_no_second_app() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "start-handoff", |client, ns| async move {
+        let setup = Setup::new(&client, &ns).await;
+        setup.policy("cold", json!({"activation": "start"})).await;
+        setup
+            .deployment("cold", 2, template("cold", &setup.dir, &[], json!({})))
+            .await;
+        // One app runs and both agents are candidates (a start follower is
+        // not Ready: its app containers wait).
+        let policies: Api<zen_lead::api::LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        let dir = setup.dir.clone();
+        let leader = eventually(
+            "one app running, two candidates",
+            Duration::from_secs(180),
+            || {
+                let policies = policies.clone();
+                let dir = dir.clone();
+                async move {
+                    let p = policies.get("cold").await.map_err(|e| e.to_string())?;
+                    let candidates = p.status.as_ref().and_then(|s| s.candidates).unwrap_or(0);
+                    let open = open_runs(&dir);
+                    if candidates == 2 && open.len() == 1 {
+                        Ok(open[0].name.clone())
+                    } else {
+                        Err(format!("{candidates} candidates, apps running: {open:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(client.clone(), &ns);
+        let before = leases.get("cold").await.expect("Lease");
+
+        let (ok, said) = zen_lead_handoff(&ns, "cold", &[]).await;
+        assert!(!ok, "a start pool was handed off: {said}");
+        assert!(
+            said.contains("start activation")
+                && said.contains(&format!("kubectl delete pod {leader}")),
+            "{said}"
+        );
+        let after = leases.get("cold").await.expect("Lease");
+        assert!(
+            !after
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key(zen_lead::api::keys::PREFERRED_HOLDER_ANNOTATION),
+            "the refused hand-off named a preferred holder"
+        );
+        assert_eq!(
+            after.spec.and_then(|s| s.holder_identity),
+            before.spec.and_then(|s| s.holder_identity)
+        );
+        let open: Vec<String> = open_runs(&setup.dir).into_iter().map(|r| r.name).collect();
+        assert_eq!(open, vec![leader]);
+        assert_no_overlap(&runs(&setup.dir));
         setup.done().await;
     })
     .await;

@@ -31,6 +31,18 @@ pub enum Refusal {
          runs and whose zen-lead.io/candidate condition is True)"
     )]
     NoCandidate { pool: String },
+
+    #[error(
+        "pool {pool}'s leader {pod} runs in start activation: nothing in its pod can stop its \
+         app, so handing over now would run two apps at once. Delete the leader pod instead \
+         (kubectl delete pod {pod} -n {namespace}): its app stops first, then its agent \
+         releases and a follower takes over. Pools in process activation hand over in place"
+    )]
+    StartActivation {
+        pod: String,
+        pool: String,
+        namespace: String,
+    },
 }
 
 /// Why `pod` cannot take over, or `None` when it can. `node_ready` says
@@ -82,6 +94,15 @@ pub fn target<'a>(
     node_ready: &dyn Fn(&str) -> bool,
 ) -> Result<&'a PodView, Refusal> {
     let leads = |p: &PodView| holder.is_some() && p.identity.as_deref() == holder;
+    // A start leader's agent would release at once while its app runs on
+    // until the pod is deleted: the successor's app would start beside it.
+    if let Some(leader) = pods.iter().find(|p| leads(p) && p.start_activation) {
+        return Err(Refusal::StartActivation {
+            pod: leader.name.clone(),
+            pool: pool.to_owned(),
+            namespace: namespace.to_owned(),
+        });
+    }
     if let Some(name) = to {
         let pod = pods
             .iter()
@@ -186,5 +207,30 @@ mod tests {
         // Only the holder: refused.
         let err = pick(&[pod("a")], None).expect_err("no one else");
         assert_eq!(err, Refusal::NoCandidate { pool: "p".into() });
+    }
+
+    #[test]
+    fn a_start_leader_is_never_handed_off_from_since_its_app_would_run_on() {
+        let mut a = pod("a");
+        a.start_activation = true;
+        let mut b = pod("b");
+        b.start_activation = true;
+        let pods = [a, b.clone()];
+        for to in [None, Some("b")] {
+            let err = pick(&pods, to).expect_err("a start leader");
+            assert_eq!(
+                err,
+                Refusal::StartActivation {
+                    pod: "a".into(),
+                    pool: "p".into(),
+                    namespace: "ns".into()
+                }
+            );
+            let text = err.to_string();
+            assert!(text.contains("kubectl delete pod a -n ns"), "{text}");
+        }
+        // No holder yet: nothing runs that could overlap.
+        let none = target(&pods, "p", "ns", None, Some("b"), &ready).map(|p| p.name.as_str());
+        assert_eq!(none, Ok("b"));
     }
 }
