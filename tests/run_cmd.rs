@@ -32,6 +32,8 @@ struct AgentState {
     view: String,
     /// Answer 503 to everything (the agent is restarting).
     down: bool,
+    /// Answer 409 to `/v1/app/hold` (as an agent that cannot count the app).
+    refuse_holds: bool,
     /// Bumped to close every open event stream.
     generation: u64,
 }
@@ -42,6 +44,14 @@ struct FakeAgent {
     watches: Arc<AtomicUsize>,
     /// The path and query of each release request.
     releases: Arc<Mutex<Vec<String>>>,
+    holds: Holds,
+}
+
+/// `/v1/app/hold` requests: asked for, and open now.
+#[derive(Clone, Default)]
+struct Holds {
+    asked: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
 }
 
 const FAILED: &str = "/v1/release?reason=app-failed";
@@ -58,14 +68,26 @@ impl FakeAgent {
         let (state, _) = watch::channel(AgentState {
             view,
             down: false,
+            refuse_holds: false,
             generation: 0,
         });
         let watches = Arc::new(AtomicUsize::new(0));
         let releases = Arc::new(Mutex::new(Vec::new()));
-        let (tx, w, r) = (state.clone(), watches.clone(), releases.clone());
+        let holds = Holds::default();
+        let (tx, w, r, h) = (
+            state.clone(),
+            watches.clone(),
+            releases.clone(),
+            holds.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, tx.subscribe(), w.clone(), r.clone()));
+                let seen = Seen {
+                    watches: w.clone(),
+                    releases: r.clone(),
+                    holds: h.clone(),
+                };
+                tokio::spawn(serve(conn, tx.subscribe(), seen));
             }
         });
         Self {
@@ -73,6 +95,7 @@ impl FakeAgent {
             state,
             watches,
             releases,
+            holds,
         }
     }
 
@@ -99,12 +122,42 @@ impl FakeAgent {
     }
 }
 
-async fn serve(
-    mut conn: TcpStream,
-    mut state: watch::Receiver<AgentState>,
+/// What the fake agent records of the requests it serves.
+struct Seen {
     watches: Arc<AtomicUsize>,
     releases: Arc<Mutex<Vec<String>>>,
-) {
+    holds: Holds,
+}
+
+/// `POST /v1/app/hold` as the agent answers it: `100 Continue` once the
+/// hold is counted, then open until `run` closes the connection.
+async fn serve_hold(mut conn: TcpStream, refuse: bool, holds: &Holds) {
+    holds.asked.fetch_add(1, Ordering::SeqCst);
+    if refuse {
+        let _ = conn
+            .write_all(b"HTTP/1.1 409 Conflict\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        return;
+    }
+    if conn
+        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    holds.open.fetch_add(1, Ordering::SeqCst);
+    let mut buf = [0u8; 256];
+    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+    holds.open.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn serve(mut conn: TcpStream, mut state: watch::Receiver<AgentState>, seen: Seen) {
+    let Seen {
+        watches,
+        releases,
+        holds,
+    } = seen;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -157,6 +210,8 @@ async fn serve(
                 return;
             }
         }
+    } else if request_line.starts_with("POST /v1/app/hold ") {
+        serve_hold(conn, current.refuse_holds, &holds).await;
     } else if request_line.starts_with("GET /v1/leader ") {
         let _ = conn.write_all(plain(&current.view).as_bytes()).await;
     } else if let Some(rest) = request_line.strip_prefix("POST /v1/release") {
@@ -628,4 +683,169 @@ async fn probe_liveness_passes_early_in_the_term() {
     // Readiness has no budget.
     let (code, _) = probe(agent.addr, "readiness", "1h", &["sh", "-c", "exit 4"]).await;
     assert_eq!(code, 4);
+}
+
+#[tokio::test]
+async fn cmd_waits_until_the_agent_confirms_the_hold() {
+    let dir = scratch("hold-refused");
+    let agent = FakeAgent::start(leading(5, Duration::from_secs(60), Duration::from_secs(1))).await;
+    agent.state.send_modify(|s| s.refuse_holds = true);
+    let mut run = spawn_run(&agent, &recording_cmd(&dir, 143));
+    // Retried with a back-off (100, 200, 400 ms ...), never started.
+    common::wait_until("run to ask for a hold three times", PROMPT, || {
+        agent.holds.asked.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert!(
+        lines(&dir.join("started")).is_empty(),
+        "CMD started although the agent did not count it as running"
+    );
+    assert!(still_running(&mut run));
+
+    agent.state.send_modify(|s| s.refuse_holds = false);
+    common::wait_until("CMD to start once the hold is confirmed", PROMPT, || {
+        !lines(&dir.join("started")).is_empty()
+    })
+    .await;
+    assert_eq!(lines(&dir.join("started")), ["5 pool-a pod-1_abcd"]);
+    assert_eq!(agent.holds.open.load(Ordering::SeqCst), 1);
+}
+
+/// A process as `/proc` shows it; `None` when gone.
+fn stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Running (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    stat(pid)
+        .as_deref()
+        .and_then(zen_lead::run::tree::parse_stat)
+        .is_some_and(|e| !e.dead)
+}
+
+/// The live descendants of `pid` now.
+fn descendants_of(pid: u32) -> Vec<i32> {
+    let table: Vec<_> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|d| stat(d.ok()?.file_name().to_str()?.parse().ok()?))
+        .filter_map(|s| zen_lead::run::tree::parse_stat(&s))
+        .collect();
+    zen_lead::run::tree::descendants(i32::try_from(pid).expect("pid"), &table)
+}
+
+/// The process group of `pid`.
+fn pgrp(pid: i32) -> Option<i32> {
+    let stat = stat(pid)?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Kills the `sleep`s whose pids the named files hold when the test ends,
+/// so a failing test leaves nothing behind.
+struct Strays(Vec<PathBuf>);
+
+impl Drop for Strays {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            for pid in lines(file).iter().filter_map(|l| l.parse::<i32>().ok()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("sleep")
+                    && let Some(pid) = rustix::process::Pid::from_raw(pid)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
+/// Shell that starts `sleep 300` in a session of its own (so outside CMD's
+/// process group), writing its pid to `file`; `orphan`: from a subshell that
+/// exits at once, so the sleep's parent is gone too.
+fn setsid_sleep(file: &Path, orphan: bool) -> String {
+    let start = format!(
+        "setsid sh -c 'echo $$ > {f}.tmp; mv {f}.tmp {f}; exec sleep 300' &",
+        f = file.display()
+    );
+    if orphan {
+        format!("( {start} ); ")
+    } else {
+        format!("{start} ")
+    }
+}
+
+#[tokio::test]
+async fn processes_that_left_cmds_group_are_stopped_when_the_term_ends() {
+    let dir = scratch("setsid");
+    let (child, orphan) = (dir.join("child"), dir.join("orphan"));
+    let _strays = Strays(vec![child.clone(), orphan.clone()]);
+    let agent = FakeAgent::start(following()).await;
+    let script = format!(
+        "{}{}{}",
+        setsid_sleep(&child, false),
+        setsid_sleep(&orphan, true),
+        recording_cmd(&dir, 143)
+    );
+    let mut run = spawn_run(&agent, &script);
+    agent.wait_watching().await;
+    agent.say(leading(5, Duration::from_secs(60), Duration::from_secs(5)));
+    common::wait_until("CMD and both sleeps to start", PROMPT, || {
+        !lines(&dir.join("started")).is_empty()
+            && !lines(&child).is_empty()
+            && !lines(&orphan).is_empty()
+    })
+    .await;
+    let pids: Vec<i32> = [&child, &orphan]
+        .iter()
+        .map(|f| lines(f)[0].parse().expect("pid"))
+        .collect();
+    let run_pid = run.id().expect("run pid");
+    let cmd_group = descendants_of(run_pid)
+        .into_iter()
+        .find_map(|p| pgrp(p).filter(|g| *g == p && !pids.contains(&p)))
+        .expect("CMD's process group");
+    for pid in &pids {
+        assert!(alive(*pid), "sleep {pid} is running");
+        assert_ne!(pgrp(*pid), Some(cmd_group), "sleep {pid} left CMD's group");
+        assert!(descendants_of(run_pid).contains(pid), "{pid} under run");
+    }
+
+    agent.say(following());
+    common::wait_until("CMD to stop", PROMPT, || {
+        !lines(&dir.join("stopped")).is_empty()
+    })
+    .await;
+    common::wait_until(
+        "every process CMD started, in its group or not, to be gone",
+        PROMPT,
+        || pids.iter().all(|p| !alive(*p)) && descendants_of(run_pid).is_empty(),
+    )
+    .await;
+    // Leadership ended, not run: it waits for the next term.
+    assert!(still_running(&mut run));
+}
+
+#[tokio::test]
+async fn run_exiting_leaves_no_process_behind() {
+    let dir = scratch("setsid-exit");
+    let daemon = dir.join("daemon");
+    let _strays = Strays(vec![daemon.clone()]);
+    let agent = FakeAgent::start(leading(5, Duration::from_secs(60), Duration::from_secs(5))).await;
+    // CMD starts a process in a session of its own, then completes.
+    let script = format!(
+        "{}while [ ! -s {f} ]; do sleep 0.01; done; exit 0",
+        setsid_sleep(&daemon, false),
+        f = daemon.display()
+    );
+    let mut run = spawn_run(&agent, &script);
+    let status = exit_within(&mut run, PROMPT).await;
+    assert_eq!(status.code(), Some(0));
+    let pid: i32 = lines(&daemon)[0].parse().expect("pid");
+    // Gone by the time run has exited: no waiting here.
+    assert!(!alive(pid), "the process CMD left ({pid}) outlived run");
 }

@@ -127,8 +127,10 @@ pub async fn leader(addr: SocketAddr) -> Result<AgentView, RunError> {
     AgentView::parse(addr, &bytes)
 }
 
-/// How long `run` waits for the agent to count a hold before starting CMD
-/// anyway (an older agent without holds never answers).
+/// How long `run` waits for the agent to count a hold before it gives up
+/// this attempt (and CMD keeps waiting; see `machine`). An agent without
+/// holds never answers, but `run` is copied into the pod from the agent's
+/// own image, so the two are one version.
 const HOLD_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// `POST /v1/app/hold`, kept open while CMD runs: a voluntary release by the

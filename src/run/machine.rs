@@ -7,6 +7,11 @@
 //! term may be over (its deadline passed without a renewal, the agent says
 //! so, a term we did not see begin, or the agent is gone) and SIGKILL no later
 //! than the term's deadline plus the agent's stop grace.
+//!
+//! And CMD starts only once the agent counts it as running (a hold, see
+//! `super::client::hold`), so a voluntary release by the agent waits for it;
+//! while the agent does not confirm, CMD waits and the hold is retried with
+//! a back-off for as long as the term lasts.
 
 use std::time::Duration;
 
@@ -48,6 +53,10 @@ pub enum Input {
     /// CMD (our direct child) exited with this code (128+N for signal N;
     /// 127/126 when it could not be started).
     Exited(i32),
+    /// The agent confirmed the hold asked for by [`Action::Hold`].
+    Held,
+    /// The hold asked for by [`Action::Hold`] failed.
+    HoldFailed,
     Signal(Signal),
     /// The agent's event stream ended or failed.
     StreamBroken,
@@ -81,18 +90,35 @@ pub struct Launch {
     pub identity: String,
 }
 
+/// First pause before asking the agent for a hold again.
+const HOLD_RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between hold attempts.
+const HOLD_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Nothing,
-    /// Start CMD (in its own process group) with these values in its env.
+    /// Ask the agent to count CMD as running; answer [`Input::Held`] or
+    /// [`Input::HoldFailed`].
+    Hold,
+    /// The hold failed: CMD waits; [`Action::Hold`] again at `retry_at`
+    /// unless the term ends first. `first`: the term's first failure.
+    HoldLater {
+        retry_at: Instant,
+        first: bool,
+    },
+    /// Start CMD (in its own process group) with these values in its env;
+    /// the hold is in place.
     Start(Launch),
-    /// SIGTERM to CMD's group now; SIGKILL at `kill_at` unless it exited.
+    /// SIGTERM to CMD's group and every other descendant of `run` now;
+    /// SIGKILL at `kill_at` unless CMD exited (what it leaves is SIGKILLed
+    /// when it exits).
     Stop {
         reason: StopReason,
         kill_at: Instant,
     },
-    /// SIGKILL to CMD's group.
+    /// SIGKILL to CMD's group and every other descendant of `run`.
     Kill,
     /// Pass a signal `run` received on to CMD's group.
     Forward(Signal),
@@ -108,6 +134,15 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Waiting,
+    /// A term to run CMD in; waiting for the agent to confirm the hold.
+    Holding {
+        launch: Launch,
+        deadline: Instant,
+        grace: Duration,
+        /// `None`: a hold was asked for and its answer is due.
+        retry_at: Option<Instant>,
+        backoff: Duration,
+    },
     Running {
         token: Option<i64>,
         deadline: Instant,
@@ -148,6 +183,9 @@ impl Machine {
     pub fn next_wake(&self) -> Option<Instant> {
         match self.phase {
             Phase::Running { deadline, .. } => Some(deadline),
+            Phase::Holding {
+                deadline, retry_at, ..
+            } => Some(retry_at.map_or(deadline, |r| r.min(deadline))),
             Phase::Stopping {
                 kill_at,
                 killed: false,
@@ -158,7 +196,7 @@ impl Machine {
 
     /// CMD is running (or stopping) under this `run`.
     pub fn cmd_alive(&self) -> bool {
-        !matches!(self.phase, Phase::Waiting)
+        matches!(self.phase, Phase::Running { .. } | Phase::Stopping { .. })
     }
 
     /// Handles one input at `now`.
@@ -167,6 +205,8 @@ impl Machine {
             Input::Event(view) => self.event(view, now),
             Input::Timer => self.timer(now),
             Input::Exited(code) => self.exited(code, now),
+            Input::Held => self.held(),
+            Input::HoldFailed => self.hold_failed(now),
             Input::Signal(sig) => {
                 self.exiting = true;
                 if self.cmd_alive() {
@@ -179,8 +219,56 @@ impl Machine {
             Input::StreamBroken => {
                 // A stale view must not start CMD once the stream is back.
                 self.latest = None;
+                if matches!(self.phase, Phase::Holding { .. }) {
+                    self.phase = Phase::Waiting;
+                }
                 self.stop(StopReason::AgentGone, now)
             }
+        }
+    }
+
+    fn held(&mut self) -> Action {
+        match std::mem::replace(&mut self.phase, Phase::Waiting) {
+            Phase::Holding {
+                launch,
+                deadline,
+                grace,
+                retry_at: None,
+                ..
+            } => {
+                self.phase = Phase::Running {
+                    token: launch.token,
+                    deadline,
+                    grace,
+                };
+                Action::Start(launch)
+            }
+            // Not asked for (cannot happen: `run` answers at once): the
+            // caller closes the hold.
+            other => {
+                self.phase = other;
+                Action::Nothing
+            }
+        }
+    }
+
+    fn hold_failed(&mut self, now: Instant) -> Action {
+        match &mut self.phase {
+            Phase::Holding {
+                retry_at: retry @ None,
+                backoff,
+                ..
+            } => {
+                let at = now + *backoff;
+                let first = *backoff == HOLD_RETRY_MIN;
+                *retry = Some(at);
+                *backoff = (*backoff * 2).min(HOLD_RETRY_MAX);
+                Action::HoldLater {
+                    retry_at: at,
+                    first,
+                }
+            }
+            _ => Action::Nothing,
         }
     }
 
@@ -193,16 +281,36 @@ impl Machine {
                 Action::Skip(view.duplicate_of.clone().unwrap_or_default())
             }
             Phase::Waiting if !self.exiting && view.startable(now) => {
-                self.phase = Phase::Running {
-                    token: view.token,
+                self.phase = Phase::Holding {
+                    launch: Launch {
+                        token: view.token,
+                        pool: view.pool.clone(),
+                        identity: view.identity.clone(),
+                    },
                     deadline: view.deadline.unwrap_or(now),
                     grace: view.grace,
+                    retry_at: None,
+                    backoff: HOLD_RETRY_MIN,
                 };
-                Action::Start(Launch {
-                    token: view.token,
-                    pool: view.pool.clone(),
-                    identity: view.identity.clone(),
-                })
+                Action::Hold
+            }
+            Phase::Holding {
+                launch,
+                deadline,
+                grace,
+                ..
+            } => {
+                if view.startable(now) && view.token == launch.token {
+                    // A renewal of the term CMD waits to start in.
+                    *deadline = view.deadline.unwrap_or(now);
+                    *grace = view.grace;
+                    Action::Nothing
+                } else {
+                    // That term is over before CMD started: nothing to
+                    // stop; a newer term starts over.
+                    self.phase = Phase::Waiting;
+                    return self.event(view, now);
+                }
             }
             Phase::Running {
                 token,
@@ -236,6 +344,17 @@ impl Machine {
 
     fn timer(&mut self, now: Instant) -> Action {
         match &mut self.phase {
+            Phase::Holding { deadline, .. } if now >= *deadline => {
+                self.phase = Phase::Waiting;
+                Action::Nothing
+            }
+            Phase::Holding {
+                retry_at: retry @ Some(_),
+                ..
+            } if retry.is_some_and(|at| now >= at) => {
+                *retry = None;
+                Action::Hold
+            }
             Phase::Running { deadline, .. } if now >= *deadline => {
                 self.stop(StopReason::DeadlinePassed, now)
             }
@@ -280,6 +399,11 @@ impl Machine {
             Phase::Running { .. } => Action::ReleaseAndExit(code, ReleaseReason::AppFailed),
             // We stopped it (or it was not running): wait for the next term,
             // which may already be here.
+            // Not CMD's (none runs): another child of `run`.
+            phase @ Phase::Holding { .. } => {
+                self.phase = phase;
+                Action::Nothing
+            }
             Phase::Stopping { .. } | Phase::Waiting => match self.latest.take() {
                 Some(view) => self.event(view, now),
                 None => Action::Nothing,
@@ -338,9 +462,38 @@ mod tests {
     fn running(t0: Instant) -> Machine {
         let mut m = Machine::new();
         assert_eq!(
-            m.handle(Input::Event(leading(7, t0 + secs(10))), t0),
+            started(&mut m, Input::Event(leading(7, t0 + secs(10))), t0),
             launch(7)
         );
+        m
+    }
+
+    /// Feeds `input`, which must ask for a hold, then confirms the hold;
+    /// returns the action after the confirmation.
+    fn started(m: &mut Machine, input: Input, at: Instant) -> Action {
+        assert_eq!(
+            m.handle(input, at),
+            Action::Hold,
+            "a hold before CMD starts"
+        );
+        m.handle(Input::Held, at)
+    }
+
+    /// A machine waiting for the agent to confirm a hold for term 7 (until
+    /// `t0 + 10s`), asked at `t0`.
+    fn holding(t0: Instant) -> Machine {
+        let mut m = Machine::new();
+        assert_eq!(
+            m.handle(Input::Event(leading(7, t0 + secs(10))), t0),
+            Action::Hold
+        );
+        m
+    }
+
+    /// [`holding`] whose first hold failed at `t0`.
+    fn refused(t0: Instant) -> Machine {
+        let mut m = holding(t0);
+        m.handle(Input::HoldFailed, t0);
         m
     }
 
@@ -386,12 +539,103 @@ mod tests {
                 None,
             ),
             (
-                "leading with a future deadline starts CMD with the term's token",
+                "leading with a future deadline asks the agent for a hold first",
                 Machine::new(),
                 Input::Event(leading(7, t0 + secs(10))),
                 t0,
+                Action::Hold,
+                Some(t0 + secs(10)),
+            ),
+            (
+                "the hold confirmed starts CMD with the term's token",
+                holding(t0),
+                Input::Held,
+                t0,
                 launch(7),
                 Some(t0 + secs(10)),
+            ),
+            (
+                "a failed hold does not start CMD; retried after a back-off",
+                holding(t0),
+                Input::HoldFailed,
+                t0,
+                Action::HoldLater {
+                    retry_at: t0 + HOLD_RETRY_MIN,
+                    first: true,
+                },
+                Some(t0 + HOLD_RETRY_MIN),
+            ),
+            (
+                "the hold is asked for again at the retry time",
+                refused(t0),
+                Input::Timer,
+                t0 + HOLD_RETRY_MIN,
+                Action::Hold,
+                Some(t0 + secs(10)),
+            ),
+            (
+                "an early timer while waiting to retry does nothing",
+                refused(t0),
+                Input::Timer,
+                t0,
+                Action::Nothing,
+                Some(t0 + HOLD_RETRY_MIN),
+            ),
+            (
+                "the term ending before the hold is confirmed: nothing runs, nothing to stop",
+                refused(t0),
+                Input::Event(following()),
+                t0 + secs(1),
+                Action::Nothing,
+                None,
+            ),
+            (
+                "the deadline passing while waiting for a hold ends the wait",
+                holding(t0),
+                Input::Timer,
+                t0 + secs(10),
+                Action::Nothing,
+                None,
+            ),
+            (
+                "a renewal while waiting for a hold moves the deadline",
+                refused(t0),
+                Input::Event(leading(7, t0 + secs(20))),
+                t0 + secs(1),
+                Action::Nothing,
+                Some(t0 + HOLD_RETRY_MIN),
+            ),
+            (
+                "a newer term while waiting for a hold asks for one in that term",
+                refused(t0),
+                Input::Event(leading(8, t0 + secs(20))),
+                t0 + secs(1),
+                Action::Hold,
+                Some(t0 + secs(20)),
+            ),
+            (
+                "the stream breaking while waiting for a hold ends the wait",
+                refused(t0),
+                Input::StreamBroken,
+                t0,
+                Action::Nothing,
+                None,
+            ),
+            (
+                "a signal while waiting for a hold exits 0 at once",
+                refused(t0),
+                Input::Signal(Signal::TERM),
+                t0,
+                Action::Exit(0),
+                Some(t0 + HOLD_RETRY_MIN),
+            ),
+            (
+                "another child exiting while waiting for a hold changes nothing",
+                refused(t0),
+                Input::Exited(0),
+                t0,
+                Action::Nothing,
+                Some(t0 + HOLD_RETRY_MIN),
             ),
             (
                 "a renewal moves the deadline",
@@ -542,6 +786,42 @@ mod tests {
     }
 
     #[test]
+    fn hold_retries_back_off_to_a_cap_and_warn_once() {
+        let t0 = Instant::now();
+        let mut m = Machine::new();
+        assert_eq!(
+            m.handle(Input::Event(leading(7, t0 + secs(60))), t0),
+            Action::Hold
+        );
+        let mut now = t0;
+        let mut pauses = Vec::new();
+        for attempt in 0..7 {
+            let Action::HoldLater { retry_at, first } = m.handle(Input::HoldFailed, now) else {
+                panic!("attempt {attempt}: a failed hold waits");
+            };
+            assert_eq!(first, attempt == 0, "attempt {attempt}");
+            pauses.push(retry_at - now);
+            now = retry_at;
+            assert_eq!(m.handle(Input::Timer, now), Action::Hold);
+        }
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            pauses,
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(2000),
+                ms(2000)
+            ]
+        );
+        // Confirmed at last: CMD starts in the same term.
+        assert_eq!(m.handle(Input::Held, now), launch(7));
+    }
+
+    #[test]
     fn sigkill_follows_at_kill_time_once() {
         let t0 = Instant::now();
         let mut m = running(t0);
@@ -563,7 +843,7 @@ mod tests {
             Action::Nothing
         );
         // CMD stopped for loss of leadership: no exit; the newer term starts it.
-        assert_eq!(m.handle(Input::Exited(143), t0 + secs(3)), launch(8));
+        assert_eq!(started(&mut m, Input::Exited(143), t0 + secs(3)), launch(8));
         assert_eq!(m.next_wake(), Some(t0 + secs(30)));
     }
 
@@ -575,7 +855,11 @@ mod tests {
         assert_eq!(m.handle(Input::Exited(143), t0 + secs(2)), Action::Nothing);
         assert!(!m.cmd_alive());
         assert_eq!(
-            m.handle(Input::Event(leading(9, t0 + secs(30))), t0 + secs(3)),
+            started(
+                &mut m,
+                Input::Event(leading(9, t0 + secs(30))),
+                t0 + secs(3)
+            ),
             launch(9)
         );
     }
@@ -587,7 +871,11 @@ mod tests {
         m.handle(Input::StreamBroken, t0 + secs(1));
         assert_eq!(m.handle(Input::Exited(143), t0 + secs(2)), Action::Nothing);
         assert_eq!(
-            m.handle(Input::Event(leading(7, t0 + secs(30))), t0 + secs(3)),
+            started(
+                &mut m,
+                Input::Event(leading(7, t0 + secs(30))),
+                t0 + secs(3)
+            ),
             launch(7)
         );
     }
@@ -646,7 +934,7 @@ mod tests {
         let mut m = Machine::new();
         assert_eq!(m.handle(Input::Event(following()), now), Action::Nothing);
         assert!(matches!(
-            m.handle(Input::Event(leading(4, now + secs(5))), now),
+            started(&mut m, Input::Event(leading(4, now + secs(5))), now),
             Action::Start(_)
         ));
     }

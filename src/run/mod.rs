@@ -10,11 +10,17 @@
 //! left). CMD's own exit is recognised there by its pid, so CMD is spawned
 //! with `std::process` and never awaited through tokio (whose wait would
 //! race the reaper for the status).
+//!
+//! Stopping: signals go to CMD's process group and to every other
+//! descendant of `run` ([`tree`]), so a process that left the group
+//! (setsid, setpgid) is stopped with it; once CMD has exited, whatever it
+//! left is SIGKILLed before the hold is dropped or `run` exits.
 
 pub mod client;
 pub mod machine;
 pub mod probe;
 pub mod sse;
+pub mod tree;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +29,7 @@ use http_body_util::BodyExt;
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use rustix::process::{Pid, Signal, WaitOptions, kill_process_group};
+use tokio::net::TcpStream;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -291,8 +298,15 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
     let mut signals = Signals::new()?;
     // Orphans of CMD come to us even when we are not PID 1 (a pod with
     // shareProcessNamespace), so the reaper below sees them either way.
-    if let Err(err) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-        tracing::debug!("could not become a child subreaper: {err}");
+    let me = rustix::process::getpid();
+    if let Err(err) = rustix::process::set_child_subreaper(Some(me)) {
+        // As PID 1 orphans come to us anyway.
+        if me.as_raw_nonzero().get() != 1 {
+            warn!(
+                "could not become a child subreaper ({err}): a process whose parent exits escapes \
+                 run, so it is not stopped when the term ends"
+            );
+        }
     }
     let (tx, mut feed) = mpsc::channel(16);
     tokio::spawn(follow(args.agent_addr, args.reconnect_max, tx));
@@ -304,6 +318,8 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
     // Open while CMD runs (see `client::hold`).
     let mut hold: Option<tokio::net::TcpStream> = None;
     let mut next: Option<Input> = None;
+    // Why the last hold failed, for the log line.
+    let mut refused: Option<RunError> = None;
     loop {
         let input = match next.take() {
             Some(input) => input,
@@ -316,30 +332,82 @@ pub async fn run(args: &RunArgs) -> Result<(), RunError> {
                 }
             }
         };
-        match machine.handle(input, Instant::now()) {
+        let held = input == Input::Held;
+        let action = machine.handle(input, Instant::now());
+        if held && !matches!(action, Action::Start(_)) {
+            // Confirmed for a term that ended before CMD could start.
+            drop(hold.take());
+        }
+        match action {
             Action::Nothing => {}
+            Action::Hold => next = Some(ask_hold(args.agent_addr, &mut hold, &mut refused).await),
+            Action::HoldLater { retry_at, first } => hold_waits(refused.take(), retry_at, first),
             Action::Start(launch) => {
-                next = start_cmd(args, &launch, &mut cmd, &mut hold).await;
+                next = start_cmd(args, &launch, &mut cmd, &mut hold);
             }
             Action::Stop { reason, kill_at } => {
                 warn!(
                     "stopping CMD: {reason} (SIGTERM now, SIGKILL in {:?} if it is still running)",
                     kill_at.saturating_duration_since(Instant::now())
                 );
-                signal_group(cmd, Signal::TERM);
+                tree::signal_all(cmd, Signal::TERM);
             }
             Action::Kill => {
-                warn!("CMD did not exit within the stop grace; SIGKILL to its process group");
-                signal_group(cmd, Signal::KILL);
+                warn!(
+                    "CMD did not exit within the stop grace; SIGKILL to it and every process it started"
+                );
+                tree::signal_all(cmd, Signal::KILL);
             }
             Action::Forward(sig) => signal_group(cmd, sig),
             Action::Exit(code) => {
                 info!(code, "exiting");
-                std::process::exit(code);
+                exit(cmd, code).await;
             }
-            Action::Skip(job) => skip_run(&job),
+            Action::Skip(job) => skip_run(&job).await,
             Action::ReleaseAndExit(code, reason) => release_and_exit(args, code, reason).await,
         }
+    }
+}
+
+/// Exits `run` with `code`, leaving no process behind even where `run` is
+/// not PID 1 (whose exit would have the kernel kill the rest).
+async fn exit(cmd: Option<Pid>, code: i32) -> ! {
+    tree::kill_all(cmd).await;
+    std::process::exit(code);
+}
+
+/// Asks the agent to count CMD as running; the machine's answer (`refused`:
+/// why not).
+async fn ask_hold(
+    addr: SocketAddr,
+    hold: &mut Option<TcpStream>,
+    refused: &mut Option<RunError>,
+) -> Input {
+    match client::hold(addr).await {
+        Ok(stream) => {
+            drop(hold.replace(stream));
+            Input::Held
+        }
+        Err(err) => {
+            *refused = Some(err);
+            Input::HoldFailed
+        }
+    }
+}
+
+/// Says why CMD does not start yet: warns once per term, then debug.
+fn hold_waits(refused: Option<RunError>, retry_at: Instant, first: bool) {
+    let why = refused.map_or_else(|| "no answer".to_owned(), |e| e.to_string());
+    let retry = retry_at.saturating_duration_since(Instant::now());
+    if first {
+        warn!(
+            "this pod leads, but CMD waits: the agent did not confirm that it counts CMD as \
+             running ({why}), and without that a voluntary release of the Lease would not wait \
+             for CMD to stop, so the next leader's app could overlap it; asking again in \
+             {retry:?} and on, for as long as the term lasts"
+        );
+    } else {
+        tracing::debug!(?retry, "the agent still does not confirm the hold ({why})");
     }
 }
 
@@ -363,9 +431,9 @@ async fn wait_input(
             Woken::Signal(sig) => Input::Signal(sig),
             Woken::Child => match reap(*cmd) {
                 Some(code) => {
-                    // Leftovers of CMD's group must not outlive it:
-                    // they may still act for a term that is over.
-                    signal_group(cmd.take(), Signal::KILL);
+                    // What CMD left (in its group or not) must not outlive
+                    // it: it may still act for a term that is over.
+                    tree::kill_all(cmd.take()).await;
                     // Only now may the agent release.
                     drop(hold.take());
                     Input::Exited(code)
@@ -377,20 +445,14 @@ async fn wait_input(
     Some(input)
 }
 
-/// Starts CMD for a term, holding the agent's running-app count while it
-/// runs; returns the exit to feed back when it could not start.
-async fn start_cmd(
+/// Starts CMD for a term (the agent's hold is in place); returns the exit
+/// to feed back when it could not start.
+fn start_cmd(
     args: &RunArgs,
     launch: &Launch,
     cmd: &mut Option<Pid>,
     hold: &mut Option<tokio::net::TcpStream>,
 ) -> Option<Input> {
-    match client::hold(args.agent_addr).await {
-        Ok(stream) => drop(hold.replace(stream)),
-        // The term still bounds CMD; only a voluntary release
-        // would not wait for it.
-        Err(err) => warn!("the agent did not count CMD as running ({err})"),
-    }
     let started = start(&args.command, launch);
     match started {
         Ok(pid) => {
@@ -406,7 +468,7 @@ async fn start_cmd(
 }
 
 /// Completes without running CMD: this scheduled time already ran.
-fn skip_run(job: &str) -> ! {
+async fn skip_run(job: &str) -> ! {
     let message = format!(
         "{SKIPPED_RUN_MARKER}: Job {job} already ran this scheduled time in the pool \
          (scheduledRuns: once); the command was not run"
@@ -416,7 +478,7 @@ fn skip_run(job: &str) -> ! {
     if let Err(err) = std::fs::write(TERMINATION_LOG, &message) {
         warn!("could not write {TERMINATION_LOG}: {err}");
     }
-    std::process::exit(0);
+    exit(None, 0).await
 }
 
 /// CMD ended while this pod leads: asks the agent to hand leadership on
@@ -445,5 +507,5 @@ async fn release_and_exit(args: &RunArgs, code: i32, reason: ReleaseReason) -> !
             args.release_timeout
         ),
     }
-    std::process::exit(code);
+    exit(None, code).await
 }
