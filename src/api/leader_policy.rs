@@ -160,6 +160,17 @@ pub struct LeaderPolicySpec {
     /// timings and owner, and deleting the policy deletes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt_existing_lease: bool,
+
+    /// `api` pools: seconds the leader's app containers may be failing (not
+    /// Ready, or restarting) before the controller asks the leader to hand
+    /// over to a follower whose app is Ready. The leader's agent releases
+    /// the Lease and that follower takes over at once. Without a Ready
+    /// follower the leader keeps the Lease (an Event says so). Unset: the
+    /// lease duration. 0: never hand over for it. `start` and `process`
+    /// pools are not affected (`process` releases when the app exits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub app_failure_grace_seconds: Option<i32>,
 }
 
 /// Whether a scheduled time runs once per pool.
@@ -189,6 +200,7 @@ impl Default for LeaderPolicySpec {
             scheduled_runs: ScheduledRuns::default(),
             server_side_fencing: None,
             adopt_existing_lease: false,
+            app_failure_grace_seconds: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 pub use super::api_error::{ReconcileError, api_err, is_status};
 use super::decide::ScaleOutcome;
+use super::decide::app_failure::AppWatch;
 use super::fencing::Fencing;
 use super::metrics::Metrics;
 use super::queue::PoolKey;
@@ -80,6 +81,8 @@ pub struct PoolMemory {
     pub deposed_since: HashMap<String, Instant>,
     /// Pods (by UID) whose skipped scheduled run was reported on their Job.
     pub skipped_reported: BTreeSet<String>,
+    /// The holder's app, followed for an `api` leader whose app fails.
+    pub app_watch: Option<AppWatch>,
 }
 
 /// Shared state of the reconcilers.

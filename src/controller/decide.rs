@@ -15,8 +15,10 @@ use crate::api::keys::{
 };
 use crate::contract::{AGENT_CONTAINER, agent_env};
 
+pub mod app_failure;
 pub mod fencing;
 mod status;
+pub use app_failure::AppHealth;
 pub use status::{PolicyProblem, StatusInput, status};
 
 /// What the controller needs to know about one pool pod.
@@ -66,6 +68,9 @@ pub struct PodView {
     pub revision: Option<String>,
     /// `metadata.creationTimestamp`, in seconds.
     pub created: Option<i64>,
+    /// Whether the app containers (every container but the agent) are
+    /// Ready, and when the latest of them started.
+    pub app: AppHealth,
 }
 
 impl PodView {
@@ -139,6 +144,7 @@ impl PodView {
                 .is_some_and(|c| c.status == "True"),
             revision: label("pod-template-hash").or_else(|| label("controller-revision-hash")),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+            app: AppHealth::of(pod),
             name,
             uid,
         }
@@ -969,6 +975,11 @@ pub(crate) mod fixtures {
             ready: true,
             revision: None,
             created: None,
+            app: AppHealth {
+                ready: true,
+                started: Some(0),
+                problem: None,
+            },
         }
     }
 }

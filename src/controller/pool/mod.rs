@@ -32,16 +32,19 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::context::{Context, ReconcileError, now_time};
+use super::context::{Context, ReconcileError, api_err, is_status, now_time};
+use super::decide::app_failure::{self, AppInput, AppVerdict};
 use super::decide::{self, Failover, LeaseView, PodView, PolicyProblem, StatusInput};
 use super::fencing::{self, FencingState};
 use super::queue::PoolKey;
 use super::rbac;
+use crate::api::keys::PREFERRED_HOLDER_ANNOTATION;
 use crate::api::{FollowerMode, LeaderPolicy};
 use report::{holder_pod_name, pod_ref};
 
@@ -203,7 +206,8 @@ struct LeasePhase {
     policy_ready: Result<(), PolicyProblem>,
     lease: Option<Lease>,
     view: Option<LeaseView>,
-    /// When a deposed `start` leader falls due.
+    /// When a deposed `start` leader falls due, or a failing leader app's
+    /// grace runs out.
     wake: Option<Duration>,
     fencing: FencingState,
 }
@@ -225,8 +229,8 @@ async fn lease_phase(
     let mut view = lease.as_ref().map(|l| lease::view(ctx, key, l));
     let mut wake = None;
     if let (Some(lv), Some(l)) = (view.as_mut(), lease.as_ref()) {
-        failover(ctx, key, policy, views, lv, l).await?;
-        wake = deposed(ctx, key, policy, views, lv).await?;
+        let app_wake = failover(ctx, key, policy, views, lv, l).await?;
+        wake = plan::earliest(app_wake, deposed(ctx, key, policy, views, lv).await?);
     }
     Ok(LeasePhase {
         policy_ready,
@@ -330,7 +334,9 @@ async fn report_not_managed(ctx: &Context, policy: &LeaderPolicy, problem: &Poli
 }
 
 /// Fast failover: a holder that cannot renew (its pod gone, its node
-/// NotReady) is cleared; a terminating holder is asked to hand over.
+/// NotReady) is cleared; a terminating holder, or an `api` holder whose app
+/// has been failing for the policy's grace, is asked to hand over. Returns
+/// when to look again for that grace.
 async fn failover(
     ctx: &Context,
     key: &PoolKey,
@@ -338,7 +344,7 @@ async fn failover(
     views: &[PodView],
     lv: &mut LeaseView,
     lease: &Lease,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<Duration>, ReconcileError> {
     let node_ready = |n: &str| ctx.cache.node_ready(n);
     let holder_pod = decide::holder_pod(lv, views);
     let strategy = policy.spec.identity_strategy;
@@ -346,7 +352,21 @@ async fn failover(
         && lease::holder_confirmed_gone(ctx, key, strategy, lv).await?;
     let holder = lv.holder.clone().unwrap_or_default();
     match decide::failover(lv, holder_pod, views, &node_ready, confirmed_gone) {
-        Failover::Nothing => {}
+        Failover::Nothing => {
+            let verdict = {
+                let input = AppInput {
+                    lease: lv,
+                    holder: holder_pod,
+                    pods: views,
+                    node_ready: &node_ready,
+                    grace: app_failure::grace(&policy.spec),
+                };
+                ctx.with_memory(key, |m| {
+                    app_failure::judge(&mut m.app_watch, &input, Instant::now())
+                })
+            };
+            return app_failing(ctx, key, policy, views, lv, lease, verdict).await;
+        }
         Failover::Expire { why } => {
             if lease::expire(ctx, key, lease).await? {
                 ctx.metrics.lease_expiries.inc();
@@ -376,7 +396,116 @@ async fn failover(
             }
         }
     }
-    Ok(())
+    ctx.with_memory(key, |m| m.app_watch = None);
+    Ok(None)
+}
+
+/// Acts on [`app_failure::judge`]'s verdict about the holder's app: a
+/// hand-off to a Ready follower (performed by the holder's own agent; the
+/// Lease is never cleared for this), or an Event that none is Ready.
+async fn app_failing(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+    lv: &mut LeaseView,
+    lease: &Lease,
+    verdict: AppVerdict,
+) -> Result<Option<Duration>, ReconcileError> {
+    let holder = lv.holder.clone().unwrap_or_default();
+    let pod_of = |identity: &str| {
+        views
+            .iter()
+            .find(|p| p.identity.as_deref() == Some(identity))
+            .map_or_else(|| identity.to_owned(), |p| p.name.clone())
+    };
+    let holder_name =
+        decide::holder_pod(lv, views).map_or_else(|| pod_of(&holder), |p| p.name.clone());
+    let related = Some(pod_ref(&key.namespace, &holder_name, None));
+    match verdict {
+        AppVerdict::Wait(wake) => return Ok(wake.map(|w| w + plan::WAKE_MARGIN)),
+        AppVerdict::HandOff {
+            to,
+            failing_for,
+            problem,
+        } => {
+            if lease::hand_off(ctx, key, lease, &to).await? {
+                let successor = pod_of(&to);
+                let note = format!(
+                    "leader {holder_name}'s app not Ready for {}s ({problem}); handing over to \
+                     {successor}, whose app is Ready",
+                    failing_for.as_secs()
+                );
+                info!(pool = %key, holder = %holder, successor = %to, "{note}");
+                report::on_policy(
+                    ctx,
+                    policy,
+                    EventType::Warning,
+                    app_failure::APP_NOT_READY,
+                    "HandOff",
+                    note,
+                    related,
+                )
+                .await;
+                lv.preferred = Some(to);
+            }
+        }
+        AppVerdict::ClearPreferred => {
+            if clear_preferred(ctx, key, lease).await? {
+                info!(pool = %key, holder = %holder, "removed a preferred holder the leader does not act on, to name it again");
+                lv.preferred = None;
+            }
+        }
+        AppVerdict::NoReadyFollower {
+            failing_for,
+            problem,
+            report,
+        } => {
+            if report {
+                let note = format!(
+                    "leader {holder_name}'s app not Ready for {}s ({problem}); no follower's app \
+                     is Ready, so it keeps the Lease; it hands over once one is",
+                    failing_for.as_secs()
+                );
+                tracing::warn!(pool = %key, holder = %holder, "{note}");
+                report::on_policy(
+                    ctx,
+                    policy,
+                    EventType::Warning,
+                    app_failure::APP_NOT_READY,
+                    "HandOff",
+                    note,
+                    related,
+                )
+                .await;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Removes `zen-lead.io/preferred-holder` by compare-and-swap on the version
+/// read; `false` on a conflict (the next pass sees the newer Lease).
+async fn clear_preferred(
+    ctx: &Context,
+    key: &PoolKey,
+    lease: &Lease,
+) -> Result<bool, ReconcileError> {
+    let mut next = lease.clone();
+    if let Some(annotations) = next.metadata.annotations.as_mut() {
+        annotations.remove(PREFERRED_HOLDER_ANNOTATION);
+    }
+    let api: Api<Lease> = ctx.api(key);
+    match api.replace(&key.name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_status(&err, 409) => Ok(false),
+        Err(err) => Err(api_err(
+            "clear the preferred holder of",
+            "Lease",
+            &key.namespace,
+            &key.name,
+        )(err)),
+    }
 }
 
 /// Deposed `start` leaders, whose app runs beside the successor's: deleted

@@ -162,7 +162,7 @@ pub const DEPOSED_GRACE: Duration = Duration::from_secs(3);
 
 /// Margin added to every wake-up, so the pass runs after the moment it waits
 /// for, not just before.
-const WAKE_MARGIN: Duration = Duration::from_millis(100);
+pub(crate) const WAKE_MARGIN: Duration = Duration::from_millis(100);
 
 /// Deposed `start` leaders: keeps `since` (pod UID → first seen deposed) to
 /// the pods deposed now, and returns the UIDs due for deletion and when the
