@@ -151,12 +151,12 @@ pub fn classify(
         }
         return Ok(Verdict::Read);
     }
-    if is_dry_run(query) {
-        return Ok(Verdict::NotPersisted);
-    }
     let Some(group) = target.group else {
         return Ok(Verdict::Write);
     };
+    if *method != Method::DELETE && is_dry_run(query) {
+        return Ok(Verdict::NotPersisted);
+    }
     if *method == Method::POST && not_persisted(group, &target) {
         return Ok(Verdict::NotPersisted);
     }
@@ -204,13 +204,66 @@ fn not_persisted(group: &str, target: &Target<'_>) -> bool {
     )
 }
 
-/// `dryRun=All`: the API server runs admission and validation but stores
-/// nothing.
+/// `dryRun=All`, as the API server reads it: the API server runs admission
+/// and validation but stores nothing. Only what the API server certainly
+/// takes for a dry run counts, since anything else it stores:
+/// - it reads the query with Go's `url.ParseQuery` (pairs split at `&`; a
+///   pair containing `;` or an invalid `%` escape is dropped; `+` is a
+///   space, `%XX` a byte) into `metav1.*Options`, whose `dryRun` key is
+///   matched exactly: `dryrun=All` or `DryRun=All` is an unknown key,
+///   ignored, and the write is stored;
+/// - every `dryRun` value must be `All` (`dryRun=All&dryRun=All` is a dry
+///   run; any other value is refused with 400, so it is not counted here);
+/// - a DELETE reads its options from the body when it has one and ignores
+///   the query then (the caller never counts a DELETE), and a path that is
+///   not a resource's is not judged by the API server's handlers at all.
 fn is_dry_run(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.eq_ignore_ascii_case("dryRun=All"))
-    })
+    let Some(query) = query else {
+        return false;
+    };
+    let mut values = 0usize;
+    for pair in query.split('&') {
+        if pair.is_empty() || pair.contains(';') {
+            continue;
+        }
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(key), Some(value)) = (query_unescape(key), query_unescape(value)) else {
+            continue;
+        };
+        if key == b"dryRun" {
+            if value != b"All" {
+                return false;
+            }
+            values += 1;
+        }
+    }
+    values > 0
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` the byte XX; `None` for
+/// a `%` not followed by two hex digits (Go drops that pair).
+fn query_unescape(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let digit = |j: usize| bytes.get(j).and_then(|b| (*b as char).to_digit(16));
+                out.push(u8::try_from(digit(i + 1)? * 16 + digit(i + 2)?).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 fn parse(path: &str) -> Result<Target<'_>, BadPath> {
@@ -685,6 +738,83 @@ mod tests {
                     "{method} {path} (exempt {exempt:?}): got {got}, want {want}"
                 ));
             }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// `dryRun` exactly as the API server parses it (Go's `url.ParseQuery`,
+    /// then `metav1.*Options` and `ValidateDryRun`): a dry run only when it
+    /// certainly is one, since the API server stores everything else. Each
+    /// row says what the API server does with the write.
+    #[test]
+    fn dry_run_is_read_as_the_api_server_reads_it() {
+        let cm = "/api/v1/namespaces/shop/configmaps";
+        let rows: &[(&str, &str, &str)] = &[
+            // Dry runs: every `dryRun` value is `All`.
+            ("POST", "dryRun=All", "not-persisted"),
+            ("PUT", "fieldManager=x&dryRun=All", "not-persisted"),
+            ("PATCH", "dryRun=All&dryRun=All", "not-persisted"),
+            ("POST", "&&dryRun=All&", "not-persisted"),
+            // Go decodes keys and values: these are `dryRun=All` too.
+            ("POST", "dry%52un=All", "not-persisted"),
+            ("POST", "dryRun=%41ll", "not-persisted"),
+            ("POST", "dryRun=%41%6c%6C", "not-persisted"),
+            // A pair Go drops (`;`, a bad escape) leaves the others.
+            ("POST", "a=b;c&dryRun=All", "not-persisted"),
+            ("POST", "x=%zz&dryRun=All", "not-persisted"),
+            // Stored: the key is matched exactly, so these are unknown keys
+            // the API server ignores.
+            ("POST", "dryrun=All", "write"),
+            ("POST", "DryRun=All", "write"),
+            ("POST", "DRYRUN=ALL", "write"),
+            ("POST", "dryRun%3DAll", "write"),
+            ("POST", "dry+Run=All", "write"),
+            ("POST", "dry%20Run=All", "write"),
+            ("POST", "%64ryRun=Al", "write"),
+            // Stored: the pair is dropped (`;` in it, a bad escape).
+            ("POST", "dryRun=All;x=y", "write"),
+            ("POST", "x=y;dryRun=All", "write"),
+            ("POST", "dryRun=All%", "write"),
+            ("POST", "dryRun=All%4", "write"),
+            ("POST", "dryRun=%+41ll", "write"),
+            ("POST", "dry%5=All", "write"),
+            // Refused (400) or stored: not every value is `All`.
+            ("POST", "dryRun=all", "write"),
+            ("POST", "dryRun=ALL", "write"),
+            ("POST", "dryRun=All+", "write"),
+            ("POST", "dryRun=All%20", "write"),
+            ("POST", "dryRun= All", "write"),
+            ("POST", "dryRun=", "write"),
+            ("POST", "dryRun", "write"),
+            ("POST", "dryRun=None", "write"),
+            ("POST", "dryRun=All&dryRun=None", "write"),
+            ("POST", "dryRun=None&dryRun=All", "write"),
+            ("POST", "dryRun=All&dry%52un=x", "write"),
+            ("POST", "", "write"),
+            // A DELETE with a body (client-go and kube-rs always send one)
+            // takes its options from the body and ignores the query.
+            ("DELETE", "dryRun=All", "write"),
+        ];
+        let mut failures = Vec::new();
+        for (method, query, want) in rows {
+            let got = verdict(method, &format!("{cm}/a?{query}"), "");
+            if got != *want {
+                failures.push(format!("{method} ?{query}: got {got}, want {want}"));
+            }
+        }
+        // Not a resource's path: no handler of the API server's parses it.
+        let got = verdict("POST", "/some/extension?dryRun=All", "");
+        if got != "write" {
+            failures.push(format!("POST /some/extension?dryRun=All: got {got}"));
+        }
+        // A dry run of an exempt class stays a dry run (passes either way).
+        let got = verdict(
+            "POST",
+            "/api/v1/namespaces/shop/events?dryRun=All",
+            "events",
+        );
+        if got != "not-persisted" {
+            failures.push(format!("POST events?dryRun=All: got {got}"));
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
