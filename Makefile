@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help prereqs build image push crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing test chaos demo lint cluster-up cluster-down certs
+.PHONY: help prereqs build image push crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing bench-memory test chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -112,6 +112,14 @@ ROUNDS ?= 20
 bench-takeover: cluster-up ## Delete the leader -> successor's app started: process vs start on the real node, p50/p99
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(ROUNDS) $(CARGO) test --locked --test process bench_takeover_process_vs_start -- --ignored --nocapture
 
+# WORKLOADS, TEMPLATE_BYTES: the other tenant's Deployments and the size of
+# each one's pod template (1000 x 1 MiB writes about 1 GiB into etcd).
+WORKLOADS ?= 1000
+TEMPLATE_BYTES ?= 1048576
+bench-memory: cluster-up ## Controller memory with WORKLOADS large Deployments of another tenant in scope vs without
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_WORKLOADS=$(WORKLOADS) ZEN_LEAD_BENCH_TEMPLATE_BYTES=$(TEMPLATE_BYTES) \
+	  $(CARGO) test --locked --test controller_memory -- --ignored --nocapture
+
 bench-fencing: cluster-up ## Server-side fencing: admission latency of a pool leader's and an outside pod's writes, policy on vs off, p50/p99
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(or $(FENCING_ROUNDS),6) $(CARGO) test --locked --test fencing bench_fencing_admission_latency -- --ignored --nocapture
 
@@ -142,7 +150,7 @@ FAULTS ?= 300
 chaos: cluster-up ## Faults on the real node vs. a client-go peer; no two active replicas (table: target/overlap-report.md)
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_OVERLAP_FAULTS=$(FAULTS) $(CARGO) test --locked --test overlap -- --nocapture
 
-bench: bench-webhook bench-election bench-controller bench-gate bench-takeover bench-fencing ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
+bench: bench-webhook bench-election bench-controller bench-gate bench-takeover bench-fencing bench-memory ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
 demo: cluster-up ## Local cluster + zen-lead installed with Helm + a controller pool and a worker pool, failover timed
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) KUBECTL=$(KUBECTL) DEMO_NAMESPACE=$(DEMO_NAMESPACE) bash examples/demo/run.sh

@@ -85,6 +85,12 @@ func runEtcd(args []string) int {
 	cfg.InitialCluster = "zl=" + pu.String()
 	cfg.LogLevel = "warn"
 	cfg.UnsafeNoFsync = true
+	// Room for the benchmarks' bulk objects (make bench-memory writes about
+	// 1 GiB), and old revisions compacted so deleted ones free their space
+	// for reuse: the default 2 GiB quota, once exceeded, stops every write.
+	cfg.QuotaBackendBytes = 8 << 30
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "2m"
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "etcd: start: %v\n", err)

@@ -70,22 +70,22 @@ pub fn workloads(ctx: &Context, key: &PoolKey) -> Vec<WorkloadView> {
         .state()
         .iter()
         .filter_map(|d| {
-            let spec = d.spec.as_ref();
+            let spec = d.0.spec.as_ref();
             workload_view(
                 key,
                 WorkloadKind::Deployment,
-                &d.metadata,
+                &d.0.metadata,
                 spec.and_then(|s| s.template.metadata.as_ref()),
                 spec.and_then(|s| s.replicas),
             )
         })
         .collect();
     out.extend(ctx.cache.statefulsets.state().iter().filter_map(|s| {
-        let spec = s.spec.as_ref();
+        let spec = s.0.spec.as_ref();
         workload_view(
             key,
             WorkloadKind::StatefulSet,
-            &s.metadata,
+            &s.0.metadata,
             spec.and_then(|s| s.template.metadata.as_ref()),
             spec.and_then(|s| s.replicas),
         )

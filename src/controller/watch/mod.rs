@@ -8,6 +8,7 @@
 //! pool pods admitted while the webhook was down).
 
 pub mod map;
+pub mod slim;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,7 @@ use crate::api::LeaderPolicy;
 use crate::api::keys::{LEASE_POLICY_LABEL, POOL_LABEL};
 use crate::controller::queue::{PoolKey, Queue};
 pub use map::pool_of;
+pub use slim::Slim;
 
 /// A pod that names a pool only by annotation (no label: the webhook never
 /// saw it), with its controlling owner.
@@ -46,8 +48,8 @@ pub struct Cache {
     pub pods: Store<Pod>,
     pub leases: Store<Lease>,
     /// Deployments and StatefulSets (for scaleDown: found even at 0 replicas).
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
+    pub deployments: Store<Slim<Deployment>>,
+    pub statefulsets: Store<Slim<StatefulSet>>,
     /// Node name -> Ready. Unknown nodes count as ready.
     nodes: Arc<RwLock<HashMap<String, bool>>>,
     /// Pool -> names of its labelled pods.
@@ -71,8 +73,8 @@ impl Cache {
             policies: reflector::store::<LeaderPolicy>().0,
             pods: reflector::store::<Pod>().0,
             leases: reflector::store::<Lease>().0,
-            deployments: reflector::store::<Deployment>().0,
-            statefulsets: reflector::store::<StatefulSet>().0,
+            deployments: reflector::store::<Slim<Deployment>>().0,
+            statefulsets: reflector::store::<Slim<StatefulSet>>().0,
             nodes: Arc::default(),
             pool_pods: Arc::default(),
             unlabelled: Arc::default(),
@@ -157,8 +159,8 @@ pub fn start(
     let (policies, policy_writer) = reflector::store::<LeaderPolicy>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (leases, lease_writer) = reflector::store::<Lease>();
-    let (deployments, deployment_writer) = reflector::store::<Deployment>();
-    let (statefulsets, statefulset_writer) = reflector::store::<StatefulSet>();
+    let (deployments, deployment_writer) = reflector::store::<Slim<Deployment>>();
+    let (statefulsets, statefulset_writer) = reflector::store::<Slim<StatefulSet>>();
     let cache = Cache {
         policies,
         pods,
@@ -258,56 +260,44 @@ fn watch_pods(
 
 /// Deployments or StatefulSets: a change of their pool annotation (or of
 /// what zen-lead recorded on them) queues the pools concerned, old and
-/// new. Their status is never read and changes with every pod: dropped.
+/// new. Read slim (see [`slim`]): their pod spec and status are never read.
 fn watch_workloads<K>(
     client: &Client,
     namespace: Option<&str>,
-    writer: reflector::store::Writer<K>,
+    writer: reflector::store::Writer<Slim<K>>,
     q: Queue,
     template: fn(&K) -> Option<&kube::api::ObjectMeta>,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + k8s_openapi::Metadata
+        + k8s_openapi::Resource
+        + slim::FromShadow
         + Clone
         + std::fmt::Debug
-        + serde::de::DeserializeOwned
         + Send
         + Sync
-        + WithoutStatus
         + 'static,
 {
+    // Every Deployment and StatefulSet in scope is cached, pool member or
+    // not: read slim (see [`slim`]), and listed in small pages so a relist
+    // never holds many large responses at once.
+    let config = watcher::Config::default().page_size(WORKLOAD_PAGE_SIZE);
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(api::<K>(client, namespace), watcher::Config::default())
-            .default_backoff()
-            .modify(|o: &mut K| {
-                o.managed_fields_mut().clear();
-                o.drop_status();
-            }),
+        watcher::watcher(api::<Slim<K>>(client, namespace), config).default_backoff(),
     );
     let mut index = map::WorkloadIndex::default();
-    tokio::spawn(drive(stream, K::KIND, move |ev| {
-        q.extend(index.event(&ev, template))
-    }))
+    tokio::spawn(drive(
+        stream,
+        <K as k8s_openapi::Resource>::KIND,
+        move |ev| q.extend(index.event(&ev, |w: &Slim<K>| template(&w.0))),
+    ))
 }
 
-/// Workloads whose status the cache does not keep.
-pub trait WithoutStatus {
-    fn drop_status(&mut self);
-}
-
-impl WithoutStatus for Deployment {
-    fn drop_status(&mut self) {
-        self.status = None;
-    }
-}
-
-impl WithoutStatus for StatefulSet {
-    fn drop_status(&mut self) {
-        self.status = None;
-    }
-}
+/// Workloads per page of a (re)list: the API server's response for a page
+/// is held whole while it is read, so 20 objects of the largest size etcd
+/// stores (1.5 MiB) are at most 30 MiB in flight.
+const WORKLOAD_PAGE_SIZE: u32 = 20;
 
 /// Nodes (cluster-wide by nature): only the Ready condition is kept; a
 /// change queues the pools with pods on the node.
