@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -620,6 +621,363 @@ async fn a_leader_frozen_past_its_lease_cannot_write_after_the_thaw() {
             frozen.agent.wait_leading(false, LIMIT).await;
         }
         assert_eq!(admitted, 0, "writes of a thawed, deposed leader landed");
+    })
+    .await;
+}
+
+/// Gives the pool's ServiceAccount (`app`) `delete` and `deletecollection`
+/// on Leases too, as an app's own leader election might have: RBAC then
+/// lets its pods delete the pool's Lease, and only the policy stands in the
+/// way.
+async fn grant_lease_deletes(client: &Client, ns: &str) {
+    let pp = PostParams::default();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "app-lease-deletes"},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "verbs": ["delete", "deletecollection"]}],
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&pp, &role)
+        .await
+        .unwrap_or_else(|e| panic!("create Role app-lease-deletes: {e}"));
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "app-lease-deletes"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "app-lease-deletes"},
+        "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": ns}],
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&pp, &binding)
+        .await
+        .unwrap_or_else(|e| panic!("create RoleBinding app-lease-deletes: {e}"));
+}
+
+/// A result as `write` reports it.
+fn outcome<T>(result: Result<T, kube::Error>) -> Result<(), (u16, String)> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+/// Merge-patches the pool's Lease with `client`.
+async fn patch_lease(client: &Client, ns: &str, patch: Value) -> Result<(), (u16, String)> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    outcome(
+        leases
+            .patch(POOL, &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    )
+}
+
+/// What is wrong with `result` for a write to the pool's Lease that zen-lead
+/// fencing must refuse: `None` when it was refused with 403 and a message
+/// naming zen-lead fencing, the pod, the pool and `part`.
+fn not_refused(
+    what: &str,
+    result: Result<(), (u16, String)>,
+    pod: &str,
+    part: &str,
+) -> Option<String> {
+    let (code, message) = match result {
+        Ok(()) => return Some(format!("{what}: admitted")),
+        Err(refusal) => refusal,
+    };
+    if code != 403 {
+        return Some(format!("{what}: {code} {message}"));
+    }
+    ["zen-lead fencing", pod, POOL, part]
+        .into_iter()
+        .find(|p| !message.contains(p))
+        .map(|p| format!("{what}: the refusal does not name {p:?}: {message}"))
+}
+
+/// Issue 30, finding 1: a pool pod's own writes to its pool's Lease pass
+/// only as its agent makes them. Each write below, made with a real pod
+/// token (TokenRequest bound to the Pod), is refused by the API server with
+/// a message naming zen-lead fencing and what was refused; before, every
+/// one was admitted (the create got 409 from storage instead), and the
+/// first two unfenced the follower. The agents' own election writes (the
+/// leader's renewals throughout) still pass.
+#[tokio::test]
+async fn a_member_may_change_only_the_holder_of_its_pools_lease() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "lease-rules", 3, None).await;
+        grant_lease_deletes(&client, &ns).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let l = pool.leader(&client, &ns).await;
+        let leader = &pool.members[l];
+        let follower = &pool.members[(l + 1) % 3];
+        let third = &pool.members[(l + 2) % 3];
+        let as_follower = direct(&follower.token, &pool.dir).await;
+        let as_leader = direct(&leader.token, &pool.dir).await;
+        // The policy's cache lists the follower once its own writes are
+        // refused.
+        let mut n = 0;
+        eventually("the follower's direct write refused", LIMIT, || {
+            n += 1;
+            let (c, ns) = (&as_follower, &ns);
+            async move {
+                match write(c, ns, &format!("probe-{n}")).await {
+                    Ok(()) => Err("admitted: the API server's cache lags".to_owned()),
+                    Err(_) => Ok(()),
+                }
+            }
+        })
+        .await;
+        let admin: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let before = admin.get(POOL).await.expect("the pool's Lease");
+        let members = before
+            .annotations()
+            .get(FENCED_PODS_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        let without = |uid: &str| {
+            members
+                .split(',')
+                .filter(|u| *u != uid)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let transitions = before
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_transitions)
+            .unwrap_or(0);
+        let me = &follower.agent.identity;
+        let instance = zen_lead::keys::HOLDER_INSTANCE_ANNOTATION;
+        let f = follower.name.as_str();
+        let mut problems = Vec::new();
+        for (what, patch, part) in [
+            (
+                "a follower removes its UID from fenced-pods",
+                json!({"metadata": {"annotations": {FENCED_PODS_ANNOTATION: without(&follower.uid)}}}),
+                "annotation zen-lead.io/fenced-pods",
+            ),
+            (
+                "a follower removes the fenced label",
+                json!({"metadata": {"labels": {FENCED_LABEL: null}}}),
+                "labels",
+            ),
+            (
+                "a follower drops the Lease's owner",
+                json!({"metadata": {"ownerReferences": null}}),
+                "ownerReferences",
+            ),
+            (
+                "a follower changes the renew deadline",
+                json!({"metadata": {"annotations": {zen_lead::keys::RENEW_DEADLINE_ANNOTATION: "3600"}}}),
+                "annotation zen-lead.io/renew-deadline-seconds",
+            ),
+            (
+                "a follower names a preferred holder",
+                json!({"metadata": {"annotations": {zen_lead::keys::PREFERRED_HOLDER_ANNOTATION: me}}}),
+                "annotation zen-lead.io/preferred-holder",
+            ),
+            (
+                "a follower lengthens the lease",
+                json!({"spec": {"leaseDurationSeconds": 3600}}),
+                "spec.leaseDurationSeconds",
+            ),
+            (
+                "a follower names its own UID under another identity than the holder's",
+                json!({"metadata": {"annotations": {instance: format!("intruder/{}", follower.uid)}}}),
+                "zen-lead.io/holder-instance",
+            ),
+            (
+                "a follower names another pod's UID",
+                json!({"spec": {"holderIdentity": me},
+                       "metadata": {"annotations": {instance: format!("{me}/{}", third.uid)}}}),
+                "zen-lead.io/holder-instance",
+            ),
+            (
+                "a follower takes the Lease keeping the leader's fencing token",
+                json!({"spec": {"holderIdentity": me},
+                       "metadata": {"annotations": {instance: format!("{me}/{}", follower.uid)}}}),
+                "leaseTransitions",
+            ),
+        ] {
+            problems.extend(not_refused(what, patch_lease(&as_follower, &ns, patch).await, f, part));
+        }
+        problems.extend(not_refused(
+            "the leader removes a follower's UID from fenced-pods",
+            patch_lease(
+                &as_leader,
+                &ns,
+                json!({"metadata": {"annotations": {FENCED_PODS_ANNOTATION: without(&follower.uid)}}}),
+            )
+            .await,
+            &leader.name,
+            "annotation zen-lead.io/fenced-pods",
+        ));
+        let follower_leases: Api<Lease> = Api::namespaced(as_follower.clone(), &ns);
+        let fresh: Lease = serde_json::from_value(json!({
+            "metadata": {"name": POOL},
+            "spec": {"holderIdentity": me, "leaseDurationSeconds": 6},
+        }))
+        .expect("lease");
+        problems.extend(not_refused(
+            "a follower creates the pool's Lease",
+            outcome(follower_leases.create(&PostParams::default(), &fresh).await),
+            f,
+            "may not create",
+        ));
+        problems.extend(not_refused(
+            "a follower deletes the pool's Lease",
+            outcome(follower_leases.delete(POOL, &DeleteParams::default()).await),
+            f,
+            "may not delete",
+        ));
+        let leader_leases: Api<Lease> = Api::namespaced(as_leader.clone(), &ns);
+        problems.extend(not_refused(
+            "the leader deletes the pool's Lease in a collection",
+            outcome(
+                leader_leases
+                    .delete_collection(
+                        &DeleteParams::default(),
+                        &kube::api::ListParams::default().fields(&format!("metadata.name={POOL}")),
+                    )
+                    .await,
+            ),
+            &leader.name,
+            "may not delete",
+        ));
+        assert!(
+            problems.is_empty(),
+            "zen-lead fencing admitted writes to the pool's Lease that its agents never make:\n{}",
+            problems.join("\n")
+        );
+        // The leader's own app's Leases are its to delete, in a collection
+        // too (which names no object in the request).
+        let own: Lease = serde_json::from_value(json!({
+            "metadata": {"name": "apps-own", "labels": {"app": "own"}},
+            "spec": {"holderIdentity": "the-app"},
+        }))
+        .expect("lease");
+        admin
+            .create(&PostParams::default(), &own)
+            .await
+            .unwrap_or_else(|e| panic!("create the app's Lease: {e}"));
+        leader_leases
+            .delete_collection(
+                &DeleteParams::default(),
+                &kube::api::ListParams::default().labels("app=own"),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!("zen-lead fencing refused the leader deleting its app's Leases: {e}")
+            });
+        // Nothing of it landed, and the election went on: the leader
+        // renewed throughout and still leads, with the same fencing token.
+        let after = admin.get(POOL).await.expect("the pool's Lease");
+        assert_eq!(after.uid(), before.uid(), "the Lease was re-created");
+        assert_eq!(after.labels(), before.labels());
+        assert_eq!(after.annotations().get(FENCED_PODS_ANNOTATION), Some(&members));
+        assert_eq!(after.metadata.owner_references, before.metadata.owner_references);
+        assert_eq!(
+            after.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0),
+            transitions
+        );
+        assert_eq!(leader.agent.leading().await, Ok(true));
+        assert_eq!(follower.agent.leading().await, Ok(false));
+    })
+    .await;
+}
+
+/// What the policy cannot judge is when a Lease has expired, so it lets a
+/// member take its pool's Lease naming itself, the way an agent takes an
+/// expired one: `holderIdentity`, its own pod UID in holder-instance and
+/// the fencing token up by one. With every agent frozen past the lease, a
+/// follower's own token takes the Lease; then its writes are admitted and
+/// the old leader's refused, and its agent, thawed, carries on the term.
+#[tokio::test]
+async fn a_follower_may_take_an_expired_lease_naming_itself() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "take-expired", 2, None).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let l = pool.leader(&client, &ns).await;
+        let (leader, follower) = (&pool.members[l], &pool.members[(l + 1) % 2]);
+        let as_follower = direct(&follower.token, &pool.dir).await;
+        let as_leader = direct(&leader.token, &pool.dir).await;
+        for m in &pool.members {
+            m.agent.signal("-STOP");
+        }
+        let admin: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        eventually("the frozen leader's Lease to expire", LIMIT, || async {
+            let lease = admin.get(POOL).await.map_err(|e| e.to_string())?;
+            let spec = lease.spec.unwrap_or_default();
+            let renewed = spec.renew_time.ok_or("no renewTime")?.0;
+            let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+            let expires = renewed + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+            let now = k8s_openapi::jiff::Timestamp::now();
+            (now > expires)
+                .then_some(())
+                .ok_or_else(|| format!("renewed {renewed}, expires {expires}, now {now}"))
+        })
+        .await;
+        let leases: Api<Lease> = Api::namespaced(as_follower.clone(), &ns);
+        let mut lease = leases
+            .get(POOL)
+            .await
+            .expect("the follower reads its Lease");
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        spec.holder_identity = Some(follower.agent.identity.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.acquire_time = Some(now.clone());
+        spec.renew_time = Some(now);
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                zen_lead::keys::HOLDER_INSTANCE_ANNOTATION.to_owned(),
+                format!("{}/{}", follower.agent.identity, follower.uid),
+            );
+        lease.metadata.managed_fields = None;
+        leases
+            .replace(POOL, &PostParams::default(), &lease)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "zen-lead fencing refused a follower taking an expired Lease naming itself: {e}"
+                )
+            });
+        let mut n = 0;
+        eventually("the new holder's direct write admitted", LIMIT, || {
+            n += 1;
+            let (c, ns) = (&as_follower, &ns);
+            async move {
+                write(c, ns, &format!("taker-{n}"))
+                    .await
+                    .map_err(|e| format!("refused (the API server's cache lags): {e:?}"))
+            }
+        })
+        .await;
+        assert_fenced(
+            write(&as_leader, &ns, "old-leader").await,
+            &leader.name,
+            &follower.agent.identity,
+            "the old leader's write after the take-over",
+        );
+        for m in &pool.members {
+            m.agent.signal("-CONT");
+        }
+        follower.agent.wait_leading(true, LIMIT).await;
+        leader.agent.wait_leading(false, LIMIT).await;
     })
     .await;
 }
