@@ -231,6 +231,18 @@ async fn follower_reads_pass_and_writes_are_refused() {
             .expect("dry run");
         assert_eq!(dry.status, StatusCode::CREATED, "{dry:?}");
         assert!(admin_cms.get_opt("dry").await.expect("get").is_none());
+        // `dryrun` is not `dryRun` to the API server: it ignores the unknown
+        // key and stores the write, so the gate holds it like any other
+        // (issue 30, finding 2: it was taken for a dry run and landed).
+        let not_dry = h1
+            .send(Method::POST, &format!("{cm_path}?dryrun=All"), Some(&tokens.app), Some(("application/json", cm("not-dry"))))
+            .await
+            .expect("?dryrun=All");
+        assert_standby_refusal(&not_dry, "a follower's create with ?dryrun=All (stored by the API server)");
+        assert!(
+            admin_cms.get_opt("not-dry").await.expect("get").is_none(),
+            "a follower's create with ?dryrun=All passed the gate and was stored"
+        );
 
         // Bad input. An invalid token: the API server's 401, unchanged.
         let bad = h1.send(Method::GET, &cm_path, Some("not-a-token"), None).await.expect("GET");
