@@ -113,8 +113,10 @@ bench-takeover: cluster-up ## Delete the leader -> successor's app started: proc
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(ROUNDS) $(CARGO) test --locked --test process bench_takeover_process_vs_start -- --ignored --nocapture
 
 # WORKLOADS, TEMPLATE_BYTES: the other tenant's Deployments and the size of
-# each one's pod template (1000 x 1 MiB writes about 1 GiB into etcd).
-WORKLOADS ?= 1000
+# each one's pod template. WORKLOADS=1000 writes 1 GiB into etcd and takes
+# the API server to about 8 GiB: run it once, on a fresh cluster
+# (make cluster-down cluster-up), and restart the cluster afterwards.
+WORKLOADS ?= 300
 TEMPLATE_BYTES ?= 1048576
 bench-memory: cluster-up ## Controller memory with WORKLOADS large Deployments of another tenant in scope vs without
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_WORKLOADS=$(WORKLOADS) ZEN_LEAD_BENCH_TEMPLATE_BYTES=$(TEMPLATE_BYTES) \

@@ -80,7 +80,8 @@ async fn settled_controller_memory(dir: &Path, ns: &str) -> (u64, u64) {
     measured
 }
 
-/// ZEN_LEAD_BENCH_WORKLOADS Deployments (default 1000), each with a pod
+/// ZEN_LEAD_BENCH_WORKLOADS Deployments (default 1000; `make bench-memory`
+/// passes 300 unless told otherwise, see the Makefile), each with a pod
 /// template of ZEN_LEAD_BENCH_TEMPLATE_BYTES (default 1 MiB), paused with no
 /// replicas so no ReplicaSet or pod is made. Goal: within 10 % of the
 /// controller without them.
