@@ -421,7 +421,6 @@ async fn app_failing(
     };
     let holder_name =
         decide::holder_pod(lv, views).map_or_else(|| pod_of(&holder), |p| p.name.clone());
-    let related = Some(pod_ref(&key.namespace, &holder_name, None));
     match verdict {
         AppVerdict::Wait(wake) => return Ok(wake.map(|w| w + plan::WAKE_MARGIN)),
         AppVerdict::HandOff {
@@ -437,16 +436,7 @@ async fn app_failing(
                     failing_for.as_secs()
                 );
                 info!(pool = %key, holder = %holder, successor = %to, "{note}");
-                report::on_policy(
-                    ctx,
-                    policy,
-                    EventType::Warning,
-                    app_failure::APP_NOT_READY,
-                    "HandOff",
-                    note,
-                    related,
-                )
-                .await;
+                app_event(ctx, key, policy, "HandOff", note, &successor).await;
                 lv.preferred = Some(to);
             }
         }
@@ -468,20 +458,35 @@ async fn app_failing(
                     failing_for.as_secs()
                 );
                 tracing::warn!(pool = %key, holder = %holder, "{note}");
-                report::on_policy(
-                    ctx,
-                    policy,
-                    EventType::Warning,
-                    app_failure::APP_NOT_READY,
-                    "HandOff",
-                    note,
-                    related,
-                )
-                .await;
+                app_event(ctx, key, policy, "KeepLeader", note, &holder_name).await;
             }
         }
     }
     Ok(None)
+}
+
+/// An `AppNotReady` Warning on the policy. Its related pod is part of the
+/// recorder's de-duplication key: the successor for a hand-off (a hand-off
+/// to another pod is another Event), the holder when it keeps the Lease.
+async fn app_event(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    action: &str,
+    note: String,
+    pod: &str,
+) {
+    let related = Some(pod_ref(&key.namespace, pod, None));
+    report::on_policy(
+        ctx,
+        policy,
+        EventType::Warning,
+        app_failure::APP_NOT_READY,
+        action,
+        note,
+        related,
+    )
+    .await;
 }
 
 /// Removes `zen-lead.io/preferred-holder` by compare-and-swap on the version
