@@ -1,9 +1,13 @@
 //! The process's admin server: `/livez`, `/readyz` and `/metrics` over
 //! plain HTTP. It belongs to the process, not to any one role: each part
-//! that must be up before the replica takes traffic (the webhook's
-//! certificate, the controller's caches) holds a [`ReadyFlag`] of the
-//! process's [`Readiness`], and `/readyz` is 200 only while every flag is
-//! set.
+//! that must be up before the replica takes traffic holds a [`ReadyFlag`]
+//! of the process's [`Readiness`], and `/readyz` is 200 only while every
+//! flag is set. Only what serves traffic belongs here: in `zen-lead
+//! controller` that is the webhook (its certificate loaded, its listener
+//! bound). The controllers' caches are not a condition: a leader that
+//! cannot sync them gives its Lease up instead (see
+//! `controller::runner`), and `zen_lead_controller_caches_synced` shows
+//! them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +56,7 @@ impl ReadyFlag {
 
 impl Readiness {
     /// Adds a condition named for `/readyz`'s answer (say what is not
-    /// ready yet, e.g. "controller caches").
+    /// ready yet, e.g. "webhook serving certificate").
     pub fn condition(&self, name: &'static str) -> ReadyFlag {
         let flag = ReadyFlag::default();
         self.conditions

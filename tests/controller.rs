@@ -1880,3 +1880,182 @@ async fn custom_identity_statefulset_pod_recreated_takes_over() {
     })
     .await;
 }
+
+/// `zen-lead controller` with only the rights of `user` (impersonated
+/// through the test's kubeconfig: kube-rs's KUBE_RS_DEBUG_IMPERSONATE_USER);
+/// killed when dropped if it is still running.
+fn start_impersonating(
+    dir: &Path,
+    ns: &str,
+    name: &str,
+    user: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, u16, PathBuf) {
+    let certs = dir.join("certs");
+    if !certs.join("tls.crt").exists() {
+        let out = Command::new(BIN)
+            .args(["certs", "--dns", "localhost", "--ip", "127.0.0.1", "--out"])
+            .arg(&certs)
+            .output()
+            .unwrap_or_else(|e| panic!("zen-lead certs: {e}"));
+        assert!(out.status.success(), "zen-lead certs failed: {out:?}");
+    }
+    let admin = free_port();
+    let log = dir.join(format!("{name}.log"));
+    let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("controller log: {e}"));
+    let child = tokio::process::Command::new(BIN)
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("KUBE_RS_DEBUG_IMPERSONATE_USER", user)
+        .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
+        .args(["controller", "--webhook-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .arg("--tls-cert-file")
+        .arg(certs.join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(certs.join("tls.key"))
+        .args(["--namespace", ns, "--watch-namespace", ns])
+        .args(["--controller-identity", name])
+        .args(["--controller-lease-duration", "3s"])
+        .arg("--evict-uninjected=false")
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    (child, admin, log)
+}
+
+/// What a controller needs in `ns`, for `user`, except any right on
+/// StatefulSets: its StatefulSet watch can never list.
+async fn grant_all_but_statefulsets(client: &Client, ns: &str, user: &str) {
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "zen-lead-no-statefulsets"},
+        "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+            {"apiGroups": ["coordination.kube-zen.io"],
+             "resources": ["leaderpolicies", "leaderpolicies/status"], "verbs": ["*"]},
+            {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["*"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["*"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"],
+             "verbs": ["get", "list", "watch"]},
+        ],
+    }))
+    .expect("Role");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap_or_else(|e| panic!("create Role: {e}"));
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "zen-lead-no-statefulsets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "zen-lead-no-statefulsets"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .expect("RoleBinding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(|e| panic!("create RoleBinding: {e}"));
+}
+
+/// Issue 29, finding 9: a controller leader whose caches never sync (it may
+/// not list StatefulSets) releases the controller Lease and exits non-zero
+/// within --controller-sync-timeout, naming the watch; its /readyz (the
+/// webhook's) stays 200 all along; a healthy standby then leads.
+#[tokio::test]
+async fn a_leader_whose_caches_never_sync_releases_the_lease_and_exits() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-nosync", |client, ns| async move {
+        let dir = common::scratch_dir("controller-nosync");
+        let user = format!("{ns}-limited");
+        grant_all_but_statefulsets(&client, &ns, &user).await;
+        let lease_name = zen_lead::keys::controller_lease_name(Some(&ns));
+        let bound = Duration::from_secs(5);
+        let (mut a, admin, log) = start_impersonating(
+            &dir,
+            &ns,
+            "ctl-nosync",
+            &user,
+            &["--controller-sync-timeout", "5s"],
+        );
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        // The webhook serves: ready.
+        common::eventually("ctl-nosync's /readyz", LIMIT, || async {
+            match http_get(admin, "/readyz").await {
+                (200, _) => Ok(()),
+                (code, body) => Err(format!("{code} {body}")),
+            }
+        })
+        .await;
+        common::eventually("ctl-nosync to take the controller Lease", LIMIT, || async {
+            let held = lease(&client, &ns, &lease_name).await;
+            let holder = held.as_ref().and_then(lease_holder);
+            (holder.as_deref() == Some("ctl-nosync"))
+                .then_some(())
+                .ok_or(format!("holder {holder:?}"))
+        })
+        .await;
+        let acquired = tokio::time::Instant::now();
+        // A healthy standby, waiting for the Lease meanwhile.
+        let b = Controller::start(&dir, &ns, "ctl-standby", &[]);
+
+        // Still ready while it leads without synced caches, until it exits:
+        // /readyz is the webhook's, not the controllers'.
+        let mut ready_while_leading = 0;
+        let status = loop {
+            let (code, body) = http_get(admin, "/readyz").await;
+            let exited = tokio::select! {
+                status = a.wait() => Some(status.expect("wait")),
+                () = tokio::time::sleep(Duration::from_millis(100)) => None,
+            };
+            if let Some(status) = exited {
+                break status;
+            }
+            let waited = acquired.elapsed();
+            // 0: the admin server closed on the way out.
+            assert!(
+                code == 200 || code == 0,
+                "/readyz {code} {body} after {waited:?} as leader"
+            );
+            if code == 200 {
+                ready_while_leading += 1;
+            }
+            assert!(
+                waited < bound + Duration::from_secs(15),
+                "still running {waited:?} after taking the Lease (bound {bound:?}):\n{}",
+                log_text()
+            );
+        };
+        assert!(
+            ready_while_leading >= 10,
+            "/readyz answered 200 only {ready_while_leading} times while it led"
+        );
+        let took = acquired.elapsed();
+        assert!(!status.success(), "exited with {status}");
+        assert!(
+            took + Duration::from_secs(1) >= bound,
+            "gave up after {took:?}, before the {bound:?} bound"
+        );
+        let text = log_text();
+        assert!(
+            text.contains("the StatefulSets watch never")
+                && text.contains("--controller-sync-timeout"),
+            "the exit names the watch and the flag:\n{text}"
+        );
+        // Released on the way out, not left to expire.
+        let held = lease(&client, &ns, &lease_name).await;
+        let holder = held.as_ref().and_then(lease_holder);
+        assert_ne!(holder.as_deref(), Some("ctl-nosync"), "Lease not released");
+
+        common::eventually("the standby to lead and sync", LIMIT, || async {
+            let active = b.metric("zen_lead_controller_active").await;
+            let synced = b.metric("zen_lead_controller_caches_synced").await;
+            (active == 1.0 && synced == 1.0)
+                .then_some(())
+                .ok_or(format!("active {active}, synced {synced}"))
+        })
+        .await;
+    })
+    .await;
+}

@@ -31,6 +31,7 @@ impl ControllerArgs {
             watch_namespace,
             controller_lease_name,
             controller_lease_duration,
+            controller_sync_timeout,
             controller_identity,
             workers,
             detect_uninjected,
@@ -83,6 +84,7 @@ impl ControllerArgs {
             create_missing_policies: *create_missing_policies,
             detect_uninjected: *detect_uninjected,
             resync: Duration::from_secs(300),
+            sync_timeout: sync_timeout(*controller_sync_timeout)?,
             fencing: controller::FencingSettings {
                 default_on: *server_side_fencing,
                 policy_name: fencing_policy_name.trim().to_owned(),
@@ -289,6 +291,15 @@ fn controller_lease(
     Ok(name)
 }
 
+/// `--controller-sync-timeout`: zero would have every new leader give up
+/// before its first list could answer.
+fn sync_timeout(value: Duration) -> Result<Duration, ControllerError> {
+    if value < Duration::from_secs(1) {
+        return Err(ControllerError::SyncTimeoutTooShort { value });
+    }
+    Ok(value)
+}
+
 /// The pod the agent runs in, from the downward API.
 fn pod_ref(name: &str, namespace: &str, uid: &str) -> Result<PodRef, AgentError> {
     use crate::contract::agent_env;
@@ -361,5 +372,25 @@ impl GateArgs {
             identity: identity.to_owned(),
             namespace: namespace.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sync_timeout_is_at_least_a_second() {
+        let ms = Duration::from_millis;
+        for (value, ok) in [
+            (ms(0), false),
+            (ms(999), false),
+            (ms(1000), true),
+            (ms(120_000), true),
+        ] {
+            assert_eq!(sync_timeout(value).is_ok(), ok, "{value:?}");
+        }
+        let err = sync_timeout(ms(0)).expect_err("too short").to_string();
+        assert!(err.contains("--controller-sync-timeout"), "{err}");
     }
 }

@@ -444,6 +444,15 @@ pub struct ControllerArgs {
           value_parser = parse_duration)]
     pub controller_lease_duration: Duration,
 
+    /// How long a replica that has just taken the controller Lease waits
+    /// for the controllers' watches to list. Past it, it releases the Lease
+    /// and exits non-zero, naming the watches that did not list (usually
+    /// missing RBAC), so it restarts and a standby can lead. The webhook's
+    /// readiness does not depend on it.
+    #[arg(long, env = "ZEN_LEAD_CONTROLLER_SYNC_TIMEOUT", default_value = "2m",
+          value_parser = parse_duration)]
+    pub controller_sync_timeout: Duration,
+
     /// Identity in the controller's own Lease. Empty: $POD_NAME (downward
     /// API) or the host name, plus the process id.
     #[arg(long, env = "ZEN_LEAD_CONTROLLER_IDENTITY", default_value = "")]

@@ -83,6 +83,12 @@ pub enum ControllerError {
     )]
     LeaseTooShort { value: Duration },
 
+    #[error(
+        "--controller-sync-timeout (ZEN_LEAD_CONTROLLER_SYNC_TIMEOUT) must be at least 1s, got \
+         {value:?}; it bounds how long a new leader waits for its watches to list"
+    )]
+    SyncTimeoutTooShort { value: Duration },
+
     #[error("the controller election stopped: {0}")]
     Election(#[from] crate::election::RunError),
 
@@ -117,9 +123,17 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     metrics.register(&mut registry);
     election_metrics.register(registry.sub_registry_with_prefix("controller_lease"));
     let webhook_metrics = webhook::server::Metrics::register(&mut registry);
+    // Not a readiness condition: /readyz is the webhook's, which every
+    // replica serves whether or not its controllers run or have synced (a
+    // leader that cannot sync gives up its Lease instead; see `runner`).
+    let caches_synced = prometheus_client::metrics::gauge::Gauge::default();
+    registry.sub_registry_with_prefix("controller").register(
+        "caches_synced",
+        "1 while this replica runs the controllers and every watch they need has listed",
+        caches_synced.clone(),
+    );
     let readiness = Readiness::default();
     let webhook_ready = readiness.condition("webhook serving certificate");
-    let caches_ready = readiness.condition("controller caches");
     let admin = crate::admin::serve(config.admin_addr, registry, readiness).await?;
     let client = counting_client(metrics.api_requests.clone()).await?;
     ensure_namespace(&client, &config.namespace).await?;
@@ -136,7 +150,7 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
             election_client,
             settings,
             metrics,
-            caches_ready,
+            caches_synced,
             election_metrics,
             stop_rx,
         )
@@ -170,6 +184,10 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     elected.map_err(|err| match err {
         runner::RunnerError::Election(e) => ControllerError::Election(e),
         runner::RunnerError::Task(e) => ControllerError::Task(e),
+        // Failed while shutting down: still a failure to report.
+        e @ runner::RunnerError::NotSynced { .. } => ControllerError::ControllersEnded {
+            reason: e.to_string(),
+        },
     })?;
     tracing::info!("stopped");
     Ok(())
@@ -235,7 +253,9 @@ pub async fn stop_on(
         _ = shutdown => {}
         _ = ended => {
             early.store(true, Ordering::Relaxed);
-            tracing::error!("the controller election stopped; stopping this replica so it restarts");
+            tracing::error!(
+                "the controller election or the controllers stopped; stopping this replica so it restarts"
+            );
         }
     }
 }

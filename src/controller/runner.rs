@@ -1,12 +1,20 @@
 //! Runs the controllers on the replica that holds the controller's own
 //! Lease, and stops them the moment it no longer does.
+//!
+//! The controllers' caches are theirs alone: they gate reconciling, not the
+//! process's readiness (`/readyz` is the webhook's). A leader whose caches
+//! do not sync within `--controller-sync-timeout` (a watch it cannot list:
+//! RBAC, an API it cannot reach) gives the Lease up and exits, so the
+//! kubelet restarts it and a standby can try, instead of holding the Lease
+//! without ever reconciling.
 
-use crate::admin::ReadyFlag;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -31,6 +39,22 @@ pub enum RunnerError {
     /// the part that failed gone.
     #[error("{0}")]
     Task(#[from] TaskError),
+
+    /// The caches did not sync in time: this replica releases the Lease
+    /// and exits, so a standby (or its restart) can try.
+    #[error(
+        "the controllers' caches did not sync within {timeout:?} \
+         (--controller-sync-timeout, ZEN_LEAD_CONTROLLER_SYNC_TIMEOUT): the {} watch{} never \
+         completed its first list; look for its watch errors in this log (usually missing \
+         list/watch RBAC, or an API the server does not serve); this replica released the \
+         controller Lease and exits so it restarts and a standby can lead",
+        watches.join(", "),
+        if watches.len() == 1 { "" } else { "es" }
+    )]
+    NotSynced {
+        timeout: Duration,
+        watches: Vec<&'static str>,
+    },
 }
 
 /// What the controllers need beyond the client.
@@ -49,17 +73,93 @@ pub struct Settings {
     pub detect_uninjected: bool,
     pub resync: Duration,
     pub fencing: FencingSettings,
+    /// How long a new leader waits for its caches before giving up.
+    pub sync_timeout: Duration,
+}
+
+/// While a leader waits for its caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncWait {
+    Synced,
+    Wait,
+    GiveUp,
+}
+
+/// Whether to go on waiting for the caches after `waited` of `bound`.
+fn sync_wait(synced: bool, waited: Duration, bound: Duration) -> SyncWait {
+    if synced {
+        SyncWait::Synced
+    } else if waited >= bound {
+        SyncWait::GiveUp
+    } else {
+        SyncWait::Wait
+    }
+}
+
+/// The error for caches still not synced after `timeout`, naming the
+/// watches that have not listed; `None` if all have meanwhile.
+fn not_synced(timeout: Duration, pending: Vec<&'static str>) -> Option<RunnerError> {
+    (!pending.is_empty()).then_some(RunnerError::NotSynced {
+        timeout,
+        watches: pending,
+    })
+}
+
+/// The watches (of those [`watches::Cache::synced`] waits for) that have
+/// not completed their first list. Only asked once, when giving up:
+/// polling a store's readiness takes its single waiter slot, which the
+/// cache's own sync marker then no longer gets woken through.
+fn unsynced(cache: &watches::Cache) -> Vec<&'static str> {
+    fn listed<F: std::future::Future<Output = Result<(), E>>, E>(ready: F) -> bool {
+        ready.now_or_never().is_some_and(|r| r.is_ok())
+    }
+    [
+        ("LeaderPolicies", listed(cache.policies.wait_until_ready())),
+        ("pool pods", listed(cache.pods.wait_until_ready())),
+        ("Leases", listed(cache.leases.wait_until_ready())),
+        ("Deployments", listed(cache.deployments.wait_until_ready())),
+        (
+            "StatefulSets",
+            listed(cache.statefulsets.wait_until_ready()),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(name, _)| name)
+    .collect()
+}
+
+/// Waits until every watch has listed, at most `bound`; fails early when a
+/// task fails.
+async fn wait_synced(
+    cache: &watches::Cache,
+    bound: Duration,
+    running: &mut Tasks,
+) -> Result<(), RunnerError> {
+    let started = Instant::now();
+    loop {
+        match sync_wait(cache.synced(), started.elapsed(), bound) {
+            SyncWait::Synced => return Ok(()),
+            SyncWait::GiveUp => return not_synced(bound, unsynced(cache)).map_or(Ok(()), Err),
+            SyncWait::Wait => {}
+        }
+        tokio::select! {
+            failed = running.failed() => return Err(failed.into()),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
 }
 
 /// Runs the controllers until the task is aborted: watches, workers and a
-/// periodic resync. `ready` turns true once every watch has listed. Returns
-/// only when one of its tasks panicked or ended.
+/// periodic resync. `synced` turns 1 once every watch has listed. Returns
+/// only when one of its tasks panicked or ended, or the caches did not
+/// sync within `settings.sync_timeout`.
 pub async fn controllers(
     client: Client,
     settings: Settings,
     metrics: Metrics,
-    ready: ReadyFlag,
-) -> TaskError {
+    synced: Gauge,
+) -> RunnerError {
     let queue = Queue::default();
     let (cache, tasks) = watches::start(
         &client,
@@ -75,13 +175,10 @@ pub async fn controllers(
     let ctx = context(client, cache.clone(), &settings, &metrics);
     // Do not act on half-listed caches: a pod missing from a partial list
     // would look deleted.
-    while !cache.synced() {
-        tokio::select! {
-            failed = running.failed() => return failed,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
+    if let Err(err) = wait_synced(&cache, settings.sync_timeout, &mut running).await {
+        return err;
     }
-    ready.set(true);
+    synced.set(1);
     info!("caches synced; reconciling");
     for _ in 0..settings.workers {
         running.push(
@@ -90,7 +187,9 @@ pub async fn controllers(
             tokio::spawn(work(ctx.clone(), queue.clone())),
         );
     }
-    resync(&cache, &queue, &metrics, settings.resync, &mut running).await
+    resync(&cache, &queue, &metrics, settings.resync, &mut running)
+        .await
+        .into()
 }
 
 /// What every pass shares.
@@ -186,7 +285,7 @@ pub async fn lead_and_run(
     election_client: Client,
     settings: Settings,
     metrics: Metrics,
-    ready: ReadyFlag,
+    synced: Gauge,
     election_metrics: crate::election::Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunnerError> {
@@ -198,14 +297,12 @@ pub async fn lead_and_run(
     // shutdown, and also when the controllers fail.
     let (stop_election, election_stop) = watch::channel(false);
     let mut election = tokio::spawn(elector.run(election_stop, Duration::from_secs(2)));
-    // A standby replica is ready: it serves the webhook.
-    ready.set(true);
     let span = info_span!("controller", identity = %settings.identity);
     let term = Term {
         client: &client,
         settings: &settings,
         metrics: &metrics,
-        ready: &ready,
+        synced: &synced,
     };
     let failed = async {
         loop {
@@ -214,7 +311,7 @@ pub async fn lead_and_run(
                 break None;
             }
             if let Some(err) = term.run(&mut status, &mut shutdown).await {
-                error!(error = %err, "a controller task failed; releasing the controller Lease and stopping this replica so it restarts");
+                error!(error = %err, "the controllers failed; releasing the controller Lease and stopping this replica so it restarts");
                 break Some(err);
             }
             if *shutdown.borrow() {
@@ -246,7 +343,7 @@ pub async fn lead_and_run(
         joined.map(|r| r.map_err(RunnerError::from)),
     );
     match failed {
-        Some(err) => Err(err.into()),
+        Some(err) => Err(err),
         None => elected,
     }
 }
@@ -256,7 +353,7 @@ struct Term<'a> {
     client: &'a Client,
     settings: &'a Settings,
     metrics: &'a Metrics,
-    ready: &'a ReadyFlag,
+    synced: &'a Gauge,
 }
 
 impl Term<'_> {
@@ -266,17 +363,16 @@ impl Term<'_> {
         &self,
         status: &mut watch::Receiver<LeaderStatus>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<TaskError> {
+    ) -> Option<RunnerError> {
         let settings = self.settings;
         info!(lease = %format!("{}/{}", settings.namespace, settings.lease_name), "acquired the controller Lease; starting the controllers");
         self.metrics.is_active.set(1);
-        self.ready.set(false);
         let mut task = tokio::spawn(
             controllers(
                 self.client.clone(),
                 settings.clone(),
                 self.metrics.clone(),
-                self.ready.clone(),
+                self.synced.clone(),
             )
             .in_current_span(),
         );
@@ -286,19 +382,21 @@ impl Term<'_> {
         };
         let failed = match ended {
             Some(Ok(err)) => Some(err),
-            Some(Err(join)) => Some(task::join_error("controllers", join)),
+            Some(Err(join)) => Some(task::join_error("controllers", join).into()),
             None => {
                 task.abort();
                 match task.await {
                     // Failed just before it was stopped.
                     Ok(err) => Some(err),
-                    Err(join) if join.is_panic() => Some(task::join_error("controllers", join)),
+                    Err(join) if join.is_panic() => {
+                        Some(task::join_error("controllers", join).into())
+                    }
                     Err(_) => None,
                 }
             }
         };
         self.metrics.is_active.set(0);
-        self.ready.set(true);
+        self.synced.set(0);
         failed
     }
 }
@@ -362,5 +460,84 @@ fn lead_until(status: &LeaderStatus) -> Option<Instant> {
         status.lead_until
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_waits_for_its_caches_only_up_to_the_bound() {
+        let s = Duration::from_secs;
+        // (synced, waited, bound, expected)
+        let cases = [
+            (true, s(0), s(120), SyncWait::Synced),
+            (true, s(500), s(120), SyncWait::Synced),
+            (false, s(0), s(120), SyncWait::Wait),
+            (false, s(119), s(120), SyncWait::Wait),
+            (false, s(120), s(120), SyncWait::GiveUp),
+            (false, s(121), s(120), SyncWait::GiveUp),
+        ];
+        for (synced, waited, bound, want) in cases {
+            assert_eq!(
+                sync_wait(synced, waited, bound),
+                want,
+                "synced {synced}, waited {waited:?} of {bound:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn giving_up_names_the_watches_that_did_not_list() {
+        let bound = Duration::from_secs(120);
+        assert!(
+            not_synced(bound, Vec::new()).is_none(),
+            "all listed meanwhile: go on"
+        );
+        let one = not_synced(bound, vec!["StatefulSets"])
+            .expect("an error")
+            .to_string();
+        assert!(
+            one.contains("within 120s")
+                && one.contains("--controller-sync-timeout")
+                && one.contains("the StatefulSets watch never")
+                && one.contains("released the controller Lease"),
+            "{one}"
+        );
+        let two = not_synced(bound, vec!["pool pods", "Leases"])
+            .expect("an error")
+            .to_string();
+        assert!(two.contains("the pool pods, Leases watches never"), "{two}");
+    }
+
+    #[tokio::test]
+    async fn caches_that_never_list_are_named_once_the_bound_passes() {
+        let cache = watches::Cache::empty();
+        let mut running = Tasks::default();
+        let bound = Duration::from_millis(50);
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            wait_synced(&cache, bound, &mut running),
+        )
+        .await
+        .expect("gives up within the bound")
+        .expect_err("not synced");
+        match err {
+            RunnerError::NotSynced { timeout, watches } => {
+                assert_eq!(timeout, bound);
+                assert_eq!(
+                    watches,
+                    [
+                        "LeaderPolicies",
+                        "pool pods",
+                        "Leases",
+                        "Deployments",
+                        "StatefulSets"
+                    ]
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
     }
 }
