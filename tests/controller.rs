@@ -2059,3 +2059,307 @@ async fn a_leader_whose_caches_never_sync_releases_the_lease_and_exits() {
     })
     .await;
 }
+
+#[path = "common/election.rs"]
+mod election_util;
+
+/// How long the `api` pool of the app-failure test lets its leader's app
+/// fail (`spec.appFailureGraceSeconds`).
+const APP_GRACE: Duration = Duration::from_secs(4);
+
+/// What the test plays kubelet with: the app container of a pool pod.
+#[derive(Clone, Copy)]
+enum App {
+    /// Running since this Unix second, and Ready.
+    Ready(i64),
+    /// Running since this Unix second, its readiness probe failing.
+    NotReady(i64),
+    /// Waiting to be restarted after crashes.
+    CrashLoop,
+}
+
+fn unix_now() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
+}
+
+/// The status a kubelet would report for an `api` pool pod on a node without
+/// one: the agent running and started, the app container as `app` says,
+/// the pod's Ready condition with it. A strategic merge, so the controller's
+/// readiness-gate condition stays.
+async fn set_app(pods: &Api<Pod>, name: &str, app: App) {
+    let at = |secs: i64| {
+        k8s_openapi::jiff::Timestamp::from_second(secs)
+            .expect("timestamp")
+            .to_string()
+    };
+    let (ready, state) = match app {
+        App::Ready(since) => (true, json!({"running": {"startedAt": at(since)}})),
+        App::NotReady(since) => (false, json!({"running": {"startedAt": at(since)}})),
+        App::CrashLoop => (
+            false,
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}}),
+        ),
+    };
+    let now = at(unix_now());
+    let status = json!({"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": now}],
+        "initContainerStatuses": [{"name": "zen-lead-agent", "image": "zen-lead", "imageID": "", "ready": true,
+            "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}}],
+        "containerStatuses": [{"name": "app", "image": "app", "imageID": "", "ready": ready,
+            "started": !matches!(app, App::CrashLoop), "restartCount": 0, "state": state}]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
+        .await
+        .unwrap_or_else(|e| panic!("status of {name}: {e}"));
+}
+
+/// A node of the test's own (no kubelet: its pods' status is what the test
+/// writes), kept Ready by a heartbeat until the returned task is aborted.
+async fn node_without_kubelet(client: &Client, name: &str) -> tokio::task::JoinHandle<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"zen-lead.io/test": "true"}},
+    }))
+    .expect("node json");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|e| panic!("create node {name}: {e}"));
+    let name = name.to_owned();
+    let beat = move || {
+        let nodes = nodes.clone();
+        let name = name.clone();
+        async move {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                "reason": "Test", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(ready))
+                .await
+                .map(|_| ())
+        }
+    };
+    beat().await.expect("node status");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let _ = beat().await;
+        }
+    })
+}
+
+/// Polls the Lease until `limit` and returns the first holder other than
+/// `holder` it shows, with when (`None`: it kept `holder` all along).
+async fn holder_change_within(
+    client: &Client,
+    ns: &str,
+    holder: &str,
+    limit: Duration,
+) -> Option<(String, Duration)> {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < limit {
+        let now = lease(client, ns, "app")
+            .await
+            .as_ref()
+            .and_then(lease_holder);
+        if now.as_deref() != Some(holder) {
+            return Some((now.unwrap_or_default(), started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Starts the agent of an `api` pool pod on the host and waits until it
+/// watches the Lease (`/readyz`), so a hand-off to it finds it there.
+async fn ready_agent(dir: &Path, ns: &str, pod: &Pod) -> election_util::Agent {
+    let uid = pod.uid().unwrap_or_default();
+    let name = pod.name_any();
+    let agent = election_util::Agent::start_as(
+        &common::kubeconfig_path(),
+        dir,
+        ns,
+        "app",
+        &name,
+        &uid,
+        &name,
+        &[],
+    );
+    common::eventually(&format!("agent of {name} ready"), LIMIT, || async {
+        let (code, body) = agent.get("/readyz").await;
+        (code == 200).then_some(()).ok_or(format!("{code} {body}"))
+    })
+    .await;
+    agent
+}
+
+/// Waits until the Lease of pool `app` names `identity`.
+async fn app_lease_held_by(client: &Client, ns: &str, identity: &str) {
+    common::eventually(&format!("{identity} holds the Lease"), LIMIT, || async {
+        let l = lease(client, ns, "app").await.ok_or("no Lease")?;
+        (lease_holder(&l).as_deref() == Some(identity))
+            .then_some(())
+            .ok_or(format!("{:?}", lease_holder(&l)))
+    })
+    .await;
+}
+
+/// The hand-off was the holder agent's own release (its leadership log),
+/// never an expiry by the controller.
+async fn released_not_expired(
+    client: &Client,
+    ns: &str,
+    ctl: &Controller,
+    agent: &election_util::Agent,
+) {
+    let released = agent
+        .entries()
+        .iter()
+        .any(|e| e.event == "stopped" && e.reason.as_deref() == Some("released"));
+    assert!(
+        released,
+        "{}'s agent did not release: {:?}",
+        agent.name,
+        agent.entries()
+    );
+    let (_, metrics) = ctl.get("/metrics").await;
+    assert!(
+        metrics.contains("zen_lead_controller_lease_expiries_total 0"),
+        "the controller cleared the Lease: {metrics}"
+    );
+    let events = policy_events(client, ns, "app").await;
+    assert!(
+        !events.iter().any(|(_, r, _)| r == "LeaseExpired"),
+        "{events:?}"
+    );
+}
+
+/// Finding 7 of issue 29: an `api` pool's leader whose app crash-loops
+/// keeps a healthy agent, so it kept the Lease while Ready replicas waited.
+/// Now an app that is not Ready for less than `appFailureGraceSeconds`
+/// keeps the lead; past it, the controller names a Ready follower as the
+/// preferred holder and the holder's own agent releases (its leadership log
+/// says `released`; the controller never clears the Lease). Without a Ready
+/// follower the leader stays and an Event says so; once one is Ready, it
+/// hands over. An app that keeps restarting while Ready at every look hands
+/// over too.
+#[tokio::test]
+async fn api_leader_whose_app_fails_hands_over_to_a_ready_follower_after_the_grace() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-app", |client, ns| async move {
+        let dir = election_util::scratch_dir("controller-app-failure");
+        let node_name = format!("{ns}-n");
+        let heartbeat = node_without_kubelet(&client, &node_name).await;
+        let mut spec = fast();
+        spec["activation"] = json!("api");
+        spec["appFailureGraceSeconds"] = json!(APP_GRACE.as_secs());
+        create_policy(&client, &ns, "app", spec).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let mut made = Vec::new();
+        let start = unix_now();
+        for name in ["app-0", "app-1"] {
+            let mut pod = pool_pod(name, Some("app"), &node_name, true);
+            pod.metadata.annotations = Some(BTreeMap::from([(
+                "zen-lead.io/activation".to_owned(),
+                "api".to_owned(),
+            )]));
+            made.push(create_pod(&client, &ns, &pod).await);
+            set_app(&pods, name, App::Ready(start)).await;
+        }
+        let ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let a0 = ready_agent(&dir, &ns, &made[0]).await;
+        app_lease_held_by(&client, &ns, &a0.identity).await;
+        let a1 = ready_agent(&dir, &ns, &made[1]).await;
+
+        // A readiness blip shorter than the grace: the leader keeps it.
+        set_app(&pods, "app-0", App::NotReady(start)).await;
+        tokio::time::sleep(APP_GRACE / 3).await;
+        set_app(&pods, "app-0", App::Ready(start)).await;
+        let window = APP_GRACE + Duration::from_secs(2);
+        let change = holder_change_within(&client, &ns, &a0.identity, window).await;
+        assert_eq!(
+            change,
+            None,
+            "a NotReady blip of {:?} moved the Lease",
+            APP_GRACE / 3
+        );
+
+        // Crash-looping: not before the grace, soon after it.
+        set_app(&pods, "app-0", App::CrashLoop).await;
+        let window = APP_GRACE + Duration::from_secs(5);
+        let (to, after) = holder_change_within(&client, &ns, &a0.identity, window)
+            .await
+            .unwrap_or_else(|| {
+                panic!("the Lease stayed with app-0 for {window:?} after its app failed")
+            });
+        assert!(
+            after >= APP_GRACE - Duration::from_millis(300),
+            "handed over after {after:?}, before the grace of {APP_GRACE:?}"
+        );
+        assert!(
+            to.is_empty() || to == a1.identity,
+            "the Lease went to {to:?}"
+        );
+        app_lease_held_by(&client, &ns, &a1.identity).await;
+        released_not_expired(&client, &ns, &ctl, &a0).await;
+        let note = event_until(&client, &ns, "app", "AppNotReady", "handing over to app-1").await;
+        assert!(
+            note.contains("app-0") && note.contains("CrashLoopBackOff"),
+            "{note}"
+        );
+
+        // The new leader fails too, and no follower's app is Ready: it
+        // keeps the Lease and says so; app-0 Ready again takes it back.
+        set_app(&pods, "app-1", App::CrashLoop).await;
+        event_until(
+            &client,
+            &ns,
+            "app",
+            "AppNotReady",
+            "no follower's app is Ready",
+        )
+        .await;
+        app_lease_held_by(&client, &ns, &a1.identity).await;
+        set_app(&pods, "app-0", App::Ready(unix_now())).await;
+        app_lease_held_by(&client, &ns, &a0.identity).await;
+        released_not_expired(&client, &ns, &ctl, &a1).await;
+        event_until(&client, &ns, "app", "AppNotReady", "handing over to app-0").await;
+
+        // Restarting fast, Ready at every look: a restart is a failure too.
+        set_app(&pods, "app-1", App::Ready(unix_now())).await;
+        let restarts = tokio::time::Instant::now();
+        let first = unix_now() + 1;
+        let mut moved = None;
+        for k in 0..12 {
+            set_app(&pods, "app-0", App::Ready(first + k)).await;
+            moved = holder_change_within(&client, &ns, &a0.identity, Duration::from_secs(1)).await;
+            if moved.is_some() {
+                break;
+            }
+        }
+        let after = restarts.elapsed();
+        assert!(
+            moved.is_some(),
+            "app-0 restarted every second for {after:?} and kept the Lease"
+        );
+        assert!(
+            after >= APP_GRACE,
+            "handed over after {after:?}, before the grace"
+        );
+        app_lease_held_by(&client, &ns, &a1.identity).await;
+        // The Event joins the first hand-off's series (same reason and
+        // successor); the controller's log names the cause.
+        let log = ctl.log_text();
+        assert!(
+            log.contains("(an app container restarted); handing over to app-1"),
+            "{log}"
+        );
+        heartbeat.abort();
+        let _ = Api::<Node>::all(client.clone())
+            .delete(&node_name, &DeleteParams::default())
+            .await;
+    })
+    .await;
+}

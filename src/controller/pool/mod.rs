@@ -431,8 +431,8 @@ async fn app_failing(
             if lease::hand_off(ctx, key, lease, &to).await? {
                 let successor = pod_of(&to);
                 let note = format!(
-                    "leader {holder_name}'s app not Ready for {}s ({problem}); handing over to \
-                     {successor}, whose app is Ready",
+                    "leader {holder_name}'s app not Ready or restarting for {}s ({problem}); \
+                     handing over to {successor}, whose app is Ready",
                     failing_for.as_secs()
                 );
                 info!(pool = %key, holder = %holder, successor = %to, "{note}");
@@ -453,8 +453,8 @@ async fn app_failing(
         } => {
             if report {
                 let note = format!(
-                    "leader {holder_name}'s app not Ready for {}s ({problem}); no follower's app \
-                     is Ready, so it keeps the Lease; it hands over once one is",
+                    "leader {holder_name}'s app not Ready or restarting for {}s ({problem}); no \
+                     follower's app is Ready, so it keeps the Lease; it hands over once one is",
                     failing_for.as_secs()
                 );
                 tracing::warn!(pool = %key, holder = %holder, "{note}");
