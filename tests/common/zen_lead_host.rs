@@ -105,7 +105,7 @@ async fn spawn(ns: &str, dir: &Path, webhook_port: u16, admin_port: u16) -> toki
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("start zen-lead controller: {e}"));
-    // Ready = watches synced and TLS loaded.
+    // Ready = the webhook serves (TLS loaded).
     super::eventually(
         "the controller's /readyz",
         Duration::from_secs(60),
