@@ -48,45 +48,55 @@ struct Controller {
     log: PathBuf,
 }
 
+/// `zen-lead controller` for `ns` as the tests run it (its own certificate,
+/// admin port and log file, a 3 s controller Lease), not yet started:
+/// (the command, the admin port, the log file).
+fn controller_command(dir: &Path, ns: &str, name: &str, extra: &[&str]) -> (Command, u16, PathBuf) {
+    let certs = dir.join("certs");
+    if !certs.join("tls.crt").exists() {
+        let out = Command::new(BIN)
+            .args(["certs", "--dns", "localhost", "--ip", "127.0.0.1", "--out"])
+            .arg(&certs)
+            .output()
+            .unwrap_or_else(|e| panic!("zen-lead certs: {e}"));
+        assert!(out.status.success(), "zen-lead certs failed: {out:?}");
+    }
+    let admin = free_port();
+    let log = dir.join(format!("{name}.log"));
+    let mut command = Command::new(BIN);
+    command
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
+        .args(["controller", "--webhook-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .arg("--tls-cert-file")
+        .arg(certs.join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(certs.join("tls.key"))
+        .args(["--namespace", ns, "--watch-namespace", ns])
+        .args(["--controller-identity", name])
+        .args(["--controller-lease-duration", "3s"])
+        // The fixtures' uninjected pool pods stand in for injected ones
+        // (KWOK pods with a fake agent status): only the test of the
+        // safety net asks for evictions.
+        .args(
+            (!extra.iter().any(|a| a.starts_with("--evict-uninjected")))
+                .then_some("--evict-uninjected=false"),
+        )
+        .args(extra)
+        .stdout(Stdio::null());
+    (command, admin, log)
+}
+
 impl Controller {
     fn start(dir: &Path, ns: &str, name: &str, extra: &[&str]) -> Controller {
-        let certs = dir.join("certs");
-        if !certs.join("tls.crt").exists() {
-            let out = Command::new(BIN)
-                .args(["certs", "--dns", "localhost", "--ip", "127.0.0.1", "--out"])
-                .arg(&certs)
-                .output()
-                .unwrap_or_else(|e| panic!("zen-lead certs: {e}"));
-            assert!(out.status.success(), "zen-lead certs failed: {out:?}");
-        }
-        let admin = free_port();
-        let log = dir.join(format!("{name}.log"));
+        let (mut command, admin, log) = controller_command(dir, ns, name, extra);
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap_or_else(|e| panic!("controller log: {e}"));
-        let child = Command::new(BIN)
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
-            .args(["controller", "--webhook-addr", "127.0.0.1:0"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .arg("--tls-cert-file")
-            .arg(certs.join("tls.crt"))
-            .arg("--tls-key-file")
-            .arg(certs.join("tls.key"))
-            .args(["--namespace", ns, "--watch-namespace", ns])
-            .args(["--controller-identity", name])
-            .args(["--controller-lease-duration", "3s"])
-            // The fixtures' uninjected pool pods stand in for injected ones
-            // (KWOK pods with a fake agent status): only the test of the
-            // safety net asks for evictions.
-            .args(
-                (!extra.iter().any(|a| a.starts_with("--evict-uninjected")))
-                    .then_some("--evict-uninjected=false"),
-            )
-            .args(extra)
-            .stdout(Stdio::null())
+        let child = command
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
@@ -1891,35 +1901,12 @@ fn start_impersonating(
     user: &str,
     extra: &[&str],
 ) -> (tokio::process::Child, u16, PathBuf) {
-    let certs = dir.join("certs");
-    if !certs.join("tls.crt").exists() {
-        let out = Command::new(BIN)
-            .args(["certs", "--dns", "localhost", "--ip", "127.0.0.1", "--out"])
-            .arg(&certs)
-            .output()
-            .unwrap_or_else(|e| panic!("zen-lead certs: {e}"));
-        assert!(out.status.success(), "zen-lead certs failed: {out:?}");
-    }
-    let admin = free_port();
-    let log = dir.join(format!("{name}.log"));
+    let (mut command, admin, log) = controller_command(dir, ns, name, extra);
     let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("controller log: {e}"));
-    let child = tokio::process::Command::new(BIN)
-        .env("KUBECONFIG", kubeconfig_path())
+    command
         .env("KUBE_RS_DEBUG_IMPERSONATE_USER", user)
-        .env("ZEN_LEAD_LOG_LEVEL", "info,zen_lead=debug")
-        .args(["controller", "--webhook-addr", "127.0.0.1:0"])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .arg("--tls-cert-file")
-        .arg(certs.join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(certs.join("tls.key"))
-        .args(["--namespace", ns, "--watch-namespace", ns])
-        .args(["--controller-identity", name])
-        .args(["--controller-lease-duration", "3s"])
-        .arg("--evict-uninjected=false")
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(stderr)
+        .stderr(stderr);
+    let child = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));

@@ -92,22 +92,12 @@ pub async fn install(client: &Client) -> Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        // Drop cannot await, and the test's client belongs to the test's
-        // runtime (blocked here): a fresh client on a fresh runtime.
-        let _ = std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let client = super::client().await;
-                let dp = DeleteParams::default();
-                let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-                let policies: Api<ValidatingAdmissionPolicy> = Api::all(client);
-                let _ = bindings.delete(POLICY_NAME, &dp).await;
-                let _ = policies.delete(POLICY_NAME, &dp).await;
-            });
-        })
-        .join();
+        super::cleanup_on_drop(|client| async move {
+            let dp = DeleteParams::default();
+            let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+            let policies: Api<ValidatingAdmissionPolicy> = Api::all(client);
+            let _ = bindings.delete(POLICY_NAME, &dp).await;
+            let _ = policies.delete(POLICY_NAME, &dp).await;
+        });
     }
 }

@@ -112,28 +112,18 @@ pub async fn install(client: &Client, ns: &str, c: &Controller) -> Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        // Drop cannot await, and the test's client belongs to the test's
-        // runtime (blocked here): a fresh client on a fresh runtime.
         let (webhook, guard) = (self.webhook.clone(), self.guard.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let client = super::client().await;
-                let dp = DeleteParams::default();
-                let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
-                    .delete(&webhook, &dp)
-                    .await;
-                let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-                    .delete(&guard, &dp)
-                    .await;
-                let _ = Api::<ValidatingAdmissionPolicy>::all(client)
-                    .delete(&guard, &dp)
-                    .await;
-            });
-        })
-        .join();
+        super::cleanup_on_drop(|client| async move {
+            let dp = DeleteParams::default();
+            let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+                .delete(&webhook, &dp)
+                .await;
+            let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                .delete(&guard, &dp)
+                .await;
+            let _ = Api::<ValidatingAdmissionPolicy>::all(client)
+                .delete(&guard, &dp)
+                .await;
+        });
     }
 }

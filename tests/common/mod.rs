@@ -63,6 +63,24 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `cleanup` with a fresh client to completion, from a `Drop`: drop
+/// cannot await, and the test's client belongs to the test's runtime (blocked
+/// there), so a fresh client on a fresh runtime in a thread of its own.
+pub fn cleanup_on_drop<F, Fut>(cleanup: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move { cleanup(client().await).await });
+    })
+    .join();
+}
+
 /// The object of `kind` named `name` in `deploy/zen-lead.yaml` (the chart
 /// as the kubectl-only install ships it; tests/manifests.rs keeps the two
 /// equal).
