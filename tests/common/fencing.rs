@@ -54,6 +54,27 @@ pub async fn wait_condition(
     .await;
 }
 
+/// Waits for the API server's type check of ValidatingAdmissionPolicy
+/// `name` and fails on any warning (a warning there means a typo in a rule).
+pub async fn assert_type_checked(policies: &Api<ValidatingAdmissionPolicy>, name: &str) {
+    let checked = super::eventually(
+        &format!("the type check of ValidatingAdmissionPolicy {name}"),
+        Duration::from_secs(60),
+        || async {
+            let p = policies.get(name).await.map_err(|e| e.to_string())?;
+            p.status
+                .and_then(|s| s.type_checking)
+                .ok_or_else(|| "not type-checked yet".to_owned())
+        },
+    )
+    .await;
+    let warnings = checked.expression_warnings.unwrap_or_default();
+    assert!(
+        warnings.is_empty(),
+        "ValidatingAdmissionPolicy {name}'s CEL has type warnings: {warnings:?}"
+    );
+}
+
 /// The installed policy; removed when dropped.
 pub struct Installed;
 
@@ -72,21 +93,7 @@ pub async fn install(client: &Client) -> Installed {
         .patch(POLICY_NAME, &pp, &Patch::Apply(&binding))
         .await
         .unwrap_or_else(|e| panic!("apply the fencing binding: {e}"));
-    let checked = super::eventually(
-        "the fencing policy's type check",
-        Duration::from_secs(60),
-        || async {
-            let p = policies.get(POLICY_NAME).await.map_err(|e| e.to_string())?;
-            p.status
-                .and_then(|s| s.type_checking)
-                .ok_or_else(|| "not type-checked yet".to_owned())
-        },
-    )
-    .await;
-    assert!(
-        checked.expression_warnings.unwrap_or_default().is_empty(),
-        "the fencing policy's CEL has type warnings"
-    );
+    assert_type_checked(&policies, POLICY_NAME).await;
     Installed
 }
 

@@ -5,7 +5,6 @@
 //! namespace, as `deploy/zen-lead.yaml` ships them. Removed when dropped.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -89,21 +88,7 @@ pub async fn install(client: &Client, ns: &str, c: &Controller) -> Installed {
         .create(&pp, &webhook)
         .await
         .unwrap_or_else(|e| panic!("create the webhook configuration: {e}"));
-    let checked = super::eventually(
-        "the guard policy's type check",
-        Duration::from_secs(60),
-        || async {
-            let p = policies.get(&guard).await.map_err(|e| e.to_string())?;
-            p.status
-                .and_then(|s| s.type_checking)
-                .ok_or_else(|| "not type-checked yet".to_owned())
-        },
-    )
-    .await;
-    assert!(
-        checked.expression_warnings.unwrap_or_default().is_empty(),
-        "the guard policy's CEL has type warnings"
-    );
+    super::fencing::assert_type_checked(&policies, &guard).await;
     Installed {
         webhook: webhook_name,
         guard,
