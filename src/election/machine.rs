@@ -142,7 +142,12 @@ enum View {
     Unknown,
     Present {
         rec: Record,
+        /// When the holder's part of the record or the preferred holder last
+        /// changed (a free Lease's preferred-holder deferral counts from it).
         changed_at: Instant,
+        /// When the holder's part last changed (holder, instance, renewTime,
+        /// leaseTransitions): the countdown of its claim starts here.
+        counted_from: Instant,
         /// The holder's claim ends here (local monotonic clock).
         claim_until: Instant,
         /// Longest lease duration seen for the current holder: a shortened
@@ -155,6 +160,15 @@ enum View {
     Missing {
         prior: Prior,
     },
+}
+
+/// What [`Machine::count_claim`] makes of a new observation.
+struct Count {
+    claim_ld: Duration,
+    free_not_before: Instant,
+    /// Start of the countdown of the holder's claim.
+    from: Instant,
+    changed_at: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,37 +403,9 @@ impl Machine {
         self.stale = false;
         self.last_transitions = Some(rec.transitions);
         self.known_ld = rec.timings.lease_duration();
-        let (claim_ld, free_not_before) = match &self.view {
-            View::Present {
-                rec: old,
-                claim_ld,
-                free_not_before,
-                ..
-            } => {
-                if old.resource_version == rec.resource_version && old.uid == rec.uid {
-                    return None; // same record: nothing changed, the clock keeps running
-                }
-                let same_holder = old.holder.is_some()
-                    && old.holder == rec.holder
-                    && old.holder_instance == rec.holder_instance;
-                let ld = if same_holder {
-                    (*claim_ld).max(rec.timings.lease_duration())
-                } else {
-                    rec.timings.lease_duration()
-                };
-                let not_before = if old.uid == rec.uid {
-                    *free_not_before
-                } else {
-                    now
-                };
-                (ld, not_before)
-            }
-            View::Missing {
-                prior: Prior::Claimed { until },
-            } => (rec.timings.lease_duration(), *until),
-            _ => (rec.timings.lease_duration(), now),
-        };
-        let claim_until = later(now + claim_ld, free_not_before);
+        // None: the same record; nothing changed, the clock keeps running.
+        let count = self.count_claim(&rec, now)?;
+        let claim_until = later(count.from + count.claim_ld, count.free_not_before);
         let mine = self.holds(&rec);
         let mut event = None;
         if let Some(lead) = &mut self.lead {
@@ -452,12 +438,77 @@ impl Machine {
         }
         self.view = View::Present {
             rec,
-            changed_at: now,
+            changed_at: count.changed_at,
+            counted_from: count.from,
             claim_until,
-            claim_ld,
-            free_not_before,
+            claim_ld: count.claim_ld,
+            free_not_before: count.free_not_before,
         };
         event
+    }
+
+    /// How a newly observed `rec` counts (`None`: the record already seen).
+    /// Only the holder's own writes restart the countdown: the controller
+    /// writes the Lease on its own (the fencing label, the fenced-pods list),
+    /// and a controller writing more often than the lease duration must not
+    /// keep an expired Lease from ever being taken.
+    fn count_claim(&self, rec: &Record, now: Instant) -> Option<Count> {
+        let fresh = |free_not_before| Count {
+            claim_ld: rec.timings.lease_duration(),
+            free_not_before,
+            from: now,
+            changed_at: now,
+        };
+        let View::Present {
+            rec: old,
+            changed_at,
+            counted_from,
+            claim_ld,
+            free_not_before,
+            ..
+        } = &self.view
+        else {
+            return Some(match &self.view {
+                View::Missing {
+                    prior: Prior::Claimed { until },
+                } => fresh(*until),
+                _ => fresh(now),
+            });
+        };
+        if old.resource_version == rec.resource_version && old.uid == rec.uid {
+            return None;
+        }
+        let same_holder = old.holder.is_some()
+            && old.holder == rec.holder
+            && old.holder_instance == rec.holder_instance;
+        let ld = if same_holder {
+            (*claim_ld).max(rec.timings.lease_duration())
+        } else {
+            rec.timings.lease_duration()
+        };
+        if old.uid != rec.uid {
+            return Some(Count {
+                claim_ld: ld,
+                ..fresh(now)
+            });
+        }
+        // Without a renewTime a renewal cannot be told from another write:
+        // every change counts, as before.
+        let same_claim = old.holder == rec.holder
+            && old.holder_instance == rec.holder_instance
+            && old.transitions == rec.transitions
+            && old.renewed.is_some()
+            && old.renewed == rec.renewed;
+        Some(Count {
+            claim_ld: ld,
+            free_not_before: *free_not_before,
+            from: if same_claim { *counted_from } else { now },
+            changed_at: if same_claim && old.preferred == rec.preferred {
+                *changed_at
+            } else {
+                now
+            },
+        })
     }
 
     /// Ends our term if its deadline has passed. The end is reported at the

@@ -36,6 +36,10 @@ pub struct Record {
     /// `spec.acquireTime`: when the current term began (wall clock; shown to
     /// users only, never used for decisions).
     pub acquired: Option<SystemTime>,
+    /// `spec.renewTime`: compared for equality only (a renewal sets a new
+    /// one), to tell the holder's writes from the controller's metadata
+    /// writes; never compared with a clock.
+    pub renewed: Option<SystemTime>,
 }
 
 impl Record {
@@ -72,6 +76,9 @@ impl Record {
             ),
             acquired: spec
                 .and_then(|s| s.acquire_time.as_ref())
+                .map(|t| SystemTime::from(t.0)),
+            renewed: spec
+                .and_then(|s| s.renew_time.as_ref())
                 .map(|t| SystemTime::from(t.0)),
         })
     }

@@ -41,6 +41,8 @@ fn rec(rv: u64, holder: Option<&str>, transitions: i32) -> Record {
         preferred: None,
         timings: timings(3000, 2000, 500),
         acquired: None,
+        // Each version a new renewal, unless a test says otherwise.
+        renewed: Some(std::time::UNIX_EPOCH + Duration::from_secs(rv)),
     }
 }
 
@@ -188,6 +190,48 @@ fn expiry_counts_from_the_last_observed_change_not_from_renew_time() {
     // A renewal (new resourceVersion) does.
     m.observe(present(rec(11, Some("other"), 1)), t0 + ms(2500));
     assert_eq!(m.decide(t0 + ms(3000)), Action::Wait(Some(t0 + ms(5500))));
+}
+
+/// The controller writes the Lease on its own (the fencing label, the
+/// fenced-pods list): a new resourceVersion, the holder's part unchanged.
+/// Only the holder's writes restart a follower's countdown; before, a
+/// controller writing more often than the lease duration kept an expired
+/// Lease from ever being taken (found by tests/model.rs).
+#[test]
+fn only_the_holders_writes_restart_the_countdown() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    let held = rec(10, Some("other"), 1);
+    m.observe(present(held.clone()), t0);
+    let controller_write = |rv: u64| Record {
+        resource_version: rv.to_string(),
+        ..held.clone()
+    };
+    m.observe(present(controller_write(11)), t0 + ms(1000));
+    m.observe(present(controller_write(12)), t0 + ms(2000));
+    assert_eq!(m.decide(t0 + ms(2500)), Action::Wait(Some(t0 + ms(3000))));
+    // Taken on the newest version, at the expiry counted from the renewal.
+    assert_eq!(
+        m.decide(t0 + ms(3000)),
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            base_resource_version: "12".into(),
+            write: acquire_write(2, true),
+        }
+    );
+    // A Lease without renewTime (an unknown writer): every change counts.
+    let mut m = Machine::new(cfg());
+    let bare = Record {
+        renewed: None,
+        ..held.clone()
+    };
+    m.observe(present(bare.clone()), t0);
+    let later_version = Record {
+        resource_version: "11".into(),
+        ..bare
+    };
+    m.observe(present(later_version), t0 + ms(1000));
+    assert_eq!(m.decide(t0 + ms(3000)), Action::Wait(Some(t0 + ms(4000))));
 }
 
 #[test]
@@ -671,6 +715,7 @@ fn candidates_sharing_an_identity_never_lead_together() {
         preferred: None,
         timings: timings(3000, 2000, 500),
         acquired: None,
+        renewed: Some(std::time::UNIX_EPOCH + Duration::from_secs(s.rv)),
     };
     for seed in 0..20u64 {
         let mut store = Stored {
