@@ -16,6 +16,7 @@
 //! - [`run`]: `zen-lead run -- CMD` and `zen-lead probe` (`process` pools).
 //! - [`handoff`]: `zen-lead handoff` and `zen-lead status` (operators).
 //! - [`tls`], [`telemetry`]: certificates, logging, metrics.
+//! - [`panic_guard`]: one request's panic is a 500, any other aborts.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod election;
 pub mod handoff;
 pub mod keys;
 pub mod lock;
+pub mod panic_guard;
 pub mod run;
 pub mod telemetry;
 pub mod tls;
@@ -137,6 +139,7 @@ pub fn execute(
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| Error::CryptoProvider)?;
+    panic_guard::install();
     let runtime = if single_threaded {
         tokio::runtime::Builder::new_current_thread()
     } else {

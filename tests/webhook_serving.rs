@@ -7,16 +7,19 @@ mod tls_client;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 use zen_lead::api::Activation;
 use zen_lead::tls::{CertRequest, GeneratedCerts, generate};
 use zen_lead::webhook::certs::CertStore;
 use zen_lead::webhook::inject::InjectConfig;
-use zen_lead::webhook::lookup::StaticLookup;
-use zen_lead::webhook::server::ServeOptions;
+use zen_lead::webhook::inject::{OwnerMeta, PolicyState};
+use zen_lead::webhook::lookup::{Lookup, LookupError, StaticLookup};
+use zen_lead::webhook::server::{self, ServeOptions};
 
 fn certs() -> GeneratedCerts {
     generate(&CertRequest {
@@ -240,6 +243,166 @@ async fn bodies_over_the_limit_get_413() {
     pod["metadata"]["annotations"]["padding"] = json!("x".repeat(12 * 1024));
     let (status, _) = conn.post("/mutate", review("u", pod)).await.expect("post");
     assert_eq!(status, 200);
+    running.shutdown().await;
+}
+
+/// A lookup that takes `delay` per LeaderPolicy read, counts how many run at
+/// once, and panics for namespace `boom` (a latent bug).
+struct CountingLookup {
+    inner: StaticLookup,
+    delay: Duration,
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl CountingLookup {
+    fn new(delay: Duration) -> Self {
+        Self {
+            inner: StaticLookup::default().with_policy("ns", "pool", Activation::Auto),
+            delay,
+            now: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Lookup for CountingLookup {
+    async fn owner(
+        &self,
+        namespace: &str,
+        owner: &OwnerReference,
+    ) -> Result<Option<OwnerMeta>, LookupError> {
+        self.inner.owner(namespace, owner).await
+    }
+
+    async fn policy(&self, namespace: &str, name: &str) -> PolicyState {
+        assert_ne!(namespace, "boom", "a latent bug in the webhook");
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.inner.policy(namespace, name).await
+    }
+}
+
+async fn start_counting(
+    store: Arc<CertStore>,
+    lookup: Arc<CountingLookup>,
+) -> common::webhook::Served {
+    common::webhook::serve(
+        ServeOptions {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
+            request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
+            inject: InjectConfig::with_image("zen-lead:test"),
+        },
+        store,
+        lookup,
+    )
+    .await
+}
+
+/// A flood of admissions, as the API server's HTTP/2 streams and as many
+/// connections: at most MAX_IN_FLIGHT are answered at once (the rest wait
+/// for a slot), bodies in flight stay within MAX_IN_FLIGHT_BYTES,
+/// connections beyond MAX_CONNECTIONS are closed, a panicking admission is
+/// a 500 for itself alone, and the webhook serves on.
+#[tokio::test]
+async fn a_flood_is_held_to_the_caps_and_the_webhook_serves_on() {
+    let certs = certs();
+    let lookup = Arc::new(CountingLookup::new(Duration::from_millis(200)));
+    let running = start_counting(store_for(&certs), lookup.clone()).await;
+    let h2 = tls_client::connect_h2(running.addr, certs.ca_cert_pem.as_bytes())
+        .await
+        .expect("h2");
+
+    // 200 admissions at once over 4 HTTP/2 connections (each allows
+    // MAX_IN_FLIGHT streams, so up to 200 reach the server together).
+    let mut conns = vec![h2.clone()];
+    for _ in 0..3 {
+        let conn = tls_client::connect_h2(running.addr, certs.ca_cert_pem.as_bytes());
+        conns.push(conn.await.expect("h2"));
+    }
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..200).map(|i| {
+        conns[i % conns.len()].post("/mutate", review(&format!("u-{i}"), annotated_pod()))
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| matches!(a, Ok((200, _)))).count();
+    let peak = lookup.peak.load(Ordering::SeqCst);
+    eprintln!(
+        "200 concurrent admissions: {ok} answered 200, peak {peak} in flight, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ok,
+        200,
+        "every admission answered: {:?}",
+        answers.iter().find(|a| !matches!(a, Ok((200, _))))
+    );
+    assert!(peak <= server::MAX_IN_FLIGHT, "peak {peak} in flight");
+    assert!(
+        peak >= server::MAX_IN_FLIGHT / 2,
+        "the flood did overlap: peak {peak}"
+    );
+
+    // Big bodies: ~2.9 MiB each, 24 at once; 16 MiB hold 5 of them.
+    lookup.peak.store(0, Ordering::SeqCst);
+    let mut big = annotated_pod();
+    big["metadata"]["annotations"]["padding"] = json!("x".repeat(2_900 * 1024));
+    let body = review("big", big);
+    let answers =
+        futures::future::join_all((0..24).map(|_| h2.post("/mutate", body.clone()))).await;
+    let ok = answers.iter().filter(|a| matches!(a, Ok((200, _)))).count();
+    let busy = answers.iter().filter(|a| matches!(a, Ok((503, b)) if String::from_utf8_lossy(b).contains("zen-lead webhook busy"))).count();
+    let peak = lookup.peak.load(Ordering::SeqCst);
+    let fits = server::MAX_IN_FLIGHT_BYTES / body.len();
+    eprintln!(
+        "24 concurrent {} KiB admissions: {ok} answered 200, {busy} busy (503), peak {peak} in flight",
+        body.len() >> 10
+    );
+    assert_eq!(ok + busy, 24, "each answered or told busy");
+    assert!(ok > 0);
+    assert!(
+        peak <= fits,
+        "peak {peak} bodies in flight, {fits} fit the budget"
+    );
+
+    // 300 connections: the cap's worth are kept, the rest closed.
+    let config = tls_client::client_config(certs.ca_cert_pem.as_bytes());
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        match tls_client::connect(running.addr, config.clone()).await {
+            Ok(conn) => kept.push(conn),
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!(
+        "300 connections: {} kept, {refused} closed at once",
+        kept.len()
+    );
+    assert!(kept.len() <= server::MAX_CONNECTIONS, "{} kept", kept.len());
+    drop(kept);
+
+    // A panicking admission is a 500 naming the panic; the next is served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut boom = serde_json::from_slice::<Value>(&review("boom", annotated_pod())).expect("json");
+    boom["request"]["namespace"] = json!("boom");
+    let h2 = tls_client::connect_h2(running.addr, certs.ca_cert_pem.as_bytes())
+        .await
+        .expect("h2 after the flood");
+    let (status, text) = h2
+        .post("/mutate", Bytes::from(boom.to_string()))
+        .await
+        .expect("post");
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&text));
+    assert!(String::from_utf8_lossy(&text).contains("a latent bug"));
+    let (status, _) = h2
+        .post("/mutate", review("after", annotated_pod()))
+        .await
+        .expect("post");
+    assert_eq!(status, 200, "serves on");
     running.shutdown().await;
 }
 

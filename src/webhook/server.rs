@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::WebhookError;
@@ -43,6 +43,32 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Longest a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Admissions being answered at once at most. More wait for a slot until
+/// their deadline ([`DEFAULT_REQUEST_TIMEOUT`]), then get a 503: the
+/// webhook serves in the controller's process, whose memory the
+/// reconcilers need too.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Bytes of request bodies held at once at most, all admissions together
+/// (a request counts its `Content-Length`, or the body limit without one).
+pub const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
+
+/// Connections at once at most; one more is accepted and closed at once.
+/// The API server keeps a few open and multiplexes over HTTP/2.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// HTTP/2 flow-control window of one stream. A stream waiting for an
+/// admission slot has not read its body, and unread data holds the
+/// connection's window too: the connection's window is the sum of its
+/// streams' ([`MAX_IN_FLIGHT`] of them), so waiting streams can never
+/// starve the ones being answered. Per connection at most 2 MiB is buffered
+/// this way (64 MiB over [`MAX_CONNECTIONS`]); a 3 MiB body still arrives
+/// in a few milliseconds on a cluster network.
+const H2_STREAM_WINDOW: u32 = 32 << 10;
+
+/// How long a request head may take, and an idle HTTP/1.1 connection stay.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to serve and how.
 #[derive(Debug, Clone)]
@@ -116,6 +142,10 @@ struct AppState<L> {
     max_body_bytes: usize,
     request_timeout: Duration,
     metrics: Metrics,
+    /// [`MAX_IN_FLIGHT`] permits.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// [`MAX_IN_FLIGHT_BYTES`] permits, one per byte.
+    in_flight_bytes: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running webhook. Dropping it does not stop it; call [`Running::shutdown`].
@@ -152,8 +182,40 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Waits, until `deadline`, for an admission slot and for `bytes` of the
+/// body budget; `Err` is the 503 to answer.
+async fn admission_slot<L>(
+    state: &AppState<L>,
+    bytes: usize,
+    deadline: tokio::time::Instant,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Response> {
+    let bytes = u32::try_from(bytes.min(MAX_IN_FLIGHT_BYTES)).unwrap_or(u32::MAX);
+    let acquire = async {
+        let slot = state.in_flight.clone().acquire_owned().await.ok()?;
+        let budget = state
+            .in_flight_bytes
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .ok()?;
+        Some((slot, budget))
+    };
+    match tokio::time::timeout_at(deadline, acquire).await {
+        Ok(Some(permits)) => Ok(permits),
+        _ => Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "zen-lead webhook busy: {MAX_IN_FLIGHT} admissions or {} MiB of request bodies \
+                 were in flight for as long as this request may wait",
+                MAX_IN_FLIGHT_BYTES >> 20
+            ),
+        )),
+    }
+}
+
 async fn mutate<L: Lookup>(State(state): State<Arc<AppState<L>>>, request: Request) -> Response {
     let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
     let limit = state.max_body_bytes;
     let declared = request
         .headers()
@@ -162,55 +224,32 @@ async fn mutate<L: Lookup>(State(state): State<Arc<AppState<L>>>, request: Reque
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         state.metrics.observe("too_large", started.elapsed());
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {limit} bytes (--max-body-bytes)"),
-        );
+        return too_large(limit);
     }
-    let work = async {
-        // Limited also while reading: Content-Length may be absent (chunked).
-        let body = http_body_util::Limited::new(request.into_body(), limit);
-        let bytes = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                if err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    return (
-                        "too_large",
-                        text(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!(
-                                "request body is larger than the limit of {limit} bytes (--max-body-bytes)"
-                            ),
-                        ),
-                    );
-                }
-                return (
-                    "bad_request",
-                    text(
-                        StatusCode::BAD_REQUEST,
-                        format!("could not read the request body: {err}"),
-                    ),
-                );
-            }
-        };
-        let reply = admit(&bytes, state.lookup.as_ref(), &state.inject).await;
-        let content_type = if reply.status == StatusCode::OK {
-            "application/json"
-        } else {
-            "text/plain; charset=utf-8"
-        };
-        let mut response = Response::new(Body::from(reply.body));
-        *response.status_mut() = reply.status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        (reply.outcome, response)
+    let bytes = declared
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(limit);
+    let _permits = match admission_slot(&state, bytes, deadline).await {
+        Ok(permits) => permits,
+        Err(busy) => {
+            state.metrics.observe("busy", started.elapsed());
+            return busy;
+        }
     };
-    let (outcome, response) = match tokio::time::timeout(state.request_timeout, work).await {
-        Ok(done) => done,
+    // A panic answering one admission is a 500 for it alone (panic_guard).
+    let work = crate::panic_guard::contain(answer(&state, request.into_body()));
+    let (outcome, response) = match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(panicked)) => {
+            tracing::error!(error = %panicked, "answering an admission panicked");
+            (
+                "panic",
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("zen-lead webhook: {panicked}"),
+                ),
+            )
+        }
         Err(_) => (
             "timeout",
             text(
@@ -224,6 +263,50 @@ async fn mutate<L: Lookup>(State(state): State<Arc<AppState<L>>>, request: Reque
     };
     state.metrics.observe(outcome, started.elapsed());
     response
+}
+
+fn too_large(limit: usize) -> Response {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than the limit of {limit} bytes (--max-body-bytes)"),
+    )
+}
+
+/// Reads the body and answers the AdmissionReview in it: the outcome (a
+/// metric label) and the response.
+async fn answer<L: Lookup>(state: &AppState<L>, body: Body) -> (&'static str, Response) {
+    let limit = state.max_body_bytes;
+    // Limited also while reading: Content-Length may be absent (chunked).
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return ("too_large", too_large(limit));
+            }
+            return (
+                "bad_request",
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {err}"),
+                ),
+            );
+        }
+    };
+    let reply = admit(&bytes, state.lookup.as_ref(), &state.inject).await;
+    let content_type = if reply.status == StatusCode::OK {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() = reply.status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (reply.outcome, response)
 }
 
 async fn not_found() -> Response {
@@ -257,10 +340,19 @@ async fn serve_connection(
         }
     };
     let service = TowerToHyperService::new(app);
-    if let Err(err) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 << 10);
+    let streams = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+    builder
+        .http2()
+        .max_concurrent_streams(streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_STREAM_WINDOW.saturating_mul(streams));
+    if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
         tracing::debug!(%peer, error = %err, "webhook connection ended with an error");
     }
 }
@@ -296,11 +388,14 @@ pub async fn start<L: Lookup>(
         max_body_bytes: options.max_body_bytes,
         request_timeout: options.request_timeout,
         metrics: metrics.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        in_flight_bytes: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_BYTES)),
     });
     let app = router(state);
     let (stop, stop_rx) = watch::channel(false);
 
     let mut stop_https = stop_rx.clone();
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let https = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -316,10 +411,17 @@ pub async fn start<L: Lookup>(
                     continue;
                 }
             };
+            let Ok(slot) = connections.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "webhook connection cap reached: closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
-            tokio::spawn(serve_connection(acceptor, app, tcp, peer));
+            tokio::spawn(async move {
+                let _slot = slot;
+                serve_connection(acceptor, app, tcp, peer).await;
+            });
         }
     });
 

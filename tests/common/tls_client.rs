@@ -89,3 +89,56 @@ impl Conn {
         Ok((status, bytes))
     }
 }
+
+/// One HTTP/2 connection (ALPN `h2`), as the API server calls webhooks:
+/// requests on it are concurrent streams.
+#[derive(Clone)]
+pub struct H2Conn {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+/// Connects with ALPN `h2` and completes the HTTP/2 handshake.
+pub async fn connect_h2(addr: SocketAddr, ca_pem: &[u8]) -> std::io::Result<H2Conn> {
+    assert!(addr.ip().is_loopback(), "tests talk to loopback only");
+    let mut config = (*client_config(ca_pem)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(H2Conn { sender })
+}
+
+impl H2Conn {
+    /// POSTs `body` to `path` on a new stream; returns status and body.
+    pub async fn post(&self, path: &str, body: Bytes) -> Result<(u16, Bytes), String> {
+        let mut sender = self.sender.clone();
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let request = hyper::Request::post(format!("https://localhost{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
