@@ -22,10 +22,24 @@ pub const AGENT_CONTAINER: &str = "zen-lead-agent";
 /// (tests/image_layout.rs).
 pub const AGENT_COMMAND: &str = "/usr/local/bin/zen-lead-pod";
 
-/// The agent's HTTP port. Must equal the default of `zen-lead agent
-/// --http-addr` (src/cli.rs): the webhook passes no address flag, so the
-/// probes and the agent agree through this one number.
+/// The agent's local HTTP API (`/v1/*`, also every probe path), on the
+/// pod's loopback only: the pod's own containers (`zen-lead run`, `probe`,
+/// apps reading `/v1/leader`) reach it, other pods do not. Must equal the
+/// default of `zen-lead agent --http-addr` (src/cli): the webhook passes no
+/// address flag, so both sides agree through this one number.
 pub const AGENT_PORT: i32 = 9466;
+
+/// The agent's port on the pod IP, serving only what callers from outside
+/// the pod need: the kubelet's probes (`/livez`, `/readyz`, `/startz`,
+/// `/app-health/...`), Prometheus (`/metrics`) and `zen-lead handoff`
+/// through the API server's pod proxy ([`LEADZ_PATH`]). Must equal the
+/// default of `zen-lead agent --probe-addr`; the injected container port
+/// `zl-agent` and every injected probe name it.
+pub const AGENT_PROBE_PORT: i32 = 9468;
+
+/// On [`AGENT_PROBE_PORT`]: this pod's leadership, one JSON snapshot (the
+/// body of `/v1/leader`; no stream), for `zen-lead handoff`.
+pub const LEADZ_PATH: &str = "/leadz";
 
 /// Volume the agent copies its binary into (an `emptyDir`).
 pub const BIN_VOLUME: &str = "zen-lead-bin";

@@ -16,7 +16,9 @@ use std::path::Path;
 use clap::{CommandFactory, Parser};
 use serde_json::Value;
 use zen_lead::cli::{Cli, Command, PodCli, PodCommand};
-use zen_lead::contract::{AGENT_COMMAND, AGENT_CONTAINER, BIN_PATH};
+use zen_lead::contract::{
+    AGENT_COMMAND, AGENT_CONTAINER, AGENT_PROBE_PORT, APP_HEALTH_PREFIX, BIN_PATH,
+};
 
 /// A value for an env var the kubelet fills from the pod (`valueFrom`).
 fn sample(value_from: &Value) -> String {
@@ -103,9 +105,51 @@ fn check_agent(case: &str, agent: &Value) {
             }
         }
     };
-    parsed
+    let config = parsed
         .config()
         .unwrap_or_else(|e| panic!("{case}: the agent would refuse to start: {e}"));
+    if !command.is_empty() {
+        check_agent_ports(case, agent, &config);
+    }
+}
+
+/// The port an `httpGet` probe names, by number or by the container's port name.
+fn probe_port(container: &Value, probe: &Value) -> Option<i64> {
+    match &probe["httpGet"]["port"] {
+        Value::String(name) => container["ports"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == *name)
+            .and_then(|p| p["containerPort"].as_i64()),
+        other => other.as_i64(),
+    }
+}
+
+/// The kubelet probes the pod IP: the agent's probes target the port its
+/// probe server listens on (`--probe-addr`, not loopback), and its API
+/// (`--http-addr`) is on loopback, out of other pods' reach.
+fn check_agent_ports(case: &str, agent: &Value, config: &zen_lead::agent::Config) {
+    assert!(
+        config.http_addr.ip().is_loopback(),
+        "{case}: the agent's API is not on loopback"
+    );
+    assert!(
+        !config.probe_addr.ip().is_loopback(),
+        "{case}: the kubelet cannot reach loopback"
+    );
+    assert_eq!(
+        i32::from(config.probe_addr.port()),
+        AGENT_PROBE_PORT,
+        "{case}"
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let port = probe_port(agent, &agent[probe]);
+        assert_eq!(
+            port,
+            Some(i64::from(AGENT_PROBE_PORT)),
+            "{case}: the agent's {probe}"
+        );
+    }
 }
 
 /// An app container's command (or an exec probe) that the webhook wrapped.
@@ -151,6 +195,16 @@ fn check_case(dir: &Path) -> usize {
         for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
             let exec = strings(&c[probe]["exec"]["command"]);
             check_wrapped(&case, &format!("{name}'s {probe}"), exec);
+            // An app probe the agent answers goes to its probe port.
+            let path = c[probe]["httpGet"]["path"].as_str().unwrap_or_default();
+            if path.starts_with(APP_HEALTH_PREFIX) {
+                let port = probe_port(c, &c[probe]);
+                assert_eq!(
+                    port,
+                    Some(i64::from(AGENT_PROBE_PORT)),
+                    "{case}: {name}'s {probe}"
+                );
+            }
         }
     }
     agents

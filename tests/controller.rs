@@ -173,6 +173,7 @@ impl HostAgent {
             .args(["agent", "--pool", pool, "--pod-name", &name])
             .args(["--pod-namespace", &ns, "--pod-uid", &uid])
             .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--probe-addr", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -310,7 +310,9 @@ async fn refused_writes(pod: &Pod) -> Result<u64, String> {
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .ok_or("no pod IP")?;
-    let body = common::http_ok(&ip, 9466, "GET", "/metrics").await?;
+    // The agent's probe port: /v1/* and the rest stay on the pod's loopback.
+    let port = u16::try_from(zen_lead::contract::AGENT_PROBE_PORT).map_err(|e| e.to_string())?;
+    let body = common::http_ok(&ip, port, "GET", "/metrics").await?;
     body.lines()
         .find_map(|l| l.strip_prefix("zen_lead_gate_refused_writes_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())

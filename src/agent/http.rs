@@ -1,5 +1,9 @@
-//! The agent's HTTP API (plain HTTP on the pod network; the kubelet probes
-//! it on the pod IP):
+//! The agent's HTTP API, plain HTTP on two listeners (see [`super::listen`]
+//! for their bounds): every path below on loopback (`--http-addr`, the pod's
+//! own containers), and on the pod IP (`--probe-addr`) only what callers
+//! from outside the pod need: `/livez`, `/readyz`, `/startz`,
+//! `/app-health/...`, `/metrics` and `/leadz` ([`probe_router`]). `/v1/*`
+//! never leaves the pod.
 //!
 //! | path | answers |
 //! |---|---|
@@ -10,7 +14,8 @@
 //! | `POST /v1/app/hold` | `process` activation, from loopback only: `zen-lead run` keeps this request open while its app runs; a voluntary release waits until none is open |
 //! | `POST /v1/release` | `process` activation, from loopback only: release the Lease if this pod leads and stand down for a lease duration (`zen-lead run` asks when the app fails or a signal stopped it; `?reason=app-failed` or `app-stopped`) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
-//! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`) |
+//! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`); at most [`MAX_WATCHES`] at a time |
+//! | `/leadz` | the `GET /v1/leader` JSON, one snapshot (`zen-lead handoff` asks it through the API server's pod proxy) |
 //! | `/metrics` | Prometheus/OpenMetrics |
 
 use std::convert::Infallible;
@@ -27,12 +32,12 @@ use futures::Stream;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::agent::app_probe::{self, Verdict};
 use crate::contract::{
-    APP_HEALTH_PREFIX, APP_HOLD_PATH, AppProbe, ProbeKind, RELEASE_PATH, ReleaseReason,
+    APP_HEALTH_PREFIX, APP_HOLD_PATH, AppProbe, LEADZ_PATH, ProbeKind, RELEASE_PATH, ReleaseReason,
 };
 use crate::election::{LeaderStatus, clock};
 use crate::telemetry::{METRICS_CONTENT_TYPE, render};
@@ -50,6 +55,32 @@ pub struct State {
     pub gate_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// `process` activation.
     pub process: Option<Arc<ProcessState>>,
+    /// Requests that stay open, capped.
+    pub budgets: Budgets,
+}
+
+/// Open `/v1/leader/watch` streams at most; one more is answered 503.
+pub const MAX_WATCHES: usize = 64;
+
+/// `/startz` requests held at once at most; beyond, one is answered at once
+/// with the current role (the kubelet sends one per second).
+pub const MAX_STARTZ_HOLDS: usize = 8;
+
+/// The caps on requests that stay open: each holds a connection, a task
+/// and a status receiver for as long as it lasts.
+#[derive(Clone, Debug)]
+pub struct Budgets {
+    pub watches: Arc<Semaphore>,
+    pub startz_holds: Arc<Semaphore>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            watches: Arc::new(Semaphore::new(MAX_WATCHES)),
+            startz_holds: Arc::new(Semaphore::new(MAX_STARTZ_HOLDS)),
+        }
+    }
 }
 
 /// What the `process` handlers need.
@@ -143,38 +174,46 @@ fn rfc3339(time: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// The router, separate from [`serve`] for tests.
+/// The loopback router: every path.
 pub fn router(state: State) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/startz", get(startz))
+    probe_routes()
         .route("/v1/leader", get(leader))
         .route("/v1/leader/watch", get(leader_watch))
-        .route("/metrics", get(metrics))
-        .route(
-            &format!("{APP_HEALTH_PREFIX}/{{container}}/{{kind}}"),
-            get(app_health),
-        )
         .route(RELEASE_PATH, post(release))
         .route(APP_HOLD_PATH, post(app_hold))
         .with_state(state)
 }
 
-/// Serves until `stop` becomes true.
+/// The pod IP's router: the kubelet's probes, `/metrics` and `/leadz`.
+pub fn probe_router(state: State) -> Router {
+    probe_routes().with_state(state)
+}
+
+fn probe_routes() -> Router<State> {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/startz", get(startz))
+        .route(LEADZ_PATH, get(leadz))
+        .route("/metrics", get(metrics))
+        .route(
+            &format!("{APP_HEALTH_PREFIX}/{{container}}/{{kind}}"),
+            get(app_health),
+        )
+}
+
+/// Serves the loopback API (`local`) and the probe port (`probe`) until
+/// `stop` becomes true; ends with the first listener that fails.
 pub async fn serve(
-    listener: TcpListener,
+    local: TcpListener,
+    probe: TcpListener,
     state: State,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    })
-    .await
+    use super::listen::{LOCAL_LIMITS, PROBE_LIMITS};
+    let local = super::listen::serve(local, router(state.clone()), LOCAL_LIMITS, stop.clone());
+    let probe = super::listen::serve(probe, probe_router(state), PROBE_LIMITS, stop);
+    tokio::try_join!(local, probe).map(|_| ())
 }
 
 async fn readyz(Extract(state): Extract<State>) -> Response {
@@ -219,12 +258,17 @@ async fn startz(Extract(state): Extract<State>) -> Response {
     // Long poll: the kubelet probes at most once a second, so a follower's
     // probe waits up to STARTZ_HOLD for leadership instead of failing at
     // once. Taking over then starts the app within one watch event, not at
-    // the next probe tick (up to a second later).
+    // the next probe tick (up to a second later). Holds are capped: beyond
+    // the cap the current role is the answer.
     let mut status = state.status.clone();
     let until = Instant::now() + STARTZ_HOLD;
+    let slot = state.budgets.startz_holds.clone().try_acquire_owned();
     loop {
         if status.borrow_and_update().leading_at(Instant::now()) {
             return (StatusCode::OK, "leading\n").into_response();
+        }
+        if slot.is_err() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "not leading\n").into_response();
         }
         match tokio::time::timeout_at(until, status.changed()).await {
             Ok(Ok(())) => {}
@@ -244,23 +288,42 @@ async fn leader(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_stream {
-        return leader_watch(Extract(state)).await.into_response();
+        return leader_watch(Extract(state)).await;
     }
     axum::Json(state.view()).into_response()
 }
 
-async fn leader_watch(
-    Extract(state): Extract<State>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    Sse::new(changes(state)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+/// `/leadz`: the `/v1/leader` JSON, never a stream.
+async fn leadz(Extract(state): Extract<State>) -> Response {
+    axum::Json(state.view()).into_response()
+}
+
+async fn leader_watch(Extract(state): Extract<State>) -> Response {
+    let Ok(slot) = state.budgets.watches.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "zen-lead agent: {MAX_WATCHES} leader watches are open already; close one, or \
+                 poll GET /v1/leader\n"
+            ),
+        )
+            .into_response();
+    };
+    Sse::new(changes(state, slot))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// One event now, then one per change of the view. A term can also end by
-/// time alone (its deadline), so the stream wakes at the deadline too.
-fn changes(state: State) -> impl Stream<Item = Result<Event, Infallible>> {
+/// time alone (its deadline), so the stream wakes at the deadline too. The
+/// stream holds its watch slot until it is dropped.
+fn changes(
+    state: State,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(
-        (state, None::<LeaderView>),
-        |(mut state, last)| async move {
+        (state, None::<LeaderView>, slot),
+        |(mut state, last, slot)| async move {
             loop {
                 let view = state.view();
                 if last.as_ref() != Some(&view) {
@@ -268,7 +331,7 @@ fn changes(state: State) -> impl Stream<Item = Result<Event, Infallible>> {
                         .event("leader")
                         .json_data(&view)
                         .unwrap_or_else(|_| Event::default().event("leader"));
-                    return Some((Ok(event), (state, Some(view))));
+                    return Some((Ok(event), (state, Some(view), slot)));
                 }
                 let deadline = {
                     let status = state.status.borrow();
@@ -430,6 +493,7 @@ mod tests {
                 identity: "me".into(),
                 gate_ready: None,
                 process: None,
+                budgets: Budgets::default(),
             },
         )
     }
@@ -500,8 +564,9 @@ mod tests {
         }));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (_stop_tx, stop) = watch::channel(false);
-        tokio::spawn(serve(listener, s, stop));
+        tokio::spawn(serve(listener, probe, s, stop));
         const WITHIN: Duration = Duration::from_secs(5);
 
         // As `zen-lead run` holds: counted before the agent confirms (100).
@@ -532,6 +597,130 @@ mod tests {
             .expect("stood down")
             .expect("open");
         drop(tx);
+    }
+
+    /// Sends one request and reads the status line and what follows within
+    /// `limit` ("" when the connection is closed without an answer).
+    async fn request(addr: std::net::SocketAddr, path: &str, limit: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+            return String::new();
+        };
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        if tcp.write_all(head.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// A flood from other pods: the probe port serves no `/v1/*`, holds at
+    /// most its cap of connections (the rest are closed at once) while the
+    /// loopback API serves on, and is back once the silent ones time out;
+    /// leader watches and `/startz` holds are capped too.
+    #[tokio::test]
+    async fn a_flood_is_held_to_the_caps_and_the_agent_serves_on() {
+        use super::super::listen::PROBE_LIMITS;
+        let (_tx, s) = state(LeaderStatus {
+            connected: true,
+            observed: true,
+            ..LeaderStatus::default()
+        });
+        let bind = || TcpListener::bind("127.0.0.1:0");
+        let (local, probe) = (bind().await.expect("bind"), bind().await.expect("bind"));
+        let (local_addr, probe_addr) = (
+            local.local_addr().expect("a"),
+            probe.local_addr().expect("a"),
+        );
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(serve(local, probe, s, stop));
+        const SHORT: Duration = Duration::from_secs(2);
+
+        let on_probe = request(probe_addr, "/v1/leader", SHORT).await;
+        assert!(on_probe.starts_with("HTTP/1.1 404"), "{on_probe}");
+        assert!(
+            request(probe_addr, "/leadz", SHORT)
+                .await
+                .contains("\"leading\":false")
+        );
+
+        // 300 silent connections: the cap's worth stay open, the rest are
+        // closed at once.
+        let mut flood = Vec::new();
+        for _ in 0..300 {
+            flood.push(
+                tokio::net::TcpStream::connect(probe_addr)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let mut closed = 0;
+        for tcp in &mut flood {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_millis(20), async {
+                tokio::io::AsyncReadExt::read(tcp, &mut byte).await
+            });
+            if matches!(read.await, Ok(Ok(0) | Err(_))) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 300 - PROBE_LIMITS.max_connections, "closed at once");
+        assert_eq!(
+            request(probe_addr, "/livez", SHORT).await,
+            "",
+            "the cap is full"
+        );
+        let local = request(local_addr, "/v1/leader", SHORT).await;
+        assert!(
+            local.starts_with("HTTP/1.1 200"),
+            "loopback serves on: {local}"
+        );
+        // The silent ones are cut at the head timeout; the probe port serves.
+        tokio::time::sleep(PROBE_LIMITS.header_timeout + Duration::from_millis(500)).await;
+        let livez = request(probe_addr, "/livez", SHORT).await;
+        assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
+        drop(flood);
+
+        // Watches: the cap's worth stream, one more is refused.
+        let mut watches = Vec::new();
+        for _ in 0..MAX_WATCHES {
+            let mut tcp = tokio::net::TcpStream::connect(local_addr)
+                .await
+                .expect("connect");
+            let head = "GET /v1/leader/watch HTTP/1.1\r\nHost: x\r\n\r\n";
+            tokio::io::AsyncWriteExt::write_all(&mut tcp, head.as_bytes())
+                .await
+                .expect("w");
+            let mut buf = [0u8; 64];
+            let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)
+                .await
+                .expect("read");
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            watches.push(tcp);
+        }
+        let refused = request(local_addr, "/v1/leader/watch", SHORT).await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(
+            refused.contains("leader watches are open already"),
+            "{refused}"
+        );
+        drop(watches);
+
+        // /startz: the cap's worth are held, one more is answered at once.
+        let held: Vec<_> = (0..MAX_STARTZ_HOLDS)
+            .map(|_| tokio::spawn(request(probe_addr, "/startz", SHORT)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let quick = request(probe_addr, "/startz", SHORT).await;
+        assert!(quick.starts_with("HTTP/1.1 503"), "{quick}");
+        assert!(started.elapsed() < STARTZ_HOLD, "answered without a hold");
+        for h in held {
+            assert!(h.await.expect("task").starts_with("HTTP/1.1 503"));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod app_probe;
 pub mod gate;
 pub mod http;
+pub mod listen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,7 +42,10 @@ pub struct Config {
     pub pod: PodRef,
     /// The holder identity this candidate writes into the Lease.
     pub identity: String,
+    /// The loopback API.
     pub http_addr: SocketAddr,
+    /// The probe port on the pod IP.
+    pub probe_addr: SocketAddr,
     pub release_timeout: Duration,
     pub create_lease: bool,
     pub preferred_defer: Duration,
@@ -90,11 +94,9 @@ pub enum AgentError {
     )]
     MissingCustomIdentity,
 
-    #[error(
-        "could not listen on --http-addr (ZEN_LEAD_AGENT_HTTP_ADDR) {addr}: {source}; choose a \
-         free port"
-    )]
+    #[error("could not listen on {flag} {addr}: {source}; choose a free port")]
     Listen {
+        flag: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -162,18 +164,19 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     let (stand_down_tx, stand_down_rx) = watch::channel(None);
     let (running_tx, running_rx) = watch::channel(0);
     let elector = with_process_activation(elector, config, stand_down_rx, running_rx)?;
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: config.http_addr,
-            source,
-        })?;
+    let local = bind("--http-addr (ZEN_LEAD_AGENT_HTTP_ADDR)", config.http_addr).await?;
+    let probe = bind(
+        "--probe-addr (ZEN_LEAD_AGENT_PROBE_ADDR)",
+        config.probe_addr,
+    )
+    .await?;
     let (mut sigterm, mut sigint) = termination_signals()?;
     info!(
         pool = %config.pool,
         namespace = %config.pod.namespace,
         identity = %config.identity,
         addr = %config.http_addr,
+        probe_addr = %config.probe_addr,
         "agent started"
     );
 
@@ -203,8 +206,9 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
                 running: running_tx,
             })
         }),
+        budgets: http::Budgets::default(),
     };
-    let mut server = tokio::spawn(http::serve(listener, state, stop_rx.clone()));
+    let mut server = tokio::spawn(http::serve(local, probe, state, stop_rx.clone()));
     let mut election = tokio::spawn(elector.run(stop_rx, config.release_timeout));
 
     let outcome = tokio::select! {
@@ -216,13 +220,21 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
         }
         result = &mut server => match result {
             Ok(Err(err)) => Err(AgentError::Serve(err)),
-            _ => Ok(()),
+            Err(join) => Err(AgentError::Serve(std::io::Error::other(join.to_string()))),
+            Ok(Ok(())) => Ok(()),
         },
     };
     let _ = stop_tx.send(true);
     await_release(election, config.release_timeout).await;
     server.abort();
     outcome
+}
+
+/// Binds one of the agent's listeners; the error names its flag.
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Listen { flag, addr, source })
 }
 
 /// The pool Lease's election settings for this pod's candidacy.
@@ -359,6 +371,15 @@ mod tests {
         assert_eq!(config.identity, "web-0_1f0c9a7e");
         assert!(!config.create_lease);
         assert_eq!(config.preferred_defer, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn the_api_is_on_loopback_and_the_probe_port_is_the_contracts() {
+        use crate::contract::{AGENT_PORT, AGENT_PROBE_PORT};
+        let config = parse(&[]).expect("config");
+        assert!(config.http_addr.ip().is_loopback(), "{}", config.http_addr);
+        assert_eq!(i32::from(config.http_addr.port()), AGENT_PORT);
+        assert_eq!(i32::from(config.probe_addr.port()), AGENT_PROBE_PORT);
     }
 
     #[test]

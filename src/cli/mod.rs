@@ -572,10 +572,27 @@ pub struct AgentArgs {
     #[arg(long, env = agent_env::IDENTITY, default_value = "")]
     pub identity: String,
 
-    /// Address of the agent's HTTP server (probes, /v1/leader, /metrics).
-    /// Not 8080/8081, which many apps in the same pod already use.
-    #[arg(long, env = "ZEN_LEAD_AGENT_HTTP_ADDR", default_value = "0.0.0.0:9466")]
+    /// Address of the agent's local HTTP API (/v1/leader, /v1/leader/watch,
+    /// /v1/release, /v1/app/hold, and every probe path). Loopback: only the
+    /// pod's own containers need it. Not 8080/8081, which many apps in the
+    /// same pod already use.
+    #[arg(
+        long,
+        env = "ZEN_LEAD_AGENT_HTTP_ADDR",
+        default_value = "127.0.0.1:9466"
+    )]
     pub http_addr: SocketAddr,
+
+    /// Address of the agent's probe server on the pod IP: /livez, /readyz,
+    /// /startz, /app-health/..., /metrics and /leadz only (what the
+    /// kubelet, Prometheus and `zen-lead handoff` call). Port 0: any free
+    /// port (tests running several agents on one host).
+    #[arg(
+        long,
+        env = "ZEN_LEAD_AGENT_PROBE_ADDR",
+        default_value = "0.0.0.0:9468"
+    )]
+    pub probe_addr: SocketAddr,
 
     /// On SIGTERM, how long to try releasing the Lease before exiting anyway.
     #[arg(

@@ -23,9 +23,9 @@ use tokio::time::Instant;
 
 use crate::api::LeaderPolicy;
 use crate::api::keys::{POOL_LABEL, PREFERRED_HOLDER_ANNOTATION};
+use crate::contract::{AGENT_PORT, AGENT_PROBE_PORT, LEADZ_PATH};
 use crate::controller::decide::PodView;
 use crate::election::record::Record;
-use crate::webhook::inject::AGENT_PORT;
 
 /// What `zen-lead handoff` was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,14 +291,18 @@ async fn active(
         let view = PodView::from_pod(&pod, Default::default());
         return Ok(view.app_running.then_some("its app runs"));
     }
-    let path = format!(
-        "/api/v1/namespaces/{namespace}/pods/{}:{AGENT_PORT}/proxy/v1/leader",
-        target.name
-    );
-    let Ok(request) = axum::http::Request::get(path).body(Vec::new()) else {
-        return Ok(Some("the Lease names it"));
-    };
-    match client.request_text(request).await {
+    let pod = format!("/api/v1/namespaces/{namespace}/pods/{}", target.name);
+    // The agent's probe port; an agent injected before it existed serves
+    // /v1/leader on the pod IP instead.
+    let mut answer = ask_agent(
+        client,
+        &format!("{pod}:{AGENT_PROBE_PORT}/proxy{LEADZ_PATH}"),
+    )
+    .await;
+    if matches!(&answer, Err(kube::Error::Api(e)) if e.code != 403) {
+        answer = ask_agent(client, &format!("{pod}:{AGENT_PORT}/proxy/v1/leader")).await;
+    }
+    match answer {
         Ok(body) => {
             let leading = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -311,6 +315,14 @@ async fn active(
         )),
         Err(_) => Ok(None),
     }
+}
+
+/// GET through the API server's pod proxy.
+async fn ask_agent(client: &Client, path: &str) -> Result<String, kube::Error> {
+    let request = axum::http::Request::get(path)
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    client.request_text(request).await
 }
 
 /// Prints the pools of a namespace, or one pool in detail.

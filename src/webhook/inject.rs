@@ -33,9 +33,11 @@ use crate::contract::{
     JOB_NAME_ENV, SCHEDULED_TIME_ENV,
 };
 
-pub use crate::contract::{AGENT_COMMAND, AGENT_CONTAINER, AGENT_PORT};
+pub use crate::contract::{AGENT_COMMAND, AGENT_CONTAINER, AGENT_PORT, AGENT_PROBE_PORT};
 
-/// Name of the agent's container port (at most 15 characters).
+/// Name of the agent's container port, its probe port on the pod IP (at
+/// most 15 characters). The loopback API (`AGENT_PORT`) is not declared:
+/// nothing outside the pod may use it.
 pub const AGENT_PORT_NAME: &str = "zl-agent";
 
 /// Arguments of the agent container's [`AGENT_COMMAND`].
@@ -1056,7 +1058,7 @@ pub fn agent_container(
         env: Some(agent_env_vars(pool, identity, extra_env)),
         ports: Some(vec![ContainerPort {
             name: Some(AGENT_PORT_NAME.to_owned()),
-            container_port: AGENT_PORT,
+            container_port: AGENT_PROBE_PORT,
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
@@ -1198,7 +1200,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// An HTTP probe of the agent's port.
+/// An HTTP probe of the agent's probe port.
 fn agent_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::denial::Denial;
 use super::patch::{add, replace};
 use crate::contract::{
-    AGENT_PORT, AppProbe, BIN_DIR, BIN_PATH, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
+    AGENT_PROBE_PORT, AppProbe, BIN_DIR, BIN_PATH, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
     ProbeAction, ProbeKind, app_health_path, start_budget_seconds,
 };
 
@@ -188,7 +188,7 @@ fn rewrite_probe(
     out.grpc = None;
     out.http_get = Some(HTTPGetAction {
         path: Some(app_health_path(&container.name, kind)),
-        port: IntOrString::Int(AGENT_PORT),
+        port: IntOrString::Int(AGENT_PROBE_PORT),
         scheme: Some("HTTP".to_owned()),
         ..HTTPGetAction::default()
     });
@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(r["periodSeconds"], 3);
         assert_eq!(r["timeoutSeconds"], 2);
         assert_eq!(r["failureThreshold"], 4);
-        assert_eq!(r["httpGet"]["port"], 9466);
+        assert_eq!(r["httpGet"]["port"], 9468);
         assert_eq!(w.probes.len(), 1);
         assert_eq!(w.probes[0].timeout_seconds, 2);
         assert!(matches!(

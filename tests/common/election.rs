@@ -168,6 +168,8 @@ impl Agent {
             .args(["agent", "--pool", pool, "--pod-name", name])
             .args(["--pod-namespace", ns, "--pod-uid", uid])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            // Several agents share the host: any free probe port.
+            .args(["--probe-addr", "127.0.0.1:0"])
             .arg("--leadership-log")
             .arg(&log)
             .args(extra)

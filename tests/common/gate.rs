@@ -336,6 +336,9 @@ impl GateAgent {
             .args([
                 "--http-addr",
                 &http.to_string(),
+                // Several agents share the host: any free probe port.
+                "--probe-addr",
+                "127.0.0.1:0",
                 "--activation",
                 "api",
                 "--gate-addr",
@@ -481,6 +484,19 @@ impl GateAgent {
         let _ = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status();
+    }
+
+    /// The agent's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
     }
 
     pub fn pid(&self) -> u32 {

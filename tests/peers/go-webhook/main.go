@@ -79,7 +79,7 @@ func (i *injector) Handle(_ context.Context, req admission.Request) admission.Re
 			fieldEnv("ZEN_LEAD_POD_UID", "metadata.uid"),
 			fieldEnv("ZEN_LEAD_IDENTITY", "metadata.annotations['zen-lead/identity']"),
 		},
-		Ports: []corev1.ContainerPort{{Name: "zl-agent", ContainerPort: 9466, Protocol: corev1.ProtocolTCP}},
+		Ports: []corev1.ContainerPort{{Name: "zl-agent", ContainerPort: 9468, Protocol: corev1.ProtocolTCP}},
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
