@@ -416,6 +416,82 @@ fn service_monitor_renders_only_when_enabled() {
     );
 }
 
+/// The NetworkPolicies are off by default; on, the controller's lets the
+/// webhook in from every source and /metrics from `metricsFrom`, and each
+/// listed pool namespace gets one that keeps the agent's probe port to
+/// `probeFrom` (the node is always let in) and, unless told otherwise,
+/// every other port open as before.
+#[test]
+fn network_policies_render_only_when_enabled() {
+    use zen_lead::contract::AGENT_PROBE_PORT;
+    use zen_lead::keys::POOL_LABEL;
+    let off = render("t", NS, &[]);
+    assert!(!off.iter().any(|d| d["kind"] == "NetworkPolicy"));
+    let monitoring =
+        r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#;
+    let on = render(
+        "t",
+        NS,
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.agents.namespaces={shop,web}",
+            "--set-json",
+            &format!("networkPolicy.agents.probeFrom={monitoring}"),
+            "--set-json",
+            &format!("networkPolicy.metricsFrom={monitoring}"),
+        ],
+    );
+    let controller = find(&on, "NetworkPolicy", "t-zen-lead");
+    let rules = &controller["spec"]["ingress"];
+    assert_eq!(rules[0]["ports"][0]["port"], "webhook");
+    assert!(
+        rules[0].get("from").is_none(),
+        "the API server calls from anywhere"
+    );
+    assert_eq!(rules[1]["ports"][0]["port"], "admin");
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let agents: Vec<&Value> = on
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy" && d["metadata"]["name"] == "t-zen-lead-agents")
+        .collect();
+    let namespaces: Vec<&str> = agents
+        .iter()
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(namespaces, ["shop", "web"]);
+    let spec = &agents[0]["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchExpressions"][0]["key"],
+        POOL_LABEL
+    );
+    assert_eq!(spec["ingress"][0]["ports"][0]["port"], AGENT_PROBE_PORT);
+    assert_eq!(spec["ingress"][0]["from"].as_array().map(Vec::len), Some(1));
+    let other = &spec["ingress"][1]["ports"];
+    assert_eq!(other[0]["endPort"], AGENT_PROBE_PORT - 1);
+    assert_eq!(other[1]["port"], AGENT_PROBE_PORT + 1);
+
+    // Only the probe rule, or nothing at all but the node.
+    let closed = render(
+        "t",
+        NS,
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.agents.namespaces={shop}",
+            "--set",
+            "networkPolicy.agents.allowOtherPorts=false",
+        ],
+    );
+    let agents = find(&closed, "NetworkPolicy", "t-zen-lead-agents");
+    assert_eq!(agents["spec"]["ingress"], json!([]));
+}
+
 /// `kubectl apply --dry-run=server --validate=strict`: the API server checks
 /// the objects against its own OpenAPI schemas (unknown fields are errors).
 fn server_dry_run(manifests: &str, cache: &Path) {
