@@ -869,6 +869,117 @@ async fn an_unreachable_api_server_is_a_502_with_a_status() {
     .await;
 }
 
+/// A flood of big writes from a leader's app (issue 30, finding 6): the gate
+/// holds at most 8 MiB of write bodies at once, so with the API server slowed
+/// to 1 s per request, of 40 creates of ~400 KiB sent together 20 are
+/// buffered and forwarded and the rest are refused at once with a 503 that
+/// names the gate (before: all 40 were buffered, up to 16 MiB each, with no
+/// overall cap). A write over 512 KiB is streamed, not buffered, and passes;
+/// the gate serves on.
+#[tokio::test]
+async fn a_flood_of_big_writes_is_held_to_the_gates_body_budget() {
+    let client = client().await;
+    with_namespace(&client, "gate-b", |client, ns| async move {
+        let tokens = fixture::accounts(&client, &ns).await;
+        fixture::create_lease(&client, &ns, "pool", Some("someone-else"), (3600, 4.0, 1.0)).await;
+        let cluster = fixture::cluster(&kubeconfig_path());
+        let api = common::delay_proxy::api_server_addr(&kubeconfig_path());
+        let proxy = common::delay_proxy::DelayProxy::start(api).await;
+        let mut agent = GateAgent::start(AgentOpts {
+            ns: &ns,
+            pool: "pool",
+            dir: scratch("budget"),
+            cluster: &cluster,
+            tokens: &tokens,
+            upstream: Some(format!("https://{}", proxy.addr)),
+            extra: vec![],
+            pod: None,
+        });
+        agent.wait_serving(START_LIMIT).await;
+        make_leader(&client, &ns, &agent).await;
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let big_cm = |name: String, kib: usize| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                   "data": {"k": "x".repeat(kib * 1024)}})
+        };
+        let peak_before = agent.peak_rss_kib();
+
+        proxy.set_latency(Duration::from_secs(1));
+        let ca = agent.gate_ca();
+        let sends = (0..40).map(|i| {
+            let (ca, path, token) = (ca.clone(), path.clone(), tokens.app.clone());
+            let body = big_cm(format!("flood-{i}"), 400);
+            async move {
+                let mut conn = RawConn::open(agent.gate, &ca, false).await;
+                conn.send(
+                    Method::POST,
+                    &path,
+                    Some(&token),
+                    Some(("application/json", body)),
+                )
+                .await
+            }
+        });
+        let answers = futures::future::join_all(sends).await;
+        let created = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(r) if r.status == StatusCode::CREATED))
+            .count();
+        let busy: Vec<String> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+            .map(|r| r.json()["message"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let peak_after = agent.peak_rss_kib();
+        eprintln!(
+            "40 x 400 KiB creates: {created} created, {} refused busy; agent peak RSS {} -> {} KiB",
+            busy.len(),
+            peak_before,
+            peak_after
+        );
+        assert_eq!(created + busy.len(), 40, "{answers:?}");
+        assert!(created <= 20, "{created} buffered at once: more than 8 MiB");
+        assert!(!busy.is_empty(), "the budget was never reached");
+        for message in &busy {
+            assert!(
+                message.contains("zen-lead gate") && message.contains("buffered already"),
+                "{message}"
+            );
+        }
+        let busy_metric = metric(
+            &agent.metrics().await,
+            "zen_lead_gate_requests_total{class=\"write\",outcome=\"busy\"}",
+        );
+        assert_eq!(busy_metric as usize, busy.len());
+
+        // Over 512 KiB: streamed, sent once; the gate serves on.
+        proxy.set_latency(Duration::ZERO);
+        let mut conn = RawConn::open(agent.gate, &ca, true).await;
+        let big = conn
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", big_cm("big".into(), 900))),
+            )
+            .await
+            .expect("big create");
+        assert_eq!(big.status, StatusCode::CREATED, "{big:?}");
+        let small = conn
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", cm("after"))),
+            )
+            .await
+            .expect("create");
+        assert_eq!(small.status, StatusCode::CREATED, "{small:?}");
+    })
+    .await;
+}
+
 /// exec and port-forward through the gate: kubectl (WebSocket, and SPDY
 /// forced) with a kubeconfig that points at the gate, against a container
 /// on `real-0`. A leader's exec runs; a follower's is refused (exec is a

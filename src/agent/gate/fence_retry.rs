@@ -9,9 +9,10 @@
 //! [`BUDGET`]. Any other answer, and every refusal once the pod no longer
 //! leads, goes to the app as the API server gave it.
 //!
-//! Retrying needs the body again, so gated writes are read whole before they
-//! are forwarded (they are small; the API server itself refuses bodies over
-//! 3 MiB by default, the gate over [`MAX_WRITE_BODY`]).
+//! Retrying needs the body again, so a gated write of at most
+//! [`MAX_RETRIED_BODY`] is read whole before it is forwarded, within the
+//! gate's [`BODY_BUDGET`] for all writes together (the agent's container
+//! has 64 MiB); a larger one is streamed as it comes and sent once.
 
 use std::time::Duration;
 
@@ -28,8 +29,11 @@ use super::upstream::{Connector, GateBody, UpBody};
 use crate::contract::FENCING_DENIAL_MARKER;
 use crate::election::LeaderStatus;
 
-/// The largest write body the gate reads (and can retry).
-pub const MAX_WRITE_BODY: usize = 16 << 20;
+/// The largest write body the gate reads whole (and can retry). Most writes
+/// are a few KiB; the API server refuses bodies over 3 MiB by default.
+pub const MAX_RETRIED_BODY: usize = 512 << 10;
+/// Bytes of write bodies the gate holds at once, all writes together.
+pub const BODY_BUDGET: usize = 8 << 20;
 /// The largest refusal body read to look for the fencing marker (a
 /// `metav1.Status` is well under a kilobyte).
 const MAX_REFUSAL_BODY: usize = 64 << 10;
@@ -80,15 +84,18 @@ impl Head {
     }
 }
 
-/// Reads a write's body whole; the error says why it could not be.
-pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
-    Limited::new(body, MAX_WRITE_BODY)
+/// Reads a write's body whole, at most `limit` bytes; the error says why it
+/// could not be.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    Limited::new(body, limit)
         .collect()
         .await
         .map(|collected| collected.to_bytes())
         .map_err(|err| {
             format!(
-                "the write's body could not be read whole (limit {MAX_WRITE_BODY} bytes): {err}"
+                "the write's body could not be read whole: {err} (a write without \
+                 Content-Length is read up to {MAX_RETRIED_BODY} bytes; send a larger one with \
+                 Content-Length and the gate streams it)"
             )
         })
 }

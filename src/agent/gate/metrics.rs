@@ -42,15 +42,19 @@ pub enum Outcome {
     Invalid,
     /// A write in flight when the term ended, abandoned.
     Cut,
+    /// A write refused at once because the gate's budget for buffered write
+    /// bodies was spent (503, `Retry-After: 1`).
+    Busy,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Self::Passed,
         Self::Refused,
         Self::UpstreamError,
         Self::Invalid,
         Self::Cut,
+        Self::Busy,
     ];
 
     fn label(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Outcome {
             Self::UpstreamError => "upstream_error",
             Self::Invalid => "invalid",
             Self::Cut => "cut",
+            Self::Busy => "busy",
         }
     }
 }

@@ -195,6 +195,7 @@ pub async fn start(
         clients,
         upgrade_connector,
         metrics,
+        bodies: Arc::new(tokio::sync::Semaphore::new(fence_retry::BODY_BUDGET)),
     });
     tokio::spawn(accept_loop(listener, acceptor, shared, stop.clone()));
     tokio::spawn(log_role_changes(status, stop));
@@ -255,7 +256,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            let service = service_fn(move |req| proxy::handle(shared.clone(), req));
+            let service = service_fn(move |req| contained(shared.clone(), req));
             if let Err(err) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
@@ -263,6 +264,22 @@ async fn accept_loop(
                 debug!(%peer, error = %err, "gate connection ended with an error");
             }
         });
+    }
+}
+
+/// One request through the gate; a panic in it is a 500 for that request only.
+async fn contained(
+    shared: Arc<proxy::Shared>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<proxy::GateBody>, std::convert::Infallible> {
+    match crate::panic_guard::contain(proxy::handle(shared, req)).await {
+        Ok(response) => response,
+        Err(panicked) => Ok(proxy::status_response(
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &format!("zen-lead gate: {panicked}"),
+            None,
+        )),
     }
 }
 

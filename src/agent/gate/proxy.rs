@@ -36,6 +36,9 @@ pub struct Shared {
     /// HTTP/1.1-only connections for connection upgrades.
     pub upgrade_connector: Connector,
     pub metrics: GateMetrics,
+    /// One permit per byte of write body the gate may hold at once
+    /// ([`fence_retry::BODY_BUDGET`]).
+    pub bodies: Arc<Semaphore>,
 }
 
 /// Writes that may wait for leadership at once. Each holds a request (for
@@ -221,21 +224,40 @@ struct GatedWrite {
     class: RequestClass,
 }
 
-/// A gated write: read whole first, so a refusal by the server-side fencing
-/// policy while this pod leads can be sent again (`fence_retry`).
+/// A gated write. One of at most [`fence_retry::MAX_RETRIED_BODY`] bytes is
+/// read whole first, within the gate's body budget, so a refusal by the
+/// server-side fencing policy while this pod leads can be sent again
+/// (`fence_retry`); a larger one is streamed and sent once.
 async fn forward_write(
     shared: &Shared,
     write: GatedWrite,
     head: Request<()>,
     body: Incoming,
 ) -> Response<GateBody> {
+    let declared = head
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > fence_retry::MAX_RETRIED_BODY) {
+        return stream_write(shared, write, head, body).await;
+    }
     let GatedWrite {
         term,
         held,
         h2,
         class,
     } = write;
-    let body = match fence_retry::read_body(body).await {
+    // Without Content-Length the body may be as large as the gate reads.
+    let want = declared.unwrap_or(fence_retry::MAX_RETRIED_BODY);
+    let Ok(budget) = shared
+        .bodies
+        .clone()
+        .try_acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX))
+    else {
+        return refuse_busy(shared, class);
+    };
+    let body = match fence_retry::read_body(body, fence_retry::MAX_RETRIED_BODY).await {
         Ok(body) => body,
         Err(err) => {
             return invalid(
@@ -263,14 +285,70 @@ async fn forward_write(
         shared.metrics.held(HeldOutcome::Passed);
     }
     let head = fence_retry::Head::new(head);
-    let sent = fence_retry::send(
-        shared.clients.pick(h2),
-        &head,
-        body,
-        &shared.status,
-        &shared.metrics,
-    );
+    let sent = async {
+        // The body is held until the API server's answer (retries included).
+        let _budget = budget;
+        let client = shared.clients.pick(h2);
+        fence_retry::send(client, &head, body, &shared.status, &shared.metrics).await
+    };
     forward(shared, sent, Some(term), class).await
+}
+
+/// A gated write over [`fence_retry::MAX_RETRIED_BODY`]: streamed as it
+/// comes, without buffering, and sent once (a fencing refusal in the first
+/// moments of a term reaches the app). A held one is refused unless it is a
+/// create: whether it carries a precondition cannot be told without reading
+/// it whole.
+async fn stream_write(
+    shared: &Shared,
+    write: GatedWrite,
+    head: Request<()>,
+    body: Incoming,
+) -> Response<GateBody> {
+    if write.held {
+        if head.method() != Method::POST {
+            shared.metrics.held(HeldOutcome::Blind);
+            shared.metrics.count(write.class, Outcome::Refused);
+            return status_response(
+                StatusCode::CONFLICT,
+                "Conflict",
+                &format!(
+                    "zen-lead gate (pool {:?}): this write waited while this replica ({}) was a \
+                     standby, and over {} KiB the gate does not read it whole to check for a \
+                     resourceVersion precondition; this replica leads now: read again and retry",
+                    shared.pool,
+                    shared.identity,
+                    fence_retry::MAX_RETRIED_BODY >> 10
+                ),
+                None,
+            );
+        }
+        shared.metrics.held(HeldOutcome::Passed);
+    }
+    let request = head.map(|()| Either::Left(body));
+    let client = shared.clients.pick(write.h2);
+    let sent = async { Ok(client.request(request).await?.map(Either::Left)) };
+    forward(shared, sent, Some(write.term), write.class).await
+}
+
+/// A write refused at once: the budget for buffered write bodies is spent.
+/// Nothing was sent, so the client may send it again.
+fn refuse_busy(shared: &Shared, class: RequestClass) -> Response<GateBody> {
+    shared.metrics.count(class, Outcome::Busy);
+    debug!("refused a write: the gate's budget for buffered write bodies is spent");
+    status_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        &format!(
+            "zen-lead gate (pool {:?}): {} MiB of write bodies are buffered already (a write of \
+             up to {} KiB is read whole, so it can be sent again while the API server catches up \
+             with this replica's term); nothing was sent, try again",
+            shared.pool,
+            fence_retry::BODY_BUDGET >> 20,
+            fence_retry::MAX_RETRIED_BODY >> 10
+        ),
+        Some(1),
+    )
 }
 
 /// A request the gate cannot forward as it is, answered and counted
