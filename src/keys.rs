@@ -218,6 +218,7 @@ pub mod conditions {
         pub const FENCING_DISABLED: &str = "Disabled";
         pub const FENCING_NOT_INSTALLED: &str = "PolicyNotInstalled";
         pub const START_ACTIVATION: &str = "StartActivation";
+        pub const NAMESPACE_NOT_COVERED: &str = "NamespaceNotCovered";
     }
 }
 

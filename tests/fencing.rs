@@ -31,6 +31,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use zen_lead::api::LeaderPolicy;
 use zen_lead::api::keys::{FENCED_LABEL, FENCED_PODS_ANNOTATION};
+use zen_lead::controller::decide::fencing_scope::{
+    NAMESPACE_NAME_LABEL, NO_NAMESPACE, Scope, scope_of,
+};
 
 use common::fencing::{POLICY_NAME, install, rendered};
 use common::{apply_crd, client, eventually, kubeconfig_path, with_namespace, zen_lead_host};
@@ -1019,6 +1022,117 @@ async fn a_policy_can_turn_server_side_fencing_off() {
             &pool.members[l].agent.identity,
             "a follower's direct write once fencing is on",
         );
+    })
+    .await;
+}
+
+/// Sets the binding's namespaceSelector to `names` by hand (what an operator,
+/// or a controller of another namespace, might leave).
+async fn set_scope(bindings: &Api<ValidatingAdmissionPolicyBinding>, names: &[&str]) {
+    let patch = json!({"spec": {"matchResources": {"namespaceSelector": {"matchExpressions": [
+        {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": names}]}}}});
+    bindings
+        .patch(POLICY_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("set the binding's scope to {names:?}: {e}"));
+}
+
+/// Waits until the binding's scope satisfies `ok`.
+async fn until_scope(
+    bindings: &Api<ValidatingAdmissionPolicyBinding>,
+    what: &str,
+    ok: impl Fn(&Scope) -> bool,
+) {
+    eventually(what, LIMIT, || async {
+        let b = bindings.get(POLICY_NAME).await.map_err(|e| e.to_string())?;
+        let selector = b
+            .spec
+            .and_then(|s| s.match_resources)
+            .and_then(|r| r.namespace_selector);
+        let scope = scope_of(selector.as_ref());
+        ok(&scope).then_some(()).ok_or_else(|| format!("{scope:?}"))
+    })
+    .await;
+}
+
+/// The binding covers a namespace only while it has a fenced pool (issue
+/// 30, finding 4): the pool's namespace is added before its Lease is marked,
+/// put back when someone removes it while the pool is fenced (and the fence
+/// holds again), and dropped once the pool is gone; another namespace in
+/// the scope is left alone by this namespace's controller.
+#[tokio::test]
+async fn the_binding_covers_a_namespace_only_while_it_has_a_fenced_pool() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install(&client).await;
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    // As a cluster-wide controller leaves it while no pool anywhere is fenced.
+    set_scope(&bindings, &[NO_NAMESPACE]).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "scope", 2, None).await;
+        let has = |ns: &str, want: bool| {
+            let ns = ns.to_owned();
+            move |s: &Scope| matches!(s, Scope::Only(names) if names.contains(&ns) == want)
+        };
+        until_scope(&bindings, "the pool's namespace added", has(&ns, true)).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let l = pool.leader(&client, &ns).await;
+        let follower = &pool.members[(l + 1) % 2];
+        let holder = &pool.members[l].agent.identity;
+        let follower_client = direct(&follower.token, &pool.dir).await;
+        // The API server acts on a binding change a moment after it is
+        // stored (its informer), hence the wait.
+        let refused = |name: &'static str| {
+            let (client, follower_client, ns) = (&client, &follower_client, &ns);
+            async move {
+                eventually("a follower's direct write refused", LIMIT, || async {
+                    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+                    let _ = cms.delete(name, &DeleteParams::default()).await;
+                    match write(follower_client, ns, name).await {
+                        Err(refusal) => Ok(refusal),
+                        Ok(()) => Err("admitted".to_owned()),
+                    }
+                })
+                .await
+            }
+        };
+        assert_fenced(
+            Err(refused("scoped").await),
+            &follower.name,
+            holder,
+            "a follower's direct write in a covered namespace",
+        );
+        // Someone drops the namespace while the pool is fenced.
+        set_scope(&bindings, &["other-team"]).await;
+        until_scope(&bindings, "the namespace put back", |s| {
+            has(&ns, true)(s) && has("other-team", true)(s)
+        })
+        .await;
+        assert_fenced(
+            Err(refused("again").await),
+            &follower.name,
+            holder,
+            "a follower's direct write once the namespace is back",
+        );
+        // The pool goes (its pods first: the controller would create a
+        // missing policy for them): its namespace leaves the scope, the
+        // other stays.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        for m in &pool.members {
+            pods.delete(&m.name, &DeleteParams::default().grace_period(0))
+                .await
+                .unwrap_or_else(|e| panic!("delete pod {}: {e}", m.name));
+        }
+        let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        policies
+            .delete(POOL, &DeleteParams::default())
+            .await
+            .expect("delete the LeaderPolicy");
+        until_scope(&bindings, "the namespace dropped with its pool", |s| {
+            has(&ns, false)(s) && has("other-team", true)(s)
+        })
+        .await;
     })
     .await;
 }

@@ -35,8 +35,11 @@ impl ControllerArgs {
             controller_identity,
             workers,
             detect_uninjected,
-            server_side_fencing,
-            fencing_policy_name,
+            // Read by Self::fencing.
+            server_side_fencing: _,
+            fencing_policy_name: _,
+            fencing_scope_interval: _,
+            fencing_scope_grace: _,
             agent_image_pull_policy: _,
             agent_cpu_request: _,
             agent_memory_request: _,
@@ -73,8 +76,10 @@ impl ControllerArgs {
             "" => controller::default_identity(),
             given => given.to_owned(),
         };
+        let watch_namespace = (!watch.is_empty()).then(|| watch.to_owned());
         let controllers = runner::Settings {
-            watch_namespace: (!watch.is_empty()).then(|| watch.to_owned()),
+            fencing: self.fencing(watch_namespace.clone()),
+            watch_namespace,
             namespace: namespace.clone(),
             lease_name,
             lease_timings: crate::election::record::proportional(*controller_lease_duration),
@@ -85,10 +90,6 @@ impl ControllerArgs {
             detect_uninjected: *detect_uninjected,
             resync: Duration::from_secs(300),
             sync_timeout: sync_timeout(*controller_sync_timeout)?,
-            fencing: controller::FencingSettings {
-                default_on: *server_side_fencing,
-                policy_name: fencing_policy_name.trim().to_owned(),
-            },
         };
         Ok(controller::Config {
             webhook,
@@ -96,6 +97,25 @@ impl ControllerArgs {
             namespace: namespace.clone(),
             controllers,
         })
+    }
+
+    /// Server-side fencing: the default, the policy's name and how the
+    /// binding's namespace scope is kept.
+    fn fencing(&self, watch_namespace: Option<String>) -> controller::FencingSettings {
+        let ControllerArgs {
+            server_side_fencing,
+            fencing_policy_name,
+            fencing_scope_interval,
+            fencing_scope_grace,
+            ..
+        } = self;
+        controller::FencingSettings {
+            default_on: *server_side_fencing,
+            policy_name: fencing_policy_name.trim().to_owned(),
+            scope_interval: (*fencing_scope_interval).max(Duration::from_secs(1)),
+            scope_grace: *fencing_scope_grace,
+            watch_namespace,
+        }
     }
 
     /// The webhook's settings: its address, certificate source and what it

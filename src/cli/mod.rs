@@ -489,6 +489,20 @@ pub struct ControllerArgs {
     )]
     pub fencing_policy_name: String,
 
+    /// How often the controller sets the fencing binding's namespaceSelector
+    /// to the namespaces that have fenced pools (writes in other namespaces
+    /// then skip the policy). A pool's own pass adds its namespace at once;
+    /// this sweep also drops namespaces whose pools are gone.
+    #[arg(long, env = "ZEN_LEAD_FENCING_SCOPE_INTERVAL", default_value = "30s",
+          value_parser = parse_duration)]
+    pub fencing_scope_interval: Duration,
+
+    /// How long a namespace a pool pass added stays in the binding before a
+    /// fenced Lease there shows in the controller's cache.
+    #[arg(long, env = "ZEN_LEAD_FENCING_SCOPE_GRACE", default_value = "2m",
+          value_parser = parse_duration)]
+    pub fencing_scope_grace: Duration,
+
     /// imagePullPolicy of the injected agent container. Empty: the
     /// cluster's default for the image's tag.
     #[arg(long, env = "ZEN_LEAD_AGENT_IMAGE_PULL_POLICY", default_value = "",

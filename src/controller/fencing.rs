@@ -4,11 +4,14 @@
 //! is to mark a fenced pool's Lease as a parameter of that policy and list
 //! the pool's pods on it (see [`crate::controller::pool::lease::conform`]).
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::PostParams;
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Mutex;
@@ -17,6 +20,7 @@ use tracing::{info, warn};
 
 use super::decide::fencing::{ABSENT_TO_CONFIRM, PolicyPresence, PolicyRead};
 pub use super::decide::fencing::{FencingState, members, state};
+use super::decide::fencing_scope::{self, Scope};
 use crate::api::LeaderPolicy;
 
 /// The controller's fencing settings (`--server-side-fencing`,
@@ -27,6 +31,15 @@ pub struct FencingSettings {
     pub default_on: bool,
     /// Name of the ValidatingAdmissionPolicy and of its binding.
     pub policy_name: String,
+    /// How often the binding's namespace scope is set to the namespaces
+    /// with fenced pools (`--fencing-scope-interval`).
+    pub scope_interval: Duration,
+    /// How long a namespace a pool pass asked for stays covered without a
+    /// fenced Lease in the cache (`--fencing-scope-grace`).
+    pub scope_grace: Duration,
+    /// The one namespace the controller watches (`--watch-namespace`), whose
+    /// scope alone it may drop; `None`: every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 /// How long a settled answer about the installed policy is trusted:
@@ -53,6 +66,20 @@ pub struct Fencing {
     /// Held across the read, so workers that find the answer stale together
     /// wait for one read instead of each sending their own.
     checked: Mutex<Checked>,
+    /// Failed reads or writes of the binding's scope
+    /// (`zen_lead_controller_fencing_scope_errors_total`).
+    scope_errors: Counter,
+    /// Held across a scope change, so a widening and a sweep never race.
+    scope: Mutex<ScopeState>,
+}
+
+#[derive(Default)]
+struct ScopeState {
+    /// What the binding covered after the last read or write; `None` when
+    /// unknown (then the next pass reads it).
+    known: Option<Scope>,
+    /// Namespaces pool passes asked to cover, and when last.
+    asked: HashMap<String, Instant>,
 }
 
 #[derive(Default)]
@@ -63,13 +90,107 @@ struct Checked {
 }
 
 impl Fencing {
-    pub fn new(settings: FencingSettings, read_errors: Counter) -> Self {
+    pub fn new(settings: FencingSettings, read_errors: Counter, scope_errors: Counter) -> Self {
         Self {
             settings,
             read_errors,
             read_timeout: READ_TIMEOUT,
             checked: Mutex::const_new(Checked::default()),
+            scope_errors,
+            scope: Mutex::const_new(ScopeState::default()),
         }
+    }
+
+    /// Makes the binding cover `namespace` before a pool there is marked
+    /// fenced. False when that could not be confirmed (the pass says so in
+    /// the pool's status, and marks the Lease anyway: the next sweep or pass
+    /// widens the binding). A missing binding counts as covered: whether it
+    /// is installed is [`Self::state`]'s question.
+    pub async fn cover(&self, client: &Client, namespace: &str) -> bool {
+        let mut slot = self.scope.lock().await;
+        slot.asked.insert(namespace.to_owned(), Instant::now());
+        if slot.known.as_ref().is_some_and(|k| k.covers(namespace)) {
+            return true;
+        }
+        let result = self
+            .set_scope(client, |scope| fencing_scope::widened(scope, namespace))
+            .await;
+        match result {
+            Ok(scope) => {
+                let covered = scope.as_ref().is_none_or(|s| s.covers(namespace));
+                slot.known = scope;
+                covered
+            }
+            Err(err) => {
+                self.scope_errors.inc();
+                warn!(binding = %self.settings.policy_name, %namespace, error = %err, "could not add the namespace to the fencing binding's namespaceSelector; retrying on the next pass");
+                false
+            }
+        }
+    }
+
+    /// Sets the binding's scope to the namespaces with a fenced Lease
+    /// (`fenced`, from the synced cache) plus those asked for within the
+    /// grace. A failure leaves the binding as it was.
+    pub async fn sweep(&self, client: &Client, fenced: &BTreeSet<String>) {
+        let mut slot = self.scope.lock().await;
+        let now = Instant::now();
+        let grace = self.settings.scope_grace;
+        slot.asked
+            .retain(|_, at| now.saturating_duration_since(*at) < grace);
+        let want =
+            fencing_scope::wanted(fenced.iter().map(String::as_str), &slot.asked, now, grace);
+        match self
+            .set_scope(client, |scope| {
+                fencing_scope::swept(scope, &want, self.settings.watch_namespace.as_deref())
+            })
+            .await
+        {
+            Ok(scope) => slot.known = scope,
+            Err(err) => {
+                self.scope_errors.inc();
+                slot.known = None;
+                warn!(binding = %self.settings.policy_name, error = %err, "could not set the fencing binding's namespaceSelector; it stays as it was");
+            }
+        }
+    }
+
+    /// Reads the binding and writes the selector `change` asks for, if any,
+    /// retrying conflicts; the scope it then has (`None`: no binding).
+    async fn set_scope(
+        &self,
+        client: &Client,
+        change: impl Fn(&Scope) -> Option<LabelSelector>,
+    ) -> Result<Option<Scope>, ScopeError> {
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+        let name = &self.settings.policy_name;
+        for _ in 0..3 {
+            let read = tokio::time::timeout(self.read_timeout, bindings.get_opt(name)).await;
+            let Some(mut binding) = read.map_err(|_| ScopeError::Timeout)?? else {
+                return Ok(None);
+            };
+            let spec = binding.spec.get_or_insert_with(Default::default);
+            let resources = spec.match_resources.get_or_insert_with(Default::default);
+            let scope = fencing_scope::scope_of(resources.namespace_selector.as_ref());
+            let Some(selector) = change(&scope) else {
+                return Ok(Some(scope));
+            };
+            resources.namespace_selector = Some(selector);
+            let pp = PostParams::default();
+            let write = bindings.replace(name, &pp, &binding);
+            match tokio::time::timeout(self.read_timeout, write).await {
+                Err(_) => return Err(ScopeError::Timeout),
+                Ok(Ok(written)) => {
+                    let resources = written.spec.and_then(|s| s.match_resources);
+                    let selector = resources.and_then(|r| r.namespace_selector);
+                    info!(binding = %name, scope = ?fencing_scope::scope_of(selector.as_ref()), "fencing binding's namespaceSelector set");
+                    return Ok(Some(fencing_scope::scope_of(selector.as_ref())));
+                }
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 => continue,
+                Ok(Err(err)) => return Err(err.into()),
+            }
+        }
+        Err(ScopeError::Conflicts)
     }
 
     /// The pool's state; reads the API server at most every [`RECHECK`]
@@ -153,6 +274,19 @@ impl Fencing {
     }
 }
 
+/// Why the binding's scope could not be read or set.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("the API server did not answer within the read timeout")]
+    Timeout,
+    #[error("three conflicting writes in a row (someone else keeps changing the binding)")]
+    Conflicts,
+    #[error(
+        "{0} (the controller needs get and update on this one validatingadmissionpolicybinding, as the chart grants)"
+    )]
+    Api(#[from] kube::Error),
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -225,7 +359,11 @@ mod tests {
             FencingSettings {
                 default_on: true,
                 policy_name: NAME.to_owned(),
+                scope_interval: Duration::from_secs(30),
+                scope_grace: Duration::from_secs(120),
+                watch_namespace: None,
             },
+            Counter::default(),
             Counter::default(),
         );
         f.read_timeout = Duration::from_millis(200);

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub deposed_deletions: Counter,
     pub policies_created: Counter,
     pub fencing_read_errors: Counter,
+    /// Failed reads or writes of the fencing binding's namespace scope.
+    pub fencing_scope_errors: Counter,
 }
 
 /// The steps whose error counters exist from the start at zero, so a rate
@@ -68,6 +70,7 @@ impl Default for Metrics {
             deposed_deletions: Counter::default(),
             policies_created: Counter::default(),
             fencing_read_errors: Counter::default(),
+            fencing_scope_errors: Counter::default(),
         }
     }
 }
@@ -140,6 +143,12 @@ impl Metrics {
             "Reads of the fencing ValidatingAdmissionPolicy or its binding that failed or timed out \
              (the last answer is kept: fencing stays on)",
             self.fencing_read_errors.clone(),
+        );
+        r.register(
+            "fencing_scope_errors",
+            "Reads or writes of the fencing binding's namespaceSelector that failed (the binding \
+             is left as it was: a namespace is never dropped on an error)",
+            self.fencing_scope_errors.clone(),
         );
     }
 

@@ -180,6 +180,11 @@ pub async fn controllers(
     }
     synced.set(1);
     info!("caches synced; reconciling");
+    running.push(
+        "fencing-scope",
+        true,
+        tokio::spawn(sweep_fencing_scope(ctx.clone())),
+    );
     for _ in 0..settings.workers {
         running.push(
             "worker",
@@ -216,8 +221,24 @@ fn context(
         Fencing::new(
             settings.fencing.clone(),
             metrics.fencing_read_errors.clone(),
+            metrics.fencing_scope_errors.clone(),
         ),
     ))
+}
+
+/// Keeps the fencing binding's namespace scope to the namespaces with fenced
+/// pools, forever (see [`crate::controller::decide::fencing_scope`]).
+async fn sweep_fencing_scope(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(ctx.fencing.settings.scope_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !ctx.cache.synced() {
+            continue;
+        }
+        let fenced = ctx.cache.fenced_namespaces();
+        ctx.fencing.sweep(&ctx.client, &fenced).await;
+    }
 }
 
 /// One worker: reconciles the pools the queue hands it, forever.

@@ -99,6 +99,15 @@ async fn spawn(ns: &str, dir: &Path, webhook_port: u16, admin_port: u16) -> toki
         // cluster (cluster-up pushes the image of this build).
         .args(["--agent-image", &super::local_registry_image()])
         .args(["--agent-image-pull-policy", "IfNotPresent"])
+        // The fencing binding's scope follows pools within seconds, not the
+        // production 30 s / 2 min (each host controller adds and drops only
+        // its own namespace, so they never undo each other).
+        .args([
+            "--fencing-scope-interval",
+            "1s",
+            "--fencing-scope-grace",
+            "5s",
+        ])
         .env("KUBECONFIG", super::kubeconfig_path())
         .stdout(Stdio::null())
         .stderr(log)

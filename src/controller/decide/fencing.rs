@@ -18,11 +18,23 @@ pub enum FencingState {
     /// `activation: start`: followers never run the app, and a deposed
     /// leader is deleted (not fenced) by the controller.
     StartActivation,
+    /// On and installed, but the binding's namespaceSelector could not be
+    /// made to cover the pool's namespace (see
+    /// [`super::fencing_scope`]). The Lease is still marked, so the fence
+    /// holds as soon as the binding covers the namespace.
+    NotCovered,
 }
 
 impl FencingState {
     pub fn fenced(self) -> bool {
         self == Self::Fenced
+    }
+
+    /// The Lease carries the fencing label and member list: whenever the
+    /// pool should be fenced, even while the binding's scope is unconfirmed
+    /// (an error never takes a pool out of the fence).
+    pub fn marks_lease(self) -> bool {
+        matches!(self, Self::Fenced | Self::NotCovered)
     }
 }
 

@@ -318,6 +318,16 @@ fn server_side_fencing(input: &StatusInput<'_>) -> Want {
              this pool's writes"
                 .to_owned(),
         ),
+        FencingState::NotCovered => want(
+            t,
+            false,
+            reasons::NAMESPACE_NOT_COVERED,
+            "the fencing binding's namespaceSelector could not be made to cover this namespace \
+             (see the controller's log and zen_lead_controller_fencing_scope_errors_total); the \
+             Lease stays marked and the controller retries; until then only the agents' gates \
+             fence this pool's writes"
+                .to_owned(),
+        ),
         FencingState::StartActivation => want(
             t,
             false,

@@ -224,7 +224,11 @@ async fn lease_phase(
     if scale_down && !apply::has_finalizer(policy) {
         apply::finalizer(ctx, key, policy, true).await?;
     }
-    let fencing = ctx.fencing.state(&ctx.client, policy).await;
+    let mut fencing = ctx.fencing.state(&ctx.client, policy).await;
+    // The binding covers the namespace before the Lease is marked.
+    if fencing.fenced() && !ctx.fencing.cover(&ctx.client, &key.namespace).await {
+        fencing = FencingState::NotCovered;
+    }
     let (policy_ready, lease) = lease_and_rbac(ctx, key, policy, views, fencing).await?;
     let mut view = lease.as_ref().map(|l| lease::view(ctx, key, l));
     let mut wake = None;
@@ -261,7 +265,7 @@ async fn lease_and_rbac(
         Err(err) => return Ok((Err(PolicyProblem::InvalidTimings(err.to_string())), None)),
     };
     let mut want = lease::Desired::new(key, policy, timings);
-    want.fenced_pods = fencing.fenced().then(|| {
+    want.fenced_pods = fencing.marks_lease().then(|| {
         let unlabelled = ctx.cache.unlabelled_of(key);
         fencing::members(views, unlabelled.values().map(|u| u.uid.as_str()))
     });

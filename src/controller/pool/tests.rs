@@ -79,7 +79,11 @@ fn mock(script: Vec<Answer>) -> (Context, Arc<Mutex<Vec<Seen>>>) {
             FencingSettings {
                 default_on: false,
                 policy_name: "zen-lead-fencing".to_owned(),
+                scope_interval: Duration::from_secs(30),
+                scope_grace: Duration::from_secs(120),
+                watch_namespace: None,
             },
+            Default::default(),
             Default::default(),
         ),
     );

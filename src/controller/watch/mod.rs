@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::warn;
 
 use crate::api::LeaderPolicy;
-use crate::api::keys::{LEASE_POLICY_LABEL, POOL_LABEL};
+use crate::api::keys::{FENCED_LABEL, LEASE_POLICY_LABEL, POOL_LABEL};
 use crate::controller::queue::{PoolKey, Queue};
 pub use map::pool_of;
 pub use slim::Slim;
@@ -115,6 +115,16 @@ impl Cache {
     pub fn lease(&self, key: &PoolKey) -> Option<Arc<Lease>> {
         self.leases
             .get(&ObjectRef::new(&key.name).within(&key.namespace))
+    }
+
+    /// Namespaces that have a Lease marked for server-side fencing.
+    pub fn fenced_namespaces(&self) -> BTreeSet<String> {
+        self.leases
+            .state()
+            .iter()
+            .filter(|l| l.labels().get(FENCED_LABEL).is_some_and(|v| v == "true"))
+            .filter_map(|l| l.namespace())
+            .collect()
     }
 
     /// Every watch has delivered its initial list.
