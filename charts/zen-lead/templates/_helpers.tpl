@@ -102,3 +102,7 @@ matchExpressions:
 {{- define "zen-lead.injectionGuardName" -}}
 {{- printf "%s-require-agent" (include "zen-lead.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{- define "zen-lead.rbacGuardName" -}}
+{{- printf "%s-controller-rbac" (include "zen-lead.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
