@@ -303,6 +303,33 @@ fn name(p: &Pod) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
+/// Issue 30, finding 5: from outside the pod (this host, as another pod
+/// would) the agent's API port refuses the connection, and the probe port
+/// serves no `/v1/*`, only the probes, `/metrics` and `/leadz`.
+async fn agent_api_is_loopback_only(pod: &Pod) {
+    use zen_lead::contract::{AGENT_PORT, AGENT_PROBE_PORT, LEADZ_PATH};
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_else(|| panic!("{} has no pod IP", name(pod)));
+    let port = |p: i32| u16::try_from(p).expect("a port");
+    let api = common::http_ok(&ip, port(AGENT_PORT), "GET", "/v1/leader").await;
+    assert!(
+        api.as_ref().is_err_and(|e| !e.starts_with("answered")),
+        "the agent's API answered on the pod IP: {api:?}"
+    );
+    let v1 = common::http_ok(&ip, port(AGENT_PROBE_PORT), "GET", "/v1/leader").await;
+    assert!(v1.as_ref().is_err_and(|e| e.contains("404")), "{v1:?}");
+    let leadz = common::http_ok(&ip, port(AGENT_PROBE_PORT), "GET", LEADZ_PATH).await;
+    assert!(
+        leadz
+            .as_ref()
+            .is_ok_and(|body| body.contains("\"leading\":true")),
+        "{leadz:?}"
+    );
+}
+
 /// `zen_lead_gate_refused_writes_total` from a pod's agent.
 async fn refused_writes(pod: &Pod) -> Result<u64, String> {
     let ip = pod
@@ -497,6 +524,7 @@ async fn run(scenario: Scenario) {
         .await;
         let refused_now = refused_writes(&leader).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(refused_now, refused_then, "the leader's gate refused writes while it led");
+        agent_api_is_loopback_only(&leader).await;
         for object in ["heartbeat", "in-a-out", "in-b-out", "in-c-out"] {
             let m = managers(&cms, object).await;
             let pool_managers: BTreeSet<&String> =
