@@ -633,6 +633,9 @@ async fn process_hand_off_waits_for_the_old_app_to_exit() {
         let (ok, said) = zen_lead_handoff(&ns, "handing", &["--to", &name]).await;
         assert!(ok, "zen-lead handoff failed: {said}");
         assert!(said.contains(&identity) || said.contains(&name), "{said}");
+        // Asked on the agent's probe port (/leadz) through the pod proxy:
+        // its API on 9466 is the pod's loopback only (issue 30, finding 5).
+        assert!(said.contains("its agent says it leads"), "{said}");
         let dir = setup.dir.clone();
         let next = eventually(
             "the follower's app to start",
