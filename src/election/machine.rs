@@ -26,7 +26,7 @@ use super::Timings;
 use super::record::{Record, SpecWrite, lease_duration_seconds};
 
 /// Fixed settings of one candidate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MachineConfig {
     /// Holder identity written into the Lease.
     pub identity: String,
@@ -59,7 +59,7 @@ pub enum Observation {
 }
 
 /// What kind of write an action is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WriteKind {
     Create,
     Acquire,
@@ -125,7 +125,7 @@ pub enum LeadEvent {
     Ended { at: Instant, reason: EndReason },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Prior {
     /// The Lease was free when it went away.
     Free,
@@ -137,7 +137,7 @@ enum Prior {
 
 // One per process and never moved in a hot path: boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum View {
     Unknown,
     Present {
@@ -171,7 +171,7 @@ struct Count {
     changed_at: Instant,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Lead {
     token: i32,
     valid_until: Instant,
@@ -181,8 +181,9 @@ struct Lead {
     preferred_seen: Option<String>,
 }
 
-/// The election state of one candidate.
-#[derive(Debug, Clone)]
+/// The election state of one candidate (`Hash` and `Eq`: the model checker
+/// in tests/model.rs tells states apart by them).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Machine {
     cfg: MachineConfig,
     view: View,

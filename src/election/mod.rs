@@ -40,7 +40,7 @@ pub const RETRY_JITTER_FACTOR: f64 = 1.2;
 /// Invariants (checked by [`Timings::new`]): all non-zero,
 /// `renew_deadline < lease_duration`, and
 /// `retry_period * 1.2 < renew_deadline`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timings {
     lease_duration: Duration,
     renew_deadline: Duration,

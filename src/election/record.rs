@@ -19,7 +19,7 @@ use crate::keys::{
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// The parts of a Lease the election decides on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Record {
     pub uid: String,
     pub resource_version: String,
@@ -167,7 +167,7 @@ pub fn now_micro() -> MicroTime {
 
 /// What a write sets in `spec` (and the holder-instance annotation);
 /// everything else of the base Lease is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SpecWrite {
     pub holder: Option<String>,
     /// Written as `zen-lead.io/holder-instance` with a holder; the annotation
