@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help prereqs build image push crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing bench-memory test chaos demo lint cluster-up cluster-down certs
+.PHONY: help prereqs build image push crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing bench-memory test model chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -146,6 +146,15 @@ TEST_SUITES := $(filter-out election_chaos,$(basename $(notdir $(wildcard tests/
 test: cluster-up ## Run every test, local-cluster tests included
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --lib --bins $(addprefix --test ,$(TEST_SUITES))
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test --locked --test election_chaos
+
+# The election model's deep bound (tests/model.rs; `make test` runs the small
+# one). Optimised, but without the release profile's fat LTO and single
+# codegen unit: the checker's time is in its own loop, and they would only
+# lengthen the build. ZEN_LEAD_MODEL_MAX_STATES caps a scenario (default 8
+# million states).
+model: ## Model-check the election at the deep bound: every interleaving, states explored, properties held
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	  ZEN_LEAD_MODEL_DEPTH=1 $(CARGO) test --locked --release --test model -- --nocapture the_election_keeps_its_properties
 
 # The overlap checker's full run (tests/overlap.rs): `make chaos FAULTS=300`.
 FAULTS ?= 300

@@ -7,7 +7,8 @@
 //! the suites that use them (`#[path = "common/<topic>.rs"] mod <topic>;`):
 //! `chart.rs` (a Helm install per test), `gate.rs` (the API gate),
 //! `tls_client.rs` (a webhook client over TLS), `election.rs` (host
-//! agents and Lease helpers).
+//! agents and Lease helpers), `model/` (the election's model for the model
+//! checker, `tests/model.rs` only; it needs no cluster).
 #![allow(dead_code)]
 
 pub mod delay_proxy;
