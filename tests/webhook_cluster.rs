@@ -28,6 +28,7 @@ struct Webhook {
     running: common::webhook::Served,
     config_name: String,
     client: Client,
+    lookup: std::sync::Arc<ClusterLookup>,
 }
 
 impl Webhook {
@@ -59,6 +60,7 @@ async fn start_webhook(client: &Client, ns: &str) -> Webhook {
     .expect("certs");
     let store = CertStore::from_pem(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes(), "test")
         .expect("store");
+    let lookup = ClusterLookup::start(client.clone());
     let running = common::webhook::serve(
         ServeOptions {
             addr: "127.0.0.1:0".parse().expect("addr"),
@@ -67,7 +69,7 @@ async fn start_webhook(client: &Client, ns: &str) -> Webhook {
             inject: InjectConfig::with_image("ghcr.io/kube-zen/zen-lead:test"),
         },
         store,
-        ClusterLookup::start(client.clone()),
+        lookup.clone(),
     )
     .await;
 
@@ -99,6 +101,7 @@ async fn start_webhook(client: &Client, ns: &str) -> Webhook {
         running,
         config_name,
         client: client.clone(),
+        lookup,
     };
 
     // The API server picks registrations up asynchronously: wait until a
@@ -323,6 +326,54 @@ async fn annotated_cronjob_job_pods_carry_the_agent() {
         webhook.stop().await;
     })
     .await;
+}
+
+/// Issue 30, finding 8: an owner reference names an object of the pod's own
+/// namespace. A pod that names the UID (and name) of another namespace's
+/// annotated ReplicaSet borrows nothing: before, the webhook's owner index,
+/// keyed by UID alone, answered with the other namespace's object and made
+/// the pod a member of that pool.
+#[tokio::test]
+async fn an_owner_reference_into_another_namespace_borrows_nothing() {
+    let client = common::client().await;
+    let other = common::create_namespace(&client, "wh-lender").await;
+    let rs: k8s_openapi::api::apps::v1::ReplicaSet = common::from_json(json!({
+        "metadata": {"name": "lender", "annotations": {"zen-lead/pool": "borrowed"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "lender"}},
+                 "template": {"metadata": {"labels": {"app": "lender"}},
+                              "spec": {"containers": [{"name": "c", "image": "probe"}]}}}
+    }));
+    let lender = Api::namespaced(client.clone(), &other)
+        .create(&PostParams::default(), &rs)
+        .await
+        .expect("the other namespace's ReplicaSet");
+    common::with_namespace(&client, "wh-borrow", |client, ns| async move {
+        let webhook = start_webhook(&client, &ns).await;
+        // The lender is in the webhook's owner index before the pod comes.
+        common::wait_until("the webhook's indexes listed", WAIT, || {
+            webhook.lookup.synced()
+        })
+        .await;
+        let pod: Pod = common::from_json(json!({
+            "metadata": {"name": "borrower", "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "lender",
+                "uid": lender.metadata.uid, "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "probe"}]}
+        }));
+        let created = Api::<Pod>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("the borrowing pod");
+        assert!(
+            !has_agent(&created),
+            "a pod owned (it says) by another namespace's ReplicaSet joined its pool"
+        );
+        webhook.stop().await;
+    })
+    .await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&other, &DeleteParams::background())
+        .await;
 }
 
 #[tokio::test]

@@ -217,12 +217,22 @@ impl Lookup for StaticLookup {
     }
 }
 
-type OwnerMap = HashMap<String, Arc<OwnerMeta>>;
+/// By (namespace, UID): an owner reference names an object of the pod's
+/// own namespace, so an object of another namespace must never answer it
+/// (a pod could otherwise borrow another namespace's workload annotations by
+/// naming its UID).
+type OwnerMap = HashMap<(String, String), Arc<OwnerMeta>>;
+
+fn owner_key(meta: &ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.uid.clone().unwrap_or_default(),
+    )
+}
 
 /// One watched kind's index.
 #[derive(Default)]
 struct KindIndex {
-    /// By UID.
     objects: RwLock<OwnerMap>,
     synced: AtomicBool,
 }
@@ -234,6 +244,36 @@ pub struct ClusterLookup {
     kinds: Vec<(&'static str, Arc<KindIndex>)>,
     policies: Arc<RwLock<HashMap<(String, String), PolicyFacts>>>,
     policies_synced: Arc<AtomicBool>,
+    /// LeaderPolicies a GET found missing, and when: any pod may name any
+    /// pool, and each admission must not cost the API server a GET.
+    misses: Misses,
+}
+
+/// How long a LeaderPolicy a GET found missing is answered as missing
+/// without asking again (the watch adds it as soon as it is created).
+const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// At most this many remembered misses (then they are forgotten at once).
+const MISS_CAP: usize = 4096;
+
+#[derive(Default)]
+struct Misses(std::sync::Mutex<HashMap<(String, String), tokio::time::Instant>>);
+
+impl Misses {
+    fn recent(&self, key: &(String, String)) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).is_some_and(|at| at.elapsed() < MISS_TTL)
+    }
+
+    fn record(&self, key: (String, String)) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MISS_CAP {
+            map.retain(|_, at| at.elapsed() < MISS_TTL);
+            if map.len() >= MISS_CAP {
+                map.clear();
+            }
+        }
+        map.insert(key, tokio::time::Instant::now());
+    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -261,6 +301,7 @@ impl ClusterLookup {
             kinds,
             policies: Arc::default(),
             policies_synced: Arc::default(),
+            misses: Misses::default(),
         });
         for (kind, index) in &lookup.kinds {
             let index = index.clone();
@@ -359,19 +400,17 @@ where
             match event {
                 Ok(Event::Apply(obj)) => {
                     let meta = owner_meta(kind, &obj.metadata);
-                    write(&index.objects).insert(meta.uid.clone(), Arc::new(meta));
+                    write(&index.objects).insert(owner_key(&obj.metadata), Arc::new(meta));
                 }
                 Ok(Event::Delete(obj)) => {
-                    if let Some(uid) = &obj.metadata.uid {
-                        write(&index.objects).remove(uid);
-                    }
+                    write(&index.objects).remove(&owner_key(&obj.metadata));
                 }
                 Ok(Event::Init) => buffer = Some(OwnerMap::new()),
                 Ok(Event::InitApply(obj)) => {
                     let meta = owner_meta(kind, &obj.metadata);
                     buffer
                         .get_or_insert_with(OwnerMap::new)
-                        .insert(meta.uid.clone(), Arc::new(meta));
+                        .insert(owner_key(&obj.metadata), Arc::new(meta));
                 }
                 Ok(Event::InitDone) => {
                     *write(&index.objects) = buffer.take().unwrap_or_default();
@@ -439,13 +478,16 @@ impl Lookup for ClusterLookup {
         let Some((_, index)) = self.kinds.iter().find(|(k, _)| *k == owner.kind) else {
             return Ok(None);
         };
-        if let Some(hit) = read(&index.objects).get(&owner.uid) {
+        let key = (namespace.to_owned(), owner.uid.clone());
+        if let Some(hit) = read(&index.objects).get(&key)
+            && hit.name == owner.name
+        {
             return Ok(Some(OwnerMeta::clone(hit)));
         }
         tracing::debug!(kind = %owner.kind, name = %owner.name, "owner not indexed yet; reading it");
         let fetched = self.fetch_owner(namespace, owner).await?;
         if let Some(meta) = &fetched {
-            write(&index.objects).insert(meta.uid.clone(), Arc::new(meta.clone()));
+            write(&index.objects).insert(key, Arc::new(meta.clone()));
         }
         Ok(fetched)
     }
@@ -455,11 +497,18 @@ impl Lookup for ClusterLookup {
         if let Some(facts) = read(&self.policies).get(&key) {
             return facts.state();
         }
-        // Not indexed: created a moment ago, or really missing. Ask.
+        // Not indexed: created a moment ago, or really missing. Ask, unless
+        // asked a moment ago.
+        if self.misses.recent(&key) {
+            return PolicyState::Missing;
+        }
         let api: Api<LeaderPolicy> = Api::namespaced(self.client.clone(), namespace);
         match tokio::time::timeout(FALLBACK_TIMEOUT, api.get_opt(name)).await {
             Ok(Ok(Some(p))) => PolicyFacts::of(&p).state(),
-            Ok(Ok(None)) => PolicyState::Missing,
+            Ok(Ok(None)) => {
+                self.misses.record(key);
+                PolicyState::Missing
+            }
             Ok(Err(err)) => PolicyState::Unknown {
                 reason: err.to_string(),
             },
@@ -467,5 +516,26 @@ impl Lookup for ClusterLookup {
                 reason: format!("no answer within {FALLBACK_TIMEOUT:?}"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_is_remembered_for_its_ttl_and_the_memory_is_bounded() {
+        let misses = Misses::default();
+        let key = ("ns".to_owned(), "pool".to_owned());
+        assert!(!misses.recent(&key), "nothing asked yet");
+        misses.record(key.clone());
+        assert!(misses.recent(&key), "asked a moment ago");
+        tokio::time::advance(MISS_TTL).await;
+        assert!(!misses.recent(&key), "asked longer ago than the TTL");
+        for i in 0..MISS_CAP + 10 {
+            misses.record(("ns".to_owned(), i.to_string()));
+        }
+        let len = misses.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+        assert!(len <= MISS_CAP, "{len} misses remembered");
     }
 }
