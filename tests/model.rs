@@ -72,9 +72,10 @@ fn scenarios() -> Vec<(&'static str, Config)> {
     };
     if depth() == 0 {
         return vec![
+            ("freeze", with(&two, 4000, budget([1, 0, 0, 0, 0, 0, 0]))),
             (
-                "freeze, dropped watch",
-                with(&two, 4000, budget([1, 1, 0, 0, 0, 0, 0])),
+                "dropped watch",
+                with(&two, 4000, budget([0, 1, 0, 0, 0, 0, 0])),
             ),
             (
                 "failed request",
