@@ -1026,6 +1026,119 @@ async fn a_policy_can_turn_server_side_fencing_off() {
     .await;
 }
 
+/// Lets the pool's `app` account exec into pods, mint its own tokens and
+/// ask access reviews (the rights a careless chart might give it), so that
+/// what refuses a follower is the fence, not RBAC.
+async fn grant_exec_and_tokens(client: &Client, ns: &str) {
+    let role: Role = common::from_json(json!({
+        "metadata": {"name": "app-extra"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"],
+             "verbs": ["create"]},
+        ],
+    }));
+    let binding: RoleBinding = common::from_json(json!({
+        "metadata": {"name": "app-extra"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "app-extra"},
+        "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": ns}],
+    }));
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("Role");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("RoleBinding");
+}
+
+/// One POST as `client`; its status code and message.
+async fn post(client: &Client, path: &str, body: Value) -> (u16, String) {
+    let request = http::Request::post(path)
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&body).expect("body"))
+        .expect("request");
+    match client.request::<Value>(request).await {
+        Ok(_) => (201, String::new()),
+        Err(kube::Error::Api(s)) => (s.code, s.message),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Issue 30, finding 3: a follower cannot exec into the leader's pod (and
+/// write with its token), nor mint an unbound token of its ServiceAccount
+/// (a token with no pod claims is not fenced); the leader can. An access
+/// review stores nothing and passes for both, as the gate passes it.
+#[tokio::test]
+async fn a_follower_may_not_exec_into_the_leader_or_mint_tokens() {
+    let _turn = POLICY.lock().await;
+    let client = client().await;
+    apply_crd(&client, &zen_lead::api::crd()).await;
+    let _policy = install(&client).await;
+    with_namespace(&client, "fencing", |client, ns| async move {
+        let pool = pool(&client, &ns, "connect", 2, None).await;
+        grant_exec_and_tokens(&client, &ns).await;
+        wait_fenced(&client, &ns, &pool).await;
+        let l = pool.leader(&client, &ns).await;
+        let (leader, follower) = (&pool.members[l], &pool.members[(l + 1) % 2]);
+        let holder = &leader.agent.identity;
+        let as_follower = direct(&follower.token, &pool.dir).await;
+        let as_leader = direct(&leader.token, &pool.dir).await;
+        let exec = format!(
+            "/api/v1/namespaces/{ns}/pods/{}/exec?command=true&stdout=true&container=app",
+            leader.name
+        );
+        let token = format!("/api/v1/namespaces/{ns}/serviceaccounts/app/token");
+        let token_request = json!({"apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest", "spec": {"audiences": [], "expirationSeconds": 600}});
+        let review =
+            format!("/apis/authorization.k8s.io/v1/namespaces/{ns}/localsubjectaccessreviews");
+        let review_body = json!({"apiVersion": "authorization.k8s.io/v1",
+            "kind": "LocalSubjectAccessReview", "spec": {"user": "someone",
+            "resourceAttributes": {"namespace": ns, "verb": "get", "resource": "pods"}}});
+        // The API server acts on RBAC and the Lease a moment after they change.
+        let refused_exec = eventually("a follower's exec refused", LIMIT, || async {
+            match post(&as_follower, &exec, json!({})).await {
+                (403, m) if m.contains("zen-lead fencing") => Ok((403, m)),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_fenced(
+            Err(refused_exec),
+            &follower.name,
+            holder,
+            "a follower's exec into the leader",
+        );
+        let (code, message) = post(&as_leader, &exec, json!({})).await;
+        assert!(
+            !message.contains("zen-lead fencing"),
+            "the leader's exec is not the fence's to refuse ({code}: {message})"
+        );
+        assert_fenced(
+            Err(post(&as_follower, &token, token_request.clone()).await),
+            &follower.name,
+            holder,
+            "a follower minting a token of its account",
+        );
+        assert_eq!(
+            post(&as_leader, &token, token_request).await,
+            (201, String::new()),
+            "the leader mints a token"
+        );
+        for (who, c) in [("follower", &as_follower), ("leader", &as_leader)] {
+            assert_eq!(
+                post(c, &review, review_body.clone()).await,
+                (201, String::new()),
+                "the {who}'s access review"
+            );
+        }
+    })
+    .await;
+}
+
 /// Sets the binding's namespaceSelector to `names` by hand (what an operator,
 /// or a controller of another namespace, might leave).
 async fn set_scope(bindings: &Api<ValidatingAdmissionPolicyBinding>, names: &[&str]) {
@@ -1209,6 +1322,9 @@ async fn bench_fencing_admission_latency() {
                     )
                     .await
                     .expect("binding");
+                // As the controller keeps it: only the namespace with a
+                // fenced pool.
+                set_scope(&bindings, &[&ns]).await;
             } else {
                 let _ = bindings.delete(POLICY_NAME, &DeleteParams::default()).await;
             }

@@ -21,7 +21,9 @@ pub enum Verdict {
     /// A write class the operator exempted with `--gate-exempt`.
     Exempt(Exemption),
     /// A POST the API server never persists (access and token reviews,
-    /// token requests, `dryRun=All`): passes in every role, like a read.
+    /// `dryRun=All`): passes in every role, like a read. A TokenRequest is a
+    /// write: the token it mints could write around the fence (an unbound
+    /// token carries no pod), and the fencing policy refuses it too.
     NotPersisted,
 }
 
@@ -200,7 +202,7 @@ fn not_persisted(group: &str, target: &Target<'_>) -> bool {
             "authentication.k8s.io",
             "tokenreviews" | "selfsubjectreviews",
             None
-        ) | ("", "serviceaccounts", Some("token"))
+        )
     )
 }
 
@@ -655,11 +657,12 @@ mod tests {
                 "",
                 "not-persisted",
             ),
+            // A TokenRequest mints a credential: fenced, as the policy does.
             (
                 "POST",
                 "/api/v1/namespaces/shop/serviceaccounts/sa/token",
                 "",
-                "not-persisted",
+                "write",
             ),
             (
                 "POST",
