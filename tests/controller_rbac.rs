@@ -12,9 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -22,47 +20,11 @@ use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 use zen_lead::controller::rbac::objects;
 
-use common::fencing::assert_type_checked;
+use common::fencing::install_shipped;
 use common::{client, eventually, kubeconfig_path, shipped, with_namespace};
 
 const GUARD: &str = "zen-lead-controller-rbac";
 const REFUSAL: &str = "zen-lead controller RBAC guard";
-
-/// The guard as shipped; removed when dropped.
-struct Guard;
-
-async fn install_guard(client: &Client) -> Guard {
-    let policy: ValidatingAdmissionPolicy = shipped("ValidatingAdmissionPolicy", GUARD);
-    let binding: ValidatingAdmissionPolicyBinding =
-        shipped("ValidatingAdmissionPolicyBinding", GUARD);
-    let pp = PatchParams::apply("zen-lead-tests").force();
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    policies
-        .patch(GUARD, &pp, &Patch::Apply(&policy))
-        .await
-        .unwrap_or_else(|e| panic!("apply the guard policy: {e}"));
-    bindings
-        .patch(GUARD, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap_or_else(|e| panic!("apply the guard binding: {e}"));
-    assert_type_checked(&policies, GUARD).await;
-    Guard
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        common::cleanup_on_drop(|client| async move {
-            let dp = DeleteParams::default();
-            let _ = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-                .delete(GUARD, &dp)
-                .await;
-            let _ = Api::<ValidatingAdmissionPolicy>::all(client)
-                .delete(GUARD, &dp)
-                .await;
-        });
-    }
-}
 
 /// The controller's user name, as the shipped guard names it (the chart's
 /// ServiceAccount in the release's namespace).
@@ -161,7 +123,7 @@ async fn admin_roles_delete(admin: &Client, ns: &str, name: &str) -> Result<(), 
 #[tokio::test]
 async fn the_controllers_account_writes_only_candidate_rbac_of_its_shape() {
     let admin = client().await;
-    let _guard = install_guard(&admin).await;
+    let _guard = install_shipped(&admin, GUARD).await;
     with_namespace(&admin, "rbac-guard", |admin, ns| async move {
         let user = controller_user();
         grant_controller_rights(&admin, &ns, &user).await;

@@ -94,7 +94,7 @@ async fn make_run_registers_the_webhook_and_injects_then_cleans_up() {
         // applied before the controller starts), and the controller finds
         // it: an `api` pool is fenced on the server.
         let (want_policy, want_binding) = common::fencing::rendered();
-        let _uninstall = common::fencing::Installed;
+        let _uninstall = common::fencing::Installed(common::fencing::POLICY_NAME);
         let vaps: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
         let vap = vaps
             .get(common::fencing::POLICY_NAME)

@@ -75,36 +75,45 @@ pub async fn assert_type_checked(policies: &Api<ValidatingAdmissionPolicy>, name
     );
 }
 
-/// The installed policy; removed when dropped.
-pub struct Installed;
+/// An installed policy and its binding (of one name); removed when dropped.
+pub struct Installed(pub &'static str);
 
-/// Applies the policy and binding and waits for the API server's type check
-/// (a warning there means a typo in the rule).
+/// Applies the fencing policy and binding and waits for the API server's
+/// type check (a warning there means a typo in the rule).
 pub async fn install(client: &Client) -> Installed {
-    let (policy, binding) = rendered();
+    install_shipped(client, POLICY_NAME).await
+}
+
+/// Applies the ValidatingAdmissionPolicy `name` and its binding as
+/// `deploy/zen-lead.yaml` ships them, and waits for the type check.
+pub async fn install_shipped(client: &Client, name: &'static str) -> Installed {
+    let policy: ValidatingAdmissionPolicy = super::shipped("ValidatingAdmissionPolicy", name);
+    let binding: ValidatingAdmissionPolicyBinding =
+        super::shipped("ValidatingAdmissionPolicyBinding", name);
     let pp = PatchParams::apply("zen-lead-tests").force();
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     policies
-        .patch(POLICY_NAME, &pp, &Patch::Apply(&policy))
+        .patch(name, &pp, &Patch::Apply(&policy))
         .await
-        .unwrap_or_else(|e| panic!("apply the fencing policy: {e}"));
+        .unwrap_or_else(|e| panic!("apply ValidatingAdmissionPolicy {name}: {e}"));
     bindings
-        .patch(POLICY_NAME, &pp, &Patch::Apply(&binding))
+        .patch(name, &pp, &Patch::Apply(&binding))
         .await
-        .unwrap_or_else(|e| panic!("apply the fencing binding: {e}"));
-    assert_type_checked(&policies, POLICY_NAME).await;
-    Installed
+        .unwrap_or_else(|e| panic!("apply ValidatingAdmissionPolicyBinding {name}: {e}"));
+    assert_type_checked(&policies, name).await;
+    Installed(name)
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        super::cleanup_on_drop(|client| async move {
+        let name = self.0;
+        super::cleanup_on_drop(move |client| async move {
             let dp = DeleteParams::default();
             let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
             let policies: Api<ValidatingAdmissionPolicy> = Api::all(client);
-            let _ = bindings.delete(POLICY_NAME, &dp).await;
-            let _ = policies.delete(POLICY_NAME, &dp).await;
+            let _ = bindings.delete(name, &dp).await;
+            let _ = policies.delete(name, &dp).await;
         });
     }
 }
