@@ -107,20 +107,17 @@ fn scenarios() -> Vec<(&'static str, Config)> {
             with(&two, 4000, budget([0, 0, 1, 1, 0, 0, 0])),
         ),
         (
-            "controller write, hand-off, shutdown",
-            with(&two, 3000, budget([0, 0, 0, 0, 1, 1, 1])),
+            "controller write, shutdown",
+            with(&two, 3000, budget([0, 0, 0, 0, 1, 0, 1])),
         ),
+        ("hand-off", with(&two, 2500, budget([0, 0, 0, 0, 0, 1, 0]))),
         (
             "one identity, two pods, freeze, dropped watch",
             with(&twins, 4500, budget([1, 1, 0, 0, 0, 0, 0])),
         ),
         (
             "three candidates, freeze",
-            with(&three, 4000, budget([1, 0, 0, 0, 0, 0, 0])),
-        ),
-        (
-            "three candidates, hand-off",
-            with(&three, 2500, budget([0, 0, 0, 0, 0, 1, 0])),
+            with(&three, 3500, budget([1, 0, 0, 0, 0, 0, 0])),
         ),
     ]
 }
