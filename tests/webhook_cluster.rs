@@ -1,151 +1,21 @@
 //! The webhook against the local cluster: the real API server calls a
 //! webhook started by the test on loopback, registered with
 //! `webhook-config/local.yaml` scoped to the test's namespace (so parallel
-//! tests do not see each other's webhooks) and removed afterwards.
+//! tests do not see each other's webhooks) and removed afterwards
+//! (`common::webhook::start_webhook`).
 
 mod common;
 
-use std::time::Duration;
-
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use zen_lead::api::keys::{CANDIDATE_READINESS_GATE, POOL_FROM_ANNOTATION, POOL_LABEL};
-use zen_lead::tls::{CertRequest, generate};
-use zen_lead::webhook::certs::CertStore;
-use zen_lead::webhook::inject::{AGENT_CONTAINER, InjectConfig};
-use zen_lead::webhook::lookup::ClusterLookup;
-use zen_lead::webhook::server::{self, ServeOptions};
+use zen_lead::webhook::inject::AGENT_CONTAINER;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Webhook {
-    running: common::webhook::Served,
-    config_name: String,
-    client: Client,
-    lookup: std::sync::Arc<ClusterLookup>,
-}
-
-impl Webhook {
-    async fn stop(self) {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        let _ = api
-            .delete(&self.config_name, &DeleteParams::default())
-            .await;
-        self.running.shutdown().await;
-    }
-
-    async fn metrics(&self) -> String {
-        let (status, body) =
-            common::net::http_get(self.running.admin_addr.port(), "/metrics").await;
-        assert_eq!(status, 200, "GET /metrics on the admin server: {body}");
-        body
-    }
-}
-
-/// Starts the webhook on a free loopback port and registers it for `ns` only;
-/// returns once the API server demonstrably calls it.
-async fn start_webhook(client: &Client, ns: &str) -> Webhook {
-    zen_lead_test_provider();
-    let certs = generate(&CertRequest {
-        dns_names: vec!["localhost".into()],
-        ip_addresses: vec!["127.0.0.1".parse().expect("ip")],
-        validity: Duration::from_secs(2 * 86400),
-    })
-    .expect("certs");
-    let store = CertStore::from_pem(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes(), "test")
-        .expect("store");
-    let lookup = ClusterLookup::start(client.clone());
-    let running = common::webhook::serve(
-        ServeOptions {
-            addr: "127.0.0.1:0".parse().expect("addr"),
-            max_body_bytes: server::DEFAULT_MAX_BODY_BYTES,
-            request_timeout: server::DEFAULT_REQUEST_TIMEOUT,
-            inject: InjectConfig::with_image("ghcr.io/kube-zen/zen-lead:test"),
-        },
-        store,
-        lookup.clone(),
-    )
-    .await;
-
-    // The shipped local manifest, pointed at this server and this namespace.
-    let template = std::fs::read_to_string(common::repo_root().join("webhook-config/local.yaml"))
-        .expect("webhook-config/local.yaml");
-    let ca = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(certs.ca_cert_pem.as_bytes())
-    };
-    let text = template
-        .replace("${WEBHOOK_PORT}", &running.addr.port().to_string())
-        .replace("${CA_BUNDLE}", &ca);
-    let mut config: MutatingWebhookConfiguration =
-        serde_saphyr::from_str(&text).expect("local.yaml is a MutatingWebhookConfiguration");
-    let config_name = format!("zen-lead-test-{ns}");
-    config.metadata.name = Some(config_name.clone());
-    for hook in config.webhooks.iter_mut().flatten() {
-        hook.namespace_selector = Some(LabelSelector {
-            match_labels: Some([("kubernetes.io/metadata.name".to_owned(), ns.to_owned())].into()),
-            ..LabelSelector::default()
-        });
-    }
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    api.create(&PostParams::default(), &config)
-        .await
-        .expect("register the webhook");
-    let webhook = Webhook {
-        running,
-        config_name,
-        client: client.clone(),
-        lookup,
-    };
-
-    // The API server picks registrations up asynchronously: wait until a
-    // probe pod is injected, so the test's own pods certainly are.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    common::eventually("the API server to call the new webhook", WAIT, || {
-        let pods = pods.clone();
-        async move {
-            let probe: Pod = serde_json::from_value(json!({
-                "metadata": {"generateName": "probe-", "annotations": {"zen-lead/pool": "probe"}},
-                // Compliant with Pod Security `restricted`, so it probes any namespace.
-                "spec": {"containers": [{"name": "c", "image": "probe", "securityContext": {
-                    "runAsNonRoot": true, "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]}
-            }))
-            .expect("pod");
-            let created = pods
-                .create(&PostParams::default(), &probe)
-                .await
-                .map_err(|e| e.to_string())?;
-            let name = created.metadata.name.clone().unwrap_or_default();
-            let _ = pods.delete(&name, &DeleteParams::background()).await;
-            if has_agent(&created) {
-                Ok(())
-            } else {
-                Err(format!("probe pod {name} was not injected"))
-            }
-        }
-    })
-    .await;
-    webhook
-}
-
-fn zen_lead_test_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn has_agent(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .and_then(|c| c.first())
-        .is_some_and(|c| c.name == AGENT_CONTAINER)
-}
+use common::webhook::{WAIT, has_agent, start_webhook};
 
 /// Asserts everything the webhook promises on an injected pod.
 fn assert_injected(pod: &Pod, pool: &str, from: &str) {
