@@ -375,6 +375,9 @@ pub enum Outcome {
     /// Already injected, but another webhook put an init container in front
     /// of the agent; the agent is moved back to the front.
     Reordered,
+    /// Already injected in `api` activation, but another webhook added a
+    /// container since; it is wired to the gate like the app's own.
+    Rewired,
     Injected,
 }
 
@@ -386,6 +389,7 @@ impl Outcome {
             Self::OptedOut => "opted_out",
             Self::AlreadyInjected => "already_injected",
             Self::Reordered => "reordered",
+            Self::Rewired => "rewired",
             Self::Injected => "injected",
         }
     }
@@ -712,21 +716,67 @@ pub fn check_identity(
 }
 
 /// The patch for a pod already triaged as injected: empty, unless another
-/// webhook has since put an init container in front of the agent. In `start`
-/// activation anything before the agent would run in followers too, so the
-/// agent goes back to the front.
+/// webhook has changed it since. In `api` activation a container it added
+/// would talk to the API server around the gate, so it is wired like the
+/// app's own. In `start` activation anything before the agent would run in
+/// followers too, so the agent goes back to the front.
 pub fn reinvocation(pod: &Pod) -> Decision {
-    match agent_index(pod) {
-        Some(i) if i > 0 => Decision {
-            outcome: Outcome::Reordered,
-            patch: vec![PatchOperation::Move(MoveOperation {
+    let mut warnings = Vec::new();
+    let mut patch = rewiring(pod, &mut warnings);
+    let rewired = !patch.is_empty();
+    let reordered = match agent_index(pod) {
+        Some(i) if i > 0 => {
+            // After the wiring, whose paths use the indexes before the move.
+            patch.push(PatchOperation::Move(MoveOperation {
                 from: pointer(&["spec", "initContainers", &i.to_string()]),
                 path: pointer(&["spec", "initContainers", "0"]),
-            })],
-            warnings: Vec::new(),
-        },
-        _ => Decision::plain(Outcome::AlreadyInjected),
+            }));
+            true
+        }
+        _ => false,
+    };
+    let outcome = if rewired {
+        Outcome::Rewired
+    } else if reordered {
+        Outcome::Reordered
+    } else {
+        Outcome::AlreadyInjected
+    };
+    Decision {
+        outcome,
+        patch,
+        warnings,
     }
+}
+
+/// The first injection's `api` wiring again, on the pod as it is now: it
+/// changes only what is not wired yet (containers added since), so a pod
+/// with nothing new gets no operations. Other activations wire nothing here.
+fn rewiring(pod: &Pod, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
+    if !runs_gate(pod) {
+        return Vec::new();
+    }
+    match TokenVolume::of(pod) {
+        TokenVolume::Present(volume) => app_wiring(pod, &volume, warnings),
+        // Nothing was wired at injection either, and it said so then.
+        TokenVolume::Absent { .. } => Vec::new(),
+    }
+}
+
+/// Whether the pod's agent runs the gate (`api` activation). Asks the agent
+/// container, not the activation annotation: wiring a container to a gate
+/// that is not there would cut it off the API server.
+fn runs_gate(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == AGENT_CONTAINER)
+        .flat_map(|c| c.env.iter().flatten())
+        .any(|e| e.name == agent_env::ACTIVATION && e.value.as_deref() == Some("api"))
 }
 
 /// The decision for a pod whose membership is known (its namespace from its
@@ -862,7 +912,8 @@ impl TokenVolume {
 /// mount, and host aliases for the API server's in-cluster names. Uses the
 /// pod's indexes before the agent is inserted, so it must come first in the
 /// patch. All init containers count: the agent is inserted in front of them,
-/// so its gate is up before any of them starts.
+/// so its gate is up before any of them starts. What is wired already gets
+/// no operation, so on reinvocation only containers added since change.
 fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
     use api_wiring::*;
     let mut ops = Vec::new();
@@ -890,6 +941,10 @@ fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<
     ];
     for (list, containers) in lists {
         for (i, container) in containers.iter().enumerate() {
+            // Present on reinvocation; it keeps the real token.
+            if container.name == AGENT_CONTAINER {
+                continue;
+            }
             let index = i.to_string();
             let at = |rest: &[&'static str]| -> Vec<String> {
                 ["spec", list, index.as_str()]
@@ -899,7 +954,7 @@ fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<
                     .collect()
             };
             match token_mount_op(container, token_volume, &mount, &at) {
-                Ok(op) => ops.push(op),
+                Ok(op) => ops.extend(op),
                 Err(warning) => {
                     warnings.push(warning);
                     continue;
@@ -916,23 +971,25 @@ fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<
 /// directory. A container mounting something else there brings its own
 /// credentials, which the gate could not forward: it is left alone entirely
 /// (pointed at the gate, the CA it brings would not trust the agent's
-/// certificate), and `Err` carries the warning saying so.
+/// certificate), and `Err` carries the warning saying so. `None`: the
+/// directory is mounted already.
 fn token_mount_op(
     container: &Container,
     token_volume: &str,
     mount: &Value,
     at: &impl Fn(&[&'static str]) -> Vec<String>,
-) -> Result<PatchOperation, String> {
-    use api_wiring::SA_MOUNT_PATH;
+) -> Result<Option<PatchOperation>, String> {
+    use api_wiring::{GATE_SA_VOLUME, SA_MOUNT_PATH};
     let mounts = container.volume_mounts.as_deref().unwrap_or_default();
     match mounts
         .iter()
         .position(|m| m.mount_path.trim_end_matches('/') == SA_MOUNT_PATH)
     {
+        Some(k) if mounts[k].name == GATE_SA_VOLUME => Ok(None),
         Some(k) if mounts[k].name == token_volume => {
             let mut path = at(&["volumeMounts"]);
             path.push(k.to_string());
-            Ok(replace(&path, mount.clone()))
+            Ok(Some(replace(&path, mount.clone())))
         }
         Some(k) => Err(format!(
             "zen-lead: container {:?} mounts volume {:?} at {SA_MOUNT_PATH}, not the \
@@ -943,16 +1000,16 @@ fn token_mount_op(
         // Also keeps the ServiceAccount plugin, which runs again
         // after this webhook changed the pod, from adding the real
         // token to this container.
-        None if container.volume_mounts.is_none() => Ok(add(
+        None if container.volume_mounts.is_none() => Ok(Some(add(
             &at(&["volumeMounts"]),
             Value::Array(vec![mount.clone()]),
-        )),
-        None => Ok(add(&at(&["volumeMounts", "-"]), mount.clone())),
+        ))),
+        None => Ok(Some(add(&at(&["volumeMounts", "-"]), mount.clone()))),
     }
 }
 
 /// Environment: explicit env wins over the kubelet's service variables and
-/// over envFrom, so these override both.
+/// over envFrom, so these override both. Entries already equal are left.
 fn gate_env_ops(
     container: &Container,
     gate_env: &[(&str, String)],
@@ -973,6 +1030,8 @@ fn gate_env_ops(
             for (name, value) in gate_env {
                 let entry = json!({"name": name, "value": value});
                 match env.iter().position(|e| e.name == *name) {
+                    Some(k)
+                        if env[k].value.as_ref() == Some(value) && env[k].value_from.is_none() => {}
                     Some(k) => {
                         let mut path = at(&["env"]);
                         path.push(k.to_string());
@@ -1698,6 +1757,192 @@ mod tests {
         let again = decide(&injected, &m, &found, &config()).expect("admitted");
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.is_empty());
+    }
+
+    /// Issue 29: another webhook, called after this one, changes an injected
+    /// pod and the API server reinvokes this one. In `api` activation what it
+    /// added is wired like the app's containers, and nothing else changes; a
+    /// second reinvocation is empty.
+    #[test]
+    fn reinvocation_wires_containers_added_after_injection() {
+        let sa = json!({"name": "kube-api-access-abcde",
+            "mountPath": api_wiring::SA_MOUNT_PATH, "readOnly": true});
+        let injected_with = |p: Pod, activation: Activation| {
+            let m = membership(&p, &[]).expect("member");
+            let found = PolicyState::Found {
+                activation,
+                identity: IdentityStrategy::Pod,
+            };
+            apply(
+                &p,
+                &decide(&p, &m, &found, &config()).expect("admitted").patch,
+            )
+        };
+        let api_pod = || injected_with(with_token(json!({})), Activation::Api);
+        let add_container = |mut p: Pod, c: Value| {
+            let c: Container = serde_json::from_value(c).expect("container");
+            p.spec.as_mut().expect("spec").containers.push(c);
+            p
+        };
+        let prepend_init = |mut p: Pod, c: Value| {
+            let c: Container = serde_json::from_value(c).expect("container");
+            let spec = p.spec.as_mut().expect("spec");
+            spec.init_containers.get_or_insert_default().insert(0, c);
+            p
+        };
+        let own = json!({"name": "own", "volumeMounts": [{"name": "secret-token",
+            "mountPath": api_wiring::SA_MOUNT_PATH}]});
+        // (what, pod after the other webhook, outcome, containers wired by the
+        // patch, warnings)
+        let cases: Vec<(&str, Pod, Outcome, &[&str], usize)> = vec![
+            ("unchanged", api_pod(), Outcome::AlreadyInjected, &[], 0),
+            (
+                "a sidecar the ServiceAccount plugin mounted the token into",
+                add_container(api_pod(), json!({"name": "late", "volumeMounts": [sa]})),
+                Outcome::Rewired,
+                &["late"],
+                0,
+            ),
+            (
+                "a sidecar without mounts, pointing at the API server itself",
+                add_container(
+                    api_pod(),
+                    json!({"name": "late", "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": "443"}]}),
+                ),
+                Outcome::Rewired,
+                &["late"],
+                0,
+            ),
+            (
+                "a sidecar half wired (the gate's directory, the real address)",
+                add_container(
+                    api_pod(),
+                    json!({"name": "late", "volumeMounts": [{"name": api_wiring::GATE_SA_VOLUME,
+                        "mountPath": api_wiring::SA_MOUNT_PATH, "readOnly": true}]}),
+                ),
+                Outcome::Rewired,
+                &["late"],
+                0,
+            ),
+            (
+                "an init container put in front of the agent",
+                prepend_init(
+                    api_pod(),
+                    json!({"name": "mesh-init", "volumeMounts": [sa]}),
+                ),
+                Outcome::Rewired,
+                &["mesh-init"],
+                0,
+            ),
+            (
+                "a sidecar with credentials of its own: left alone, as at injection",
+                add_container(api_pod(), own),
+                Outcome::AlreadyInjected,
+                &[],
+                1,
+            ),
+            (
+                "start activation: no gate, nothing to wire",
+                add_container(
+                    injected_with(
+                        with_token(json!({"metadata": {"ownerReferences": null}})),
+                        Activation::Start,
+                    ),
+                    json!({"name": "late", "volumeMounts": [sa]}),
+                ),
+                Outcome::AlreadyInjected,
+                &[],
+                0,
+            ),
+            (
+                "an api pod without a token: nothing was wired, nothing is",
+                add_container(
+                    injected_with(annotated(json!({})), Activation::Api),
+                    json!({"name": "late"}),
+                ),
+                Outcome::AlreadyInjected,
+                &[],
+                0,
+            ),
+        ];
+        for (what, changed, outcome, wired, warnings) in cases {
+            let d = reinvocation(&changed);
+            assert_eq!(d.outcome, outcome, "{what}: {:?}", d.patch);
+            assert_eq!(d.warnings.len(), warnings, "{what}: {:?}", d.warnings);
+            assert_eq!(
+                d.patch.is_empty(),
+                wired.is_empty(),
+                "{what}: {:?}",
+                d.patch
+            );
+            let after = apply(&changed, &d.patch);
+            let spec = after.spec.as_ref().expect("spec");
+            let inits = spec.init_containers.as_deref().unwrap_or_default();
+            assert!(
+                inits.first().is_some_and(|c| c.name == AGENT_CONTAINER),
+                "{what}: the agent leads the init containers"
+            );
+            // The agent keeps its own mounts and environment.
+            let agent_before = changed
+                .spec
+                .as_ref()
+                .expect("spec")
+                .init_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == AGENT_CONTAINER);
+            assert_eq!(agent_before, inits.first(), "{what}: the agent changed");
+            let gate = |c: &Container| {
+                (
+                    env_of(c, api_wiring::HOST_ENV) == Some(api_wiring::GATE_HOST)
+                        && env_of(c, api_wiring::PORT_ENV) == Some("9467")
+                        && env_of(c, api_wiring::PORT_HTTPS_ENV) == Some("9467"),
+                    sa_mount(c) == Some(api_wiring::GATE_SA_VOLUME),
+                )
+            };
+            for name in wired {
+                let c = inits[1..]
+                    .iter()
+                    .chain(&spec.containers)
+                    .find(|c| c.name == *name)
+                    .expect("the added container");
+                assert_eq!(gate(c), (true, true), "{what}: {name} is not wired: {c:?}");
+                // Only the gate's variables are added, once each.
+                let hosts = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.name == api_wiring::HOST_ENV);
+                assert_eq!(hosts.count(), 1, "{what}: {name}");
+            }
+            // Containers present before are exactly as they were.
+            let before = changed.spec.as_ref().expect("spec");
+            for c in before
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&before.containers)
+            {
+                if !wired.contains(&c.name.as_str()) {
+                    let now = inits
+                        .iter()
+                        .chain(&spec.containers)
+                        .find(|n| n.name == c.name);
+                    assert_eq!(now, Some(c), "{what}: {} changed", c.name);
+                }
+            }
+            assert_eq!(
+                after.spec.as_ref().and_then(|s| s.host_aliases.clone()),
+                before.host_aliases,
+                "{what}: host aliases"
+            );
+            let again = reinvocation(&after);
+            assert!(
+                again.patch.is_empty(),
+                "{what}: not idempotent: {:?}",
+                again.patch
+            );
+        }
     }
 
     #[test]
