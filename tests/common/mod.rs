@@ -6,7 +6,8 @@
 //! Heavier helpers of one topic live beside this file and are included by
 //! the suites that use them (`#[path = "common/<topic>.rs"] mod <topic>;`):
 //! `chart.rs` (a Helm install per test), `gate.rs` (the API gate),
-//! `tls_client.rs` (a webhook client over TLS), `election.rs` (host
+//! `tls_client.rs` (a webhook client over TLS), `late_webhook.rs` (a second
+//! mutating webhook called after zen-lead's), `election.rs` (host
 //! agents and Lease helpers), `model/` (the election's model for the model
 //! checker, `tests/model.rs` only; it needs no cluster).
 #![allow(dead_code)]
