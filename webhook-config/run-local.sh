@@ -17,9 +17,16 @@ ADMIN_PORT=${ADMIN_PORT:-9480}
 CONFIG_NAME=${WEBHOOK_CONFIG_NAME:-zen-lead}
 SCOPE=${ZEN_LEAD_WATCH_NAMESPACE:-}
 
-if [ ! -f certs/tls.crt ] || [ ! -f certs/ca.crt ]; then
-  "$BIN" certs --out certs --dns localhost --ip 127.0.0.1
-fi
+# Two starts at once on a fresh clone (tests run them side by side) would
+# both find no certificates and race to write them: the second then fails
+# with "already exists". Take turns; the second finds the first's.
+mkdir -p certs
+(
+  flock 9
+  if [ ! -f certs/tls.crt ] || [ ! -f certs/ca.crt ]; then
+    "$BIN" certs --out certs --dns localhost --ip 127.0.0.1
+  fi
+) 9>certs/.generate.lock
 
 # The server-side fencing policy (config/fencing/, as `make install` applies
 # it): without it the controller runs, but no pool is fenced on the server
