@@ -21,7 +21,7 @@ use serde_json::json;
 use zen_lead::controller::rbac::objects;
 
 use common::fencing::install_shipped;
-use common::{client, eventually, kubeconfig_path, shipped, with_namespace};
+use common::{client, eventually, kubeconfig_path, outcome, shipped, with_namespace};
 
 const GUARD: &str = "zen-lead-controller-rbac";
 const REFUSAL: &str = "zen-lead controller RBAC guard";
@@ -90,14 +90,6 @@ async fn grant_controller_rights(client: &Client, ns: &str, user: &str) {
         .create(&pp, &binding)
         .await
         .unwrap_or_else(|e| panic!("create RoleBinding: {e}"));
-}
-
-fn outcome<T>(result: Result<T, kube::Error>) -> Result<(), (u16, String)> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
-        Err(e) => Err((0, e.to_string())),
-    }
 }
 
 fn assert_guarded(result: Result<(), (u16, String)>, what: &str) {

@@ -36,7 +36,9 @@ use zen_lead::controller::decide::fencing_scope::{
 };
 
 use common::fencing::{POLICY_NAME, install, rendered};
-use common::{apply_crd, client, eventually, kubeconfig_path, with_namespace, zen_lead_host};
+use common::{
+    apply_crd, client, eventually, kubeconfig_path, outcome, with_namespace, zen_lead_host,
+};
 use fixture::{AgentOpts, GateAgent, Tokens};
 
 const POOL: &str = "web";
@@ -214,11 +216,7 @@ fn cm(name: &str) -> ConfigMap {
 /// Creates a ConfigMap; `Err(message)` when the API server refused it.
 async fn write(client: &Client, ns: &str, name: &str) -> Result<(), (u16, String)> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    match cms.create(&PostParams::default(), &cm(name)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
-        Err(e) => Err((0, e.to_string())),
-    }
+    outcome(cms.create(&PostParams::default(), &cm(name)).await)
 }
 
 fn assert_fenced(result: Result<(), (u16, String)>, pod: &str, holder: &str, what: &str) {
@@ -369,11 +367,7 @@ async fn impersonate(client: &Client, ns: &str, pod: &str, uid: &str) -> Result<
         )
         .body(body)
         .expect("request");
-    match client.request::<Value>(request).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
-        Err(e) => Err((0, e.to_string())),
-    }
+    outcome(client.request::<Value>(request).await)
 }
 
 /// Hand-overs (the leader's agent stops with SIGTERM, releasing the Lease,
@@ -655,15 +649,6 @@ async fn grant_lease_deletes(client: &Client, ns: &str) {
         .create(&pp, &binding)
         .await
         .unwrap_or_else(|e| panic!("create RoleBinding app-lease-deletes: {e}"));
-}
-
-/// A result as `write` reports it.
-fn outcome<T>(result: Result<T, kube::Error>) -> Result<(), (u16, String)> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
-        Err(e) => Err((0, e.to_string())),
-    }
 }
 
 /// Merge-patches the pool's Lease with `client`.

@@ -183,8 +183,9 @@ impl Fencing {
                 Ok(Ok(written)) => {
                     let resources = written.spec.and_then(|s| s.match_resources);
                     let selector = resources.and_then(|r| r.namespace_selector);
-                    info!(binding = %name, scope = ?fencing_scope::scope_of(selector.as_ref()), "fencing binding's namespaceSelector set");
-                    return Ok(Some(fencing_scope::scope_of(selector.as_ref())));
+                    let scope = fencing_scope::scope_of(selector.as_ref());
+                    info!(binding = %name, ?scope, "fencing binding's namespaceSelector set");
+                    return Ok(Some(scope));
                 }
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 => continue,
                 Ok(Err(err)) => return Err(err.into()),

@@ -325,6 +325,16 @@ pub fn kubectl(args: &[&str], cache_dir: &Path) -> std::process::Output {
         })
 }
 
+/// An API call's result as the refusal tests compare it: `Ok(())`, or the
+/// API server's status code and message (code 0: no answer from it).
+pub fn outcome<T>(result: Result<T, kube::Error>) -> Result<(), (u16, String)> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
 /// A test fixture written as JSON, as a typed object.
 pub fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap_or_else(|e| panic!("test fixture does not parse: {e}"))

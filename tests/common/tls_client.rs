@@ -74,19 +74,8 @@ impl Conn {
             .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, bytes))
+        let response = self.sender.send_request(request).await;
+        status_and_body(response).await
     }
 }
 
@@ -128,17 +117,21 @@ impl H2Conn {
             .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, bytes))
+        status_and_body(sender.send_request(request).await).await
     }
+}
+
+/// A response's status and whole body, for either connection.
+async fn status_and_body(
+    response: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+) -> Result<(u16, Bytes), String> {
+    let response = response.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, bytes))
 }
