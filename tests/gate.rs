@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/gate.rs"]
 mod fixture;
+#[path = "common/slow_webhook.rs"]
+mod slow_webhook;
 
 use std::time::Duration;
 
@@ -399,6 +401,81 @@ async fn a_hand_off_stops_writes_before_the_lease_is_released() {
         assert_standby_refusal(&after, "write after the hand-off");
         let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         assert!(admin_cms.get_opt("after").await.expect("get").is_none());
+    })
+    .await;
+}
+
+/// A write the API server has admitted but not yet stored when the leader
+/// hands off (here a slow validating webhook holds it; a loaded etcd does
+/// the same) is stored before the Lease is released, so no successor's
+/// first write can land before it. Cutting it at the release, as the gate
+/// once did, answered the app with a 504 while the API server stored the
+/// write after the release: after a successor's writes.
+#[tokio::test]
+async fn a_write_in_flight_at_a_hand_off_is_stored_before_the_release() {
+    let client = client().await;
+    with_namespace(&client, "gate-drain", |client, ns| async move {
+        let delay = Duration::from_secs(3);
+        let mut hook = slow_webhook::start(&client, &ns, delay).await;
+        let (agent, tokens) = follower(&client, &ns, "drain", &["--preferred-defer", "120s"]).await;
+        make_leader(&client, &ns, &agent).await;
+
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
+        let mut conn = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
+        let app_token = tokens.app.clone();
+        let slow_cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "in-flight", "labels": {slow_webhook::SLOW_LABEL: "true"}}});
+        let write = tokio::spawn(async move {
+            conn.send(Method::POST, &path, Some(&app_token), Some(("application/json", slow_cm)))
+                .await
+                .expect("POST")
+        });
+        // The write is admitted and waits on the slow hook: hand off now.
+        let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(name) = hook.calls.recv().await {
+                if name == "in-flight" {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(arrived.is_ok(), "the write never reached the slow webhook");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        leases
+            .patch(
+                "pool",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"zen-lead.io/preferred-holder": "someone-else"}}})),
+            )
+            .await
+            .expect("ask for a hand-off");
+        let released = eventually("the agent to release the Lease", Duration::from_secs(60), || async {
+            let lease = leases.get("pool").await.map_err(|e| e.to_string())?;
+            match lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()) {
+                None => Ok(lease),
+                Some(h) => Err(format!("held by {h}")),
+            }
+        })
+        .await;
+
+        let answer = write.await.expect("writer task");
+        assert_eq!(answer.status, StatusCode::CREATED, "the in-flight write: {answer:?}");
+        let stored = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get("in-flight")
+            .await
+            .expect("the in-flight write was stored");
+        // Both are etcd revisions of one store: ordered.
+        let revision = |rv: Option<String>| -> u64 {
+            rv.and_then(|v| v.parse().ok()).expect("a numeric resourceVersion")
+        };
+        let stored_at = revision(stored.metadata.resource_version);
+        let released_at = revision(released.metadata.resource_version);
+        assert!(
+            stored_at < released_at,
+            "the write was stored at revision {stored_at}, after the release at {released_at}:\n{}",
+            agent.log_text()
+        );
+        hook.stop().await;
     })
     .await;
 }

@@ -184,13 +184,16 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     // The gate is up (and the app's service-account directory written)
     // before the HTTP server answers /startz, so the kubelet starts the app
     // containers only once the gate serves them.
-    let gate_ready = match &config.gate {
-        Some(gate_config) => Some(
-            gate::start(gate_config, status.clone(), &mut registry, stop_rx.clone())
-                .await?
-                .ready,
-        ),
-        None => None,
+    let (elector, gate_ready) = match &config.gate {
+        Some(gate_config) => {
+            let gate =
+                gate::start(gate_config, status.clone(), &mut registry, stop_rx.clone()).await?;
+            (
+                elector.with_in_flight_writes(gate.in_flight),
+                Some(gate.ready),
+            )
+        }
+        None => (elector, None),
     };
     let state = http::State {
         status,

@@ -249,6 +249,8 @@ pub struct Elector {
     stand_down: Option<watch::Receiver<Option<Instant>>>,
     /// See [`Elector::with_running_apps`].
     running_apps: Option<watch::Receiver<usize>>,
+    /// See [`Elector::with_in_flight_writes`].
+    in_flight_writes: Option<watch::Receiver<usize>>,
     /// See [`Elector::with_scheduled_run`]: `(time, job)`.
     scheduled_run: Option<(String, String)>,
     /// The Job whose run of our scheduled time the Lease named when we last
@@ -274,6 +276,16 @@ impl Elector {
     /// never starts beside an old one that is still shutting down.
     pub fn with_running_apps(mut self, running: watch::Receiver<usize>) -> Self {
         self.running_apps = Some(running);
+        self
+    }
+
+    /// `api` activation: how many of the app's writes the API gate has sent
+    /// and not yet seen answered. A voluntary release clears the Lease only
+    /// once they are (at the latest at the Lease's expiry, when anyone may
+    /// take it anyway): a write the API server admitted before the release
+    /// is stored before the successor's first write.
+    pub fn with_in_flight_writes(mut self, writes: watch::Receiver<usize>) -> Self {
+        self.in_flight_writes = Some(writes);
         self
     }
 
@@ -308,6 +320,36 @@ impl Elector {
                 "release waited for the app to stop"
             );
         }
+    }
+
+    /// Waits until the gate has no write in flight, or until `limit`;
+    /// whether none is left.
+    async fn writes_answered(&mut self, limit: Instant) -> bool {
+        let Some(writes) = self.in_flight_writes.as_mut() else {
+            return true;
+        };
+        let started = Instant::now();
+        let answered = tokio::time::timeout_at(limit, writes.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|alive| alive.is_ok());
+        let waited = started.elapsed();
+        if waited >= Duration::from_millis(1) {
+            debug!(
+                waited_ms = waited.as_millis(),
+                answered, "release waited for the app's writes in flight"
+            );
+        }
+        answered
+    }
+
+    /// When our term ending at `until` expires: nobody else may take the
+    /// Lease before, anyone may after (the gate cuts our writes there).
+    fn expiry(&self, until: Option<Instant>, now: Instant) -> Instant {
+        let timings = self.machine.timings();
+        until.unwrap_or(now).max(now)
+            + timings
+                .lease_duration()
+                .saturating_sub(timings.renew_deadline())
     }
 
     /// Latest time an app may still run after our term ends at `until`.
@@ -349,6 +391,7 @@ impl Elector {
                 connected: false,
                 stand_down: None,
                 running_apps: None,
+                in_flight_writes: None,
                 scheduled_run: None,
                 pending_duplicate: None,
                 duplicate_of: None,
@@ -541,6 +584,9 @@ impl Elector {
         if kind == WriteKind::Release {
             let limit = self.stop_limit(term_until, now);
             self.apps_stopped(limit).await;
+            // Past the expiry the release is harmless: anyone may take over.
+            let expiry = self.expiry(term_until, now);
+            self.writes_answered(expiry).await;
         }
         self.write(kind, Some(base_resource_version), write).await
     }
@@ -849,11 +895,20 @@ impl Elector {
             warn!("{err}");
         }
         self.publish();
+        let deadline = now + limit;
         if term_until.is_some() {
-            let stop = self.stop_limit(term_until, now).min(now + limit);
+            let stop = self.stop_limit(term_until, now).min(deadline);
             self.apps_stopped(stop).await;
+            let expiry = self.expiry(term_until, now);
+            if !self.writes_answered(expiry.min(deadline)).await && Instant::now() < expiry {
+                warn!(
+                    ?limit,
+                    "the app's writes were still in flight at the release deadline; the Lease is \
+                     left to expire, so no successor writes before them"
+                );
+                return;
+            }
         }
-        let deadline = Instant::now() + limit;
         let mut attempts = 0;
         while Instant::now() < deadline && attempts < 5 {
             attempts += 1;

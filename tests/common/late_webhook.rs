@@ -6,24 +6,14 @@
 //! server calls configurations in name order), with `reinvocationPolicy:
 //! Never`, and removed by [`LateWebhook::stop`].
 
-use std::time::Duration;
-
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use zen_lead::tls::{CertRequest, generate, server_config_from_pem};
 
-use crate::common::webhook::{WAIT, create_probe, namespace_only};
+use crate::common::webhook::{WAIT, create_probe, namespace_only, serve_admission};
 
 /// The container the late webhook adds.
 pub const LATE_CONTAINER: &str = "late";
@@ -69,54 +59,10 @@ fn answer(body: &[u8]) -> Value {
     })
 }
 
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
-    let body = req.into_body().collect().await?.to_bytes();
-    let reply = answer(&body).to_string();
-    Ok(Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(reply)))
-        .expect("response"))
-}
-
-/// Serves the late webhook on a free loopback port: (port, CA bundle PEM,
-/// the accept loop).
-async fn serve() -> (u16, String, tokio::task::JoinHandle<()>) {
-    let certs = generate(&CertRequest {
-        dns_names: vec!["localhost".into()],
-        ip_addresses: vec!["127.0.0.1".parse().expect("ip")],
-        validity: Duration::from_secs(86400),
-    })
-    .expect("certs");
-    let chain = vec![CertificateDer::from_pem_slice(certs.cert_pem.as_bytes()).expect("cert")];
-    let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes()).expect("key");
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(server_config_from_pem(chain, key).expect("tls config"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(handle);
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    (port, certs.ca_cert_pem, server)
-}
-
 /// Starts the late webhook for namespace `ns`, registered as
 /// `<after>-late`; returns once the API server demonstrably calls it.
 pub async fn start(client: &Client, ns: &str, after: &str) -> LateWebhook {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (port, ca, server) = serve().await;
+    let (port, ca, server) = serve_admission(|body| async move { answer(&body) }).await;
     let config_name = format!("{after}-late");
     assert!(config_name.as_str() > after, "must sort after {after}");
     let ca = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes());

@@ -195,3 +195,63 @@ pub fn has_agent(pod: &Pod) -> bool {
         .and_then(|c| c.first())
         .is_some_and(|c| c.name == AGENT_CONTAINER)
 }
+
+/// Serves an admission webhook on a free loopback port, HTTPS with its own
+/// certificate: each request's body goes to `answer`, whose AdmissionReview
+/// is the reply. Returns (port, CA bundle PEM, the accept loop).
+pub async fn serve_admission<F, Fut>(answer: F) -> (u16, String, tokio::task::JoinHandle<()>)
+where
+    F: Fn(bytes::Bytes) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = serde_json::Value> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = generate(&CertRequest {
+        dns_names: vec!["localhost".into()],
+        ip_addresses: vec!["127.0.0.1".parse().expect("ip")],
+        validity: Duration::from_secs(86400),
+    })
+    .expect("certs");
+    let chain = vec![CertificateDer::from_pem_slice(certs.cert_pem.as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes()).expect("key");
+    let config = zen_lead::tls::server_config_from_pem(chain, key).expect("tls config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let answer = answer.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let reply = answer(body).await.to_string();
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+                                    .expect("response"),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    (port, certs.ca_cert_pem, server)
+}

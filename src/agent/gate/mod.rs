@@ -131,6 +131,9 @@ pub struct Running {
     pub ca_pem: String,
     /// True once the gate listens and the SA directory is written.
     pub ready: Arc<AtomicBool>,
+    /// Writes sent and not yet answered: the election releases the Lease
+    /// once this is zero ([`proxy::InFlight`]).
+    pub in_flight: watch::Receiver<usize>,
 }
 
 /// Starts the gate: resolves the upstream, makes the per-pod certificate,
@@ -182,6 +185,7 @@ pub async fn start(
     let token = dir.write_all()?;
     tokio::spawn(dir.keep_token_fresh(token, stop.clone()));
 
+    let (in_flight, in_flight_rx) = proxy::InFlight::new();
     let shared = Arc::new(proxy::Shared {
         status: status.clone(),
         exempt: config.exempt,
@@ -196,6 +200,7 @@ pub async fn start(
         upgrade_connector,
         metrics,
         bodies: Arc::new(tokio::sync::Semaphore::new(fence_retry::BODY_BUDGET)),
+        in_flight,
     });
     tokio::spawn(accept_loop(listener, acceptor, shared, stop.clone()));
     tokio::spawn(log_role_changes(status, stop));
@@ -212,6 +217,7 @@ pub async fn start(
         addr,
         ca_pem: certs.ca_pem,
         ready: Arc::new(AtomicBool::new(true)),
+        in_flight: in_flight_rx,
     })
 }
 

@@ -39,6 +39,70 @@ pub struct Shared {
     /// One permit per byte of write body the gate may hold at once
     /// ([`fence_retry::BODY_BUDGET`]).
     pub bodies: Arc<Semaphore>,
+    /// Gated writes sent and not yet answered ([`InFlight`]).
+    pub in_flight: InFlight,
+}
+
+/// Counts gated writes sent to the API server and not yet answered. The
+/// election releases the Lease only once none is left (bounded by the
+/// Lease's expiry): a write the API server admitted before a voluntary
+/// release is then stored before the successor's first write, where cutting
+/// it at the release left it to land after (the client's answer was cut,
+/// the API server's work was not).
+#[derive(Clone)]
+pub struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    /// A counter at zero and the receiver the election waits on.
+    pub fn new() -> (Self, watch::Receiver<usize>) {
+        let (tx, rx) = watch::channel(0);
+        (Self(Arc::new(tx)), rx)
+    }
+
+    /// Counts one write from now on; enter before the last look at the
+    /// role, so a release that saw zero is seen by the write as not leading.
+    fn enter(&self, status: &LeaderStatus) -> InFlightWrite {
+        self.0.send_modify(|n| *n += 1);
+        InFlightWrite {
+            counter: self.0.clone(),
+            sent: false,
+            mattered_for: status.timings.lease_duration(),
+        }
+    }
+}
+
+/// One counted write. Dropped before it was sent, or once answered, it
+/// stops counting at once. Dropped while sent and unanswered (the app went
+/// away mid-request), the API server may still be at work on it: it counts
+/// on until a Lease duration has passed, the longest any write of this term
+/// can matter.
+struct InFlightWrite {
+    counter: Arc<watch::Sender<usize>>,
+    sent: bool,
+    mattered_for: Duration,
+}
+
+impl InFlightWrite {
+    fn answered(mut self) {
+        self.sent = false;
+    }
+}
+
+impl Drop for InFlightWrite {
+    fn drop(&mut self) {
+        let counter = self.counter.clone();
+        let leave = move || counter.send_modify(|n| *n = n.saturating_sub(1));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.sent => {
+                let until = Instant::now() + self.mattered_for;
+                runtime.spawn(async move {
+                    sleep_until(until).await;
+                    leave();
+                });
+            }
+            _ => leave(),
+        }
+    }
 }
 
 /// Writes that may wait for leadership at once. Each holds a request (for
@@ -270,10 +334,10 @@ async fn forward_write(
         }
     };
     // The body may have taken a while: the write leaves only in a term.
-    let now = shared.status.borrow().clone();
-    if !now.leading_at(Instant::now()) {
+    let Ok(counted) = leave_in_term(shared) else {
+        let now = shared.status.borrow().clone();
         return refuse_counted(shared, class, head.method(), &now);
-    }
+    };
     if held {
         // Made while this pod was a standby, from what the app read then.
         if !survives_a_stale_read(head.method(), &body) {
@@ -291,7 +355,19 @@ async fn forward_write(
         let client = shared.clients.pick(h2);
         fence_retry::send(client, &head, body, &shared.status, &shared.metrics).await
     };
-    forward(shared, sent, Some(term), class).await
+    forward(shared, sent, Some((term, counted)), class).await
+}
+
+/// A write about to leave, counted in flight, or `Err` when this pod no
+/// longer leads (the count is entered before the look, see [`InFlight`]).
+fn leave_in_term(shared: &Shared) -> Result<InFlightWrite, ()> {
+    let status = shared.status.borrow().clone();
+    let counted = shared.in_flight.enter(&status);
+    if shared.status.borrow().leading_at(Instant::now()) {
+        Ok(counted)
+    } else {
+        Err(())
+    }
 }
 
 /// A gated write over [`fence_retry::MAX_RETRIED_BODY`]: streamed as it
@@ -325,10 +401,14 @@ async fn stream_write(
         }
         shared.metrics.held(HeldOutcome::Passed);
     }
+    let Ok(counted) = leave_in_term(shared) else {
+        let now = shared.status.borrow().clone();
+        return refuse_counted(shared, write.class, head.method(), &now);
+    };
     let request = head.map(|()| Either::Left(body));
     let client = shared.clients.pick(write.h2);
     let sent = async { Ok(client.request(request).await?.map(Either::Left)) };
-    forward(shared, sent, Some(write.term), write.class).await
+    forward(shared, sent, Some((write.term, counted)), write.class).await
 }
 
 /// A write refused at once: the budget for buffered write bodies is spent.
@@ -446,18 +526,29 @@ async fn forward(
     sent: impl std::future::Future<
         Output = Result<Response<GateBody>, hyper_util::client::legacy::Error>,
     >,
-    term: Option<Term>,
+    term: Option<(Term, InFlightWrite)>,
     class: RequestClass,
 ) -> Response<GateBody> {
     let start = Instant::now();
     let result = match term {
         None => sent.await,
-        Some(term) => {
-            tokio::select! {
-                result = sent => result,
-                why = term.ended() => {
+        Some((term, mut counted)) => {
+            counted.sent = true;
+            let result = tokio::select! {
+                result = sent => Ok(result),
+                why = term.ended() => Err(why),
+            };
+            // Answered, or past the term's bound (the rule: nobody else
+            // writes before it), or the Lease moved on: it counts no more.
+            counted.answered();
+            match result {
+                Ok(result) => result,
+                Err(why) => {
                     shared.metrics.count(class, Outcome::Cut);
-                    warn!(why, "cut a write still in flight at the end of this replica's term");
+                    warn!(
+                        why,
+                        "cut a write still in flight at the end of this replica's term"
+                    );
                     return status_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         "Timeout",
@@ -628,11 +719,14 @@ async fn splice(
 /// The bound on a write that started while this pod led. Nobody else can
 /// take the Lease before `leaseDuration - renewDeadline` after our term's
 /// end (the election's rule), so a write may still be in flight until then;
-/// after that the gate stops waiting for it. When leadership ends *before*
-/// its deadline (the Lease was released: SIGTERM or hand-off, and a
-/// successor may acquire at once), in-flight writes are cut at once.
+/// after that the gate stops waiting for it. A voluntary release (SIGTERM,
+/// hand-off, stand-down) ends the term early, but the election clears the
+/// Lease only once the writes in flight are answered ([`InFlight`]): they
+/// run on while the Lease still names us, and are cut once it names
+/// someone else or no one (released, or taken from us).
 struct Term {
     token: Option<i32>,
+    holder: Option<String>,
     until: Instant,
     margin: Duration,
     status: watch::Receiver<LeaderStatus>,
@@ -642,6 +736,7 @@ impl Term {
     fn new(status: &LeaderStatus, rx: watch::Receiver<LeaderStatus>) -> Self {
         Self {
             token: status.token,
+            holder: status.holder.clone(),
             until: status.lead_until.unwrap_or_else(Instant::now),
             margin: margin(status),
             status: rx,
@@ -670,8 +765,10 @@ impl Term {
                             self.until = until;
                         }
                         self.margin = margin(&status);
-                    } else if Instant::now() < self.until {
-                        return "leadership released";
+                    } else if (status.holder != self.holder || status.token != self.token)
+                        && Instant::now() < self.until
+                    {
+                        return "the Lease moved on";
                     }
                 }
             }
@@ -899,6 +996,7 @@ mod tests {
 
     fn leading(until: Instant, token: i32) -> LeaderStatus {
         LeaderStatus {
+            holder: Some("me".to_owned()),
             leading: true,
             lead_until: Some(until),
             token: Some(token),
@@ -937,25 +1035,64 @@ mod tests {
         assert!(elapsed < Duration::from_secs(10), "ended after {elapsed:?}");
     }
 
-    /// Leadership that ends before its deadline (a release) ends the write
-    /// at once; a renewal of another term (a new token) does not extend it.
+    /// A voluntary release ends the term early, but a write in flight runs
+    /// on while the Lease still names us (the election clears it only once
+    /// the write is answered), and is cut once the Lease names no one.
     #[tokio::test]
-    async fn a_release_ends_in_flight_writes_at_once() {
+    async fn a_release_cuts_in_flight_writes_only_once_the_lease_moves_on() {
         let start = Instant::now();
         let status = leading(start + Duration::from_secs(30), 4);
         let (tx, rx) = watch::channel(status.clone());
-        let term = Term::new(&status, rx);
-        let release = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = tx.send(LeaderStatus {
-                leading: false,
-                lead_until: None,
-                ..status.clone()
-            });
-        };
-        let (why, ()) = tokio::join!(term.ended(), release);
-        assert_eq!(why, "leadership released");
-        assert!(start.elapsed() < Duration::from_secs(10));
+        let mut ended = Box::pin(Term::new(&status, rx).ended());
+        let _ = tx.send(LeaderStatus {
+            leading: false,
+            lead_until: None,
+            ..status.clone()
+        });
+        let stepping_down = tokio::time::timeout(Duration::from_millis(200), ended.as_mut()).await;
+        assert!(stepping_down.is_err(), "cut while the Lease named us");
+        let _ = tx.send(LeaderStatus {
+            holder: None,
+            leading: false,
+            lead_until: None,
+            ..status.clone()
+        });
+        let why = tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .expect("cut once the Lease was released");
+        assert_eq!(why, "the Lease moved on");
+    }
+
+    /// A write counts in flight from before the last look at the role
+    /// until answered; one dropped unanswered after it was sent counts on
+    /// (the API server may still store it) for a Lease duration.
+    #[tokio::test]
+    async fn in_flight_writes_count_until_answered() {
+        let (counter, mut seen) = InFlight::new();
+        let status = leading(Instant::now() + Duration::from_secs(30), 1);
+        let answered = counter.enter(&status);
+        let unsent = counter.enter(&status);
+        assert_eq!(*seen.borrow(), 2);
+        drop(unsent);
+        assert_eq!(*seen.borrow(), 1);
+        answered.answered();
+        assert_eq!(*seen.borrow(), 0);
+
+        let mut dropped = counter.enter(&status);
+        dropped.sent = true;
+        let start = Instant::now();
+        drop(dropped);
+        assert_eq!(
+            *seen.borrow_and_update(),
+            1,
+            "counts on once dropped mid-flight"
+        );
+        tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|n| *n == 0))
+            .await
+            .expect("stops counting after a Lease duration")
+            .expect("counter alive");
+        // The Lease duration of `leading`'s timings.
+        assert!(start.elapsed() >= Duration::from_millis(900));
     }
 
     fn standby(holder: &str) -> LeaderStatus {
