@@ -33,11 +33,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::guard;
+use common::workloads::{rollout_complete, rollout_restart};
 use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, EvictParams, ListParams, PostParams};
@@ -248,6 +250,60 @@ fn deployment(image: &str, dir: &Path) -> Deployment {
     }))
 }
 
+async fn create_policy(client: &Client, ns: &str, activation: &str) {
+    Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                "metadata": {"name": POOL},
+                "spec": {"activation": activation, "leaseDurationSeconds": LEASE_S,
+                         "renewDeadlineSeconds": RENEW_S, "retryPeriodSeconds": RETRY_S}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+}
+
+/// The controller's inputs: one output ConfigMap each is its work.
+async fn create_inputs(cms: &Api<ConfigMap>) -> [&'static str; 3] {
+    let inputs = ["in-a", "in-b", "in-c"];
+    for (i, input) in inputs.iter().enumerate() {
+        cms.create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": input,
+                "labels": {"hactl.zen-lead.io/input": "true"}},
+                "data": {"value": i.to_string()}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create input {input}: {e}"));
+    }
+    inputs
+}
+
+/// Waits until every input has its output with the input's data.
+async fn outputs_written(cms: &Api<ConfigMap>, inputs: &[&str]) {
+    eventually(
+        "outputs for every input",
+        Duration::from_secs(60),
+        || async {
+            for input in inputs {
+                let out = cms
+                    .get_opt(&format!("{input}-out"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or(format!("{input}-out missing"))?;
+                let want = cms.get(input).await.map_err(|e| e.to_string())?.data;
+                if out.data != want {
+                    return Err(format!("{input}-out has {:?}", out.data));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
 fn is_ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && common::pod_ready(p)
 }
@@ -418,30 +474,9 @@ async fn run(scenario: Scenario) {
         let controller = start_controller(&ns, &dir).await;
         let hook = register_webhook(&client, &ns, &controller).await;
         setup_rbac(&client, &ns).await;
-        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
-                    "metadata": {"name": POOL},
-                    "spec": {"activation": scenario.activation, "leaseDurationSeconds": LEASE_S,
-                             "renewDeadlineSeconds": RENEW_S, "retryPeriodSeconds": RETRY_S}
-                })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+        create_policy(&client, &ns, scenario.activation).await;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let inputs = ["in-a", "in-b", "in-c"];
-        for (i, input) in inputs.iter().enumerate() {
-            cms.create(
-                &PostParams::default(),
-                &from_json(json!({"metadata": {"name": input,
-                    "labels": {"hactl.zen-lead.io/input": "true"}},
-                    "data": {"value": i.to_string()}})),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create input {input}: {e}"));
-        }
+        let inputs = create_inputs(&cms).await;
         let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let t_created = monotonic_ns();
         deploys
@@ -464,21 +499,7 @@ async fn run(scenario: Scenario) {
             );
         }
         // The leader's writes land: heartbeat and all outputs, written by it alone.
-        eventually("outputs for every input", Duration::from_secs(60), || async {
-            for input in inputs {
-                let out = cms
-                    .get_opt(&format!("{input}-out"))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or(format!("{input}-out missing"))?;
-                let want = cms.get(input).await.map_err(|e| e.to_string())?.data;
-                if out.data != want {
-                    return Err(format!("{input}-out has {:?}", out.data));
-                }
-            }
-            Ok(())
-        })
-        .await;
+        outputs_written(&cms, &inputs).await;
         // Followers' caches follow the leader's heartbeat (warm standby),
         // and their own writes are refused by their gates.
         let followers: Vec<String> = names.iter().filter(|n| **n != leader_name).cloned().collect();
@@ -847,6 +868,105 @@ async fn run(scenario: Scenario) {
             .delete(&hook, &DeleteParams::default())
             .await;
         drop(controller.child);
+    })
+    .await;
+}
+
+/// zen-lead's webhook down across a rollout of an `api` pool whose app
+/// writes (the client-go controller), with admission as the chart installs
+/// it: the first-time pool pods' webhook entry fails open, so only the
+/// require-agent guard keeps the new pods from running uninjected, where
+/// their writes would pass no gate and no fence (they are in no Lease's
+/// member list). The guard refuses them, the rollout waits, at most one
+/// replica's writes are stored at any time, and the rollout completes once
+/// the controller is back.
+#[tokio::test]
+async fn a_rollout_while_the_webhook_is_down_stores_one_writers_writes() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    let _fence = common::fencing::install(&client).await;
+    with_namespace(&client, "e2e-api-outage", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let mut controller = start_controller(&ns, &dir).await;
+        let _admission = guard::install(&client, &ns, &controller).await;
+        setup_rbac(&client, &ns).await;
+        create_policy(&client, &ns, "api").await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let inputs = create_inputs(&cms).await;
+        let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deploys
+            .create(
+                &PostParams::default(),
+                &deployment("localhost/zl-hactl:dev", &dir),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let (leader, _) = three_ready_with_leader(&pods, "3 Ready pods, one leader").await;
+        outputs_written(&cms, &inputs).await;
+
+        controller.stop().await;
+        rollout_restart(&deploys, POOL, "webhook-outage").await;
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let refusal = eventually(
+            "the guard's refusal among the ReplicaSet's events",
+            Duration::from_secs(90),
+            || {
+                let events = events.clone();
+                let dir = dir.clone();
+                async move {
+                    // Sampled throughout: one writer's run at a time.
+                    records(&dir).assert_writers_never_interleave();
+                    let list = events
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    list.items
+                        .into_iter()
+                        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+                        .filter_map(|e| e.message)
+                        .find(|m| m.contains("did not inject the election agent"))
+                        .ok_or_else(|| "no FailedCreate event from the guard yet".to_owned())
+                }
+            },
+        )
+        .await;
+        assert!(refusal.contains(&format!("pool {POOL}")), "{refusal}");
+        for pod in pool_pods(&pods).await.unwrap_or_default() {
+            let injected = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.init_containers.iter().flatten())
+                .any(|c| c.name == zen_lead::contract::AGENT_CONTAINER);
+            assert!(injected, "pod {} runs without the agent", name(&pod));
+        }
+
+        let back = std::time::Instant::now();
+        controller.resume(&ns, &dir).await;
+        rollout_complete(&deploys, POOL, 3, Duration::from_secs(180)).await;
+        println!(
+            "e2e-api outage: rollout complete {:.1} s after the controller came back",
+            back.elapsed().as_secs_f64()
+        );
+        let (now, _) = three_ready_with_leader(&pods, "3 Ready new pods, one leader").await;
+        assert_ne!(
+            name(&now),
+            name(&leader),
+            "the old leader survived the rollout"
+        );
+        // The new leader does the work again (outputs rewritten for a new input).
+        cms.create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "in-d",
+                "labels": {"hactl.zen-lead.io/input": "true"}}, "data": {"value": "d"}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create input in-d: {e}"));
+        outputs_written(&cms, &["in-d"]).await;
+        let runs = records(&dir).assert_writers_never_interleave();
+        println!("e2e-api outage: writer runs in the API server's order: {runs:?}");
+        assert!(runs.len() >= 2, "the new leader never wrote: {runs:?}");
     })
     .await;
 }

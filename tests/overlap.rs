@@ -36,17 +36,23 @@
 //! delayed by 1 s to twice the renew deadline, through a proxy of the test
 //! that the real node's pods reach the `kubernetes` Service by) past the
 //! lease, then heal; restart the API server or the kubelet (every pool at
-//! once). Each pool takes its faults in order, and the pools are hit in
-//! parallel, except that a restart of a component waits until no other
-//! fault is in progress and holds the others off until it is over. A process
+//! once). Two faults are zen-lead's own: its controller, and so its
+//! webhook, stopped across a `rollout restart` of the pool's Deployment
+//! (admission as the chart installs it: the require-agent guard refuses the
+//! new pods until the webhook is back), and its controller cut off from the
+//! API server (every request fails) while the pool's leader pod is deleted.
+//! Each pool takes its faults in order, and the pools are hit in
+//! parallel, except that a restart of a component or a fault of the
+//! controller waits until no other fault is in progress and holds the
+//! others off until it is over. A process
 //! that was killed writes nothing more: it counts as active until the checker
-//! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 7, one of each kind;
-//! `make chaos` sets more) is the number of faults: every 7 have each kind
-//! once, every 28 aim each kind at each pool once. The table goes to
+//! sees it gone. ZEN_LEAD_OVERLAP_FAULTS (default 9, one of each kind;
+//! `make chaos` sets more) is the number of faults: every 9 have each kind
+//! once, every 36 aim each kind at each pool once. The table goes to
 //! target/overlap-report.md.
 //!
-//! What it asserts for zen-lead: no overlap after a pod deletion or a kubelet
-//! restart. `start` activation cannot stop an app in place, so whenever the
+//! What it asserts for zen-lead: no overlap after a pod deletion, a kubelet
+//! restart or a fault of its own controller. `start` activation cannot stop an app in place, so whenever the
 //! leader loses its term while its pod lives on (frozen, cut off, its agent
 //! down longer than the lease, the API server away longer than the renew
 //! deadline) an overlap is allowed while the fault lasts plus 10 s for the
@@ -79,10 +85,12 @@ use common::faults::{
     CutOff, Frozen, Redirected, agent_exe, kill_all, pids_with_env, restart_apiserver,
     restart_component,
 };
-use common::zen_lead_host::{register_webhook, start_controller};
+use common::guard;
+use common::workloads::{rollout_complete, rollout_restart};
+use common::zen_lead_host::{Controller, start_controller_with};
 use common::{client, from_json, records_dir, with_namespace};
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -185,10 +193,16 @@ enum Fault {
     Slow,
     RestartApiServer,
     RestartKubelet,
+    /// zen-lead's controller (and so its webhook) stopped across a rollout
+    /// restart of the pool's Deployment, then back.
+    WebhookDown,
+    /// zen-lead's controller cut off from the API server (every request
+    /// fails) while the pool's leader pod is deleted, then reconnected.
+    ControllerCut,
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const ALL: [Fault; 9] = [
         Fault::DeletePod,
         Fault::KillElector,
         Fault::Freeze,
@@ -196,10 +210,20 @@ impl Fault {
         Fault::Slow,
         Fault::RestartApiServer,
         Fault::RestartKubelet,
+        Fault::WebhookDown,
+        Fault::ControllerCut,
     ];
-    /// A restart of a cluster component hits every pool, whichever was aimed at.
+    /// A restart of a cluster component, or a fault of zen-lead's own
+    /// controller (it serves every pool), hits every pool, whichever was
+    /// aimed at.
     fn hits_both(self) -> bool {
-        matches!(self, Fault::RestartApiServer | Fault::RestartKubelet)
+        matches!(
+            self,
+            Fault::RestartApiServer
+                | Fault::RestartKubelet
+                | Fault::WebhookDown
+                | Fault::ControllerCut
+        )
     }
 
     /// How long an overlap that began under this fault may last for
@@ -226,7 +250,12 @@ impl Fault {
             // the deposed pod, is (DELETE_BOUND).
             Fault::RestartApiServer => Some(i64::MAX),
             Fault::Cut | Fault::Slow | Fault::KillElector => Some(from + GRACE),
-            Fault::DeletePod | Fault::RestartKubelet => None,
+            // The leader's pod goes away (deleted, or replaced by the
+            // rollout): its app stops before anyone else's starts.
+            Fault::DeletePod
+            | Fault::RestartKubelet
+            | Fault::WebhookDown
+            | Fault::ControllerCut => None,
         }
     }
 
@@ -980,6 +1009,13 @@ struct World {
     api: SocketAddr,
     proxy: DelayProxy,
     trackers: BTreeMap<System, Shared>,
+    /// zen-lead's controller (the webhook with it), the namespace and
+    /// records directory it was started for, and the proxy it reaches the
+    /// API server by.
+    controller: tokio::sync::Mutex<Controller>,
+    ns: String,
+    dir: PathBuf,
+    controller_proxy: DelayProxy,
     /// Faults aimed at one pod hold it shared, so the pools are hit in
     /// parallel; a restart of a cluster component, which hits every pool,
     /// holds it alone.
@@ -996,6 +1032,47 @@ struct Plan {
 }
 
 /// Injects `plan` into `system`'s leader and watches what follows.
+/// Stops zen-lead's controller, restarts the pool's Deployment as
+/// `kubectl rollout restart` does, waits past the lease, and starts the
+/// controller again; returns when it was back. With the chart's admission,
+/// the rollout's new pool pods are refused (require-agent guard) until the
+/// webhook serves again; then the rollout goes on and replaces the leader
+/// (for `api` and `process` pools, whose replicas are all Ready).
+async fn webhook_down_across_a_rollout(world: &World, system: System) -> i64 {
+    let mut controller = world.controller.lock().await;
+    controller.stop().await;
+    let deploys: Api<Deployment> = Api::namespaced(world.pods.clone().into_client(), &world.ns);
+    rollout_restart(&deploys, system.label(), &format!("overlap-{}", mono())).await;
+    sleep(Duration::from_secs(world.t.lease + 2)).await;
+    controller.resume(&world.ns, &world.dir).await;
+    let back = mono();
+    drop(controller);
+    if system == System::ZenLead {
+        // A `start` pool's standbys are not Ready, so its Deployment's
+        // rollouts stall by design (docs/ARCHITECTURE.md): wait until the
+        // new pods are created, then leave it.
+        let name = system.label();
+        common::eventually(
+            "the rollout's first new pod",
+            Duration::from_secs(180),
+            || {
+                let deploys = deploys.clone();
+                async move {
+                    let d = deploys.get(name).await.map_err(|e| e.to_string())?;
+                    let updated = d.status.and_then(|s| s.updated_replicas).unwrap_or(0);
+                    (updated >= 1)
+                        .then_some(())
+                        .ok_or(format!("{updated} updated replicas"))
+                }
+            },
+        )
+        .await;
+    } else {
+        rollout_complete(&deploys, system.label(), 3, Duration::from_secs(180)).await;
+    }
+    back
+}
+
 async fn inject(world: &World, system: System, plan: Plan) -> Outcome {
     let Plan { n, fault, latency } = plan;
     let t = &world.t;
@@ -1063,6 +1140,20 @@ async fn inject(world: &World, system: System, plan: Plan) -> Outcome {
         }
         Fault::RestartKubelet => {
             tokio::task::block_in_place(|| restart_component("kubelet"));
+            healed = mono();
+        }
+        Fault::WebhookDown => {
+            healed = webhook_down_across_a_rollout(world, system).await;
+        }
+        Fault::ControllerCut => {
+            world.controller_proxy.set_refusing(true);
+            world
+                .pods
+                .delete(&leader, &DeleteParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("delete {leader}: {e}"));
+            sleep(Duration::from_secs(t.lease + 2)).await;
+            world.controller_proxy.set_refusing(false);
             healed = mono();
         }
     }
@@ -1137,8 +1228,17 @@ async fn no_two_replicas_active_under_faults() {
         let fencing = common::fencing::install(&client).await;
         let leases = watch_leases(&client, &ns);
         let deletions = watch_deletions(&client, &ns);
-        let controller = start_controller(&ns, &dir).await;
-        let hook = register_webhook(&client, &ns, &controller).await;
+        // The controller reaches the API server through a proxy of its own
+        // (cut for `ControllerCut`); its webhook and the require-agent guard
+        // are installed as the chart does (`WebhookDown`).
+        let controller_proxy = DelayProxy::start(api).await;
+        let controller = start_controller_with(
+            &ns,
+            &dir,
+            controller_proxy.kubeconfig(&common::kubeconfig_path(), &dir),
+        )
+        .await;
+        let admission = guard::install(&client, &ns, &controller).await;
         create_pools(&client, &ns, &dir, &t).await;
         common::fencing::wait_condition(&client, &ns, "zla", "True", None).await;
         let world = Arc::new(World {
@@ -1151,6 +1251,10 @@ async fn no_two_replicas_active_under_faults() {
                 .map(|s| (s, Arc::new(Mutex::new(Tracker::new(s, &dir)))))
                 .collect(),
             turn: tokio::sync::RwLock::new(()),
+            controller: tokio::sync::Mutex::new(controller),
+            ns: ns.clone(),
+            dir: dir.clone(),
+            controller_proxy,
         });
         // The sweeper: a killed process writes no stop record; its term
         // ends when a sweep first misses it, whatever the loops are doing.
@@ -1165,8 +1269,8 @@ async fn no_two_replicas_active_under_faults() {
                 }
             })
         };
-        // Every run of 7 faults has each kind once, in random order; every
-        // run of 28 aims each kind at each pool once (kind k hits pool
+        // Every run of 9 faults has each kind once, in random order; every
+        // run of 36 aims each kind at each pool once (kind k hits pool
         // offset[k] + round), so a short run still sees every kind and a
         // long one every pair. Each pool's faults run in order, the pools'
         // in parallel.
@@ -1387,10 +1491,7 @@ async fn no_two_replicas_active_under_faults() {
         let out = common::repo_root().join("target/overlap-report.md");
         let _ = std::fs::write(&out, format!("seed {seed}, lease {}s\n\n{report}", t.lease));
         assert!(failures.is_empty(), "zen-lead overlaps: {failures:#?}\n{report}");
-        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .delete(&hook, &DeleteParams::default())
-            .await;
-        drop(controller.child);
+        drop(admission);
         drop(fencing);
         drop(redirect);
         drop(world);

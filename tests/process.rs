@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use common::guard;
 use common::records::{Run, STEADY, assert_no_overlap, monotonic_ns, runs, wait_steady};
+use common::workloads::{rollout_complete, rollout_restart};
 use common::zen_lead_host::{Controller, register_webhook, start_controller};
 use common::{client, eventually, from_json, pod_ready, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -158,42 +159,6 @@ fn all_probe_kinds() -> Value {
         "livenessProbe": {"exec": {"command": [TESTAPP_BIN, "--check", "http://127.0.0.1:8080/"]},
                           "periodSeconds": 2, "failureThreshold": 2}
     })
-}
-
-/// Restarts the Deployment's pods as `kubectl rollout restart` does.
-async fn rollout_restart(deploys: &Api<Deployment>, name: &str, stamp: &str) {
-    deploys
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-                "kubectl.kubernetes.io/restartedAt": stamp}}}}})),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("restart {name}: {e}"));
-}
-
-/// Waits until the Deployment's rollout is complete: every replica updated,
-/// Ready, and no old one left.
-async fn rollout_complete(deploys: &Api<Deployment>, name: &str, replicas: i32, limit: Duration) {
-    eventually(&format!("the rollout of {name} to complete"), limit, || {
-        let deploys = deploys.clone();
-        async move {
-            let d = deploys.get(name).await.map_err(|e| e.to_string())?;
-            let s = d.status.unwrap_or_default();
-            let gen_seen = s.observed_generation >= d.metadata.generation;
-            if gen_seen
-                && s.updated_replicas == Some(replicas)
-                && s.ready_replicas == Some(replicas)
-                && s.replicas == Some(replicas)
-            {
-                Ok(())
-            } else {
-                Err(format!("status {s:?}"))
-            }
-        }
-    })
-    .await;
 }
 
 /// The runs still open (started, no stop recorded).

@@ -4,7 +4,9 @@
 //! Bytes are forwarded in order, each chunk at its arrival time plus the
 //! latency in force when it arrived; answers come back undelayed. A latency
 //! can also be set for one client address only (the overlap checker slows
-//! one pod's path while the others' stay fast).
+//! one pod's path while the others' stay fast). It can also refuse: every
+//! connection is dropped and new ones are closed at once, an API server that
+//! cannot be reached for the processes pointed at it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +25,7 @@ use tokio::time::Instant;
 pub struct DelayProxy {
     pub addr: SocketAddr,
     latency: Arc<Latency>,
+    refusing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The latency for everyone, and for some client addresses.
@@ -60,17 +63,33 @@ impl DelayProxy {
             .unwrap_or_else(|e| panic!("delay proxy: {e}"));
         let latency = Arc::new(Latency::default());
         let shared = latency.clone();
+        let refusing = Arc::new(tokio::sync::watch::channel(false).0);
+        let cut = refusing.clone();
         tokio::spawn(async move {
             while let Ok((client, from)) = listener.accept().await {
+                if *cut.borrow() {
+                    continue;
+                }
                 let latency = shared.clone();
+                let cut = cut.subscribe();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, from.ip(), server, latency).await;
+                        relay(client, from.ip(), server, latency, cut).await;
                     }
                 });
             }
         });
-        DelayProxy { addr, latency }
+        DelayProxy {
+            addr,
+            latency,
+            refusing,
+        }
+    }
+
+    /// Refusing: every open connection is dropped, and new ones are closed
+    /// as they come, until this is called with `false`.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.send_replace(refusing);
     }
 
     /// Latency added to everything sent from now on.
@@ -131,7 +150,13 @@ pub fn api_server_addr(kubeconfig: &Path) -> SocketAddr {
         .unwrap_or_else(|e| panic!("API server address {host_port:?} is not ip:port: {e}"))
 }
 
-async fn relay(client: TcpStream, from: IpAddr, server: TcpStream, latency: Arc<Latency>) {
+async fn relay(
+    client: TcpStream,
+    from: IpAddr,
+    server: TcpStream,
+    latency: Arc<Latency>,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
@@ -158,7 +183,10 @@ async fn relay(client: TcpStream, from: IpAddr, server: TcpStream, latency: Arc<
         }
         let _ = server_write.shutdown().await;
     });
-    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    tokio::select! {
+        _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+        _ = cut.wait_for(|c| *c) => {}
+    }
     upstream_reader.abort();
     upstream_writer.abort();
 }

@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use serde_json::json;
 use zen_lead::api::keys::{ROLE_LABEL, ROLE_LEADER};
 use zen_lead::api::{LeaderPolicy, Phase};
 
@@ -254,4 +256,45 @@ impl Drop for LeaderLabelWatch {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Restarts the Deployment's pods as `kubectl rollout restart` does.
+pub async fn rollout_restart(deploys: &Api<Deployment>, name: &str, stamp: &str) {
+    deploys
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": stamp}}}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restart {name}: {e}"));
+}
+
+/// Waits until the Deployment's rollout is complete: every replica updated,
+/// Ready, and no old one left.
+pub async fn rollout_complete(
+    deploys: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+    limit: Duration,
+) {
+    eventually(&format!("the rollout of {name} to complete"), limit, || {
+        let deploys = deploys.clone();
+        async move {
+            let d = deploys.get(name).await.map_err(|e| e.to_string())?;
+            let s = d.status.unwrap_or_default();
+            let gen_seen = s.observed_generation >= d.metadata.generation;
+            if gen_seen
+                && s.updated_replicas == Some(replicas)
+                && s.ready_replicas == Some(replicas)
+                && s.replicas == Some(replicas)
+            {
+                Ok(())
+            } else {
+                Err(format!("status {s:?}"))
+            }
+        }
+    })
+    .await;
 }

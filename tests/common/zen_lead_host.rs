@@ -3,7 +3,7 @@
 //! MutatingWebhookConfiguration sends that namespace's pods to it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,9 +25,17 @@ pub struct Controller {
     /// livez, readyz and /metrics.
     pub admin_port: u16,
     pub ca_pem: String,
+    /// How it reaches the API server.
+    kubeconfig: PathBuf,
 }
 
 pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
+    start_controller_with(ns, dir, super::kubeconfig_path()).await
+}
+
+/// [`start_controller`] reaching the API server by `kubeconfig` (e.g. through
+/// a [`super::delay_proxy::DelayProxy`]).
+pub async fn start_controller_with(ns: &str, dir: &Path, kubeconfig: PathBuf) -> Controller {
     let certs = zen_lead::tls::generate(&zen_lead::tls::CertRequest {
         dns_names: vec!["localhost".to_owned()],
         ip_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
@@ -58,10 +66,11 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
         Err(e) => panic!("create the controller Lease: {e}"),
     }
     Controller {
-        child: spawn(ns, dir, webhook_port, admin_port).await,
+        child: spawn(ns, dir, webhook_port, admin_port, &kubeconfig).await,
         webhook_port,
         admin_port,
         ca_pem: certs.ca_cert_pem,
+        kubeconfig,
     }
 }
 
@@ -74,13 +83,26 @@ impl Controller {
     /// Starts it again on the same ports and certificate, and waits until
     /// it is ready.
     pub async fn resume(&mut self, ns: &str, dir: &Path) {
-        self.child = spawn(ns, dir, self.webhook_port, self.admin_port).await;
+        self.child = spawn(
+            ns,
+            dir,
+            self.webhook_port,
+            self.admin_port,
+            &self.kubeconfig,
+        )
+        .await;
     }
 }
 
 /// `zen-lead controller` for `ns`, appending to `dir`/controller.log; returns
 /// once it is ready.
-async fn spawn(ns: &str, dir: &Path, webhook_port: u16, admin_port: u16) -> tokio::process::Child {
+async fn spawn(
+    ns: &str,
+    dir: &Path,
+    webhook_port: u16,
+    admin_port: u16,
+    kubeconfig: &Path,
+) -> tokio::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -108,7 +130,7 @@ async fn spawn(ns: &str, dir: &Path, webhook_port: u16, admin_port: u16) -> toki
             "--fencing-scope-grace",
             "5s",
         ])
-        .env("KUBECONFIG", super::kubeconfig_path())
+        .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
