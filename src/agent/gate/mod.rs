@@ -205,6 +205,16 @@ pub async fn start(
     tokio::spawn(accept_loop(listener, acceptor, shared, stop.clone()));
     tokio::spawn(log_role_changes(status, stop));
 
+    log_serving(config, addr, &target);
+    Ok(Running {
+        addr,
+        ca_pem: certs.ca_pem,
+        ready: Arc::new(AtomicBool::new(true)),
+        in_flight: in_flight_rx,
+    })
+}
+
+fn log_serving(config: &GateConfig, addr: SocketAddr, target: &upstream::Target) {
     info!(
         %addr,
         upstream = %target.base,
@@ -213,12 +223,6 @@ pub async fn start(
         hold_ms = config.hold.as_millis(),
         "API gate serving"
     );
-    Ok(Running {
-        addr,
-        ca_pem: certs.ca_pem,
-        ready: Arc::new(AtomicBool::new(true)),
-        in_flight: in_flight_rx,
-    })
 }
 
 async fn accept_loop(
