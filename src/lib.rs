@@ -110,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Crd => print(&api::crd_yaml()?),
         Command::Certs(args) => certs(&args),
+        Command::Completion(args) => print_bytes(&cli::completion_script(args.shell)),
         Command::Version => print_version(),
     }
 }
@@ -183,8 +184,12 @@ fn print_version() -> Result<(), Error> {
 }
 
 fn print(text: &str) -> Result<(), Error> {
+    print_bytes(text.as_bytes())
+}
+
+fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
+    out.write_all(bytes)
         .and_then(|()| out.flush())
         .map_err(Error::Stdout)
 }

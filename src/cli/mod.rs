@@ -34,6 +34,7 @@ One binary, several roles:
   status      show who leads each pool
   crd         print the LeaderPolicy CustomResourceDefinition
   certs       generate a development CA and serving certificate
+  completion  print a shell completion script (bash, zsh, fish)
   version     print version and git commit
 
 Examples:
@@ -238,6 +239,10 @@ pub enum Command {
     #[command(long_about = CERTS_ABOUT)]
     Certs(CertsArgs),
 
+    /// Print a shell completion script (bash, zsh or fish).
+    #[command(long_about = COMPLETION_ABOUT)]
+    Completion(CompletionArgs),
+
     /// Print the version and git commit.
     Version,
 
@@ -352,6 +357,59 @@ Existing files are kept unless --force is given. Keys are written mode 0600.
 
 Example:
   zen-lead certs --out certs --dns localhost --ip 127.0.0.1";
+
+const COMPLETION_ABOUT: &str = "\
+Print the completion script of SHELL for zen-lead's subcommands and flags.
+Install it once per shell; regenerate it after upgrading zen-lead.
+
+Examples:
+  source <(zen-lead completion bash)                   # bash, this session only
+  zen-lead completion bash > ~/.local/share/bash-completion/completions/zen-lead
+  zen-lead completion zsh > \"${fpath[1]}/_zen-lead\"    # then restart zsh
+  zen-lead completion fish > ~/.config/fish/completions/zen-lead.fish";
+
+/// Flags of `zen-lead completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to print the completion script for.
+    #[arg(value_enum, env = "ZEN_LEAD_COMPLETION_SHELL")]
+    pub shell: CompletionShell,
+}
+
+/// The shells `zen-lead completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The completion script of `shell` for the `zen-lead` command line.
+pub fn completion_script(shell: CompletionShell) -> Vec<u8> {
+    let generator = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(generator, &mut shown_command(), "zen-lead", &mut script);
+    script
+}
+
+/// `zen-lead`'s command tree without its hidden subcommands (`lock-guard`),
+/// which clap_complete's generators would offer like any other.
+fn shown_command() -> clap::Command {
+    use clap::CommandFactory;
+    let full = Cli::command();
+    let shown = clap::Command::new("zen-lead")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .propagate_version(true)
+        .subcommand_required(true);
+    full.get_arguments()
+        .fold(shown, |cmd, arg| cmd.arg(arg.clone()))
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
 
 /// Flags of `zen-lead controller`.
 #[derive(Debug, Args)]
@@ -1092,6 +1150,7 @@ mod tests {
             "probe",
             "crd",
             "certs",
+            "completion",
         ] {
             let mut sub_cmd = Cli::command()
                 .find_subcommand(sub)
