@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help prereqs build image push crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing bench-memory test model chaos demo lint cluster-up cluster-down certs
+.PHONY: help prereqs build image push krew crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing bench-memory test model chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,17 @@ image: ## Build the release image as an OCI archive, no Docker needed (IMAGE_ARC
 
 push: image ## Push the release image: make push IMAGE=registry/repo:tag (credentials: ~/.docker/config.json)
 	tools/oci/bin/zl-image push $(PUSH_FLAGS) "$(IMAGE_ARCHIVE)" "$(IMAGE)"
+
+# The krew plugin (kubectl zen-lead): KREW_BIN packs that binary instead of the
+# static release build; KREW_URI_BASE is where the release publishes the archive.
+KREW_BIN ?=
+KREW_URI_BASE ?= https://github.com/kube-zen/zen-lead/releases/download/v$(VERSION)
+KREW_OUT ?= $(CURDIR)/target/krew
+
+krew: ## Build the kubectl plugin's krew archive and manifest (KREW_OUT: target/krew/)
+	bin='$(KREW_BIN)'; \
+	if [ -z "$$bin" ]; then bin="$$(bash tools/static-binaries.sh)/zen-lead"; fi; \
+	bash tools/krew/package.sh "$$bin" "$(KREW_URI_BASE)" "$(KREW_OUT)"
 
 manifests: ## Regenerate config/ and deploy/ (kubectl apply install) from the chart
 	UPDATE_MANIFESTS=1 $(CARGO) test --locked --test manifests
