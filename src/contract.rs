@@ -144,8 +144,9 @@ impl ReleaseReason {
 /// once. A voluntary release waits for every such connection to close.
 pub const APP_HOLD_PATH: &str = "/v1/app/hold";
 
-/// Which of a container's probes.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which of a container's probes: in the agent's probe list and paths, and
+/// `zen-lead probe --kind`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 #[serde(rename_all = "camelCase")]
 pub enum ProbeKind {
     Startup,

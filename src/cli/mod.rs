@@ -12,7 +12,7 @@ pub mod config;
 
 use crate::agent::gate::Activation as GateActivation;
 use crate::api::Activation;
-use crate::contract::agent_env;
+use crate::contract::{ProbeKind, agent_env};
 use crate::telemetry::LogFormat;
 use crate::webhook::TlsMode;
 
@@ -968,14 +968,6 @@ pub struct RunArgs {
     /// The app's command and arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,
-}
-
-/// Which kind of probe `zen-lead probe` stands in for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProbeKind {
-    Readiness,
-    Liveness,
-    Startup,
 }
 
 /// Flags of `zen-lead probe`.

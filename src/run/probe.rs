@@ -10,7 +10,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::RunError;
 use super::client::{self, AgentView};
-use crate::cli::{ProbeArgs, ProbeKind};
+use crate::cli::ProbeArgs;
+use crate::contract::ProbeKind;
 
 /// The probe's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
