@@ -24,7 +24,8 @@ use tracing::{info, warn};
 
 use crate::contract::{AppProbe, BIN_PATH};
 use crate::election::{
-    Elector, ElectorConfig, Metrics, RunError, Timings, counting_client, driver::ClientError,
+    Elector, ElectorConfig, Metrics, Retries, RunError, Timings, counting_client,
+    driver::ClientError,
 };
 
 /// The pod the agent runs in, from the downward API.
@@ -158,7 +159,7 @@ pub async fn run(config: &Config) -> Result<(), AgentError> {
     let metrics = Metrics::default();
     let mut registry = crate::telemetry::new_registry();
     metrics.register(&mut registry);
-    let client = counting_client(metrics.api_requests.clone()).await?;
+    let client = counting_client(metrics.api_requests.clone(), Retries::Caller).await?;
     let (elector, status) = Elector::new(client, elector_config(config), metrics)?;
 
     let (stand_down_tx, stand_down_rx) = watch::channel(None);

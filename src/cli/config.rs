@@ -11,6 +11,7 @@ use crate::agent::gate::{ExemptSet, GateConfig, GateError};
 use crate::agent::{AgentError, PodRef, ProcessConfig, pod_identity};
 use crate::api::{validate_dns_label, validate_dns_subdomain, validate_pool_name};
 use crate::controller::{self, ControllerError, runner};
+use crate::election::process_identity;
 use crate::webhook::self_managed::{SelfManagedError, Settings as SelfManaged};
 use crate::webhook::{self, InjectConfig, TlsMode, TlsSource, WebhookError, is_quantity};
 
@@ -73,7 +74,7 @@ impl ControllerArgs {
         let lease_name =
             controller_lease(controller_lease_name, watch, *controller_lease_duration)?;
         let identity = match controller_identity.trim() {
-            "" => controller::default_identity(),
+            "" => process_identity(std::env::var("POD_NAME").ok(), "zen-lead", '_'),
             given => given.to_owned(),
         };
         let watch_namespace = (!watch.is_empty()).then(|| watch.to_owned());

@@ -32,6 +32,7 @@ use std::time::Duration;
 pub use fencing::FencingSettings;
 
 use crate::admin::Readiness;
+use crate::election::{Retries, counting_client};
 
 use crate::webhook::{self, WebhookError};
 
@@ -135,12 +136,12 @@ pub async fn run(config: &Config) -> Result<(), ControllerError> {
     let readiness = Readiness::default();
     let webhook_ready = readiness.condition("webhook serving certificate");
     let admin = crate::admin::serve(config.admin_addr, registry, readiness).await?;
-    let client = counting_client(metrics.api_requests.clone()).await?;
+    let client = counting_client(metrics.api_requests.clone(), Retries::Kube).await?;
     ensure_namespace(&client, &config.namespace).await?;
     let shutdown = shutdown_signal()?;
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let election_client = counting_client(metrics.api_requests.clone()).await?;
+    let election_client = counting_client(metrics.api_requests.clone(), Retries::Kube).await?;
     let (ended, ended_rx) = tokio::sync::oneshot::channel();
     let settings = config.controllers.clone();
     let controllers_client = client.clone();
@@ -260,22 +261,16 @@ pub async fn stop_on(
     }
 }
 
-/// The client every controller request goes through; each request
-/// increments `requests` (the API load metric the scale benchmark reads).
-async fn counting_client(
-    requests: prometheus_client::metrics::counter::Counter,
-) -> Result<kube::Client, ControllerError> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| ControllerError::Kube(kube::Error::InferConfig(e)))?;
-    let layer = tower::util::MapRequestLayer::new(move |req| {
-        requests.inc();
-        req
-    });
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .map_err(ControllerError::Kube)?
-        .with_layer(&layer)
-        .build())
+/// The controller's clients count every request (the API load metric the
+/// scale benchmark reads) and keep kube's retries.
+impl From<crate::election::driver::ClientError> for ControllerError {
+    fn from(err: crate::election::driver::ClientError) -> Self {
+        use crate::election::driver::ClientError;
+        match err {
+            ClientError::Config(e) => Self::Kube(kube::Error::InferConfig(e)),
+            ClientError::Build(e) => Self::Kube(e),
+        }
+    }
 }
 
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ControllerError> {
@@ -287,19 +282,6 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Controller
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
         }
     })
-}
-
-/// `$POD_NAME` (downward API) or the host name, plus the process id, so two
-/// processes on one host never share an identity.
-pub fn default_identity() -> String {
-    let base = std::env::var("POD_NAME")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "zen-lead".to_owned());
-    format!("{base}_{}", std::process::id())
 }
 
 #[cfg(test)]

@@ -175,12 +175,24 @@ pub enum ClientError {
     Build(#[source] kube::Error),
 }
 
-/// A client whose every request increments `requests`; kube's own retry
-/// layer is off (the election retries on its own schedule).
-pub async fn counting_client(requests: Counter) -> Result<Client, ClientError> {
+/// Who retries a failed request of a [`counting_client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// The caller, on its own schedule (an election): kube's retry layer is
+    /// off and a connection attempt gives up after 2 s.
+    Caller,
+    /// kube's client, with its defaults (the controllers).
+    Kube,
+}
+
+/// The inferred client (in-cluster, else KUBECONFIG) whose every request
+/// increments `requests`: the API load every role reports as a metric.
+pub async fn counting_client(requests: Counter, retries: Retries) -> Result<Client, ClientError> {
     let mut config = kube::Config::infer().await.map_err(ClientError::Config)?;
-    config.default_retry = false;
-    config.connect_timeout = Some(Duration::from_secs(2));
+    if retries == Retries::Caller {
+        config.default_retry = false;
+        config.connect_timeout = Some(Duration::from_secs(2));
+    }
     let layer = tower::util::MapRequestLayer::new(move |req| {
         requests.inc();
         req
@@ -189,6 +201,22 @@ pub async fn counting_client(requests: Counter) -> Result<Client, ClientError> {
         .map_err(ClientError::Build)?
         .with_layer(&layer)
         .build())
+}
+
+/// A Lease holder identity unique to this process: `base`, else the host
+/// name, else `fallback`; then `separator` and the process id, so two
+/// processes on one host never share an identity.
+pub fn process_identity(base: Option<String>, fallback: &str, separator: char) -> String {
+    let named = |v: String| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+    let base = base
+        .and_then(named)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(named)
+        })
+        .unwrap_or_else(|| fallback.to_owned());
+    format!("{base}{separator}{}", std::process::id())
 }
 
 enum WatchMsg {

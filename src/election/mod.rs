@@ -17,7 +17,10 @@ pub mod driver;
 pub mod machine;
 pub mod record;
 
-pub use driver::{Elector, ElectorConfig, LeaderStatus, Metrics, RunError, counting_client};
+pub use driver::{
+    Elector, ElectorConfig, LeaderStatus, Metrics, Retries, RunError, counting_client,
+    process_identity,
+};
 
 use std::time::Duration;
 

@@ -29,8 +29,8 @@ use crate::cli::LockArgs;
 use crate::contract::FENCING_TOKEN_ENV;
 use crate::election::driver::ClientError;
 use crate::election::{
-    ElectionError, Elector, ElectorConfig, LeaderStatus, Metrics, RunError, TimingNames, Timings,
-    clock, counting_client,
+    ElectionError, Elector, ElectorConfig, LeaderStatus, Metrics, Retries, RunError, TimingNames,
+    Timings, clock, counting_client, process_identity,
 };
 
 /// Exit status when the lock was lost while CMD ran (EX_TEMPFAIL: retry later).
@@ -48,8 +48,8 @@ pub struct Request {
     pub name: String,
     /// `None`: the client's default namespace.
     pub namespace: Option<String>,
-    /// `None`: `<hostname>-<pid>`.
-    pub identity: Option<String>,
+    /// Holder identity; by default `<hostname>-<pid>`.
+    pub identity: String,
     /// `None`: wait forever.
     pub timeout: Option<Duration>,
     pub timings: Timings,
@@ -143,22 +143,16 @@ impl Request {
         Ok(Self {
             name: args.name.clone(),
             namespace: args.namespace.clone(),
-            identity: (!identity.is_empty()).then(|| identity.to_owned()),
+            identity: match identity {
+                "" => process_identity(None, "localhost", '-'),
+                given => given.to_owned(),
+            },
             timeout: (!args.timeout.is_zero()).then_some(args.timeout),
             timings,
             grace_period: args.grace_period,
             command: args.command.clone(),
         })
     }
-}
-
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}-{}", std::process::id())
 }
 
 /// Everything a lock run needs once it is set up.
@@ -191,12 +185,12 @@ fn signal_exit(sig: rustix::process::Signal) -> i32 {
 pub async fn run(request: Request) -> Result<(), LockError> {
     clock::init();
     let metrics = Metrics::default();
-    let client = counting_client(metrics.api_requests.clone()).await?;
+    let client = counting_client(metrics.api_requests.clone(), Retries::Caller).await?;
     let namespace = request
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let identity = request.identity.clone().unwrap_or_else(default_identity);
+    let identity = request.identity.clone();
     let lease = format!("{namespace}/{}", request.name);
     let (elector, mut status) = Elector::new(
         client,
