@@ -1246,3 +1246,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
