@@ -380,6 +380,92 @@ pub struct LeaderPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+
+    /// The last leader changes the controller saw, oldest first (at most
+    /// 10): when, from and to which pod, why, and how long the take-over
+    /// took. Kept in the policy, so it outlives Events and controller
+    /// restarts; changes made while no controller ran are not in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub recent_transitions: Vec<LeaderTransition>,
+}
+
+/// Entries kept in `status.recentTransitions`.
+pub const RECENT_TRANSITIONS: usize = 10;
+
+/// One change of a pool's leader.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderTransition {
+    /// When the new leader's acquisition was seen.
+    pub time: Time,
+    /// The previous leader (pod name, or the Lease identity when no pool pod
+    /// has it).
+    pub from: String,
+    /// The new leader (pod name, or the Lease identity).
+    pub to: String,
+    /// Why leadership moved.
+    pub reason: TransitionReason,
+    /// Milliseconds from the old holder's last sign of life in the Lease
+    /// (its release, the controller clearing it, or its last renewal) to the
+    /// new holder's acquisition, as the controller's Lease watch saw them.
+    /// Absent when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub takeover_millis: Option<i64>,
+    /// The new term's fencing token (the Lease's leaseTransitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub term: Option<i32>,
+}
+
+/// Why a pool's leader changed.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum TransitionReason {
+    /// The leader released the Lease on its own (its agent stopped cleanly,
+    /// or a `process` app exited) and a follower took it.
+    GracefulHandOff,
+    /// The leader stopped renewing (frozen, cut off, or gone without a
+    /// trace) and a follower took the Lease once it expired, or the
+    /// controller cleared it because the leader's node is NotReady or its
+    /// pod finished.
+    Expiry,
+    /// The leader's pod was deleted (terminating or gone).
+    PodDeleted,
+    /// An `api` leader's app failed for longer than
+    /// spec.appFailureGraceSeconds and the controller handed over to a
+    /// follower whose app is Ready.
+    AppFailed,
+    /// The controller moved leadership to a candidate it prefers (reserved
+    /// for preference-driven moves; no such move exists yet).
+    Preference,
+    /// Someone asked for it (`zen-lead handoff`, or an edit of the Lease's
+    /// zen-lead.io/preferred-holder).
+    Manual,
+}
+
+impl TransitionReason {
+    pub const ALL: [TransitionReason; 6] = [
+        TransitionReason::GracefulHandOff,
+        TransitionReason::Expiry,
+        TransitionReason::PodDeleted,
+        TransitionReason::AppFailed,
+        TransitionReason::Preference,
+        TransitionReason::Manual,
+    ];
+
+    /// The value as written in the status and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionReason::GracefulHandOff => "gracefulHandOff",
+            TransitionReason::Expiry => "expiry",
+            TransitionReason::PodDeleted => "podDeleted",
+            TransitionReason::AppFailed => "appFailed",
+            TransitionReason::Preference => "preference",
+            TransitionReason::Manual => "manual",
+        }
+    }
 }
 
 /// Phase of a pool.

@@ -11,8 +11,8 @@ use kube::CustomResourceExt;
 
 pub use leader_policy::{
     Activation, EffectiveTimings, FollowerMode, Holder, IdentityStrategy, LEASE_DURATION_RANGE,
-    LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, Phase, RENEW_RANGE, RETRY_RANGE,
-    ScheduledRuns,
+    LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, LeaderTransition, Phase,
+    RECENT_TRANSITIONS, RENEW_RANGE, RETRY_RANGE, ScheduledRuns, TransitionReason,
 };
 
 use crate::election::ElectionError;

@@ -83,6 +83,8 @@ pub struct PoolMemory {
     pub skipped_reported: BTreeSet<String>,
     /// The holder's app, followed for an `api` leader whose app fails.
     pub app_watch: Option<AppWatch>,
+    /// Leader changes recorded but not yet in a stored status.
+    pub unwritten_transitions: Vec<crate::api::LeaderTransition>,
 }
 
 /// Shared state of the reconcilers.
@@ -135,11 +137,14 @@ impl Context {
         f(map.entry(key.clone()).or_default())
     }
 
+    /// The pool is gone: what was kept about it goes, its metrics too.
     pub(super) fn forget(&self, key: &PoolKey) {
         self.memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        self.cache.forget_history(key);
+        self.metrics.pools.forget(&key.namespace, &key.name);
     }
 
     /// The API of `K` in the pool's namespace.

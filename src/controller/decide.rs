@@ -18,6 +18,7 @@ use crate::contract::{AGENT_CONTAINER, agent_env};
 pub mod app_failure;
 pub mod fencing;
 pub mod fencing_scope;
+pub mod history;
 mod status;
 pub use app_failure::AppHealth;
 pub use status::{PolicyProblem, StatusInput, status};

@@ -1,4 +1,6 @@
-//! The controller's metrics (prefix `zen_lead_controller_`).
+//! The controller's metrics: its own (prefix `zen_lead_controller_`) and
+//! one series set per pool (prefix `zen_lead_pool_`), which goes with its
+//! pool and with this replica's term, so no replica reports a stale pool.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,10 +9,123 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::api::TransitionReason;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// Which step failed: lease, status, pods, rbac, scale, ...
     pub step: &'static str,
+}
+
+/// A pool's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+/// A pool's labels and why its leader changed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub reason: &'static str,
+}
+
+/// The per-pool series.
+#[derive(Clone, Default)]
+pub struct PoolMetrics {
+    pub has_leader: Family<PoolLabels, Gauge>,
+    pub leader_changes: Family<ChangeLabels, Counter>,
+    pub leader_since: Family<PoolLabels, Gauge>,
+}
+
+impl PoolMetrics {
+    fn labels(namespace: &str, pool: &str) -> PoolLabels {
+        PoolLabels {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+        }
+    }
+
+    fn change_labels(namespace: &str, pool: &str, reason: TransitionReason) -> ChangeLabels {
+        ChangeLabels {
+            namespace: namespace.to_owned(),
+            pool: pool.to_owned(),
+            reason: reason.as_str(),
+        }
+    }
+
+    /// A pass's view of the pool: whether it has a leader, and since when
+    /// (Unix seconds; 0 when the Lease does not say). Every reason's
+    /// counter exists from the pool's first pass, at zero, so `increase()`
+    /// sees the first change.
+    pub fn observe(&self, namespace: &str, pool: &str, leader_since: Option<i64>) {
+        let labels = Self::labels(namespace, pool);
+        self.has_leader
+            .get_or_create(&labels)
+            .set(i64::from(leader_since.is_some()));
+        match leader_since {
+            Some(since) => {
+                self.leader_since.get_or_create(&labels).set(since);
+            }
+            None => {
+                self.leader_since.remove(&labels);
+            }
+        }
+        for reason in TransitionReason::ALL {
+            self.leader_changes
+                .get_or_create(&Self::change_labels(namespace, pool, reason))
+                .inc_by(0);
+        }
+    }
+
+    /// One change of the pool's leader.
+    pub fn changed(&self, namespace: &str, pool: &str, reason: TransitionReason) {
+        self.leader_changes
+            .get_or_create(&Self::change_labels(namespace, pool, reason))
+            .inc();
+    }
+
+    /// The pool is gone: its series go with it.
+    pub fn forget(&self, namespace: &str, pool: &str) {
+        let labels = Self::labels(namespace, pool);
+        self.has_leader.remove(&labels);
+        self.leader_since.remove(&labels);
+        for reason in TransitionReason::ALL {
+            self.leader_changes
+                .remove(&Self::change_labels(namespace, pool, reason));
+        }
+    }
+
+    /// This replica stopped running the controllers: the replica that runs
+    /// them now reports the pools.
+    pub fn clear(&self) {
+        self.has_leader.clear();
+        self.leader_since.clear();
+        self.leader_changes.clear();
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("pool");
+        r.register(
+            "has_leader",
+            "1 while a live pod of the pool holds its Lease, 0 while the pool has no leader",
+            self.has_leader.clone(),
+        );
+        r.register(
+            "leader_changes",
+            "Changes of the pool's leader, by reason (gracefulHandOff, expiry, podDeleted, \
+             appFailed, preference, manual)",
+            self.leader_changes.clone(),
+        );
+        r.register(
+            "leader_since_seconds",
+            "Unix time at which the pool's current leader acquired the Lease (absent while the \
+             pool has no leader)",
+            self.leader_since.clone(),
+        );
+    }
 }
 
 /// Controller metrics; cheap to clone.
@@ -31,6 +146,7 @@ pub struct Metrics {
     pub fencing_read_errors: Counter,
     /// Failed reads or writes of the fencing binding's namespace scope.
     pub fencing_scope_errors: Counter,
+    pub pools: PoolMetrics,
 }
 
 /// The steps whose error counters exist from the start at zero, so a rate
@@ -71,12 +187,14 @@ impl Default for Metrics {
             policies_created: Counter::default(),
             fencing_read_errors: Counter::default(),
             fencing_scope_errors: Counter::default(),
+            pools: PoolMetrics::default(),
         }
     }
 }
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
+        self.pools.register(registry);
         let r = registry.sub_registry_with_prefix("controller");
         r.register(
             "leader_changes",
@@ -156,5 +274,83 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { step })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &PoolMetrics) -> String {
+        let mut registry = Registry::with_prefix("zen_lead");
+        m.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_default();
+        out
+    }
+
+    /// The sample lines of the pool families, without comments.
+    fn samples(m: &PoolMetrics) -> Vec<String> {
+        text(m)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_pool_has_its_series_until_it_goes() {
+        let m = PoolMetrics::default();
+        m.observe("ns", "web", Some(1_700_000_000));
+        let s = samples(&m);
+        assert!(
+            s.contains(&r#"zen_lead_pool_has_leader{namespace="ns",pool="web"} 1"#.to_owned()),
+            "{s:?}"
+        );
+        assert!(
+            s.contains(
+                &r#"zen_lead_pool_leader_since_seconds{namespace="ns",pool="web"} 1700000000"#
+                    .to_owned()
+            ),
+            "{s:?}"
+        );
+        assert!(
+            s.contains(&r#"zen_lead_pool_leader_changes_total{namespace="ns",pool="web",reason="manual"} 0"#.to_owned()),
+            "every reason at zero: {s:?}"
+        );
+        m.changed("ns", "web", TransitionReason::Manual);
+        m.changed("ns", "web", TransitionReason::Manual);
+        m.observe("ns", "db", None);
+        let s = samples(&m);
+        assert!(s.contains(&r#"zen_lead_pool_leader_changes_total{namespace="ns",pool="web",reason="manual"} 2"#.to_owned()), "{s:?}");
+        assert!(
+            s.contains(&r#"zen_lead_pool_has_leader{namespace="ns",pool="db"} 0"#.to_owned()),
+            "{s:?}"
+        );
+        assert!(
+            !s.iter().any(|l| l
+                .starts_with("zen_lead_pool_leader_since_seconds{namespace=\"ns\",pool=\"db\"")),
+            "no since without a leader: {s:?}"
+        );
+        // web loses its leader: since goes, has_leader says 0.
+        m.observe("ns", "web", None);
+        let s = samples(&m);
+        assert!(
+            s.contains(&r#"zen_lead_pool_has_leader{namespace="ns",pool="web"} 0"#.to_owned()),
+            "{s:?}"
+        );
+        assert!(
+            !s.iter()
+                .any(|l| l.starts_with("zen_lead_pool_leader_since_seconds")),
+            "{s:?}"
+        );
+        // web is deleted: none of its series is left; db's stay.
+        m.forget("ns", "web");
+        let s = samples(&m);
+        assert!(!s.iter().any(|l| l.contains(r#"pool="web""#)), "{s:?}");
+        assert!(s.iter().any(|l| l.contains(r#"pool="db""#)), "{s:?}");
+        // The term ends: nothing is left.
+        m.clear();
+        assert!(!text(&m).contains("zen_lead_pool"), "{}", text(&m));
     }
 }

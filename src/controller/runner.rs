@@ -417,6 +417,7 @@ impl Term<'_> {
             }
         };
         self.metrics.is_active.set(0);
+        self.metrics.pools.clear();
         self.synced.set(0);
         failed
     }

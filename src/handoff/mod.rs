@@ -21,8 +21,8 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 
-use crate::api::LeaderPolicy;
 use crate::api::keys::{POOL_LABEL, PREFERRED_HOLDER_ANNOTATION};
+use crate::api::{LeaderPolicy, LeaderTransition};
 use crate::contract::{AGENT_PORT, AGENT_PROBE_PORT, LEADZ_PATH};
 use crate::controller::decide::PodView;
 use crate::election::record::Record;
@@ -385,13 +385,37 @@ pub async fn status(cfg: &StatusConfig, out: &mut dyn Write) -> Result<(), Hando
                 };
                 text.push_str(&format!("  {:<40} {state}\n", p.name));
             }
-            text.push_str("last transitions:\n");
-            for line in transitions(&client, &namespace, name).await? {
+            let recent = &status.recent_transitions;
+            let lines = if recent.is_empty() {
+                text.push_str("last transitions (Events):\n");
+                transitions(&client, &namespace, name).await?
+            } else {
+                text.push_str("last transitions (status.recentTransitions, newest last):\n");
+                recent.iter().map(transition_line).collect()
+            };
+            for line in lines {
                 text.push_str(&format!("  {line}\n"));
             }
         }
     }
     out.write_all(text.as_bytes()).map_err(HandoffError::Stdout)
+}
+
+/// One `status.recentTransitions` entry as `zen-lead status` prints it.
+pub fn transition_line(t: &LeaderTransition) -> String {
+    let took = t
+        .takeover_millis
+        .map_or_else(String::new, |ms| format!(", take-over {ms} ms"));
+    let term = t
+        .term
+        .map_or_else(String::new, |term| format!(", token {term}"));
+    format!(
+        "{}  leader changed from {} to {} ({}{took}{term})",
+        t.time.0,
+        t.from,
+        t.to,
+        t.reason.as_str()
+    )
 }
 
 /// The pool's last leader changes, oldest first, from the controller's
@@ -430,4 +454,32 @@ async fn transitions(
         .skip(keep)
         .map(|(at, message)| format!("{at}  {message}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TransitionReason;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_recent_transition_prints_its_reason_take_over_and_token() {
+        let mut t = LeaderTransition {
+            time: Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap_or_default(),
+            ),
+            from: "web-0".to_owned(),
+            to: "web-1".to_owned(),
+            reason: TransitionReason::PodDeleted,
+            takeover_millis: Some(42),
+            term: Some(7),
+        };
+        assert_eq!(
+            transition_line(&t),
+            "2027-01-15T08:00:00Z  leader changed from web-0 to web-1 (podDeleted, take-over 42 ms, token 7)"
+        );
+        t.takeover_millis = None;
+        t.term = None;
+        assert!(transition_line(&t).ends_with("(podDeleted)"));
+    }
 }

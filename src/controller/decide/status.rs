@@ -8,7 +8,9 @@ use super::fencing::FencingState;
 use super::{IdentityConflict, LeaseView, PodView, ScaleOutcome};
 use crate::api::keys::IDENTITY_ANNOTATION;
 use crate::api::keys::conditions::{self, reasons};
-use crate::api::{EffectiveTimings, FollowerMode, Holder, LeaderPolicyStatus, Phase};
+use crate::api::{
+    EffectiveTimings, FollowerMode, Holder, LeaderPolicyStatus, LeaderTransition, Phase,
+};
 use crate::contract::AGENT_CONTAINER;
 
 /// Why a policy is not ready (the `PolicyReady` condition's reason).
@@ -65,6 +67,8 @@ pub struct StatusInput<'a> {
     pub scaled: Option<ScaleOutcome>,
     /// Server-side fencing of the pool.
     pub fencing: FencingState,
+    /// Leader changes recorded since the last stored status.
+    pub transitions: &'a [LeaderTransition],
     pub now: Time,
 }
 
@@ -399,5 +403,10 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
         timings: input.timings,
         observed_generation: input.generation,
         conditions: conds,
+        recent_transitions: super::history::merge(
+            prev.map(|p| p.recent_transitions.as_slice())
+                .unwrap_or_default(),
+            input.transitions,
+        ),
     }
 }

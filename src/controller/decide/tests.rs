@@ -525,8 +525,46 @@ fn input<'a>(
         timings: Some(crate::api::LeaderPolicySpec::default().effective_seconds()),
         scaled: None,
         fencing: super::fencing::FencingState::Fenced,
+        transitions: &[],
         now,
     }
+}
+
+#[test]
+fn the_status_keeps_its_recent_transitions_and_adds_the_new_ones() {
+    use crate::api::{LeaderTransition, TransitionReason};
+    let pods = vec![pod("a"), pod("b")];
+    let lease = held_by("a_id");
+    let change = |term: i32, to: &str| LeaderTransition {
+        time: t(1000 + i64::from(term)),
+        from: "x".to_owned(),
+        to: to.to_owned(),
+        reason: TransitionReason::GracefulHandOff,
+        takeover_millis: Some(9),
+        term: Some(term),
+    };
+    let mut prev = status(&input(&pods, Some(&lease), Some(&pods[0]), None, t(10)));
+    prev.recent_transitions = vec![change(1, "a")];
+    // Nothing new: the same list, so an unchanged pool writes nothing.
+    let same = status(&input(
+        &pods,
+        Some(&lease),
+        Some(&pods[0]),
+        Some(&prev),
+        t(20),
+    ));
+    assert_eq!(same, prev);
+    // A change recorded: appended after the stored ones.
+    let new = [change(2, "b")];
+    let mut with_new = input(&pods, Some(&lease), Some(&pods[0]), Some(&prev), t(20));
+    with_new.transitions = &new;
+    let next = status(&with_new);
+    let terms: Vec<_> = next
+        .recent_transitions
+        .iter()
+        .filter_map(|e| e.term)
+        .collect();
+    assert_eq!(terms, vec![1, 2]);
 }
 
 fn t(secs: i64) -> Time {

@@ -19,6 +19,7 @@
 
 pub mod apply;
 pub mod deposed;
+pub mod history;
 pub mod lease;
 pub mod missing;
 pub mod observe;
@@ -40,6 +41,7 @@ use tracing::info;
 
 use super::context::{Context, ReconcileError, api_err, is_status, now_time};
 use super::decide::app_failure::{self, AppInput, AppVerdict};
+use super::decide::history::Cause;
 use super::decide::{self, Failover, LeaseView, PodView, PolicyProblem, StatusInput};
 use super::fencing::{self, FencingState};
 use super::queue::PoolKey;
@@ -71,6 +73,7 @@ pub async fn reconcile(ctx: &Context, key: &PoolKey) -> Result<Option<Duration>,
             let views = observe::views(&pods, Default::default());
             orphan(ctx, key, &views).await?;
             rbac::sync_pool(&ctx.client, &ctx.rbac, key, &[]).await?;
+            ctx.metrics.pools.forget(&key.namespace, &key.name);
             Ok(None)
         }
         Some(p) => {
@@ -135,6 +138,7 @@ async fn active(
         apply::finalizer(ctx, key, policy, false).await?;
     }
     let candidates = views.iter().filter(|p| p.candidate(&node_ready)).count();
+    let transitions = history::record(ctx, key, &views);
     let next = decide::status(&StatusInput {
         generation: policy.meta().generation,
         pool: &key.name,
@@ -154,12 +158,15 @@ async fn active(
             .then(|| policy.spec.effective_seconds()),
         scaled: if scale_down { scaled } else { None },
         fencing,
+        transitions: &transitions,
         now: now_time(),
     });
     report::leader(ctx, key, policy, &next).await;
     if policy.status.as_ref() != Some(&next) {
         apply::status(ctx, key, &next).await?;
     }
+    history::written(ctx, key);
+    report::pool_metrics(ctx, key, &next);
 
     let lease_wake = lease_view.as_ref().zip(lease.as_ref()).and_then(|(lv, l)| {
         let clock = lease::seen(ctx, key).map(|seen| lease::clock_of(l, seen));
@@ -372,6 +379,11 @@ async fn failover(
             return app_failing(ctx, key, policy, views, lv, lease, verdict).await;
         }
         Failover::Expire { why } => {
+            let cause = match why {
+                decide::HolderGone::PodGone => Cause::PodDeleted,
+                decide::HolderGone::Failed | decide::HolderGone::NodeNotReady => Cause::Expiry,
+            };
+            ctx.cache.note_cause(key, &holder, cause);
             if lease::expire(ctx, key, lease).await? {
                 ctx.metrics.lease_expiries.inc();
                 info!(pool = %key, holder = %holder, reason = why.reason(), "expired the Lease of a holder that cannot renew; a follower takes over now");
@@ -394,6 +406,7 @@ async fn failover(
             }
         }
         Failover::HandOff { to } => {
+            ctx.cache.note_cause(key, &holder, Cause::PodDeleted);
             if lease::hand_off(ctx, key, lease, &to).await? {
                 info!(pool = %key, holder = %holder, successor = %to, "holder pod is terminating; asked it to hand over");
                 lv.preferred = Some(to);
@@ -432,6 +445,7 @@ async fn app_failing(
             failing_for,
             problem,
         } => {
+            ctx.cache.note_cause(key, &holder, Cause::AppFailed);
             if lease::hand_off(ctx, key, lease, &to).await? {
                 let successor = pod_of(&to);
                 let note = format!(

@@ -217,6 +217,15 @@ pub async fn leader(
     .await;
 }
 
+/// The pool's series: whether it has a leader, and since when.
+pub fn pool_metrics(ctx: &Context, key: &PoolKey, next: &LeaderPolicyStatus) {
+    let since = next
+        .current_holder
+        .as_ref()
+        .map(|h| h.since.as_ref().map_or(0, |t| t.0.as_second()));
+    ctx.metrics.pools.observe(&key.namespace, &key.name, since);
+}
+
 /// `scheduledRuns: once`: tells each Job whose pod skipped its command
 /// (`zen-lead run` ends such a container with [`SKIPPED_RUN_MARKER`] in its
 /// termination message) which Job already ran that scheduled time.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
@@ -12,7 +13,11 @@ use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 
 use super::Unlabelled;
-use crate::api::keys::{LEASE_POLICY_LABEL, POOL_ANNOTATION, POOL_LABEL, SCALED_BY_ANNOTATION};
+use crate::api::keys::{
+    LEASE_POLICY_LABEL, POOL_ANNOTATION, POOL_LABEL, PREFERRED_HOLDER_ANNOTATION,
+    SCALED_BY_ANNOTATION,
+};
+use crate::controller::decide::history::LeaseObs;
 use crate::controller::queue::PoolKey;
 
 /// The object an event is about (`None` for the list markers).
@@ -36,6 +41,22 @@ pub fn lease_pool<K: Resource>(ev: &Event<K>) -> Option<PoolKey> {
         l.namespace().unwrap_or_default(),
         pool.clone(),
     ))
+}
+
+/// What the history of a pool reads from a version of its Lease.
+pub fn lease_obs(lease: &Lease) -> LeaseObs {
+    let spec = lease.spec.as_ref();
+    LeaseObs {
+        holder: spec
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty()),
+        preferred: lease
+            .annotations()
+            .get(PREFERRED_HOLDER_ANNOTATION)
+            .filter(|p| !p.trim().is_empty())
+            .cloned(),
+        transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
+    }
 }
 
 /// The pool a labelled pod belongs to.

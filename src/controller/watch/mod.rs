@@ -28,6 +28,7 @@ use tracing::warn;
 
 use crate::api::LeaderPolicy;
 use crate::api::keys::{FENCED_LABEL, LEASE_POLICY_LABEL, POOL_LABEL};
+use crate::controller::decide::history::{Cause, LeaseTrack, Observed};
 use crate::controller::queue::{PoolKey, Queue};
 pub use map::pool_of;
 pub use slim::Slim;
@@ -56,6 +57,8 @@ pub struct Cache {
     pool_pods: Arc<Mutex<HashMap<PoolKey, BTreeSet<String>>>>,
     /// Pool -> unlabelled pods that carry its annotation.
     unlabelled: Arc<Mutex<map::UnlabelledMap>>,
+    /// Pool -> its Lease's changes of holder, fed by the Lease watch.
+    history: Arc<Mutex<HashMap<PoolKey, LeaseTrack>>>,
     synced: Arc<AtomicBool>,
 }
 
@@ -78,6 +81,7 @@ impl Cache {
             nodes: Arc::default(),
             pool_pods: Arc::default(),
             unlabelled: Arc::default(),
+            history: Arc::default(),
             synced: Arc::default(),
         }
     }
@@ -125,6 +129,29 @@ impl Cache {
             .filter(|l| l.labels().get(FENCED_LABEL).is_some_and(|v| v == "true"))
             .filter_map(|l| l.namespace())
             .collect()
+    }
+
+    /// The changes of holder the Lease watch saw in the pool since the last
+    /// call.
+    pub fn take_changes(&self, key: &PoolKey) -> Vec<Observed> {
+        lock(&self.history)
+            .get_mut(key)
+            .map(LeaseTrack::take)
+            .unwrap_or_default()
+    }
+
+    /// Notes what the controller is about to do to `holder`, so the change
+    /// it causes carries the reason.
+    pub fn note_cause(&self, key: &PoolKey, holder: &str, cause: Cause) {
+        lock(&self.history)
+            .entry(key.clone())
+            .or_default()
+            .note(holder, cause);
+    }
+
+    /// Drops the pool's Lease history (the pool is gone).
+    pub fn forget_history(&self, key: &PoolKey) {
+        lock(&self.history).remove(key);
     }
 
     /// Every watch has delivered its initial list.
@@ -180,11 +207,12 @@ pub fn start(
         nodes: Arc::default(),
         pool_pods: Arc::default(),
         unlabelled: Arc::default(),
+        history: Arc::default(),
         synced: Arc::default(),
     };
     let mut tasks = vec![
         watch_policies(client, namespace, policy_writer, queue.clone()),
-        watch_leases(client, namespace, lease_writer, queue.clone()),
+        watch_leases(client, namespace, lease_writer, &cache, queue.clone()),
         watch_pods(client, namespace, pod_writer, &cache, queue.clone()),
         watch_workloads(client, namespace, deployment_writer, queue.clone(), |d| {
             d.spec.as_ref().and_then(|s| s.template.metadata.as_ref())
@@ -225,6 +253,7 @@ fn watch_leases(
     client: &Client,
     namespace: Option<&str>,
     writer: reflector::store::Writer<Lease>,
+    cache: &Cache,
     q: Queue,
 ) -> tokio::task::JoinHandle<()> {
     let stream = reflector::reflector(
@@ -236,8 +265,19 @@ fn watch_leases(
         .default_backoff()
         .modify(|l: &mut Lease| l.managed_fields_mut().clear()),
     );
+    let history = cache.history.clone();
     tokio::spawn(drive(stream, "Leases", move |ev| {
-        q.extend(map::lease_pool(&ev))
+        let pool = map::lease_pool(&ev);
+        // Every version, before its pool is queued: a hand-off is a release
+        // and an acquisition a few milliseconds apart, which one pass would
+        // see as one.
+        if let (Some(key), Event::Apply(lease) | Event::InitApply(lease)) = (&pool, &ev) {
+            lock(&history)
+                .entry(key.clone())
+                .or_default()
+                .observe(&map::lease_obs(lease), std::time::SystemTime::now());
+        }
+        q.extend(pool)
     }))
 }
 
