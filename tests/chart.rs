@@ -67,6 +67,7 @@ fn helm_lint_strict_is_clean_in_every_tls_mode() {
         let flags = mode_flags(mode);
         args.extend(strs(&flags));
         args.extend(["--set", "metrics.serviceMonitor.enabled=true"]);
+        args.extend(["--set", "metrics.podMonitor.enabled=true"]);
         let out = helm(&args);
         let text = format!(
             "{}{}",
@@ -413,6 +414,68 @@ fn service_monitor_renders_only_when_enabled() {
     assert_eq!(
         sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
         svc["metadata"]["labels"]["app.kubernetes.io/component"]
+    );
+    // zen_lead_pool_* carry their pool's namespace: kept, not renamed.
+    assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"], true);
+}
+
+/// The agents' PodMonitor scrapes what the webhook injects: the agent's
+/// named port and /metrics, on every pod labelled zen-lead/pool, with the
+/// pool label copied; its namespaces follow the watch scope.
+#[test]
+fn pod_monitor_scrapes_the_injected_agent_port() {
+    let off = render("t", NS, &[]);
+    assert!(!off.iter().any(|d| d["kind"] == "PodMonitor"));
+    let on = render("t", NS, &["--set", "metrics.podMonitor.enabled=true"]);
+    let pm = find(&on, "PodMonitor", "t-zen-lead-agents");
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(
+        endpoint["port"],
+        zen_lead::webhook::inject::AGENT_PORT_NAME,
+        "the container port the webhook names"
+    );
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "30s");
+    assert_eq!(
+        endpoint["relabelings"][0],
+        json!({"sourceLabels": ["__meta_kubernetes_pod_label_zen_lead_pool"], "targetLabel": "pool"})
+    );
+    assert_eq!(
+        pm["spec"]["selector"]["matchExpressions"][0],
+        json!({"key": zen_lead::api::keys::POOL_LABEL, "operator": "Exists"})
+    );
+    assert_eq!(pm["spec"]["namespaceSelector"], json!({"any": true}));
+    let scoped = render(
+        "t",
+        NS,
+        &[
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "controller.watchNamespace=apps",
+        ],
+    );
+    let pm = find(&scoped, "PodMonitor", "t-zen-lead-agents");
+    assert_eq!(
+        pm["spec"]["namespaceSelector"],
+        json!({"matchNames": ["apps"]})
+    );
+    let listed = render(
+        "t",
+        NS,
+        &[
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "controller.watchNamespace=apps",
+            "--set",
+            "metrics.podMonitor.namespaces={a,b}",
+        ],
+    );
+    let pm = find(&listed, "PodMonitor", "t-zen-lead-agents");
+    assert_eq!(
+        pm["spec"]["namespaceSelector"],
+        json!({"matchNames": ["a", "b"]})
     );
 }
 

@@ -167,16 +167,72 @@ fn monitoring_objects_render_only_when_enabled() {
         "zen_lead_is_leader",
         "zen_lead_gate_refused_writes_total",
         "zen_lead_webhook_admission_duration_seconds_bucket",
+        // The per-pool row.
+        "zen_lead_pool_has_leader",
+        "zen_lead_pool_leader_changes_total",
+        "zen_lead_pool_leader_since_seconds",
     ] {
         assert!(
             exprs.iter().any(|(_, e)| e.contains(needed)),
             "no panel reads {needed}"
         );
     }
+    let pool_panels: Vec<&(String, String)> = exprs
+        .iter()
+        .filter(|(_, e)| e.contains("zen_lead_pool_"))
+        .collect();
+    assert!(
+        pool_panels
+            .iter()
+            .all(|(_, e)| e.contains("pool") && e.contains("by (namespace, pool")),
+        "the per-pool panels split by pool: {pool_panels:?}"
+    );
     // The dashboard's data source is a variable, so it imports anywhere.
     assert!(
         !shipped.to_string().contains("\"uid\":\"prometheus\""),
         "a hard-coded data source"
+    );
+}
+
+/// The pool alert names the pool, and waits as long as the chart value says.
+#[test]
+fn the_pool_without_leader_alert_names_the_pool_and_waits_the_value() {
+    let alert = |docs: &[Value]| {
+        let rule = find(docs, "PrometheusRule", "t-zen-lead");
+        rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["alert"] == "ZenLeadPoolWithoutLeader")
+            .cloned()
+            .unwrap_or_else(|| panic!("no ZenLeadPoolWithoutLeader in {rule}"))
+    };
+    let default = alert(&enabled());
+    assert_eq!(default["for"], "60s");
+    assert_eq!(
+        default["expr"],
+        "max by (namespace, pool) (zen_lead_pool_has_leader) == 0"
+    );
+    let summary = default["annotations"]["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.contains("{{ $labels.pool }}") && summary.contains("{{ $labels.namespace }}"),
+        "{summary}"
+    );
+    let tuned = alert(&render(
+        "t",
+        NS,
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.poolWithoutLeaderSeconds=15",
+        ],
+    ));
+    assert_eq!(tuned["for"], "15s");
+    assert!(
+        tuned["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("for 15s"))
     );
 }
 
@@ -263,10 +319,20 @@ async fn every_metric_the_rules_and_dashboard_read_is_exported() {
             hyper::StatusCode::OK,
             "a read through the gate"
         );
-        let controller_text =
-            common::http_ok("127.0.0.1", controller.admin_port, "GET", "/metrics")
-                .await
-                .unwrap_or_else(|e| panic!("the controller's /metrics: {e}"));
+        // The pool's series appear with its first pass (the pod named a
+        // pool without a policy: the controller creates one).
+        let port = controller.admin_port;
+        let controller_text = common::eventually(
+            "the controller to export the pool's zen_lead_pool_* series",
+            Duration::from_secs(60),
+            || async move {
+                let text = common::http_ok("127.0.0.1", port, "GET", "/metrics").await?;
+                text.contains("zen_lead_pool_has_leader{")
+                    .then_some(text.clone())
+                    .ok_or_else(|| "no zen_lead_pool_has_leader series yet".to_owned())
+            },
+        )
+        .await;
         let mut exposed = families(&controller_text);
         exposed.extend(families(&agent.metrics().await));
         assert!(
