@@ -83,7 +83,7 @@ pub struct PoolMemory {
     pub skipped_reported: BTreeSet<String>,
     /// The holder's app, followed for an `api` leader whose app fails.
     pub app_watch: Option<AppWatch>,
-    /// Leader changes recorded but not yet in a stored status.
+    /// Leader changes recorded but not yet in the cached status.
     pub unwritten_transitions: Vec<crate::api::LeaderTransition>,
 }
 

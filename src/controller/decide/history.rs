@@ -174,18 +174,29 @@ pub fn takeover_millis(change: &Observed) -> Option<i64> {
 /// term, from and to: a status written but not yet back in the cache), the
 /// last [`RECENT_TRANSITIONS`] kept.
 pub fn merge(previous: &[LeaderTransition], new: &[LeaderTransition]) -> Vec<LeaderTransition> {
-    let same = |a: &LeaderTransition, b: &LeaderTransition| {
-        a.term == b.term && a.from == b.from && a.to == b.to
-    };
     let mut out = previous.to_vec();
     for entry in new {
         if !out.iter().any(|e| same(e, entry)) {
             out.push(entry.clone());
         }
     }
+    // In time order (an entry re-added late falls where it belongs, and
+    // off the end first when it is the oldest).
+    out.sort_by_key(|e| (e.time.0, e.term));
     let drop = out.len().saturating_sub(RECENT_TRANSITIONS);
     out.drain(..drop);
     out
+}
+
+fn same(a: &LeaderTransition, b: &LeaderTransition) -> bool {
+    a.term == b.term && a.from == b.from && a.to == b.to
+}
+
+/// Forgets the pending entries that the stored status (as the cache shows
+/// it) holds: until then every status computed carries them, so a pass
+/// working from a status read before the write cannot drop them.
+pub fn unstored(pending: &mut Vec<LeaderTransition>, stored: &[LeaderTransition]) {
+    pending.retain(|p| !stored.iter().any(|s| same(s, p)));
 }
 
 #[cfg(test)]
@@ -379,6 +390,20 @@ mod tests {
             takeover_millis: Some(5),
             term: Some(term),
         }
+    }
+
+    #[test]
+    fn pending_entries_go_once_the_stored_status_holds_them() {
+        let mut pending = vec![entry(3, "a", "b"), entry(4, "b", "c")];
+        // The cache still shows the status before the write: both stay.
+        unstored(&mut pending, &[entry(1, "x", "a")]);
+        assert_eq!(pending.len(), 2);
+        unstored(&mut pending, &[entry(1, "x", "a"), entry(3, "a", "b")]);
+        assert_eq!(pending, vec![entry(4, "b", "c")]);
+        // A late entry merges into its place in time.
+        let merged = merge(&[entry(5, "c", "d")], &pending);
+        let terms: Vec<i32> = merged.iter().filter_map(|e| e.term).collect();
+        assert_eq!(terms, vec![4, 5]);
     }
 
     #[test]

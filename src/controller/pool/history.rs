@@ -1,7 +1,7 @@
 //! The pool's recent leader changes: what the Lease watch saw since the
 //! last pass, each given its reason ([`history::reason`]), counted in
-//! `zen_lead_pool_leader_changes_total` and kept until the status that
-//! carries it is written.
+//! `zen_lead_pool_leader_changes_total` and kept until the cache shows a
+//! status that carries it.
 
 use std::time::SystemTime;
 
@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::report::holder_pod_name;
-use crate::api::{LeaderTransition, RECENT_TRANSITIONS};
+use crate::api::{LeaderPolicyStatus, LeaderTransition, RECENT_TRANSITIONS};
 use crate::controller::context::Context;
 use crate::controller::decide::PodView;
 use crate::controller::decide::history::{self, Observed};
@@ -55,9 +55,14 @@ pub fn entry(change: &Observed, views: &[PodView]) -> LeaderTransition {
 }
 
 /// Takes the changes the Lease watch saw, counts them, and returns every
-/// entry not yet written to the status (these and earlier ones whose write
-/// failed).
-pub fn record(ctx: &Context, key: &PoolKey, views: &[PodView]) -> Vec<LeaderTransition> {
+/// entry that `stored` (the status as the cache shows it) does not hold
+/// yet: these, and earlier ones whose write failed or is not back yet.
+pub fn record(
+    ctx: &Context,
+    key: &PoolKey,
+    views: &[PodView],
+    stored: Option<&LeaderPolicyStatus>,
+) -> Vec<LeaderTransition> {
     let new: Vec<LeaderTransition> = ctx
         .cache
         .take_changes(key)
@@ -73,14 +78,13 @@ pub fn record(ctx: &Context, key: &PoolKey, views: &[PodView]) -> Vec<LeaderTran
     }
     ctx.with_memory(key, |m| {
         let pending = &mut m.unwritten_transitions;
+        history::unstored(
+            pending,
+            stored.map_or(&[][..], |s| s.recent_transitions.as_slice()),
+        );
         pending.extend(new);
         let drop = pending.len().saturating_sub(RECENT_TRANSITIONS);
         pending.drain(..drop);
         pending.clone()
     })
-}
-
-/// The status carrying the entries is stored.
-pub fn written(ctx: &Context, key: &PoolKey) {
-    ctx.with_memory(key, |m| m.unwritten_transitions.clear());
 }

@@ -138,7 +138,7 @@ async fn active(
         apply::finalizer(ctx, key, policy, false).await?;
     }
     let candidates = views.iter().filter(|p| p.candidate(&node_ready)).count();
-    let transitions = history::record(ctx, key, &views);
+    let transitions = history::record(ctx, key, &views, policy.status.as_ref());
     let next = decide::status(&StatusInput {
         generation: policy.meta().generation,
         pool: &key.name,
@@ -165,7 +165,6 @@ async fn active(
     if policy.status.as_ref() != Some(&next) {
         apply::status(ctx, key, &next).await?;
     }
-    history::written(ctx, key);
     report::pool_metrics(ctx, key, &next);
 
     let lease_wake = lease_view.as_ref().zip(lease.as_ref()).and_then(|(lv, l)| {
