@@ -57,7 +57,7 @@ impl PoolMetrics {
     }
 
     /// A pass's view of the pool: whether it has a leader, and since when
-    /// (Unix seconds; 0 when the Lease does not say). Every reason's
+    /// (Unix seconds; 0 without a leader, or when the Lease does not say). Every reason's
     /// counter exists from the pool's first pass, at zero, so `increase()`
     /// sees the first change.
     pub fn observe(&self, namespace: &str, pool: &str, leader_since: Option<i64>) {
@@ -65,14 +65,9 @@ impl PoolMetrics {
         self.has_leader
             .get_or_create(&labels)
             .set(i64::from(leader_since.is_some()));
-        match leader_since {
-            Some(since) => {
-                self.leader_since.get_or_create(&labels).set(since);
-            }
-            None => {
-                self.leader_since.remove(&labels);
-            }
-        }
+        self.leader_since
+            .get_or_create(&labels)
+            .set(leader_since.unwrap_or(0));
         for reason in TransitionReason::ALL {
             self.leader_changes
                 .get_or_create(&Self::change_labels(namespace, pool, reason))
@@ -121,8 +116,8 @@ impl PoolMetrics {
         );
         r.register(
             "leader_since_seconds",
-            "Unix time at which the pool's current leader acquired the Lease (absent while the \
-             pool has no leader)",
+            "Unix time at which the pool's current leader acquired the Lease (0 while the pool \
+             has no leader)",
             self.leader_since.clone(),
         );
     }
@@ -328,11 +323,12 @@ mod tests {
             "{s:?}"
         );
         assert!(
-            !s.iter().any(|l| l
-                .starts_with("zen_lead_pool_leader_since_seconds{namespace=\"ns\",pool=\"db\"")),
-            "no since without a leader: {s:?}"
+            s.contains(
+                &r#"zen_lead_pool_leader_since_seconds{namespace="ns",pool="db"} 0"#.to_owned()
+            ),
+            "since is 0 without a leader: {s:?}"
         );
-        // web loses its leader: since goes, has_leader says 0.
+        // web loses its leader: has_leader and since say 0.
         m.observe("ns", "web", None);
         let s = samples(&m);
         assert!(
@@ -340,8 +336,9 @@ mod tests {
             "{s:?}"
         );
         assert!(
-            !s.iter()
-                .any(|l| l.starts_with("zen_lead_pool_leader_since_seconds")),
+            s.contains(
+                &r#"zen_lead_pool_leader_since_seconds{namespace="ns",pool="web"} 0"#.to_owned()
+            ),
             "{s:?}"
         );
         // web is deleted: none of its series is left; db's stay.
