@@ -2351,3 +2351,193 @@ async fn api_leader_whose_app_fails_hands_over_to_a_ready_follower_after_the_gra
     })
     .await;
 }
+
+/// The value of a `zen_lead_pool_*` series of one pool (and, for the
+/// changes counter, one reason); `None` when the series is absent.
+fn pool_series(body: &str, name: &str, ns: &str, pool: &str, reason: Option<&str>) -> Option<f64> {
+    let mut labels = format!("namespace=\"{ns}\",pool=\"{pool}\"");
+    if let Some(reason) = reason {
+        labels.push_str(&format!(",reason=\"{reason}\""));
+    }
+    let prefix = format!("{name}{{{labels}}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The pool's recent transitions as (from, to, reason).
+fn recent(p: &LeaderPolicy) -> Vec<(String, String, String)> {
+    p.status
+        .iter()
+        .flat_map(|s| s.recent_transitions.iter())
+        .map(|t| (t.from.clone(), t.to.clone(), t.reason.as_str().to_owned()))
+        .collect()
+}
+
+/// Issue 32: a manual hand-off and a pod deletion each add an entry to
+/// status.recentTransitions with its reason and take-over time, and count
+/// in the pool's zen_lead_pool_leader_changes_total by reason; the pool's
+/// has_leader and leader_since series follow, and go with the pool.
+#[tokio::test]
+async fn recent_transitions_and_pool_metrics_follow_a_handoff_and_a_pod_deletion() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-history", |client, ns| async move {
+        let dir = common::scratch_dir("controller-history");
+        create_policy(&client, &ns, "db", json!({"leaseDurationSeconds": 30})).await;
+        let mut pods = Vec::new();
+        for i in 0..3 {
+            let name = format!("db-{i}");
+            create_pod(&client, &ns, &pool_pod(&name, Some("db"), "kwok-1", true)).await;
+            pods.push(running_pod(&client, &ns, &name).await);
+        }
+        let labels = LeaderLabelWatch::start(&client, &ns);
+        // Deleting the policy at the end must end the pool, not re-create it.
+        let ctl = Controller::start(&dir, &ns, "ctl-a", &["--create-missing-policies=false"]);
+        let mut agents: Vec<HostAgent> = vec![HostAgent::start(&dir, &pods[0], "db")];
+        policy_until(&client, &ns, "db", "db-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("db-0"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        agents.push(HostAgent::start(&dir, &pods[1], "db"));
+        agents.push(HostAgent::start(&dir, &pods[2], "db"));
+        let scrape = || async { ctl.get("/metrics").await.1 };
+        let series = |body: &str, name: &str, reason: Option<&str>| {
+            pool_series(body, name, &ns, "db", reason)
+        };
+        common::eventually("has_leader 1 and leader_since set", LIMIT, || async {
+            let body = scrape().await;
+            let has = series(&body, "zen_lead_pool_has_leader", None);
+            let since = series(&body, "zen_lead_pool_leader_since_seconds", None);
+            (has == Some(1.0) && since.is_some_and(|s| s > 1.0e9))
+                .then_some(())
+                .ok_or(format!("has_leader {has:?}, since {since:?}"))
+        })
+        .await;
+        let body = scrape().await;
+        let manual = "zen_lead_pool_leader_changes_total";
+        assert_eq!(
+            series(&body, manual, Some("manual")),
+            Some(0.0),
+            "every reason's counter starts at zero"
+        );
+        let first = lease(&client, &ns, "db").await.expect("Lease db");
+        assert!(
+            policy_until(&client, &ns, "db", "a status", LIMIT, |_| Ok(()))
+                .await
+                .status
+                .is_some_and(|s| s.recent_transitions.is_empty()),
+            "the first election is not a change"
+        );
+
+        // A manual hand-off, as `zen-lead handoff --to db-1` asks for it.
+        let patch = json!({"metadata": {
+            "annotations": {zen_lead::api::keys::PREFERRED_HOLDER_ANNOTATION: agents[1].identity},
+            "resourceVersion": first.resource_version(),
+        }});
+        Api::<Lease>::namespaced(client.clone(), &ns)
+            .patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("name db-1 preferred");
+        let p = policy_until(&client, &ns, "db", "a manual change to db-1", LIMIT, |p| {
+            let r = recent(p);
+            (r == [("db-0".to_owned(), "db-1".to_owned(), "manual".to_owned())])
+                .then_some(())
+                .ok_or(format!("{r:?}"))
+        })
+        .await;
+        let entry = &p.status.clone().unwrap_or_default().recent_transitions[0];
+        let handoff_ms = entry
+            .takeover_millis
+            .expect("a hand-off's take-over is known");
+        assert!(entry.term.is_some(), "{entry:?}");
+        common::eventually("the manual change counted", LIMIT, || async {
+            let body = scrape().await;
+            let n = series(&body, manual, Some("manual"));
+            (n == Some(1.0)).then_some(()).ok_or(format!("{n:?}"))
+        })
+        .await;
+
+        // The leader's pod and agent die together: the controller clears the
+        // Lease (the pod is gone) and a follower takes over.
+        agents[1].kill();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete("db-1", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete db-1");
+        let p = policy_until(
+            &client,
+            &ns,
+            "db",
+            "a podDeleted change from db-1",
+            LIMIT,
+            |p| {
+                let r = recent(p);
+                (r.len() == 2 && r[1].0 == "db-1" && r[1].2 == "podDeleted")
+                    .then_some(())
+                    .ok_or(format!("{r:?}"))
+            },
+        )
+        .await;
+        let entry = &p.status.clone().unwrap_or_default().recent_transitions[1];
+        eprintln!(
+            "take-over: manual hand-off {handoff_ms} ms, pod deleted {:?} ms",
+            entry.takeover_millis
+        );
+        let successor = entry.to.clone();
+        policy_until(&client, &ns, "db", "the successor reported", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some(successor.as_str()))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        common::eventually(
+            "the pod deletion counted, a leader again",
+            LIMIT,
+            || async {
+                let body = scrape().await;
+                let n = series(&body, manual, Some("podDeleted"));
+                let has = series(&body, "zen_lead_pool_has_leader", None);
+                (n == Some(1.0) && has == Some(1.0))
+                    .then_some(())
+                    .ok_or(format!("podDeleted {n:?}, has_leader {has:?}"))
+            },
+        )
+        .await;
+        labels.assert_never_two();
+
+        // `zen-lead status` shows the durable history.
+        let out = Command::new(BIN)
+            .env("KUBECONFIG", kubeconfig_path())
+            .args(["status", "db", "-n", &ns])
+            .output()
+            .expect("zen-lead status");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("status.recentTransitions"), "{stdout}");
+        assert!(
+            stdout.contains("leader changed from db-0 to db-1 (manual, take-over"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("from db-1 to"), "{stdout}");
+
+        // The pool goes: so do its series.
+        Api::<LeaderPolicy>::namespaced(client.clone(), &ns)
+            .delete("db", &DeleteParams::default())
+            .await
+            .expect("delete the policy");
+        common::eventually("the pool's series gone", LIMIT, || async {
+            let body = scrape().await;
+            let left: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("zen_lead_pool_") && l.contains(&format!("namespace=\"{ns}\""))
+                })
+                .collect();
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        })
+        .await;
+    })
+    .await;
+}
