@@ -8,9 +8,15 @@
 #   localhost/zl-hactl-rs:dev    its kube-rs twin (examples/ha-controller.rs)
 #   localhost/zl-lepeer:dev      client-go's leaderelection in a pod: the peer
 #                                of the overlap checker (tests/overlap.rs)
-# and, not imported, bin/release/zen-lead.tar: the release image (`make image`,
-# tools/oci/release-image.sh), which up.sh pushes to the local registry as
-# 198.19.128.1:5000/zen-lead:<appVersion>.
+# and, not imported (the kubelet pulls them from the local registry, to which
+# containerd mirrors docker.io and ghcr.io: realnode.go), in bin/release:
+#   zen-lead.tar  the release image (`make image`, tools/oci/release-image.sh),
+#                 which up.sh pushes as 198.19.128.1:5000/zen-lead:<appVersion>
+#                 and under the chart's name, ghcr.io/kube-zen/zen-lead
+#   busybox.tar   docker.io/library/busybox:<BUSYBOX_TAG>, the examples' app,
+#                 made from Debian's busybox-static (its shell runs the
+#                 applets without links), which up.sh pushes as the name the
+#                 examples use
 # `zl-cluster up` imports them into containerd; a second `up` re-imports, so a
 # rebuilt binary reaches the node without restarting the cluster.
 set -euo pipefail
@@ -63,4 +69,36 @@ build hactl-rs --name localhost/zl-hactl-rs:dev "${rs_adds[@]}" \
   --entrypoint /usr/local/bin/ha-controller
 build lepeer --name localhost/zl-lepeer:dev \
   --add bin/image-src/lepeer:/usr/local/bin/lepeer:0755 --entrypoint /usr/local/bin/lepeer
-ls -la "$out"/*.tar
+
+# The examples' app image from Debian's busybox-static, whose upstream
+# version must be the tag (the examples pin it).
+busybox_tag=1.35.0
+busybox_deb_dir="$here/bin/image-src/busybox-$busybox_tag"
+if [[ ! -x "$busybox_deb_dir/bin/busybox" ]]; then
+  candidate="$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')"
+  upstream="${candidate#*:}"; upstream="${upstream%%-*}"
+  if [[ "$upstream" != "$busybox_tag" ]]; then
+    echo "images: Debian's busybox-static is ${candidate:-not known to apt} (want $busybox_tag, the examples' tag): run apt-get update, or change the tag in images.sh, up.sh and examples/" >&2
+    exit 1
+  fi
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download -q busybox-static && dpkg-deb -x busybox-static_*.deb x)
+  mkdir -p "$busybox_deb_dir/bin"
+  cp "$tmp/x/bin/busybox" "$busybox_deb_dir/bin/busybox"
+  rm -rf "$tmp"
+  : >"$busybox_deb_dir/empty"
+fi
+# Like the zen-lead image, pushed and pulled, not imported.
+out="$here/bin/release" build busybox --name "docker.io/library/busybox:$busybox_tag" --user 0:0 \
+  --add "$busybox_deb_dir/bin/busybox:/bin/busybox:0755" --add "$busybox_deb_dir/bin/busybox:/bin/sh:0755" \
+  --add "$busybox_deb_dir/empty:/tmp/.keep:0644" --entrypoint /bin/sh
+# What up.sh pushes to the local registry: archive, then the name in the
+# registry. containerd's mirrors (realnode.go) map docker.io/X and ghcr.io/X
+# to the registry's X, so the examples and the chart pull their names as
+# written.
+cat >"$here/bin/release/push.list" <<LIST
+$here/bin/release/zen-lead.tar 198.19.128.1:5000/zen-lead:$version
+$here/bin/release/zen-lead.tar 198.19.128.1:5000/kube-zen/zen-lead:$version
+$here/bin/release/busybox.tar 198.19.128.1:5000/library/busybox:$busybox_tag
+LIST
+ls -la "$out"/*.tar "$here/bin/release"/*.tar

@@ -165,7 +165,7 @@ func startRealNode(o *upOptions, st *state, pki *clusterPKI, server string) erro
 		return fmt.Errorf("real node network: %w", err)
 	}
 	dirs := map[string]string{}
-	for _, d := range []string{"containerd", "containerd/root", "containerd/state", "containerd/certs.d/" + registryAddr, "cni/net.d", "cni/ipam", "kubelet", "kubelet-pki", "kube-proxy", "registry"} {
+	for _, d := range []string{"containerd", "containerd/root", "containerd/state", "cni/net.d", "cni/ipam", "kubelet", "kubelet-pki", "kube-proxy", "registry"} {
 		dirs[d] = filepath.Join(st.Dir, d)
 		if err := os.MkdirAll(dirs[d], 0o700); err != nil {
 			return err
@@ -175,14 +175,24 @@ func startRealNode(o *upOptions, st *state, pki *clusterPKI, server string) erro
 		return err
 	}
 	// containerd pulls from the local registry over plain HTTP (hosts.toml:
-	// containerd's per-registry configuration, as on a user's node).
-	if err := os.WriteFile(filepath.Join(dirs["containerd/certs.d/"+registryAddr], "hosts.toml"), []byte(fmt.Sprintf(`server = "http://%[1]s"
+	// containerd's per-registry configuration, as on a user's node). It
+	// also serves docker.io and ghcr.io, so the examples' busybox and the
+	// chart's image pull by the names a user's cluster pulls: each mirror's
+	// only host and its server are the local registry, so containerd never
+	// falls back to the internet (images.sh lists what up.sh pushes).
+	for _, name := range []string{registryAddr, "docker.io", "ghcr.io"} {
+		dir := filepath.Join(st.Dir, "containerd/certs.d", name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(fmt.Sprintf(`server = "http://%[1]s"
 
 # containerd 1.6 refuses a hosts.toml without a host table.
 [host."http://%[1]s"]
   capabilities = ["pull", "resolve"]
 `, registryAddr)), 0o600); err != nil {
-		return err
+			return err
+		}
 	}
 	sock := st.containerdSocket()
 	containerdConfig := filepath.Join(dirs["containerd"], "config.toml")

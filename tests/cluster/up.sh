@@ -25,13 +25,17 @@ KUBECONFIG="$repo/.cluster/kubeconfig" "$here/bin/kubectl" apply --server-side -
 if [[ "$real_node" == 1 ]]; then
   # The release image in the local registry under the chart's default tag, so
   # the chart installs with only image.repository=198.19.128.1:5000/zen-lead
-  # and the kubelet pulls it like on any cluster. (The address is
-  # registryAddr in realnode.go.)
-  version="$(awk -F'"' '/^appVersion:/ {print $2}' "$repo/charts/zen-lead/Chart.yaml")"
-  image="198.19.128.1:5000/zen-lead:$version"
-  "$repo/tools/oci/bin/zl-image" push --insecure "$here/bin/release/zen-lead.tar" "$image"
-  # The tag may now name a rebuilt image: forget the node's copy, so that the
-  # next pod pulls the new one (IfNotPresent would keep running the old).
-  ctr --address "$repo/.cluster/containerd/containerd.sock" -n k8s.io images rm "$image" >/dev/null 2>&1 || true
+  # or with no image values at all (ghcr.io is mirrored to the registry), and
+  # the kubelet pulls it like on any cluster; the examples' busybox likewise
+  # (docker.io is mirrored). images.sh lists what to push.
+  while read -r archive image; do
+    "$repo/tools/oci/bin/zl-image" push --insecure "$archive" "$image"
+    # The tag may now name a rebuilt image: forget the node's copy (under the
+    # name a pod pulls), so that the next pod pulls the new one
+    # (IfNotPresent would keep running the old).
+    for name in "$image" "docker.io/${image#*/}" "ghcr.io/${image#*/}"; do
+      ctr --address "$repo/.cluster/containerd/containerd.sock" -n k8s.io images rm "$name" >/dev/null 2>&1 || true
+    done
+  done <"$here/bin/release/push.list"
 fi
 echo "cluster-up: total $((SECONDS - start))s"
