@@ -1,5 +1,6 @@
-//! Every example in examples/ applied to the local cluster as its README says,
-//! and checked for what the README promises. zen-lead runs from the Helm
+//! Every example in examples/ applied to the local cluster as its README says
+//! (with the real node's placement added: tests/cluster/place.sh), and
+//! checked for what the README promises. zen-lead runs from the Helm
 //! chart (selfManaged TLS, one replica to spare the shared node), installed
 //! per test and scoped to that test's namespace.
 
@@ -11,8 +12,8 @@ use std::collections::BTreeSet;
 
 use chart::{has_agent, with_zen_lead};
 use common::workloads::{
-    LeaderLabelWatch, WAIT, annotation, assert_apart, container_run, job_pods, job_succeeded,
-    kubectl_ok, label, pods_where, stable_holder,
+    LeaderLabelWatch, WAIT, annotation, apply_on_real_node, assert_apart, container_run, job_pods,
+    job_succeeded, kubectl_ok, label, pods_where, stable_holder,
 };
 use common::{client, eventually, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -23,9 +24,10 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use zen_lead::api::LeaderPolicy;
 
+/// An example applied as its README says, plus the local cluster's
+/// placement (the example carries none).
 fn apply_example(ns: &str, file: &str) {
-    let path = common::repo_root().join("examples").join(file);
-    kubectl_ok(ns, &["apply", "-f", &path.to_string_lossy()]);
+    apply_on_real_node(ns, &[&format!("examples/{file}")]);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Helpers for tests that apply workloads to the real node and check what
 //! became of them: kubectl with a private cache, pods by selector, a pool's
 //! Stable holder (with the pool's objects printed when the wait gives up),
-//! Job runs, and a watch that catches two pods labelled leader at once.
+//! Job runs, a watch that catches two pods labelled leader at once, and
+//! manifests applied with the real node's placement added.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use serde_json::json;
 use zen_lead::api::keys::{ROLE_LABEL, ROLE_LEADER};
 use zen_lead::api::{LeaderPolicy, Phase};
 
-use super::{eventually, kubectl};
+use super::{eventually, kubectl, kubectl_path, repo_root, run_ok};
 
 /// How long a workload on the real node gets to reach a state.
 pub const WAIT: Duration = Duration::from_secs(180);
@@ -44,6 +45,23 @@ pub fn kubectl_ok(ns: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply` in `ns` of manifest files (paths from the repository's
+/// root) as the local cluster needs them: every pod template placed on its
+/// real node by tests/cluster/place.sh. The files carry no placement, so
+/// that they run on any cluster as written (examples/).
+pub fn apply_on_real_node(ns: &str, files: &[&str]) -> String {
+    let mut place = std::process::Command::new("bash");
+    place
+        .arg(repo_root().join("tests/cluster/place.sh"))
+        .args(files.iter().map(|f| repo_root().join(f)))
+        .env("KUBECTL", kubectl_path());
+    let out = run_ok(&mut place, "tests/cluster/place.sh");
+    let placed = cache(ns).join("placed.yaml");
+    std::fs::write(&placed, &out.stdout)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", placed.display()));
+    kubectl_ok(ns, &["apply", "-f", &placed.to_string_lossy()])
 }
 
 pub fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
