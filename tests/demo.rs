@@ -20,6 +20,8 @@ use common::{kubeconfig_path, kubectl_path, repo_root};
 
 const RELEASE: &str = "zen-lead-demo";
 const SYSTEM_NS: &str = "zen-lead-demo-system";
+/// The chart's image.repository (charts/zen-lead/values.yaml).
+const CHART_IMAGE: &str = "ghcr.io/kube-zen/zen-lead";
 
 /// Uninstalls the release and deletes both namespaces, whatever happened.
 struct Cleanup(String);
@@ -89,8 +91,9 @@ fn make_demo_installs_with_helm_shows_both_pools_and_times_a_failover_twice() {
              heartbeat) {api} ms, process pool (next app start) {process} ms"
         );
     }
-    // Installed as a user would: the chart's tag, pulled by the kubelet from
-    // the local registry (a pulled image is recorded by its registry digest).
+    // Installed as a user would: the chart's own image name and tag, pulled
+    // by the kubelet (a pulled image is recorded by its registry digest; the
+    // local node mirrors ghcr.io to the local registry).
     let out = common::run_ok(
         Command::new(kubectl_path())
             .env("KUBECONFIG", kubeconfig_path())
@@ -99,12 +102,12 @@ fn make_demo_installs_with_helm_shows_both_pools_and_times_a_failover_twice() {
         "kubectl get the demo controller's pods",
     );
     let images = String::from_utf8_lossy(&out.stdout);
-    let image = common::local_registry_image();
+    let image = format!("{CHART_IMAGE}:{}", env!("CARGO_PKG_VERSION"));
     assert!(
         !images.trim().is_empty()
-            && images.lines().all(|l| l
-                .starts_with(&format!("{image} {}/", common::LOCAL_REGISTRY))
-                && l.contains("@sha256:")),
-        "the demo's controller does not run the registry's image:\n{images}"
+            && images
+                .lines()
+                .all(|l| l.starts_with(&format!("{image} {CHART_IMAGE}@sha256:"))),
+        "the demo's controller does not run the chart's image, pulled:\n{images}"
     );
 }

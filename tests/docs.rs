@@ -222,7 +222,6 @@ fn every_relative_link_resolves() {
 }
 
 #[test]
-#[ignore = "examples still use the local cluster's images: issue 31, examples part"]
 fn examples_run_on_any_cluster() {
     let mut problems = Vec::new();
     for file in example_manifests() {

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `make demo`, once the local cluster is up (its registry holds the release
-# image, pushed by cluster-up): installs zen-lead with the Helm chart the way a
-# user does, naming only the image's repository (release `zen-lead-demo`, namespace
-# zen-lead-demo-system, self-managed TLS, scoped to the demo namespace so the
-# rest of the cluster, e.g. a later `make test`, is left alone), then shows:
+# image and busybox, pushed by cluster-up, and the node pulls ghcr.io and
+# docker.io names from it): installs zen-lead with the Helm chart the way a
+# user does, with the chart's own image name (release `zen-lead-demo`,
+# namespace zen-lead-demo-system, self-managed TLS, scoped to the demo
+# namespace so the rest of the cluster, e.g. a later `make test`, is left
+# alone), applies examples/demo/ as written, plus the placement on the local
+# cluster's real node (tests/cluster/place.sh), then shows:
 #   1. a controller in `api` activation: three Ready replicas, one writer;
 #   2. a worker pool in `process` activation: one app process running;
 #   3. a live failover of each: the leader deleted, the take-over timed;
@@ -16,8 +19,6 @@ KUBECTL=${KUBECTL:-tests/cluster/bin/kubectl}
 HELM=${HELM:-tests/cluster/bin/helm}
 NS=${DEMO_NAMESPACE:-zen-lead-demo}
 RELEASE=zen-lead-demo
-# The local cluster's registry (tests/cluster/realnode.go registryAddr).
-REPOSITORY=198.19.128.1:5000/zen-lead
 SYSTEM_NS=zen-lead-demo-system
 export KUBECONFIG=${KUBECONFIG:-$PWD/.cluster/kubeconfig}
 k() { "$KUBECTL" "$@"; }
@@ -32,7 +33,7 @@ if [[ -f .cluster/demo/controller.pid ]]; then
   k delete mutatingwebhookconfiguration zen-lead-demo --ignore-not-found >/dev/null
 fi
 
-say "1/4 installing zen-lead with Helm (release $RELEASE in $SYSTEM_NS, image $REPOSITORY, the chart's tag)"
+say "1/4 installing zen-lead with Helm (release $RELEASE in $SYSTEM_NS, the chart's image)"
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
 values=$(mktemp)
 trap 'rm -f "$values"' EXIT
@@ -57,12 +58,13 @@ webhook:
 YAML
 start=$(now_ms)
 "$HELM" upgrade --install "$RELEASE" charts/zen-lead --namespace "$SYSTEM_NS" --create-namespace \
-  --set image.repository="$REPOSITORY" -f "$values" --wait --timeout 5m >/dev/null
+  -f "$values" --wait --timeout 5m >/dev/null
 echo "installed in $(( ($(now_ms) - start) / 1000 )) s:"
 k get deploy -n "$SYSTEM_NS"
 
 say "applying the demo pools in namespace $NS"
-k apply -n "$NS" -f examples/demo/controller.yaml -f examples/demo/pool.yaml
+KUBECTL="$KUBECTL" bash tests/cluster/place.sh examples/demo/controller.yaml examples/demo/pool.yaml \
+  | k apply -n "$NS" -f -
 for pool in demo-controller demo-workers; do
   k wait -n "$NS" "leaderpolicy/$pool" --for=jsonpath='{.status.phase}'=Stable --timeout=180s >/dev/null
   k rollout status -n "$NS" "deploy/$pool" --timeout=180s >/dev/null
@@ -106,16 +108,17 @@ new_writer=$(wait_for "another replica's heartbeat" 60 not_old_writer)
 echo "demo-controller: deleted $controller_leader; $new_writer wrote the heartbeat $(( $(now_ms) - t0 )) ms later"
 echo "  (measured by polling kubectl, so the figure includes up to ~200 ms of polling)"
 
-# process: from the delete to the new leader's app process start (its own
-# log line, wall clock in ns).
+# process: from the delete to the new leader's app process start (its
+# "started" line, as the kubelet timestamped it, wall clock in ns).
 worker_leader=$(wait_for "the worker pool's leader" 60 leader_of demo-workers)
 t0_ns=$(date +%s%N)
 k delete pod -n "$NS" "$worker_leader" --wait=false >/dev/null
 other_leader() { local l; l=$(leader_of demo-workers); [[ -n "$l" && "$l" != "$worker_leader" ]] && echo "$l"; }
 new_leader=$(wait_for "a new worker leader" 60 other_leader)
 app_start() {
-  k logs -n "$NS" "$new_leader" -c app 2>/dev/null | grep '"event":"start"' | tail -1 \
-    | sed -n 's/.*"unixNano":\([0-9]*\).*/\1/p'
+  local at
+  at=$(k logs -n "$NS" "$new_leader" -c app --timestamps 2>/dev/null | grep ': started$' | tail -1 | cut -d' ' -f1)
+  [[ -n "$at" ]] && date -d "$at" +%s%N
 }
 started_ns=$(wait_for "the new leader's app to start" 60 app_start)
 echo "demo-workers: deleted $worker_leader; the app process of $new_leader started $(( (started_ns - t0_ns) / 1000000 )) ms later"
