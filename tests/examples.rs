@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 
 use chart::{has_agent, with_zen_lead};
 use common::workloads::{
-    LeaderLabelWatch, WAIT, annotation, apply_on_real_node, assert_apart, container_run, job_pods,
-    job_succeeded, kubectl_ok, label, pods_where, stable_holder,
+    LeaderLabelWatch, WAIT, annotation, apply_on_real_node, assert_apart, job_pods, job_succeeded,
+    kubectl_ok, label, logged_run, pods_where, stable_holder,
 };
 use common::{client, eventually, pod_ready as is_ready, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -196,7 +196,18 @@ async fn exclusive_cronjob() {
                 annotation(pod, "zen-lead.io/pool-from"),
                 Some("CronJob/nightly-report")
             );
-            let (started, finished) = container_run(pod, "report");
+            // Job pods whose app has a command get `process` activation
+            // (`auto`): the container starts at once and `zen-lead run`
+            // holds the report program, so the program's own lines tell
+            // when it ran.
+            assert_eq!(annotation(pod, "zen-lead.io/activation"), Some("process"));
+            let (started, finished) = logged_run(
+                &ns,
+                &pod.name_any(),
+                "report",
+                "report started",
+                "report done",
+            );
             runs.push((job, started, finished));
         }
         assert_apart(runs[0], runs[1]);

@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Output};
 
 use chart::with_zen_lead;
-use common::workloads::{LeaderLabelWatch, kubectl_ok, pods_where, stable_holder};
+use common::workloads::{LeaderLabelWatch, apply_on_real_node, pods_where, stable_holder};
 use common::{eventually, pod_ready};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client, ResourceExt};
@@ -67,8 +67,7 @@ fn handoff(ns: &str, extra: &[&str]) -> (String, String, u64) {
 #[tokio::test]
 async fn handoff_moves_leadership_where_told_and_refuses_clearly() {
     with_zen_lead("handoff", |client, ns| async move {
-        let path = common::repo_root().join("examples/controller-ha/controller-ha.yaml");
-        kubectl_ok(&ns, &["apply", "-f", &path.to_string_lossy()]);
+        apply_on_real_node(&ns, &["examples/controller-ha/controller-ha.yaml"]);
         let first = leader(&client, &ns).await;
         let pods = pods_where(&client, &ns, "app=my-operator", 3, "Ready", pod_ready).await;
         let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();

@@ -215,6 +215,31 @@ pub fn container_run(pod: &Pod, container: &str) -> (Timestamp, Timestamp) {
     (started, finished)
 }
 
+/// When a program in `pod`'s `container` logged its `first` and `last`
+/// lines, as the kubelet timestamped them (`kubectl logs --timestamps`): the
+/// program's run where the container's own start and end say nothing, as
+/// under `zen-lead run`, which holds the program while the container runs.
+pub fn logged_run(
+    ns: &str,
+    pod: &str,
+    container: &str,
+    first: &str,
+    last: &str,
+) -> (Timestamp, Timestamp) {
+    let logs = kubectl_ok(ns, &["logs", pod, "-c", container, "--timestamps"]);
+    let at = |text: &str| -> Timestamp {
+        let line = logs
+            .lines()
+            .find(|l| l.ends_with(text))
+            .unwrap_or_else(|| panic!("{pod}/{container}: no line {text:?} in:\n{logs}"));
+        let stamp = line.split(' ').next().unwrap_or_default();
+        stamp
+            .parse()
+            .unwrap_or_else(|e| panic!("{pod}/{container}: timestamp {stamp:?}: {e}"))
+    };
+    (at(first), at(last))
+}
+
 /// Two runs, with the API server's second-granularity times, did not
 /// overlap (touching ends are not an overlap).
 pub fn assert_apart(a: (&str, Timestamp, Timestamp), b: (&str, Timestamp, Timestamp)) {
