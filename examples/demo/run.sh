@@ -5,8 +5,9 @@
 # user does, with the chart's own image name (release `zen-lead-demo`,
 # namespace zen-lead-demo-system, self-managed TLS, scoped to the demo
 # namespace so the rest of the cluster, e.g. a later `make test`, is left
-# alone), applies examples/demo/ as written, plus the placement on the local
-# cluster's real node (tests/cluster/place.sh), then shows:
+# alone), applies examples/demo/pool.yaml as written and the local cluster's
+# test controller (tests/cluster/manifests/demo-controller.yaml), both with the
+# placement on its real node (tests/cluster/place.sh), then shows:
 #   1. a controller in `api` activation: three Ready replicas, one writer;
 #   2. a worker pool in `process` activation: one app process running;
 #   3. a live failover of each: the leader deleted, the take-over timed;
@@ -63,7 +64,7 @@ echo "installed in $(( ($(now_ms) - start) / 1000 )) s:"
 k get deploy -n "$SYSTEM_NS"
 
 say "applying the demo pools in namespace $NS"
-KUBECTL="$KUBECTL" bash tests/cluster/place.sh examples/demo/controller.yaml examples/demo/pool.yaml \
+KUBECTL="$KUBECTL" bash tests/cluster/place.sh tests/cluster/manifests/demo-controller.yaml examples/demo/pool.yaml \
   | k apply -n "$NS" -f -
 for pool in demo-controller demo-workers; do
   k wait -n "$NS" "leaderpolicy/$pool" --for=jsonpath='{.status.phase}'=Stable --timeout=180s >/dev/null
