@@ -129,8 +129,11 @@ bench-takeover: cluster-up ## Delete the leader -> successor's app started: proc
 # (make cluster-down cluster-up), and restart the cluster afterwards.
 WORKLOADS ?= 300
 TEMPLATE_BYTES ?= 1048576
+# The binary measured is the shipped one: static (musl) release build.
 bench-memory: cluster-up ## Controller memory with WORKLOADS large Deployments of another tenant in scope vs without
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) --bin zen-lead
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_WORKLOADS=$(WORKLOADS) ZEN_LEAD_BENCH_TEMPLATE_BYTES=$(TEMPLATE_BYTES) \
+	  ZEN_LEAD_CONTROLLER_BIN=$(CURDIR)/target/$(MUSL_TARGET)/release/zen-lead \
 	  $(CARGO) test --locked --test controller_memory -- --ignored --nocapture
 
 bench-fencing: cluster-up ## Server-side fencing: admission latency of a pool leader's and an outside pod's writes, policy on vs off, p50/p99

@@ -27,6 +27,8 @@ pub struct Controller {
     pub ca_pem: String,
     /// How it reaches the API server.
     kubeconfig: PathBuf,
+    /// The `zen-lead` binary that runs (the test build unless told).
+    bin: PathBuf,
 }
 
 pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
@@ -36,6 +38,17 @@ pub async fn start_controller(ns: &str, dir: &Path) -> Controller {
 /// [`start_controller`] reaching the API server by `kubeconfig` (e.g. through
 /// a [`super::delay_proxy::DelayProxy`]).
 pub async fn start_controller_with(ns: &str, dir: &Path, kubeconfig: PathBuf) -> Controller {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_zen-lead"));
+    start(bin, ns, dir, kubeconfig).await
+}
+
+/// [`start_controller`] running `bin` (e.g. the shipped static release
+/// build, whose allocator and optimisation differ from the test build's).
+pub async fn start_controller_from(bin: &Path, ns: &str, dir: &Path) -> Controller {
+    start(bin.to_owned(), ns, dir, super::kubeconfig_path()).await
+}
+
+async fn start(bin: PathBuf, ns: &str, dir: &Path, kubeconfig: PathBuf) -> Controller {
     let certs = zen_lead::tls::generate(&zen_lead::tls::CertRequest {
         dns_names: vec!["localhost".to_owned()],
         ip_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
@@ -66,11 +79,12 @@ pub async fn start_controller_with(ns: &str, dir: &Path, kubeconfig: PathBuf) ->
         Err(e) => panic!("create the controller Lease: {e}"),
     }
     Controller {
-        child: spawn(ns, dir, webhook_port, admin_port, &kubeconfig).await,
+        child: spawn(&bin, ns, dir, webhook_port, admin_port, &kubeconfig).await,
         webhook_port,
         admin_port,
         ca_pem: certs.ca_cert_pem,
         kubeconfig,
+        bin,
     }
 }
 
@@ -84,6 +98,7 @@ impl Controller {
     /// it is ready.
     pub async fn resume(&mut self, ns: &str, dir: &Path) {
         self.child = spawn(
+            &self.bin,
             ns,
             dir,
             self.webhook_port,
@@ -97,6 +112,7 @@ impl Controller {
 /// `zen-lead controller` for `ns`, appending to `dir`/controller.log; returns
 /// once it is ready.
 async fn spawn(
+    bin: &Path,
     ns: &str,
     dir: &Path,
     webhook_port: u16,
@@ -108,7 +124,7 @@ async fn spawn(
         .append(true)
         .open(dir.join("controller.log"))
         .unwrap_or_else(|e| panic!("log file: {e}"));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
+    let child = tokio::process::Command::new(bin)
         .arg("controller")
         .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])

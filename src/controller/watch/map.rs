@@ -172,31 +172,85 @@ pub fn workload_pools(meta: &ObjectMeta, template: Option<&ObjectMeta>) -> BTree
     .collect()
 }
 
+/// What the workload caches keep of an event: only workloads that name a
+/// pool or were scaled by one ([`workload_pools`]), the only ones a
+/// decision reads (`pool::observe::workload_view`). Every Deployment and
+/// StatefulSet in scope is read, so another tenant's workload is listed and
+/// dropped, never stored; an update that leaves every pool is a deletion
+/// for the cache.
+pub fn pool_workload_event<K: Resource>(
+    ev: Event<K>,
+    template: impl Fn(&K) -> Option<&ObjectMeta>,
+) -> Option<Event<K>> {
+    let member = |o: &K| !workload_pools(o.meta(), template(o)).is_empty();
+    match ev {
+        Event::InitApply(o) if !member(&o) => None,
+        Event::Apply(o) if !member(&o) => Some(Event::Delete(o)),
+        ev => Some(ev),
+    }
+}
+
 /// The pools each Deployment or StatefulSet (by UID) was last seen in.
 #[derive(Debug, Default)]
 pub struct WorkloadIndex {
     last: HashMap<String, BTreeSet<PoolKey>>,
+    relist: Option<Relist>,
+}
+
+/// A relist in progress: the members not listed again yet (gone, or no
+/// longer members, while the watch was down), and the pools to queue once
+/// the store holds the new list.
+#[derive(Debug, Default)]
+struct Relist {
+    unseen: BTreeSet<String>,
+    queue: BTreeSet<PoolKey>,
 }
 
 impl WorkloadIndex {
     /// Every event of a pool workload (its replicas may have changed), and
-    /// the pools it left.
+    /// the pools it left; a relist queues its pools when it is done, with
+    /// the pools of members it no longer lists.
     pub fn event<K: Resource>(
         &mut self,
         ev: &Event<K>,
         template: impl Fn(&K) -> Option<&ObjectMeta>,
     ) -> Vec<PoolKey> {
-        let (obj, deleted) = match ev {
-            Event::Apply(o) | Event::InitApply(o) => (o, false),
-            Event::Delete(o) => (o, true),
-            Event::Init | Event::InitDone => return Vec::new(),
-        };
+        match ev {
+            Event::Init => {
+                self.relist = Some(Relist {
+                    unseen: self.last.keys().cloned().collect(),
+                    queue: BTreeSet::new(),
+                });
+                Vec::new()
+            }
+            Event::InitApply(o) => {
+                let queue = self.changed(o, workload_pools(o.meta(), template(o)));
+                match self.relist.as_mut() {
+                    Some(r) => {
+                        r.unseen.remove(o.meta().uid.as_deref().unwrap_or_default());
+                        r.queue.extend(queue);
+                        Vec::new()
+                    }
+                    None => queue,
+                }
+            }
+            Event::InitDone => {
+                let Some(Relist { unseen, mut queue }) = self.relist.take() else {
+                    return Vec::new();
+                };
+                for uid in unseen {
+                    queue.extend(self.last.remove(&uid).unwrap_or_default());
+                }
+                queue.into_iter().collect()
+            }
+            Event::Apply(o) => self.changed(o, workload_pools(o.meta(), template(o))),
+            Event::Delete(o) => self.changed(o, BTreeSet::new()),
+        }
+    }
+
+    /// Records that `obj` is now in `now`; returns the pools to queue.
+    fn changed<K: Resource>(&mut self, obj: &K, now: BTreeSet<PoolKey>) -> Vec<PoolKey> {
         let uid = obj.meta().uid.clone().unwrap_or_default();
-        let now = if deleted {
-            BTreeSet::new()
-        } else {
-            workload_pools(obj.meta(), template(obj))
-        };
         let before = self.last.remove(&uid).unwrap_or_default();
         let queue = if !now.is_empty() || before != now {
             before.union(&now).cloned().collect()

@@ -2,10 +2,12 @@
 //!
 //! Every watch is scoped so its cost follows zen-lead's own objects, not
 //! the cluster: pods by the `zen-lead/pool` label, Leases by
-//! `zen-lead.io/policy`, LeaderPolicies by type. Two watches are wider by
-//! nature and say so: Nodes (to notice a NotReady node under a leader) and,
-//! with `--detect-uninjected`, the *metadata* of unlabelled pods (to find
-//! pool pods admitted while the webhook was down).
+//! `zen-lead.io/policy`, LeaderPolicies by type. Three watches are wider by
+//! nature and say so: Nodes (to notice a NotReady node under a leader);
+//! Deployments and StatefulSets, every one read (a pool names itself in a
+//! pod template, which no selector reaches) but only pool workloads kept;
+//! and, with `--detect-uninjected`, the *metadata* of unlabelled pods (to
+//! find pool pods admitted while the webhook was down).
 
 pub mod map;
 pub mod slim;
@@ -48,7 +50,8 @@ pub struct Cache {
     pub policies: Store<LeaderPolicy>,
     pub pods: Store<Pod>,
     pub leases: Store<Lease>,
-    /// Deployments and StatefulSets (for scaleDown: found even at 0 replicas).
+    /// Pool Deployments and StatefulSets (for scaleDown: found even at 0
+    /// replicas); other workloads are not kept.
     pub deployments: Store<Slim<Deployment>>,
     pub statefulsets: Store<Slim<StatefulSet>>,
     /// Node name -> Ready. Unknown nodes count as ready.
@@ -328,14 +331,20 @@ where
         + Sync
         + 'static,
 {
-    // Every Deployment and StatefulSet in scope is cached, pool member or
-    // not: read slim (see [`slim`]), and listed in small pages so a relist
-    // never holds many large responses at once.
+    // Every Deployment and StatefulSet in scope is read, pool member or
+    // not: read slim (see [`slim`]), listed in small pages so a relist
+    // never holds many large responses at once, and only pool workloads
+    // are kept ([`map::pool_workload_event`]).
     let config = watcher::Config::default().page_size(WORKLOAD_PAGE_SIZE);
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(api::<Slim<K>>(client, namespace), config).default_backoff(),
-    );
+    let events = watcher::watcher(api::<Slim<K>>(client, namespace), config)
+        .default_backoff()
+        .filter_map(move |item| {
+            futures::future::ready(match item {
+                Ok(ev) => map::pool_workload_event(ev, |w: &Slim<K>| template(&w.0)).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
+    let stream = reflector::reflector(writer, events);
     let mut index = map::WorkloadIndex::default();
     tokio::spawn(drive(
         stream,
@@ -344,10 +353,11 @@ where
     ))
 }
 
-/// Workloads per page of a (re)list: the API server's response for a page
-/// is held whole while it is read, so 20 objects of the largest size etcd
-/// stores (1.5 MiB) are at most 30 MiB in flight.
-const WORKLOAD_PAGE_SIZE: u32 = 20;
+/// Workloads per page of a (re)list: the client holds a page's response
+/// whole, twice (its chunks, then one copy), while it is read, so 10
+/// objects of the largest size etcd stores (1.5 MiB) are at most 30 MiB in
+/// flight per watch (`make bench-memory` measures the peak).
+const WORKLOAD_PAGE_SIZE: u32 = 10;
 
 /// Nodes (cluster-wide by nature): only the Ready condition is kept; a
 /// change queues the pools with pods on the node.

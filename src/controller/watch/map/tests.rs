@@ -319,3 +319,87 @@ fn policies_and_leases_name_their_pools() {
         None
     );
 }
+
+#[test]
+fn the_workload_cache_keeps_only_pool_workloads() {
+    let kept = |ev: Event<Deployment>| match pool_workload_event(ev, template) {
+        None => "dropped",
+        Some(Event::Apply(_)) => "applied",
+        Some(Event::InitApply(_)) => "listed",
+        Some(Event::Delete(_)) => "deleted",
+        Some(Event::Init | Event::InitDone) => "marker",
+    };
+    let cases: Vec<(&str, Event<Deployment>, &str)> = vec![
+        (
+            "another tenant's workload in a list: never stored",
+            Event::InitApply(deployment("w1", None, None)),
+            "dropped",
+        ),
+        (
+            "a pool member in a list",
+            Event::InitApply(deployment("w1", Some("web"), None)),
+            "listed",
+        ),
+        (
+            "scaled by a pool, no longer a member: kept to restore it",
+            Event::InitApply(deployment("w1", None, Some("web"))),
+            "listed",
+        ),
+        (
+            "a member changes",
+            Event::Apply(deployment("w1", Some("web"), None)),
+            "applied",
+        ),
+        (
+            "an update that leaves every pool removes it from the cache",
+            Event::Apply(deployment("w1", None, None)),
+            "deleted",
+        ),
+        (
+            "a deletion stays one",
+            Event::Delete(deployment("w1", None, None)),
+            "deleted",
+        ),
+        ("list markers pass", Event::Init, "marker"),
+        ("list markers pass", Event::InitDone, "marker"),
+    ];
+    for (name, ev, want) in cases {
+        assert_eq!(kept(ev), want, "{name}");
+    }
+}
+
+#[test]
+fn a_workload_relist_queues_its_pools_when_done_and_the_pools_of_members_it_lost() {
+    let mut index = WorkloadIndex::default();
+    for (uid, pool) in [("w1", "web"), ("w2", "api"), ("w3", "db")] {
+        index.event(&Event::Apply(deployment(uid, Some(pool), None)), template);
+    }
+    let relist: Vec<Event<Deployment>> = vec![
+        Event::Init,
+        // w1 listed again in web; w2 listed but no longer a member, so the
+        // cache filter dropped it; w3 deleted while the watch was down.
+        Event::InitApply(deployment("w1", Some("web"), None)),
+        Event::InitApply(deployment("w4", Some("new"), None)),
+    ];
+    for ev in &relist {
+        assert!(
+            index.event(ev, template).is_empty(),
+            "nothing queued before the store holds the list: {ev:?}"
+        );
+    }
+    assert_eq!(
+        index.event(&Event::<Deployment>::InitDone, template),
+        vec![
+            key("ns", "api"),
+            key("ns", "db"),
+            key("ns", "new"),
+            key("ns", "web")
+        ]
+    );
+    assert!(
+        index
+            .event(&Event::Delete(deployment("w2", None, None)), template)
+            .is_empty(),
+        "w2 was forgotten at the relist"
+    );
+}
