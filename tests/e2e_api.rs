@@ -39,7 +39,7 @@ use common::zen_lead_host::{register_webhook, start_controller};
 use common::{client, eventually, from_json, records_dir, with_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, EvictParams, ListParams, PostParams};
@@ -908,39 +908,13 @@ async fn a_rollout_while_the_webhook_is_down_stores_one_writers_writes() {
 
         controller.stop().await;
         rollout_restart(&deploys, POOL, "webhook-outage").await;
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        let refusal = eventually(
-            "the guard's refusal among the ReplicaSet's events",
-            Duration::from_secs(90),
-            || {
-                let events = events.clone();
-                let dir = dir.clone();
-                async move {
-                    // Sampled throughout: one writer's run at a time.
-                    records(&dir).assert_writers_never_interleave();
-                    let list = events
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    list.items
-                        .into_iter()
-                        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
-                        .filter_map(|e| e.message)
-                        .find(|m| m.contains("did not inject the election agent"))
-                        .ok_or_else(|| "no FailedCreate event from the guard yet".to_owned())
-                }
-            },
-        )
+        // Sampled throughout: one writer's run at a time.
+        let refusal = guard::wait_refusal(&client, &ns, || {
+            records(&dir).assert_writers_never_interleave();
+        })
         .await;
         assert!(refusal.contains(&format!("pool {POOL}")), "{refusal}");
-        for pod in pool_pods(&pods).await.unwrap_or_default() {
-            let injected = pod
-                .spec
-                .iter()
-                .flat_map(|s| s.init_containers.iter().flatten())
-                .any(|c| c.name == zen_lead::contract::AGENT_CONTAINER);
-            assert!(injected, "pod {} runs without the agent", name(&pod));
-        }
+        guard::assert_all_injected(&pool_pods(&pods).await.unwrap_or_default());
 
         let back = std::time::Instant::now();
         controller.resume(&ns, &dir).await;

@@ -98,6 +98,37 @@ fn assert_refusal(resp: &fixture::RawResponse, what: &str, retry_after: Option<&
     );
 }
 
+/// Asks the leading agent to hand the Lease to `someone-else` (a name no
+/// agent has) and waits until it has released it; returns the released Lease.
+async fn hand_off(client: &Client, ns: &str) -> Lease {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    leases
+        .patch(
+            "pool",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"zen-lead.io/preferred-holder": "someone-else"}}})),
+        )
+        .await
+        .expect("ask for a hand-off");
+    eventually(
+        "the agent to release the Lease",
+        Duration::from_secs(60),
+        || async {
+            let lease = leases.get("pool").await.map_err(|e| e.to_string())?;
+            match lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty())
+            {
+                None => Ok(lease),
+                Some(h) => Err(format!("held by {h}")),
+            }
+        },
+    )
+    .await
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -371,33 +402,34 @@ async fn a_hand_off_stops_writes_before_the_lease_is_released() {
     with_namespace(&client, "gate-h", |client, ns| async move {
         // A long preferred-holder deferral keeps this agent from taking the
         // Lease back while the test looks.
-        let (agent, tokens) = follower(&client, &ns, "handoff", &["--preferred-defer", "120s"]).await;
+        let (agent, tokens) =
+            follower(&client, &ns, "handoff", &["--preferred-defer", "120s"]).await;
         make_leader(&client, &ns, &agent).await;
         let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
         let path = format!("/api/v1/namespaces/{ns}/configmaps");
-        let ok = h1.send(Method::POST, &path, Some(&tokens.app), Some(("application/json", cm("before")))).await.expect("POST");
-        assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
-
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-        leases
-            .patch(
-                "pool",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"zen-lead.io/preferred-holder": "someone-else"}}})),
+        let ok = h1
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", cm("before"))),
             )
             .await
-            .expect("ask for a hand-off");
+            .expect("POST");
+        assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
+
         // As soon as the Lease shows the release, the gate refuses writes:
         // the agent stops leading before it sends the release.
-        eventually("the agent to release the Lease", Duration::from_secs(30), || async {
-            let lease = leases.get("pool").await.map_err(|e| e.to_string())?;
-            match lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()) {
-                None => Ok(()),
-                Some(h) => Err(format!("held by {h}")),
-            }
-        })
-        .await;
-        let after = h1.send(Method::POST, &path, Some(&tokens.app), Some(("application/json", cm("after")))).await.expect("POST");
+        hand_off(&client, &ns).await;
+        let after = h1
+            .send(
+                Method::POST,
+                &path,
+                Some(&tokens.app),
+                Some(("application/json", cm("after"))),
+            )
+            .await
+            .expect("POST");
         assert_standby_refusal(&after, "write after the hand-off");
         let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         assert!(admin_cms.get_opt("after").await.expect("get").is_none());
@@ -426,9 +458,14 @@ async fn a_write_in_flight_at_a_hand_off_is_stored_before_the_release() {
         let slow_cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "in-flight", "labels": {slow_webhook::SLOW_LABEL: "true"}}});
         let write = tokio::spawn(async move {
-            conn.send(Method::POST, &path, Some(&app_token), Some(("application/json", slow_cm)))
-                .await
-                .expect("POST")
+            conn.send(
+                Method::POST,
+                &path,
+                Some(&app_token),
+                Some(("application/json", slow_cm)),
+            )
+            .await
+            .expect("POST")
         });
         // The write is admitted and waits on the slow hook: hand off now.
         let arrived = tokio::time::timeout(Duration::from_secs(30), async {
@@ -440,33 +477,22 @@ async fn a_write_in_flight_at_a_hand_off_is_stored_before_the_release() {
         })
         .await;
         assert!(arrived.is_ok(), "the write never reached the slow webhook");
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-        leases
-            .patch(
-                "pool",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"zen-lead.io/preferred-holder": "someone-else"}}})),
-            )
-            .await
-            .expect("ask for a hand-off");
-        let released = eventually("the agent to release the Lease", Duration::from_secs(60), || async {
-            let lease = leases.get("pool").await.map_err(|e| e.to_string())?;
-            match lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()) {
-                None => Ok(lease),
-                Some(h) => Err(format!("held by {h}")),
-            }
-        })
-        .await;
+        let released = hand_off(&client, &ns).await;
 
         let answer = write.await.expect("writer task");
-        assert_eq!(answer.status, StatusCode::CREATED, "the in-flight write: {answer:?}");
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "the in-flight write: {answer:?}"
+        );
         let stored = Api::<ConfigMap>::namespaced(client.clone(), &ns)
             .get("in-flight")
             .await
             .expect("the in-flight write was stored");
         // Both are etcd revisions of one store: ordered.
         let revision = |rv: Option<String>| -> u64 {
-            rv.and_then(|v| v.parse().ok()).expect("a numeric resourceVersion")
+            rv.and_then(|v| v.parse().ok())
+                .expect("a numeric resourceVersion")
         };
         let stored_at = revision(stored.metadata.resource_version);
         let released_at = revision(released.metadata.resource_version);

@@ -392,34 +392,16 @@ async fn a_rollout_while_the_webhook_is_down_waits_and_never_runs_two_apps() {
         setup.controller.stop().await;
         let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         rollout_restart(&deploys, "outage", "webhook-outage").await;
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        let refusal = eventually(
-            "the guard's refusal among the ReplicaSet's events",
-            Duration::from_secs(90),
-            || {
-                let events = events.clone();
-                let dir = setup.dir.clone();
-                async move {
-                    // Sampled throughout: without the guard, the new pods
-                    // start their apps unprotected here.
-                    let open: Vec<String> = open_runs(&dir).into_iter().map(|r| r.name).collect();
-                    assert!(
-                        open.len() <= 1,
-                        "apps running at once while the webhook is down: {open:?}"
-                    );
-                    let list = events
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    list.items
-                        .into_iter()
-                        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
-                        .filter_map(|e| e.message)
-                        .find(|m| m.contains("did not inject the election agent"))
-                        .ok_or_else(|| "no FailedCreate event from the guard yet".to_owned())
-                }
-            },
-        )
+        let dir = setup.dir.clone();
+        let refusal = guard::wait_refusal(&client, &ns, || {
+            // Sampled throughout: without the guard, the new pods start
+            // their apps unprotected here.
+            let open: Vec<String> = open_runs(&dir).into_iter().map(|r| r.name).collect();
+            assert!(
+                open.len() <= 1,
+                "apps running at once while the webhook is down: {open:?}"
+            );
+        })
         .await;
         assert!(
             refusal.contains("pool outage") && refusal.contains("second active replica"),
@@ -432,18 +414,7 @@ async fn a_rollout_while_the_webhook_is_down_waits_and_never_runs_two_apps() {
             .list(&ListParams::default())
             .await
             .expect("pods");
-        for pod in &pods.items {
-            let injected = pod
-                .spec
-                .iter()
-                .flat_map(|s| s.init_containers.iter().flatten())
-                .any(|c| c.name == zen_lead::contract::AGENT_CONTAINER);
-            assert!(
-                injected,
-                "pod {} runs without the agent",
-                pod.metadata.name.as_deref().unwrap_or_default()
-            );
-        }
+        guard::assert_all_injected(&pods.items);
         let open: Vec<String> = open_runs(&setup.dir).into_iter().map(|r| r.name).collect();
         assert_eq!(
             open,

@@ -112,3 +112,47 @@ impl Drop for Installed {
         });
     }
 }
+
+/// Waits (up to 90 s) for the guard's refusal among the namespace's
+/// `FailedCreate` events and returns its message; `sample` runs at every
+/// look, so a test can check its invariant throughout the outage.
+pub async fn wait_refusal(client: &Client, ns: &str, sample: impl Fn()) -> String {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    super::eventually(
+        "the guard's refusal among the ReplicaSet's events",
+        std::time::Duration::from_secs(90),
+        || {
+            sample();
+            let events = events.clone();
+            async move {
+                let list = events
+                    .list(&kube::api::ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+                    .filter_map(|e| e.message)
+                    .find(|m| m.contains("did not inject the election agent"))
+                    .ok_or_else(|| "no FailedCreate event from the guard yet".to_owned())
+            }
+        },
+    )
+    .await
+}
+
+/// Every pod in `pods` runs zen-lead's agent.
+pub fn assert_all_injected(pods: &[k8s_openapi::api::core::v1::Pod]) {
+    for pod in pods {
+        let injected = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .any(|c| c.name == zen_lead::contract::AGENT_CONTAINER);
+        assert!(
+            injected,
+            "pod {} runs without the agent",
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+    }
+}
