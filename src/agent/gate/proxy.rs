@@ -61,12 +61,12 @@ impl InFlight {
 
     /// Counts one write from now on; enter before the last look at the
     /// role, so a release that saw zero is seen by the write as not leading.
-    fn enter(&self, status: &LeaderStatus) -> InFlightWrite {
+    fn enter(&self, lease_duration: Duration) -> InFlightWrite {
         self.0.send_modify(|n| *n += 1);
         InFlightWrite {
             counter: self.0.clone(),
             sent: false,
-            mattered_for: status.timings.lease_duration(),
+            mattered_for: lease_duration,
         }
     }
 }
@@ -361,8 +361,8 @@ async fn forward_write(
 /// A write about to leave, counted in flight, or `Err` when this pod no
 /// longer leads (the count is entered before the look, see [`InFlight`]).
 fn leave_in_term(shared: &Shared) -> Result<InFlightWrite, ()> {
-    let status = shared.status.borrow().clone();
-    let counted = shared.in_flight.enter(&status);
+    let lease_duration = shared.status.borrow().timings.lease_duration();
+    let counted = shared.in_flight.enter(lease_duration);
     if shared.status.borrow().leading_at(Instant::now()) {
         Ok(counted)
     } else {
@@ -1069,16 +1069,16 @@ mod tests {
     #[tokio::test]
     async fn in_flight_writes_count_until_answered() {
         let (counter, mut seen) = InFlight::new();
-        let status = leading(Instant::now() + Duration::from_secs(30), 1);
-        let answered = counter.enter(&status);
-        let unsent = counter.enter(&status);
+        let lease = leading(Instant::now(), 1).timings.lease_duration();
+        let answered = counter.enter(lease);
+        let unsent = counter.enter(lease);
         assert_eq!(*seen.borrow(), 2);
         drop(unsent);
         assert_eq!(*seen.borrow(), 1);
         answered.answered();
         assert_eq!(*seen.borrow(), 0);
 
-        let mut dropped = counter.enter(&status);
+        let mut dropped = counter.enter(lease);
         dropped.sent = true;
         let start = Instant::now();
         drop(dropped);
