@@ -424,13 +424,12 @@ async fn managers(cms: &Api<ConfigMap>, name: &str) -> BTreeSet<String> {
 /// moves the lead off it at once). A second term of one pod is not an
 /// interleaving, but the writer-runs check cannot tell it from one without
 /// the Lease's history.
-async fn none_terminating(ns: &str) {
-    let pods: Api<Pod> = Api::namespaced(client().await, ns);
+async fn none_terminating(pods: &Api<Pod>) {
     eventually(
         "the deleted pods to be gone",
         Duration::from_secs(120),
         || async {
-            let terminating: Vec<String> = pool_pods(&pods)
+            let terminating: Vec<String> = pool_pods(pods)
                 .await?
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_some())
@@ -744,7 +743,7 @@ async fn run(scenario: Scenario) {
         let t_handovers = monotonic_ns();
         let mut takeovers = Vec::new();
         loop {
-            none_terminating(&ns).await;
+            none_terminating(&pods).await;
             let runs = records(&dir).assert_writers_never_interleave();
             if runs.len() > HANDOVERS {
                 break;

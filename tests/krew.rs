@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{repo_root, run_ok, scratch_dir};
+use common::{repo_root, run_ok, scratch_dir, sha256_of};
 
 const KREW_MODULE: &str = "sigs.k8s.io/krew/cmd/krew@v0.4.3";
 
@@ -54,15 +54,6 @@ fn make_krew(vars: &[String]) -> String {
         "make krew",
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path), "sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// A git repository holding `manifest` as plugins/zen-lead.yaml: a krew index.

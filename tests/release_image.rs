@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{client, eventually, from_json, repo_root, run_ok, scratch_dir, with_namespace};
+use common::{
+    client, eventually, from_json, repo_root, run_ok, scratch_dir, sha256_of, with_namespace,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
@@ -65,15 +67,6 @@ fn manifest_digest(archive: &Path) -> String {
     let digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(digest.starts_with("sha256:"), "not a digest: {digest}");
     digest
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path), "sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[test]

@@ -410,3 +410,16 @@ pub fn scratch_dir(test: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     dir
 }
+
+/// The SHA-256 of a file, hex (`sha256sum`).
+pub fn sha256_of(path: &Path) -> String {
+    let out = run_ok(
+        std::process::Command::new("sha256sum").arg(path),
+        "sha256sum",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
