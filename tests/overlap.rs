@@ -92,7 +92,7 @@ use common::{client, from_json, records_dir, with_namespace};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -884,11 +884,61 @@ async fn steady(pods: &Api<Pod>, tracker: &Shared) -> (String, String, String) {
         }
         assert!(
             Instant::now() < deadline,
-            "{label}: no steady single leader within 180 s: {:?}",
-            lock(tracker).terms()
+            "{label}: no steady single leader within 180 s: {:?}; pods: {}",
+            lock(tracker).terms(),
+            describe_pods(&list)
         );
         sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Each pod's name, phase, deletion mark and container states, for a
+/// failure message that says which pod kept the system from settling.
+fn describe_pods(pods: &[Pod]) -> String {
+    let state = |c: &ContainerStatus| {
+        let st = c.state.as_ref();
+        let what = if st.is_some_and(|s| s.running.is_some()) {
+            "running".to_string()
+        } else if let Some(w) = st.and_then(|s| s.waiting.as_ref()) {
+            format!("waiting({})", w.reason.as_deref().unwrap_or("?"))
+        } else if let Some(t) = st.and_then(|s| s.terminated.as_ref()) {
+            format!(
+                "terminated({} {})",
+                t.reason.as_deref().unwrap_or("?"),
+                t.exit_code
+            )
+        } else {
+            "unknown".to_string()
+        };
+        format!("{}={what}/restarts {}", c.name, c.restart_count)
+    };
+    pods.iter()
+        .map(|p| {
+            let s = p.status.as_ref();
+            let containers: Vec<String> = s
+                .into_iter()
+                .flat_map(|s| {
+                    s.init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.container_statuses.iter().flatten())
+                })
+                .map(state)
+                .collect();
+            format!(
+                "{} {}{} [{}]",
+                p.metadata.name.as_deref().unwrap_or("?"),
+                s.and_then(|s| s.phase.as_deref()).unwrap_or("?"),
+                if p.metadata.deletion_timestamp.is_some() {
+                    " deleting"
+                } else {
+                    ""
+                },
+                containers.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One injected fault and what followed.
