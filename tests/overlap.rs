@@ -1241,6 +1241,15 @@ async fn inject(world: &World, system: System, plan: Plan) -> Outcome {
         sleep(Duration::from_millis(100)).await;
     }
     println!("overlap: fault {n}: take-over {takeover_ms:?} ms");
+    if fault == Fault::RestartApiServer {
+        // The controller manager's informers back off after the restart
+        // (a deleted pod was seen replaced 11-54 s later here), so a `start`
+        // leader deposed by the restart and deleted by zen-lead may wait
+        // minutes for its replacement; the next fault starts once the
+        // cluster's own controllers work again (still under the exclusive
+        // turn this fault holds).
+        common::faults::wait_workload_controllers(&world.pods.clone().into_client()).await;
+    }
     Outcome {
         system,
         fault,
