@@ -1037,6 +1037,29 @@ async fn scheduled_time_runs_once_per_pool() {
     .await;
 }
 
+/// A `process` take-over slower than this prints the successor's logs (its
+/// agent's and `run`'s), to show where the time went.
+const SLOW_TAKEOVER_MS: f64 = 400.0;
+
+/// Prints every container's log of `pod`, with the kubelet's timestamps.
+async fn print_logs(pods: &Api<Pod>, pod: &str) {
+    for container in [zen_lead::contract::AGENT_CONTAINER, "app"] {
+        let params = kube::api::LogParams {
+            container: Some(container.to_owned()),
+            timestamps: true,
+            ..Default::default()
+        };
+        match pods.logs(pod, &params).await {
+            Ok(text) => {
+                for line in text.lines() {
+                    println!("bench-takeover:   {pod}/{container}: {line}");
+                }
+            }
+            Err(e) => println!("bench-takeover:   {pod}/{container}: no log ({e})"),
+        }
+    }
+}
+
 /// `make bench-takeover`: a `process` and a `start` pool side by side on the
 /// real node; each round deletes the leader of each and times the delete
 /// until the successor's app process started (ZEN_LEAD_BENCH_ROUNDS, 20 by
@@ -1135,7 +1158,26 @@ async fn bench_takeover_process_vs_start() {
                 })
                 .await;
                 let ms = (next.start - t0) as f64 / 1e6;
-                println!("bench-takeover: round {round}: {pool}: {ms:.0} ms");
+                // Where the time went: the kubelet's SIGTERM and the old
+                // app's exit, then the hand-over to the successor's start.
+                let stopped = runs(dir)
+                    .into_iter()
+                    .find(|r| r.name == leader && r.start < t0)
+                    .and_then(|r| r.stop);
+                let split = stopped.map_or_else(
+                    || "old app's stop not recorded".to_owned(),
+                    |stop| {
+                        format!(
+                            "old app stopped at {:.0} ms, successor started {:.0} ms later",
+                            (stop - t0) as f64 / 1e6,
+                            (next.start - stop) as f64 / 1e6
+                        )
+                    },
+                );
+                println!("bench-takeover: round {round}: {pool}: {ms:.0} ms ({split})");
+                if pool == "proc" && ms > SLOW_TAKEOVER_MS {
+                    print_logs(&setup.pods(), &next.name).await;
+                }
                 if pool == "proc" && round == rounds {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                     print_memory(&next.name);
