@@ -35,8 +35,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use zen_lead::api::Activation;
 use zen_lead::tls::{CertRequest, generate};
+use zen_lead::webhook::InjectConfig;
 use zen_lead::webhook::certs::CertStore;
-use zen_lead::webhook::inject::InjectConfig;
 use zen_lead::webhook::lookup::StaticLookup;
 use zen_lead::webhook::server::{self, ServeOptions};
 

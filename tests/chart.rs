@@ -431,7 +431,7 @@ fn pod_monitor_scrapes_the_injected_agent_port() {
     let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
     assert_eq!(
         endpoint["port"],
-        zen_lead::webhook::inject::AGENT_PORT_NAME,
+        zen_lead::webhook::agent::AGENT_PORT_NAME,
         "the container port the webhook names"
     );
     assert_eq!(endpoint["path"], "/metrics");

@@ -25,7 +25,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use zen_lead::api::{Activation, LeaderPolicy, LeaderPolicySpec};
-use zen_lead::webhook::inject::AGENT_CONTAINER;
+use zen_lead::contract::AGENT_CONTAINER;
 
 const LIMIT: Duration = Duration::from_secs(120);
 

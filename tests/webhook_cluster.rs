@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use zen_lead::api::keys::{CANDIDATE_READINESS_GATE, POOL_FROM_ANNOTATION, POOL_LABEL};
-use zen_lead::webhook::inject::AGENT_CONTAINER;
+use zen_lead::contract::AGENT_CONTAINER;
 
 use common::webhook::{WAIT, has_agent, start_webhook};
 

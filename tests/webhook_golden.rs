@@ -15,8 +15,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use zen_lead::api::{Activation, IdentityStrategy};
-use zen_lead::webhook::inject::{InjectConfig, OwnerMeta};
+use zen_lead::webhook::InjectConfig;
 use zen_lead::webhook::lookup::{PolicyFacts, StaticLookup, owner_meta};
+use zen_lead::webhook::membership::OwnerMeta;
 use zen_lead::webhook::review::{admit, decide};
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use zen_lead::webhook::inject::api_wiring::{
+use zen_lead::webhook::api_wiring::{
     GATE_HOST, GATE_PORT, GATE_SA_VOLUME, HOST_ENV, PORT_ENV, PORT_HTTPS_ENV, SA_MOUNT_PATH,
 };
 

@@ -15,10 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 use zen_lead::api::Activation;
 use zen_lead::tls::{CertRequest, GeneratedCerts, generate};
+use zen_lead::webhook::InjectConfig;
 use zen_lead::webhook::certs::CertStore;
-use zen_lead::webhook::inject::InjectConfig;
-use zen_lead::webhook::inject::{OwnerMeta, PolicyState};
+use zen_lead::webhook::inject::PolicyState;
 use zen_lead::webhook::lookup::{Lookup, LookupError, StaticLookup};
+use zen_lead::webhook::membership::OwnerMeta;
 use zen_lead::webhook::server::{self, ServeOptions};
 
 fn certs() -> GeneratedCerts {

@@ -9,7 +9,7 @@ use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use zen_lead::api::Activation;
-use zen_lead::webhook::inject::InjectConfig;
+use zen_lead::webhook::InjectConfig;
 use zen_lead::webhook::lookup::StaticLookup;
 use zen_lead::webhook::review::admit;
 

@@ -1,183 +1,244 @@
-//! What the webhook does to a pod, free of I/O: decide whether a pod belongs
-//! to a pool, and build the JSON patch that makes it a candidate.
+//! The webhook's decision for one pod, free of I/O. The handler
+//! ([`super::review`]) asks [`next_read`] what to read, records every answer
+//! (a failed read too) in [`Facts`], and when nothing is left to read hands
+//! them to [`decide`]: refuse, leave alone, or the patch that makes the pod a
+//! candidate. Golden tests (`tests/golden/webhook/`) pin its output.
 //!
-//! The handler gathers the facts (the pod, its owners' annotations, whether
-//! the LeaderPolicy exists) and this module turns them into a [`Decision`].
-//! Golden tests (`tests/golden/webhook/`) pin its output.
-
-use std::collections::BTreeMap;
+//! Built from pure parts: [`super::membership`] (is the pod in a pool),
+//! [`super::activation`] (which activation, and why), [`super::agent`] (the
+//! agent container), [`super::api_wiring`] (`api` activation's rewiring),
+//! [`super::process`] (`process` activation's rewrite) and
+//! [`super::pod_patch`] (the patch around the agent).
 
 use json_patch::{MoveOperation, PatchOperation};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::{Value, json};
 
-pub use super::denial::{Denial, PoolOrigin};
-use super::patch::{add, pointer, replace};
+use super::activation::{effective_activation, resolve_activation};
+use super::agent::{InjectConfig, agent_container};
+use super::api_wiring::{TokenVolume, api_patch, rewiring};
+use super::denial::Denial;
+use super::membership::{
+    MAX_OWNER_DEPTH, Membership, OwnerMeta, ScheduledRun, Triage, agent_index, annotation,
+    controller_of, has_agent, is_supported_owner, membership, triage,
+};
+use super::patch::pointer;
+use super::pod_patch::injection_patch;
 use super::process;
-use crate::api::keys::{
-    ACTIVATION_ANNOTATION, ACTIVATION_REASON_ANNOTATION, CANDIDATE_READINESS_GATE,
-    IDENTITY_ANNOTATION, INJECTED_ANNOTATION, JOIN_ANNOTATION, POOL_ANNOTATION,
-    POOL_FROM_ANNOTATION, POOL_LABEL,
-};
-use crate::api::validate_pool_name;
+use crate::api::keys::{IDENTITY_ANNOTATION, POOL_ANNOTATION};
 use crate::api::{Activation, IdentityStrategy};
-use crate::contract::{
-    APP_PROBES_ENV, AppProbe, BIN_DIR, BIN_DIR_ENV, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
-    JOB_NAME_ENV, SCHEDULED_TIME_ENV,
-};
 
-pub use crate::contract::{AGENT_COMMAND, AGENT_CONTAINER, AGENT_PORT, AGENT_PROBE_PORT};
-
-/// Name of the agent's container port, its probe port on the pod IP (at
-/// most 15 characters). The loopback API (`AGENT_PORT`) is not declared:
-/// nothing outside the pod may use it.
-pub const AGENT_PORT_NAME: &str = "zl-agent";
-
-/// Arguments of the agent container's [`AGENT_COMMAND`].
-pub const AGENT_ARGS: &[&str] = &["agent"];
-
-pub use crate::contract::agent_env;
-
-/// Where the app's in-cluster client finds the API server and its
-/// credentials, and where `api` activation points it instead.
-pub mod api_wiring {
-    /// The gate's port on the pod's loopback. Must equal the default of
-    /// `zen-lead agent --gate-addr` (`127.0.0.1:9467`), like [`super::AGENT_PORT`].
-    pub const GATE_PORT: u16 = 9467;
-    /// The gate listens on loopback only: nothing outside the pod reaches it.
-    pub const GATE_HOST: &str = "127.0.0.1";
-    /// The directory every in-cluster client reads `token`, `ca.crt` and
-    /// `namespace` from (client-go, kube-rs, the Python and Java clients).
-    pub const SA_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-    /// Prefix of the projected token volume the ServiceAccount admission
-    /// plugin adds (`kube-api-access-<random>`); the plugin finds its own
-    /// volume by the same prefix.
-    pub const SA_VOLUME_PREFIX: &str = "kube-api-access-";
-    /// Where the agent writes the app's service-account directory (the
-    /// default of `zen-lead agent --gate-sa-dir`).
-    pub const GATE_SA_DIR: &str = "/var/run/zen-lead/serviceaccount";
-    /// The in-memory volume holding that directory, shared with the app.
-    pub const GATE_SA_VOLUME: &str = "zen-lead-serviceaccount";
-    /// Where the agent keeps the gate's CA private key across restarts of
-    /// its container (`zen-lead agent --gate-state-dir`).
-    pub const GATE_STATE_DIR: &str = "/var/run/zen-lead/gate-state";
-    /// The in-memory volume holding that directory. Mounted into the agent
-    /// only: an app that could read the key could impersonate the gate.
-    pub const GATE_STATE_VOLUME: &str = "zen-lead-gate-state";
-    /// The agent's own token volume, added only when the pod has none
-    /// (`automountServiceAccountToken: false` on the pod or its ServiceAccount).
-    pub const AGENT_TOKEN_VOLUME: &str = "zen-lead-api-access";
-    /// Lifetime requested for the agent's own projected token; the kubelet
-    /// rotates it at 80 %. The same value the ServiceAccount plugin uses.
-    pub const AGENT_TOKEN_SECONDS: i64 = 3607;
-    /// Names in-cluster clients use for the API server; they resolve to the
-    /// gate through the pod's host aliases. The agent's certificate covers
-    /// them and 127.0.0.1.
-    pub const API_SERVER_NAMES: &[&str] = &[
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ];
-    /// Environment variables in-cluster clients build the API server's
-    /// address from; app containers get them pointing at the gate.
-    pub const HOST_ENV: &str = "KUBERNETES_SERVICE_HOST";
-    pub const PORT_ENV: &str = "KUBERNETES_SERVICE_PORT";
-    pub const PORT_HTTPS_ENV: &str = "KUBERNETES_SERVICE_PORT_HTTPS";
+/// A read the decision needs before it can be made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    /// The next owner up the pod's controller chain.
+    Owner(OwnerReference),
+    /// The LeaderPolicy of the pod's pool.
+    Policy { pool: String },
+    /// The pod's Job, for the scheduled time of the CronJob run a `process`
+    /// pod belongs to.
+    Job(OwnerReference),
 }
 
-/// The agent's probe endpoints.
-pub mod agent_paths {
-    /// Succeeds once the pod leads (`start` activation gates the app on it).
-    pub const STARTZ: &str = "/startz";
-    pub const READYZ: &str = "/readyz";
-    pub const LIVEZ: &str = "/livez";
+/// What the handler read for one pod. A read that failed is a fact too: the
+/// decision refuses the pod when the answer could have changed it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Facts {
+    /// The request's namespace, where everything is read.
+    pub namespace: String,
+    /// The owners read, nearest first.
+    pub owners: Vec<OwnerMeta>,
+    /// Why the chain of owners stopped before its last supported kind.
+    pub owners_end: Option<ChainEnd>,
+    /// The pool's LeaderPolicy; read for pool members only.
+    pub policy: Option<PolicyState>,
+    /// The pod's Job (`Ok(None)`: gone), or why it could not be read; read
+    /// only when [`Read::Job`] asks for it.
+    pub job: Option<Result<Option<OwnerMeta>, String>>,
 }
 
-/// Largest `failureThreshold` the API accepts (int32). With `periodSeconds:
-/// 1` a follower can wait about 68 years for leadership: effectively forever,
-/// without the kubelet ever restarting a healthy follower's agent.
-pub const STARTUP_FAILURE_THRESHOLD: i32 = i32::MAX;
-
-/// UID and GID of the image's non-root user (distroless `nonroot`).
-pub const AGENT_UID: i64 = 65532;
-
-/// How the agent container is built. Comes from `zen-lead controller` flags.
+/// Why the chain of owners ended early.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InjectConfig {
-    pub image: String,
-    /// `None`: the cluster's default (Always for `:latest`, else IfNotPresent).
-    pub image_pull_policy: Option<String>,
-    pub cpu_request: String,
-    pub memory_request: String,
-    pub memory_limit: String,
-    /// What a policy's `activation: auto` (the CRD default) means in this
-    /// cluster: `Auto` keeps the per-kind rule of [`effective_activation`].
-    pub default_activation: Activation,
-    /// Recorded in the injected annotation.
-    pub version: String,
+pub enum ChainEnd {
+    /// The owner is gone, or another incarnation: it names no pool for the pod.
+    Gone,
+    /// The owner could not be read.
+    Unreadable {
+        kind: String,
+        name: String,
+        reason: String,
+    },
 }
 
-impl InjectConfig {
-    /// Defaults for an image: requests small enough for any node.
-    pub fn with_image(image: impl Into<String>) -> Self {
+impl Facts {
+    pub fn new(namespace: &str) -> Self {
         Self {
-            image: image.into(),
-            image_pull_policy: None,
-            cpu_request: "10m".to_owned(),
-            memory_request: "16Mi".to_owned(),
-            memory_limit: "64Mi".to_owned(),
-            default_activation: Activation::Auto,
-            version: crate::VERSION.to_owned(),
+            namespace: namespace.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Records the answer to [`Read::Owner`]; `Err` is why it failed.
+    pub fn owner_read(
+        &mut self,
+        owner: &OwnerReference,
+        answer: Result<Option<OwnerMeta>, String>,
+    ) {
+        match answer {
+            Ok(Some(meta)) => self.owners.push(meta),
+            Ok(None) => self.owners_end = Some(ChainEnd::Gone),
+            Err(reason) => {
+                self.owners_end = Some(ChainEnd::Unreadable {
+                    kind: owner.kind.clone(),
+                    name: owner.name.clone(),
+                    reason,
+                });
+            }
         }
     }
 }
 
-/// The annotations of one owner in a pod's ownership chain (a ReplicaSet,
-/// Job, StatefulSet, or their own owner: Deployment, CronJob).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OwnerMeta {
-    pub kind: String,
-    pub name: String,
-    pub uid: String,
-    pub pool: Option<String>,
-    pub join: Option<String>,
-    /// This owner's own controller, if any.
-    pub controller: Option<OwnerReference>,
-    /// A Job's `batch.kubernetes.io/cronjob-scheduled-timestamp` (set by the
-    /// CronJob controller).
-    pub scheduled_time: Option<String>,
-}
-
-/// The scheduled run a CronJob-created Job's pod belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScheduledRun {
-    /// The Job's scheduled time, as the CronJob controller wrote it.
-    pub time: String,
-    pub job: String,
-}
-
-impl ScheduledRun {
-    /// From a Job's owner facts, when it has a scheduled time.
-    pub fn of(job: &OwnerMeta) -> Option<Self> {
-        (job.kind == "Job").then_some(())?;
-        let time = job.scheduled_time.as_deref()?.trim();
-        (!time.is_empty()).then(|| Self {
-            time: time.to_owned(),
-            job: job.name.clone(),
-        })
+/// The next read [`decide`] needs, given `facts`; `None` when it can decide.
+/// Only what could change the answer is read: owners while the pod itself
+/// does not settle membership, the policy of a pool member, and the Job of a
+/// `process` pod that named its pool itself (the chain, when read, holds it).
+/// Once a read fails or an annotation is wrong, nothing more is read.
+pub fn next_read(pod: &Pod, facts: &Facts, config: &InjectConfig) -> Option<Read> {
+    if has_agent(pod) {
+        return None;
     }
+    if let Some(owner) = next_owner(pod, facts) {
+        return Some(Read::Owner(owner));
+    }
+    if matches!(facts.owners_end, Some(ChainEnd::Unreadable { .. })) {
+        return None;
+    }
+    let membership = membership(pod, &facts.owners).ok()?;
+    let Membership::Member { pool, .. } = &membership else {
+        return None;
+    };
+    let Some(policy) = &facts.policy else {
+        return Some(Read::Policy { pool: pool.clone() });
+    };
+    let namespace = facts.namespace.as_str();
+    check_identity(pod, namespace, &facts.owners, &membership, policy).ok()?;
+    let activation = activation_of(pod, namespace, pool, policy, config).ok()?;
+    if activation != Activation::Process || !facts.owners.is_empty() || facts.job.is_some() {
+        return None;
+    }
+    job_of(pod).cloned().map(Read::Job)
+}
+
+/// The next owner to read, while the chain goes on through supported kinds.
+fn next_owner(pod: &Pod, facts: &Facts) -> Option<OwnerReference> {
+    if facts.owners_end.is_some() || facts.owners.len() >= MAX_OWNER_DEPTH {
+        return None;
+    }
+    let next = match facts.owners.last() {
+        None => match triage(pod) {
+            Triage::AskOwner(first) => first,
+            Triage::AlreadyInjected | Triage::Decided(_) => return None,
+        },
+        Some(owner) => owner.controller.clone()?,
+    };
+    is_supported_owner(&next).then_some(next)
+}
+
+/// The pod's controller when it is a Job.
+fn job_of(pod: &Pod) -> Option<&OwnerReference> {
+    controller_of(pod.metadata.owner_references.as_ref())
+        .filter(|o| o.kind == "Job" && o.api_version.starts_with("batch/"))
+}
+
+/// The whole decision for a pod from what was read. A fact that could make
+/// the pod a pool member, or change how it is wired, and could not be read
+/// refuses it: it fails closed.
+pub fn decide(pod: &Pod, facts: &Facts, config: &InjectConfig) -> Result<Decision, Refusal> {
+    if has_agent(pod) {
+        return Ok(reinvocation(pod));
+    }
+    let namespace = facts.namespace.as_str();
+    if let Some(ChainEnd::Unreadable { kind, name, reason }) = &facts.owners_end {
+        return Err(Refusal::OwnerUnreadable {
+            namespace: namespace.to_owned(),
+            kind: kind.clone(),
+            name: name.clone(),
+            of: facts
+                .owners
+                .last()
+                .map(|o| format!("{} {}", o.kind, o.name)),
+            reason: reason.clone(),
+        });
+    }
+    let membership = membership(pod, &facts.owners)?;
+    let Membership::Member { pool, .. } = &membership else {
+        return decide_run(
+            pod,
+            namespace,
+            &membership,
+            &PolicyState::Missing,
+            config,
+            None,
+        );
+    };
+    // [`next_read`] always asks for a member's policy; never guess one.
+    let policy = facts
+        .policy
+        .clone()
+        .unwrap_or_else(|| PolicyState::Unknown {
+            reason: NOT_READ.to_owned(),
+        });
+    check_identity(pod, namespace, &facts.owners, &membership, &policy)?;
+    let scheduled = if activation_of(pod, namespace, pool, &policy, config)? == Activation::Process
+    {
+        scheduled_run(pod, namespace, pool, facts)?
+    } else {
+        None
+    };
+    decide_run(
+        pod,
+        namespace,
+        &membership,
+        &policy,
+        config,
+        scheduled.as_ref(),
+    )
+}
+
+/// The reason given for a fact the handler did not read.
+const NOT_READ: &str = "it was not read";
+
+/// The scheduled run of a CronJob-created Job's pod: from the chain when the
+/// pool was named on an owner, else from the Job read for it. A Job that
+/// could not be read refuses the pod: without its scheduled time a scheduled
+/// run would start as a manual one, which `scheduledRuns: once` lets run again.
+fn scheduled_run(
+    pod: &Pod,
+    namespace: &str,
+    pool: &str,
+    facts: &Facts,
+) -> Result<Option<ScheduledRun>, Refusal> {
+    if let Some(job) = facts.owners.first() {
+        return Ok(ScheduledRun::of(job));
+    }
+    let Some(owner) = job_of(pod) else {
+        return Ok(None);
+    };
+    let reason = match &facts.job {
+        Some(Ok(job)) => return Ok(job.as_ref().and_then(ScheduledRun::of)),
+        Some(Err(reason)) => reason.clone(),
+        None => NOT_READ.to_owned(),
+    };
+    Err(Refusal::JobUnreadable {
+        namespace: namespace.to_owned(),
+        job: owner.name.clone(),
+        pool: pool.to_owned(),
+        reason,
+    })
 }
 
 /// The activation a pod of pool `pool` (in `namespace`) gets, as
-/// [`decide_run`] applies it; refused when the policy could not be read.
+/// [`decide`] applies it; refused when the policy could not be read.
 pub fn activation_of(
     pod: &Pod,
     namespace: &str,
@@ -196,62 +257,6 @@ fn with_default(requested: Activation, config: &InjectConfig) -> Activation {
         Activation::Auto => config.default_activation,
         chosen => chosen,
     }
-}
-
-/// Kinds whose annotations the webhook consults (group, kind): the pod's
-/// controller, and that controller's controller.
-pub const OWNER_KINDS: &[(&str, &str)] = &[
-    ("apps", "ReplicaSet"),
-    ("apps", "StatefulSet"),
-    ("apps", "DaemonSet"),
-    ("apps", "Deployment"),
-    ("batch", "Job"),
-    ("batch", "CronJob"),
-];
-
-/// How deep the webhook follows controllers: pod -> ReplicaSet -> Deployment,
-/// pod -> Job -> CronJob.
-pub const MAX_OWNER_DEPTH: usize = 2;
-
-/// Whether an owner reference points to a kind listed in [`OWNER_KINDS`].
-pub fn is_supported_owner(owner: &OwnerReference) -> bool {
-    let group = owner.api_version.split_once('/').map_or("", |(g, _)| g);
-    OWNER_KINDS
-        .iter()
-        .any(|(g, k)| *g == group && *k == owner.kind)
-}
-
-/// The controller owner reference of an object, if any.
-pub fn controller_of(owners: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
-    owners?.iter().find(|o| o.controller == Some(true))
-}
-
-/// Whether a pod is in a pool, after looking at it and its owners.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
-    /// No `zen-lead/pool` annotation on the pod or its owners.
-    None,
-    /// `zen-lead/join: "false"` (`pool`: the pool it would have joined, if
-    /// one is named).
-    OptedOut {
-        pool: Option<String>,
-    },
-    Member {
-        pool: String,
-        origin: PoolOrigin,
-    },
-}
-
-/// The first thing the handler asks: can the pod alone settle membership, or
-/// must its owners be read?
-#[derive(Debug, Clone, PartialEq)]
-pub enum Triage {
-    /// The agent is already there (a reinvocation or a copied pod).
-    AlreadyInjected,
-    /// Settled by the pod's own annotations (or by having no owner to ask).
-    Decided(Membership),
-    /// No pool annotation on the pod: ask this controller owner.
-    AskOwner(OwnerReference),
 }
 
 /// What is known about the pool's LeaderPolicy.
@@ -413,238 +418,6 @@ impl Decision {
     }
 }
 
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-}
-
-fn agent_index(pod: &Pod) -> Option<usize> {
-    pod.spec
-        .as_ref()?
-        .init_containers
-        .as_ref()?
-        .iter()
-        .position(|c| c.name == AGENT_CONTAINER)
-}
-
-fn has_agent(pod: &Pod) -> bool {
-    agent_index(pod).is_some()
-        || pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.containers.iter().any(|c| c.name == AGENT_CONTAINER))
-}
-
-/// First look at a pod, without I/O.
-pub fn triage(pod: &Pod) -> Triage {
-    if has_agent(pod) {
-        return Triage::AlreadyInjected;
-    }
-    let pool = annotation(pod, POOL_ANNOTATION);
-    let join = annotation(pod, JOIN_ANNOTATION);
-    // The pod's own annotations settle it when they name a pool or opt out;
-    // otherwise (and only then) the owners are worth asking.
-    if pool.is_some() || join.is_some_and(|j| j.eq_ignore_ascii_case("false")) {
-        return Triage::Decided(Membership::None);
-    }
-    match controller_of(pod.metadata.owner_references.as_ref()) {
-        Some(owner) if is_supported_owner(owner) => Triage::AskOwner(owner.clone()),
-        _ => Triage::Decided(Membership::None),
-    }
-}
-
-/// Membership from the pod's annotations and its owner chain (nearest first).
-/// The nearest object that names a pool decides the pool, and the nearest that
-/// sets `zen-lead/join` decides whether to join, so a pod template can opt out
-/// of a pool named on its CronJob.
-pub fn membership(pod: &Pod, chain: &[OwnerMeta]) -> Result<Membership, Denial> {
-    let levels = std::iter::once((
-        PoolOrigin::Pod,
-        annotation(pod, POOL_ANNOTATION),
-        annotation(pod, JOIN_ANNOTATION),
-    ))
-    .chain(chain.iter().map(|o| {
-        (
-            PoolOrigin::Owner {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-            },
-            o.pool.as_deref(),
-            o.join.as_deref(),
-        )
-    }));
-    let mut pool: Option<(String, PoolOrigin)> = None;
-    let mut join: Option<bool> = None;
-    for (origin, p, j) in levels {
-        if join.is_none()
-            && let Some(value) = j
-        {
-            join = Some(parse_join(value).ok_or_else(|| Denial::InvalidJoin {
-                value: value.to_owned(),
-                origin: origin.clone(),
-            })?);
-        }
-        if pool.is_none()
-            && let Some(value) = p
-        {
-            let value = value.trim();
-            validate_pool_name(value).map_err(|reason| Denial::InvalidPool {
-                value: value.to_owned(),
-                origin: origin.clone(),
-                reason,
-            })?;
-            pool = Some((value.to_owned(), origin));
-        }
-    }
-    Ok(match (pool, join) {
-        (pool, Some(false)) => Membership::OptedOut {
-            pool: pool.map(|(p, _)| p),
-        },
-        (None, _) => Membership::None,
-        (Some((pool, origin)), _) => Membership::Member { pool, origin },
-    })
-}
-
-fn parse_join(value: &str) -> Option<bool> {
-    match value.trim() {
-        v if v.eq_ignore_ascii_case("true") => Some(true),
-        v if v.eq_ignore_ascii_case("false") => Some(false),
-        _ => None,
-    }
-}
-
-/// An activation (never `auto`) and why the pod gets it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    pub activation: Activation,
-    pub reason: String,
-}
-
-/// The activation a pod gets. `auto` means `api` for pods of long-running
-/// controllers, whose rollouts and drains need every replica Ready: ReplicaSets
-/// (Deployments), StatefulSets and DaemonSets. Everything else (Jobs, CronJobs,
-/// bare pods, other owners) runs to completion and must not overlap: `process`
-/// where it can hold every app container (each has a `command`, and the pod
-/// has no init containers, which `process` would not hold), since `run` stops
-/// a deposed leader's program by its term's deadline, where `start` leaves it
-/// running until the kubelet kills it; `start` otherwise.
-pub fn effective_activation(requested: Activation, pod: &Pod) -> Activation {
-    match requested {
-        Activation::Auto => auto_activation(pod).activation,
-        chosen => chosen,
-    }
-}
-
-/// The activation the policy's `requested` one (`auto` for a missing policy)
-/// gives `pod`, with the cluster's default standing in for `auto`, and why.
-pub fn resolve_activation(requested: Activation, pod: &Pod, config: &InjectConfig) -> Resolved {
-    match (requested, config.default_activation) {
-        (Activation::Auto, Activation::Auto) => auto_activation(pod),
-        (Activation::Auto, default) => Resolved {
-            activation: default,
-            reason: format!(
-                "auto: the controller's --default-activation is {}",
-                activation_name(default)
-            ),
-        },
-        (chosen, _) => Resolved {
-            activation: chosen,
-            reason: format!("LeaderPolicy activation: {}", activation_name(chosen)),
-        },
-    }
-}
-
-/// What `auto` means for `pod`, and why.
-fn auto_activation(pod: &Pod) -> Resolved {
-    if let Some(kind) = long_running_owner(pod) {
-        return Resolved {
-            activation: Activation::Api,
-            reason: format!(
-                "auto: a {kind}'s pods run continuously, and api keeps every replica Ready"
-            ),
-        };
-    }
-    match process_blocker(pod) {
-        None => Resolved {
-            activation: Activation::Process,
-            reason: "auto: every app container has a command, so process".to_owned(),
-        },
-        Some(why) => Resolved {
-            activation: Activation::Start,
-            reason: format!("auto: {why}, so start"),
-        },
-    }
-}
-
-/// The kind of the pod's controller when its pods run continuously.
-fn long_running_owner(pod: &Pod) -> Option<&str> {
-    controller_of(pod.metadata.owner_references.as_ref())
-        .filter(|o| {
-            o.api_version.starts_with("apps/")
-                && matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet")
-        })
-        .map(|o| o.kind.as_str())
-}
-
-/// Why `process` cannot hold this run-to-completion pod the way `start`
-/// would, if anything: a container it cannot wire (no `command`), init
-/// containers (`process` holds only app containers; with `start` the kubelet
-/// starts no init container of a follower), or no app container left to hold.
-fn process_blocker(pod: &Pod) -> Option<String> {
-    // The pool only names itself in a Denial's text, which is not used here.
-    let wiring = match process::wiring(pod, "") {
-        Ok(wiring) => wiring,
-        Err(Denial::NoCommand { container, .. }) => {
-            return Some(format!(
-                "container {container:?} has no command (process needs one)"
-            ));
-        }
-        Err(Denial::UnknownExcludedContainers { names, .. }) => {
-            return Some(format!(
-                "{EXCLUDE_CONTAINERS_ANNOTATION} names {names:?}, which the pod does not have"
-            ));
-        }
-        Err(Denial::ProbePort {
-            container,
-            kind,
-            port,
-            ..
-        }) => {
-            return Some(format!(
-                "container {container:?}'s {kind} probe port {port:?} is neither a number nor \
-                 one of its named ports (process needs one)"
-            ));
-        }
-        Err(other) => return Some(format!("process cannot wire the pod ({other})")),
-    };
-    let Some(spec) = pod.spec.as_ref() else {
-        return Some("the pod has no spec".to_owned());
-    };
-    if let Some(init) = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name != AGENT_CONTAINER)
-    {
-        return Some(format!(
-            "init container {:?} would run in every pod under process, which holds only app \
-             containers",
-            init.name
-        ));
-    }
-    if wiring.ops.is_empty() {
-        return Some(if spec.containers.is_empty() {
-            "the pod has no app container for process to hold".to_owned()
-        } else {
-            format!("{EXCLUDE_CONTAINERS_ANNOTATION} excludes every app container from process")
-        });
-    }
-    None
-}
-
 /// Identity rules a pod must meet before it joins a `custom` pool: it names
 /// its own identity, and that identity is not stamped on every pod of a
 /// workload that runs several pods at once (ReplicaSets roll old and new pods
@@ -749,51 +522,10 @@ pub fn reinvocation(pod: &Pod) -> Decision {
     }
 }
 
-/// The first injection's `api` wiring again, on the pod as it is now: it
-/// changes only what is not wired yet (containers added since), so a pod
-/// with nothing new gets no operations. Other activations wire nothing here.
-fn rewiring(pod: &Pod, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
-    if !runs_gate(pod) {
-        return Vec::new();
-    }
-    match TokenVolume::of(pod) {
-        TokenVolume::Present(volume) => app_wiring(pod, &volume, warnings),
-        // Nothing was wired at injection either, and it said so then.
-        TokenVolume::Absent { .. } => Vec::new(),
-    }
-}
-
-/// Whether the pod's agent runs the gate (`api` activation). Asks the agent
-/// container, not the activation annotation: wiring a container to a gate
-/// that is not there would cut it off the API server.
-fn runs_gate(pod: &Pod) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return false;
-    };
-    spec.init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .filter(|c| c.name == AGENT_CONTAINER)
-        .flat_map(|c| c.env.iter().flatten())
-        .any(|e| e.name == agent_env::ACTIVATION && e.value.as_deref() == Some("api"))
-}
-
-/// The decision for a pod whose membership is known (its namespace from its
-/// own metadata, for messages).
-pub fn decide(
-    pod: &Pod,
-    membership: &Membership,
-    policy: &PolicyState,
-    config: &InjectConfig,
-) -> Result<Decision, Refusal> {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    decide_run(pod, namespace, membership, policy, config, None)
-}
-
-/// [`decide`] for a pod of a CronJob-created Job: `process` activation tells
-/// the agent the scheduled run, for `scheduledRuns: once`.
-pub fn decide_run(
+/// The decision for a pod whose membership and policy are known; for a pod
+/// of a CronJob-created Job, `process` activation tells the agent the
+/// scheduled run (for `scheduledRuns: once`).
+fn decide_run(
     pod: &Pod,
     namespace: &str,
     membership: &Membership,
@@ -852,620 +584,34 @@ pub fn decide_run(
     })
 }
 
-/// `api` activation's wiring of the app containers, or (without a token to
-/// fence) nothing but a warning.
-fn api_patch(
-    pod: &Pod,
-    pool: &str,
-    token: &TokenVolume,
-    warnings: &mut Vec<String>,
-) -> Vec<PatchOperation> {
-    match token {
-        TokenVolume::Present(volume) => app_wiring(pod, volume, warnings),
-        TokenVolume::Absent { pod_opted_out } => {
-            warnings.push(format!(
-                "zen-lead: activation \"api\" for pool {pool:?}, but the app has no \
-                 service-account token ({}), so there are no Kubernetes API writes to fence: \
-                 every replica runs unrestricted. Route traffic with the zen-lead.io/role=leader \
-                 label, or use activation \"start\" if only one replica may run",
-                if *pod_opted_out {
-                    "the pod sets automountServiceAccountToken: false"
-                } else {
-                    "its ServiceAccount does not automount one"
-                }
-            ));
-            Vec::new()
-        }
-    }
-}
-
-/// The pod's service-account token volume, as the ServiceAccount admission
-/// plugin left it (it runs before mutating webhooks).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenVolume {
-    /// The plugin's projected volume, by name.
-    Present(String),
-    /// No token is mounted: the pod or its ServiceAccount turned automounting
-    /// off. The agent then gets a token volume of its own.
-    Absent { pod_opted_out: bool },
-}
-
-impl TokenVolume {
-    pub fn of(pod: &Pod) -> Self {
-        let spec = pod.spec.as_ref();
-        let volume = spec
-            .and_then(|s| s.volumes.as_ref())
-            .into_iter()
-            .flatten()
-            .find(|v| v.name.starts_with(api_wiring::SA_VOLUME_PREFIX) && v.projected.is_some());
-        match volume {
-            Some(v) => Self::Present(v.name.clone()),
-            None => Self::Absent {
-                pod_opted_out: spec.and_then(|s| s.automount_service_account_token) == Some(false),
-            },
-        }
-    }
-}
-
-/// Points every app container at the gate: `KUBERNETES_SERVICE_HOST/PORT`,
-/// the service-account directory the agent keeps instead of the real token
-/// mount, and host aliases for the API server's in-cluster names. Uses the
-/// pod's indexes before the agent is inserted, so it must come first in the
-/// patch. All init containers count: the agent is inserted in front of them,
-/// so its gate is up before any of them starts. What is wired already gets
-/// no operation, so on reinvocation only containers added since change.
-fn app_wiring(pod: &Pod, token_volume: &str, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
-    use api_wiring::*;
-    let mut ops = Vec::new();
-    let Some(spec) = pod.spec.as_ref() else {
-        return ops;
-    };
-    let gate_env = [
-        (HOST_ENV, GATE_HOST.to_owned()),
-        (PORT_ENV, GATE_PORT.to_string()),
-        (PORT_HTTPS_ENV, GATE_PORT.to_string()),
-    ];
-    let mount = serde_json::to_value(VolumeMount {
-        name: GATE_SA_VOLUME.to_owned(),
-        mount_path: SA_MOUNT_PATH.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    })
-    .unwrap_or(Value::Null);
-    let lists = [
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-        ("containers", spec.containers.as_slice()),
-    ];
-    for (list, containers) in lists {
-        for (i, container) in containers.iter().enumerate() {
-            // Present on reinvocation; it keeps the real token.
-            if container.name == AGENT_CONTAINER {
-                continue;
-            }
-            let index = i.to_string();
-            let at = |rest: &[&'static str]| -> Vec<String> {
-                ["spec", list, index.as_str()]
-                    .iter()
-                    .chain(rest)
-                    .map(|s| (*s).to_owned())
-                    .collect()
-            };
-            match token_mount_op(container, token_volume, &mount, &at) {
-                Ok(op) => ops.extend(op),
-                Err(warning) => {
-                    warnings.push(warning);
-                    continue;
-                }
-            }
-            gate_env_ops(container, &gate_env, &at, &mut ops);
-        }
-    }
-    ops.extend(host_aliases(pod, warnings));
-    ops
-}
-
-/// The token mount: the plugin's volume is swapped for the agent's
-/// directory. A container mounting something else there brings its own
-/// credentials, which the gate could not forward: it is left alone entirely
-/// (pointed at the gate, the CA it brings would not trust the agent's
-/// certificate), and `Err` carries the warning saying so. `None`: the
-/// directory is mounted already.
-fn token_mount_op(
-    container: &Container,
-    token_volume: &str,
-    mount: &Value,
-    at: &impl Fn(&[&'static str]) -> Vec<String>,
-) -> Result<Option<PatchOperation>, String> {
-    use api_wiring::{GATE_SA_VOLUME, SA_MOUNT_PATH};
-    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-    match mounts
-        .iter()
-        .position(|m| m.mount_path.trim_end_matches('/') == SA_MOUNT_PATH)
-    {
-        Some(k) if mounts[k].name == GATE_SA_VOLUME => Ok(None),
-        Some(k) if mounts[k].name == token_volume => {
-            let mut path = at(&["volumeMounts"]);
-            path.push(k.to_string());
-            Ok(Some(replace(&path, mount.clone())))
-        }
-        Some(k) => Err(format!(
-            "zen-lead: container {:?} mounts volume {:?} at {SA_MOUNT_PATH}, not the \
-             pod's service-account token; it keeps its own credentials and talks to \
-             the API server directly, so its writes are not fenced",
-            container.name, mounts[k].name
-        )),
-        // Also keeps the ServiceAccount plugin, which runs again
-        // after this webhook changed the pod, from adding the real
-        // token to this container.
-        None if container.volume_mounts.is_none() => Ok(Some(add(
-            &at(&["volumeMounts"]),
-            Value::Array(vec![mount.clone()]),
-        ))),
-        None => Ok(Some(add(&at(&["volumeMounts", "-"]), mount.clone()))),
-    }
-}
-
-/// Environment: explicit env wins over the kubelet's service variables and
-/// over envFrom, so these override both. Entries already equal are left.
-fn gate_env_ops(
-    container: &Container,
-    gate_env: &[(&str, String)],
-    at: &impl Fn(&[&'static str]) -> Vec<String>,
-    ops: &mut Vec<PatchOperation>,
-) {
-    match container.env.as_ref() {
-        None => ops.push(add(
-            &at(&["env"]),
-            Value::Array(
-                gate_env
-                    .iter()
-                    .map(|(n, v)| json!({"name": n, "value": v}))
-                    .collect(),
-            ),
-        )),
-        Some(env) => {
-            for (name, value) in gate_env {
-                let entry = json!({"name": name, "value": value});
-                match env.iter().position(|e| e.name == *name) {
-                    Some(k)
-                        if env[k].value.as_ref() == Some(value) && env[k].value_from.is_none() => {}
-                    Some(k) => {
-                        let mut path = at(&["env"]);
-                        path.push(k.to_string());
-                        ops.push(replace(&path, entry));
-                    }
-                    None => ops.push(add(&at(&["env", "-"]), entry)),
-                }
-            }
-        }
-    }
-}
-
-/// Host aliases sending the API server's in-cluster names to the gate,
-/// merged into an existing 127.0.0.1 entry so no name is listed twice.
-fn host_aliases(pod: &Pod, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
-    use api_wiring::{API_SERVER_NAMES, GATE_HOST};
-    let aliases = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_aliases.as_deref())
-        .unwrap_or_default();
-    for alias in aliases.iter().filter(|a| a.ip != GATE_HOST) {
-        for name in alias.hostnames.iter().flatten() {
-            if API_SERVER_NAMES.contains(&name.as_str()) {
-                warnings.push(format!(
-                    "zen-lead: hostAliases send {name:?} to {}; the API gate needs it on \
-                     {GATE_HOST}, and /etc/hosts answers with the first match",
-                    alias.ip
-                ));
-            }
-        }
-    }
-    let Some(i) = aliases.iter().position(|a| a.ip == GATE_HOST) else {
-        let entry = json!({"ip": GATE_HOST, "hostnames": API_SERVER_NAMES});
-        return vec![if aliases.is_empty() {
-            add(&["spec", "hostAliases"], Value::Array(vec![entry]))
-        } else {
-            add(&["spec", "hostAliases", "-"], entry)
-        }];
-    };
-    let index = i.to_string();
-    let present = aliases[i].hostnames.as_deref().unwrap_or_default();
-    let missing: Vec<&str> = API_SERVER_NAMES
-        .iter()
-        .copied()
-        .filter(|n| !present.iter().any(|p| p == n))
-        .collect();
-    if aliases[i].hostnames.is_none() {
-        return vec![add(
-            &["spec", "hostAliases", &index, "hostnames"],
-            json!(missing),
-        )];
-    }
-    missing
-        .into_iter()
-        .map(|n| add(&["spec", "hostAliases", &index, "hostnames", "-"], json!(n)))
-        .collect()
-}
-
-/// The agent container for `pool`. It always mounts a real service-account
-/// token for its own API access (the Lease): the pod's, or with
-/// [`TokenVolume::Absent`] one of its own. In `api` activation it also gets
-/// the directory it writes the app's credentials into.
-pub fn agent_container(
-    pool: &str,
-    config: &InjectConfig,
-    activation: Activation,
-    identity: IdentityStrategy,
-    token: &TokenVolume,
-    app_probes: &[AppProbe],
-    scheduled: Option<&ScheduledRun>,
-) -> Container {
-    let mounts = agent_mounts(activation, token);
-    let extra_env = agent_extra_env(activation, app_probes, scheduled);
-    Container {
-        name: AGENT_CONTAINER.to_owned(),
-        image: Some(config.image.clone()),
-        image_pull_policy: config.image_pull_policy.clone(),
-        command: Some(vec![AGENT_COMMAND.to_owned()]),
-        args: Some(AGENT_ARGS.iter().map(|a| (*a).to_owned()).collect()),
-        // A native sidecar: started before the app, stopped after it.
-        restart_policy: Some("Always".to_owned()),
-        env: Some(agent_env_vars(pool, identity, extra_env)),
-        ports: Some(vec![ContainerPort {
-            name: Some(AGENT_PORT_NAME.to_owned()),
-            container_port: AGENT_PROBE_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        resources: Some(agent_resources(config)),
-        volume_mounts: Some(mounts),
-        // The kubelet starts the app containers only after this succeeds:
-        // once the pod leads (`start`), once the gate serves (`api`), once
-        // the binary is shared (`process`).
-        startup_probe: Some(agent_probe(
-            agent_paths::STARTZ,
-            1,
-            STARTUP_FAILURE_THRESHOLD,
-        )),
-        readiness_probe: Some(agent_probe(agent_paths::READYZ, 5, 3)),
-        liveness_probe: Some(agent_probe(agent_paths::LIVEZ, 10, 3)),
-        security_context: Some(restricted_security_context()),
-        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-        ..Container::default()
-    }
-}
-
-/// The agent's volume mounts: a real service-account token for its own API
-/// access, plus what its activation shares with the app.
-fn agent_mounts(activation: Activation, token: &TokenVolume) -> Vec<VolumeMount> {
-    use api_wiring::*;
-    let mut mounts = vec![VolumeMount {
-        name: match token {
-            TokenVolume::Present(name) => name.clone(),
-            TokenVolume::Absent { .. } => AGENT_TOKEN_VOLUME.to_owned(),
-        },
-        mount_path: SA_MOUNT_PATH.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }];
-    if activation == Activation::Api {
-        mounts.push(VolumeMount {
-            name: GATE_SA_VOLUME.to_owned(),
-            mount_path: GATE_SA_DIR.to_owned(),
-            ..VolumeMount::default()
-        });
-        mounts.push(VolumeMount {
-            name: GATE_STATE_VOLUME.to_owned(),
-            mount_path: GATE_STATE_DIR.to_owned(),
-            ..VolumeMount::default()
-        });
-    }
-    if activation == Activation::Process {
-        mounts.push(VolumeMount {
-            name: BIN_VOLUME.to_owned(),
-            mount_path: BIN_DIR.to_owned(),
-            ..VolumeMount::default()
-        });
-    }
-    mounts
-}
-
-/// The agent's activation-specific environment (after the common part).
-fn agent_extra_env(
-    activation: Activation,
-    app_probes: &[AppProbe],
-    scheduled: Option<&ScheduledRun>,
-) -> Vec<EnvVar> {
-    use api_wiring::GATE_STATE_DIR;
-    let mut extra_env = Vec::new();
-    if activation == Activation::Api {
-        extra_env.push(EnvVar {
-            name: agent_env::ACTIVATION.to_owned(),
-            value: Some("api".to_owned()),
-            ..EnvVar::default()
-        });
-        extra_env.push(EnvVar {
-            name: agent_env::GATE_STATE_DIR.to_owned(),
-            value: Some(GATE_STATE_DIR.to_owned()),
-            ..EnvVar::default()
-        });
-    }
-    if activation == Activation::Process {
-        let plain = |name: &str, value: String| EnvVar {
-            name: name.to_owned(),
-            value: Some(value),
-            ..EnvVar::default()
-        };
-        extra_env.push(plain(agent_env::ACTIVATION, "process".to_owned()));
-        extra_env.push(plain(BIN_DIR_ENV, BIN_DIR.to_owned()));
-        if !app_probes.is_empty() {
-            // Serialising plain structs cannot fail.
-            let probes = serde_json::to_string(app_probes).unwrap_or_default();
-            extra_env.push(plain(APP_PROBES_ENV, probes));
-        }
-        if let Some(run) = scheduled {
-            extra_env.push(plain(SCHEDULED_TIME_ENV, run.time.clone()));
-            extra_env.push(plain(JOB_NAME_ENV, run.job.clone()));
-        }
-    }
-    extra_env
-}
-
-/// The agent's whole environment: pool, pod facts and identity, then
-/// `extra_env`.
-fn agent_env_vars(pool: &str, identity: IdentityStrategy, extra_env: Vec<EnvVar>) -> Vec<EnvVar> {
-    vec![
-        EnvVar {
-            name: agent_env::POOL.to_owned(),
-            value: Some(pool.to_owned()),
-            ..EnvVar::default()
-        },
-        field_env(agent_env::POD_NAME, "metadata.name"),
-        field_env(agent_env::POD_NAMESPACE, "metadata.namespace"),
-        field_env(agent_env::POD_UID, "metadata.uid"),
-        EnvVar {
-            name: agent_env::IDENTITY_STRATEGY.to_owned(),
-            value: Some(identity.as_str().to_owned()),
-            ..EnvVar::default()
-        },
-        // Empty when the annotation is absent, which the agent reads as
-        // "derive the identity from the pod".
-        field_env(
-            agent_env::IDENTITY,
-            &format!("metadata.annotations['{IDENTITY_ANNOTATION}']"),
-        ),
-    ]
-    .into_iter()
-    .chain(extra_env)
-    .collect()
-}
-
-/// An env var read from the pod's own fields (downward API).
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".to_owned()),
-                field_path: path.to_owned(),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
-/// An HTTP probe of the agent's probe port.
-fn agent_probe(path: &str, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String(AGENT_PORT_NAME.to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(1),
-        ..Probe::default()
-    }
-}
-
-/// The agent's requests and limits, from the webhook's configuration.
-fn agent_resources(config: &InjectConfig) -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_owned(), Quantity(config.cpu_request.clone())),
-            ("memory".to_owned(), Quantity(config.memory_request.clone())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_owned(),
-            Quantity(config.memory_limit.clone()),
-        )])),
-        ..ResourceRequirements::default()
-    }
-}
-
-/// Everything Pod Security "restricted" asks of a container.
-fn restricted_security_context() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(AGENT_UID),
-        run_as_group: Some(AGENT_UID),
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            ..Capabilities::default()
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".to_owned(),
-            ..SeccompProfile::default()
-        }),
-        ..SecurityContext::default()
-    }
-}
-
-/// `<version>/sha256:<16 hex>`: the hash covers everything injected, so two
-/// pods with equal values got exactly the same agent.
-pub fn injected_value(agent: &Value, pool: &str, config: &InjectConfig) -> String {
-    let material = json!({"agent": agent, "pool": pool, "gate": CANDIDATE_READINESS_GATE});
-    let bytes = material.to_string();
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes.as_bytes());
-    let hex: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{}/sha256:{hex}", config.version)
-}
-
-fn activation_name(activation: Activation) -> &'static str {
-    match activation {
-        Activation::Api => "api",
-        Activation::Process => "process",
-        Activation::Start | Activation::Auto => "start",
-    }
-}
-
-fn injection_patch(
-    pod: &Pod,
-    pool: &str,
-    origin: &PoolOrigin,
-    agent: &Container,
-    resolved: &Resolved,
-    token: &TokenVolume,
-    config: &InjectConfig,
-) -> Vec<PatchOperation> {
-    let activation = resolved.activation;
-    // Serialising a k8s-openapi Container cannot fail (no maps with
-    // non-string keys); Null would only produce a patch the API server
-    // rejects with a clear message.
-    let agent = serde_json::to_value(agent).unwrap_or(Value::Null);
-    let spec = pod.spec.as_ref();
-    let mut ops = Vec::with_capacity(8);
-
-    let volumes = agent_volumes(activation, token);
-    match spec.and_then(|s| s.volumes.as_ref()) {
-        Some(list) if !list.is_empty() => {
-            ops.extend(
-                volumes
-                    .into_iter()
-                    .map(|v| add(&["spec", "volumes", "-"], v)),
-            );
-        }
-        _ if volumes.is_empty() => {}
-        _ => ops.push(add(&["spec", "volumes"], Value::Array(volumes))),
-    }
-
-    // Agent first among init containers.
-    match spec.and_then(|s| s.init_containers.as_ref()) {
-        Some(list) if !list.is_empty() => {
-            ops.push(add(&["spec", "initContainers", "0"], agent.clone()));
-        }
-        _ => ops.push(add(
-            &["spec", "initContainers"],
-            Value::Array(vec![agent.clone()]),
-        )),
-    }
-
-    // Readiness gate, unless the user already declared it.
-    let gate = json!({ "conditionType": CANDIDATE_READINESS_GATE });
-    match spec.and_then(|s| s.readiness_gates.as_ref()) {
-        Some(gates)
-            if gates
-                .iter()
-                .any(|g| g.condition_type == CANDIDATE_READINESS_GATE) => {}
-        Some(gates) if !gates.is_empty() => ops.push(add(&["spec", "readinessGates", "-"], gate)),
-        _ => ops.push(add(&["spec", "readinessGates"], Value::Array(vec![gate]))),
-    }
-
-    // Label (lets the controller watch pool pods only).
-    match pod.metadata.labels.as_ref() {
-        Some(labels) if labels.get(POOL_LABEL).map(String::as_str) == Some(pool) => {}
-        Some(_) => ops.push(add(&["metadata", "labels", POOL_LABEL], json!(pool))),
-        None => ops.push(add(&["metadata", "labels"], json!({ POOL_LABEL: pool }))),
-    }
-
-    ops.extend(record_annotations(
-        pod, &agent, pool, origin, resolved, config,
-    ));
-    ops
-}
-
-/// Volumes the agent mounts: the directory it keeps for the app (`api`),
-/// and a token of its own when the pod has none. The latter has the
-/// sources of the ServiceAccount plugin's volume.
-fn agent_volumes(activation: Activation, token: &TokenVolume) -> Vec<Value> {
-    use api_wiring::*;
-    let mut volumes = Vec::new();
-    if activation == Activation::Api {
-        volumes.push(
-            json!({"name": GATE_SA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        );
-        // An emptyDir lives as long as the pod, so the CA key outlives
-        // restarts of the agent container, which is all it is for.
-        volumes.push(
-            json!({"name": GATE_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        );
-    }
-    if activation == Activation::Process {
-        volumes.push(process::bin_volume());
-    }
-    if matches!(token, TokenVolume::Absent { .. }) {
-        volumes.push(json!({"name": AGENT_TOKEN_VOLUME, "projected": {
-            "defaultMode": 0o644,
-            "sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": AGENT_TOKEN_SECONDS}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace",
-                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-            ],
-        }}));
-    }
-    volumes
-}
-
-/// Annotations recording what was injected, from where.
-fn record_annotations(
-    pod: &Pod,
-    agent: &Value,
-    pool: &str,
-    origin: &PoolOrigin,
-    resolved: &Resolved,
-    config: &InjectConfig,
-) -> Vec<PatchOperation> {
-    let records = [
-        (INJECTED_ANNOTATION, injected_value(agent, pool, config)),
-        (
-            ACTIVATION_ANNOTATION,
-            activation_name(resolved.activation).to_owned(),
-        ),
-        (ACTIVATION_REASON_ANNOTATION, resolved.reason.clone()),
-        (POOL_FROM_ANNOTATION, origin.to_string()),
-    ];
-    if pod.metadata.annotations.is_some() {
-        records
-            .into_iter()
-            .map(|(key, value)| add(&["metadata", "annotations", key], Value::String(value)))
-            .collect()
-    } else {
-        let map: serde_json::Map<String, Value> = records
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Value::String(v)))
-            .collect();
-        vec![add(&["metadata", "annotations"], Value::Object(map))]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::keys::{
+        ACTIVATION_ANNOTATION, ACTIVATION_REASON_ANNOTATION, CANDIDATE_READINESS_GATE,
+        JOIN_ANNOTATION,
+    };
+    use crate::contract::AGENT_CONTAINER;
+    use crate::contract::{EXCLUDE_CONTAINERS_ANNOTATION, agent_env};
+    use crate::webhook::api_wiring;
+    use crate::webhook::denial::PoolOrigin;
+    use k8s_openapi::api::core::v1::Container;
+    use serde_json::{Value, json};
 
     fn pod(json: Value) -> Pod {
         serde_json::from_value(json).expect("pod")
+    }
+
+    /// The decision for a pod whose membership and policy are known (its
+    /// namespace from its metadata).
+    fn decide_known(
+        pod: &Pod,
+        membership: &Membership,
+        policy: &PolicyState,
+        config: &InjectConfig,
+    ) -> Result<Decision, Refusal> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        decide_run(pod, namespace, membership, policy, config, None)
     }
 
     fn config() -> InjectConfig {
@@ -1497,11 +643,11 @@ mod tests {
             activation: Activation::Auto,
             identity: IdentityStrategy::Pod,
         };
-        let d = decide(&p, &m, &found, &config()).expect("admitted");
+        let d = decide_known(&p, &m, &found, &config()).expect("admitted");
         assert_eq!(d.outcome, Outcome::Injected);
         let injected = apply(&p, &d.patch);
         assert_eq!(triage(&injected), Triage::AlreadyInjected);
-        let again = decide(&injected, &m, &found, &config()).expect("admitted");
+        let again = decide_known(&injected, &m, &found, &config()).expect("admitted");
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.is_empty());
         let spec = injected.spec.expect("spec");
@@ -1518,7 +664,7 @@ mod tests {
     fn agent_goes_first_and_is_moved_back_when_displaced() {
         let p = annotated(json!({"spec": {"initContainers": [{"name": "migrate", "image": "m"}]}}));
         let m = membership(&p, &[]).expect("member");
-        let d = decide(&p, &m, &PolicyState::Missing, &config()).expect("admitted");
+        let d = decide_known(&p, &m, &PolicyState::Missing, &config()).expect("admitted");
         assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
         let injected = apply(&p, &d.patch);
         let names = |p: &Pod| -> Vec<String> {
@@ -1656,7 +802,7 @@ mod tests {
             activation: Activation::Auto,
             identity: IdentityStrategy::Pod,
         };
-        let d = decide(&p, &m, &found, &config()).expect("admitted");
+        let d = decide_known(&p, &m, &found, &config()).expect("admitted");
         assert_eq!(d.outcome, Outcome::Injected);
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
         let injected = apply(&p, &d.patch);
@@ -1754,7 +900,7 @@ mod tests {
                 .map(String::as_str),
             Some("api")
         );
-        let again = decide(&injected, &m, &found, &config()).expect("admitted");
+        let again = decide_known(&injected, &m, &found, &config()).expect("admitted");
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.is_empty());
     }
@@ -1775,7 +921,9 @@ mod tests {
             };
             apply(
                 &p,
-                &decide(&p, &m, &found, &config()).expect("admitted").patch,
+                &decide_known(&p, &m, &found, &config())
+                    .expect("admitted")
+                    .patch,
             )
         };
         let api_pod = || injected_with(with_token(json!({})), Activation::Api);
@@ -2070,7 +1218,7 @@ mod tests {
                 activation: requested,
                 identity: IdentityStrategy::Pod,
             };
-            let d = decide(p, &m, &found, &c).expect("admitted");
+            let d = decide_known(p, &m, &found, &c).expect("admitted");
             let a = apply(p, &d.patch).metadata.annotations.unwrap_or_default();
             (
                 a.get(ACTIVATION_ANNOTATION).cloned().unwrap_or_default(),
@@ -2129,7 +1277,7 @@ mod tests {
         let unknown = PolicyState::Unknown {
             reason: "the API server answered 503: etcd is down".to_owned(),
         };
-        let err = decide(&p, &m, &unknown, &config()).unwrap_err();
+        let err = decide_known(&p, &m, &unknown, &config()).unwrap_err();
         assert_eq!(
             err,
             Refusal::PolicyUnreadable {
@@ -2157,10 +1305,10 @@ mod tests {
         );
         assert_eq!(check_identity(&p, "shop", &[], &m, &unknown), Err(err));
         // Not a member: the policy does not matter.
-        let none = decide(&p, &Membership::None, &unknown, &config()).expect("admitted");
+        let none = decide_known(&p, &Membership::None, &unknown, &config()).expect("admitted");
         assert_eq!(none.outcome, Outcome::NotInPool);
         // Confirmed missing: the defaults (`auto`), with a warning.
-        let d = decide(&p, &m, &PolicyState::Missing, &config()).expect("admitted");
+        let d = decide_known(&p, &m, &PolicyState::Missing, &config()).expect("admitted");
         assert_eq!(d.outcome, Outcome::Injected);
         assert!(d.warnings[0].contains("does not exist"), "{:?}", d.warnings);
         assert_eq!(
@@ -2193,7 +1341,7 @@ mod tests {
         let activation_of = |default: Activation, requested: Activation| {
             let mut c = config();
             c.default_activation = default;
-            let d = decide(
+            let d = decide_known(
                 &p,
                 &m,
                 &PolicyState::Found {
@@ -2230,7 +1378,7 @@ mod tests {
         let p = annotated(json!({"spec": {"automountServiceAccountToken": false}}));
         let m = membership(&p, &[]).expect("member");
         for activation in [Activation::Api, Activation::Start] {
-            let d = decide(
+            let d = decide_known(
                 &p,
                 &m,
                 &PolicyState::Found {
@@ -2277,7 +1425,7 @@ mod tests {
             activation: Activation::Api,
             identity: IdentityStrategy::Pod,
         };
-        let d = decide(&p, &m, &found, &config()).expect("admitted");
+        let d = decide_known(&p, &m, &found, &config()).expect("admitted");
         let injected = apply(&p, &d.patch);
         let aliases = injected.spec.expect("spec").host_aliases.expect("aliases");
         assert_eq!(aliases.len(), 2);
@@ -2295,5 +1443,359 @@ mod tests {
         let p = pod(json!({"metadata": {"name": "x", "ownerReferences": [{
             "apiVersion": "example.com/v1", "kind": "Thing", "name": "t", "uid": "u", "controller": true}]}}));
         assert_eq!(triage(&p), Triage::Decided(Membership::None));
+    }
+
+    /// What the cluster answers in the read-then-decide tests: owners by
+    /// uid (`Err`: the read fails), the pool's policy (`None`: it fails).
+    struct World {
+        owners: Vec<(&'static str, Result<OwnerMeta, &'static str>)>,
+        policy: Option<PolicyState>,
+    }
+
+    fn owner_ref(api: &str, kind: &str, name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: api.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }
+    }
+
+    fn owner(kind: &str, name: &str, controller: Option<OwnerReference>) -> OwnerMeta {
+        OwnerMeta {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: name.to_owned(),
+            pool: None,
+            join: None,
+            controller,
+            scheduled_time: None,
+        }
+    }
+
+    /// Drives [`next_read`] against `world` as the handler does, then
+    /// [`decide`]: the reads made, in order, and the decision.
+    fn read_and_decide(pod: &Pod, world: &World) -> (Vec<Read>, Result<Decision, Refusal>) {
+        let mut facts = Facts::new("shop");
+        let mut reads = Vec::new();
+        while let Some(read) = next_read(pod, &facts, &config()) {
+            assert!(reads.len() < 4, "reads do not end: {reads:?}");
+            reads.push(read.clone());
+            let answer = |o: &OwnerReference| match world.owners.iter().find(|(u, _)| *u == o.uid) {
+                Some((_, Ok(meta))) => Ok(Some(meta.clone())),
+                Some((_, Err(reason))) => Err((*reason).to_owned()),
+                None => Ok(None),
+            };
+            match read {
+                Read::Owner(o) => facts.owner_read(&o, answer(&o)),
+                Read::Policy { .. } => {
+                    facts.policy = Some(world.policy.clone().unwrap_or(PolicyState::Unknown {
+                        reason: "timed out".to_owned(),
+                    }));
+                }
+                Read::Job(o) => facts.job = Some(answer(&o)),
+            }
+        }
+        (reads, decide(pod, &facts, &config()))
+    }
+
+    fn policy(activation: Activation, identity: IdentityStrategy) -> Option<PolicyState> {
+        Some(PolicyState::Found {
+            activation,
+            identity,
+        })
+    }
+
+    /// Which reads each pod needs, and what the decision makes of them: the
+    /// pod alone settles what it can; owners are read nearest first and at
+    /// most two deep; the policy only for a member; the Job only for a
+    /// `process` pod that names its pool itself; a failed read or a wrong
+    /// annotation ends the reads and refuses.
+    #[test]
+    fn reads_then_one_decision() {
+        let rs = owner_ref("apps/v1", "ReplicaSet", "web-5d8f", "web-5d8f");
+        let dep = owner_ref("apps/v1", "Deployment", "web", "web");
+        let job = owner_ref("batch/v1", "Job", "nightly-1", "nightly-1");
+        let cron = owner_ref("batch/v1", "CronJob", "nightly", "nightly");
+        let deployment_pod = pod(json!({
+            "metadata": {"name": "web-5d8f-x", "ownerReferences": [rs]},
+            "spec": {"containers": [{"name": "app", "command": ["/app"]}]}
+        }));
+        let job_pod = |annotations: Value| {
+            pod(json!({
+                "metadata": {"name": "nightly-1-x", "annotations": annotations,
+                    "ownerReferences": [job]},
+                "spec": {"containers": [{"name": "report", "command": ["/report"]}]}
+            }))
+        };
+        let named = job_pod(json!({POOL_ANNOTATION: "nightly"}));
+        let rs_meta = owner("ReplicaSet", "web-5d8f", Some(dep.clone()));
+        let dep_meta = |pool: Option<&str>| OwnerMeta {
+            pool: pool.map(str::to_owned),
+            controller: Some(owner_ref("example.com/v1", "Rollout", "r", "r")),
+            ..owner("Deployment", "web", None)
+        };
+        let scheduled_job = OwnerMeta {
+            scheduled_time: Some("2026-01-01T00:00:00Z".to_owned()),
+            controller: Some(cron.clone()),
+            ..owner("Job", "nightly-1", None)
+        };
+        let member = || {
+            vec![
+                ("web-5d8f", Ok(rs_meta.clone())),
+                ("web", Ok(dep_meta(Some("web")))),
+            ]
+        };
+        let injected = annotated(json!({"spec": {"initContainers": [{"name": AGENT_CONTAINER}]}}));
+        let custom = annotated(json!({}));
+        type Want = Result<Outcome, &'static str>;
+        let cases: Vec<(&str, Pod, World, Vec<Read>, Want)> = vec![
+            (
+                "an injected pod needs no read",
+                injected.clone(),
+                World {
+                    owners: vec![],
+                    policy: None,
+                },
+                vec![],
+                Ok(Outcome::AlreadyInjected),
+            ),
+            (
+                "a pool named on the pod: only the policy",
+                named.clone(),
+                World {
+                    owners: vec![],
+                    policy: policy(Activation::Start, IdentityStrategy::Pod),
+                },
+                vec![Read::Policy {
+                    pool: "nightly".into(),
+                }],
+                Ok(Outcome::Injected),
+            ),
+            (
+                "a Deployment's pool: ReplicaSet, Deployment, policy",
+                deployment_pod.clone(),
+                World {
+                    owners: member(),
+                    policy: policy(Activation::Auto, IdentityStrategy::Pod),
+                },
+                vec![
+                    Read::Owner(rs.clone()),
+                    Read::Owner(dep.clone()),
+                    Read::Policy { pool: "web".into() },
+                ],
+                Ok(Outcome::Injected),
+            ),
+            (
+                "no pool on the owners: no policy read",
+                deployment_pod.clone(),
+                World {
+                    owners: vec![
+                        ("web-5d8f", Ok(rs_meta.clone())),
+                        ("web", Ok(dep_meta(None))),
+                    ],
+                    policy: None,
+                },
+                vec![Read::Owner(rs.clone()), Read::Owner(dep.clone())],
+                Ok(Outcome::NotInPool),
+            ),
+            (
+                "a gone owner ends the chain",
+                deployment_pod.clone(),
+                World {
+                    owners: vec![],
+                    policy: None,
+                },
+                vec![Read::Owner(rs.clone())],
+                Ok(Outcome::NotInPool),
+            ),
+            (
+                "an unreadable owner refuses, naming the owner it belongs to",
+                deployment_pod.clone(),
+                World {
+                    owners: vec![("web-5d8f", Ok(rs_meta.clone())), ("web", Err("forbidden"))],
+                    policy: None,
+                },
+                vec![Read::Owner(rs.clone()), Read::Owner(dep.clone())],
+                Err(
+                    "could not read Deployment shop/web, the owner of the pod's ReplicaSet web-5d8f (forbidden)",
+                ),
+            ),
+            (
+                "an unreadable policy refuses a member",
+                deployment_pod.clone(),
+                World {
+                    owners: member(),
+                    policy: None,
+                },
+                vec![
+                    Read::Owner(rs.clone()),
+                    Read::Owner(dep.clone()),
+                    Read::Policy { pool: "web".into() },
+                ],
+                Err(
+                    "could not read LeaderPolicy shop/web, the policy of the pod's pool (timed out)",
+                ),
+            ),
+            (
+                "a process pod that names its pool: the Job too",
+                named.clone(),
+                World {
+                    owners: vec![("nightly-1", Ok(scheduled_job.clone()))],
+                    policy: policy(Activation::Auto, IdentityStrategy::Pod),
+                },
+                vec![
+                    Read::Policy {
+                        pool: "nightly".into(),
+                    },
+                    Read::Job(job.clone()),
+                ],
+                Ok(Outcome::Injected),
+            ),
+            (
+                "an unreadable Job refuses a process pod",
+                named.clone(),
+                World {
+                    owners: vec![("nightly-1", Err("busy"))],
+                    policy: policy(Activation::Process, IdentityStrategy::Pod),
+                },
+                vec![
+                    Read::Policy {
+                        pool: "nightly".into(),
+                    },
+                    Read::Job(job.clone()),
+                ],
+                Err("could not read Job shop/nightly-1, the pod's Job (busy)"),
+            ),
+            (
+                "a start pod does not need its Job",
+                named.clone(),
+                World {
+                    owners: vec![("nightly-1", Err("busy"))],
+                    policy: policy(Activation::Start, IdentityStrategy::Pod),
+                },
+                vec![Read::Policy {
+                    pool: "nightly".into(),
+                }],
+                Ok(Outcome::Injected),
+            ),
+            (
+                "a pool named on the Job: the chain holds the Job, two deep at most",
+                job_pod(json!({})),
+                World {
+                    owners: vec![
+                        (
+                            "nightly-1",
+                            Ok(OwnerMeta {
+                                pool: Some("nightly".into()),
+                                ..scheduled_job.clone()
+                            }),
+                        ),
+                        (
+                            "nightly",
+                            Ok(OwnerMeta {
+                                controller: Some(job.clone()),
+                                ..owner("CronJob", "nightly", None)
+                            }),
+                        ),
+                    ],
+                    policy: policy(Activation::Process, IdentityStrategy::Pod),
+                },
+                vec![
+                    Read::Owner(job.clone()),
+                    Read::Owner(cron.clone()),
+                    Read::Policy {
+                        pool: "nightly".into(),
+                    },
+                ],
+                Ok(Outcome::Injected),
+            ),
+            (
+                "a wrong annotation refuses before anything is read",
+                job_pod(json!({POOL_ANNOTATION: "Not A Name"})),
+                World {
+                    owners: vec![],
+                    policy: None,
+                },
+                vec![],
+                Err("Not A Name"),
+            ),
+            (
+                "an opted-out pod reads nothing",
+                job_pod(json!({JOIN_ANNOTATION: "false"})),
+                World {
+                    owners: vec![],
+                    policy: None,
+                },
+                vec![],
+                Ok(Outcome::OptedOut),
+            ),
+            (
+                "a custom pool without the pod's identity is refused after the policy",
+                custom.clone(),
+                World {
+                    owners: vec![],
+                    policy: policy(Activation::Process, IdentityStrategy::Custom),
+                },
+                vec![Read::Policy {
+                    pool: "pool-a".into(),
+                }],
+                Err(IDENTITY_ANNOTATION),
+            ),
+        ];
+        for (name, pod, world, want_reads, want) in cases {
+            let (reads, decision) = read_and_decide(&pod, &world);
+            assert_eq!(reads, want_reads, "{name}");
+            match (decision, want) {
+                (Ok(d), Ok(outcome)) => assert_eq!(d.outcome, outcome, "{name}"),
+                (Err(refusal), Err(part)) => {
+                    let text = refusal.to_string();
+                    assert!(text.contains(part), "{name}: {part:?} not in {text}");
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// The scheduled run reaches the agent from the Job read for a pod that
+    /// names its pool itself; facts the handler did not read refuse a member
+    /// instead of being guessed.
+    #[test]
+    fn the_decision_uses_what_was_read_and_refuses_what_was_not() {
+        let p = pod(json!({
+            "metadata": {"name": "n", "annotations": {POOL_ANNOTATION: "nightly"},
+                "ownerReferences": [owner_ref("batch/v1", "Job", "nightly-1", "j")]},
+            "spec": {"containers": [{"name": "report", "command": ["/report"]}]}
+        }));
+        let mut facts = Facts::new("batch");
+        facts.policy = policy(Activation::Process, IdentityStrategy::Pod);
+        let err = decide(&p, &facts, &config()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::JobUnreadable { reason, .. } if reason == NOT_READ),
+            "{err:?}"
+        );
+        facts.job = Some(Ok(Some(OwnerMeta {
+            scheduled_time: Some("2026-01-01T00:00:00Z".to_owned()),
+            ..owner("Job", "nightly-1", None)
+        })));
+        let d = decide(&p, &facts, &config()).expect("admitted");
+        let injected = apply(&p, &d.patch);
+        let agent = &injected.spec.expect("spec").init_containers.expect("init")[0];
+        assert_eq!(
+            env_of(agent, crate::contract::SCHEDULED_TIME_ENV),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            env_of(agent, crate::contract::JOB_NAME_ENV),
+            Some("nightly-1")
+        );
+        facts.policy = None;
+        let err = decide(&p, &facts, &config()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::PolicyUnreadable { reason, .. } if reason == NOT_READ),
+            "{err:?}"
+        );
     }
 }

@@ -22,7 +22,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::inject::{OWNER_KINDS, OwnerMeta, PolicyState, controller_of};
+use super::inject::PolicyState;
+use super::membership::{OWNER_KINDS, OwnerMeta, controller_of};
 use crate::api::keys::{CRONJOB_SCHEDULED_TIMESTAMP, JOIN_ANNOTATION, POOL_ANNOTATION};
 use crate::api::{Activation, IdentityStrategy, LeaderPolicy};
 

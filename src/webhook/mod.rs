@@ -2,18 +2,25 @@
 //! gate and activation wiring into pool pods. Served over rustls by every
 //! `zen-lead controller` replica.
 //!
-//! - [`inject`]: what is done to a pod (pure, no I/O; golden-tested).
-//! - [`review`]: AdmissionReview in, AdmissionReview out.
+//! - [`inject`]: what to read about a pod, then the one decision on what was
+//!   read (pure, no I/O; golden-tested), built from [`membership`],
+//!   [`activation`], [`agent`], [`api_wiring`], [`process`] and [`pod_patch`].
+//! - [`review`]: AdmissionReview in, the reads, AdmissionReview out.
 //! - [`lookup`]: owners' annotations and LeaderPolicies, from watch-fed indexes.
 //! - [`certs`]: the serving certificate, reloaded on rotation.
 //! - [`self_managed`]: zen-lead's own CA, Secret and caBundle.
 //! - [`server`]: HTTPS `/mutate` and the admin server.
 
+pub mod activation;
+pub mod agent;
+pub mod api_wiring;
 pub mod certs;
 pub mod denial;
 pub mod inject;
 pub mod lookup;
+pub mod membership;
 mod patch;
+pub mod pod_patch;
 pub mod process;
 pub mod review;
 pub mod self_managed;
@@ -23,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use inject::InjectConfig;
+pub use agent::InjectConfig;
 pub use server::{Running, ServeOptions};
 
 /// Where the webhook's serving certificate comes from.

@@ -17,13 +17,10 @@ use tracing::Instrument;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::time::{Instant, timeout_at};
 
-use super::inject::{
-    self, Decision, InjectConfig, MAX_OWNER_DEPTH, Membership, Outcome, Refusal, Triage,
-    is_supported_owner,
-};
-use super::inject::{OwnerMeta, ScheduledRun};
+use super::agent::InjectConfig;
+use super::inject::{self, Decision, Facts, Outcome, PolicyState, Read, Refusal};
 use super::lookup::{FALLBACK_TIMEOUT, Lookup, LookupError};
-use crate::api::Activation;
+use super::membership::OwnerMeta;
 
 /// The time all lookups of one admission share, from the moment its body
 /// has been read: owners (up to two), the LeaderPolicy, a `process` pod's
@@ -368,8 +365,8 @@ fn plain(outcome: Outcome) -> Decision {
     }
 }
 
-/// The decision for a pod: triage, owner chain, policy, patch. The lookups
-/// share [`LOOKUP_BUDGET`] from now.
+/// The decision for a pod: the reads it needs, then the decision on them.
+/// The reads share [`LOOKUP_BUDGET`] from now.
 pub async fn decide<L: Lookup>(
     pod: &Pod,
     namespace: &str,
@@ -386,9 +383,11 @@ pub async fn decide<L: Lookup>(
     .await
 }
 
-/// [`decide`] with the lookups' deadline. A lookup that fails or does not
-/// finish by `deadline` refuses the pod when its answer could make the pod a
-/// pool member, or change how it is wired: it fails closed.
+/// [`decide`] with the lookups' deadline: every read [`inject::next_read`]
+/// asks for, then [`inject::decide`] on what was read. A read that fails or
+/// does not finish by `deadline` is recorded as such; the decision refuses the
+/// pod when its answer could make the pod a pool member, or change how it is
+/// wired: it fails closed.
 pub async fn decide_by<L: Lookup>(
     pod: &Pod,
     namespace: &str,
@@ -396,79 +395,25 @@ pub async fn decide_by<L: Lookup>(
     config: &InjectConfig,
     deadline: Instant,
 ) -> Result<Decision, Refusal> {
-    let chain = match inject::triage(pod) {
-        Triage::AlreadyInjected => return Ok(inject::reinvocation(pod)),
-        Triage::Decided(_) => Vec::new(),
-        Triage::AskOwner(first) => owner_chain(first, namespace, lookup, deadline).await?,
-    };
-    let membership = inject::membership(pod, &chain)?;
-    let Membership::Member { pool, .. } = &membership else {
-        return inject::decide_run(
-            pod,
-            namespace,
-            &membership,
-            &inject::PolicyState::Missing,
-            config,
-            None,
-        );
-    };
-    let policy = match within(deadline, lookup.policy(namespace, pool)).await {
-        Ok(policy) => policy,
-        Err(_) => inject::PolicyState::Unknown {
-            reason: out_of_time(),
-        },
-    };
-    inject::check_identity(pod, namespace, &chain, &membership, &policy)?;
-    let scheduled =
-        if inject::activation_of(pod, namespace, pool, &policy, config)? == Activation::Process {
-            scheduled_run(pod, namespace, pool, &chain, lookup, deadline).await?
-        } else {
-            None
-        };
-    inject::decide_run(
-        pod,
-        namespace,
-        &membership,
-        &policy,
-        config,
-        scheduled.as_ref(),
-    )
-}
-
-/// The pod's controller and (for a ReplicaSet or Job) its controller, nearest
-/// first. An owner that could not be read refuses the pod: its annotations
-/// decide whether the pod is in a pool.
-async fn owner_chain<L: Lookup>(
-    first: OwnerReference,
-    namespace: &str,
-    lookup: &L,
-    deadline: Instant,
-) -> Result<Vec<OwnerMeta>, Refusal> {
-    let mut chain: Vec<OwnerMeta> = Vec::with_capacity(MAX_OWNER_DEPTH);
-    let mut next = Some(first);
-    while let Some(owner) = next.take() {
-        if chain.len() >= MAX_OWNER_DEPTH || !is_supported_owner(&owner) {
-            break;
-        }
-        match read_owner(namespace, &owner, lookup, deadline).await {
-            Ok(Some(meta)) => {
-                next = meta.controller.clone();
-                chain.push(meta);
+    let mut facts = Facts::new(namespace);
+    while let Some(read) = inject::next_read(pod, &facts, config) {
+        match read {
+            Read::Owner(owner) => {
+                let answer = read_owner(namespace, &owner, lookup, deadline).await;
+                facts.owner_read(&owner, answer);
             }
-            // Gone, or another incarnation: it names no pool for this pod.
-            Ok(None) => break,
-            Err(reason) => {
-                return Err(Refusal::OwnerUnreadable {
-                    namespace: namespace.to_owned(),
-                    kind: owner.kind,
-                    name: owner.name,
-                    of: chain.last().map(|o| format!("{} {}", o.kind, o.name)),
-                    reason,
-                });
+            Read::Policy { pool } => {
+                let policy = within(deadline, lookup.policy(namespace, &pool)).await;
+                facts.policy = Some(policy.unwrap_or_else(|()| PolicyState::Unknown {
+                    reason: out_of_time(),
+                }));
+            }
+            Read::Job(job) => {
+                facts.job = Some(read_owner(namespace, &job, lookup, deadline).await);
             }
         }
     }
-    Ok(chain)
+    inject::decide(pod, &facts, config)
 }
 
 /// One owner read, bounded by the admission's deadline; `Err` is the reason
@@ -519,42 +464,10 @@ fn out_of_time() -> String {
     )
 }
 
-/// The scheduled run of a CronJob-created Job's pod. The Job is in `chain`
-/// when the pool was named on an owner; otherwise it is read now (only for
-/// `process` pods, the only ones that use it). A Job that could not be read
-/// refuses the pod: without its scheduled time a scheduled run would start as
-/// a manual one, which `scheduledRuns: once` lets run again.
-async fn scheduled_run<L: Lookup>(
-    pod: &Pod,
-    namespace: &str,
-    pool: &str,
-    chain: &[OwnerMeta],
-    lookup: &L,
-    deadline: Instant,
-) -> Result<Option<ScheduledRun>, Refusal> {
-    if let Some(job) = chain.first() {
-        return Ok(ScheduledRun::of(job));
-    }
-    let Some(owner) = inject::controller_of(pod.metadata.owner_references.as_ref()) else {
-        return Ok(None);
-    };
-    if owner.kind != "Job" || !owner.api_version.starts_with("batch/") {
-        return Ok(None);
-    }
-    match read_owner(namespace, owner, lookup, deadline).await {
-        Ok(job) => Ok(job.as_ref().and_then(ScheduledRun::of)),
-        Err(reason) => Err(Refusal::JobUnreadable {
-            namespace: namespace.to_owned(),
-            job: owner.name.clone(),
-            pool: pool.to_owned(),
-            reason,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Activation;
     use crate::api::keys::POOL_ANNOTATION;
     use crate::webhook::lookup::StaticLookup;
     use serde_json::{Value, json};

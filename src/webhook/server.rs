@@ -26,8 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::WebhookError;
+use super::agent::InjectConfig;
 use super::certs::{CertStore, server_config};
-use super::inject::InjectConfig;
 use super::lookup::Lookup;
 use super::review::admit;
 use crate::admin::ReadyFlag;

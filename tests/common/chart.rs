@@ -19,7 +19,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use zen_lead::api::LeaderPolicy;
-use zen_lead::webhook::inject::AGENT_CONTAINER;
+use zen_lead::contract::AGENT_CONTAINER;
 
 use crate::common;
 

@@ -13,9 +13,10 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use zen_lead::admin::{self, Admin, Readiness};
+use zen_lead::contract::AGENT_CONTAINER;
 use zen_lead::tls::{CertRequest, generate};
+use zen_lead::webhook::InjectConfig;
 use zen_lead::webhook::certs::CertStore;
-use zen_lead::webhook::inject::{AGENT_CONTAINER, InjectConfig};
 use zen_lead::webhook::lookup::{ClusterLookup, Lookup};
 use zen_lead::webhook::server::{self, Metrics, Running, ServeOptions};
 
