@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use super::{AgentArgs, AgentIdentityStrategy, ControllerArgs, GateActivation, GateArgs};
+use super::{AgentArgs, AgentIdentityStrategy, ControllerArgs, GateArgs};
 use crate::agent::gate::{ExemptSet, GateConfig, GateError};
 use crate::agent::{AgentError, PodRef, ProcessConfig, pod_identity};
-use crate::api::{validate_dns_label, validate_dns_subdomain, validate_pool_name};
+use crate::api::{Activation, validate_dns_label, validate_dns_subdomain, validate_pool_name};
 use crate::controller::{self, ControllerError, runner};
 use crate::election::process_identity;
 use crate::webhook::self_managed::{SelfManagedError, Settings as SelfManaged};
@@ -258,7 +258,7 @@ impl AgentArgs {
         let pod = pod_ref(pod_name, pod_namespace, pod_uid)?;
         let identity = agent_identity(*identity_strategy, identity, &pod)?;
         let process = match gate.activation {
-            GateActivation::Process => Some(ProcessConfig {
+            Activation::Process => Some(ProcessConfig {
                 bin_dir: bin_dir.clone().ok_or(AgentError::MissingBinDir)?,
                 probes: if app_probes.trim().is_empty() {
                     Vec::new()
@@ -270,11 +270,13 @@ impl AgentArgs {
                     (time, job) => Some((time.to_owned(), job.to_owned())),
                 },
             }),
-            GateActivation::Start | GateActivation::Api => None,
+            // `auto` never reaches the agent (its flag refuses it); like
+            // the webhook's record of it, it means `start`.
+            Activation::Auto | Activation::Start | Activation::Api => None,
         };
         let gate = match gate.activation {
-            GateActivation::Start | GateActivation::Process => None,
-            GateActivation::Api => Some(gate.config(pool, &identity, &pod.namespace)?),
+            Activation::Auto | Activation::Start | Activation::Process => None,
+            Activation::Api => Some(gate.config(pool, &identity, &pod.namespace)?),
         };
         Ok(crate::agent::Config {
             pool: pool.clone(),

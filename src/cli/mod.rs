@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod config;
 
-use crate::agent::gate::Activation as GateActivation;
 use crate::api::Activation;
 use crate::contract::{ProbeKind, agent_env};
 use crate::telemetry::LogFormat;
@@ -732,6 +731,30 @@ pub struct AgentArgs {
     pub gate: GateArgs,
 }
 
+/// `zen-lead agent --activation`: the LeaderPolicy's activations but `auto`,
+/// which the webhook resolves before it injects the agent.
+fn agent_activation() -> impl clap::builder::TypedValueParser<Value = Activation> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("start").help(
+            "Cold standby: /startz succeeds only while this pod leads, so the kubelet starts \
+             the app containers of the leader only",
+        ),
+        PossibleValue::new("api").help(
+            "Hot standby: every replica runs; the agent serves the Kubernetes API to the app \
+             on --gate-addr and passes writes only while this pod leads. /startz succeeds \
+             once the gate serves",
+        ),
+        PossibleValue::new("process").help(
+            "Cold standby with Ready followers: every app container starts under `zen-lead \
+             run`, which runs the app's process only while this pod leads; the agent shares \
+             its binary (--bin-dir) and answers the app's probes. /startz succeeds once the \
+             binary is shared",
+        ),
+    ])
+    .try_map(|value| <Activation as clap::ValueEnum>::from_str(&value, false))
+}
+
 /// The gate's flags (part of `zen-lead agent`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GateArgs {
@@ -739,8 +762,13 @@ pub struct GateArgs {
     /// leading pod), `api` (every app runs; its Kubernetes API writes pass
     /// only while the pod leads) or `process` (every app container starts,
     /// but its program runs under `zen-lead run` only while the pod leads).
-    #[arg(long, value_enum, env = "ZEN_LEAD_ACTIVATION", default_value_t = GateActivation::Start)]
-    pub activation: GateActivation,
+    #[arg(
+        long,
+        env = "ZEN_LEAD_ACTIVATION",
+        default_value = "start",
+        value_parser = agent_activation()
+    )]
+    pub activation: Activation,
 
     /// `api` activation: where the gate serves HTTPS (HTTP/2 and HTTP/1.1)
     /// to the app containers. Loopback: only containers of this pod reach it.
@@ -1154,6 +1182,44 @@ mod tests {
                 "{sub} --help has no example:\n{help}"
             );
         }
+    }
+
+    /// The agent takes the LeaderPolicy's activation type, but not `auto`:
+    /// the webhook resolves that before it injects the agent.
+    #[test]
+    fn the_agent_takes_every_activation_but_auto() {
+        let parse = |extra: &[&str]| {
+            let argv = [
+                "zen-lead",
+                "agent",
+                "--pool",
+                "web",
+                "--pod-name",
+                "web-0",
+                "--pod-namespace",
+                "shop",
+                "--pod-uid",
+                "u",
+            ];
+            let cli = Cli::try_parse_from(argv.iter().chain(extra))?;
+            let Command::Agent(args) = cli.command else {
+                panic!("agent expected");
+            };
+            Ok::<_, clap::Error>(args.gate.activation)
+        };
+        assert_eq!(parse(&[]).expect("default"), Activation::Start);
+        for (flag, want) in [
+            ("start", Activation::Start),
+            ("api", Activation::Api),
+            ("process", Activation::Process),
+        ] {
+            assert_eq!(parse(&["--activation", flag]).expect(flag), want);
+        }
+        let err = parse(&["--activation", "auto"]).unwrap_err().to_string();
+        assert!(
+            err.contains("[possible values: start, api, process]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,23 +56,6 @@ const CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `zen-lead agent --activation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Activation {
-    /// Cold standby: /startz succeeds only while this pod leads, so the
-    /// kubelet starts the app containers of the leader only.
-    Start,
-    /// Hot standby: every replica runs; the agent serves the Kubernetes API
-    /// to the app on --gate-addr and passes writes only while this pod leads.
-    /// /startz succeeds once the gate serves.
-    Api,
-    /// Cold standby with Ready followers: every app container starts under
-    /// `zen-lead run`, which runs the app's process only while this pod
-    /// leads; the agent shares its binary (--bin-dir) and answers the app's
-    /// probes. /startz succeeds once the binary is shared.
-    Process,
-}
-
 /// Errors of the gate.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
