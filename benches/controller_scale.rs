@@ -254,12 +254,12 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
 /// Every condition a converged status carries (by type, not by count: a
 /// count went stale once when IdentityConflict was added).
 const EXPECTED_CONDITIONS: [&str; 6] = [
-    zen_lead::keys::conditions::POLICY_READY,
-    zen_lead::keys::conditions::LEADER_ELECTED,
-    zen_lead::keys::conditions::CANDIDATES_AVAILABLE,
-    zen_lead::keys::conditions::SCALED_DOWN,
-    zen_lead::keys::conditions::AGENT_MISSING,
-    zen_lead::keys::conditions::IDENTITY_CONFLICT,
+    zen_lead::api::keys::conditions::POLICY_READY,
+    zen_lead::api::keys::conditions::LEADER_ELECTED,
+    zen_lead::api::keys::conditions::CANDIDATES_AVAILABLE,
+    zen_lead::api::keys::conditions::SCALED_DOWN,
+    zen_lead::api::keys::conditions::AGENT_MISSING,
+    zen_lead::api::keys::conditions::IDENTITY_CONFLICT,
 ];
 
 async fn convergence(client: &Client, ns: &str) -> (usize, usize) {

@@ -62,8 +62,6 @@ pub const APP_PROBES_ENV: &str = "ZEN_LEAD_APP_PROBES";
 /// Prefix of the agent paths that stand in for app probes.
 pub const APP_HEALTH_PREFIX: &str = "/app-health";
 
-pub use crate::keys::EXCLUDE_CONTAINERS_ANNOTATION;
-
 /// Agent env (`process` activation, a CronJob-created Job's pod): the Job's
 /// scheduled time, from its `batch.kubernetes.io/cronjob-scheduled-timestamp`.
 pub const SCHEDULED_TIME_ENV: &str = "ZEN_LEAD_SCHEDULED_TIME";

@@ -27,7 +27,6 @@ pub mod contract;
 pub mod controller;
 pub mod election;
 pub mod handoff;
-pub mod keys;
 pub mod lock;
 pub mod panic_guard;
 pub mod run;

@@ -1,5 +1,5 @@
 //! docs/API.md must name every field of the LeaderPolicy types, every
-//! annotation, label and condition key in src/keys.rs: a field or key
+//! annotation, label and condition key in src/api/keys.rs: a field or key
 //! added to the code without a line in the reference fails here.
 
 use serde_json::Value;
@@ -48,7 +48,7 @@ fn every_spec_and_status_field_is_documented() {
 
 #[test]
 fn every_key_is_documented() {
-    let keys = include_str!("../src/keys.rs");
+    let keys = include_str!("../src/api/keys.rs");
     // `pub const NAME: &str = "value";`: every key, value and condition type.
     let values: Vec<&str> = keys
         .lines()

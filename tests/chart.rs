@@ -486,8 +486,8 @@ fn pod_monitor_scrapes_the_injected_agent_port() {
 /// every other port open as before.
 #[test]
 fn network_policies_render_only_when_enabled() {
+    use zen_lead::api::keys::POOL_LABEL;
     use zen_lead::contract::AGENT_PROBE_PORT;
-    use zen_lead::keys::POOL_LABEL;
     let off = render("t", NS, &[]);
     assert!(!off.iter().any(|d| d["kind"] == "NetworkPolicy"));
     let monitoring =

@@ -1606,7 +1606,7 @@ async fn standby_controller_takes_over() {
         let ctl_lease = lease(
             &client,
             &ns,
-            &zen_lead::keys::controller_lease_name(Some(&ns)),
+            &zen_lead::api::keys::controller_lease_name(Some(&ns)),
         )
         .await
         .expect("controller Lease");
@@ -1958,7 +1958,7 @@ async fn a_leader_whose_caches_never_sync_releases_the_lease_and_exits() {
         let dir = common::scratch_dir("controller-nosync");
         let user = format!("{ns}-limited");
         grant_all_but_statefulsets(&client, &ns, &user).await;
-        let lease_name = zen_lead::keys::controller_lease_name(Some(&ns));
+        let lease_name = zen_lead::api::keys::controller_lease_name(Some(&ns));
         let bound = Duration::from_secs(5);
         let (mut a, admin, log) = start_impersonating(
             &dir,

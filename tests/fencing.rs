@@ -510,7 +510,7 @@ async fn a_refusal_while_the_pod_leads_is_retried_and_the_app_never_sees_it() {
         let decoy: Lease = serde_json::from_value(json!({
             "metadata": {"name": "decoy", "labels": {FENCED_LABEL: "true"},
                          "annotations": {FENCED_PODS_ANNOTATION: leader.uid,
-                                         zen_lead::keys::HOLDER_INSTANCE_ANNOTATION: "someone-else/0"}},
+                                         zen_lead::api::keys::HOLDER_INSTANCE_ANNOTATION: "someone-else/0"}},
             "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 60},
         }))
         .expect("lease");
@@ -740,7 +740,7 @@ async fn a_member_may_change_only_the_holder_of_its_pools_lease() {
             .and_then(|s| s.lease_transitions)
             .unwrap_or(0);
         let me = &follower.agent.identity;
-        let instance = zen_lead::keys::HOLDER_INSTANCE_ANNOTATION;
+        let instance = zen_lead::api::keys::HOLDER_INSTANCE_ANNOTATION;
         let f = follower.name.as_str();
         let mut problems = Vec::new();
         for (what, patch, part) in [
@@ -761,12 +761,12 @@ async fn a_member_may_change_only_the_holder_of_its_pools_lease() {
             ),
             (
                 "a follower changes the renew deadline",
-                json!({"metadata": {"annotations": {zen_lead::keys::RENEW_DEADLINE_ANNOTATION: "3600"}}}),
+                json!({"metadata": {"annotations": {zen_lead::api::keys::RENEW_DEADLINE_ANNOTATION: "3600"}}}),
                 "annotation zen-lead.io/renew-deadline-seconds",
             ),
             (
                 "a follower names a preferred holder",
-                json!({"metadata": {"annotations": {zen_lead::keys::PREFERRED_HOLDER_ANNOTATION: me}}}),
+                json!({"metadata": {"annotations": {zen_lead::api::keys::PREFERRED_HOLDER_ANNOTATION: me}}}),
                 "annotation zen-lead.io/preferred-holder",
             ),
             (
@@ -932,7 +932,7 @@ async fn a_follower_may_take_an_expired_lease_naming_itself() {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(
-                zen_lead::keys::HOLDER_INSTANCE_ANNOTATION.to_owned(),
+                zen_lead::api::keys::HOLDER_INSTANCE_ANNOTATION.to_owned(),
                 format!("{}/{}", follower.agent.identity, follower.uid),
             );
         lease.metadata.managed_fields = None;

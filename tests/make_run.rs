@@ -150,7 +150,7 @@ async fn make_run_registers_the_webhook_and_injects_then_cleans_up() {
             &ns,
             "fenced",
             "True",
-            Some(zen_lead::keys::conditions::reasons::FENCED),
+            Some(zen_lead::api::keys::conditions::reasons::FENCED),
         )
         .await;
 

@@ -436,7 +436,7 @@ impl LeaseState {
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(zen_lead::keys::HOLDER_INSTANCE_ANNOTATION))
+                .and_then(|a| a.get(zen_lead::api::keys::HOLDER_INSTANCE_ANNOTATION))
                 .and_then(|v| v.rsplit_once('/'))
                 .map(|(_, uid)| uid.to_owned()),
         })

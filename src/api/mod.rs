@@ -3,7 +3,7 @@
 
 /// The annotation, label and condition names (a leaf module, shared with
 /// the election, which the API types depend on).
-pub use crate::keys;
+pub mod keys;
 mod leader_policy;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

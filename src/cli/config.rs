@@ -303,7 +303,7 @@ fn controller_lease(
     duration: Duration,
 ) -> Result<String, ControllerError> {
     let name = match given.trim() {
-        "" => crate::keys::controller_lease_name(Some(watch)),
+        "" => crate::api::keys::controller_lease_name(Some(watch)),
         given => given.to_owned(),
     };
     validate_dns_subdomain(&name).map_err(|reason| ControllerError::InvalidLeaseName {

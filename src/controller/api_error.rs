@@ -4,7 +4,7 @@
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::keys::FIELD_MANAGER;
+use crate::api::keys::FIELD_MANAGER;
 
 /// Errors of one reconciliation; the pool is retried with backoff.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,7 @@ use super::machine::{
 use super::record::{
     Record, SpecWrite, apply_instance, apply_spec, format_seconds, lease_duration_seconds,
 };
-use crate::keys::{
+use crate::api::keys::{
     RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION, SCHEDULED_RUN_ANNOTATION,
     SCHEDULED_RUNS_ANNOTATION,
 };

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{TimingNames, Timings};
-use crate::keys::{
+use crate::api::keys::{
     HOLDER_INSTANCE_ANNOTATION, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION,
     RETRY_PERIOD_ANNOTATION,
 };

@@ -8,7 +8,8 @@ use super::denial::Denial;
 use super::membership::controller_of;
 use super::process;
 use crate::api::Activation;
-use crate::contract::{AGENT_CONTAINER, EXCLUDE_CONTAINERS_ANNOTATION};
+use crate::api::keys::EXCLUDE_CONTAINERS_ANNOTATION;
+use crate::contract::AGENT_CONTAINER;
 
 /// An activation (never `auto`) and why the pod gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]

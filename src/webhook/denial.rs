@@ -1,8 +1,9 @@
 //! Why the webhook refuses a pod, and where its pool annotation came from. A
 //! leaf: `inject` and `process` both build these refusals.
 
-use crate::api::keys::{IDENTITY_ANNOTATION, JOIN_ANNOTATION, POOL_ANNOTATION};
-use crate::contract::EXCLUDE_CONTAINERS_ANNOTATION;
+use crate::api::keys::{
+    EXCLUDE_CONTAINERS_ANNOTATION, IDENTITY_ANNOTATION, JOIN_ANNOTATION, POOL_ANNOTATION,
+};
 
 /// Where a pod's pool annotation was found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -587,12 +587,13 @@ fn decide_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::keys::EXCLUDE_CONTAINERS_ANNOTATION;
     use crate::api::keys::{
         ACTIVATION_ANNOTATION, ACTIVATION_REASON_ANNOTATION, CANDIDATE_READINESS_GATE,
         JOIN_ANNOTATION,
     };
     use crate::contract::AGENT_CONTAINER;
-    use crate::contract::{EXCLUDE_CONTAINERS_ANNOTATION, agent_env};
+    use crate::contract::agent_env;
     use crate::webhook::api_wiring;
     use crate::webhook::denial::PoolOrigin;
     use k8s_openapi::api::core::v1::Container;

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::denial::Denial;
 use super::patch::{add, replace};
+use crate::api::keys::EXCLUDE_CONTAINERS_ANNOTATION;
 use crate::contract::{
-    AGENT_PROBE_PORT, AppProbe, BIN_DIR, BIN_PATH, BIN_VOLUME, EXCLUDE_CONTAINERS_ANNOTATION,
-    ProbeAction, ProbeKind, app_health_path, start_budget_seconds,
+    AGENT_PROBE_PORT, AppProbe, BIN_DIR, BIN_PATH, BIN_VOLUME, ProbeAction, ProbeKind,
+    app_health_path, start_budget_seconds,
 };
 
 /// What `process` activation adds besides the agent.

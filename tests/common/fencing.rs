@@ -44,7 +44,7 @@ pub async fn wait_condition(
             .and_then(|s| {
                 s.conditions
                     .into_iter()
-                    .find(|c| c.type_ == zen_lead::keys::conditions::SERVER_SIDE_FENCING)
+                    .find(|c| c.type_ == zen_lead::api::keys::conditions::SERVER_SIDE_FENCING)
             })
             .ok_or_else(|| "no ServerSideFencing condition".to_owned())?;
         (c.status == status && reason.is_none_or(|r| c.reason == r))

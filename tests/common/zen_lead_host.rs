@@ -68,7 +68,7 @@ async fn start(bin: PathBuf, ns: &str, dir: &Path, kubeconfig: PathBuf) -> Contr
         Api::namespaced(super::client().await, ns);
     let lease = k8s_openapi::api::coordination::v1::Lease {
         metadata: ObjectMeta {
-            name: Some(zen_lead::keys::controller_lease_name(Some(ns))),
+            name: Some(zen_lead::api::keys::controller_lease_name(Some(ns))),
             ..ObjectMeta::default()
         },
         ..Default::default()

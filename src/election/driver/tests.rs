@@ -221,7 +221,7 @@ async fn a_free_lease_is_taken_by_one_compare_and_swap_and_cleared_on_shutdown()
     assert_eq!(take["spec"]["holderIdentity"], "me", "{take:#}");
     assert_eq!(take["spec"]["leaseTransitions"], 5, "{take:#}");
     assert_eq!(
-        take["metadata"]["annotations"][crate::keys::HOLDER_INSTANCE_ANNOTATION],
+        take["metadata"]["annotations"][crate::api::keys::HOLDER_INSTANCE_ANNOTATION],
         "me/uid-1",
         "{take:#}"
     );
@@ -314,12 +314,12 @@ async fn a_missing_lease_is_created_with_its_timings_when_allowed() {
     assert_eq!(create["spec"]["leaseDurationSeconds"], 2, "{create:#}");
     let annotations = &create["metadata"]["annotations"];
     assert_eq!(
-        annotations[crate::keys::RENEW_DEADLINE_ANNOTATION],
+        annotations[crate::api::keys::RENEW_DEADLINE_ANNOTATION],
         format_seconds(short().renew_deadline()),
         "{create:#}"
     );
     assert_eq!(
-        annotations[crate::keys::RETRY_PERIOD_ANNOTATION],
+        annotations[crate::api::keys::RETRY_PERIOD_ANNOTATION],
         format_seconds(short().retry_period()),
         "{create:#}"
     );
