@@ -14,6 +14,10 @@
 //! - [`contract`]: what the webhook writes into `process` pods for the agent
 //!   and `zen-lead run`.
 //! - [`run`]: `zen-lead run -- CMD` and `zen-lead probe` (`process` pools).
+//! - [`signals`]: the signals `lock`, its guard, `run` and `probe` pass on,
+//!   and the statuses they exit with.
+//! - [`cli`]: the flags; its `config` module turns them into each command's
+//!   plain configuration, so no other module takes a clap type.
 //! - [`handoff`]: `zen-lead handoff` and `zen-lead status` (operators).
 //! - [`tls`], [`telemetry`]: certificates, logging, metrics.
 //! - [`panic_guard`]: one request's panic is a 500, any other aborts.
@@ -30,6 +34,7 @@ pub mod handoff;
 pub mod lock;
 pub mod panic_guard;
 pub mod run;
+pub mod signals;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;
@@ -92,13 +97,13 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Agent(args) => run_agent(&args).await,
         Command::Lock(args) => {
-            let request = lock::Request::from_args(&args)?;
+            let request = args.request()?;
             tracing::debug!(?request, "lock request");
             Ok(lock::run(request).await?)
         }
-        Command::LockGuard(args) => Ok(lock::guard::run(&args).await?),
-        Command::Run(args) => Ok(run::run(&args).await?),
-        Command::Probe(args) => Ok(run::probe::probe(&args).await?),
+        Command::LockGuard(args) => Ok(lock::guard::run(&args.config()).await?),
+        Command::Run(args) => Ok(run::run(&args.config()).await?),
+        Command::Probe(args) => Ok(run::probe::probe(&args.config()).await?),
         Command::Handoff(args) => {
             let config = handoff::HandoffConfig::from(&args);
             Ok(handoff::handoff(&config, &mut std::io::stdout().lock()).await?)
@@ -120,8 +125,8 @@ pub async fn run_pod(cli: PodCli) -> Result<(), Error> {
     telemetry::init_logging(cli.global.log_format, &cli.global.log_level)?;
     match cli.command {
         PodCommand::Agent(args) => run_agent(&args).await,
-        PodCommand::Run(args) => Ok(run::run(&args).await?),
-        PodCommand::Probe(args) => Ok(run::probe::probe(&args).await?),
+        PodCommand::Run(args) => Ok(run::run(&args.config()).await?),
+        PodCommand::Probe(args) => Ok(run::probe::probe(&args.config()).await?),
         PodCommand::Version => print_version(),
     }
 }

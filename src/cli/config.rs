@@ -6,12 +6,17 @@
 
 use std::time::Duration;
 
-use super::{AgentArgs, AgentIdentityStrategy, ControllerArgs, GateArgs};
+use super::{
+    AgentArgs, AgentIdentityStrategy, ControllerArgs, GateArgs, LockArgs, LockGuardArgs, ProbeArgs,
+    RunArgs,
+};
 use crate::agent::gate::{ExemptSet, GateConfig, GateError};
 use crate::agent::{AgentError, PodRef, ProcessConfig, pod_identity};
 use crate::api::{Activation, validate_dns_label, validate_dns_subdomain, validate_pool_name};
 use crate::controller::{self, ControllerError, runner};
-use crate::election::process_identity;
+use crate::election::{TimingNames, Timings, process_identity};
+use crate::lock::{self, LockError, guard};
+use crate::run::{self, probe};
 use crate::webhook::self_managed::{SelfManagedError, Settings as SelfManaged};
 use crate::webhook::{self, InjectConfig, TlsMode, TlsSource, WebhookError, is_quantity};
 
@@ -397,6 +402,89 @@ impl GateArgs {
             identity: identity.to_owned(),
             namespace: namespace.to_owned(),
         })
+    }
+}
+
+impl LockArgs {
+    /// The validated request `zen-lead lock` runs.
+    pub fn request(&self) -> Result<lock::Request, LockError> {
+        let args = self;
+        validate_dns_subdomain(&args.name).map_err(|reason| LockError::InvalidName {
+            value: args.name.clone(),
+            reason,
+        })?;
+        if let Some(ns) = &args.namespace {
+            validate_dns_label(ns).map_err(|reason| LockError::InvalidNamespace {
+                value: ns.clone(),
+                reason,
+            })?;
+        }
+        let timings = Timings::new(
+            args.lease_duration,
+            args.renew_deadline,
+            args.retry_period,
+            TimingNames::LOCK_FLAGS,
+        )?;
+        if args
+            .command
+            .first()
+            .is_none_or(|program| program.is_empty())
+        {
+            return Err(LockError::NoCommand);
+        }
+        if args.grace_period + args.renew_deadline >= args.lease_duration {
+            return Err(LockError::GraceTooLong {
+                grace: args.grace_period,
+                renew: args.renew_deadline,
+                lease: args.lease_duration,
+            });
+        }
+        let identity = args.identity.trim();
+        Ok(lock::Request {
+            name: args.name.clone(),
+            namespace: args.namespace.clone(),
+            identity: match identity {
+                "" => process_identity(None, "localhost", '-'),
+                given => given.to_owned(),
+            },
+            timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+            timings,
+            grace_period: args.grace_period,
+            command: args.command.clone(),
+        })
+    }
+}
+
+impl LockGuardArgs {
+    pub fn config(&self) -> guard::Config {
+        guard::Config {
+            socket: self.socket.clone(),
+            grace_period: self.grace_period,
+            command: self.command.clone(),
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn config(&self) -> run::Config {
+        run::Config {
+            agent_addr: self.agent_addr,
+            reconnect_max: self.reconnect_max,
+            release_timeout: self.release_timeout,
+            command: self.command.clone(),
+        }
+    }
+}
+
+impl ProbeArgs {
+    pub fn config(&self) -> probe::Config {
+        probe::Config {
+            kind: self.kind,
+            budget: self.budget,
+            agent_addr: self.agent_addr,
+            agent_timeout: self.agent_timeout,
+            command: self.command.clone(),
+        }
     }
 }
 

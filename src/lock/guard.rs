@@ -6,22 +6,34 @@
 //! lost. The guard stops CMD (SIGTERM to its process group, SIGKILL after the
 //! grace period) when the time passes without a newer `until`, on `stop`, or
 //! when the socket closes (the lock process died). It exits with CMD's
-//! status, or [`super::EXIT_LOST`] when it had to stop CMD.
+//! status, or [`EXIT_LOST`] when it had to stop CMD.
 //!
 //! CMD runs in its own process group so that everything it started is
 //! stopped with it.
 
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use std::path::PathBuf;
+
+use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::Signals;
-use super::{EXIT_INTERNAL, EXIT_LOST, LockError, exit_code};
-use crate::cli::LockGuardArgs;
+use super::LockError;
 use crate::election::clock;
+use crate::signals::{EXIT_INTERNAL, EXIT_LOST, Signals, exit_code, signal_group, spawn_failure};
+
+/// What `zen-lead lock-guard` runs, from its flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The lock process's private socket.
+    pub socket: PathBuf,
+    /// Between SIGTERM and SIGKILL when CMD must stop.
+    pub grace_period: Duration,
+    /// Program and arguments.
+    pub command: Vec<String>,
+}
 
 fn parse_until(line: &str) -> Option<Instant> {
     let ns: u128 = line.strip_prefix("until ")?.trim().parse().ok()?;
@@ -29,7 +41,7 @@ fn parse_until(line: &str) -> Option<Instant> {
 }
 
 /// Runs the guard; exits the process with CMD's status.
-pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
+pub async fn run(args: &Config) -> Result<(), LockError> {
     clock::init();
     let guard_err = |what| move |source| LockError::Guard { what, source };
     let stream = UnixStream::connect(&args.socket)
@@ -41,7 +53,7 @@ pub async fn run(args: &LockGuardArgs) -> Result<(), LockError> {
     let group = child
         .id()
         .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?));
-    let signals = Signals::new()?;
+    let signals = Signals::install()?;
     supervise(child, lines, deadline, group, signals, args.grace_period).await
 }
 
@@ -82,21 +94,8 @@ fn spawn_cmd(command: &[String]) -> tokio::process::Child {
         Ok(child) => child,
         Err(err) => {
             eprintln!("zen-lead lock: cannot run {program:?}: {err}");
-            let code = if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            std::process::exit(code);
+            std::process::exit(spawn_failure(&err));
         }
-    }
-}
-
-/// Signals to CMD's whole process group.
-fn signal_group(group: Option<Pid>, sig: Signal) {
-    if let Some(pgid) = group {
-        // ESRCH (already gone) is fine.
-        let _ = kill_process_group(pgid, sig);
     }
 }
 

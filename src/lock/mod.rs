@@ -11,6 +11,9 @@
 //! Exit status: CMD's (128+signal if a signal ended it); [`EXIT_LOST`] when
 //! the lock was lost while CMD ran; [`EXIT_TIMEOUT`] when `--timeout` passed
 //! before the lock was acquired; 1 for configuration or API errors.
+//!
+//! It takes a validated [`Request`], built at the CLI edge from
+//! `zen-lead lock`'s flags.
 
 pub mod guard;
 
@@ -19,27 +22,19 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{error, info, warn};
 
-use crate::api::{validate_dns_label, validate_dns_subdomain};
-use crate::cli::LockArgs;
 use crate::contract::FENCING_TOKEN_ENV;
 use crate::election::driver::ClientError;
 use crate::election::{
-    ElectionError, Elector, ElectorConfig, LeaderStatus, Metrics, Retries, RunError, TimingNames,
-    Timings, clock, counting_client, process_identity,
+    ElectionError, Elector, ElectorConfig, LeaderStatus, Metrics, Retries, RunError, Timings,
+    clock, counting_client,
 };
-
-/// Exit status when the lock was lost while CMD ran (EX_TEMPFAIL: retry later).
-pub const EXIT_LOST: i32 = 75;
-/// Exit status when `--timeout` passed before the lock was acquired (as
-/// coreutils' `timeout`).
-pub const EXIT_TIMEOUT: i32 = 124;
-/// Exit status of internal failures around CMD (EX_SOFTWARE).
-pub const EXIT_INTERNAL: i32 = 70;
+use crate::signals::{
+    EXIT_INTERNAL, EXIT_LOST, EXIT_TIMEOUT, SignalError, Signals, exit_code, signal_exit,
+};
 
 /// A validated lock request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,12 +86,8 @@ pub enum LockError {
     #[error(transparent)]
     Election(#[from] RunError),
 
-    #[error("could not install the {signal} handler: {source}")]
-    Signal {
-        signal: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Signal(#[from] SignalError),
 
     #[error("could not start the guard for CMD ({what}): {source}")]
     Guard {
@@ -104,55 +95,6 @@ pub enum LockError {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl Request {
-    /// Builds the request from `zen-lead lock`'s flags.
-    pub fn from_args(args: &LockArgs) -> Result<Self, LockError> {
-        validate_dns_subdomain(&args.name).map_err(|reason| LockError::InvalidName {
-            value: args.name.clone(),
-            reason,
-        })?;
-        if let Some(ns) = &args.namespace {
-            validate_dns_label(ns).map_err(|reason| LockError::InvalidNamespace {
-                value: ns.clone(),
-                reason,
-            })?;
-        }
-        let timings = Timings::new(
-            args.lease_duration,
-            args.renew_deadline,
-            args.retry_period,
-            TimingNames::LOCK_FLAGS,
-        )?;
-        if args
-            .command
-            .first()
-            .is_none_or(|program| program.is_empty())
-        {
-            return Err(LockError::NoCommand);
-        }
-        if args.grace_period + args.renew_deadline >= args.lease_duration {
-            return Err(LockError::GraceTooLong {
-                grace: args.grace_period,
-                renew: args.renew_deadline,
-                lease: args.lease_duration,
-            });
-        }
-        let identity = args.identity.trim();
-        Ok(Self {
-            name: args.name.clone(),
-            namespace: args.namespace.clone(),
-            identity: match identity {
-                "" => process_identity(None, "localhost", '-'),
-                given => given.to_owned(),
-            },
-            timeout: (!args.timeout.is_zero()).then_some(args.timeout),
-            timings,
-            grace_period: args.grace_period,
-            command: args.command.clone(),
-        })
-    }
 }
 
 /// Everything a lock run needs once it is set up.
@@ -174,10 +116,6 @@ impl Session {
         // The exit status is CMD's; returning through main would flatten it.
         std::process::exit(code)
     }
-}
-
-fn signal_exit(sig: rustix::process::Signal) -> i32 {
-    128 + sig.as_raw()
 }
 
 /// Acquires the lock, runs CMD under it, and exits the process with the
@@ -208,7 +146,7 @@ pub async fn run(request: Request) -> Result<(), LockError> {
         },
         metrics,
     )?;
-    let mut signals = Signals::new()?;
+    let mut signals = Signals::install()?;
     let (stop, stop_rx) = watch::channel(false);
     let release_timeout = request.timings.renew_deadline().min(Duration::from_secs(2));
     let mut election = tokio::spawn(elector.run(stop_rx, release_timeout));
@@ -260,39 +198,6 @@ pub async fn run(request: Request) -> Result<(), LockError> {
         }
     };
     session.exit(code).await
-}
-
-/// The three signals `lock` and its guard pass on to CMD (installed in
-/// the order SIGTERM, SIGINT, SIGHUP).
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self, LockError> {
-        let install = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| LockError::Signal {
-                signal: name,
-                source,
-            })
-        };
-        Ok(Self {
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-            hup: install(SignalKind::hangup(), "SIGHUP")?,
-        })
-    }
-
-    async fn recv(&mut self) -> rustix::process::Signal {
-        use rustix::process::Signal;
-        tokio::select! {
-            _ = self.term.recv() => Signal::TERM,
-            _ = self.int.recv() => Signal::INT,
-            _ = self.hup.recv() => Signal::HUP,
-        }
-    }
 }
 
 fn private_socket_path() -> Result<(PathBuf, PathBuf), LockError> {
@@ -442,13 +347,4 @@ async fn inform_guard(
             }
         }
     }
-}
-
-/// CMD's exit code, or 128+signal.
-pub fn exit_code(status: &std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(EXIT_INTERNAL)
 }

@@ -28,20 +28,34 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::StatusCode;
 use hyper::body::Incoming;
-use rustix::process::{Pid, Signal, WaitOptions, kill_process_group};
+use rustix::process::{Pid, Signal, WaitOptions};
 use tokio::net::TcpStream;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{error, info, warn};
 
-use crate::cli::RunArgs;
 use crate::contract::{
     FENCING_TOKEN_ENV, IDENTITY_ENV, POOL_ENV, SKIPPED_RUN_MARKER, TERMINATION_LOG,
 };
 use crate::election::clock;
-use crate::lock::exit_code;
+use crate::signals::{
+    self, EXIT_INTERNAL, EXIT_NOT_FOUND, SignalError, exit_code, signal_group, spawn_failure,
+};
 use machine::{Action, Input, Launch, Machine, ReleaseReason, View};
+
+/// What `zen-lead run` runs, from its flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The agent's loopback API.
+    pub agent_addr: SocketAddr,
+    /// Longest pause between attempts to reach the agent.
+    pub reconnect_max: Duration,
+    /// How long to wait for the agent to accept a release before exiting.
+    pub release_timeout: Duration,
+    /// Program and arguments.
+    pub command: Vec<String>,
+}
 
 /// Errors of `run` and `probe`.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +63,8 @@ pub enum RunError {
     #[error("nothing to run: give the command after `--`, e.g. `zen-lead run -- /app/server`")]
     NoCommand,
 
-    #[error("could not install the {signal} handler: {source}")]
-    Signal {
-        signal: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Signal(#[from] SignalError),
 
     #[error(
         "cannot connect to the zen-lead agent at {addr} (--agent-addr, ZEN_LEAD_AGENT_ADDR): \
@@ -201,35 +211,24 @@ enum Woken {
     Signal(Signal),
 }
 
+/// The signals `run` passes on to CMD, and SIGCHLD.
 struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    passed: signals::Signals,
     child: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     fn new() -> Result<Self, RunError> {
-        let install = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| RunError::Signal {
-                signal: name,
-                source,
-            })
-        };
         Ok(Self {
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-            hup: install(SignalKind::hangup(), "SIGHUP")?,
-            child: install(SignalKind::child(), "SIGCHLD")?,
+            passed: signals::Signals::install()?,
+            child: signals::install(SignalKind::child(), "SIGCHLD")?,
         })
     }
 
     async fn recv(&mut self) -> Woken {
         tokio::select! {
             _ = self.child.recv() => Woken::Child,
-            _ = self.term.recv() => Woken::Signal(Signal::TERM),
-            _ = self.int.recv() => Woken::Signal(Signal::INT),
-            _ = self.hup.recv() => Woken::Signal(Signal::HUP),
+            sig = self.passed.recv() => Woken::Signal(sig),
         }
     }
 }
@@ -248,18 +247,11 @@ fn reap(cmd: Option<Pid>) -> Option<i32> {
     cmd_code
 }
 
-fn signal_group(group: Option<Pid>, sig: Signal) {
-    if let Some(pgid) = group {
-        // ESRCH (the group is gone already) is fine.
-        let _ = kill_process_group(pgid, sig);
-    }
-}
-
 /// Starts CMD in its own process group; `Err(code)` as a shell would exit.
 fn start(command: &[String], launch: &Launch) -> Result<Pid, i32> {
     use std::os::unix::process::CommandExt;
     let Some((program, rest)) = command.split_first() else {
-        return Err(127);
+        return Err(EXIT_NOT_FOUND);
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(rest)
@@ -274,22 +266,18 @@ fn start(command: &[String], launch: &Launch) -> Result<Pid, i32> {
     match cmd.spawn() {
         Ok(child) => match i32::try_from(child.id()).ok().and_then(Pid::from_raw) {
             Some(pid) => Ok(pid),
-            None => Err(crate::lock::EXIT_INTERNAL),
+            None => Err(EXIT_INTERNAL),
         },
         Err(err) => {
             error!("cannot run {program:?}: {err}");
-            Err(if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            })
+            Err(spawn_failure(&err))
         }
     }
 }
 
 /// Runs `zen-lead run`; exits the process with the status described in
 /// `zen-lead run --help`.
-pub async fn run(args: &RunArgs) -> Result<(), RunError> {
+pub async fn run(args: &Config) -> Result<(), RunError> {
     clock::init();
     if args.command.first().is_none_or(|p| p.is_empty()) {
         return Err(RunError::NoCommand);
@@ -448,7 +436,7 @@ async fn wait_input(
 /// Starts CMD for a term (the agent's hold is in place); returns the exit
 /// to feed back when it could not start.
 fn start_cmd(
-    args: &RunArgs,
+    args: &Config,
     launch: &Launch,
     cmd: &mut Option<Pid>,
     hold: &mut Option<tokio::net::TcpStream>,
@@ -483,7 +471,7 @@ async fn skip_run(job: &str) -> ! {
 
 /// CMD ended while this pod leads: asks the agent to hand leadership on
 /// (bounded by --release-timeout), then exits with `code`.
-async fn release_and_exit(args: &RunArgs, code: i32, reason: ReleaseReason) -> ! {
+async fn release_and_exit(args: &Config, code: i32, reason: ReleaseReason) -> ! {
     match reason {
         ReleaseReason::AppFailed => warn!(
             code,

@@ -4,14 +4,29 @@
 //! a liveness probe also passes during the first `--budget` of a term
 //! ("starting"). Otherwise this process becomes CMD, whose status decides.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
 
 use super::RunError;
 use super::client::{self, AgentView};
-use crate::cli::ProbeArgs;
 use crate::contract::ProbeKind;
+use crate::signals::spawn_failure;
+
+/// What `zen-lead probe` checks, from its flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub kind: ProbeKind,
+    /// How long a liveness probe passes at the start of a term.
+    pub budget: Duration,
+    /// The agent's loopback API.
+    pub agent_addr: SocketAddr,
+    /// How long to wait for the agent's answer.
+    pub agent_timeout: Duration,
+    /// The app's own probe command.
+    pub command: Vec<String>,
+}
 
 /// The probe's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +69,7 @@ pub fn decide(
 }
 
 /// Runs `zen-lead probe`: exits 0 or becomes CMD.
-pub async fn probe(args: &ProbeArgs) -> Result<(), RunError> {
+pub async fn probe(args: &Config) -> Result<(), RunError> {
     let Some((program, rest)) = args.command.split_first().filter(|(p, _)| !p.is_empty()) else {
         return Err(RunError::NoCommand);
     };
@@ -84,11 +99,7 @@ pub async fn probe(args: &ProbeArgs) -> Result<(), RunError> {
             // Only returns on failure.
             let err = std::process::Command::new(program).args(rest).exec();
             eprintln!("zen-lead probe: cannot run {program:?}: {err}");
-            std::process::exit(if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
+            std::process::exit(spawn_failure(&err));
         }
     }
 }
