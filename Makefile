@@ -29,7 +29,7 @@ build: ## Build the release binary (target/release/zen-lead)
 
 # The release image. IMAGE defaults to the chart's image and appVersion, so the
 # chart's defaults name exactly what `make image` builds.
-VERSION := $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/zen-lead/Chart.yaml)
+VERSION := $(shell . ./tools/lib.sh && zl_app_version)
 IMAGE_REPOSITORY := ghcr.io/kube-zen/zen-lead
 IMAGE ?= $(IMAGE_REPOSITORY):$(VERSION)
 IMAGE_ARCHIVE ?= $(CURDIR)/target/image/zen-lead.oci.tar

@@ -136,9 +136,49 @@ fn release_image_script_matches_the_dockerfile() {
     }
     let images = common::read_repo_file("tests/cluster/images.sh");
     assert!(
-        images.contains("tools/oci/release-image.sh\" \"198.19.128.1:5000/zen-lead:$version\""),
+        images.contains("tools/oci/release-image.sh\" \"$ZL_REGISTRY/zen-lead:$version\""),
         "images.sh does not build the registry's zen-lead image with release-image.sh"
     );
+}
+
+/// tools/lib.sh is where the shell side reads the chart's appVersion and
+/// names the local registry: it agrees with the crate and with the tests'
+/// LOCAL_REGISTRY, and the scripts use it instead of their own copies.
+#[test]
+fn the_shell_helper_gives_the_version_and_the_registry() {
+    let out = common::run_ok(
+        Command::new("sh").current_dir(common::repo_root()).args([
+            "-c",
+            ". ./tools/lib.sh && zl_app_version && echo \"$ZL_REGISTRY\"",
+        ]),
+        "sourcing tools/lib.sh",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [env!("CARGO_PKG_VERSION"), common::LOCAL_REGISTRY],
+        "tools/lib.sh"
+    );
+    for script in [
+        "Makefile",
+        "tests/cluster/images.sh",
+        "tools/krew/package.sh",
+    ] {
+        let text = common::read_repo_file(script);
+        assert!(
+            text.contains("tools/lib.sh"),
+            "{script} does not source tools/lib.sh"
+        );
+        assert!(
+            !text.contains("/^appVersion:/"),
+            "{script} parses appVersion itself"
+        );
+        assert!(
+            !text.contains(common::LOCAL_REGISTRY),
+            "{script} names the registry itself"
+        );
+    }
 }
 
 fn tar_member(archive: &Path, member: &str) -> Vec<u8> {

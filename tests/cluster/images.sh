@@ -11,7 +11,7 @@
 # and, not imported (the kubelet pulls them from the local registry, to which
 # containerd mirrors docker.io and ghcr.io: realnode.go), in bin/release:
 #   zen-lead.tar  the release image (`make image`, tools/oci/release-image.sh),
-#                 which up.sh pushes as 198.19.128.1:5000/zen-lead:<appVersion>
+#                 which up.sh pushes as $ZL_REGISTRY/zen-lead:<appVersion>
 #                 and under the chart's name, ghcr.io/kube-zen/zen-lead
 #   busybox.tar   docker.io/library/busybox:<BUSYBOX_TAG>, the examples' app,
 #                 made from Debian's busybox-static (its shell runs the
@@ -22,6 +22,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+. "$repo/tools/lib.sh"
 cd "$here"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 out="$here/bin/images"
@@ -35,9 +36,9 @@ go build -trimpath -ldflags "-s -w" -o bin/image-src/lepeer ./cmd/lepeer
 
 # zen-lead's image is the release image (`make image`), named as up.sh pushes
 # it to the local registry. It is not imported: the kubelet pulls it.
-version="$(awk -F'"' '/^appVersion:/ {print $2}' "$repo/charts/zen-lead/Chart.yaml")"
+version="$(zl_app_version "$repo")"
 mkdir -p "$here/bin/release"
-bash "$repo/tools/oci/release-image.sh" "198.19.128.1:5000/zen-lead:$version" "$here/bin/release/zen-lead.tar"
+bash "$repo/tools/oci/release-image.sh" "$ZL_REGISTRY/zen-lead:$version" "$here/bin/release/zen-lead.tar"
 rm -f "$out/zen-lead.tar" "$out/zen-lead.tar.stamp" # imported by earlier versions of this script
 # The kube-rs test controller: release-image.sh builds it (static, musl) in
 # the same cargo invocation and checks it is static.
@@ -107,8 +108,8 @@ out="$here/bin/release" build busybox --name "docker.io/library/busybox:$busybox
 # to the registry's X, so the examples and the chart pull their names as
 # written.
 cat >"$here/bin/release/push.list" <<LIST
-$here/bin/release/zen-lead.tar 198.19.128.1:5000/zen-lead:$version
-$here/bin/release/zen-lead.tar 198.19.128.1:5000/kube-zen/zen-lead:$version
-$here/bin/release/busybox.tar 198.19.128.1:5000/library/busybox:$busybox_tag
+$here/bin/release/zen-lead.tar $ZL_REGISTRY/zen-lead:$version
+$here/bin/release/zen-lead.tar $ZL_REGISTRY/kube-zen/zen-lead:$version
+$here/bin/release/busybox.tar $ZL_REGISTRY/library/busybox:$busybox_tag
 LIST
 ls -la "$out"/*.tar "$here/bin/release"/*.tar

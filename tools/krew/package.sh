@@ -9,10 +9,11 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+. "$repo/tools/lib.sh"
 bin="${1:?usage: package.sh BIN URI_BASE OUT}"
 uri_base="${2:?usage: package.sh BIN URI_BASE OUT}"
 out="${3:?usage: package.sh BIN URI_BASE OUT}"
-version="$(awk -F'"' '/^appVersion:/ {print $2}' "$repo/charts/zen-lead/Chart.yaml")"
+version="$(zl_app_version "$repo")"
 if [[ ! "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]]; then
   echo "krew: no semantic version in charts/zen-lead/Chart.yaml's appVersion (found '$version')" >&2
   exit 1
