@@ -58,6 +58,11 @@ pub struct PodView {
     /// the app's writes stop with it. In `start` activation the app runs on
     /// until the kubelet stops it, whatever the Lease says.
     pub fenced: bool,
+    /// The app stops (`process`: `zen-lead run` ends it) or its writes stop
+    /// (`api`) before the agent's voluntary release completes, so a
+    /// terminating holder can hand off at once instead of waiting for the
+    /// kubelet's SIGTERM. Not `start`: its app runs until the kubelet stops it.
+    pub stops_before_release: bool,
     /// The webhook wired `start` activation (`zen-lead.io/activation: start`).
     pub start_activation: bool,
     /// An app container (any container but the agent) is running.
@@ -138,6 +143,10 @@ impl PodView {
                 .map(|o| (o.kind.clone(), o.name.clone())),
             template_hash: label("pod-template-hash"),
             fenced: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("api"),
+            stops_before_release: matches!(
+                annotation(ACTIVATION_ANNOTATION).as_deref(),
+                Some("api" | "process")
+            ),
             start_activation: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("start"),
             app_running: app_running(pod),
             ready: status
@@ -381,11 +390,13 @@ pub fn failover(
                 }
             }
         }
-        // A terminating holder whose app is not fenced (`start` activation)
-        // keeps running its app until the kubelet stops it; its agent, a
-        // native sidecar, releases only after that. Asking it to hand off
-        // earlier would let the successor's app start beside the old one.
-        Some(pod) if pod.terminating && !pod.fenced => Failover::Nothing,
+        // A terminating `start` holder keeps running its app until the
+        // kubelet stops it; its agent, a native sidecar, releases only after
+        // that. Asking it to hand off earlier would let the successor's app
+        // start beside the old one. `api` and `process` holders hand off at
+        // once: their release waits until the app's writes or the app itself
+        // stopped, and the kubelet's SIGTERM can come a second late.
+        Some(pod) if pod.terminating && !pod.stops_before_release => Failover::Nothing,
         Some(pod) if pod.terminating => match successor(pods, holder, node_ready) {
             Some(to) if lease.preferred.as_deref() != Some(to.as_str()) => Failover::HandOff { to },
             _ => Failover::Nothing,
@@ -972,6 +983,7 @@ pub(crate) mod fixtures {
             owner: None,
             template_hash: None,
             fenced: true,
+            stops_before_release: true,
             start_activation: false,
             app_running: true,
             ready: true,

@@ -20,6 +20,33 @@ fn held_by(id: &str) -> LeaseView {
 }
 
 #[test]
+fn which_activations_stop_their_app_before_a_release() {
+    // The webhook's `zen-lead.io/activation` annotation decides whether a
+    // terminating holder may hand off at once (see `failover`).
+    for (activation, fenced, stops) in [
+        (Some("api"), true, true),
+        (Some("process"), false, true),
+        (Some("start"), false, false),
+        (None, false, false),
+    ] {
+        let mut meta = serde_json::json!({"name": "a", "uid": "u"});
+        if let Some(a) = activation {
+            meta["annotations"] = serde_json::json!({ ACTIVATION_ANNOTATION: a });
+        }
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": meta, "spec": {"containers": [{"name": "app"}]}
+        }))
+        .expect("pod");
+        let v = PodView::from_pod(&p, IdentityStrategy::Pod);
+        assert_eq!(
+            (v.fenced, v.stops_before_release),
+            (fenced, stops),
+            "{activation:?}"
+        );
+    }
+}
+
+#[test]
 fn pod_view_reads_agent_and_identity() {
     let p: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "a", "uid": "1234abcd-ef00-1111", "labels": {"zen-lead.io/role": "leader", "pod-template-hash": "5f6"},
@@ -249,7 +276,19 @@ fn failover_table() {
             },
         ),
         (
-            "holder terminating, app not fenced (start activation): wait for its own release",
+            "holder terminating, `start` activation: wait for its own release",
+            Some(PodView {
+                fenced: false,
+                stops_before_release: false,
+                ..terminating.clone()
+            }),
+            vec![terminating.clone(), c.clone(), b.clone()],
+            ready,
+            false,
+            Failover::Nothing,
+        ),
+        (
+            "holder terminating, `process` activation (run stops the app before the release): hand off",
             Some(PodView {
                 fenced: false,
                 ..terminating.clone()
@@ -257,7 +296,9 @@ fn failover_table() {
             vec![terminating.clone(), c.clone(), b.clone()],
             ready,
             false,
-            Failover::Nothing,
+            Failover::HandOff {
+                to: "b_id".to_owned(),
+            },
         ),
         (
             "holder terminating, nobody to hand to",

@@ -94,6 +94,7 @@ fn a_failing_api_leader_hands_over_after_the_grace_to_a_ready_follower() {
     };
     let start = PodView {
         fenced: false,
+        stops_before_release: false,
         start_activation: true,
         ..pod("a")
     };
