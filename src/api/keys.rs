@@ -72,6 +72,12 @@ pub const RETRY_PERIOD_ANNOTATION: &str = "zen-lead.io/retry-period-seconds";
 /// candidates briefly defer to the named one.
 pub const PREFERRED_HOLDER_ANNOTATION: &str = "zen-lead.io/preferred-holder";
 
+/// Annotation on a pool's Lease (written by the controller): `"true"` while
+/// the policy has `spec.paused: true`. A candidate that does not hold the
+/// Lease never acquires it then, free or expired; the holder renews as usual.
+/// Absent (or any other value): not paused.
+pub const PAUSED_ANNOTATION: &str = "zen-lead.io/paused";
+
 /// Annotation on a pool's Lease, written by the holder with every acquire and
 /// renewal and removed on release: which *instance* of the holder identity
 /// holds it (the agent's pod UID; a per-process value for `zen-lead lock`).
@@ -183,6 +189,9 @@ pub mod conditions {
     pub const IDENTITY_CONFLICT: &str = "IdentityConflict";
     /// The API server refuses writes of the pool's pods that do not lead.
     pub const SERVER_SIDE_FENCING: &str = "ServerSideFencing";
+    /// `spec.paused` is in force: no fail-over, hand-off, scaleDown change
+    /// or deposed-pod deletion.
+    pub const PAUSED: &str = "Paused";
 
     /// The reasons each condition gives, by condition.
     pub mod reasons {
@@ -198,6 +207,11 @@ pub mod conditions {
         pub const HOLDER_NOT_LIVE: &str = "HolderNotLive";
         pub const NO_CANDIDATES: &str = "NoCandidates";
         pub const ELECTING: &str = "Electing";
+        /// LeaderElected False and Paused True: paused, and nobody leads.
+        pub const PAUSED_WITHOUT_LEADER: &str = "PausedWithoutLeader";
+        // Paused
+        pub const PAUSED: &str = "Paused";
+        pub const NOT_PAUSED: &str = "NotPaused";
         // CandidatesAvailable
         pub const CANDIDATES_RUNNING: &str = "CandidatesRunning";
         pub const NO_POOL_PODS: &str = "NoPoolPods";

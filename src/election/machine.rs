@@ -17,6 +17,11 @@
 //! two pods) is treated like any other holder: its claim is waited out, never
 //! "re-claimed". Only a restart of the same instance (the agent container of
 //! the same pod) takes its own Lease back without waiting.
+//!
+//! A maintenance pause (the controller's `zen-lead.io/paused` on the Lease)
+//! only takes acquisitions away: while the last record seen is paused, a
+//! candidate that is not its holder neither acquires nor creates the Lease,
+//! and the holder ignores hand-off requests but renews as usual.
 
 use std::time::Duration;
 
@@ -200,6 +205,9 @@ pub struct Machine {
     /// Until then we do not lead: a term we hold is released, and a free
     /// Lease is left to the others (`zen-lead run`'s app failed here).
     stand_down_until: Option<Instant>,
+    /// The last record seen was paused. Kept while the Lease is missing, so
+    /// a deleted paused Lease is not re-created as a way around the pause.
+    paused_seen: bool,
 }
 
 fn later(a: Instant, b: Instant) -> Instant {
@@ -238,6 +246,7 @@ impl Machine {
             last_transitions: None,
             known_ld,
             stand_down_until: None,
+            paused_seen: false,
         }
     }
 
@@ -404,6 +413,7 @@ impl Machine {
         self.stale = false;
         self.last_transitions = Some(rec.transitions);
         self.known_ld = rec.timings.lease_duration();
+        self.paused_seen = rec.paused;
         // None: the same record; nothing changed, the clock keeps running.
         let count = self.count_claim(&rec, now)?;
         let claim_until = later(count.from + count.claim_ld, count.free_not_before);
@@ -422,7 +432,10 @@ impl Machine {
                     lead.next_renew =
                         earlier(lead.next_renew, lead.last_sent + rec.timings.retry_period());
                 }
+                // A hand-off named while paused is dropped, not deferred:
+                // it would otherwise run the moment the pool is resumed.
                 if rec.preferred.is_none()
+                    || rec.paused
                     || rec.preferred.as_deref() == Some(self.cfg.identity.as_str())
                 {
                     lead.preferred_seen = rec.preferred.clone();
@@ -632,7 +645,7 @@ impl Machine {
     /// [`Machine::decide`] without a term while the Lease is missing: create
     /// it once any claim carried over the deletion has run out.
     fn decide_missing(&self, prior: &Prior, now: Instant) -> Action {
-        if !self.cfg.can_create {
+        if !self.cfg.can_create || self.paused_seen {
             return Action::Wait(None);
         }
         let create = Action::Create(SpecWrite {
@@ -662,6 +675,10 @@ impl Machine {
         now: Instant,
     ) -> Action {
         let me = self.cfg.identity.as_str();
+        if rec.paused && !self.holds(rec) {
+            // Paused: only a change of the Lease (the resume) can let us in.
+            return Action::Wait(None);
+        }
         match rec.holder.as_deref() {
             None => {
                 let mut at = free_not_before;

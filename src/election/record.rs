@@ -11,8 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{TimingNames, Timings};
 use crate::api::keys::{
-    HOLDER_INSTANCE_ANNOTATION, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION,
-    RETRY_PERIOD_ANNOTATION,
+    HOLDER_INSTANCE_ANNOTATION, PAUSED_ANNOTATION, PREFERRED_HOLDER_ANNOTATION,
+    RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION,
 };
 
 /// `spec.leaseDurationSeconds` when the Lease does not say (client-go's default).
@@ -31,6 +31,9 @@ pub struct Record {
     pub transitions: i32,
     /// `zen-lead.io/preferred-holder`, if set and non-empty.
     pub preferred: Option<String>,
+    /// `zen-lead.io/paused: "true"` (the policy's maintenance pause): only
+    /// the holder may write a term; nobody else acquires.
+    pub paused: bool,
     /// `spec.leaseDurationSeconds` and the timing annotations, made consistent.
     pub timings: Timings,
     /// `spec.acquireTime`: when the current term began (wall clock; shown to
@@ -69,6 +72,7 @@ impl Record {
             holder,
             transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
             preferred: annotation(PREFERRED_HOLDER_ANNOTATION).map(str::to_owned),
+            paused: annotation(PAUSED_ANNOTATION) == Some("true"),
             timings: resolve_timings(
                 lease_secs,
                 annotation(RENEW_DEADLINE_ANNOTATION),
@@ -342,6 +346,22 @@ mod tests {
             },
         );
         assert!(annotations.is_none_or(|a| !a.contains_key(HOLDER_INSTANCE_ANNOTATION)));
+    }
+
+    #[test]
+    fn only_true_pauses() {
+        for (value, paused) in [
+            ("true", true),
+            (" true ", true),
+            ("false", false),
+            ("", false),
+        ] {
+            let rec =
+                Record::from_lease(&lease(Some(3), &[(PAUSED_ANNOTATION, value)])).expect("record");
+            assert_eq!(rec.paused, paused, "{value:?}");
+        }
+        let rec = Record::from_lease(&lease(Some(3), &[])).expect("record");
+        assert!(!rec.paused);
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn rec(rv: u64, holder: Option<&str>, transitions: i32) -> Record {
         }),
         transitions,
         preferred: None,
+        paused: false,
         timings: timings(3000, 2000, 500),
         acquired: None,
         // Each version a new renewal, unless a test says otherwise.
@@ -713,6 +714,7 @@ fn candidates_sharing_an_identity_never_lead_together() {
         holder_instance: s.instance.clone(),
         transitions: s.transitions,
         preferred: None,
+        paused: false,
         timings: timings(3000, 2000, 500),
         acquired: None,
         renewed: Some(std::time::UNIX_EPOCH + Duration::from_secs(s.rv)),
@@ -878,4 +880,200 @@ fn standing_down_releases_and_leaves_the_lease_to_others_until_it_ends() {
             ..
         }
     ));
+}
+
+/// Table: a follower's decision on a paused record. Pause only takes
+/// acquisitions away: a free or expired Lease is left alone, whoever it
+/// names as preferred; only the holder's own instance may take its term back.
+#[test]
+fn a_paused_lease_is_never_acquired_by_anyone_but_its_holder() {
+    struct Case {
+        name: &'static str,
+        holder: Option<&'static str>,
+        preferred: Option<&'static str>,
+        age_ms: u64,
+        paused: bool,
+        want: fn(Instant) -> Action,
+    }
+    let acquire = |_| Action::Replace {
+        kind: WriteKind::Acquire,
+        base_resource_version: "10".into(),
+        write: acquire_write(8, true),
+    };
+    let cases = [
+        Case {
+            name: "paused, free: wait for a change of the Lease",
+            holder: None,
+            preferred: None,
+            age_ms: 0,
+            paused: true,
+            want: |_| Action::Wait(None),
+        },
+        Case {
+            name: "paused, free, naming me preferred: still wait",
+            holder: None,
+            preferred: Some(ME),
+            age_ms: 5000,
+            paused: true,
+            want: |_| Action::Wait(None),
+        },
+        Case {
+            name: "paused, held by another, not expired: wait (not for the expiry)",
+            holder: Some("other"),
+            preferred: None,
+            age_ms: 1000,
+            paused: true,
+            want: |_| Action::Wait(None),
+        },
+        Case {
+            name: "paused, held by another, long expired: still wait",
+            holder: Some("other"),
+            preferred: None,
+            age_ms: 60_000,
+            paused: true,
+            want: |_| Action::Wait(None),
+        },
+        Case {
+            name: "paused, naming this very instance (restarted agent): reclaim its own term",
+            holder: Some(ME),
+            preferred: None,
+            age_ms: 0,
+            paused: true,
+            want: |_| Action::Replace {
+                kind: WriteKind::Acquire,
+                base_resource_version: "10".into(),
+                write: acquire_write(7, false),
+            },
+        },
+        Case {
+            name: "not paused, free: acquire (the same record without the pause)",
+            holder: None,
+            preferred: None,
+            age_ms: 0,
+            paused: false,
+            want: acquire,
+        },
+        Case {
+            name: "not paused, expired: acquire",
+            holder: Some("other"),
+            preferred: None,
+            age_ms: 3000,
+            paused: false,
+            want: acquire,
+        },
+    ];
+    for case in cases {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg());
+        let mut r = rec(10, case.holder, 7);
+        r.preferred = case.preferred.map(str::to_owned);
+        r.paused = case.paused;
+        m.observe(present(r), t0);
+        let got = m.decide(t0 + ms(case.age_ms));
+        assert_eq!(got, (case.want)(t0), "{}", case.name);
+    }
+}
+
+#[test]
+fn a_twin_of_the_holder_does_not_acquire_a_paused_lease() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    let mut r = twin(10, Some("other-pod"), 3);
+    r.paused = true;
+    m.observe(present(r), t0);
+    assert_eq!(m.decide(t0 + ms(60_000)), Action::Wait(None));
+}
+
+#[test]
+fn resume_lets_a_follower_take_an_expired_lease_at_once() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(cfg());
+    let mut paused = rec(10, Some("other"), 7);
+    paused.paused = true;
+    m.observe(present(paused.clone()), t0);
+    assert_eq!(m.decide(t0 + ms(10_000)), Action::Wait(None));
+    // The controller removes the annotation: the holder's part (renewTime
+    // included) is unchanged, so its claim still counts from t0 and has
+    // long run out.
+    let resumed = Record {
+        resource_version: "11".into(),
+        paused: false,
+        ..paused
+    };
+    m.observe(present(resumed), t0 + ms(10_000));
+    assert!(matches!(
+        m.decide(t0 + ms(10_000)),
+        Action::Replace {
+            kind: WriteKind::Acquire,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_paused_leader_renews_and_drops_hand_offs() {
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let mut r = rec(3, Some(ME), 5);
+    r.paused = true;
+    r.preferred = Some("pref".into());
+    m.observe(present(r), t0 + ms(100));
+    // Not a release: the term runs on until the next renewal.
+    assert_eq!(m.decide(t0 + ms(100)), Action::Wait(Some(t0 + ms(500))));
+    assert!(matches!(
+        m.decide(t0 + ms(500)),
+        Action::Replace {
+            kind: WriteKind::Renew,
+            ..
+        }
+    ));
+    let mut renewed = rec(4, Some(ME), 5);
+    renewed.paused = true;
+    renewed.preferred = Some("pref".into());
+    assert_eq!(
+        m.write_ok(WriteKind::Renew, t0 + ms(500), renewed, t0 + ms(510)),
+        None
+    );
+    assert!(m.leading(t0 + ms(2400)));
+    // Resumed with the hand-off still named: it was asked while paused and
+    // is dropped, not carried out now.
+    let mut resumed = rec(5, Some(ME), 5);
+    resumed.preferred = Some("pref".into());
+    m.observe(present(resumed), t0 + ms(600));
+    assert!(matches!(m.decide(t0 + ms(600)), Action::Wait(_)));
+    // A hand-off named after the resume is carried out.
+    let mut asked = rec(6, Some(ME), 5);
+    asked.preferred = Some("pref2".into());
+    m.observe(present(asked), t0 + ms(700));
+    assert!(matches!(
+        m.decide(t0 + ms(700)),
+        Action::Replace {
+            kind: WriteKind::Release,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_deleted_paused_lease_is_not_recreated_by_a_follower() {
+    let t0 = Instant::now();
+    let creating = MachineConfig {
+        can_create: true,
+        ..cfg()
+    };
+    let missing = Observation::Missing {
+        continuous: true,
+        resource_version: Some("50".into()),
+    };
+    let mut m = Machine::new(creating.clone());
+    let mut r = rec(10, None, 3);
+    r.paused = true;
+    m.observe(present(r), t0);
+    m.observe(missing.clone(), t0 + ms(10));
+    assert_eq!(m.decide(t0 + ms(60_000)), Action::Wait(None));
+    // Without the pause, the same deletion is re-created at once.
+    let mut m = Machine::new(creating);
+    m.observe(present(rec(10, None, 3)), t0);
+    m.observe(missing, t0 + ms(10));
+    assert!(matches!(m.decide(t0 + ms(10)), Action::Create(_)));
 }

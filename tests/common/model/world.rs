@@ -174,6 +174,7 @@ impl Stored {
             holder_instance: self.instance.clone(),
             transitions: self.transitions,
             preferred: self.preferred.clone(),
+            paused: false,
             timings: timings(),
             acquired: None,
             renewed: Some(
