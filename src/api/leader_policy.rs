@@ -62,6 +62,12 @@ pub const RETRY_RANGE: std::ops::RangeInclusive<i32> = 1..=300;
         json_path = ".spec.followerMode",
         description = "What followers do: standby or scaleDown"
     ),
+    printcolumn(
+        name = "Paused",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Paused\")].status",
+        description = "True while spec.paused is in force: no fail-over, hand-off or scaleDown change"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Pods carry the policy name in the `zen-lead/pool` label, and label
     // values stop at 63 characters.
@@ -171,6 +177,15 @@ pub struct LeaderPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub app_failure_grace_seconds: Option<i32>,
+
+    /// Maintenance pause. true: no fail-over, no hand-off (the controller's
+    /// and `zen-lead handoff`), no scaleDown change and no deletion of a
+    /// deposed pod. The leader keeps leading while it renews; if it stops
+    /// (its pod dies, it releases), the pool has no leader until resumed,
+    /// and the Paused condition says so. `zen-lead pause` / `zen-lead
+    /// resume` set and clear it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Whether a scheduled time runs once per pool.
@@ -201,6 +216,7 @@ impl Default for LeaderPolicySpec {
             server_side_fencing: None,
             adopt_existing_lease: false,
             app_failure_grace_seconds: None,
+            paused: false,
         }
     }
 }

@@ -153,6 +153,7 @@ fn printer_columns() {
         ("LEADER", ".status.currentHolder.name"),
         ("CANDIDATES", ".status.candidates"),
         ("MODE", ".spec.followerMode"),
+        ("PAUSED", ".status.conditions[?(@.type==\"Paused\")].status"),
         ("AGE", ".metadata.creationTimestamp"),
     ];
     let expected: Vec<(String, String)> = expected

@@ -19,6 +19,7 @@ pub mod app_failure;
 pub mod fencing;
 pub mod fencing_scope;
 pub mod history;
+pub mod pause;
 mod status;
 pub use app_failure::AppHealth;
 pub use status::{PolicyProblem, StatusInput, status};

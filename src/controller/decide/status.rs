@@ -69,6 +69,8 @@ pub struct StatusInput<'a> {
     pub fencing: FencingState,
     /// Leader changes recorded since the last stored status.
     pub transitions: &'a [LeaderTransition],
+    /// `spec.paused`.
+    pub paused: bool,
     pub now: Time,
 }
 
@@ -146,6 +148,12 @@ fn leader_elected(input: &StatusInput<'_>) -> Want {
             true,
             reasons::LEADER_ELECTED,
             format!("pod {} holds the Lease", pod.name),
+        ),
+        _ if input.paused => want(
+            t,
+            false,
+            reasons::PAUSED_WITHOUT_LEADER,
+            super::pause::leaderless(input.pool),
         ),
         (None, Some(lease), Some(holder)) if lease.expired => want(
             t,
@@ -284,8 +292,6 @@ fn identity_conflict(input: &StatusInput<'_>) -> Want {
     )
 }
 
-/// The leader as the status names it; `since` is the Lease's acquire time,
-/// or the previous status's while the same identity holds.
 fn server_side_fencing(input: &StatusInput<'_>) -> Want {
     let t = conditions::SERVER_SIDE_FENCING;
     match input.fencing {
@@ -343,6 +349,15 @@ fn server_side_fencing(input: &StatusInput<'_>) -> Want {
     }
 }
 
+fn paused(input: &StatusInput<'_>) -> Want {
+    let (status, reason, message) =
+        super::pause::Pause::of(input.paused, input.leader.map(|p| p.name.as_str()))
+            .condition(input.pool);
+    want(conditions::PAUSED, status, reason, message)
+}
+
+/// The leader as the status names it; `since` is the Lease's acquire time,
+/// or the previous status's while the same identity holds.
 fn holder(input: &StatusInput<'_>) -> Option<Holder> {
     let pod = input.leader?;
     let identity = pod.identity.clone().unwrap_or_default();
@@ -373,6 +388,7 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
         agent_missing(input),
         identity_conflict(input),
         server_side_fencing(input),
+        paused(input),
     ]
     .into_iter()
     .map(|w| settle(input, w))

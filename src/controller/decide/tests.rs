@@ -567,6 +567,7 @@ fn input<'a>(
         scaled: None,
         fencing: super::fencing::FencingState::Fenced,
         transitions: &[],
+        paused: false,
         now,
     }
 }
@@ -980,5 +981,96 @@ fn server_side_fencing_condition_follows_the_fencing_state() {
             "{state:?}"
         );
         assert!(!c.message.is_empty());
+    }
+}
+
+/// Table: the Paused and LeaderElected conditions of a paused pool, led or
+/// not, and of one that is not paused.
+#[test]
+fn a_paused_pool_says_whether_it_is_led_or_waits() {
+    let pods = vec![pod("a"), pod("b")];
+    let held = held_by("a_id");
+    let dead = held_by("gone_id");
+    let cond = |s: &LeaderPolicyStatus, type_: &str| {
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    struct Case<'a> {
+        name: &'static str,
+        paused: bool,
+        lease: &'a LeaseView,
+        leader: Option<&'a PodView>,
+        paused_cond: (&'static str, &'static str, &'static str),
+        elected: (&'static str, &'static str),
+    }
+    let cases = [
+        Case {
+            name: "running",
+            paused: false,
+            lease: &held,
+            leader: Some(&pods[0]),
+            paused_cond: ("False", reasons::NOT_PAUSED, "not paused"),
+            elected: ("True", reasons::LEADER_ELECTED),
+        },
+        Case {
+            name: "paused and led",
+            paused: true,
+            lease: &held,
+            leader: Some(&pods[0]),
+            paused_cond: (
+                "True",
+                reasons::PAUSED,
+                "paused: a keeps leading while it renews",
+            ),
+            elected: ("True", reasons::LEADER_ELECTED),
+        },
+        Case {
+            name: "paused, the holder's pod gone",
+            paused: true,
+            lease: &dead,
+            leader: None,
+            paused_cond: (
+                "True",
+                reasons::PAUSED_WITHOUT_LEADER,
+                "paused: the pool has no leader and will not elect one until resumed",
+            ),
+            elected: ("False", reasons::PAUSED_WITHOUT_LEADER),
+        },
+        Case {
+            name: "not paused, the holder's pod gone: taken over",
+            paused: false,
+            lease: &dead,
+            leader: None,
+            paused_cond: ("False", reasons::NOT_PAUSED, "not paused"),
+            elected: ("False", reasons::HOLDER_NOT_LIVE),
+        },
+    ];
+    for case in cases {
+        let mut i = input(&pods, Some(case.lease), case.leader, None, t(10));
+        i.paused = case.paused;
+        let s = status(&i);
+        let (status, reason, message) = cond(&s, conditions::PAUSED);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            (case.paused_cond.0, case.paused_cond.1),
+            "{}",
+            case.name
+        );
+        assert!(
+            message.starts_with(case.paused_cond.2),
+            "{}: {message}",
+            case.name
+        );
+        let (status, reason, message) = cond(&s, conditions::LEADER_ELECTED);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            case.elected,
+            "{}: {message}",
+            case.name
+        );
     }
 }

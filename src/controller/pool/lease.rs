@@ -17,8 +17,8 @@ use tracing::info;
 use super::plan::LeaseClock;
 use crate::api::keys::{
     FENCED_LABEL, FENCED_PODS_ANNOTATION, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
-    POOL_LABEL, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION,
-    SCHEDULED_RUNS_ANNOTATION,
+    PAUSED_ANNOTATION, POOL_LABEL, PREFERRED_HOLDER_ANNOTATION, RENEW_DEADLINE_ANNOTATION,
+    RETRY_PERIOD_ANNOTATION, SCHEDULED_RUNS_ANNOTATION,
 };
 use crate::api::{IdentityStrategy, LeaderPolicy, ScheduledRuns};
 use crate::controller::context::{
@@ -39,6 +39,9 @@ pub struct Desired {
     pub renew_deadline: String,
     pub retry_period: String,
     pub scheduled_once: bool,
+    /// `spec.paused`: the Lease carries `zen-lead.io/paused: "true"`, which
+    /// keeps every candidate but the holder from acquiring it.
+    pub paused: bool,
     pub owner: OwnerReference,
     /// Server-side fencing: the pool's fenced pods (see
     /// [`crate::controller::fencing::members`]), or `None` when the pool is
@@ -54,6 +57,7 @@ impl Desired {
             renew_deadline: format_seconds(timings.renew_deadline()),
             retry_period: format_seconds(timings.retry_period()),
             scheduled_once: policy.spec.scheduled_runs == ScheduledRuns::Once,
+            paused: policy.spec.paused,
             owner: owner_ref(policy),
             fenced_pods: None,
         }
@@ -103,6 +107,7 @@ pub fn conform(lease: &mut Lease, want: &Desired) -> bool {
         }
         changed = true;
     }
+    changed |= conform_paused(annotations, want.paused);
     changed |= conform_fencing(meta, want.fenced_pods.as_deref());
     let owners = meta.owner_references.get_or_insert_with(Vec::new);
     if !owners.iter().any(|o| o.uid == want.owner.uid) {
@@ -118,6 +123,20 @@ pub fn conform(lease: &mut Lease, want: &Desired) -> bool {
         changed = true;
     }
     changed
+}
+
+/// `zen-lead.io/paused: "true"` exactly while the policy is paused.
+fn conform_paused(annotations: &mut BTreeMap<String, String>, paused: bool) -> bool {
+    let now = annotations.get(PAUSED_ANNOTATION).map(String::as_str) == Some("true");
+    if paused == now {
+        return false;
+    }
+    if paused {
+        annotations.insert(PAUSED_ANNOTATION.to_owned(), "true".to_owned());
+    } else {
+        annotations.remove(PAUSED_ANNOTATION);
+    }
+    true
 }
 
 /// The fencing label and pod list: present exactly while the pool is fenced,

@@ -159,9 +159,11 @@ async fn active(
         scaled: if scale_down { scaled } else { None },
         fencing,
         transitions: &transitions,
+        paused: policy.spec.paused,
         now: now_time(),
     });
     report::leader(ctx, key, policy, &next).await;
+    report::pause(ctx, key, policy, leader.map(|p| p.name.as_str())).await;
     if policy.status.as_ref() != Some(&next) {
         apply::status(ctx, key, &next).await?;
     }
@@ -240,7 +242,11 @@ async fn lease_phase(
     let mut wake = None;
     if let (Some(lv), Some(l)) = (view.as_mut(), lease.as_ref()) {
         let app_wake = failover(ctx, key, policy, views, lv, l).await?;
-        wake = plan::earliest(app_wake, deposed(ctx, key, policy, views, lv).await?);
+        // Paused: a deposed pod is left running (nothing is deleted).
+        if !policy.spec.paused {
+            wake = deposed(ctx, key, policy, views, lv).await?;
+        }
+        wake = plan::earliest(app_wake, wake);
     }
     Ok(LeasePhase {
         policy_ready,
@@ -358,10 +364,14 @@ async fn failover(
     let node_ready = |n: &str| ctx.cache.node_ready(n);
     let holder_pod = decide::holder_pod(lv, views);
     let strategy = policy.spec.identity_strategy;
-    let confirmed_gone = decide::needs_confirmation(lv, holder_pod)
+    let paused = policy.spec.paused;
+    // Paused, a gone holder is not cleared: no need to confirm it.
+    let confirmed_gone = !paused
+        && decide::needs_confirmation(lv, holder_pod)
         && lease::holder_confirmed_gone(ctx, key, strategy, lv).await?;
     let holder = lv.holder.clone().unwrap_or_default();
-    match decide::failover(lv, holder_pod, views, &node_ready, confirmed_gone) {
+    let decided = decide::failover(lv, holder_pod, views, &node_ready, confirmed_gone);
+    match decide::pause::failover(paused, decided) {
         Failover::Nothing => {
             let verdict = {
                 let input = AppInput {
@@ -371,9 +381,10 @@ async fn failover(
                     node_ready: &node_ready,
                     grace: app_failure::grace(&policy.spec),
                 };
-                ctx.with_memory(key, |m| {
+                let verdict = ctx.with_memory(key, |m| {
                     app_failure::judge(&mut m.app_watch, &input, Instant::now())
-                })
+                });
+                decide::pause::app_verdict(paused, verdict)
             };
             return app_failing(ctx, key, policy, views, lv, lease, verdict).await;
         }

@@ -18,6 +18,7 @@ use crate::api::keys::conditions::LEADER_ELECTED;
 use crate::api::{LeaderPolicy, LeaderPolicyStatus};
 use crate::contract::{AGENT_CONTAINER, SKIPPED_RUN_MARKER};
 use crate::controller::context::{Context, PoolMemory, Reported};
+use crate::controller::decide;
 use crate::controller::queue::PoolKey;
 
 /// `Kind/name` of a reference, for logs, notes and de-duplication.
@@ -102,6 +103,32 @@ pub async fn on_policy(
         ctx.metrics.error("event");
         warn!(policy = %policy.name_any(), error = %err, "could not publish an event");
     }
+}
+
+/// An Event when the pool is paused, loses its leader while paused, or is
+/// resumed (once per change of the stored `Paused` condition).
+pub async fn pause(ctx: &Context, key: &PoolKey, policy: &LeaderPolicy, leader: Option<&str>) {
+    let state = decide::pause::Pause::of(policy.spec.paused, leader);
+    let Some(event) = decide::pause::event(policy.status.as_ref(), &state, &key.name) else {
+        return;
+    };
+    info!(pool = %key, reason = event.reason, "{}", event.message);
+    let type_ = if event.warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let related = leader.map(|n| pod_ref(&key.namespace, n, None));
+    on_policy(
+        ctx,
+        policy,
+        type_,
+        event.reason,
+        "Pause",
+        event.message,
+        related,
+    )
+    .await;
 }
 
 /// A change of the reported leader: who was reported before (`None`: no

@@ -25,7 +25,7 @@ use crate::controller::queue::PoolKey;
 const SCALE_RECHECK: Duration = Duration::from_secs(60);
 
 /// Plans from the namespace's Deployments, StatefulSets and HPAs, then
-/// remembers, scales and forgets. HPAs are listed (no watch: they matter
+/// remembers, scales and forgets (nothing while the pool is paused). HPAs are listed (no watch: they matter
 /// only to scaleDown pools) when something relevant changed, or a minute
 /// passed.
 pub async fn run(
@@ -62,10 +62,13 @@ pub async fn run(
             .find(|t| t.kind == w.kind.as_str() && t.name == w.name)
             .map(|t| t.hpa.clone());
     }
-    let plan = decide::scale_plan(
-        &workloads,
-        scale_down,
-        keep.as_ref().map(|(k, n)| (*k, n.as_str())),
+    let plan = decide::pause::scale(
+        policy.spec.paused,
+        decide::scale_plan(
+            &workloads,
+            scale_down,
+            keep.as_ref().map(|(k, n)| (*k, n.as_str())),
+        ),
     );
     for action in &plan.actions {
         perform(ctx, key, action).await?;

@@ -659,6 +659,44 @@ fn a_fenced_pool_lease_carries_the_label_and_its_pods_exactly_while_fenced() {
 }
 
 #[test]
+fn a_paused_pool_lease_carries_the_pause_exactly_while_paused() {
+    use crate::api::keys::PAUSED_ANNOTATION;
+    use crate::election::record::Record;
+    let plain = desired();
+    let mut l = lease::fresh(&key(), None, &plain);
+    l.metadata.resource_version = Some("1".to_owned());
+    l.spec.get_or_insert_with(Default::default).holder_identity = Some("a_1".to_owned());
+    let mut paused = plain.clone();
+    paused.paused = true;
+    assert!(lease::conform(&mut l, &paused), "pausing is a change");
+    assert!(
+        !lease::conform(&mut l, &paused),
+        "second pass changes nothing"
+    );
+    let annotation = |l: &k8s_openapi::api::coordination::v1::Lease| {
+        l.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get(PAUSED_ANNOTATION)
+            .cloned()
+    };
+    assert_eq!(annotation(&l).as_deref(), Some("true"));
+    // What the agents read, and the holder untouched.
+    let record = Record::from_lease(&l).expect("record");
+    assert!(record.paused);
+    assert_eq!(record.holder.as_deref(), Some("a_1"));
+    // Resumed: the annotation goes.
+    assert!(lease::conform(&mut l, &plain));
+    assert_eq!(annotation(&l), None);
+    assert!(!Record::from_lease(&l).expect("record").paused);
+    assert!(!lease::conform(&mut l, &plain));
+    // A Lease created for a paused pool is paused from its first version.
+    let fresh = lease::fresh(&key(), None, &paused);
+    assert_eq!(annotation(&fresh).as_deref(), Some("true"));
+}
+
+#[test]
 fn a_lease_deleted_while_held_comes_back_naming_its_holder() {
     let last = crate::controller::context::HolderSeen {
         identity: "a_1".to_owned(),
