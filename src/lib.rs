@@ -112,6 +112,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             let config = handoff::StatusConfig::from(&args);
             Ok(handoff::status(&config, &mut std::io::stdout().lock()).await?)
         }
+        Command::Pause(args) => {
+            let config = args.config(true);
+            Ok(handoff::pause::pause(&config, &mut std::io::stdout().lock()).await?)
+        }
+        Command::Resume(args) => {
+            let config = args.config(false);
+            Ok(handoff::pause::pause(&config, &mut std::io::stdout().lock()).await?)
+        }
         Command::Crd => print(&api::crd_yaml()?),
         Command::Certs(args) => certs(&args),
         Command::Completion(args) => print_bytes(&cli::completion_script(args.shell)),

@@ -230,6 +230,14 @@ pub enum Command {
     #[command(long_about = STATUS_ABOUT)]
     Status(StatusArgs),
 
+    /// Pause a pool for maintenance: no fail-over, hand-off or scale-down.
+    #[command(long_about = PAUSE_ABOUT)]
+    Pause(PauseArgs),
+
+    /// Resume a paused pool: fail-over and hand-offs run again.
+    #[command(long_about = RESUME_ABOUT)]
+    Resume(PauseArgs),
+
     /// Print the LeaderPolicy CustomResourceDefinition as YAML.
     #[command(long_about = CRD_ABOUT)]
     Crd,
@@ -263,6 +271,8 @@ impl Command {
                 | Command::Probe(_)
                 | Command::Handoff(_)
                 | Command::Status(_)
+                | Command::Pause(_)
+                | Command::Resume(_)
         )
     }
 }
@@ -870,6 +880,58 @@ pod and whether it is a working candidate, and its last leader changes.
 Examples:
   zen-lead status -n team-a
   kubectl zen-lead status my-controller-pool";
+
+const PAUSE_ABOUT: &str = "\
+Pause POOL for maintenance (sets its LeaderPolicy's spec.paused): no fail-over,
+no hand-off (the controller's or `zen-lead handoff`), no scale-down change and no
+deletion of a deposed pod. The leader keeps leading as long as it renews. If it
+stops (its pod dies, it releases), the pool has no leader and waits until it is
+resumed; its Paused condition and an Event say so.
+
+Returns once the controller has marked the pool's Lease, which the agents obey.
+
+Examples:
+  zen-lead pause my-db -n team-a
+  kubectl zen-lead pause my-db";
+
+const RESUME_ABOUT: &str = "\
+Resume a paused POOL (clears its LeaderPolicy's spec.paused): fail-over,
+hand-offs and scale-down run again. A pool that lost its leader while paused
+elects one at once. Returns once the controller has lifted the pause on the
+pool's Lease.
+
+Examples:
+  zen-lead resume my-db -n team-a
+  kubectl zen-lead resume my-db";
+
+/// Flags of `zen-lead pause` and `zen-lead resume`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// The pool (its LeaderPolicy's name).
+    #[arg(env = "ZEN_LEAD_POOL")]
+    pub pool: String,
+
+    /// Namespace of the pool. Default: the kubeconfig context's namespace.
+    #[arg(long, short = 'n', env = "ZEN_LEAD_POOL_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Give up (exit non-zero) if the controller has not carried the change
+    /// to the pool's Lease within this long.
+    #[arg(long, env = "ZEN_LEAD_PAUSE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl PauseArgs {
+    /// The request: `paused` true for `pause`, false for `resume`.
+    pub fn config(&self, paused: bool) -> crate::handoff::pause::PauseConfig {
+        crate::handoff::pause::PauseConfig {
+            namespace: self.namespace.clone(),
+            pool: self.pool.clone(),
+            paused,
+            timeout: self.timeout,
+        }
+    }
+}
 
 /// Flags of `zen-lead handoff`.
 #[derive(Debug, Args)]

@@ -8,7 +8,9 @@
 //! the named pod for a moment, and the named pod acquires. Nothing here
 //! bypasses the election, so it cannot make two leaders.
 //! - [`plan`]: which pod takes over, or why none may (pure).
+//! - [`pause`]: `zen-lead pause` and `zen-lead resume`.
 
+pub mod pause;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -97,6 +99,19 @@ pub enum HandoffError {
     )]
     Contended { lease: String },
 
+    #[error(
+        "LeaderPolicy {pool} in namespace {namespace} says spec.paused: {paused}, but the \
+         controller did not carry it to the Lease {pool} (annotation zen-lead.io/paused) within \
+         {timeout:?}, and the agents obey the Lease: is the zen-lead controller running (kubectl \
+         get lp {pool} -n {namespace} -o yaml shows its Paused condition)?"
+    )]
+    NotMarked {
+        pool: String,
+        namespace: String,
+        timeout: Duration,
+        paused: bool,
+    },
+
     #[error("could not write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
 }
@@ -178,6 +193,12 @@ fn pod_name(pods: &[PodView], identity: &str) -> String {
 pub async fn handoff(cfg: &HandoffConfig, out: &mut dyn Write) -> Result<(), HandoffError> {
     let (client, namespace) = client_and_namespace(&cfg.namespace).await?;
     let pool = read_pool(&client, &namespace, &cfg.pool).await?;
+    plan::not_paused(
+        pool.policy.spec.paused,
+        Record::from_lease(&pool.lease).is_some_and(|r| r.paused),
+        &cfg.pool,
+        &namespace,
+    )?;
     let holder = holder_of(&pool.lease);
     // Node readiness needs a cluster-wide read most users lack; the
     // controller refuses a NotReady node's pod anyway (it never leads there).
@@ -375,6 +396,12 @@ pub async fn status(cfg: &StatusConfig, out: &mut dyn Write) -> Result<(), Hando
                 "token:       {} (the Lease's leaseTransitions)\n",
                 token_of(&pool.lease)
             ));
+            if pool.policy.spec.paused {
+                text.push_str(&format!(
+                    "paused:      yes: no fail-over or hand-off until `zen-lead resume {name} -n \
+                     {namespace}`\n"
+                ));
+            }
             text.push_str("candidates:\n");
             for p in &pool.pods {
                 let leads = holder.is_some() && p.identity == holder;

@@ -43,6 +43,30 @@ pub enum Refusal {
         pool: String,
         namespace: String,
     },
+
+    #[error(
+        "pool {pool} is paused (spec.paused: true): no hand-off while paused, the leader keeps \
+         leading. Resume it first with `zen-lead resume {pool} -n {namespace}`"
+    )]
+    Paused { pool: String, namespace: String },
+}
+
+/// Refuses a hand-off while the pool is paused: by its policy, or still by
+/// its Lease (the controller has not yet lifted a pause there, and the
+/// holder ignores hand-offs until it does).
+pub fn not_paused(
+    policy_paused: bool,
+    lease_paused: bool,
+    pool: &str,
+    namespace: &str,
+) -> Result<(), Refusal> {
+    if policy_paused || lease_paused {
+        return Err(Refusal::Paused {
+            pool: pool.to_owned(),
+            namespace: namespace.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Why `pod` cannot take over, or `None` when it can. `node_ready` says
@@ -162,6 +186,25 @@ mod tests {
 
     fn pick<'a>(pods: &'a [PodView], to: Option<&str>) -> Result<&'a str, Refusal> {
         target(pods, "p", "ns", Some("a_id"), to, &ready).map(|p| p.name.as_str())
+    }
+
+    #[test]
+    fn a_paused_pool_refuses_and_says_how_to_resume() {
+        // (policy paused, Lease still paused, refused)
+        for (policy, lease, refused) in [
+            (false, false, false),
+            (true, false, true),
+            (true, true, true),
+            (false, true, true),
+        ] {
+            let got = not_paused(policy, lease, "db", "team");
+            assert_eq!(got.is_err(), refused, "{policy} {lease}");
+            if let Err(e) = got {
+                let text = e.to_string();
+                assert!(text.contains("pool db is paused"), "{text}");
+                assert!(text.contains("zen-lead resume db -n team"), "{text}");
+            }
+        }
     }
 
     #[test]
