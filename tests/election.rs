@@ -633,3 +633,95 @@ async fn agents_sharing_a_custom_identity_never_lead_together() {
     })
     .await;
 }
+
+/// Maintenance pause as the agents keep it: with `zen-lead.io/paused` on the
+/// Lease (what the controller writes for `spec.paused`), a holder that stops
+/// renewing is not replaced, however long after its expiry; once the pause
+/// is lifted, a follower takes over. The wait is a ratio of the same run's
+/// unpaused take-over after a crash, so a slow machine cannot make it pass
+/// early.
+#[tokio::test]
+async fn a_paused_lease_is_not_taken_over_after_expiry_until_resumed() {
+    let client = common::client().await;
+    common::with_namespace(&client, "pause", |client, ns| async move {
+        let dir = scratch_dir("pause");
+        let t = TestTimings::FAST;
+        create_lease(&client, &ns, POOL, t).await;
+        let mut agents: Vec<Agent> = (0..3)
+            .map(|i| Agent::start(&dir, &ns, POOL, &format!("p{i}"), &[]))
+            .collect();
+        until("a leader", Duration::from_secs(20), || {
+            single_leader(&agents).is_some()
+        })
+        .await;
+
+        // The peer: unpaused, a crashed holder is replaced after expiry.
+        let first = single_leader(&agents).expect("leader");
+        agents[first].kill();
+        agents[first].wait_exit(Duration::from_secs(5)).await;
+        let control = until(
+            "a leader after SIGKILL (unpaused)",
+            Duration::from_secs(20),
+            || single_leader(&agents).is_some(),
+        )
+        .await;
+        let second = single_leader(&agents).expect("leader");
+
+        // Paused, the holder freezes (SIGSTOP: no renewal, no release).
+        set_lease_paused(&client, &ns, POOL, true).await;
+        let holder = agents[second].identity.clone();
+        agents[second].signal(Signal::STOP);
+        let window = (control * 3).max(t.lease() * 3);
+        let since = tokio::time::Instant::now();
+        while since.elapsed() < window {
+            let others: Vec<&str> = agents
+                .iter()
+                .enumerate()
+                .filter(|(i, a)| *i != second && a.leads_by_log())
+                .map(|(_, a)| a.name.as_str())
+                .collect();
+            assert!(
+                others.is_empty(),
+                "{others:?} took a paused Lease {:?} after its holder froze (unpaused take-over: \
+                 {control:?})",
+                since.elapsed()
+            );
+            let now = lease_holder(&client, &ns, POOL).await;
+            assert_eq!(now, holder, "the paused Lease changed holder");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Resumed: the remaining follower takes the long-expired Lease.
+        let resumed = tokio::time::Instant::now();
+        set_lease_paused(&client, &ns, POOL, false).await;
+        until("a leader after the resume", Duration::from_secs(20), || {
+            agents
+                .iter()
+                .enumerate()
+                .any(|(i, a)| i != second && i != first && a.leads_by_log())
+        })
+        .await;
+        let took = resumed.elapsed();
+        assert!(
+            took < control + Duration::from_secs(2),
+            "the take-over after the resume took {took:?}; the Lease had long expired \
+             (unpaused take-over: {control:?})"
+        );
+
+        // The frozen holder, woken, ends its term at its deadline: never two
+        // leaders at once.
+        agents[second].signal(Signal::CONT);
+        until(
+            "the woken holder to log the end of its term",
+            Duration::from_secs(10),
+            || !agents[second].leads_by_log(),
+        )
+        .await;
+        let all = agent_intervals(&agents);
+        assert!(
+            overlaps(all.clone()).is_empty(),
+            "overlapping terms: {all:?}"
+        );
+    })
+    .await;
+}

@@ -14,7 +14,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use zen_lead::api::keys::{RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
+use zen_lead::api::keys::{PAUSED_ANNOTATION, RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION};
 use zen_lead::election::clock::now_mono_ns;
 
 pub use crate::common::net::{free_port, http_get};
@@ -92,6 +92,30 @@ pub async fn create_lease(client: &Client, ns: &str, name: &str, t: TestTimings)
     api.create(&PostParams::default(), &lease)
         .await
         .unwrap_or_else(|e| panic!("creating Lease {ns}/{name}: {e}"))
+}
+
+/// Sets or removes `zen-lead.io/paused` on the Lease, as the controller does
+/// for a paused policy: a compare-and-swap, retried when a renewal came first.
+pub async fn set_lease_paused(client: &Client, ns: &str, name: &str, paused: bool) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    for _ in 0..20 {
+        let mut lease = api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading Lease {ns}/{name}: {e}"));
+        let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        if paused {
+            annotations.insert(PAUSED_ANNOTATION.to_owned(), "true".to_owned());
+        } else {
+            annotations.remove(PAUSED_ANNOTATION);
+        }
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("writing Lease {ns}/{name}: {e}"),
+        }
+    }
+    panic!("Lease {ns}/{name} changed under 20 attempts to set paused={paused}");
 }
 
 /// The Lease's current holder (empty string: none).
