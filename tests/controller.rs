@@ -26,7 +26,8 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde_json::json;
 use zen_lead::api::keys::{
     CANDIDATE_READINESS_GATE, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
-    ORIGINAL_REPLICAS_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION, pod_identity,
+    ORIGINAL_REPLICAS_ANNOTATION, PAUSED_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION,
+    pod_identity,
 };
 use zen_lead::api::{LeaderPolicy, LeaderPolicySpec};
 
@@ -2538,6 +2539,162 @@ async fn recent_transitions_and_pool_metrics_follow_a_handoff_and_a_pod_deletion
             left.is_empty().then_some(()).ok_or(format!("{left:?}"))
         })
         .await;
+    })
+    .await;
+}
+
+/// `zen-lead pause|resume` as a user runs them (the built binary).
+fn pause_cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("zen-lead {args:?}: {e}"))
+}
+
+/// The cell of `column` in `kubectl get lp NAME`'s row, as the API server
+/// renders the CRD's printer columns (a Table).
+async fn printed_column(client: &Client, ns: &str, name: &str, column: &str) -> String {
+    let request = http::Request::get(format!(
+        "/apis/coordination.kube-zen.io/v1alpha1/namespaces/{ns}/leaderpolicies/{name}"
+    ))
+    .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    .body(Vec::new())
+    .unwrap_or_else(|e| panic!("table request: {e}"));
+    let table: serde_json::Value = client
+        .request(request)
+        .await
+        .unwrap_or_else(|e| panic!("get lp {name} as a table: {e}"));
+    let index = table["columnDefinitions"]
+        .as_array()
+        .and_then(|cols| cols.iter().position(|c| c["name"] == column))
+        .unwrap_or_else(|| panic!("no column {column}: {table}"));
+    table["rows"][0]["cells"][index]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn condition_reason(p: &LeaderPolicy, type_: &str) -> Option<(String, String)> {
+    condition(p, type_).map(|c| (c.reason.clone(), c.message.clone()))
+}
+
+/// Maintenance pause: `zen-lead pause` puts it in force (the Paused
+/// condition, the PAUSED column, the Lease annotation), `zen-lead handoff`
+/// refuses, and when the holder dies the pool waits, leaderless, and says
+/// so (condition and Event) for twice the lease duration, which an unpaused
+/// pool never does (the controller clears a deleted holder's Lease at once,
+/// see holder_pod_deleted_fails_over_without_waiting_for_expiry, and expiry
+/// comes after one lease duration). `zen-lead resume` elects the follower.
+#[tokio::test]
+async fn paused_pool_whose_holder_dies_waits_says_so_and_resume_elects() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-pause", |client, ns| async move {
+        let dir = common::scratch_dir("controller-pause");
+        create_policy(&client, &ns, "db", fast()).await;
+        let mut pods = Vec::new();
+        for i in 0..2 {
+            let name = format!("db-{i}");
+            create_pod(&client, &ns, &pool_pod(&name, Some("db"), "kwok-1", true)).await;
+            pods.push(running_pod(&client, &ns, &name).await);
+        }
+        let labels = LeaderLabelWatch::start(&client, &ns);
+        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
+        let mut first = HostAgent::start(&dir, &pods[0], "db");
+        policy_until(&client, &ns, "db", "db-0 leads", LIMIT, |p| {
+            (holder_name(p).as_deref() == Some("db-0"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        let _second = HostAgent::start(&dir, &pods[1], "db");
+
+        let out = pause_cli(&["pause", "db", "-n", &ns]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "zen-lead pause: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("keeps leading"), "{stdout}");
+        let l = lease(&client, &ns, "db").await.expect("Lease db");
+        assert_eq!(
+            l.annotations().get(PAUSED_ANNOTATION).map(String::as_str),
+            Some("true"),
+            "pause returned before the Lease was marked"
+        );
+        policy_until(&client, &ns, "db", "Paused while db-0 leads", LIMIT, |p| {
+            match condition_reason(p, "Paused") {
+                Some((reason, message)) if reason == "Paused" && message.contains("db-0") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(printed_column(&client, &ns, "db", "Paused").await, "True");
+        event_until(&client, &ns, "db", "Paused", "keeps leading").await;
+
+        let out = pause_cli(&["handoff", "db", "-n", &ns, "--timeout", "5s"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a hand-off of a paused pool ran");
+        assert!(
+            stderr.contains("pool db is paused") && stderr.contains("zen-lead resume db"),
+            "{stderr}"
+        );
+
+        // The holder dies with its pod; nobody releases the Lease.
+        first.kill();
+        let died = tokio::time::Instant::now();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete("db-0", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete db-0");
+        let waiting = "the pool has no leader and will not elect one until resumed";
+        policy_until(&client, &ns, "db", "paused without a leader", LIMIT, |p| {
+            let paused = condition_reason(p, "Paused");
+            let elected = condition_reason(p, "LeaderElected");
+            match (&paused, &elected) {
+                (Some((r1, m1)), Some((r2, _)))
+                    if r1 == "PausedWithoutLeader"
+                        && r2 == "PausedWithoutLeader"
+                        && m1.contains(waiting) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("Paused {paused:?}, LeaderElected {elected:?}")),
+            }
+        })
+        .await;
+        event_until(&client, &ns, "db", "PausedWithoutLeader", waiting).await;
+        let lease_duration = Duration::from_secs(5);
+        while died.elapsed() < lease_duration * 2 {
+            let l = lease(&client, &ns, "db").await.expect("Lease db");
+            assert_eq!(
+                lease_holder(&l).as_deref(),
+                Some(first.identity.as_str()),
+                "the paused pool's Lease changed hands {:?} after its holder died",
+                died.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let out = pause_cli(&["resume", "db", "-n", &ns]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "zen-lead resume: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("resumed"), "{stdout}");
+        policy_until(&client, &ns, "db", "db-1 leads, not paused", LIMIT, |p| {
+            let paused = condition_reason(p, "Paused").map(|(r, _)| r);
+            (holder_name(p).as_deref() == Some("db-1") && paused.as_deref() == Some("NotPaused"))
+                .then_some(())
+                .ok_or(format!("{:?}", p.status))
+        })
+        .await;
+        assert_eq!(printed_column(&client, &ns, "db", "Paused").await, "False");
+        event_until(&client, &ns, "db", "Resumed", "resumed").await;
+        labels.assert_never_two();
     })
     .await;
 }
