@@ -458,3 +458,189 @@ async fn a_frozen_start_leader_is_deleted_once_a_successor_leads() {
     })
     .await;
 }
+
+/// `zen-lead pause POOL` or `resume POOL` as a user runs it; panics with
+/// its output unless it succeeds.
+fn pause_cli(verb: &str, pool: &str, ns: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zen-lead"))
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .args([verb, pool, "-n", ns])
+        .output()
+        .unwrap_or_else(|e| panic!("zen-lead {verb}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "zen-lead {verb} {pool}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The reason and message of the policy's `type_` condition.
+async fn policy_condition(client: &Client, ns: &str, name: &str, type_: &str) -> (String, String) {
+    Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()
+        .and_then(|p| p.status)
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == type_))
+        .map(|c| (c.reason, c.message))
+        .unwrap_or_default()
+}
+
+/// Maintenance pause with real pods (the agent from the release image): the
+/// leader's pod is deleted while the pool is paused (its agent releases the
+/// Lease on the way out), and no other pod's app starts
+/// (neither the follower nor the replacement pod the Deployment creates) for
+/// twice the lease duration after the old app stopped, while the policy says
+/// the pool has no leader and waits. `zen-lead resume` elects one.
+#[tokio::test]
+async fn paused_start_pool_whose_leader_dies_waits_until_resumed() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "e2e-pause", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let hook = register_webhook(&client, &ns, &controller).await;
+        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                    "metadata": {"name": "paused"},
+                    "spec": {"activation": "start", "leaseDurationSeconds": 5,
+                             "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": "paused"},
+                    "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "paused"}},
+                             "template": pool_pod_template("paused", &dir, &[])}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let leader = eventually("one app running", Duration::from_secs(120), || {
+            let pods = pods.clone();
+            async move {
+                let running = apps_running(&pods, "app=paused").await?;
+                if running.len() == 1 {
+                    Ok(running[0].clone())
+                } else {
+                    Err(format!("apps running in {running:?}"))
+                }
+            }
+        })
+        .await;
+        wait_steady(&pods, "app=paused", &leader, STEADY).await;
+
+        let said = pause_cli("pause", "paused", &ns);
+        assert!(said.contains("keeps leading"), "{said}");
+        eventually("the Paused condition", Duration::from_secs(30), || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let (reason, message) = policy_condition(&client, &ns, "paused", "Paused").await;
+                (reason == "Paused")
+                    .then_some(())
+                    .ok_or(format!("{reason}: {message} "))
+            }
+        })
+        .await;
+
+        // The leader's pod is deleted: its app stops, then its agent
+        // releases the Lease, which is then free (and paused).
+        let died = monotonic_ns();
+        pods.delete(&leader, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete leader: {e}"));
+        let old = eventually("the old app stops", Duration::from_secs(60), || {
+            let dir = dir.clone();
+            let leader = leader.clone();
+            async move {
+                runs(&dir)
+                    .into_iter()
+                    .find(|r| r.name == leader && r.stop.is_some())
+                    .ok_or_else(|| "the old app still runs".to_owned())
+            }
+        })
+        .await;
+        let waiting = "the pool has no leader and will not elect one until resumed";
+        eventually("paused without a leader", Duration::from_secs(30), || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let (reason, message) = policy_condition(&client, &ns, "paused", "Paused").await;
+                (reason == "PausedWithoutLeader" && message.contains(waiting))
+                    .then_some(())
+                    .ok_or(format!("{reason}: {message}"))
+            }
+        })
+        .await;
+        // Twice the lease duration from the old app's stop (its agent
+        // stopped no earlier): no app may start.
+        let stopped = old.stop.unwrap_or(died);
+        let hold = Duration::from_secs(10);
+        let held = eventually(
+            "twice the lease duration without a new app",
+            hold + Duration::from_secs(30),
+            || {
+                let dir = dir.clone();
+                async move {
+                    let started: Vec<String> = runs(&dir)
+                        .into_iter()
+                        .filter(|r| r.start > died)
+                        .map(|r| r.name)
+                        .collect();
+                    assert!(
+                        started.is_empty(),
+                        "apps of {started:?} started in a paused pool after its leader died"
+                    );
+                    let waited = Duration::from_nanos((monotonic_ns() - stopped).max(0) as u64);
+                    (waited >= hold)
+                        .then_some(waited)
+                        .ok_or(format!("{waited:?}"))
+                }
+            },
+        )
+        .await;
+        let (reason, message) = policy_condition(&client, &ns, "paused", "LeaderElected").await;
+        assert_eq!(reason, "PausedWithoutLeader", "{message}");
+
+        let resumed = monotonic_ns();
+        let said = pause_cli("resume", "paused", &ns);
+        assert!(said.contains("resumed"), "{said}");
+        let next = eventually(
+            "an app to start after the resume",
+            Duration::from_secs(60),
+            || {
+                let dir = dir.clone();
+                async move {
+                    runs(&dir)
+                        .into_iter()
+                        .find(|r| r.start > resumed)
+                        .ok_or_else(|| "no app yet".to_owned())
+                }
+            },
+        )
+        .await;
+        println!(
+            "e2e: paused pool: no app started for {held:?} after the leader's app stopped; {} \
+             started {:.0} ms after the resume",
+            next.name,
+            (next.start - resumed) as f64 / 1e6
+        );
+        assert_no_overlap(&runs(&dir));
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&hook, &DeleteParams::default())
+            .await;
+        drop(controller.child);
+    })
+    .await;
+}
