@@ -232,6 +232,7 @@ async fn status_subresource_and_kubectl_columns() {
             "web",
             LeaderPolicySpec {
                 follower_mode: FollowerMode::ScaleDown,
+                paused: true,
                 ..LeaderPolicySpec::default()
             },
         );
@@ -265,6 +266,13 @@ async fn status_subresource_and_kubectl_columns() {
                     "status": "True",
                     "reason": "LeaseHeld",
                     "message": "web-7d9f-abcde holds the lease",
+                    "lastTransitionTime": "2025-01-02T03:04:05Z"
+                }, {
+                    // The PAUSED column shows this condition's status.
+                    "type": "Paused",
+                    "status": "True",
+                    "reason": "Paused",
+                    "message": "paused",
                     "lastTransitionTime": "2025-01-02T03:04:05Z"
                 }]
             }
@@ -310,20 +318,28 @@ async fn status_subresource_and_kubectl_columns() {
         let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
         assert_eq!(
             header,
-            ["NAME", "PHASE", "LEADER", "CANDIDATES", "MODE", "AGE"],
+            [
+                "NAME",
+                "PHASE",
+                "LEADER",
+                "CANDIDATES",
+                "MODE",
+                "PAUSED",
+                "AGE"
+            ],
             "{table}"
         );
         let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
-        assert_eq!(row.len(), 6, "{table}");
+        assert_eq!(row.len(), 7, "{table}");
         assert_eq!(
-            row[..5],
-            ["web", "Stable", "web-7d9f-abcde", "3", "scaleDown"],
+            row[..6],
+            ["web", "Stable", "web-7d9f-abcde", "3", "scaleDown", "True"],
             "{table}"
         );
         assert!(
-            row[5].ends_with('s') || row[5].ends_with('m'),
+            row[6].ends_with('s') || row[6].ends_with('m'),
             "AGE should be a short duration, got {:?}",
-            row[5]
+            row[6]
         );
     })
     .await;
