@@ -11,7 +11,7 @@
 //! | `/readyz` | 200 once the Lease watch is established and the Lease's state is known |
 //! | `/startz` | `start` activation: 200 only while this pod leads (a follower's request is held up to 800 ms, answered the moment it leads); `api` activation: 200 once the API gate serves; `process` activation: 200 once the binary is shared (the startup probe that holds back the app containers) |
 //! | `/app-health/<container>/<kind>` | `process` activation: the app container's probe (`startup`, `readiness`, `liveness`): 200 while the app is held, else the app's own probe (see [`super::app_probe`]) |
-//! | `POST /v1/app/hold` | `process` activation, from loopback only: `zen-lead run` keeps this request open while its app runs; a voluntary release waits until none is open |
+//! | `POST /v1/app/hold` | `process` activation, from loopback only: `zen-lead run` keeps this request open while its app runs; a voluntary release waits until none is open; 409 when this pod does not lead |
 //! | `POST /v1/release` | `process` activation, from loopback only: release the Lease if this pod leads and stand down for a lease duration (`zen-lead run` asks when the app fails or a signal stopped it; `?reason=app-failed` or `app-stopped`) |
 //! | `GET /v1/leader` | JSON: holder, leading, fencing token, since, Lease namespace/name |
 //! | `GET /v1/leader/watch` | the same as server-sent events, one per change (also `/v1/leader` with `Accept: text/event-stream`); at most [`MAX_WATCHES`] at a time |
@@ -460,7 +460,19 @@ async fn app_hold(
         )
             .into_response();
     };
-    let _hold = Hold::new(process);
+    let hold = Hold::new(process);
+    // Counted first, then checked: a release steps down before it reads the
+    // count, so either it sees this hold and waits for it, or this check
+    // sees the step-down and CMD never starts beside the successor's.
+    if !state.status.borrow().leading_at(Instant::now()) {
+        drop(hold);
+        return (
+            StatusCode::CONFLICT,
+            "this pod does not lead (any more): CMD must not start\n",
+        )
+            .into_response();
+    }
+    let _hold = hold;
     let mut data = body.into_data_stream();
     while let Some(Ok(_)) = futures::StreamExt::next(&mut data).await {}
     (StatusCode::OK, "released\n").into_response()
@@ -596,6 +608,50 @@ mod tests {
             .await
             .expect("stood down")
             .expect("open");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_hold_asked_after_the_step_down_is_refused_and_not_counted() {
+        // A release steps down, then waits for the holds it counts: a hold
+        // that arrives after the step-down must not start CMD beside the
+        // successor's app.
+        let (tx, mut s) = state(LeaderStatus {
+            leading: true,
+            lead_until: Some(Instant::now() + Duration::from_secs(30)),
+            ..LeaderStatus::default()
+        });
+        let (stand_down, _stand_down_rx) = watch::channel(None);
+        let (running, mut running_rx) = watch::channel(0usize);
+        s.process = Some(Arc::new(ProcessState {
+            probes: Vec::new(),
+            stand_down,
+            running,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(serve(listener, probe, s, stop));
+        tx.send_modify(|st| st.leading = false);
+        let refused = crate::run::client::hold(addr).await;
+        assert!(
+            matches!(
+                refused,
+                Err(crate::run::RunError::AgentStatus { status, .. }) if status == StatusCode::CONFLICT
+            ),
+            "{refused:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), running_rx.wait_for(|n| *n == 0))
+            .await
+            .expect("not counted")
+            .expect("open");
+        // A term that ran out (leading, but past its deadline) is refused too.
+        tx.send_modify(|st| {
+            st.leading = true;
+            st.lead_until = Some(Instant::now());
+        });
+        assert!(crate::run::client::hold(addr).await.is_err());
         drop(tx);
     }
 

@@ -205,7 +205,7 @@ impl Machine {
             Input::Event(view) => self.event(view, now),
             Input::Timer => self.timer(now),
             Input::Exited(code) => self.exited(code, now),
-            Input::Held => self.held(),
+            Input::Held => self.held(now),
             Input::HoldFailed => self.hold_failed(now),
             Input::Signal(sig) => {
                 self.exiting = true;
@@ -227,8 +227,15 @@ impl Machine {
         }
     }
 
-    fn held(&mut self) -> Action {
+    fn held(&mut self, now: Instant) -> Action {
         match std::mem::replace(&mut self.phase, Phase::Waiting) {
+            // The term ran out while the agent confirmed: nothing starts
+            // (the caller closes the hold), and the next view decides.
+            Phase::Holding {
+                deadline,
+                retry_at: None,
+                ..
+            } if now >= deadline => Action::Nothing,
             Phase::Holding {
                 launch,
                 deadline,
@@ -553,6 +560,14 @@ mod tests {
                 t0,
                 launch(7),
                 Some(t0 + secs(10)),
+            ),
+            (
+                "a hold confirmed after the term's deadline starts nothing",
+                holding(t0),
+                Input::Held,
+                t0 + secs(10),
+                Action::Nothing,
+                None,
             ),
             (
                 "a failed hold does not start CMD; retried after a back-off",
