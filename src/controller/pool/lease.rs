@@ -125,18 +125,23 @@ pub fn conform(lease: &mut Lease, want: &Desired) -> bool {
     changed
 }
 
-/// `zen-lead.io/paused: "true"` exactly while the policy is paused.
+/// `zen-lead.io/paused: "true"` exactly while the policy is paused, and no
+/// such annotation otherwise, whatever its value: the agents read a trimmed
+/// value, so a hand-written `" true "` left in place would pause them while
+/// the controller thinks the pool runs.
 fn conform_paused(annotations: &mut BTreeMap<String, String>, paused: bool) -> bool {
-    let now = annotations.get(PAUSED_ANNOTATION).map(String::as_str) == Some("true");
-    if paused == now {
-        return false;
+    let now = annotations.get(PAUSED_ANNOTATION).map(String::as_str);
+    match (paused, now) {
+        (true, Some("true")) | (false, None) => false,
+        (true, _) => {
+            annotations.insert(PAUSED_ANNOTATION.to_owned(), "true".to_owned());
+            true
+        }
+        (false, Some(_)) => {
+            annotations.remove(PAUSED_ANNOTATION);
+            true
+        }
     }
-    if paused {
-        annotations.insert(PAUSED_ANNOTATION.to_owned(), "true".to_owned());
-    } else {
-        annotations.remove(PAUSED_ANNOTATION);
-    }
-    true
 }
 
 /// The fencing label and pod list: present exactly while the pool is fenced,

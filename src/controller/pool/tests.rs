@@ -694,6 +694,22 @@ fn a_paused_pool_lease_carries_the_pause_exactly_while_paused() {
     // A Lease created for a paused pool is paused from its first version.
     let fresh = lease::fresh(&key(), None, &paused);
     assert_eq!(annotation(&fresh).as_deref(), Some("true"));
+    // A hand-written value the agents would read as a pause (they trim it)
+    // goes when the pool is not paused, and is made exact when it is.
+    for (value, want_paused) in [(" true ", false), (" true ", true), ("yes", true)] {
+        l.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(PAUSED_ANNOTATION.to_owned(), value.to_owned());
+        let want = if want_paused { &paused } else { &plain };
+        assert!(lease::conform(&mut l, want), "{value:?}");
+        assert_eq!(
+            annotation(&l).as_deref(),
+            want_paused.then_some("true"),
+            "{value:?}"
+        );
+        assert_eq!(Record::from_lease(&l).expect("record").paused, want_paused);
+    }
 }
 
 #[test]
