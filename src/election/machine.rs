@@ -613,7 +613,11 @@ impl Machine {
                     .preferred
                     .as_deref()
                     .is_some_and(|p| p != me && rec.preferred != lead.preferred_seen);
-                if preferred_other || self.standing_down(now).is_some() {
+                // A stand-down (`process`: the app failed) does not release a
+                // paused Lease: nobody could take it until the resume, and the
+                // restarted app runs again in this term.
+                let standing_down = self.standing_down(now).is_some() && !rec.paused;
+                if preferred_other || standing_down {
                     release_of(rec)
                 } else if now >= lead.next_renew {
                     Action::Replace {

@@ -1055,6 +1055,36 @@ fn a_paused_leader_renews_and_drops_hand_offs() {
 }
 
 #[test]
+fn a_paused_leader_whose_app_fails_keeps_its_term() {
+    // `process`: `run` asks for a release when its app fails. Paused, the
+    // Lease stays: nobody else may take it until the resume.
+    let t0 = Instant::now();
+    let mut m = leading_machine(t0);
+    let mut r = rec(3, Some(ME), 5);
+    r.paused = true;
+    m.observe(present(r), t0 + ms(100));
+    let until = t0 + ms(5_000);
+    m.stand_down(Some(until));
+    assert_eq!(m.decide(t0 + ms(100)), Action::Wait(Some(t0 + ms(500))));
+    assert!(matches!(
+        m.decide(t0 + ms(500)),
+        Action::Replace {
+            kind: WriteKind::Renew,
+            ..
+        }
+    ));
+    // Resumed while the stand-down lasts: the release goes ahead.
+    m.observe(present(rec(4, Some(ME), 5)), t0 + ms(600));
+    assert!(matches!(
+        m.decide(t0 + ms(600)),
+        Action::Replace {
+            kind: WriteKind::Release,
+            ..
+        }
+    ));
+}
+
+#[test]
 fn a_deleted_paused_lease_is_not_recreated_by_a_follower() {
     let t0 = Instant::now();
     let creating = MachineConfig {
