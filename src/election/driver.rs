@@ -27,7 +27,8 @@ use super::machine::{
     Action, EndReason, Failure, LeadEvent, Machine, MachineConfig, Observation, WriteKind,
 };
 use super::record::{
-    Record, SpecWrite, apply_instance, apply_spec, format_seconds, lease_duration_seconds,
+    Record, SpecWrite, apply_instance, apply_spec, drop_own_preference, format_seconds,
+    lease_duration_seconds,
 };
 use crate::api::keys::{
     RENEW_DEADLINE_ANNOTATION, RETRY_PERIOD_ANNOTATION, SCHEDULED_RUN_ANNOTATION,
@@ -771,6 +772,9 @@ impl Elector {
             metadata.managed_fields = None;
         }
         apply_instance(&mut metadata.annotations, write);
+        if write.holder.is_none() {
+            drop_own_preference(&mut metadata.annotations, self.machine.identity());
+        }
         if write.new_term
             && let Some((time, job)) = &self.scheduled_run
         {

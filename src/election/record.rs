@@ -216,6 +216,20 @@ pub fn apply_instance(annotations: &mut Option<BTreeMap<String, String>>, write:
     }
 }
 
+/// A release by `identity` leaves no preference for `identity` behind: the
+/// other candidates would defer to it (`preferred_defer`) on a free Lease
+/// for a holder that has just gone (a hand-off to it that it already took,
+/// then its own release when its pod is deleted).
+pub fn drop_own_preference(annotations: &mut Option<BTreeMap<String, String>>, identity: &str) {
+    if let Some(map) = annotations.as_mut()
+        && map
+            .get(PREFERRED_HOLDER_ANNOTATION)
+            .is_some_and(|p| p.trim() == identity)
+    {
+        map.remove(PREFERRED_HOLDER_ANNOTATION);
+    }
+}
+
 /// Applies `write` to a copy of `spec` (the Lease being replaced).
 pub fn apply_spec(spec: Option<&LeaseSpec>, write: &SpecWrite) -> LeaseSpec {
     let mut out = spec.cloned().unwrap_or_default();
@@ -346,6 +360,30 @@ mod tests {
             },
         );
         assert!(annotations.is_none_or(|a| !a.contains_key(HOLDER_INSTANCE_ANNOTATION)));
+    }
+
+    #[test]
+    fn a_release_drops_only_a_preference_for_the_releaser() {
+        let with = |preferred: &str| {
+            Some(BTreeMap::from([
+                (PREFERRED_HOLDER_ANNOTATION.to_owned(), preferred.to_owned()),
+                (HOLDER_INSTANCE_ANNOTATION.to_owned(), "x".to_owned()),
+            ]))
+        };
+        let mut own = with("a_1");
+        drop_own_preference(&mut own, "a_1");
+        assert_eq!(
+            own.as_ref()
+                .map(|m| m.contains_key(PREFERRED_HOLDER_ANNOTATION)),
+            Some(false)
+        );
+        assert_eq!(own.map(|m| m.len()), Some(1), "other annotations stay");
+        let mut other = with("b_2");
+        drop_own_preference(&mut other, "a_1");
+        assert_eq!(other, with("b_2"));
+        let mut none = None;
+        drop_own_preference(&mut none, "a_1");
+        assert_eq!(none, None);
     }
 
     #[test]
