@@ -303,6 +303,34 @@ async fn cronjob_runs_never_overlap() {
     .await;
 }
 
+/// A `start` pool named `name` (LeaderPolicy with lease 5 s, renew 3 s,
+/// retry 1 s) and its 2-replica Deployment of the test app.
+async fn create_fast_start_pool(client: &Client, ns: &str, dir: &Path, name: &str) {
+    Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                "metadata": {"name": name},
+                "spec": {"activation": "start", "leaseDurationSeconds": 5,
+                         "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create LeaderPolicy {name}: {e}"));
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": {"name": name},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                         "template": pool_pod_template(name, dir, &[])}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
+}
+
 /// `start` activation cannot take back an app it started. A leader pod frozen
 /// past its lease (a GC pause, a frozen VM) lets a successor take over, as it
 /// must; once thawed, the old app would run beside the new one for ever. The
@@ -317,29 +345,7 @@ async fn a_frozen_start_leader_is_deleted_once_a_successor_leads() {
         let dir = records_dir(&ns);
         let controller = start_controller(&ns, &dir).await;
         let hook = register_webhook(&client, &ns, &controller).await;
-        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
-                    "metadata": {"name": "frozen"},
-                    "spec": {"activation": "start", "leaseDurationSeconds": 5,
-                             "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
-                })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
-        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": {"name": "frozen"},
-                    "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "frozen"}},
-                             "template": pool_pod_template("frozen", &dir, &[])}
-                })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        create_fast_start_pool(&client, &ns, &dir, "frozen").await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let leader = eventually("one app running", Duration::from_secs(120), || {
             let pods = pods.clone();
@@ -502,29 +508,7 @@ async fn paused_start_pool_whose_leader_dies_waits_until_resumed() {
         let dir = records_dir(&ns);
         let controller = start_controller(&ns, &dir).await;
         let hook = register_webhook(&client, &ns, &controller).await;
-        Api::<zen_lead::api::LeaderPolicy>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
-                    "metadata": {"name": "paused"},
-                    "spec": {"activation": "start", "leaseDurationSeconds": 5,
-                             "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
-                })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
-        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": {"name": "paused"},
-                    "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "paused"}},
-                             "template": pool_pod_template("paused", &dir, &[])}
-                })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        create_fast_start_pool(&client, &ns, &dir, "paused").await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let leader = eventually("one app running", Duration::from_secs(120), || {
             let pods = pods.clone();

@@ -559,16 +559,23 @@ mod tests {
         assert!(started.elapsed() >= STARTZ_HOLD);
     }
 
-    #[tokio::test]
-    async fn app_holds_are_counted_until_the_connection_closes_and_release_stands_down() {
-        use tokio::io::AsyncWriteExt;
+    /// A leading `process` agent's HTTP server on loopback: its address, the
+    /// status sender, the stand-down and running-holds receivers, and the
+    /// sender that keeps it serving.
+    async fn process_agent() -> (
+        std::net::SocketAddr,
+        watch::Sender<LeaderStatus>,
+        watch::Receiver<Option<Instant>>,
+        watch::Receiver<usize>,
+        watch::Sender<bool>,
+    ) {
         let (tx, mut s) = state(LeaderStatus {
             leading: true,
             lead_until: Some(Instant::now() + Duration::from_secs(30)),
             ..LeaderStatus::default()
         });
-        let (stand_down, mut stand_down_rx) = watch::channel(None);
-        let (running, mut running_rx) = watch::channel(0usize);
+        let (stand_down, stand_down_rx) = watch::channel(None);
+        let (running, running_rx) = watch::channel(0usize);
         s.process = Some(Arc::new(ProcessState {
             probes: Vec::new(),
             stand_down,
@@ -577,8 +584,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (_stop_tx, stop) = watch::channel(false);
+        let (stop_tx, stop) = watch::channel(false);
         tokio::spawn(serve(listener, probe, s, stop));
+        (addr, tx, stand_down_rx, running_rx, stop_tx)
+    }
+
+    #[tokio::test]
+    async fn app_holds_are_counted_until_the_connection_closes_and_release_stands_down() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, tx, mut stand_down_rx, mut running_rx, _stop_tx) = process_agent().await;
         const WITHIN: Duration = Duration::from_secs(5);
 
         // As `zen-lead run` holds: counted before the agent confirms (100).
@@ -616,23 +630,7 @@ mod tests {
         // A release steps down, then waits for the holds it counts: a hold
         // that arrives after the step-down must not start CMD beside the
         // successor's app.
-        let (tx, mut s) = state(LeaderStatus {
-            leading: true,
-            lead_until: Some(Instant::now() + Duration::from_secs(30)),
-            ..LeaderStatus::default()
-        });
-        let (stand_down, _stand_down_rx) = watch::channel(None);
-        let (running, mut running_rx) = watch::channel(0usize);
-        s.process = Some(Arc::new(ProcessState {
-            probes: Vec::new(),
-            stand_down,
-            running,
-        }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (_stop_tx, stop) = watch::channel(false);
-        tokio::spawn(serve(listener, probe, s, stop));
+        let (addr, tx, _stand_down_rx, mut running_rx, _stop_tx) = process_agent().await;
         tx.send_modify(|st| st.leading = false);
         let refused = crate::run::client::hold(addr).await;
         assert!(

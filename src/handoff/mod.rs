@@ -138,15 +138,25 @@ struct Pool {
     pods: Vec<PodView>,
 }
 
-async fn read_pool(client: &Client, namespace: &str, pool: &str) -> Result<Pool, HandoffError> {
-    let policy = Api::<LeaderPolicy>::namespaced(client.clone(), namespace)
+/// The pool's LeaderPolicy; a missing one is [`HandoffError::NoPolicy`].
+async fn read_policy(
+    policies: &Api<LeaderPolicy>,
+    namespace: &str,
+    pool: &str,
+) -> Result<LeaderPolicy, HandoffError> {
+    policies
         .get_opt(pool)
         .await
         .map_err(api(format!("reading LeaderPolicy {namespace}/{pool}")))?
         .ok_or_else(|| HandoffError::NoPolicy {
             pool: pool.to_owned(),
             namespace: namespace.to_owned(),
-        })?;
+        })
+}
+
+async fn read_pool(client: &Client, namespace: &str, pool: &str) -> Result<Pool, HandoffError> {
+    let policies = Api::<LeaderPolicy>::namespaced(client.clone(), namespace);
+    let policy = read_policy(&policies, namespace, pool).await?;
     let lease = Api::<Lease>::namespaced(client.clone(), namespace)
         .get_opt(pool)
         .await

@@ -32,14 +32,7 @@ pub async fn pause(cfg: &PauseConfig, out: &mut dyn Write) -> Result<(), Handoff
     let (client, namespace) = client_and_namespace(&cfg.namespace).await?;
     let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &namespace);
     let pool = cfg.pool.as_str();
-    let policy = policies
-        .get_opt(pool)
-        .await
-        .map_err(api(format!("reading LeaderPolicy {namespace}/{pool}")))?
-        .ok_or_else(|| HandoffError::NoPolicy {
-            pool: pool.to_owned(),
-            namespace: namespace.to_owned(),
-        })?;
+    let policy = super::read_policy(&policies, &namespace, pool).await?;
     if policy.spec.paused != cfg.paused {
         let patch = json!({"spec": {"paused": cfg.paused}});
         policies
