@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::IdentityStrategy;
 use crate::api::keys::{
     self, ACTIVATION_ANNOTATION, CANDIDATE_READINESS_GATE, IDENTITY_ANNOTATION, ROLE_ANNOTATION,
     ROLE_FOLLOWER, ROLE_LABEL, ROLE_LEADER, conditions,
 };
+use crate::api::{Activation, IdentityStrategy};
 use crate::contract::{AGENT_CONTAINER, agent_env};
 
 pub mod app_failure;
@@ -55,17 +55,9 @@ pub struct PodView {
     pub owner: Option<(String, String)>,
     /// `pod-template-hash` label (Deployment pods): the ReplicaSet's suffix.
     pub template_hash: Option<String>,
-    /// The agent fences the app (`api` activation): once it stops leading,
-    /// the app's writes stop with it. In `start` activation the app runs on
-    /// until the kubelet stops it, whatever the Lease says.
-    pub fenced: bool,
-    /// The app stops (`process`: `zen-lead run` ends it) or its writes stop
-    /// (`api`) before the agent's voluntary release completes, so a
-    /// terminating holder can hand off at once instead of waiting for the
-    /// kubelet's SIGTERM. Not `start`: its app runs until the kubelet stops it.
-    pub stops_before_release: bool,
-    /// The webhook wired `start` activation (`zen-lead.io/activation: start`).
-    pub start_activation: bool,
+    /// The activation the webhook wired (`zen-lead.io/activation`); `None`
+    /// on a pod it did not mark.
+    pub activation: Option<Activation>,
     /// An app container (any container but the agent) is running.
     pub app_running: bool,
     /// The pod's `Ready` condition is True (it serves, and its workload
@@ -81,7 +73,38 @@ pub struct PodView {
     pub app: AppHealth,
 }
 
+/// The activation named by the webhook's `zen-lead.io/activation`
+/// annotation (`auto` is resolved before it writes one).
+pub(crate) fn wired_activation(value: &str) -> Option<Activation> {
+    match value {
+        "api" => Some(Activation::Api),
+        "process" => Some(Activation::Process),
+        "start" => Some(Activation::Start),
+        _ => None,
+    }
+}
+
 impl PodView {
+    /// The agent fences the app (`api` activation): once it stops leading,
+    /// the app's writes stop with it. In `start` activation the app runs on
+    /// until the kubelet stops it, whatever the Lease says.
+    pub fn fenced(&self) -> bool {
+        self.activation == Some(Activation::Api)
+    }
+
+    /// The app stops (`process`: `zen-lead run` ends it) or its writes stop
+    /// (`api`) before the agent's voluntary release completes, so a
+    /// terminating holder can hand off at once instead of waiting for the
+    /// kubelet's SIGTERM. Not `start`: its app runs until the kubelet stops it.
+    pub fn stops_before_release(&self) -> bool {
+        matches!(self.activation, Some(Activation::Api | Activation::Process))
+    }
+
+    /// The webhook wired `start` activation (`zen-lead.io/activation: start`).
+    pub fn start_activation(&self) -> bool {
+        self.activation == Some(Activation::Start)
+    }
+
     /// Reads a pod. Its identity follows the strategy its agent was given at
     /// admission (what the agent really writes into the Lease); `strategy`,
     /// the policy's, applies only to pods without that information.
@@ -143,12 +166,9 @@ impl PodView {
                 .find(|o| o.controller == Some(true))
                 .map(|o| (o.kind.clone(), o.name.clone())),
             template_hash: label("pod-template-hash"),
-            fenced: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("api"),
-            stops_before_release: matches!(
-                annotation(ACTIVATION_ANNOTATION).as_deref(),
-                Some("api" | "process")
-            ),
-            start_activation: annotation(ACTIVATION_ANNOTATION).as_deref() == Some("start"),
+            activation: annotation(ACTIVATION_ANNOTATION)
+                .as_deref()
+                .and_then(wired_activation),
             app_running: app_running(pod),
             ready: status
                 .and_then(|s| s.conditions.as_ref())
@@ -397,7 +417,7 @@ pub fn failover(
         // start beside the old one. `api` and `process` holders hand off at
         // once: their release waits until the app's writes or the app itself
         // stopped, and the kubelet's SIGTERM can come a second late.
-        Some(pod) if pod.terminating && !pod.stops_before_release => Failover::Nothing,
+        Some(pod) if pod.terminating && !pod.stops_before_release() => Failover::Nothing,
         Some(pod) if pod.terminating => match successor(pods, holder, node_ready) {
             Some(to) if lease.preferred.as_deref() != Some(to.as_str()) => Failover::HandOff { to },
             _ => Failover::Nothing,
@@ -470,7 +490,7 @@ pub fn leader<'a>(
 pub fn deposed_start_leaders<'a>(pods: &'a [PodView], lease: &LeaseView) -> Vec<&'a PodView> {
     pods.iter()
         .filter(|p| {
-            p.start_activation
+            p.start_activation()
                 && p.injected
                 && p.app_running
                 && !p.terminating
@@ -545,7 +565,7 @@ pub fn role_changes(
             // kubelet first, and its sync would make the sync that starts the
             // app wait for the next 1 s PLEG relist. Its app does not run
             // before then anyway, so a Service has nothing to send it.
-            if !pod.fenced && !pod.app_released && !labelled_leader {
+            if !pod.fenced() && !pod.app_released && !labelled_leader {
                 continue;
             }
             promote.push(change);
@@ -983,9 +1003,7 @@ pub(crate) mod fixtures {
             service_account: "default".to_owned(),
             owner: None,
             template_hash: None,
-            fenced: true,
-            stops_before_release: true,
-            start_activation: false,
+            activation: Some(Activation::Api),
             app_running: true,
             ready: true,
             revision: None,

@@ -314,7 +314,7 @@ async fn active(
     target: &PodView,
 ) -> Result<Option<&'static str>, HandoffError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    if target.start_activation {
+    if target.start_activation() {
         let pod = pods
             .get(&target.name)
             .await

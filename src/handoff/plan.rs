@@ -120,7 +120,7 @@ pub fn target<'a>(
     let leads = |p: &PodView| holder.is_some() && p.identity.as_deref() == holder;
     // A start leader's agent would release at once while its app runs on
     // until the pod is deleted: the successor's app would start beside it.
-    if let Some(leader) = pods.iter().find(|p| leads(p) && p.start_activation) {
+    if let Some(leader) = pods.iter().find(|p| leads(p) && p.start_activation()) {
         return Err(Refusal::StartActivation {
             pod: leader.name.clone(),
             pool: pool.to_owned(),
@@ -255,9 +255,9 @@ mod tests {
     #[test]
     fn a_start_leader_is_never_handed_off_from_since_its_app_would_run_on() {
         let mut a = pod("a");
-        a.start_activation = true;
+        a.activation = Some(crate::api::Activation::Start);
         let mut b = pod("b");
-        b.start_activation = true;
+        b.activation = Some(crate::api::Activation::Start);
         let pods = [a, b.clone()];
         for to in [None, Some("b")] {
             let err = pick(&pods, to).expect_err("a start leader");

@@ -206,7 +206,7 @@ pub struct AppInput<'a> {
 pub fn judge(watch: &mut Option<AppWatch>, input: &AppInput<'_>, now: Instant) -> AppVerdict {
     let holder = input
         .holder
-        .filter(|p| p.fenced && p.alive(input.node_ready) && !input.lease.expired);
+        .filter(|p| p.fenced() && p.alive(input.node_ready) && !input.lease.expired);
     let (Some(grace), Some(holder)) = (input.grace, holder) else {
         *watch = None;
         return AppVerdict::Wait(None);

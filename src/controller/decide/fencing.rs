@@ -63,7 +63,7 @@ pub fn state(policy: &LeaderPolicy, default_on: bool, installed: bool) -> Fencin
 pub fn members<'a>(views: &'a [PodView], uninjected: impl IntoIterator<Item = &'a str>) -> String {
     let mut uids: Vec<&str> = views
         .iter()
-        .filter(|p| !p.start_activation && !p.finished && !p.uid.is_empty())
+        .filter(|p| !p.start_activation() && !p.finished && !p.uid.is_empty())
         .map(|p| p.uid.as_str())
         .chain(uninjected.into_iter().filter(|u| !u.is_empty()))
         .collect();
@@ -224,8 +224,7 @@ mod tests {
             name: format!("pod-{uid}"),
             uid: uid.to_owned(),
             injected: activation != "none",
-            start_activation: activation == "start",
-            fenced: activation == "api",
+            activation: super::super::wired_activation(activation),
             finished,
             ..PodView::default()
         }

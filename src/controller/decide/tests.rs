@@ -39,7 +39,7 @@ fn which_activations_stop_their_app_before_a_release() {
         .expect("pod");
         let v = PodView::from_pod(&p, IdentityStrategy::Pod);
         assert_eq!(
-            (v.fenced, v.stops_before_release),
+            (v.fenced(), v.stops_before_release()),
             (fenced, stops),
             "{activation:?}"
         );
@@ -278,8 +278,7 @@ fn failover_table() {
         (
             "holder terminating, `start` activation: wait for its own release",
             Some(PodView {
-                fenced: false,
-                stops_before_release: false,
+                activation: Some(Activation::Start),
                 ..terminating.clone()
             }),
             vec![terminating.clone(), c.clone(), b.clone()],
@@ -290,7 +289,7 @@ fn failover_table() {
         (
             "holder terminating, `process` activation (run stops the app before the release): hand off",
             Some(PodView {
-                fenced: false,
+                activation: Some(Activation::Process),
                 ..terminating.clone()
             }),
             vec![terminating.clone(), c.clone(), b.clone()],
@@ -388,10 +387,10 @@ fn demotion_always_precedes_promotion() {
 #[test]
 fn a_start_leader_is_labelled_once_its_app_may_start() {
     let mut new = pod("new");
-    new.fenced = false;
+    new.activation = Some(Activation::Start);
     new.app_released = false;
     let mut other = pod("other");
-    other.fenced = false;
+    other.activation = Some(Activation::Start);
     other.app_released = false;
     // Took the Lease, startup probe not passed yet: only the follower label.
     let changes = role_changes(&[new.clone(), other.clone()], Some("new"), &BTreeSet::new());
@@ -908,8 +907,7 @@ fn a_running_agent_whose_startup_probe_holds_the_app_back_is_a_candidate() {
 #[test]
 fn deposed_start_leaders_are_pods_running_their_app_without_the_lease() {
     let start = |name: &str| PodView {
-        fenced: false,
-        start_activation: true,
+        activation: Some(Activation::Start),
         app_running: false,
         ..pod(name)
     };
@@ -928,7 +926,7 @@ fn deposed_start_leaders_are_pods_running_their_app_without_the_lease() {
     api.app_running = true;
     // Not marked by the webhook (a hand-made pod): never touched.
     let mut unmarked = start("g");
-    unmarked.start_activation = false;
+    unmarked.activation = None;
     unmarked.app_running = true;
     let pods = vec![leader, deposed, follower, leaving, done, api, unmarked];
     let mut lease = held_by("a_id");

@@ -519,7 +519,7 @@ async fn a_deposed_leader_is_deleted_only_after_fresh_reads_and_by_uid() {
     let mut a = crate::controller::decide::fixtures::pod("a");
     a.identity = Some("a_1111".to_owned());
     a.uid = "uid-a".to_owned();
-    a.start_activation = true;
+    a.activation = Some(crate::api::Activation::Start);
     // The API server still shows a running its app: deleted, by UID.
     let (ctx, seen) = mock(vec![
         (200, held_by_b.clone()),

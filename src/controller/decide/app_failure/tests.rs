@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::Activation;
 use crate::controller::decide::fixtures::pod;
 
 const GRACE: Duration = Duration::from_secs(10);
@@ -93,13 +94,11 @@ fn a_failing_api_leader_hands_over_after_the_grace_to_a_ready_follower() {
         ..pod("b")
     };
     let start = PodView {
-        fenced: false,
-        stops_before_release: false,
-        start_activation: true,
+        activation: Some(Activation::Start),
         ..pod("a")
     };
     let process = PodView {
-        fenced: false,
+        activation: Some(Activation::Process),
         ..pod("a")
     };
     let terminating = PodView {

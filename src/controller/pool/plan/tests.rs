@@ -137,7 +137,7 @@ fn a_condition_rides_on_the_pods_role_write() {
 #[test]
 fn a_start_leader_waiting_for_its_app_is_not_promoted_but_the_old_one_is_demoted() {
     let mut new = pod("new");
-    new.fenced = false;
+    new.activation = Some(crate::api::Activation::Start);
     new.app_released = false;
     let views = vec![leader_labelled("old"), new];
     let got = pod_writes(&views, Some("new"), &BTreeSet::new(), BTreeMap::new());
