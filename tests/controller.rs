@@ -320,6 +320,42 @@ fn condition<'a>(
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
 }
 
+/// Pool `db` of two running pods on kwok-1 with the controller and host
+/// agents: db-0's agent leads, then db-1's joins.
+struct DbPool {
+    pods: Vec<Pod>,
+    labels: LeaderLabelWatch,
+    _ctl: Controller,
+    first: HostAgent,
+    _second: HostAgent,
+}
+
+async fn db_pool_first_leads(client: &Client, ns: &str, dir: &std::path::Path) -> DbPool {
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let name = format!("db-{i}");
+        create_pod(client, ns, &pool_pod(&name, Some("db"), "kwok-1", true)).await;
+        pods.push(running_pod(client, ns, &name).await);
+    }
+    let labels = LeaderLabelWatch::start(client, ns);
+    let _ctl = Controller::start(dir, ns, "ctl-a", &[]);
+    let first = HostAgent::start(dir, &pods[0], "db");
+    policy_until(client, ns, "db", "db-0 leads", LIMIT, |p| {
+        (holder_name(p).as_deref() == Some("db-0"))
+            .then_some(())
+            .ok_or(format!("{:?}", p.status))
+    })
+    .await;
+    let _second = HostAgent::start(dir, &pods[1], "db");
+    DbPool {
+        pods,
+        labels,
+        _ctl,
+        first,
+        _second,
+    }
+}
+
 fn holder_name(p: &LeaderPolicy) -> Option<String> {
     p.status
         .as_ref()
@@ -729,22 +765,13 @@ async fn holder_pod_deleted_fails_over_without_waiting_for_expiry() {
     with_namespace(&client, "ctl-failover", |client, ns| async move {
         let dir = common::scratch_dir("controller-failover");
         create_policy(&client, &ns, "db", json!({"leaseDurationSeconds": 30})).await;
-        let mut pods = Vec::new();
-        for i in 0..2 {
-            let name = format!("db-{i}");
-            create_pod(&client, &ns, &pool_pod(&name, Some("db"), "kwok-1", true)).await;
-            pods.push(running_pod(&client, &ns, &name).await);
-        }
-        let labels = LeaderLabelWatch::start(&client, &ns);
-        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
-        let mut first = HostAgent::start(&dir, &pods[0], "db");
-        policy_until(&client, &ns, "db", "db-0 leads", LIMIT, |p| {
-            (holder_name(p).as_deref() == Some("db-0"))
-                .then_some(())
-                .ok_or(format!("{:?}", p.status))
-        })
-        .await;
-        let _second = HostAgent::start(&dir, &pods[1], "db");
+        let DbPool {
+            pods,
+            labels,
+            _ctl,
+            mut first,
+            _second,
+        } = db_pool_first_leads(&client, &ns, &dir).await;
 
         // The pod and its agent die together; nobody releases the Lease.
         first.kill();
@@ -2592,22 +2619,13 @@ async fn paused_pool_whose_holder_dies_waits_says_so_and_resume_elects() {
     with_namespace(&client, "ctl-pause", |client, ns| async move {
         let dir = common::scratch_dir("controller-pause");
         create_policy(&client, &ns, "db", fast()).await;
-        let mut pods = Vec::new();
-        for i in 0..2 {
-            let name = format!("db-{i}");
-            create_pod(&client, &ns, &pool_pod(&name, Some("db"), "kwok-1", true)).await;
-            pods.push(running_pod(&client, &ns, &name).await);
-        }
-        let labels = LeaderLabelWatch::start(&client, &ns);
-        let _ctl = Controller::start(&dir, &ns, "ctl-a", &[]);
-        let mut first = HostAgent::start(&dir, &pods[0], "db");
-        policy_until(&client, &ns, "db", "db-0 leads", LIMIT, |p| {
-            (holder_name(p).as_deref() == Some("db-0"))
-                .then_some(())
-                .ok_or(format!("{:?}", p.status))
-        })
-        .await;
-        let _second = HostAgent::start(&dir, &pods[1], "db");
+        let DbPool {
+            pods: _,
+            labels,
+            _ctl,
+            mut first,
+            _second,
+        } = db_pool_first_leads(&client, &ns, &dir).await;
 
         let out = pause_cli(&["pause", "db", "-n", &ns]);
         let stdout = String::from_utf8_lossy(&out.stdout);

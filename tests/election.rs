@@ -114,13 +114,7 @@ async fn sigterm_hands_off_at_once_and_sigkill_after_expiry() {
         let dir = scratch_dir("handoff");
         let t = TestTimings::FAST;
         create_lease(&client, &ns, POOL, t).await;
-        let mut agents: Vec<Agent> = (0..3)
-            .map(|i| Agent::start(&dir, &ns, POOL, &format!("h{i}"), &[]))
-            .collect();
-        until("a leader", Duration::from_secs(20), || {
-            single_leader(&agents).is_some()
-        })
-        .await;
+        let mut agents: Vec<Agent> = three_agents_one_leading(&dir, &ns, POOL, "h", &[]).await;
         // Let the followers settle on the record (they are idle now).
         tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -211,13 +205,7 @@ async fn preferred_holder_annotation_hands_over() {
     common::with_namespace(&client, "prefer", |client, ns| async move {
         let dir = scratch_dir("prefer");
         create_lease(&client, &ns, POOL, TestTimings::FAST).await;
-        let agents: Vec<Agent> = (0..3)
-            .map(|i| Agent::start(&dir, &ns, POOL, &format!("p{i}"), &[]))
-            .collect();
-        until("a leader", Duration::from_secs(20), || {
-            single_leader(&agents).is_some()
-        })
-        .await;
+        let agents: Vec<Agent> = three_agents_one_leading(&dir, &ns, POOL, "p", &[]).await;
         let first = single_leader(&agents).expect("leader");
         let wanted = (first + 2) % 3;
         // What the controller does (a merge patch of metadata only; the
@@ -518,13 +506,7 @@ async fn agents_sharing_a_custom_identity_never_lead_together() {
         };
         create_lease(&client, &ns, POOL, t).await;
         let custom = ["--identity-strategy", "custom", "--identity", "worker"];
-        let mut agents: Vec<Agent> = (0..3)
-            .map(|i| Agent::start(&dir, &ns, POOL, &format!("w{i}"), &custom))
-            .collect();
-        until("a leader", Duration::from_secs(20), || {
-            single_leader(&agents).is_some()
-        })
-        .await;
+        let mut agents: Vec<Agent> = three_agents_one_leading(&dir, &ns, POOL, "w", &custom).await;
         // For two lease durations nobody else claims the term: the others
         // see a Lease naming "worker" with another pod's UID.
         let watch_until = tokio::time::Instant::now() + 2 * t.lease();
@@ -647,13 +629,7 @@ async fn a_paused_lease_is_not_taken_over_after_expiry_until_resumed() {
         let dir = scratch_dir("pause");
         let t = TestTimings::FAST;
         create_lease(&client, &ns, POOL, t).await;
-        let mut agents: Vec<Agent> = (0..3)
-            .map(|i| Agent::start(&dir, &ns, POOL, &format!("p{i}"), &[]))
-            .collect();
-        until("a leader", Duration::from_secs(20), || {
-            single_leader(&agents).is_some()
-        })
-        .await;
+        let mut agents: Vec<Agent> = three_agents_one_leading(&dir, &ns, POOL, "p", &[]).await;
 
         // The peer: unpaused, a crashed holder is replaced after expiry.
         let first = single_leader(&agents).expect("leader");

@@ -443,6 +443,25 @@ pub async fn until<F: FnMut() -> bool>(what: &str, limit: Duration, mut probe: F
     }
 }
 
+/// Three agents `{prefix}0..2` for `lease` with `extra` flags, once one of
+/// them leads.
+pub async fn three_agents_one_leading(
+    dir: &Path,
+    ns: &str,
+    lease: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Vec<Agent> {
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| Agent::start(dir, ns, lease, &format!("{prefix}{i}"), extra))
+        .collect();
+    until("a leader", Duration::from_secs(20), || {
+        single_leader(&agents).is_some()
+    })
+    .await;
+    agents
+}
+
 /// Exactly one live agent leads by its own log; returns its index.
 pub fn single_leader(agents: &[Agent]) -> Option<usize> {
     let leaders: Vec<usize> = agents
