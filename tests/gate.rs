@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, W
 use serde_json::json;
 
 use common::{client, eventually, from_json, kubeconfig_path, with_namespace};
-use fixture::{AgentOpts, GateAgent, RawConn, Tokens};
+use fixture::{AgentOpts, GateAgent, RawConn, RawResponse, Tokens};
 
 const START_LIMIT: Duration = Duration::from_secs(60);
 /// Timings of the Lease once the agent leads: 6 s / 4 s / 1 s.
@@ -37,6 +37,22 @@ fn scratch(test: &str) -> std::path::PathBuf {
 
 fn cm(name: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}})
+}
+
+/// POSTs ConfigMap `name` to `path` on `conn` with `token`.
+async fn post_cm(
+    conn: &mut RawConn,
+    path: &str,
+    token: &str,
+    name: &str,
+) -> Result<RawResponse, String> {
+    conn.send(
+        Method::POST,
+        path,
+        Some(token),
+        Some(("application/json", cm(name))),
+    )
+    .await
 }
 
 /// Namespace fixture: accounts, a Lease held by someone else (long lease,
@@ -211,8 +227,7 @@ async fn follower_reads_pass_and_writes_are_refused() {
         let read = h1.send(Method::GET, &format!("{cm_path}/existing"), Some(&tokens.app), None).await.expect("h1 GET");
         assert_eq!((read.status, read.version), (StatusCode::OK, Version::HTTP_11), "{read:?}");
 
-        let created = h2
-            .send(Method::POST, &cm_path, Some(&tokens.app), Some(("application/json", cm("new"))))
+        let created = post_cm(&mut h2, &cm_path, &tokens.app, "new")
             .await
             .expect("h2 POST");
         assert_eq!(created.version, Version::HTTP_2);
@@ -258,8 +273,7 @@ async fn follower_reads_pass_and_writes_are_refused() {
         assert_standby_refusal(&sent, "lease create (not exempt by default)");
 
         // A dry run stores nothing: it passes.
-        let dry = h1
-            .send(Method::POST, &format!("{cm_path}?dryRun=All"), Some(&tokens.app), Some(("application/json", cm("dry"))))
+        let dry = post_cm(&mut h1, &format!("{cm_path}?dryRun=All"), &tokens.app, "dry")
             .await
             .expect("dry run");
         assert_eq!(dry.status, StatusCode::CREATED, "{dry:?}");
@@ -267,8 +281,7 @@ async fn follower_reads_pass_and_writes_are_refused() {
         // `dryrun` is not `dryRun` to the API server: it ignores the unknown
         // key and stores the write, so the gate holds it like any other
         // (issue 30, finding 2: it was taken for a dry run and landed).
-        let not_dry = h1
-            .send(Method::POST, &format!("{cm_path}?dryrun=All"), Some(&tokens.app), Some(("application/json", cm("not-dry"))))
+        let not_dry = post_cm(&mut h1, &format!("{cm_path}?dryrun=All"), &tokens.app, "not-dry")
             .await
             .expect("?dryrun=All");
         assert_standby_refusal(&not_dry, "a follower's create with ?dryrun=All (stored by the API server)");
@@ -288,8 +301,7 @@ async fn follower_reads_pass_and_writes_are_refused() {
             "a request without credentials must not get the agent's: {anonymous:?}"
         );
         // A path the gate will not judge.
-        let odd = h1
-            .send(Method::POST, &format!("/api/v1/namespaces/{ns}/events/../configmaps"), Some(&tokens.app), Some(("application/json", cm("odd"))))
+        let odd = post_cm(&mut h1, &format!("/api/v1/namespaces/{ns}/events/../configmaps"), &tokens.app, "odd")
             .await
             .expect("odd path");
         assert_eq!(odd.status, StatusCode::BAD_REQUEST, "{odd:?}");
@@ -355,8 +367,7 @@ async fn leader_writes_pass_and_stop_at_the_renew_deadline_when_it_cannot_renew(
         let mut n = 0;
         let refused_after = loop {
             n += 1;
-            let resp = h1
-                .send(Method::POST, &path, Some(&tokens.app), Some(("application/json", cm(&format!("w{n}")))))
+            let resp = post_cm(&mut h1, &path, &tokens.app, &format!("w{n}"))
                 .await
                 .expect("POST");
             if resp.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -381,8 +392,7 @@ async fn leader_writes_pass_and_stop_at_the_renew_deadline_when_it_cannot_renew(
         );
         // And none passes afterwards.
         for i in 0..10 {
-            let resp = h1
-                .send(Method::POST, &path, Some(&tokens.app), Some(("application/json", cm(&format!("late{i}")))))
+            let resp = post_cm(&mut h1, &path, &tokens.app, &format!("late{i}"))
                 .await
                 .expect("POST");
             assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE, "{resp:?}");
@@ -407,13 +417,7 @@ async fn a_hand_off_stops_writes_before_the_lease_is_released() {
         make_leader(&client, &ns, &agent).await;
         let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
         let path = format!("/api/v1/namespaces/{ns}/configmaps");
-        let ok = h1
-            .send(
-                Method::POST,
-                &path,
-                Some(&tokens.app),
-                Some(("application/json", cm("before"))),
-            )
+        let ok = post_cm(&mut h1, &path, &tokens.app, "before")
             .await
             .expect("POST");
         assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
@@ -421,13 +425,7 @@ async fn a_hand_off_stops_writes_before_the_lease_is_released() {
         // As soon as the Lease shows the release, the gate refuses writes:
         // the agent stops leading before it sends the release.
         hand_off(&client, &ns).await;
-        let after = h1
-            .send(
-                Method::POST,
-                &path,
-                Some(&tokens.app),
-                Some(("application/json", cm("after"))),
-            )
+        let after = post_cm(&mut h1, &path, &tokens.app, "after")
             .await
             .expect("POST");
         assert_standby_refusal(&after, "write after the hand-off");
@@ -570,13 +568,7 @@ async fn a_paused_leader_refuses_writes_when_it_resumes() {
         make_leader(&client, &ns, &agent).await;
         let path = format!("/api/v1/namespaces/{ns}/configmaps");
         let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
-        let ok = h1
-            .send(
-                Method::POST,
-                &path,
-                Some(&tokens.app),
-                Some(("application/json", cm("before"))),
-            )
+        let ok = post_cm(&mut h1, &path, &tokens.app, "before")
             .await
             .expect("POST");
         assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
@@ -586,15 +578,7 @@ async fn a_paused_leader_refuses_writes_when_it_resumes() {
         let pending = {
             let token = tokens.app.clone();
             let path = path.clone();
-            tokio::spawn(async move {
-                h1.send(
-                    Method::POST,
-                    &path,
-                    Some(&token),
-                    Some(("application/json", cm("during"))),
-                )
-                .await
-            })
+            tokio::spawn(async move { post_cm(&mut h1, &path, &token, "during").await })
         };
         // Past leaseDuration: another candidate may take the Lease (by CAS).
         tokio::time::sleep(Duration::from_secs(LEASE as u64 + 1)).await;
@@ -620,13 +604,7 @@ async fn a_paused_leader_refuses_writes_when_it_resumes() {
         .expect("answer");
         assert_standby_refusal(&during, "a write sent while the agent was paused");
         let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
-        let after = h1
-            .send(
-                Method::POST,
-                &path,
-                Some(&tokens.app),
-                Some(("application/json", cm("after"))),
-            )
+        let after = post_cm(&mut h1, &path, &tokens.app, "after")
             .await
             .expect("POST");
         assert_standby_refusal(&after, "a write after the pause");
@@ -769,15 +747,7 @@ async fn a_held_write_passes_when_the_pod_leads_without_a_client_retry() {
         let pending = {
             let token = tokens.app.clone();
             let path = path.clone();
-            tokio::spawn(async move {
-                h2.send(
-                    Method::POST,
-                    &path,
-                    Some(&token),
-                    Some(("application/json", cm("held"))),
-                )
-                .await
-            })
+            tokio::spawn(async move { post_cm(&mut h2, &path, &token, "held").await })
         };
         eventually("the write to be held", Duration::from_secs(30), || async {
             let waiting = metric(&agent.metrics().await, "zen_lead_gate_writes_waiting");
@@ -834,13 +804,7 @@ async fn a_held_write_passes_when_the_pod_leads_without_a_client_retry() {
         let (agent, tokens) = follower(&client, &ns, "hold0", &["--gate-hold", "0s"]).await;
         let mut h1 = RawConn::open(agent.gate, &agent.gate_ca(), false).await;
         let path = format!("/api/v1/namespaces/{ns}/configmaps");
-        let refused = h1
-            .send(
-                Method::POST,
-                &path,
-                Some(&tokens.app),
-                Some(("application/json", cm("now"))),
-            )
+        let refused = post_cm(&mut h1, &path, &tokens.app, "now")
             .await
             .expect("POST");
         assert_standby_refusal(&refused, "a write with --gate-hold 0s");
@@ -1069,13 +1033,7 @@ async fn a_flood_of_big_writes_is_held_to_the_gates_body_budget() {
             .await
             .expect("big create");
         assert_eq!(big.status, StatusCode::CREATED, "{big:?}");
-        let small = conn
-            .send(
-                Method::POST,
-                &path,
-                Some(&tokens.app),
-                Some(("application/json", cm("after"))),
-            )
+        let small = post_cm(&mut conn, &path, &tokens.app, "after")
             .await
             .expect("create");
         assert_eq!(small.status, StatusCode::CREATED, "{small:?}");
