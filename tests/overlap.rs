@@ -814,12 +814,20 @@ async fn create_pools(client: &Client, ns: &str, dir: &Path, t: &Timing) {
             json!({}),
         ),
     ] {
+        // A `start` pool's standbys are never Ready: a rolling update would
+        // stall (WebhookDown restarts the rollout), so it is replaced whole.
+        let strategy = if name == "zl" {
+            json!({"type": "Recreate"})
+        } else {
+            json!({"type": "RollingUpdate"})
+        };
         deployments
             .create(
                 &PostParams::default(),
                 &from_json(json!({
                     "metadata": {"name": name},
                     "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
+                             "strategy": strategy,
                              "template": {
                                  "metadata": {"labels": {"app": name}, "annotations": annotations},
                                  "spec": pod_spec(image, command, args)
@@ -1086,8 +1094,11 @@ struct Plan {
 /// `kubectl rollout restart` does, waits past the lease, and starts the
 /// controller again; returns when it was back. With the chart's admission,
 /// the rollout's new pool pods are refused (require-agent guard) until the
-/// webhook serves again; then the rollout goes on and replaces the leader
-/// (for `api` and `process` pools, whose replicas are all Ready).
+/// webhook serves again; then the rollout goes on and replaces the leader.
+/// The `start` pool's Deployment uses `Recreate` (its standbys are never
+/// Ready, so a rolling update would stall with a fourth pod, as
+/// docs/ARCHITECTURE.md says): every old pod is gone before a new one is
+/// created.
 async fn webhook_down_across_a_rollout(world: &World, system: System) -> i64 {
     let mut controller = world.controller.lock().await;
     controller.stop().await;
@@ -1098,21 +1109,22 @@ async fn webhook_down_across_a_rollout(world: &World, system: System) -> i64 {
     let back = mono();
     drop(controller);
     if system == System::ZenLead {
-        // A `start` pool's standbys are not Ready, so its Deployment's
-        // rollouts stall by design (docs/ARCHITECTURE.md): wait until the
-        // new pods are created, then leave it.
+        // Its standbys are not Ready: the rollout is done once three pods of
+        // the new template exist and no old one is left.
         let name = system.label();
         common::eventually(
-            "the rollout's first new pod",
+            "the Recreate rollout's three new pods",
             Duration::from_secs(180),
             || {
                 let deploys = deploys.clone();
                 async move {
                     let d = deploys.get(name).await.map_err(|e| e.to_string())?;
-                    let updated = d.status.and_then(|s| s.updated_replicas).unwrap_or(0);
-                    (updated >= 1)
+                    let gen_seen = d.status.as_ref().and_then(|s| s.observed_generation)
+                        >= d.metadata.generation;
+                    let s = d.status.unwrap_or_default();
+                    (gen_seen && s.updated_replicas == Some(3) && s.replicas == Some(3))
                         .then_some(())
-                        .ok_or(format!("{updated} updated replicas"))
+                        .ok_or(format!("status {s:?}"))
                 }
             },
         )
