@@ -173,6 +173,19 @@ pub const FENCED_PODS_ANNOTATION: &str = "zen-lead.io/fenced-pods";
 /// Field manager zen-lead uses for server-side apply.
 pub const FIELD_MANAGER: &str = "zen-lead";
 
+/// Label on the Service and EndpointSlice of a pool's `spec.leaderService`
+/// (written by the controller): the pool's name. The controller watches
+/// both by this label, and never writes a Service without it.
+pub const LEADER_SERVICE_LABEL: &str = "zen-lead.io/leader-service-of";
+
+/// `endpointslice.kubernetes.io/managed-by` on a leader Service's
+/// EndpointSlice: the EndpointSlice controller leaves slices of other
+/// managers alone.
+pub const ENDPOINT_SLICE_MANAGER: &str = "zen-lead.io";
+
+/// The EndpointSlice of leader Service `name` is `<name>` + this suffix.
+pub const LEADER_SLICE_SUFFIX: &str = "-zen-lead";
+
 /// `LeaderPolicy.status.conditions[].type` values.
 pub mod conditions {
     /// The policy is valid and its Lease exists.
@@ -192,6 +205,8 @@ pub mod conditions {
     /// `spec.paused` is in force: no fail-over, hand-off, scaleDown change
     /// or deposed-pod deletion.
     pub const PAUSED: &str = "Paused";
+    /// `spec.leaderService`: its Service and EndpointSlice are in place.
+    pub const LEADER_SERVICE: &str = "LeaderService";
 
     /// The reasons each condition gives, by condition.
     pub mod reasons {
@@ -233,6 +248,12 @@ pub mod conditions {
         pub const FENCING_NOT_INSTALLED: &str = "PolicyNotInstalled";
         pub const START_ACTIVATION: &str = "StartActivation";
         pub const NAMESPACE_NOT_COVERED: &str = "NamespaceNotCovered";
+        // LeaderService
+        pub const ROUTING_TO_LEADER: &str = "RoutingToLeader";
+        pub const NO_LEADER_TO_ROUTE: &str = "NoLeader";
+        pub const SERVICE_NOT_MANAGED: &str = "ServiceNotManaged";
+        pub const TARGET_PORT_NOT_FOUND: &str = "TargetPortNotFound";
+        pub const SERVICE_ERROR: &str = "ServiceError";
     }
 }
 

@@ -186,6 +186,86 @@ pub struct LeaderPolicySpec {
     /// resume` set and clear it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// A Service that sends traffic to the pool's leader only. zen-lead keeps
+    /// a Service of this name without a selector, and beside it one
+    /// EndpointSlice holding the leader pod's address, or none while the pool
+    /// has no leader. Followers, Ready or not, never receive its traffic.
+    /// The name must not belong to a Service zen-lead did not create (the
+    /// LeaderService condition says so). Removing the field deletes both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_service: Option<LeaderService>,
+}
+
+/// The leader-only Service of a pool (`spec.leaderService`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.ports.size() == 1 || self.ports.all(p, has(p.name))")
+        .message("every port of spec.leaderService needs a name when there are several")
+        .field_path(".ports")
+        .reason(Reason::FieldValueInvalid),
+)]
+pub struct LeaderService {
+    /// Name of the Service (a DNS label). Its EndpointSlice is named
+    /// `<name>-zen-lead`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// The Service's ports, as in a Service's `spec.ports`.
+    #[schemars(length(min = 1, max = 100))]
+    pub ports: Vec<LeaderServicePort>,
+}
+
+/// One port of the leader-only Service.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderServicePort {
+    /// Port name (required when there are several ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+
+    /// The port the Service listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// The leader pod's port: a number, or the name of a container port of
+    /// the leader pod. Unset: the same as `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+
+    /// TCP (default), UDP or SCTP.
+    #[serde(default)]
+    pub protocol: ServiceProtocol,
+}
+
+/// The protocol of a leader-only Service port.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl ServiceProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceProtocol::Tcp => "TCP",
+            ServiceProtocol::Udp => "UDP",
+            ServiceProtocol::Sctp => "SCTP",
+        }
+    }
 }
 
 /// Whether a scheduled time runs once per pool.
@@ -217,6 +297,7 @@ impl Default for LeaderPolicySpec {
             adopt_existing_lease: false,
             app_failure_grace_seconds: None,
             paused: false,
+            leader_service: None,
         }
     }
 }

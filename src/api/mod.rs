@@ -11,8 +11,9 @@ use kube::CustomResourceExt;
 
 pub use leader_policy::{
     Activation, EffectiveTimings, FollowerMode, Holder, IdentityStrategy, LEASE_DURATION_RANGE,
-    LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, LeaderTransition, Phase,
-    RECENT_TRANSITIONS, RENEW_RANGE, RETRY_RANGE, ScheduledRuns, TransitionReason,
+    LeaderPolicy, LeaderPolicySpec, LeaderPolicyStatus, LeaderService, LeaderServicePort,
+    LeaderTransition, Phase, RECENT_TRANSITIONS, RENEW_RANGE, RETRY_RANGE, ScheduledRuns,
+    ServiceProtocol, TransitionReason,
 };
 
 use crate::election::ElectionError;

@@ -20,6 +20,7 @@ pub mod fencing;
 pub mod fencing_scope;
 pub mod history;
 pub mod pause;
+pub mod routing;
 mod status;
 pub use app_failure::AppHealth;
 pub use status::{PolicyProblem, StatusInput, status};
@@ -71,6 +72,31 @@ pub struct PodView {
     /// Whether the app containers (every container but the agent) are
     /// Ready, and when the latest of them started.
     pub app: AppHealth,
+    /// `status.podIP`: the address a leader-only Service routes to.
+    pub ip: Option<String>,
+    /// The containers' declared ports, for a leader Service's named
+    /// `targetPort`.
+    pub ports: Vec<PodPort>,
+}
+
+/// A container port a pod declares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPort {
+    pub name: Option<String>,
+    pub port: i32,
+}
+
+impl PodPort {
+    fn declared(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Vec<PodPort> {
+        spec.into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .map(|p| PodPort {
+                name: p.name.clone(),
+                port: p.container_port,
+            })
+            .collect()
+    }
 }
 
 /// The activation named by the webhook's `zen-lead.io/activation`
@@ -177,6 +203,10 @@ impl PodView {
             revision: label("pod-template-hash").or_else(|| label("controller-revision-hash")),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
             app: AppHealth::of(pod),
+            ip: status
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|ip| !ip.is_empty()),
+            ports: PodPort::declared(spec),
             name,
             uid,
         }
@@ -1013,6 +1043,8 @@ pub(crate) mod fixtures {
                 started: Some(0),
                 problem: None,
             },
+            ip: Some("198.18.0.10".to_owned()),
+            ports: vec![],
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct StatusInput<'a> {
     pub transitions: &'a [LeaderTransition],
     /// `spec.paused`.
     pub paused: bool,
+    /// The LeaderService condition (status, reason, message); `None`
+    /// without `spec.leaderService`.
+    pub leader_service: Option<(bool, &'static str, String)>,
     pub now: Time,
 }
 
@@ -391,6 +394,12 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
         paused(input),
     ]
     .into_iter()
+    .chain(
+        input
+            .leader_service
+            .clone()
+            .map(|(ok, reason, message)| want(conditions::LEADER_SERVICE, ok, reason, message)),
+    )
     .map(|w| settle(input, w))
     .collect();
     let holder = holder(input);

@@ -567,6 +567,7 @@ fn input<'a>(
         fencing: super::fencing::FencingState::Fenced,
         transitions: &[],
         paused: false,
+        leader_service: None,
         now,
     }
 }

@@ -14,7 +14,8 @@
 //! - [`plan`]: the pure decisions of a pass and their ordering rules.
 //! - [`apply`]: pod, status and finalizer writes.
 //! - [`lease`]: the pool's Lease.
-//! - [`deposed`], [`missing`], [`safety`], [`scale`]: one concern each.
+//! - [`deposed`], [`missing`], [`routing`], [`safety`], [`scale`]: one
+//!   concern each.
 //! - [`report`]: events and the leader-change metrics.
 
 pub mod apply;
@@ -25,6 +26,7 @@ pub mod missing;
 pub mod observe;
 pub mod plan;
 pub mod report;
+pub mod routing;
 pub mod safety;
 pub mod scale;
 
@@ -107,13 +109,19 @@ async fn active(
     let node_ready = |n: &str| ctx.cache.node_ready(n);
 
     let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
+    // The leader Service's endpoint first, beside phase 1: it is what a
+    // switch of traffic waits for, and it needs only the cached Lease.
+    let (phase, routing) = tokio::join!(
+        lease_phase(ctx, key, policy, &views),
+        route(ctx, key, policy, &views)
+    );
     let LeasePhase {
         policy_ready,
         lease,
         view: lease_view,
         wake: deposed_wake,
         fencing,
-    } = lease_phase(ctx, key, policy, &views).await?;
+    } = phase?;
 
     // Phase 2: roles and readiness conditions.
     let leader = lease_view
@@ -127,16 +135,7 @@ async fn active(
     let unlabelled = ctx.cache.unlabelled_of(key);
     let missing = safety::run(ctx, key, policy, &views, &unlabelled).await;
     let scaled = scale::run(ctx, key, policy, leader.and_then(decide::pod_workload)).await?;
-    // The finalizer goes once nothing scaled by this pool is left (the
-    // cache shows the restores of this pass on the next one).
-    if !scale_down
-        && apply::has_finalizer(policy)
-        && observe::workloads(ctx, key)
-            .iter()
-            .all(|w| w.original.is_none())
-    {
-        apply::finalizer(ctx, key, policy, false).await?;
-    }
+    release_finalizer(ctx, key, policy).await?;
     let candidates = views.iter().filter(|p| p.candidate(&node_ready)).count();
     let transitions = history::record(ctx, key, &views, policy.status.as_ref());
     let next = decide::status(&StatusInput {
@@ -160,6 +159,7 @@ async fn active(
         fencing,
         transitions: &transitions,
         paused: policy.spec.paused,
+        leader_service: routing,
         now: now_time(),
     });
     report::leader(ctx, key, policy, &next).await;
@@ -174,6 +174,41 @@ async fn active(
         plan::lease_wake(lv, clock, Instant::now())
     });
     Ok(plan::earliest(deposed_wake, lease_wake))
+}
+
+/// The finalizer goes once nothing scaled by this pool is left (the cache
+/// shows the restores of this pass on the next one).
+async fn release_finalizer(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+) -> Result<(), ReconcileError> {
+    let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
+    if !scale_down
+        && apply::has_finalizer(policy)
+        && observe::workloads(ctx, key)
+            .iter()
+            .all(|w| w.original.is_none())
+    {
+        apply::finalizer(ctx, key, policy, false).await?;
+    }
+    Ok(())
+}
+
+/// Leader-only routing from the cached Lease; the LeaderService condition.
+async fn route(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+) -> Option<routing::RoutingCondition> {
+    let node_ready = |n: &str| ctx.cache.node_ready(n);
+    let view = ctx.cache.lease(key).map(|l| lease::view(ctx, key, &l));
+    let now = routing::routed_now(ctx, key, policy);
+    let target = view
+        .as_ref()
+        .and_then(|lv| decide::routing::target(lv, views, &node_ready, now.as_deref()));
+    routing::sync(ctx, key, policy, target).await
 }
 
 /// Phase 2: the identity problems told on their pods, then the role and

@@ -43,6 +43,17 @@ pub fn lease_pool<K: Resource>(ev: &Event<K>) -> Option<PoolKey> {
     ))
 }
 
+/// A leader Service or its EndpointSlice belongs to the pool its label
+/// names.
+pub fn routing_pool<K: Resource>(ev: &Event<K>) -> Option<PoolKey> {
+    let o = touched(ev)?;
+    let pool = o.labels().get(crate::api::keys::LEADER_SERVICE_LABEL)?;
+    Some(PoolKey::new(
+        o.namespace().unwrap_or_default(),
+        pool.clone(),
+    ))
+}
+
 /// What the history of a pool reads from a version of its Lease.
 pub fn lease_obs(lease: &Lease) -> LeaseObs {
     let spec = lease.spec.as_ref();

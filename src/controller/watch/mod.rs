@@ -2,7 +2,8 @@
 //!
 //! Every watch is scoped so its cost follows zen-lead's own objects, not
 //! the cluster: pods by the `zen-lead/pool` label, Leases by
-//! `zen-lead.io/policy`, LeaderPolicies by type. Three watches are wider by
+//! `zen-lead.io/policy`, leader Services and their EndpointSlices by
+//! `zen-lead.io/leader-service-of`, LeaderPolicies by type. Three watches are wider by
 //! nature and say so: Nodes (to notice a NotReady node under a leader);
 //! Deployments and StatefulSets, every one read (a pool names itself in a
 //! pod template, which no selector reaches) but only pool workloads kept;
@@ -19,7 +20,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -29,7 +31,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::warn;
 
 use crate::api::LeaderPolicy;
-use crate::api::keys::{FENCED_LABEL, LEASE_POLICY_LABEL, POOL_LABEL};
+use crate::api::keys::{FENCED_LABEL, LEADER_SERVICE_LABEL, LEASE_POLICY_LABEL, POOL_LABEL};
 use crate::controller::decide::history::{Cause, LeaseTrack, Observed};
 use crate::controller::queue::{PoolKey, Queue};
 pub use map::pool_of;
@@ -54,6 +56,9 @@ pub struct Cache {
     /// replicas); other workloads are not kept.
     pub deployments: Store<Slim<Deployment>>,
     pub statefulsets: Store<Slim<StatefulSet>>,
+    /// Leader Services (`spec.leaderService`) and their EndpointSlices.
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
     /// Node name -> Ready. Unknown nodes count as ready.
     nodes: Arc<RwLock<HashMap<String, bool>>>,
     /// Pool -> names of its labelled pods.
@@ -81,6 +86,8 @@ impl Cache {
             leases: reflector::store::<Lease>().0,
             deployments: reflector::store::<Slim<Deployment>>().0,
             statefulsets: reflector::store::<Slim<StatefulSet>>().0,
+            services: reflector::store::<Service>().0,
+            slices: reflector::store::<EndpointSlice>().0,
             nodes: Arc::default(),
             pool_pods: Arc::default(),
             unlabelled: Arc::default(),
@@ -122,6 +129,38 @@ impl Cache {
     pub fn lease(&self, key: &PoolKey) -> Option<Arc<Lease>> {
         self.leases
             .get(&ObjectRef::new(&key.name).within(&key.namespace))
+    }
+
+    /// The pool's leader Service of that name, as cached.
+    pub fn service(&self, key: &PoolKey, name: &str) -> Option<Arc<Service>> {
+        self.services
+            .get(&ObjectRef::new(name).within(&key.namespace))
+    }
+
+    /// The pool's leader EndpointSlice of that name, as cached.
+    pub fn slice(&self, key: &PoolKey, name: &str) -> Option<Arc<EndpointSlice>> {
+        self.slices
+            .get(&ObjectRef::new(name).within(&key.namespace))
+    }
+
+    /// Every cached routing object labelled for the pool.
+    pub fn routing_of(&self, key: &PoolKey) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+        fn mine<K: Resource>(o: &K, key: &PoolKey) -> bool {
+            o.namespace().as_deref() == Some(key.namespace.as_str())
+                && o.labels().get(LEADER_SERVICE_LABEL) == Some(&key.name)
+        }
+        (
+            self.services
+                .state()
+                .into_iter()
+                .filter(|s| mine(s.as_ref(), key))
+                .collect(),
+            self.slices
+                .state()
+                .into_iter()
+                .filter(|s| mine(s.as_ref(), key))
+                .collect(),
+        )
     }
 
     /// Namespaces that have a Lease marked for server-side fencing.
@@ -201,12 +240,16 @@ pub fn start(
     let (leases, lease_writer) = reflector::store::<Lease>();
     let (deployments, deployment_writer) = reflector::store::<Slim<Deployment>>();
     let (statefulsets, statefulset_writer) = reflector::store::<Slim<StatefulSet>>();
+    let (services, service_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let cache = Cache {
         policies,
         pods,
         leases,
         deployments,
         statefulsets,
+        services,
+        slices,
         nodes: Arc::default(),
         pool_pods: Arc::default(),
         unlabelled: Arc::default(),
@@ -224,6 +267,20 @@ pub fn start(
             s.spec.as_ref().and_then(|s| s.template.metadata.as_ref())
         }),
         watch_nodes(client, &cache, queue.clone()),
+        watch_routing(
+            client,
+            namespace,
+            service_writer,
+            "leader Services",
+            queue.clone(),
+        ),
+        watch_routing(
+            client,
+            namespace,
+            slice_writer,
+            "leader EndpointSlices",
+            queue.clone(),
+        ),
     ];
     if detect_uninjected {
         tasks.push(watch_unlabelled(client, namespace, &cache, queue.clone()));
@@ -281,6 +338,39 @@ fn watch_leases(
                 .observe(&map::lease_obs(lease), std::time::SystemTime::now());
         }
         q.extend(pool)
+    }))
+}
+
+/// Leader Services or their EndpointSlices, by the label the controller
+/// puts on them: a change (a user's edit or deletion) queues the pool, which
+/// puts them back.
+fn watch_routing<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<K>,
+    what: &'static str,
+    q: Queue,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            api::<K>(client, namespace),
+            watcher::Config::default().labels(LEADER_SERVICE_LABEL),
+        )
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None),
+    );
+    tokio::spawn(drive(stream, what, move |ev| {
+        q.extend(map::routing_pool(&ev))
     }))
 }
 
@@ -419,8 +509,20 @@ fn slim_pod(pod: &mut Pod) {
     if let Some(a) = meta.annotations.as_mut() {
         a.retain(|k, _| k.starts_with("zen-lead") || k == crate::api::keys::IDENTITY_ANNOTATION);
     }
+    // Names, and declared ports by name (a leader Service's named
+    // targetPort).
     let name_only = |c: &Container| Container {
         name: c.name.clone(),
+        ports: c.ports.as_ref().map(|ps| {
+            ps.iter()
+                .filter(|p| p.name.is_some())
+                .map(|p| k8s_openapi::api::core::v1::ContainerPort {
+                    name: p.name.clone(),
+                    container_port: p.container_port,
+                    ..Default::default()
+                })
+                .collect()
+        }),
         ..Container::default()
     };
     pod.spec = pod.spec.take().map(|s| PodSpec {
@@ -441,6 +543,7 @@ fn slim_pod(pod: &mut Pod) {
     };
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
+        pod_ip: s.pod_ip,
         conditions: s.conditions.map(|cs| {
             cs.into_iter()
                 .filter(|c| {

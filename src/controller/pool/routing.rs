@@ -1,0 +1,214 @@
+//! Leader-only routing: performs [`decide::routing::plan`]'s writes for a
+//! pool's `spec.leaderService` and deletes what a renamed or removed one
+//! left behind. Reads come from the caches; a create that finds the name
+//! taken reads that object once to say whose it is.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use crate::api::LeaderPolicy;
+use crate::api::keys::FIELD_MANAGER;
+use crate::controller::context::{Context, ReconcileError, api_err, is_status};
+use crate::controller::decide::PodView;
+use crate::controller::decide::routing::{self, Owner, Problem, Write};
+use crate::controller::queue::PoolKey;
+
+/// The LeaderService condition: (status, reason, message).
+pub type RoutingCondition = (bool, &'static str, String);
+
+/// The pod the pool's leader EndpointSlice names now, as cached.
+pub fn routed_now(ctx: &Context, key: &PoolKey, policy: &LeaderPolicy) -> Option<String> {
+    let spec = policy.spec.leader_service.as_ref()?;
+    let slice = ctx.cache.slice(key, &routing::slice_name(&spec.name))?;
+    routing::routed_pod(&slice).map(str::to_owned)
+}
+
+/// Brings the pool's leader Service and EndpointSlice to `target` (the pod
+/// that should receive the traffic, or none). `None` when the policy has no
+/// `spec.leaderService`. A failed write is said in the condition, and the
+/// pass goes on: routing never holds back the election's own work.
+pub async fn sync(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    target: Option<&PodView>,
+) -> Option<RoutingCondition> {
+    let owner = Owner {
+        namespace: key.namespace.clone(),
+        pool: key.name.clone(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+    let spec = policy.spec.leader_service.as_ref();
+    if let Err(err) = remove_stale(ctx, key, &owner, spec).await {
+        tracing::warn!(pool = %key, error = %err, "could not delete a leader Service left behind; retrying");
+    }
+    let spec = spec?;
+    let service = ctx.cache.service(key, &spec.name);
+    let slice = ctx.cache.slice(key, &routing::slice_name(&spec.name));
+    let plan = routing::plan(&owner, spec, target, service.as_deref(), slice.as_deref());
+    let (problem, error) = match perform(ctx, key, &owner, plan).await {
+        Ok(problem) => (problem, None),
+        Err(err) => (None, Some(err.to_string())),
+    };
+    if let Some(err) = &error {
+        tracing::warn!(pool = %key, error = %err, "could not write the leader Service");
+    }
+    Some(routing::condition(
+        &key.namespace,
+        spec,
+        target.map(|p| p.name.as_str()),
+        problem.as_ref(),
+        error.as_deref(),
+    ))
+}
+
+/// The slice first when the Service is in place, so a switch is one write;
+/// a Service zen-lead cannot own stops the slice's write.
+async fn perform(
+    ctx: &Context,
+    key: &PoolKey,
+    owner: &Owner,
+    plan: routing::Plan,
+) -> Result<Option<Problem>, ReconcileError> {
+    if plan
+        .problem
+        .as_ref()
+        .is_some_and(|p| matches!(p, Problem::NotManaged { .. }))
+    {
+        return Ok(plan.problem);
+    }
+    if let Some(p) = write(ctx, key, owner, "Service", plan.service).await? {
+        return Ok(Some(p));
+    }
+    if let Some(p) = write(ctx, key, owner, "EndpointSlice", plan.slice).await? {
+        return Ok(Some(p));
+    }
+    Ok(plan.problem)
+}
+
+/// One object's write. A create that meets an existing object reads it: not
+/// ours is a [`Problem::NotManaged`]; ours (the cache was behind) is applied.
+async fn write<K>(
+    ctx: &Context,
+    key: &PoolKey,
+    owner: &Owner,
+    kind: &'static str,
+    w: Write<K>,
+) -> Result<Option<Problem>, ReconcileError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = ctx.api(key);
+    match w {
+        Write::Keep => Ok(None),
+        Write::Create(obj) => {
+            let name = obj.name_any();
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(_) => {
+                    info!(pool = %key, %kind, %name, "created the leader Service's {kind}");
+                    Ok(None)
+                }
+                Err(err) if is_status(&err, 409) => {
+                    let existing = api.get(&name).await.map_err(api_err(
+                        "read",
+                        kind,
+                        &key.namespace,
+                        &name,
+                    ))?;
+                    if owner.owns(existing.meta()) {
+                        apply(&api, key, kind, &obj).await.map(|()| None)
+                    } else {
+                        Ok(Some(Problem::NotManaged { kind, name }))
+                    }
+                }
+                Err(err) => Err(api_err("create", kind, &key.namespace, &name)(err)),
+            }
+        }
+        Write::Apply(obj) => apply(&api, key, kind, &obj).await.map(|()| None),
+        Write::Recreate(obj) => {
+            let name = obj.name_any();
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(err) if is_status(&err, 404) => {}
+                Err(err) => return Err(api_err("delete", kind, &key.namespace, &name)(err)),
+            }
+            Box::pin(write(ctx, key, owner, kind, Write::Create(obj))).await
+        }
+    }
+}
+
+/// Server-side apply of what zen-lead sets (the endpoints list is atomic:
+/// the new one replaces the old whole).
+async fn apply<K>(
+    api: &Api<K>,
+    key: &PoolKey,
+    kind: &'static str,
+    obj: &K,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj.name_any();
+    let mut body = serde_json::to_value(obj).unwrap_or_default();
+    body["apiVersion"] = json!(K::api_version(&()));
+    body["kind"] = json!(K::kind(&()));
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(api_err("apply", kind, &key.namespace, &name))
+}
+
+/// Deletes routing objects of the pool that are not the wanted ones (only
+/// ours: labelled for the pool and owned by its policy).
+async fn remove_stale(
+    ctx: &Context,
+    key: &PoolKey,
+    owner: &Owner,
+    spec: Option<&crate::api::LeaderService>,
+) -> Result<(), ReconcileError> {
+    let (services, slices) = ctx.cache.routing_of(key);
+    let stale = routing::stale(
+        owner,
+        spec,
+        services.iter().map(|s| &s.metadata),
+        slices.iter().map(|s| &s.metadata),
+    );
+    for (kind, name) in stale {
+        let result = match kind {
+            "Service" => ctx
+                .api::<Service>(key)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            _ => ctx
+                .api::<EndpointSlice>(key)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                info!(pool = %key, %kind, %name, "deleted a leader Service's {kind} no longer in spec.leaderService")
+            }
+            Err(err) if is_status(&err, 404) => {}
+            Err(err) => return Err(api_err("delete", kind, &key.namespace, &name)(err)),
+        }
+    }
+    Ok(())
+}
