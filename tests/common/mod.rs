@@ -8,8 +8,9 @@
 //! `chart.rs` (a Helm install per test), `gate.rs` (the API gate),
 //! `tls_client.rs` (a webhook client over TLS), `late_webhook.rs` (a second
 //! mutating webhook called after zen-lead's), `election.rs` (host
-//! agents and Lease helpers), `model/` (the election's model for the model
-//! checker, `tests/model.rs` only; it needs no cluster).
+//! agents and Lease helpers), `upstream.rs` (the upstream Go zen-lead as a
+//! routing peer), `model/` (the election's model for the model checker,
+//! `tests/model.rs` only; it needs no cluster).
 #![allow(dead_code)]
 
 pub mod delay_proxy;
