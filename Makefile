@@ -19,7 +19,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 CRD_FILE := charts/zen-lead/crds/leaderpolicies.coordination.kube-zen.io.yaml
 DEMO_NAMESPACE := zen-lead-demo
 
-.PHONY: help prereqs build image push krew crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-fencing bench-memory test model chaos demo lint cluster-up cluster-down certs
+.PHONY: help prereqs build image push krew crd manifests install run bench bench-webhook bench-election bench-controller bench-controller-baseline bench-gate bench-takeover bench-routing bench-fencing bench-memory test model chaos demo lint cluster-up cluster-down certs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -120,6 +120,9 @@ bench-gate: cluster-up ## API gate vs direct to the API server: GET/PATCH p50/p9
 
 # ROUNDS: deletions of each pool's leader (20 by default).
 ROUNDS ?= 20
+bench-routing: cluster-up ## Leader pod deleted -> every answer from the new leader, through kube-proxy: spec.leaderService vs a role-label Service, p50/p99
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(or $(ROUTING_ROUNDS),10) $(CARGO) test --locked --test leader_service bench_routing_switch -- --ignored --nocapture
+
 bench-takeover: cluster-up ## Delete the leader -> successor's app started: process vs start on the real node, p50/p99
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_BENCH_ROUNDS=$(ROUNDS) $(CARGO) test --locked --test process bench_takeover_process_vs_start -- --ignored --nocapture
 
@@ -175,7 +178,7 @@ FAULTS ?= 300
 chaos: cluster-up ## Faults on the real node vs. a client-go peer; no two active replicas (table: target/overlap-report.md)
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) ZEN_LEAD_OVERLAP_FAULTS=$(FAULTS) $(CARGO) test --locked --test overlap -- --nocapture
 
-bench: bench-webhook bench-election bench-controller bench-gate bench-takeover bench-fencing bench-memory ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
+bench: bench-webhook bench-election bench-controller bench-gate bench-takeover bench-routing bench-fencing bench-memory ## Run every benchmark (prints p50/p99 and ratios vs. the peers)
 
 demo: cluster-up ## Local cluster + zen-lead installed with Helm + a controller pool and a worker pool, failover timed
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) KUBECTL=$(KUBECTL) DEMO_NAMESPACE=$(DEMO_NAMESPACE) bash examples/demo/run.sh

@@ -7,7 +7,8 @@
 // It serves GET / on --listen with its pod name and start time. With
 // --gate ADDR it also serves a gate a test opens from outside: GET /startz
 // answers 503 until POST /open, then 200, so it can stand in for a startup
-// probe the test controls.
+// probe the test controls. With --poll it is instead a client that records
+// which pod answers each request (poll.go).
 package main
 
 import (
@@ -44,7 +45,13 @@ func main() {
 	fetch := flag.String("fetch", "", "URL to GET once at start (TLS unverified); the status is printed as a \"fetch\" line")
 	exitCode := flag.Int("exit-code", 0, "status to exit with after --run-for")
 	check := flag.String("check", "", "only GET this URL and exit 0 on a 2xx/3xx answer, 1 otherwise (an exec probe)")
+	pollURLs := flag.String("poll", "", "only act as a client: GET these comma-separated URLs every --poll-every and record who answered")
+	pollEvery := flag.Duration("poll-every", 5*time.Millisecond, "interval of --poll")
 	flag.Parse()
+	if *pollURLs != "" {
+		poll(splitURLs(*pollURLs), *pollEvery, *record)
+		return
+	}
 	if *check != "" {
 		client := &http.Client{Timeout: 2 * time.Second}
 		resp, err := client.Get(*check)
