@@ -85,6 +85,8 @@ pub struct PoolMemory {
     pub app_watch: Option<AppWatch>,
     /// Leader changes recorded but not yet in the cached status.
     pub unwritten_transitions: Vec<crate::api::LeaderTransition>,
+    /// The LeaderService condition the routing lane last decided.
+    pub routing: Option<(bool, &'static str, String)>,
 }
 
 /// Shared state of the reconcilers.

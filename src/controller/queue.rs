@@ -65,6 +65,9 @@ pub fn retry_delay(attempt: u32, seed: u64) -> Duration {
 pub struct Queue {
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
+    /// A second queue every key pushed here also goes to (the routing
+    /// lane: see `runner`).
+    mirror: Option<Arc<Queue>>,
 }
 
 impl Queue {
@@ -74,8 +77,19 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A queue whose every push also queues the key on `mirror`.
+    pub fn mirrored(mirror: Queue) -> Self {
+        Queue {
+            mirror: Some(Arc::new(mirror)),
+            ..Queue::default()
+        }
+    }
+
     /// Queues `key` (no-op if already queued).
     pub fn push(&self, key: PoolKey) {
+        if let Some(m) = &self.mirror {
+            m.push(key.clone());
+        }
         let mut s = self.lock();
         if s.running.contains(&key) {
             s.dirty.insert(key);
@@ -170,6 +184,20 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_mirrored_queue_hands_every_key_to_its_mirror_too() {
+        let lane = Queue::default();
+        let q = Queue::mirrored(lane.clone());
+        q.extend([PoolKey::new("ns", "a"), PoolKey::new("ns", "b")]);
+        assert_eq!((q.len(), lane.len()), (2, 2));
+        // The mirror runs on its own: a key running there is queued again
+        // there, whatever the first queue does.
+        let k = lane.pop().await;
+        q.push(k.clone());
+        lane.done(&k);
+        assert_eq!(lane.len(), 2);
+    }
 
     #[tokio::test]
     async fn dedupes_and_requeues_changes_made_while_running() {

@@ -160,7 +160,11 @@ pub async fn controllers(
     metrics: Metrics,
     synced: Gauge,
 ) -> RunnerError {
-    let queue = Queue::default();
+    // Two lanes: every change queues the pool for a pass, and for a
+    // routing pass that only keeps its leader Service's endpoint (so a
+    // switch of traffic never waits behind a pass's other writes).
+    let routes = Queue::default();
+    let queue = Queue::mirrored(routes.clone());
     let (cache, tasks) = watches::start(
         &client,
         settings.watch_namespace.as_deref(),
@@ -192,6 +196,11 @@ pub async fn controllers(
             tokio::spawn(work(ctx.clone(), queue.clone())),
         );
     }
+    running.push(
+        "routing",
+        true,
+        tokio::spawn(route(ctx.clone(), routes, queue.clone())),
+    );
     resync(&cache, &queue, &metrics, settings.resync, &mut running)
         .await
         .into()
@@ -238,6 +247,27 @@ async fn sweep_fencing_scope(ctx: Arc<Context>) {
         }
         let fenced = ctx.cache.fenced_namespaces();
         ctx.fencing.sweep(&ctx.client, &fenced).await;
+    }
+}
+
+/// The routing lane's worker: keeps each pool's leader Service endpoint
+/// ([`pool::routing::pass`]); a changed LeaderService condition queues the
+/// pool's pass (which writes the status), a failed write is retried.
+async fn route(ctx: Arc<Context>, routes: Queue, queue: Queue) {
+    loop {
+        let key = routes.pop().await;
+        let span = info_span!("route", namespace = %key.namespace, policy = %key.name);
+        let routed = pool::routing::pass(&ctx, &key).instrument(span).await;
+        routes.done(&key);
+        if routed.failed {
+            ctx.metrics.error("EndpointSlice");
+            routes.retry(key.clone());
+        } else {
+            routes.succeeded(&key);
+        }
+        if routed.changed {
+            queue.push(key);
+        }
     }
 }
 

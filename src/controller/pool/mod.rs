@@ -109,19 +109,19 @@ async fn active(
     let node_ready = |n: &str| ctx.cache.node_ready(n);
 
     let scale_down = policy.spec.follower_mode == FollowerMode::ScaleDown;
-    // The leader Service's endpoint first, beside phase 1: it is what a
-    // switch of traffic waits for, and it needs only the cached Lease.
-    let (phase, routing) = tokio::join!(
-        lease_phase(ctx, key, policy, &views),
-        route(ctx, key, policy, &views)
-    );
     let LeasePhase {
         policy_ready,
         lease,
         view: lease_view,
         wake: deposed_wake,
         fencing,
-    } = phase?;
+    } = lease_phase(ctx, key, policy, &views).await?;
+    // Written by the routing lane (`routing::pass`); the status says it.
+    let routing = policy
+        .spec
+        .leader_service
+        .as_ref()
+        .and_then(|_| ctx.with_memory(key, |m| m.routing.clone()));
 
     // Phase 2: roles and readiness conditions.
     let leader = lease_view
@@ -193,22 +193,6 @@ async fn release_finalizer(
         apply::finalizer(ctx, key, policy, false).await?;
     }
     Ok(())
-}
-
-/// Leader-only routing from the cached Lease; the LeaderService condition.
-async fn route(
-    ctx: &Context,
-    key: &PoolKey,
-    policy: &LeaderPolicy,
-    views: &[PodView],
-) -> Option<routing::RoutingCondition> {
-    let node_ready = |n: &str| ctx.cache.node_ready(n);
-    let view = ctx.cache.lease(key).map(|l| lease::view(ctx, key, &l));
-    let now = routing::routed_now(ctx, key, policy);
-    let target = view
-        .as_ref()
-        .and_then(|lv| decide::routing::target(lv, views, &node_ready, now.as_deref()));
-    routing::sync(ctx, key, policy, target).await
 }
 
 /// Phase 2: the identity problems told on their pods, then the role and

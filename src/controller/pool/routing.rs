@@ -17,8 +17,50 @@ use crate::controller::decide::PodView;
 use crate::controller::decide::routing::{self, Owner, Problem, Write};
 use crate::controller::queue::PoolKey;
 
+use super::{lease, observe};
+
 /// The LeaderService condition: (status, reason, message).
 pub type RoutingCondition = (bool, &'static str, String);
+
+/// What a routing-lane pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// The LeaderService condition changed: the pool's status must say so.
+    pub changed: bool,
+    /// A write failed: try again after a back-off.
+    pub failed: bool,
+}
+
+/// The routing lane's pass (see `runner`): the pool's leader Service from
+/// the caches alone, so a switch of traffic never waits behind a pool
+/// pass's other writes. Passes of one pool never run at once (the lane's
+/// queue), so an older decision cannot land after a newer one.
+pub async fn pass(ctx: &Context, key: &PoolKey) -> Routed {
+    let Some(policy) = ctx.cache.policy(key) else {
+        return Routed::default();
+    };
+    if policy.meta().deletion_timestamp.is_some() {
+        return Routed::default();
+    }
+    let pods = ctx.cache.pods_of(key);
+    let views = observe::views(&pods, policy.spec.identity_strategy);
+    let node_ready = |n: &str| ctx.cache.node_ready(n);
+    let view = ctx.cache.lease(key).map(|l| lease::view(ctx, key, &l));
+    let now = routed_now(ctx, key, &policy);
+    let target = view
+        .as_ref()
+        .and_then(|lv| routing::target(lv, &views, &node_ready, now.as_deref()));
+    let condition = sync(ctx, key, &policy, target).await;
+    let failed = condition
+        .as_ref()
+        .is_some_and(|c| c.1 == crate::api::keys::conditions::reasons::SERVICE_ERROR);
+    let changed = ctx.with_memory(key, |m| {
+        let changed = m.routing != condition;
+        m.routing = condition;
+        changed
+    });
+    Routed { changed, failed }
+}
 
 /// The pod the pool's leader EndpointSlice names now, as cached.
 pub fn routed_now(ctx: &Context, key: &PoolKey, policy: &LeaderPolicy) -> Option<String> {
