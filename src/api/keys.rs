@@ -25,6 +25,14 @@ pub const ROLE_ANNOTATION: &str = "zen-lead/role";
 /// `identityStrategy: custom`.
 pub const IDENTITY_ANNOTATION: &str = "zen-lead/identity";
 
+/// Annotation on a pool pod: its priority as a leader, an integer (higher is
+/// preferred; absent: 0). A value that is not an integer counts as 0, and
+/// the controller says so in a Warning Event on the pod.
+pub const PRIORITY_ANNOTATION: &str = "zen-lead/priority";
+
+/// Node label naming the node's zone, which `spec.preferredZones` ranks.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// Label the controller keeps on pool pods so a Service can select only the
 /// leader (`zen-lead.io/role: leader`).
 pub const ROLE_LABEL: &str = "zen-lead.io/role";

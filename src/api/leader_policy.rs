@@ -195,6 +195,26 @@ pub struct LeaderPolicySpec {
     /// LeaderService condition says so). Removing the field deletes both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_service: Option<LeaderService>,
+
+    /// Zones in order of preference (a pod's zone is its node's
+    /// `topology.kubernetes.io/zone` label). The controller ranks
+    /// candidates by their `zen-lead/priority` annotation first, then by
+    /// the position of their zone here (an unlisted or unknown zone comes
+    /// last), both when it names a successor and for the standing
+    /// preference (see `preferenceCooldownSeconds`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub preferred_zones: Vec<String>,
+
+    /// Standing preference: once a Ready candidate that ranks strictly
+    /// higher than the leader (priority, then zone) has been Ready for this
+    /// long, the controller hands leadership over to it, and it moves
+    /// leadership for preference at most once per this many seconds, and
+    /// never sooner than this after any leader change. 0: no standing
+    /// moves (successors are still chosen by preference).
+    #[serde(default = "default_preference_cooldown_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub preference_cooldown_seconds: i32,
 }
 
 /// The leader-only Service of a pool (`spec.leaderService`).
@@ -283,6 +303,14 @@ fn default_lease_duration_seconds() -> i32 {
     15
 }
 
+/// Five minutes: long against a hand-off (milliseconds) and against a
+/// readiness blip, so a pod whose annotation or readiness flaps moves
+/// leadership at most a few times an hour; short against how long people
+/// wait for a preference they set to take effect.
+fn default_preference_cooldown_seconds() -> i32 {
+    300
+}
+
 impl Default for LeaderPolicySpec {
     fn default() -> Self {
         Self {
@@ -298,6 +326,8 @@ impl Default for LeaderPolicySpec {
             app_failure_grace_seconds: None,
             paused: false,
             leader_service: None,
+            preferred_zones: Vec::new(),
+            preference_cooldown_seconds: default_preference_cooldown_seconds(),
         }
     }
 }

@@ -55,6 +55,7 @@ fn wire_names_are_camel_case() {
         scheduled_runs: ScheduledRuns::Once,
         renew_deadline_seconds: Some(10),
         retry_period_seconds: Some(2),
+        preferred_zones: vec!["zone-a".to_owned()],
         ..LeaderPolicySpec::default()
     };
     assert_eq!(
@@ -67,6 +68,8 @@ fn wire_names_are_camel_case() {
             "followerMode": "scaleDown",
             "activation": "start",
             "scheduledRuns": "once",
+            "preferredZones": ["zone-a"],
+            "preferenceCooldownSeconds": 300,
         })
     );
     assert!(

@@ -83,6 +83,10 @@ pub struct PoolMemory {
     pub skipped_reported: BTreeSet<String>,
     /// The holder's app, followed for an `api` leader whose app fails.
     pub app_watch: Option<AppWatch>,
+    /// When this controller last asked for a move for preference (Unix
+    /// ms), and the (pod UID, value) of invalid priorities already told.
+    pub preference_asked: Option<i64>,
+    pub priority_warned: BTreeSet<(String, String)>,
     /// Leader changes recorded but not yet in the cached status.
     pub unwritten_transitions: Vec<crate::api::LeaderTransition>,
     /// The LeaderService condition the routing lane last decided.

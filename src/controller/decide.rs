@@ -20,6 +20,7 @@ pub mod fencing;
 pub mod fencing_scope;
 pub mod history;
 pub mod pause;
+pub mod preference;
 pub mod routing;
 mod status;
 pub use app_failure::AppHealth;
@@ -77,6 +78,8 @@ pub struct PodView {
     /// The containers' declared ports, for a leader Service's named
     /// `targetPort`.
     pub ports: Vec<PodPort>,
+    /// What ranks it as a leader (priority, zone, Ready since).
+    pub preference: preference::Preference,
 }
 
 /// A container port a pod declares.
@@ -207,6 +210,7 @@ impl PodView {
                 .and_then(|s| s.pod_ip.clone())
                 .filter(|ip| !ip.is_empty()),
             ports: PodPort::declared(spec),
+            preference: preference::Preference::of(pod),
             name,
             uid,
         }
@@ -460,8 +464,8 @@ pub fn failover(
 /// holder's workload's newest revision (the revision of its most recently
 /// created live pod), so a rolling update moves leadership once, onto the new
 /// template, instead of to an old pod that the rollout deletes next. Else any
-/// live candidate. The lowest identity among them, so that repeated
-/// reconciles name the same one.
+/// live candidate. The best-ranked among them ([`preference::best`]: priority,
+/// zone, then the lowest identity, so that repeated reconciles name the same one).
 fn successor(pods: &[PodView], holder: &str, node_ready: &dyn Fn(&str) -> bool) -> Option<String> {
     let candidates: Vec<&PodView> = pods
         .iter()
@@ -478,13 +482,12 @@ fn successor(pods: &[PodView], holder: &str, node_ready: &dyn Fn(&str) -> bool) 
             .and_then(|p| p.revision.clone())
     });
     let on_newest = newest.as_ref().and_then(|rev| {
-        candidates
+        let ready = candidates
             .iter()
-            .filter(|p| p.ready && p.revision.as_ref() == Some(rev) && pod_workload(p) == workload)
-            .filter_map(|p| p.identity.clone())
-            .min()
+            .filter(|p| p.ready && p.revision.as_ref() == Some(rev) && pod_workload(p) == workload);
+        preference::best(ready.copied())
     });
-    on_newest.or_else(|| candidates.iter().filter_map(|p| p.identity.clone()).min())
+    on_newest.or_else(|| preference::best(candidates.iter().copied()))
 }
 
 /// Whether the holder identity names a pod that the cache cannot explain,
@@ -1045,6 +1048,7 @@ pub(crate) mod fixtures {
             },
             ip: Some("198.18.0.10".to_owned()),
             ports: vec![],
+            preference: Default::default(),
         }
     }
 }

@@ -257,23 +257,21 @@ pub fn judge(watch: &mut Option<AppWatch>, input: &AppInput<'_>, now: Instant) -
 }
 
 /// The follower to hand over to: a live candidate other than the holder
-/// whose pod is Ready and whose app containers are all Ready; the lowest
-/// identity, so repeated passes name the same pod.
+/// whose pod is Ready and whose app containers are all Ready; the
+/// best-ranked ([`super::preference::best`]), so repeated passes name the
+/// same pod.
 pub fn ready_follower(
     pods: &[PodView],
     holder: &PodView,
     node_ready: &dyn Fn(&str) -> bool,
 ) -> Option<String> {
-    pods.iter()
-        .filter(|p| {
-            p.candidate(node_ready)
-                && p.ready
-                && p.app.ready
-                && p.uid != holder.uid
-                && p.identity != holder.identity
-        })
-        .filter_map(|p| p.identity.clone())
-        .min()
+    super::preference::best(pods.iter().filter(|p| {
+        p.candidate(node_ready)
+            && p.ready
+            && p.app.ready
+            && p.uid != holder.uid
+            && p.identity != holder.identity
+    }))
 }
 
 #[cfg(test)]

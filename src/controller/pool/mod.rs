@@ -25,6 +25,7 @@ pub mod lease;
 pub mod missing;
 pub mod observe;
 pub mod plan;
+pub mod preference;
 pub mod report;
 pub mod routing;
 pub mod safety;
@@ -104,7 +105,7 @@ async fn active(
     pods: &[Arc<Pod>],
 ) -> Result<Option<Duration>, ReconcileError> {
     let strategy = policy.spec.identity_strategy;
-    let views = observe::views(pods, strategy);
+    let views = preference::placed(ctx, policy, observe::views(pods, strategy));
     report::skipped_runs(ctx, key, pods).await;
     let node_ready = |n: &str| ctx.cache.node_ready(n);
 
@@ -405,6 +406,11 @@ async fn failover(
                 });
                 decide::pause::app_verdict(paused, verdict)
             };
+            if let AppVerdict::Wait(wake) = verdict {
+                let wake = wake.map(|w| w + plan::WAKE_MARGIN);
+                let standing = preference::run(ctx, key, policy, views, lv, lease).await?;
+                return Ok(plan::earliest(wake, standing));
+            }
             return app_failing(ctx, key, policy, views, lv, lease, verdict).await;
         }
         Failover::Expire { why } => {

@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use super::Unlabelled;
 use crate::api::keys::{
     LEASE_POLICY_LABEL, POOL_ANNOTATION, POOL_LABEL, PREFERRED_HOLDER_ANNOTATION,
-    SCALED_BY_ANNOTATION,
+    SCALED_BY_ANNOTATION, ZONE_LABEL,
 };
 use crate::controller::decide::history::LeaseObs;
 use crate::controller::queue::PoolKey;
@@ -293,6 +293,24 @@ pub fn node_change(nodes: &mut HashMap<String, bool>, ev: &Event<Node>) -> Optio
         Event::Init | Event::InitDone => return None,
     };
     let changed = nodes.insert(name.clone(), ready) != Some(ready);
+    (changed && !matches!(ev, Event::InitApply(_))).then_some(name)
+}
+
+/// Records a node's zone label in `zones`; returns the node whose zone
+/// changed (not on the initial list).
+pub fn zone_change(zones: &mut HashMap<String, String>, ev: &Event<Node>) -> Option<String> {
+    let (name, zone) = match ev {
+        Event::Apply(n) | Event::InitApply(n) => {
+            (n.name_any(), n.labels().get(ZONE_LABEL).cloned())
+        }
+        Event::Delete(n) => (n.name_any(), None),
+        Event::Init | Event::InitDone => return None,
+    };
+    let old = match &zone {
+        Some(z) => zones.insert(name.clone(), z.clone()),
+        None => zones.remove(&name),
+    };
+    let changed = old != zone;
     (changed && !matches!(ev, Event::InitApply(_))).then_some(name)
 }
 

@@ -61,6 +61,8 @@ pub struct Cache {
     pub slices: Store<EndpointSlice>,
     /// Node name -> Ready. Unknown nodes count as ready.
     nodes: Arc<RwLock<HashMap<String, bool>>>,
+    /// Node name -> `topology.kubernetes.io/zone` (nodes with the label).
+    zones: Arc<RwLock<HashMap<String, String>>>,
     /// Pool -> names of its labelled pods.
     pool_pods: Arc<Mutex<HashMap<PoolKey, BTreeSet<String>>>>,
     /// Pool -> unlabelled pods that carry its annotation.
@@ -89,6 +91,7 @@ impl Cache {
             services: reflector::store::<Service>().0,
             slices: reflector::store::<EndpointSlice>().0,
             nodes: Arc::default(),
+            zones: Arc::default(),
             pool_pods: Arc::default(),
             unlabelled: Arc::default(),
             history: Arc::default(),
@@ -101,6 +104,12 @@ impl Cache {
             .read()
             .map(|n| n.get(node).copied().unwrap_or(true))
             .unwrap_or(true)
+    }
+
+    /// The node's zone; `None` when the node or its label is unknown (which
+    /// only ranks its pods last for `preferredZones`).
+    pub fn node_zone(&self, node: &str) -> Option<String> {
+        self.zones.read().ok().and_then(|z| z.get(node).cloned())
     }
 
     /// The pool's labelled pods.
@@ -251,6 +260,7 @@ pub fn start(
         services,
         slices,
         nodes: Arc::default(),
+        zones: Arc::default(),
         pool_pods: Arc::default(),
         unlabelled: Arc::default(),
         history: Arc::default(),
@@ -449,18 +459,24 @@ where
 /// flight per watch (`make bench-memory` measures the peak).
 const WORKLOAD_PAGE_SIZE: u32 = 10;
 
-/// Nodes (cluster-wide by nature): only the Ready condition is kept; a
-/// change queues the pools with pods on the node.
+/// Nodes (cluster-wide by nature): only the Ready condition and the zone
+/// label are kept; a change of either queues the pools with pods on the node.
 fn watch_nodes(client: &Client, cache: &Cache, q: Queue) -> tokio::task::JoinHandle<()> {
     let stream = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff();
     let nodes = cache.nodes.clone();
+    let zones = cache.zones.clone();
     let pods = cache.pods.clone();
     tokio::spawn(drive(stream, "Nodes", move |ev| {
-        let changed = {
+        let ready = {
             let mut map = nodes.write().unwrap_or_else(|e| e.into_inner());
             map::node_change(&mut map, &ev)
         };
+        let zone = {
+            let mut map = zones.write().unwrap_or_else(|e| e.into_inner());
+            map::zone_change(&mut map, &ev)
+        };
+        let changed = ready.or(zone);
         if let Some(node) = changed {
             q.extend(map::pools_on_node(&pods.state(), &node));
         }

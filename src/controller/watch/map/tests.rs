@@ -403,3 +403,53 @@ fn a_workload_relist_queues_its_pools_when_done_and_the_pools_of_members_it_lost
         "w2 was forgotten at the relist"
     );
 }
+
+#[test]
+fn a_change_of_a_nodes_zone_label_queues_the_pools_on_it() {
+    let zoned = |zone: Option<&str>| {
+        let mut n = node("n1", Some("True"));
+        n.metadata.labels = zone.map(|z| BTreeMap::from([(ZONE_LABEL.to_owned(), z.to_owned())]));
+        n
+    };
+    let mut zones = HashMap::new();
+    // (what, event, node queued, zone recorded)
+    type Case<'a> = (&'a str, Event<Node>, Option<&'a str>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "initial list: recorded, nothing queued",
+            Event::InitApply(zoned(Some("a"))),
+            None,
+            Some("a"),
+        ),
+        (
+            "same zone: nothing",
+            Event::Apply(zoned(Some("a"))),
+            None,
+            Some("a"),
+        ),
+        (
+            "moved",
+            Event::Apply(zoned(Some("b"))),
+            Some("n1"),
+            Some("b"),
+        ),
+        ("label removed", Event::Apply(zoned(None)), Some("n1"), None),
+        ("still none", Event::Apply(zoned(None)), None, None),
+        (
+            "labelled again",
+            Event::Apply(zoned(Some("b"))),
+            Some("n1"),
+            Some("b"),
+        ),
+        (
+            "deleted: no zone known",
+            Event::Delete(zoned(Some("b"))),
+            Some("n1"),
+            None,
+        ),
+    ];
+    for (name, ev, want, zone) in cases {
+        assert_eq!(zone_change(&mut zones, &ev).as_deref(), want, "{name}");
+        assert_eq!(zones.get("n1").map(String::as_str), zone, "{name}");
+    }
+}

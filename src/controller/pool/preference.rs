@@ -1,0 +1,144 @@
+//! Leader preference's I/O: zones from the node cache, the Warning on a pod
+//! whose `zen-lead/priority` is not an integer, and the standing move
+//! ([`decide::preference::standing`]) through the controller's hand-off.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::EventType;
+use tracing::info;
+
+use super::report::{self, pod_ref};
+use super::{clear_preferred, lease};
+use crate::api::LeaderPolicy;
+use crate::api::keys::PRIORITY_ANNOTATION;
+use crate::controller::context::{Context, ReconcileError};
+use crate::controller::decide::history::Cause;
+use crate::controller::decide::preference::{self, Standing, StandingInput};
+use crate::controller::decide::{self, LeaseView, PodView};
+use crate::controller::queue::PoolKey;
+
+/// Event reason on a pod whose `zen-lead/priority` is not an integer.
+pub const INVALID_PRIORITY: &str = "InvalidPriority";
+
+/// The pods with their zone's rank in the policy's `preferredZones`.
+pub fn placed(ctx: &Context, policy: &LeaderPolicy, mut views: Vec<PodView>) -> Vec<PodView> {
+    let zone_of = |node: &str| ctx.cache.node_zone(node);
+    preference::place(&mut views, &policy.spec.preferred_zones, &zone_of);
+    views
+}
+
+/// One pass of the standing preference, once nothing else moves the
+/// holder: tells of invalid priorities, then hands over to a better-ranked
+/// candidate when one is due. Returns when to look again.
+pub async fn run(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    views: &[PodView],
+    lv: &mut LeaseView,
+    lease: &Lease,
+) -> Result<Option<Duration>, ReconcileError> {
+    warn_invalid(ctx, key, views).await;
+    let holder = decide::holder_pod(lv, views);
+    let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    let last_asked = ctx.with_memory(key, |m| m.preference_asked);
+    let node_ready = |n: &str| ctx.cache.node_ready(n);
+    let decision = preference::standing(&StandingInput {
+        lease: lv,
+        holder,
+        pods: views,
+        node_ready: &node_ready,
+        paused: policy.spec.paused,
+        cooldown: u64::try_from(policy.spec.preference_cooldown_seconds)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+        last_change: last_change(ctx, key, policy, lv),
+        last_asked,
+        now,
+    });
+    match decision {
+        Standing::Wait(wake) => Ok(wake.map(|w| w + super::plan::WAKE_MARGIN)),
+        Standing::ClearPreferred => {
+            if clear_preferred(ctx, key, lease).await? {
+                lv.preferred = None;
+            }
+            Ok(None)
+        }
+        Standing::Move { to } => {
+            let from = holder.map(|p| p.name.clone()).unwrap_or_default();
+            let holder_id = lv.holder.clone().unwrap_or_default();
+            ctx.cache.note_cause(key, &holder_id, Cause::Preference);
+            if lease::hand_off(ctx, key, lease, &to).await? {
+                ctx.with_memory(key, |m| m.preference_asked = Some(now));
+                let successor = views
+                    .iter()
+                    .find(|p| p.identity.as_deref() == Some(to.as_str()))
+                    .map_or_else(|| to.clone(), |p| p.name.clone());
+                let note = format!(
+                    "{successor} ranks above leader {from} (zen-lead/priority, then \
+                     spec.preferredZones) and has been Ready for spec.preferenceCooldownSeconds; \
+                     handing over to it"
+                );
+                info!(pool = %key, holder = %holder_id, successor = %to, "{note}");
+                let related = Some(pod_ref(&key.namespace, &successor, None));
+                report::on_policy(
+                    ctx,
+                    policy,
+                    EventType::Normal,
+                    "PreferenceHandOff",
+                    "HandOff",
+                    note,
+                    related,
+                )
+                .await;
+                lv.preferred = Some(to);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The newest leader change known: the current term's `acquireTime`, and
+/// the recorded transitions (stored, and those not yet written).
+fn last_change(ctx: &Context, key: &PoolKey, policy: &LeaderPolicy, lv: &LeaseView) -> Option<i64> {
+    let unwritten = ctx.with_memory(key, |m| {
+        m.unwritten_transitions
+            .iter()
+            .map(|t| t.time.0.as_millisecond())
+            .max()
+    });
+    let stored = policy
+        .status
+        .iter()
+        .flat_map(|s| s.recent_transitions.iter())
+        .map(|t| t.time.0.as_millisecond())
+        .max();
+    let acquired = lv.acquired.as_ref().map(|t| t.0.as_millisecond());
+    [unwritten, stored, acquired].into_iter().flatten().max()
+}
+
+/// A Warning on each pod whose priority is not an integer, once per value.
+async fn warn_invalid(ctx: &Context, key: &PoolKey, views: &[PodView]) {
+    ctx.with_memory(key, |m| {
+        m.priority_warned
+            .retain(|(uid, _)| views.iter().any(|p| p.uid == *uid));
+    });
+    for pod in views {
+        let Some(value) = pod.preference.invalid_priority.as_ref() else {
+            continue;
+        };
+        let told = (pod.uid.clone(), value.clone());
+        if !ctx.with_memory(key, |m| m.priority_warned.insert(told)) {
+            continue;
+        }
+        let note = format!(
+            "annotation {PRIORITY_ANNOTATION}: {value:?} is not an integer; the pod counts as \
+             priority 0. Set a whole number (higher is preferred as leader)"
+        );
+        tracing::warn!(pool = %key, pod = %pod.name, "{note}");
+        let reference = pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone()));
+        report::on_pod(ctx, &reference, INVALID_PRIORITY, "ReadPriority", note).await;
+    }
+}
