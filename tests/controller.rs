@@ -26,8 +26,8 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde_json::json;
 use zen_lead::api::keys::{
     CANDIDATE_READINESS_GATE, HOLDER_INSTANCE_ANNOTATION, LEASE_POLICY_LABEL,
-    ORIGINAL_REPLICAS_ANNOTATION, PAUSED_ANNOTATION, ROLE_LABEL, SCALED_BY_ANNOTATION,
-    pod_identity,
+    ORIGINAL_REPLICAS_ANNOTATION, PAUSED_ANNOTATION, PRIORITY_ANNOTATION, ROLE_LABEL,
+    SCALED_BY_ANNOTATION, ZONE_LABEL, pod_identity,
 };
 use zen_lead::api::{LeaderPolicy, LeaderPolicySpec};
 
@@ -2713,6 +2713,301 @@ async fn paused_pool_whose_holder_dies_waits_says_so_and_resume_elects() {
         assert_eq!(printed_column(&client, &ns, "db", "Paused").await, "False");
         event_until(&client, &ns, "db", "Resumed", "resumed").await;
         labels.assert_never_two();
+    })
+    .await;
+}
+
+/// Issue 32, preference: the standing cooldown of the preference tests'
+/// policies (`spec.preferenceCooldownSeconds`), which is also how long a
+/// better candidate must have been Ready.
+const COOLDOWN: Duration = Duration::from_secs(5);
+
+/// An `api` pool `app` for the preference tests: one pod per entry of
+/// `nodes` (`app-0`, `app-1`...), each Ready with `priority` when given,
+/// and the controller. `app-0`'s agent leads, then the others' join.
+struct PreferencePool {
+    ctl: Controller,
+    agents: Vec<election_util::Agent>,
+}
+
+async fn preference_pool(
+    client: &Client,
+    ns: &str,
+    dir: &Path,
+    spec: serde_json::Value,
+    pods_on: &[(&str, Option<&str>)],
+) -> PreferencePool {
+    let mut full = fast();
+    full["activation"] = json!("api");
+    full["preferenceCooldownSeconds"] = json!(COOLDOWN.as_secs());
+    for (k, v) in spec.as_object().into_iter().flatten() {
+        full[k] = v.clone();
+    }
+    create_policy(client, ns, "app", full).await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut made = Vec::new();
+    for (i, (node, priority)) in pods_on.iter().enumerate() {
+        let name = format!("app-{i}");
+        let mut pod = pool_pod(&name, Some("app"), node, true);
+        let mut annotations =
+            BTreeMap::from([("zen-lead.io/activation".to_owned(), "api".to_owned())]);
+        if let Some(p) = priority {
+            annotations.insert(PRIORITY_ANNOTATION.to_owned(), (*p).to_owned());
+        }
+        pod.metadata.annotations = Some(annotations);
+        made.push(create_pod(client, ns, &pod).await);
+        set_app(&api, &name, App::Ready(unix_now())).await;
+    }
+    let ctl = Controller::start(dir, ns, "ctl-a", &[]);
+    let mut agents = vec![ready_agent(dir, ns, &made[0]).await];
+    app_lease_held_by(client, ns, &agents[0].identity).await;
+    for pod in &made[1..] {
+        agents.push(ready_agent(dir, ns, pod).await);
+    }
+    PreferencePool { ctl, agents }
+}
+
+/// Sets (or, with `None`, removes) a pod's `zen-lead/priority`.
+async fn set_priority(client: &Client, ns: &str, pod: &str, value: Option<&str>) {
+    let patch = json!({"metadata": {"annotations": {PRIORITY_ANNOTATION: value}}});
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch(pod, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("priority of {pod}: {e}"));
+}
+
+/// A node without kubelet (see [`node_without_kubelet`]) in `zone`.
+async fn zoned_node(client: &Client, name: &str, zone: &str) -> tokio::task::JoinHandle<()> {
+    let beat = node_without_kubelet(client, name).await;
+    let patch = json!({"metadata": {"labels": {ZONE_LABEL: zone}}});
+    Api::<Node>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("zone of node {name}: {e}"));
+    beat
+}
+
+async fn delete_nodes(client: &Client, beats: Vec<(String, tokio::task::JoinHandle<()>)>) {
+    for (name, beat) in beats {
+        beat.abort();
+        let _ = Api::<Node>::all(client.clone())
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Waits until `status.recentTransitions` holds `count` entries, the last
+/// one to `to`; returns them as (from, to, reason).
+async fn transitions_until(
+    client: &Client,
+    ns: &str,
+    count: usize,
+    to: &str,
+) -> Vec<(String, String, String)> {
+    let limit = LIMIT + COOLDOWN * 2;
+    let p = policy_until(
+        client,
+        ns,
+        "app",
+        &format!("{count} transitions, to {to}"),
+        limit,
+        |p| {
+            let r = recent(p);
+            (r.len() == count && r.last().is_some_and(|t| t.1 == to))
+                .then_some(())
+                .ok_or(format!("{r:?}"))
+        },
+    )
+    .await;
+    recent(&p)
+}
+
+/// Issue 32: the standing preference moves leadership once, through the
+/// holder's own release (never an expiry), to the better-ranked Ready
+/// candidate: first by zone (`preferredZones`, read from the node's
+/// `topology.kubernetes.io/zone`), then by `zen-lead/priority`, which
+/// ranks before the zone. Each move is one holder change recorded with
+/// reason `preference`, and no move follows while the ranks stay (two
+/// cooldowns watched). A priority that is not an integer counts as 0 and
+/// a Warning Event on the pod names the annotation and the value.
+#[tokio::test]
+async fn preference_moves_leadership_once_by_zone_then_by_priority() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-pref", |client, ns| async move {
+        let dir = common::scratch_dir("controller-preference");
+        let (node_a, node_b) = (format!("{ns}-a"), format!("{ns}-b"));
+        let beats = vec![
+            (
+                node_a.clone(),
+                zoned_node(&client, &node_a, &format!("{ns}-za")).await,
+            ),
+            (
+                node_b.clone(),
+                zoned_node(&client, &node_b, &format!("{ns}-zb")).await,
+            ),
+        ];
+        let spec = json!({"preferredZones": [format!("{ns}-zb"), format!("{ns}-za")]});
+        let pool = preference_pool(
+            &client,
+            &ns,
+            &dir,
+            spec,
+            &[(&node_a, None), (&node_b, None)],
+        )
+        .await;
+        let (a0, a1) = (&pool.agents[0], &pool.agents[1]);
+
+        // app-1's node is in the first preferred zone: it takes the lead
+        // once it has been Ready for a cooldown.
+        app_lease_held_by(&client, &ns, &a1.identity).await;
+        let moves = transitions_until(&client, &ns, 1, "app-1").await;
+        assert_eq!(
+            moves,
+            [("app-0".into(), "app-1".into(), "preference".into())]
+        );
+        released_not_expired(&client, &ns, &pool.ctl, a0).await;
+        event_until(
+            &client,
+            &ns,
+            "app",
+            "PreferenceHandOff",
+            "app-1 ranks above leader app-0",
+        )
+        .await;
+
+        // A priority ranks before the zone.
+        set_priority(&client, &ns, "app-0", Some("10")).await;
+        app_lease_held_by(&client, &ns, &a0.identity).await;
+        let moves = transitions_until(&client, &ns, 2, "app-0").await;
+        assert_eq!(
+            moves[1],
+            ("app-1".into(), "app-0".into(), "preference".into())
+        );
+        released_not_expired(&client, &ns, &pool.ctl, a1).await;
+
+        // An invalid priority is told on the pod, and counts as 0.
+        set_priority(&client, &ns, "app-1", Some("high")).await;
+        let told = common::eventually("InvalidPriority on app-1", LIMIT, || async {
+            let events = pod_events(&client, &ns, "app-1").await;
+            events
+                .into_iter()
+                .find(|(reason, _)| reason == "InvalidPriority")
+                .map(|(_, note)| note)
+                .ok_or("no InvalidPriority event".to_owned())
+        })
+        .await;
+        assert!(
+            told.contains(PRIORITY_ANNOTATION) && told.contains("\"high\""),
+            "{told}"
+        );
+
+        // Ranks stay: leadership stays, for two cooldowns.
+        let change = holder_change_within(&client, &ns, &a0.identity, COOLDOWN * 2).await;
+        assert_eq!(change, None, "leadership moved without a better candidate");
+        let p = policy_until(&client, &ns, "app", "two transitions", LIMIT, |_| Ok(())).await;
+        assert_eq!(recent(&p).len(), 2, "{:?}", recent(&p));
+        delete_nodes(&client, beats).await;
+    })
+    .await;
+}
+
+/// Issue 32, the flapping case: a pod whose priority flips between above
+/// and below the leader's every second, for three cooldowns, moves
+/// leadership at least once and never twice within one cooldown; every
+/// move is a hand-off recorded with reason `preference`. Two pods of equal
+/// priority then never swap.
+#[tokio::test]
+async fn a_flapping_priority_moves_leadership_at_most_once_per_cooldown() {
+    let client = setup().await;
+    with_namespace(&client, "ctl-flap", |client, ns| async move {
+        let dir = common::scratch_dir("controller-flapping");
+        let node = format!("{ns}-n");
+        let beat = node_without_kubelet(&client, &node).await;
+        let pool = preference_pool(
+            &client,
+            &ns,
+            &dir,
+            json!({}),
+            &[(&node, Some("5")), (&node, Some("0"))],
+        )
+        .await;
+        let ids: Vec<String> = pool.agents.iter().map(|a| a.identity.clone()).collect();
+
+        // Flip app-1 between 10 and 0 every second; note each change of
+        // holder the Lease shows, polled every 50 ms.
+        let flipping = {
+            let (client, ns) = (client.clone(), ns.clone());
+            tokio::spawn(async move {
+                for k in 0.. {
+                    let value = if k % 2 == 0 { "10" } else { "0" };
+                    set_priority(&client, &ns, "app-1", Some(value)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        };
+        let started = tokio::time::Instant::now();
+        let mut holder = ids[0].clone();
+        let mut changes = Vec::new();
+        while started.elapsed() < COOLDOWN * 3 + Duration::from_secs(2) {
+            let now = lease(&client, &ns, "app")
+                .await
+                .as_ref()
+                .and_then(lease_holder);
+            if let Some(now) = now.filter(|h| *h != holder) {
+                changes.push((started.elapsed(), now.clone()));
+                holder = now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        flipping.abort();
+        assert!(
+            !changes.is_empty(),
+            "a better-ranked pod never got the lead"
+        );
+        for pair in changes.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= COOLDOWN - Duration::from_millis(500),
+                "two moves within a cooldown of {COOLDOWN:?}: {changes:?}"
+            );
+        }
+        let p = policy_until(&client, &ns, "app", "the moves recorded", LIMIT, |p| {
+            let r = recent(p);
+            (r.len() == changes.len())
+                .then_some(())
+                .ok_or(format!("{r:?} vs {changes:?}"))
+        })
+        .await;
+        assert!(
+            recent(&p).iter().all(|t| t.2 == "preference"),
+            "{:?}",
+            recent(&p)
+        );
+        for agent in &pool.agents {
+            assert!(
+                !agent
+                    .entries()
+                    .iter()
+                    .any(|e| e.event == "stopped" && e.reason.as_deref() != Some("released")),
+                "{} stopped other than by a release: {:?}",
+                agent.name,
+                agent.entries()
+            );
+        }
+
+        // Equal priorities: whoever leads keeps it.
+        set_priority(&client, &ns, "app-0", Some("10")).await;
+        set_priority(&client, &ns, "app-1", Some("10")).await;
+        let leader = lease(&client, &ns, "app")
+            .await
+            .as_ref()
+            .and_then(lease_holder);
+        let leader = leader.expect("a holder");
+        let change = holder_change_within(&client, &ns, &leader, COOLDOWN * 2).await;
+        assert_eq!(change, None, "two pods of equal priority swapped");
+        beat.abort();
+        let _ = Api::<Node>::all(client.clone())
+            .delete(&node, &DeleteParams::default())
+            .await;
     })
     .await;
 }
