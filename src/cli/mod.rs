@@ -863,7 +863,8 @@ activation: its agent passes writes; start: its app runs) and prints how long
 that took. It refuses, naming the reason, when the chosen pod is not a working
 candidate.
 
-Without --to, the lowest-named Ready candidate other than the leader is chosen.
+Without --to, the Ready candidate other than the leader with the highest
+zen-lead/priority is chosen (on a tie, the lowest-named).
 
 Also a kubectl plugin: install the binary (or a link to it) as
 `kubectl-zen_lead` on PATH and run `kubectl zen-lead handoff POOL`.
@@ -940,8 +941,9 @@ pub struct HandoffArgs {
     #[arg(env = "ZEN_LEAD_POOL")]
     pub pool: String,
 
-    /// The pod to hand leadership to. Default: the lowest-named Ready
-    /// candidate other than the leader.
+    /// The pod to hand leadership to. Default: the Ready candidate other
+    /// than the leader with the highest zen-lead/priority (on a tie, the
+    /// lowest-named).
     #[arg(long, env = "ZEN_LEAD_HANDOFF_TO")]
     pub to: Option<String>,
 

@@ -1,7 +1,7 @@
 //! Pure decisions of `zen-lead handoff`: which pod takes over, or why none
 //! may. No I/O; table-tested.
 
-use crate::controller::decide::PodView;
+use crate::controller::decide::{PodView, preference};
 
 /// Why a hand-off is refused. Each names what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,8 +107,10 @@ pub fn unfit(pod: &PodView, node_ready: &dyn Fn(&str) -> bool) -> Option<String>
 }
 
 /// The pod to hand leadership to. `to`: the one the user named; else the
-/// lowest identity among Ready candidates, else among all candidates (the
-/// same order the controller uses, so the answer is predictable).
+/// best-ranked Ready candidate by `zen-lead/priority` (then the lowest
+/// identity), else the best-ranked of all candidates: the controller's
+/// order, so the answer is predictable. Zones are not ranked here (reading Nodes would
+/// need cluster-wide rights the command does not ask for).
 pub fn target<'a>(
     pods: &'a [PodView],
     pool: &str,
@@ -155,14 +157,11 @@ pub fn target<'a>(
         .iter()
         .filter(|p| !leads(p) && unfit(p, node_ready).is_none())
         .collect();
-    let lowest = |ready_only: bool| {
-        fit.iter()
-            .filter(|p| !ready_only || p.ready)
-            .min_by(|a, b| a.identity.cmp(&b.identity))
-            .copied()
+    let best = |ready_only: bool| {
+        preference::best_pod(fit.iter().copied().filter(|p| !ready_only || p.ready))
     };
-    lowest(true)
-        .or_else(|| lowest(false))
+    best(true)
+        .or_else(|| best(false))
         .ok_or_else(|| Refusal::NoCandidate {
             pool: pool.to_owned(),
         })
@@ -250,6 +249,16 @@ mod tests {
         // Only the holder: refused.
         let err = pick(&[pod("a")], None).expect_err("no one else");
         assert_eq!(err, Refusal::NoCandidate { pool: "p".into() });
+    }
+
+    #[test]
+    fn without_a_name_the_highest_priority_ready_candidate() {
+        let mut c = pod("c");
+        c.preference.priority = 5;
+        let mut d = pod("d");
+        d.preference.priority = 9;
+        d.ready = false;
+        assert_eq!(pick(&[pod("a"), pod("b"), c, d], None), Ok("c"));
     }
 
     #[test]

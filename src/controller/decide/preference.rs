@@ -107,10 +107,13 @@ pub fn rank(pod: &PodView) -> Rank {
 
 /// The preferred pod's identity: the highest rank, then the lowest identity.
 pub fn best<'a>(pods: impl IntoIterator<Item = &'a PodView>) -> Option<String> {
+    best_pod(pods.into_iter().filter(|p| p.identity.is_some())).and_then(|p| p.identity.clone())
+}
+
+/// The preferred pod: the highest rank, then the lowest identity.
+pub fn best_pod<'a>(pods: impl IntoIterator<Item = &'a PodView>) -> Option<&'a PodView> {
     pods.into_iter()
-        .filter(|p| p.identity.is_some())
         .max_by(|a, b| rank(a).cmp(&rank(b)).then(b.identity.cmp(&a.identity)))
-        .and_then(|p| p.identity.clone())
 }
 
 /// What [`standing`] looks at.
