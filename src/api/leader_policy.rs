@@ -564,8 +564,9 @@ pub enum TransitionReason {
     /// spec.appFailureGraceSeconds and the controller handed over to a
     /// follower whose app is Ready.
     AppFailed,
-    /// The controller moved leadership to a candidate it prefers (reserved
-    /// for preference-driven moves; no such move exists yet).
+    /// The controller moved leadership to a candidate that ranks higher
+    /// (zen-lead/priority, then spec.preferredZones; see
+    /// spec.preferenceCooldownSeconds).
     Preference,
     /// Someone asked for it (`zen-lead handoff`, or an edit of the Lease's
     /// zen-lead.io/preferred-holder).
