@@ -87,6 +87,9 @@ pub struct PoolMemory {
     /// ms), and the (pod UID, value) of invalid priorities already told.
     pub preference_asked: Option<i64>,
     pub priority_warned: BTreeSet<(String, String)>,
+    /// The Lease's preferred holder while another holds it, and since when
+    /// (Unix ms) this controller has seen it: a hand-off in progress.
+    pub preferred_seen: Option<(String, i64)>,
     /// Leader changes recorded but not yet in the cached status.
     pub unwritten_transitions: Vec<crate::api::LeaderTransition>,
     /// The LeaderService condition the routing lane last decided.

@@ -130,6 +130,12 @@ pub struct StandingInput<'a> {
     pub last_change: Option<i64>,
     /// When this controller last asked for a move for preference (Unix ms).
     pub last_asked: Option<i64>,
+    /// Since when (Unix ms) this controller has seen the Lease name its
+    /// current preferred holder while someone else holds it: a hand-off
+    /// asked (by the controller or `zen-lead handoff`) and not yet done.
+    /// One that has stood for a cooldown is stale (the holder acts only on
+    /// a change during its term, and a hand-off takes milliseconds).
+    pub pending_since: Option<i64>,
     /// Now (Unix ms).
     pub now: i64,
 }
@@ -172,6 +178,11 @@ pub fn standing(input: &StandingInput<'_>) -> Standing {
     let Some(to) = best(better) else {
         return Standing::Wait(None);
     };
+    let pending = lease
+        .preferred
+        .as_ref()
+        .is_some_and(|p| Some(p) != holder.identity.as_ref());
+    let asked_at = input.pending_since.filter(|_| pending);
     let target = input
         .pods
         .iter()
@@ -182,6 +193,7 @@ pub fn standing(input: &StandingInput<'_>) -> Standing {
     let calm_at = input
         .last_change
         .max(input.last_asked)
+        .max(asked_at)
         .map_or(input.now, |t| t.saturating_add(ms(cooldown)));
     let due = stable_at.max(calm_at);
     if input.now < due {

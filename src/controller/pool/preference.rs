@@ -43,6 +43,7 @@ pub async fn run(
     let holder = decide::holder_pod(lv, views);
     let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
     let last_asked = ctx.with_memory(key, |m| m.preference_asked);
+    let pending_since = pending_since(ctx, key, lv, now);
     let node_ready = |n: &str| ctx.cache.node_ready(n);
     let decision = preference::standing(&StandingInput {
         lease: lv,
@@ -56,6 +57,7 @@ pub async fn run(
             .map(Duration::from_secs),
         last_change: last_change(ctx, key, policy, lv),
         last_asked,
+        pending_since,
         now,
     });
     match decision {
@@ -98,6 +100,27 @@ pub async fn run(
             Ok(None)
         }
     }
+}
+
+/// Since when the Lease names its current preferred holder while someone
+/// else holds it, as this controller saw it (first seen now after a
+/// restart, which only waits one cooldown more).
+fn pending_since(ctx: &Context, key: &PoolKey, lv: &LeaseView, now: i64) -> Option<i64> {
+    let pending = lv
+        .preferred
+        .clone()
+        .filter(|p| Some(p) != lv.holder.as_ref());
+    ctx.with_memory(key, |m| match (pending, &m.preferred_seen) {
+        (None, _) => {
+            m.preferred_seen = None;
+            None
+        }
+        (Some(p), Some((seen, at))) if p == *seen => Some(*at),
+        (Some(p), _) => {
+            m.preferred_seen = Some((p, now));
+            Some(now)
+        }
+    })
 }
 
 /// The newest leader change known: the current term's `acquireTime`, and

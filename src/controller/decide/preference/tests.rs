@@ -50,6 +50,7 @@ fn decide_at(
         cooldown: Some(COOLDOWN),
         last_change,
         last_asked,
+        pending_since: None,
         now,
     })
 }
@@ -260,6 +261,7 @@ fn paused_disabled_expired_or_already_asked() {
         cooldown: Some(COOLDOWN),
         last_change: None,
         last_asked: None,
+        pending_since: None,
         now: later(),
     };
     assert_eq!(standing(&input), Standing::Wait(None), "paused");
@@ -286,6 +288,37 @@ fn paused_disabled_expired_or_already_asked() {
     };
     input.lease = &named;
     assert_eq!(standing(&input), Standing::ClearPreferred, "stale request");
+    // A hand-off to someone else, asked 1 s ago: in progress, wait.
+    let other = LeaseView {
+        preferred: Some("c_id".into()),
+        ..lease.clone()
+    };
+    input.lease = &other;
+    input.pending_since = Some(later() - 1_000);
+    assert_eq!(
+        standing(&input),
+        Standing::Wait(Some(Duration::from_secs(4))),
+        "hand-off in progress"
+    );
+    // Standing for a cooldown, not acted on: stale, so move.
+    input.pending_since = Some(later() - 5_000);
+    assert_eq!(
+        standing(&input),
+        Standing::Move { to: "b_id".into() },
+        "stale hand-off"
+    );
+    // The annotation naming the holder itself is a finished hand-off.
+    let done = LeaseView {
+        preferred: Some("a_id".into()),
+        ..lease.clone()
+    };
+    input.lease = &done;
+    input.pending_since = Some(later());
+    assert_eq!(
+        standing(&input),
+        Standing::Move { to: "b_id".into() },
+        "finished hand-off"
+    );
 }
 
 /// A candidate whose priority flips every 700 ms for a minute, against a
