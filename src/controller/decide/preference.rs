@@ -59,6 +59,9 @@ impl Preference {
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
             .filter(|c| c.status == "True")
+            // A Ready condition without a time has been Ready as far as
+            // anyone knows: the cooldown since the last leader change
+            // still holds moves back.
             .map(|c| {
                 c.last_transition_time
                     .as_ref()
