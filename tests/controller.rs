@@ -2960,6 +2960,7 @@ async fn a_flapping_priority_moves_leadership_at_most_once_per_cooldown() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         flipping.abort();
+        eprintln!("holder changes while flapping: {changes:?}");
         assert!(
             !changes.is_empty(),
             "a better-ranked pod never got the lead"
