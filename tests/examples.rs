@@ -9,6 +9,7 @@ mod chart;
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use chart::{has_agent, with_zen_lead};
 use common::workloads::{
@@ -321,6 +322,31 @@ async fn statefulset() {
             .filter(|p| label(p, "zen-lead.io/role") == Some("leader"))
             .count();
         assert_eq!(leaders, 1, "one leader among the StatefulSet's pods");
+        // spec.leaderService: the Service's one endpoint is the leader.
+        let routed = eventually(
+            "db-primary's EndpointSlice to name the leader",
+            Duration::from_secs(60),
+            || {
+                let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+                async move {
+                    let s = slices
+                        .get("db-primary-zen-lead")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let names: Vec<String> = s
+                        .endpoints
+                        .iter()
+                        .filter_map(|e| e.target_ref.as_ref().and_then(|r| r.name.clone()))
+                        .collect();
+                    match names.as_slice() {
+                        [one] => Ok(one.clone()),
+                        other => Err(format!("endpoints {other:?}")),
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(routed, holder);
     })
     .await;
 }
