@@ -240,7 +240,31 @@ where
         eprintln!("warning: could not delete test namespace {name}: {e}");
     }
     if let Err(panic) = outcome {
+        // What the test left in the temporary directory stays, to look at.
         std::panic::resume_unwind(panic);
+    }
+    remove_temp_of(&name);
+}
+
+/// Removes what tests put in the temporary directory for namespace `ns`
+/// (kubectl caches, rendered charts, values files: `zl-…<ns>…`), which a
+/// full run would otherwise leave by the hundred.
+pub fn remove_temp_of(ns: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if !(file.starts_with("zl-") && file.contains(ns)) {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
     }
 }
 

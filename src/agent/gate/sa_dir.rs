@@ -203,6 +203,7 @@ mod tests {
         std::fs::remove_file(source.join(TOKEN)).expect("rm");
         assert_eq!(dir.sync_token(token.as_deref()).expect("sync"), None);
         assert!(!target.join(TOKEN).exists());
+        let _ = std::fs::remove_dir_all(source.parent().expect("base"));
     }
 
     #[test]
@@ -221,6 +222,7 @@ mod tests {
             "shop"
         );
         assert!(!target.join(TOKEN).exists());
+        let _ = std::fs::remove_dir_all(target.parent().expect("base"));
     }
 
     #[test]
