@@ -226,7 +226,7 @@ pub async fn handoff(cfg: &HandoffConfig, out: &mut dyn Write) -> Result<(), Han
         .map_or_else(|| "<nobody>".to_owned(), |h| pod_name(&pool.pods, h));
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
     let started = Instant::now();
-    prefer(&leases, &cfg.pool, pool.lease, &identity).await?;
+    prefer(&leases, &namespace, &cfg.pool, pool.lease, &identity).await?;
 
     let deadline = started + cfg.timeout;
     let (how, lease) = loop {
@@ -266,14 +266,22 @@ pub async fn handoff(cfg: &HandoffConfig, out: &mut dyn Write) -> Result<(), Han
 /// Names `identity` as the preferred holder, by compare-and-swap. If the
 /// annotation already names it (an earlier hand-off), it is removed first:
 /// a holder acts on a *change* of the annotation, so that a stale one never
-/// makes a later holder release.
+/// makes a later holder release. A pool paused meanwhile (seen on the Lease
+/// read again after a conflict) is refused, as before the first attempt.
 async fn prefer(
     leases: &Api<Lease>,
+    namespace: &str,
     name: &str,
     mut lease: Lease,
     identity: &str,
 ) -> Result<(), HandoffError> {
     for _attempt in 0..5 {
+        plan::not_paused(
+            false,
+            Record::from_lease(&lease).is_some_and(|r| r.paused),
+            name,
+            namespace,
+        )?;
         let current = lease
             .annotations()
             .get(PREFERRED_HOLDER_ANNOTATION)
@@ -498,6 +506,79 @@ mod tests {
     use super::*;
     use crate::api::TransitionReason;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// A Lease named `pool`, at `version`, paused or not.
+    fn lease(version: &str, paused: bool) -> Lease {
+        let mut annotations = BTreeMap::new();
+        if paused {
+            annotations.insert(
+                crate::api::keys::PAUSED_ANNOTATION.to_owned(),
+                "true".to_owned(),
+            );
+        }
+        Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some("pool".to_owned()),
+                namespace: Some("ns".to_owned()),
+                resource_version: Some(version.to_owned()),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some("a_1".to_owned()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The controller paused the pool between the command's read and its
+    /// write: the write conflicts, the Lease read again is paused, and the
+    /// hand-off is refused instead of retried.
+    #[tokio::test]
+    async fn a_pause_that_lands_during_a_conflicting_write_refuses_the_hand_off() {
+        use http::{Request, Response, StatusCode};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut writes = 0;
+            while let Some((request, respond)) = handle.next_request().await {
+                let (status, body) = match *request.method() {
+                    http::Method::PUT => {
+                        writes += 1;
+                        let conflict = serde_json::json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "Conflict", "code": 409, "message": "changed"
+                        });
+                        (StatusCode::CONFLICT, conflict)
+                    }
+                    _ => (
+                        StatusCode::OK,
+                        serde_json::to_value(lease("2", true)).expect("lease"),
+                    ),
+                };
+                let response = Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                    .expect("response");
+                respond.send_response(response);
+            }
+            writes
+        });
+        let leases: Api<Lease> = Api::namespaced(kube::Client::new(service, "ns"), "ns");
+        let err = prefer(&leases, "ns", "pool", lease("1", false), "b_2")
+            .await
+            .expect_err("paused meanwhile");
+        assert!(
+            matches!(err, HandoffError::Refused(plan::Refusal::Paused { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("zen-lead resume pool -n ns"),
+            "{err}"
+        );
+        drop(leases);
+        assert_eq!(server.await.expect("server"), 1, "one write, no retry");
+    }
 
     #[test]
     fn a_recent_transition_prints_its_reason_take_over_and_token() {
