@@ -30,6 +30,16 @@ pub struct PauseConfig {
 /// Sets `spec.paused` and waits until the Lease carries it.
 pub async fn pause(cfg: &PauseConfig, out: &mut dyn Write) -> Result<(), HandoffError> {
     let (client, namespace) = client_and_namespace(&cfg.namespace).await?;
+    pause_in(client, &namespace, cfg, out).await
+}
+
+async fn pause_in(
+    client: kube::Client,
+    namespace: &str,
+    cfg: &PauseConfig,
+    out: &mut dyn Write,
+) -> Result<(), HandoffError> {
+    let namespace = namespace.to_owned();
     let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &namespace);
     let pool = cfg.pool.as_str();
     let policy = super::read_policy(&policies, &namespace, pool).await?;
@@ -53,6 +63,15 @@ pub async fn pause(cfg: &PauseConfig, out: &mut dyn Write) -> Result<(), Handoff
             .is_some_and(|r| r.paused == cfg.paused);
         match lease {
             Some(lease) if marked => break lease,
+            // No Lease at all: the controller has not made the pool's
+            // Lease (is it running?), which is another problem than a
+            // mark that did not come.
+            None if Instant::now() >= deadline => {
+                return Err(HandoffError::NoLease {
+                    pool: pool.to_owned(),
+                    namespace: namespace.to_owned(),
+                });
+            }
             _ if Instant::now() >= deadline => {
                 return Err(HandoffError::NotMarked {
                     pool: pool.to_owned(),
@@ -128,5 +147,50 @@ mod tests {
                 assert!(text.contains(part), "{text:?} lacks {part:?}");
             }
         }
+    }
+
+    /// A pool whose Lease does not exist: the command says the controller
+    /// has made no Lease, not that it did not mark one.
+    #[tokio::test]
+    async fn a_pool_without_a_lease_says_so() {
+        use http::{Request, Response, StatusCode};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let path = request.uri().path().to_owned();
+                let (status, body) = if path.contains("/leaderpolicies/") {
+                    let policy = json!({
+                        "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                        "metadata": {"name": "pool", "namespace": "ns"},
+                        "spec": {"paused": true}
+                    });
+                    (StatusCode::OK, policy)
+                } else {
+                    let missing = json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "not found"
+                    });
+                    (StatusCode::NOT_FOUND, missing)
+                };
+                let response = Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                    .expect("response");
+                respond.send_response(response);
+            }
+        });
+        let cfg = PauseConfig {
+            namespace: Some("ns".to_owned()),
+            pool: "pool".to_owned(),
+            paused: true,
+            timeout: Duration::from_millis(300),
+        };
+        let mut out = Vec::new();
+        let err = pause_in(kube::Client::new(service, "ns"), "ns", &cfg, &mut out)
+            .await
+            .expect_err("no Lease");
+        assert!(matches!(err, HandoffError::NoLease { .. }), "{err}");
+        assert!(err.to_string().contains("has no Lease yet"), "{err}");
     }
 }
