@@ -2674,11 +2674,15 @@ async fn paused_pool_whose_holder_dies_waits_says_so_and_resume_elects() {
                 (Some((r1, m1)), Some((r2, _)))
                     if r1 == "PausedWithoutLeader"
                         && r2 == "PausedWithoutLeader"
-                        && m1.contains(waiting) =>
+                        && m1.contains(waiting)
+                        && phase(p) == "Paused" =>
                 {
                     Ok(())
                 }
-                _ => Err(format!("Paused {paused:?}, LeaderElected {elected:?}")),
+                _ => Err(format!(
+                    "phase {}, Paused {paused:?}, LeaderElected {elected:?}",
+                    phase(p)
+                )),
             }
         })
         .await;

@@ -42,7 +42,7 @@ pub const RETRY_RANGE: std::ops::RangeInclusive<i32> = 1..=300;
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Electing while no live candidate holds the pool's Lease, Stable otherwise"
+        description = "Stable while a live candidate holds the pool's Lease; Electing while none does; Paused while none does and spec.paused keeps it so"
     ),
     printcolumn(
         name = "Leader",
@@ -603,6 +603,9 @@ pub enum Phase {
     Electing,
     /// A live candidate holds the Lease.
     Stable,
+    /// Paused (`spec.paused`) and no live candidate holds the Lease: nobody
+    /// is elected until the pool is resumed.
+    Paused,
 }
 
 /// The candidate holding a pool's Lease.

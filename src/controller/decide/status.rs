@@ -418,6 +418,8 @@ pub fn status(input: &StatusInput<'_>) -> LeaderPolicyStatus {
     LeaderPolicyStatus {
         phase: Some(if input.leader.is_some() {
             Phase::Stable
+        } else if input.paused {
+            Phase::Paused
         } else {
             Phase::Electing
         }),

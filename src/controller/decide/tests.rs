@@ -1005,6 +1005,7 @@ fn a_paused_pool_says_whether_it_is_led_or_waits() {
         leader: Option<&'a PodView>,
         paused_cond: (&'static str, &'static str, &'static str),
         elected: (&'static str, &'static str),
+        phase: Phase,
     }
     let cases = [
         Case {
@@ -1014,6 +1015,7 @@ fn a_paused_pool_says_whether_it_is_led_or_waits() {
             leader: Some(&pods[0]),
             paused_cond: ("False", reasons::NOT_PAUSED, "not paused"),
             elected: ("True", reasons::LEADER_ELECTED),
+            phase: Phase::Stable,
         },
         Case {
             name: "paused and led",
@@ -1026,6 +1028,7 @@ fn a_paused_pool_says_whether_it_is_led_or_waits() {
                 "paused: a keeps leading while it renews",
             ),
             elected: ("True", reasons::LEADER_ELECTED),
+            phase: Phase::Stable,
         },
         Case {
             name: "paused, the holder's pod gone",
@@ -1038,6 +1041,7 @@ fn a_paused_pool_says_whether_it_is_led_or_waits() {
                 "paused: the pool has no leader and will not elect one until resumed",
             ),
             elected: ("False", reasons::PAUSED_WITHOUT_LEADER),
+            phase: Phase::Paused,
         },
         Case {
             name: "not paused, the holder's pod gone: taken over",
@@ -1046,6 +1050,7 @@ fn a_paused_pool_says_whether_it_is_led_or_waits() {
             leader: None,
             paused_cond: ("False", reasons::NOT_PAUSED, "not paused"),
             elected: ("False", reasons::HOLDER_NOT_LIVE),
+            phase: Phase::Electing,
         },
     ];
     for case in cases {
@@ -1071,5 +1076,6 @@ fn a_paused_pool_says_whether_it_is_led_or_waits() {
             "{}: {message}",
             case.name
         );
+        assert_eq!(s.phase, Some(case.phase), "{}", case.name);
     }
 }
