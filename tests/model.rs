@@ -49,6 +49,15 @@ fn budget(b: [u8; 7]) -> Budget {
         touches: b[4],
         prefers: b[5],
         shutdowns: b[6],
+        pauses: 0,
+    }
+}
+
+/// `b`, and the controller pausing the pool then resuming it.
+fn paused(b: [u8; 7]) -> Budget {
+    Budget {
+        pauses: 2,
+        ..budget(b)
     }
 }
 
@@ -95,6 +104,10 @@ fn scenarios() -> Vec<(&'static str, Config)> {
                 "one identity, two pods, freeze",
                 with(&twins, 4000, budget([1, 0, 0, 0, 0, 0, 0])),
             ),
+            (
+                "pause and resume, shutdown",
+                with(&two, 3000, paused([0, 0, 0, 0, 0, 0, 1])),
+            ),
         ];
     }
     vec![
@@ -118,6 +131,10 @@ fn scenarios() -> Vec<(&'static str, Config)> {
         (
             "three candidates, freeze",
             with(&three, 3500, budget([1, 0, 0, 0, 0, 0, 0])),
+        ),
+        (
+            "pause and resume, freeze, hand-off, shutdown",
+            with(&two, 4000, paused([1, 0, 0, 0, 0, 1, 1])),
         ),
     ]
 }
@@ -293,13 +310,25 @@ fn seeded_clock_rates_beyond_the_bound_are_found() {
     );
 }
 
+#[test]
+fn seeded_candidates_that_ignore_the_pause_are_found() {
+    finds(
+        Bug::IgnorePause,
+        props::PAUSE_KEPT,
+        Config {
+            budget: paused([0, 0, 0, 0, 0, 0, 1]),
+            ..Config::small()
+        },
+    );
+}
+
 /// Random walks through the model: every machine variant the drift table
 /// says the model drives does occur, and no other.
 #[test]
 fn the_model_drives_every_variant_of_the_machine() {
     let m = ElectionModel::new(Config {
         horizon_ms: 12_000,
-        budget: budget([3, 3, 3, 3, 3, 3, 1]),
+        budget: paused([3, 3, 3, 3, 3, 3, 1]),
         ..Config::small()
     });
     let mut seen = Seen::default();

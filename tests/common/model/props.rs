@@ -19,6 +19,8 @@ pub const THAW_WINDOW: &str = "a frozen pod thawing acts beside the new leader (
 pub const LIVENESS: &str = "once faults stop, a live candidate leads within liveness_ms";
 pub const HAND_OFF: &str = "a graceful release hands over within one watch event and one write";
 pub const SOMEONE_LEADS: &str = "some candidate leads";
+pub const PAUSE_KEPT: &str =
+    "while the Lease is marked paused nobody takes it: its holder keeps it or loses it for good";
 
 pub fn properties() -> Vec<Property<ElectionModel>> {
     vec![
@@ -30,6 +32,9 @@ pub fn properties() -> Vec<Property<ElectionModel>> {
         Property::always(LIVENESS, live),
         Property::always(HAND_OFF, hand_off),
         Property::sometimes(SOMEONE_LEADS, |_, w| someone_leads(w)),
+        Property::always(PAUSE_KEPT, |_, w: &World| {
+            w.pause.as_ref().is_none_or(|p| !p.broken)
+        }),
     ]
 }
 
@@ -94,8 +99,9 @@ pub fn settle(m: &ElectionModel, w: &World, for_ms: u64, goal: impl Fn(&World) -
 }
 
 /// Liveness: a live candidate leads once faults stop, within the bound.
+/// A paused pool is exempt: it elects nobody until resumed, by design.
 fn live(m: &ElectionModel, w: &World) -> bool {
-    if !w.candidates.iter().any(|c| c.live()) {
+    if !w.candidates.iter().any(|c| c.live()) || w.lease.paused {
         return true;
     }
     settle(m, w, m.cfg.liveness_ms, |w| {
@@ -125,6 +131,10 @@ fn hand_off(m: &ElectionModel, w: &World) -> bool {
     let Some(releaser) = w.just_released else {
         return true;
     };
+    // Paused, a release hands over to nobody (PAUSE_KEPT).
+    if w.lease.paused {
+        return true;
+    }
     (0..w.candidates.len())
         .filter(|j| *j != releaser && ready(m, w, *j))
         .all(|j| {

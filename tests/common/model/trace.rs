@@ -40,6 +40,8 @@ fn describe(m: &ElectionModel, before: &World, after: &World, act: &Act) -> Stri
         Act::Shutdown(i) => format!("{} shuts down{}", who(m, i), sent(i)),
         Act::ControllerTouch => "controller writes the Lease's metadata".to_owned(),
         Act::Prefer(j) => format!("controller names {} preferred holder", who(m, j)),
+        Act::Pause(true) => "controller marks the Lease paused".to_owned(),
+        Act::Pause(false) => "controller lifts the pause".to_owned(),
     }
 }
 
@@ -59,7 +61,8 @@ fn summary(m: &ElectionModel, w: &World) -> String {
         l.holder.as_deref().unwrap_or("-"),
         l.preferred
             .as_deref()
-            .map_or(String::new(), |p| format!(" preferred {p}")),
+            .map_or(String::new(), |p| format!(" preferred {p}"))
+            + if l.paused { " paused" } else { "" },
         leading.join(", "),
         if stale.is_empty() {
             String::new()

@@ -76,6 +76,8 @@ pub enum Bug {
     ControllerRestartsCountdown,
     /// Clock rates differ by more than the stated bound (±25 %).
     ClockRatesBeyondBound,
+    /// Candidates never see the pause mark (an agent that predates it).
+    IgnorePause,
 }
 
 /// How many of each fault or event a run may have.
@@ -89,6 +91,9 @@ pub struct Budget {
     pub touches: u8,
     pub prefers: u8,
     pub shutdowns: u8,
+    /// The controller marks the Lease paused (`spec.paused`), and later
+    /// unmarks it.
+    pub pauses: u8,
 }
 
 /// What is explored.
@@ -157,6 +162,8 @@ pub struct Stored {
     pub instance: Option<String>,
     pub transitions: i32,
     pub preferred: Option<String>,
+    /// `zen-lead.io/paused`.
+    pub paused: bool,
     /// `renewTime` in wall-clock ms.
     pub renewed_ms: u64,
     /// The version of the holder's write that set `renewTime`: its
@@ -174,7 +181,7 @@ impl Stored {
             holder_instance: self.instance.clone(),
             transitions: self.transitions,
             preferred: self.preferred.clone(),
-            paused: false,
+            paused: self.paused,
             timings: timings(),
             acquired: None,
             renewed: Some(
@@ -272,6 +279,17 @@ pub struct World {
     /// the controller's writes happen only here, at the start of an instant
     /// (so not again between every two network steps of it).
     pub fresh: bool,
+    /// Set while the Lease is marked paused.
+    pub pause: Option<PauseWatch>,
+}
+
+/// What a pause has seen of the Lease's holder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PauseWatch {
+    /// The holder now (`None` once released or cleared: nobody may take it).
+    pub holder: Option<String>,
+    /// Someone took the Lease while it was marked paused.
+    pub broken: bool,
 }
 
 impl World {
@@ -327,6 +345,8 @@ pub enum Act {
     ControllerTouch,
     /// The controller names a preferred holder (hand-off).
     Prefer(usize),
+    /// The controller marks the Lease paused (`true`) or lifts the mark.
+    Pause(bool),
 }
 
 pub struct ElectionModel {
@@ -375,6 +395,7 @@ impl ElectionModel {
             instance: None,
             transitions: 0,
             preferred: None,
+            paused: false,
             renewed_ms: 0,
             renewed_rv: 0,
         };
@@ -411,6 +432,7 @@ impl ElectionModel {
             just_released: None,
             cursor: 0,
             fresh: true,
+            pause: None,
         }
     }
 
@@ -463,9 +485,26 @@ impl ElectionModel {
     }
 
     /// The API server's side of a change: every open watch gets the event.
+    /// The Lease as a candidate reads it.
+    fn shown(&self, lease: &Stored) -> Record {
+        let mut rec = lease.record();
+        if self.cfg.bug == Some(Bug::IgnorePause) {
+            rec.paused = false;
+        }
+        rec
+    }
+
     fn store(&self, w: &mut World, next: Stored) {
+        // While paused, the Lease may keep its holder or lose it, but never
+        // gain one (the holder at the pause re-taking it counts too).
+        if let Some(p) = w.pause.as_mut() {
+            if next.holder.is_some() && next.holder != p.holder {
+                p.broken = true;
+            }
+            p.holder = next.holder.clone();
+        }
         w.lease = next;
-        let rec = w.lease.record();
+        let rec = self.shown(&w.lease);
         let due = w.t + self.cfg.net_delay_ms;
         for c in &mut w.candidates {
             if c.connected && c.life == Life::Running {
@@ -478,7 +517,7 @@ impl ElectionModel {
     /// resourceVersion for writes.
     fn apply(&self, w: &mut World, i: usize, req: &Request) -> Reply {
         let Op::Write { kind, base, write } = &req.op else {
-            return Reply::Lease(w.lease.record());
+            return Reply::Lease(self.shown(&w.lease));
         };
         let unchecked = self.cfg.bug == Some(Bug::RenewWithoutVersion) && *kind == WriteKind::Renew;
         if *base != w.lease.rv.to_string() && !unchecked {
@@ -490,6 +529,7 @@ impl ElectionModel {
             instance: write.holder.as_ref().and(write.instance.clone()),
             transitions: write.transitions,
             preferred: w.lease.preferred.clone(),
+            paused: w.lease.paused,
             renewed_ms: req.sent_wall,
             renewed_rv: w.lease.rv + 1,
         };
@@ -497,7 +537,7 @@ impl ElectionModel {
         if *kind == WriteKind::Release {
             w.just_released = Some(i);
         }
-        Reply::Lease(w.lease.record())
+        Reply::Lease(self.shown(&w.lease))
     }
 
     fn send(&self, w: &mut World, i: usize, op: Op, limit: Duration) {
@@ -710,7 +750,7 @@ impl ElectionModel {
                 }
             }
             Act::Relist(i) => {
-                let rec = w.lease.record();
+                let rec = self.shown(&w.lease);
                 let c = &mut w.candidates[i];
                 c.connected = true;
                 c.events.clear();
@@ -747,6 +787,17 @@ impl ElectionModel {
                 w.budget.prefers -= 1;
                 let identity = self.cfg.candidates[j].0.to_owned();
                 self.controller_write(w, Some(identity));
+            }
+            Act::Pause(on) => {
+                w.budget.pauses -= 1;
+                let mut next = w.lease.clone();
+                next.rv += 1;
+                next.paused = on;
+                w.pause = on.then(|| PauseWatch {
+                    holder: next.holder.clone(),
+                    broken: false,
+                });
+                self.store(w, next);
             }
         }
     }
@@ -870,6 +921,9 @@ impl ElectionModel {
         }
         if b.touches > 0 {
             out.push(Act::ControllerTouch);
+        }
+        if b.pauses > 0 {
+            out.push(Act::Pause(!w.lease.paused));
         }
         for j in 0..w.candidates.len() {
             let identity = self.cfg.candidates[j].0;
