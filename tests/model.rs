@@ -133,8 +133,8 @@ fn scenarios() -> Vec<(&'static str, Config)> {
             with(&three, 3500, budget([1, 0, 0, 0, 0, 0, 0])),
         ),
         (
-            "pause and resume, freeze, hand-off, shutdown",
-            with(&two, 4000, paused([1, 0, 0, 0, 0, 1, 1])),
+            "pause and resume, hand-off (2.5 s)",
+            with(&two, 2500, paused([0, 0, 0, 0, 0, 1, 0])),
         ),
     ]
 }
