@@ -349,6 +349,8 @@ registerWithTaints:
 	); err != nil {
 		return err
 	}
+	// minSyncPeriod is kube-proxy's default (0s would be replaced by it):
+	// leader routing is measured against the rate limit users have.
 	proxyConfig := filepath.Join(dirs["kube-proxy"], "config.yaml")
 	if err := os.WriteFile(proxyConfig, []byte(fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -367,7 +369,7 @@ conntrack:
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 iptables:
-  minSyncPeriod: 0s
+  minSyncPeriod: 1s
   syncPeriod: 30s
 `, proxyKubeconfig, realPodCIDR, realNodeName, realHostIP, st.Ports["kube-proxy-healthz"], st.Ports["kube-proxy-metrics"], realHostIP+"/32")), 0o600); err != nil {
 		return err
