@@ -100,6 +100,28 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
         })
 }
 
+/// How long the gate reads a refused write's body before it answers.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and drops what is left of a request body the gate refuses (at
+/// most `limit` bytes, for at most [`DRAIN_TIMEOUT`]): an HTTP/1 client
+/// still sending it would otherwise meet a closed connection instead of the
+/// answer, and could not tell "refused, try again" from a network failure.
+/// Nothing is kept, so the memory budget the refusal protects is not spent.
+pub async fn drain(body: Incoming, limit: usize) {
+    let mut body = body;
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
+}
+
 /// Sends a leader's write, again while the fencing policy refuses it and
 /// this pod still leads.
 pub async fn send(

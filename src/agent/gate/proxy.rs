@@ -319,6 +319,7 @@ async fn forward_write(
         .clone()
         .try_acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX))
     else {
+        fence_retry::drain(body, fence_retry::MAX_RETRIED_BODY).await;
         return refuse_busy(shared, class);
     };
     let body = match fence_retry::read_body(body, fence_retry::MAX_RETRIED_BODY).await {
