@@ -262,6 +262,7 @@ pub mod conditions {
         pub const SERVICE_NOT_MANAGED: &str = "ServiceNotManaged";
         pub const TARGET_PORT_NOT_FOUND: &str = "TargetPortNotFound";
         pub const SERVICE_ERROR: &str = "ServiceError";
+        pub const FOREIGN_ENDPOINT_SLICE: &str = "ForeignEndpointSlice";
     }
 }
 

@@ -309,12 +309,20 @@ pub enum Problem {
     NotManaged { kind: &'static str, name: String },
     /// The leader declares no container port of these names.
     TargetPortNotFound { pod: String, names: Vec<String> },
+    /// EndpointSlices zen-lead did not write claim the leader Service
+    /// (`kubernetes.io/service-name`): kube-proxy merges their endpoints
+    /// into the Service's, so other pods receive leader traffic.
+    ForeignSlices { names: Vec<String> },
 }
 
 /// The decisions of one pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub service: Write<Service>,
+    /// The Service has a selector: remove it outright. A server-side apply
+    /// leaves a field another manager set (`kubectl edit`), and while it is
+    /// there the EndpointSlice controller adds every pod it selects.
+    pub drop_selector: bool,
     pub slice: Write<EndpointSlice>,
     pub problem: Option<Problem>,
 }
@@ -331,6 +339,7 @@ pub fn plan(
 ) -> Plan {
     let not_managed = |kind, name: &str| Plan {
         service: Write::Keep,
+        drop_selector: false,
         slice: Write::Keep,
         problem: Some(Problem::NotManaged {
             kind,
@@ -373,9 +382,34 @@ pub fn plan(
     });
     Plan {
         service: service_write,
+        drop_selector: service.is_some_and(has_selector),
         slice: slice_write,
         problem,
     }
+}
+
+/// The EndpointSlices that claim leader Service `spec` and are not
+/// zen-lead's (sorted names): someone else's, or what the EndpointSlice
+/// controller left from a selector (it does not delete its slices when a
+/// selector is removed).
+pub fn foreign_slices<'a>(
+    owner: &Owner,
+    spec: &LeaderService,
+    slices: impl IntoIterator<Item = &'a ObjectMeta>,
+) -> Vec<String> {
+    let mut names: Vec<String> = slices
+        .into_iter()
+        .filter(|m| {
+            m.labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .is_some_and(|s| *s == spec.name)
+        })
+        .filter(|m| !owner.owns(m))
+        .filter_map(|m| m.name.clone())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The LeaderService condition: (status, reason, message).
@@ -402,6 +436,17 @@ pub fn condition(
                 "{kind} {namespace}/{name} exists and zen-lead did not create it, so it is left \
                  untouched and the pool has no leader-only Service: choose another \
                  spec.leaderService.name, or delete that {kind}"
+            ),
+        ),
+        Some(Problem::ForeignSlices { names }) => (
+            false,
+            reasons::FOREIGN_ENDPOINT_SLICE,
+            format!(
+                "EndpointSlice {} in {namespace} claims Service {svc} (label \
+                 {SERVICE_NAME_LABEL}) and zen-lead did not write it: kube-proxy sends part of the \
+                 leader traffic to its endpoints. Delete it, and find who creates it (who may \
+                 create EndpointSlices in {namespace})",
+                names.join(", ")
             ),
         ),
         Some(Problem::TargetPortNotFound { pod, names }) => (

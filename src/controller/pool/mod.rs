@@ -117,12 +117,8 @@ async fn active(
         wake: deposed_wake,
         fencing,
     } = lease_phase(ctx, key, policy, &views).await?;
-    // Written by the routing lane (`routing::pass`); the status says it.
-    let routing = policy
-        .spec
-        .leader_service
-        .as_ref()
-        .and_then(|_| ctx.with_memory(key, |m| m.routing.clone()));
+    // Decided by the routing lane (`routing::pass`); the status says it.
+    let (routing, routing_wake) = routing::status_condition(ctx, key, policy).await;
 
     // Phase 2: roles and readiness conditions.
     let leader = lease_view
@@ -174,7 +170,8 @@ async fn active(
         let clock = lease::seen(ctx, key).map(|seen| lease::clock_of(l, seen));
         plan::lease_wake(lv, clock, Instant::now())
     });
-    Ok(plan::earliest(deposed_wake, lease_wake))
+    let wake = plan::earliest(deposed_wake, lease_wake);
+    Ok(plan::earliest(wake, routing_wake))
 }
 
 /// The finalizer goes once nothing scaled by this pool is left (the cache

@@ -3,12 +3,14 @@
 //! left behind. Reads come from the caches; a create that finds the name
 //! taken reads that object once to say whose it is.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::LeaderPolicy;
 use crate::api::keys::FIELD_MANAGER;
@@ -21,6 +23,10 @@ use super::{lease, observe};
 
 /// The LeaderService condition: (status, reason, message).
 pub type RoutingCondition = (bool, &'static str, String);
+
+/// How soon a pass looks again while foreign EndpointSlices claim the
+/// leader Service (nothing zen-lead watches tells when they go).
+pub const FOREIGN_RECHECK: Duration = Duration::from_secs(10);
 
 /// What a routing-lane pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +46,17 @@ pub async fn pass(ctx: &Context, key: &PoolKey) -> Routed {
         return Routed::default();
     };
     if policy.meta().deletion_timestamp.is_some() {
-        return Routed::default();
+        // Going (a finalizer may hold the policy for long): its pods no
+        // longer lead, so the Service goes now instead of naming the last
+        // leader until the garbage collector removes it with the policy.
+        let gone = remove_stale(ctx, key, &owner(key, &policy), None).await;
+        if let Err(err) = &gone {
+            warn!(pool = %key, error = %err, "could not delete the leader Service of a policy being deleted; retrying");
+        }
+        return Routed {
+            changed: false,
+            failed: gone.is_err(),
+        };
     }
     let pods = ctx.cache.pods_of(key);
     let views = observe::views(&pods, policy.spec.identity_strategy);
@@ -50,10 +66,11 @@ pub async fn pass(ctx: &Context, key: &PoolKey) -> Routed {
     let target = view
         .as_ref()
         .and_then(|lv| routing::target(lv, &views, &node_ready, now.as_deref()));
-    let condition = sync(ctx, key, &policy, target).await;
-    let failed = condition
-        .as_ref()
-        .is_some_and(|c| c.1 == crate::api::keys::conditions::reasons::SERVICE_ERROR);
+    let (condition, stale_failed) = sync(ctx, key, &policy, target).await;
+    let failed = stale_failed
+        || condition
+            .as_ref()
+            .is_some_and(|c| c.1 == crate::api::keys::conditions::reasons::SERVICE_ERROR);
     let changed = ctx.with_memory(key, |m| {
         let changed = m.routing != condition;
         m.routing = condition;
@@ -70,42 +87,44 @@ pub fn routed_now(ctx: &Context, key: &PoolKey, policy: &LeaderPolicy) -> Option
 }
 
 /// Brings the pool's leader Service and EndpointSlice to `target` (the pod
-/// that should receive the traffic, or none). `None` when the policy has no
-/// `spec.leaderService`. A failed write is said in the condition, and the
-/// pass goes on: routing never holds back the election's own work.
+/// that should receive the traffic, or none): the condition (`None` when
+/// the policy has no `spec.leaderService`), and whether deleting what a
+/// renamed or removed one left failed (retried). A failed write is said in
+/// the condition, and the pass goes on: routing never holds back the
+/// election's own work.
 pub async fn sync(
     ctx: &Context,
     key: &PoolKey,
     policy: &LeaderPolicy,
     target: Option<&PodView>,
-) -> Option<RoutingCondition> {
-    let owner = Owner {
-        namespace: key.namespace.clone(),
-        pool: key.name.clone(),
-        uid: policy.uid().unwrap_or_default(),
-    };
+) -> (Option<RoutingCondition>, bool) {
+    let owner = owner(key, policy);
     let spec = policy.spec.leader_service.as_ref();
-    if let Err(err) = remove_stale(ctx, key, &owner, spec).await {
-        tracing::warn!(pool = %key, error = %err, "could not delete a leader Service left behind; retrying");
+    let stale = remove_stale(ctx, key, &owner, spec).await;
+    if let Err(err) = &stale {
+        warn!(pool = %key, error = %err, "could not delete a leader Service left behind; retrying");
     }
-    let spec = spec?;
+    let Some(spec) = spec else {
+        return (None, stale.is_err());
+    };
     let service = ctx.cache.service(key, &spec.name);
     let slice = ctx.cache.slice(key, &routing::slice_name(&spec.name));
     let plan = routing::plan(&owner, spec, target, service.as_deref(), slice.as_deref());
-    let (problem, error) = match perform(ctx, key, &owner, plan).await {
+    let (problem, error) = match perform(ctx, key, &owner, &spec.name, plan).await {
         Ok(problem) => (problem, None),
         Err(err) => (None, Some(err.to_string())),
     };
     if let Some(err) = &error {
         tracing::warn!(pool = %key, error = %err, "could not write the leader Service");
     }
-    Some(routing::condition(
+    let condition = routing::condition(
         &key.namespace,
         spec,
         target.map(|p| p.name.as_str()),
         problem.as_ref(),
         error.as_deref(),
-    ))
+    );
+    (Some(condition), stale.is_err())
 }
 
 /// The slice first when the Service is in place, so a switch is one write;
@@ -114,6 +133,7 @@ async fn perform(
     ctx: &Context,
     key: &PoolKey,
     owner: &Owner,
+    name: &str,
     plan: routing::Plan,
 ) -> Result<Option<Problem>, ReconcileError> {
     if plan
@@ -122,6 +142,20 @@ async fn perform(
         .is_some_and(|p| matches!(p, Problem::NotManaged { .. }))
     {
         return Ok(plan.problem);
+    }
+    if plan.drop_selector {
+        // A merge patch's null removes the field whoever set it.
+        let body = json!({"spec": {"selector": null}});
+        ctx.api::<Service>(key)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(api_err(
+                "remove the selector of",
+                "Service",
+                &key.namespace,
+                name,
+            ))?;
+        warn!(pool = %key, service = %name, "removed a selector someone put on the leader Service");
     }
     if let Some(p) = write(ctx, key, owner, "Service", plan.service).await? {
         return Ok(Some(p));
@@ -253,4 +287,51 @@ async fn remove_stale(
         }
     }
     Ok(())
+}
+
+/// The policy that owns the pool's routing objects.
+fn owner(key: &PoolKey, policy: &LeaderPolicy) -> Owner {
+    Owner {
+        namespace: key.namespace.clone(),
+        pool: key.name.clone(),
+        uid: policy.uid().unwrap_or_default(),
+    }
+}
+
+/// The LeaderService condition for the pool's status, and when to look
+/// again: the routing lane's condition, unless EndpointSlices zen-lead did
+/// not write claim the Service (kube-proxy would merge their endpoints into
+/// it). Checked by the pool's pass, off the switch's path: one List of
+/// slice metadata, served from the API server's cache.
+pub async fn status_condition(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+) -> (Option<RoutingCondition>, Option<Duration>) {
+    let Some(spec) = policy.spec.leader_service.as_ref() else {
+        return (None, None);
+    };
+    let lane = ctx.with_memory(key, |m| m.routing.clone());
+    let claims = ListParams::default()
+        .labels(&format!("{}={}", routing::SERVICE_NAME_LABEL, spec.name))
+        .match_any();
+    let listed = ctx.api::<EndpointSlice>(key).list_metadata(&claims).await;
+    let names = match listed {
+        Ok(list) => routing::foreign_slices(
+            &owner(key, policy),
+            spec,
+            list.items.iter().map(|s| &s.metadata),
+        ),
+        Err(err) => {
+            warn!(pool = %key, error = %err, "could not list the EndpointSlices that claim the leader Service; retrying");
+            return (lane, Some(FOREIGN_RECHECK));
+        }
+    };
+    if names.is_empty() {
+        return (lane, None);
+    }
+    warn!(pool = %key, slices = ?names, "EndpointSlices zen-lead did not write claim the leader Service");
+    let problem = Problem::ForeignSlices { names };
+    let condition = routing::condition(&key.namespace, spec, None, Some(&problem), None);
+    (Some(condition), Some(FOREIGN_RECHECK))
 }

@@ -352,3 +352,59 @@ fn the_condition_says_where_traffic_goes() {
     assert_eq!(reason, reasons::SERVICE_ERROR);
     assert!(message.contains("forbidden"), "{message}");
 }
+
+#[test]
+fn a_selector_on_our_service_is_dropped_whatever_else_matches() {
+    let o = owner();
+    let mut svc = desired_service(&o, &spec(None));
+    let p = plan(&o, &spec(None), None, Some(&svc), None);
+    assert!(!p.drop_selector, "no selector: nothing to drop");
+    if let Some(s) = svc.spec.as_mut() {
+        s.selector = Some([("app".to_owned(), "x".to_owned())].into());
+    }
+    // Ports as wanted: the selector alone must still go.
+    let p = plan(&o, &spec(None), None, Some(&svc), None);
+    assert!(p.drop_selector, "{p:?}");
+    // Not ours: untouched.
+    svc.metadata.owner_references = None;
+    let p = plan(&o, &spec(None), None, Some(&svc), None);
+    assert!(!p.drop_selector, "{p:?}");
+}
+
+#[test]
+fn slices_that_claim_the_service_and_are_not_ours_are_foreign() {
+    let o = owner();
+    let s = spec(None);
+    let (ours, _) = desired_slice(&o, &s, None, "IPv4");
+    let claim = |name: &str, service: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into()),
+        ..ObjectMeta::default()
+    };
+    // Even one that copies our labels but not our owner.
+    let mut copied = ours.metadata.clone();
+    copied.name = Some("db-leader-copy".to_owned());
+    copied.owner_references = None;
+    let metas = [
+        ours.metadata.clone(),
+        claim("db-leader-zz", "db-leader"),
+        claim("db-leader-abc12", "db-leader"),
+        claim("other-x", "other"),
+        copied,
+    ];
+    assert_eq!(
+        foreign_slices(&o, &s, metas.iter()),
+        ["db-leader-abc12", "db-leader-copy", "db-leader-zz"]
+    );
+    assert!(foreign_slices(&o, &s, [&ours.metadata]).is_empty());
+    let problem = Problem::ForeignSlices {
+        names: vec!["db-leader-abc12".to_owned()],
+    };
+    let (ok, reason, message) = condition("ns", &s, Some("a"), Some(&problem), None);
+    assert!(!ok);
+    assert_eq!(reason, reasons::FOREIGN_ENDPOINT_SLICE);
+    assert!(
+        message.contains("EndpointSlice db-leader-abc12 in ns claims Service ns/db-leader"),
+        "{message}"
+    );
+}
