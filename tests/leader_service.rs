@@ -14,6 +14,8 @@
 //! and the window in which none did, per system, p50/p99.
 
 mod common;
+#[path = "common/gate.rs"]
+mod fixture;
 #[path = "common/upstream.rs"]
 mod upstream;
 
@@ -23,9 +25,11 @@ use std::time::Duration;
 use common::records::monotonic_ns;
 use common::workloads::stable_holder;
 use common::zen_lead_host::{register_webhook, start_controller};
-use common::{client, eventually, from_json, records_dir, with_namespace};
+use common::{
+    client, eventually, from_json, kubeconfig_path, outcome, records_dir, with_namespace,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -643,6 +647,356 @@ async fn a_service_zen_lead_did_not_create_is_left_alone_and_reported() {
                 .unwrap_or(false),
             "no slice is written for a Service zen-lead does not own"
         );
+    })
+    .await;
+}
+
+/// A client that talks to the API server with `token`, as a process in
+/// the pod would.
+async fn as_token(token: &str, dir: &Path, name: &str) -> Client {
+    let cluster = fixture::cluster(&kubeconfig_path());
+    let path = dir.join(format!("{name}.kubeconfig"));
+    fixture::write_kubeconfig(&path, &cluster.server, &cluster.ca_pem, token, None);
+    fixture::client_from(&path, false).await
+}
+
+/// An EndpointSlice named `name` that claims Service `service` and sends
+/// to `ip`.
+fn claiming_slice(name: &str, service: &str, ip: &str) -> EndpointSlice {
+    from_json(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    }))
+}
+
+/// Every write a pod could try on the leader Service and its slice, or to
+/// claim the Service with a slice of its own: `(what, outcome)`.
+async fn attempts(
+    client: &Client,
+    ns: &str,
+    who: &str,
+    ip: &str,
+) -> Vec<(String, Result<(), (u16, String)>)> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let ours = format!("{LEADER_SVC}-zen-lead");
+    let pp = PostParams::default();
+    let mp = PatchParams::default();
+    let dp = DeleteParams::default();
+    let svc: Service = from_json(json!({
+        "metadata": {"name": LEADER_SVC}, "spec": {"ports": [{"port": 80}]}
+    }));
+    let selector = json!({"spec": {"selector": {"app": POOL}}});
+    let endpoints = json!({"endpoints": [{"addresses": [ip]}]});
+    vec![
+        (
+            "create the leader Service".to_owned(),
+            outcome(services.create(&pp, &svc).await),
+        ),
+        (
+            "put a selector on the leader Service".to_owned(),
+            outcome(
+                services
+                    .patch(LEADER_SVC, &mp, &Patch::Merge(&selector))
+                    .await,
+            ),
+        ),
+        (
+            "delete the leader Service".to_owned(),
+            outcome(services.delete(LEADER_SVC, &dp).await),
+        ),
+        (
+            "create the leader slice".to_owned(),
+            outcome(
+                slices
+                    .create(&pp, &claiming_slice(&ours, LEADER_SVC, ip))
+                    .await,
+            ),
+        ),
+        (
+            "put its own address in the leader slice".to_owned(),
+            outcome(slices.patch(&ours, &mp, &Patch::Merge(&endpoints)).await),
+        ),
+        (
+            "delete the leader slice".to_owned(),
+            outcome(slices.delete(&ours, &dp).await),
+        ),
+        (
+            // The EndpointSlice mirroring controller would copy it into a
+            // slice that claims the (selector-less) leader Service.
+            "create an Endpoints object for the leader Service".to_owned(),
+            outcome(
+                Api::<Endpoints>::namespaced(client.clone(), ns)
+                    .create(
+                        &pp,
+                        &from_json(json!({
+                            "metadata": {"name": LEADER_SVC},
+                            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"port": 8080}]}]
+                        })),
+                    )
+                    .await,
+            ),
+        ),
+        (
+            "create a slice of its own that claims the leader Service".to_owned(),
+            outcome(
+                slices
+                    .create(
+                        &pp,
+                        &claiming_slice(&format!("{LEADER_SVC}-{who}"), LEADER_SVC, ip),
+                    )
+                    .await,
+            ),
+        ),
+    ]
+}
+
+/// The fence around leader-only routing: a pool pod's own token (bound to
+/// the pod, the ServiceAccount's rights as zen-lead's install leaves them),
+/// leader or follower, can neither change the leader Service or its slice
+/// nor add a slice that kube-proxy would merge into the Service.
+#[tokio::test]
+async fn a_pool_pods_own_token_can_neither_change_the_leader_service_nor_claim_it() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "leader-svc-fence", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let controller = start_controller(&ns, &dir).await;
+        let _hook = register_webhook(&client, &ns, &controller).await;
+        create_pool(&client, &ns, true).await;
+        let leader = stable_holder(&client, &ns, POOL).await;
+        eventually(
+            "the slice naming the leader",
+            Duration::from_secs(60),
+            || {
+                let (client, ns, leader) = (&client, &ns, &leader);
+                async move {
+                    let names = slice_endpoints(client, ns).await;
+                    (names == [leader.clone()])
+                        .then_some(())
+                        .ok_or(format!("{names:?}"))
+                }
+            },
+        )
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let listed = pods
+            .list(&ListParams::default().labels(&format!("zen-lead/pool={POOL}")))
+            .await
+            .unwrap_or_else(|e| panic!("list the pool's pods: {e}"));
+        let follower = listed
+            .items
+            .iter()
+            .find(|p| p.metadata.name.as_deref() != Some(leader.as_str()))
+            .and_then(|p| p.metadata.name.clone())
+            .unwrap_or_else(|| panic!("no follower among {:?}", listed.items.len()));
+        let mut admitted = Vec::new();
+        for (role, name) in [("leader", &leader), ("follower", &follower)] {
+            let pod = pods
+                .get(name)
+                .await
+                .unwrap_or_else(|e| panic!("get {name}: {e}"));
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".to_owned());
+            let ip = pod.status.and_then(|s| s.pod_ip).unwrap_or_default();
+            let token = fixture::issue_pod_token(&client, &ns, &sa, name, &uid).await;
+            let own = as_token(&token, &dir, role).await;
+            for (what, result) in attempts(&own, &ns, role, &ip).await {
+                match result {
+                    Err((403, _)) => {}
+                    other => admitted.push(format!("the {role} {name} ({sa}): {what}: {other:?}")),
+                }
+            }
+        }
+        assert!(
+            admitted.is_empty(),
+            "a pool pod's own token was not refused (403):\n{}",
+            admitted.join("\n")
+        );
+        // Nothing changed: the slice names the leader alone, the Service
+        // has no selector, and no other slice claims it.
+        assert_eq!(slice_endpoints(&client, &ns).await, vec![leader.clone()]);
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let svc = services
+            .get(LEADER_SVC)
+            .await
+            .unwrap_or_else(|e| panic!("get: {e}"));
+        assert_eq!(svc.spec.and_then(|s| s.selector), None);
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+        let claims: Vec<String> = slices
+            .list(
+                &ListParams::default().labels(&format!("kubernetes.io/service-name={LEADER_SVC}")),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("list slices: {e}"))
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        assert_eq!(claims, vec![format!("{LEADER_SVC}-zen-lead")]);
+    })
+    .await;
+}
+
+/// The LeaderService condition of policy `POOL`: (status, reason, message).
+async fn leader_service_condition(
+    client: &Client,
+    ns: &str,
+) -> Result<(String, String, String), String> {
+    let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), ns);
+    let p = policies.get(POOL).await.map_err(|e| e.to_string())?;
+    p.status
+        .into_iter()
+        .flat_map(|s| s.conditions)
+        .find(|c| c.type_ == "LeaderService")
+        .map(|c| (c.status, c.reason, c.message))
+        .ok_or_else(|| "no LeaderService condition".to_owned())
+}
+
+/// Someone with the rights (not a pool pod: see the test above) puts a
+/// selector on the leader Service: zen-lead removes it (a server-side apply
+/// would leave it, and the EndpointSlice controller would add every pod it
+/// selects). A slice zen-lead did not write that claims the Service (which
+/// kube-proxy merges into it) is reported by name until it goes.
+#[tokio::test]
+async fn a_selector_on_the_leader_service_is_removed_and_a_foreign_slice_is_reported() {
+    let client = client().await;
+    common::apply_crd(&client, &zen_lead::api::crd()).await;
+    with_namespace(&client, "leader-svc-foreign", |client, ns| async move {
+        let dir = records_dir(&ns);
+        let _controller = start_controller(&ns, &dir).await;
+        let policies: Api<LeaderPolicy> = Api::namespaced(client.clone(), &ns);
+        policies
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "apiVersion": "coordination.kube-zen.io/v1alpha1", "kind": "LeaderPolicy",
+                    "metadata": {"name": POOL},
+                    "spec": {"leaderService": {"name": LEADER_SVC, "ports": [{"port": 80}]}}
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+        let limit = Duration::from_secs(60);
+        eventually("the LeaderService condition NoLeader", limit, || async {
+            let c = leader_service_condition(&client, &ns).await?;
+            (c.0 == "True" && c.1 == "NoLeader")
+                .then_some(())
+                .ok_or(format!("{c:?}"))
+        })
+        .await;
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        services
+            .patch(
+                LEADER_SVC,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"selector": {"app": POOL}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("put a selector on {LEADER_SVC}: {e}"));
+        eventually("the selector removed", limit, || async {
+            let s = services.get(LEADER_SVC).await.map_err(|e| e.to_string())?;
+            match s.spec.and_then(|s| s.selector) {
+                None => Ok(()),
+                Some(sel) => Err(format!("selector {sel:?}")),
+            }
+        })
+        .await;
+
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+        slices
+            .create(
+                &PostParams::default(),
+                &claiming_slice("intruder", LEADER_SVC, "192.0.2.10"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create slice intruder: {e}"));
+        // Nothing zen-lead watches tells of such a slice: the pool's next
+        // pass finds it (any change in the pool, or the resync). Queue one.
+        policies
+            .patch(
+                POOL,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("annotate the policy: {e}"));
+        let message = eventually("the foreign slice reported", limit, || async {
+            let c = leader_service_condition(&client, &ns).await?;
+            (c.0 == "False" && c.1 == "ForeignEndpointSlice" && c.2.contains("intruder"))
+                .then_some(c.2.clone())
+                .ok_or(format!("{c:?}"))
+        })
+        .await;
+        assert!(
+            message.contains(&format!("Service {ns}/{LEADER_SVC}")),
+            "{message}"
+        );
+        // Gone (with whatever the EndpointSlice controller made while the
+        // selector was there, which it leaves behind): reported no more.
+        let claims =
+            ListParams::default().labels(&format!("kubernetes.io/service-name={LEADER_SVC}"));
+        for s in slices
+            .list(&claims)
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}"))
+            .items
+        {
+            let name = s.metadata.name.unwrap_or_default();
+            if name != format!("{LEADER_SVC}-zen-lead") {
+                println!("deleting foreign slice {name}");
+                let _ = slices.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+        eventually("the condition back to NoLeader", limit, || async {
+            let c = leader_service_condition(&client, &ns).await?;
+            (c.0 == "True" && c.1 == "NoLeader")
+                .then_some(())
+                .ok_or(format!("{c:?}"))
+        })
+        .await;
+
+        // The policy deleted while a finalizer holds it: its pods lead no
+        // more, so the Service and slice go now, not when the policy does.
+        let hold = json!({"metadata": {"finalizers": ["test.zen-lead.io/hold"]}});
+        policies
+            .patch(POOL, &PatchParams::default(), &Patch::Merge(&hold))
+            .await
+            .unwrap_or_else(|e| panic!("hold the policy: {e}"));
+        policies
+            .delete(POOL, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete the policy: {e}"));
+        let gone = eventually("the Service and slice deleted", limit, || async {
+            let svc = services
+                .get_opt(LEADER_SVC)
+                .await
+                .map_err(|e| e.to_string())?;
+            let slice = slices
+                .get_opt(&format!("{LEADER_SVC}-zen-lead"))
+                .await
+                .map_err(|e| e.to_string())?;
+            (svc.is_none() && slice.is_none())
+                .then_some(())
+                .ok_or_else(|| "still there".to_owned())
+        })
+        .await;
+        let held = policies.get_opt(POOL).await.ok().flatten().is_some();
+        policies
+            .patch(
+                POOL,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("release the policy: {e}"));
+        assert!(held, "the policy was gone already: {gone:?}");
     })
     .await;
 }
