@@ -61,7 +61,7 @@ pub async fn run(
         now,
     });
     match decision {
-        Standing::Wait(wake) => Ok(wake.map(|w| w + super::plan::WAKE_MARGIN)),
+        Standing::Wait(wake) => Ok(wake.map(wake_after)),
         Standing::ClearPreferred => {
             if clear_preferred(ctx, key, lease).await? {
                 lv.preferred = None;
@@ -100,6 +100,18 @@ pub async fn run(
             Ok(None)
         }
     }
+}
+
+/// The longest a pass waits to look at the standing preference again.
+/// Every pass schedules its own wake-up (a sleeping task), and a pool's
+/// Lease renewals queue a pass every few seconds: waiting out a whole
+/// cooldown (up to a day) from each would keep thousands of them alive.
+pub const WAKE_CAP: Duration = Duration::from_secs(30);
+
+/// When to look again for a move due after `wait`: at most [`WAKE_CAP`]
+/// (the pass then decides again, with the same clock).
+pub fn wake_after(wait: Duration) -> Duration {
+    (wait + super::plan::WAKE_MARGIN).min(WAKE_CAP)
 }
 
 /// Since when the Lease names its current preferred holder while someone
@@ -163,5 +175,21 @@ async fn warn_invalid(ctx: &Context, key: &PoolKey, views: &[PodView]) {
         tracing::warn!(pool = %key, pod = %pod.name, "{note}");
         let reference = pod_ref(&key.namespace, &pod.name, Some(pod.uid.clone()));
         report::on_pod(ctx, &reference, INVALID_PRIORITY, "ReadPriority", note).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standing_wait_wakes_at_most_every_thirty_seconds() {
+        let s = Duration::from_secs;
+        let margin = crate::controller::pool::plan::WAKE_MARGIN;
+        assert_eq!(wake_after(s(0)), margin);
+        assert_eq!(wake_after(s(5)), s(5) + margin);
+        assert_eq!(wake_after(s(300)), WAKE_CAP, "the default cooldown");
+        assert_eq!(wake_after(s(86_400)), WAKE_CAP, "the longest cooldown");
+        assert_eq!(wake_after(Duration::MAX - margin), WAKE_CAP);
     }
 }
