@@ -94,6 +94,9 @@ pub struct PoolMemory {
     pub unwritten_transitions: Vec<crate::api::LeaderTransition>,
     /// The LeaderService condition the routing lane last decided.
     pub routing: Option<(bool, &'static str, String)>,
+    /// When the slices claiming the leader Service (of that name) were last
+    /// listed, and those that were not zen-lead's.
+    pub foreign_slices: Option<(Instant, String, Vec<String>)>,
 }
 
 /// Shared state of the reconcilers.

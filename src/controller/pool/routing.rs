@@ -10,6 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::LeaderPolicy;
@@ -298,11 +299,21 @@ fn owner(key: &PoolKey, policy: &LeaderPolicy) -> Owner {
     }
 }
 
+/// When the slices that claim a leader Service were last listed less than
+/// [`FOREIGN_RECHECK`] ago (`last`), how long until they may be listed
+/// again; `None`: list now. Pool passes follow every Lease renewal, so one
+/// List each would cost the API server a request every few seconds per pool.
+pub fn foreign_recheck_in(last: Option<Instant>, now: Instant) -> Option<Duration> {
+    let since = now.saturating_duration_since(last?);
+    (since < FOREIGN_RECHECK).then(|| FOREIGN_RECHECK - since)
+}
+
 /// The LeaderService condition for the pool's status, and when to look
 /// again: the routing lane's condition, unless EndpointSlices zen-lead did
 /// not write claim the Service (kube-proxy would merge their endpoints into
-/// it). Checked by the pool's pass, off the switch's path: one List of
-/// slice metadata, served from the API server's cache.
+/// it). Checked by the pool's pass, off the switch's path: a List of slice
+/// metadata, served from the API server's cache, at most once per
+/// [`FOREIGN_RECHECK`].
 pub async fn status_condition(
     ctx: &Context,
     key: &PoolKey,
@@ -312,26 +323,68 @@ pub async fn status_condition(
         return (None, None);
     };
     let lane = ctx.with_memory(key, |m| m.routing.clone());
+    let now = Instant::now();
+    let last = ctx.with_memory(key, |m| m.foreign_slices.clone());
+    let last = last.filter(|(_, svc, _)| *svc == spec.name);
+    let (names, wake) = match foreign_recheck_in(last.as_ref().map(|l| l.0), now) {
+        Some(wait) => (last.map(|l| l.2).unwrap_or_default(), Some(wait)),
+        None => match list_foreign(ctx, key, policy, spec).await {
+            Some(names) => {
+                let kept = (now, spec.name.clone(), names.clone());
+                ctx.with_memory(key, |m| m.foreign_slices = Some(kept));
+                let wake = (!names.is_empty()).then_some(FOREIGN_RECHECK);
+                (names, wake)
+            }
+            None => return (lane, Some(FOREIGN_RECHECK)),
+        },
+    };
+    if names.is_empty() {
+        return (lane, wake);
+    }
+    let problem = Problem::ForeignSlices { names };
+    let condition = routing::condition(&key.namespace, spec, None, Some(&problem), None);
+    (Some(condition), wake)
+}
+
+/// The slices that claim the leader Service and are not zen-lead's; `None`
+/// when they could not be listed.
+async fn list_foreign(
+    ctx: &Context,
+    key: &PoolKey,
+    policy: &LeaderPolicy,
+    spec: &crate::api::LeaderService,
+) -> Option<Vec<String>> {
     let claims = ListParams::default()
         .labels(&format!("{}={}", routing::SERVICE_NAME_LABEL, spec.name))
         .match_any();
-    let listed = ctx.api::<EndpointSlice>(key).list_metadata(&claims).await;
-    let names = match listed {
-        Ok(list) => routing::foreign_slices(
-            &owner(key, policy),
-            spec,
-            list.items.iter().map(|s| &s.metadata),
-        ),
+    match ctx.api::<EndpointSlice>(key).list_metadata(&claims).await {
+        Ok(list) => {
+            let metas = list.items.iter().map(|s| &s.metadata);
+            let names = routing::foreign_slices(&owner(key, policy), spec, metas);
+            if !names.is_empty() {
+                warn!(pool = %key, slices = ?names, "EndpointSlices zen-lead did not write claim the leader Service");
+            }
+            Some(names)
+        }
         Err(err) => {
             warn!(pool = %key, error = %err, "could not list the EndpointSlices that claim the leader Service; retrying");
-            return (lane, Some(FOREIGN_RECHECK));
+            None
         }
-    };
-    if names.is_empty() {
-        return (lane, None);
     }
-    warn!(pool = %key, slices = ?names, "EndpointSlices zen-lead did not write claim the leader Service");
-    let problem = Problem::ForeignSlices { names };
-    let condition = routing::condition(&key.namespace, spec, None, Some(&problem), None);
-    (Some(condition), Some(FOREIGN_RECHECK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_slices_are_listed_at_most_once_per_recheck() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(foreign_recheck_in(None, now), None, "never listed");
+        assert_eq!(foreign_recheck_in(Some(now), now), Some(FOREIGN_RECHECK));
+        assert_eq!(foreign_recheck_in(Some(now - s(4)), now), Some(s(6)));
+        assert_eq!(foreign_recheck_in(Some(now - FOREIGN_RECHECK), now), None);
+        assert_eq!(foreign_recheck_in(Some(now - s(60)), now), None);
+    }
 }
