@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::api::LeaderPolicy;
 use crate::api::keys::FIELD_MANAGER;
+use crate::api::keys::conditions::reasons;
 use crate::controller::context::{Context, ReconcileError, api_err, is_status};
 use crate::controller::decide::PodView;
 use crate::controller::decide::routing::{self, Owner, Problem, Write};
@@ -323,6 +324,11 @@ pub async fn status_condition(
         return (None, None);
     };
     let lane = ctx.with_memory(key, |m| m.routing.clone());
+    // A Service that is not zen-lead's: its slices are its owner's business.
+    let not_ours = |c: &RoutingCondition| c.1 == reasons::SERVICE_NOT_MANAGED;
+    if lane.as_ref().is_some_and(not_ours) {
+        return (lane, None);
+    }
     let now = Instant::now();
     let last = ctx.with_memory(key, |m| m.foreign_slices.clone());
     let last = last.filter(|(_, svc, _)| *svc == spec.name);
