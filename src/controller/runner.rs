@@ -196,11 +196,16 @@ pub async fn controllers(
             tokio::spawn(work(ctx.clone(), queue.clone())),
         );
     }
-    running.push(
-        "routing",
-        true,
-        tokio::spawn(route(ctx.clone(), routes, queue.clone())),
-    );
+    // As many routing workers as pass workers: one slow write (an admission
+    // webhook on Services, say) must not hold back every pool's switch. The
+    // lane's queue never runs two passes of one pool at once.
+    for _ in 0..settings.workers {
+        running.push(
+            "routing",
+            true,
+            tokio::spawn(route(ctx.clone(), routes.clone(), queue.clone())),
+        );
+    }
     resync(&cache, &queue, &metrics, settings.resync, &mut running)
         .await
         .into()
