@@ -74,6 +74,14 @@ async fn create_pool(client: &Client, ns: &str, leader_service: bool) {
         )
         .await
         .unwrap_or_else(|e| panic!("create LeaderPolicy: {e}"));
+    create_app(client, ns, POOL, json!({"zen-lead/pool": POOL})).await;
+}
+
+/// A 3-replica Deployment `name` of the test app on the real node, pods
+/// labelled `app: <name>` and annotated `annotations`: every replica answers
+/// HTTP on 8080 with its pod name, is Ready once it does, and keeps
+/// answering for 2 s after its SIGTERM, as a graceful server does.
+async fn create_app(client: &Client, ns: &str, name: &str, annotations: serde_json::Value) {
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let pod_spec = on_real_node(json!({
         "terminationGracePeriodSeconds": 10,
@@ -89,16 +97,15 @@ async fn create_pool(client: &Client, ns: &str, leader_service: bool) {
         .create(
             &PostParams::default(),
             &from_json(json!({
-                "metadata": {"name": POOL},
-                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": POOL}},
+                "metadata": {"name": name},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
                          "template": {
-                             "metadata": {"labels": {"app": POOL},
-                                          "annotations": {"zen-lead/pool": POOL}},
+                             "metadata": {"labels": {"app": name}, "annotations": annotations},
                              "spec": pod_spec}}
             })),
         )
         .await
-        .unwrap_or_else(|e| panic!("create Deployment: {e}"));
+        .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
 }
 
 /// A Service selecting the pool's pod that carries the leader role label.
@@ -287,6 +294,29 @@ async fn wait_answering(dir: &Path, urls: &[String], leader: &str) {
             Ok(())
         },
     )
+    .await;
+}
+
+/// Waits until the leader Service and its EndpointSlice are gone.
+async fn wait_routing_gone(client: &Client, ns: &str, limit: Duration) {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    eventually("the leader Service and its slice deleted", limit, || {
+        let (services, slices) = (services.clone(), slices.clone());
+        async move {
+            let svc = services
+                .get_opt(LEADER_SVC)
+                .await
+                .map_err(|e| e.to_string())?;
+            let slice = slices
+                .get_opt(&format!("{LEADER_SVC}-zen-lead"))
+                .await
+                .map_err(|e| e.to_string())?;
+            (svc.is_none() && slice.is_none())
+                .then_some(())
+                .ok_or_else(|| "still there".to_owned())
+        }
+    })
     .await;
 }
 
@@ -546,28 +576,7 @@ async fn the_leader_service_routes_to_the_leader_only_and_follows_a_hand_off() {
             .await
             .unwrap_or_else(|e| panic!("remove spec.leaderService: {e}"));
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-        eventually(
-            "the leader Service and its slice deleted",
-            Duration::from_secs(60),
-            || {
-                let (services, slices) = (services.clone(), slices.clone());
-                async move {
-                    let svc = services
-                        .get_opt(LEADER_SVC)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let slice = slices
-                        .get_opt(&format!("{LEADER_SVC}-zen-lead"))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    (svc.is_none() && slice.is_none())
-                        .then_some(())
-                        .ok_or_else(|| "still there".to_owned())
-                }
-            },
-        )
-        .await;
+        wait_routing_gone(&client, &ns, Duration::from_secs(60)).await;
         // The role-label Service was never touched.
         assert!(services.get_opt(ROLE_SVC).await.ok().flatten().is_some());
     })
@@ -991,20 +1000,7 @@ async fn a_selector_on_the_leader_service_is_removed_and_a_foreign_slice_is_repo
             .delete(POOL, &DeleteParams::default())
             .await
             .unwrap_or_else(|e| panic!("delete the policy: {e}"));
-        eventually("the Service and slice deleted", limit, || async {
-            let svc = services
-                .get_opt(LEADER_SVC)
-                .await
-                .map_err(|e| e.to_string())?;
-            let slice = slices
-                .get_opt(&format!("{LEADER_SVC}-zen-lead"))
-                .await
-                .map_err(|e| e.to_string())?;
-            (svc.is_none() && slice.is_none())
-                .then_some(())
-                .ok_or_else(|| "still there".to_owned())
-        })
-        .await;
+        wait_routing_gone(&client, &ns, limit).await;
         assert!(
             policies.get_opt(POOL).await.ok().flatten().is_some(),
             "the policy was gone already: the test proves nothing"
@@ -1222,28 +1218,7 @@ const UPSTREAM_APP: &str = "up";
 /// The upstream peer's pool: the same app as ours, without zen-lead, and a
 /// Service opted in to upstream's routing; returns its leader Service.
 async fn upstream_pool(client: &Client, ns: &str) -> String {
-    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let pod_spec = on_real_node(json!({
-        "terminationGracePeriodSeconds": 10,
-        "containers": [{
-            "name": "app", "image": TESTAPP, "imagePullPolicy": "Never",
-            "args": ["--name=$(POD_NAME)", "--listen=:8080", "--stop-delay=2s"],
-            "ports": [{"name": "http", "containerPort": 8080}],
-            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
-        }]
-    }));
-    deploys
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": {"name": UPSTREAM_APP},
-                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": UPSTREAM_APP}},
-                         "template": {"metadata": {"labels": {"app": UPSTREAM_APP}}, "spec": pod_spec}}
-            })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create Deployment {UPSTREAM_APP}: {e}"));
+    create_app(client, ns, UPSTREAM_APP, json!({})).await;
     let selector = [("app".to_owned(), UPSTREAM_APP.to_owned())].into();
     upstream::make_leader_routed(client, ns, UPSTREAM_APP, &selector, 80, 8080).await
 }
