@@ -251,9 +251,16 @@ async fn chaos() {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
         let liveness_bound = t.lease() + Duration::from_secs(5);
         let mut worst: std::collections::BTreeMap<Fault, Duration> = Default::default();
+        // What each fault hit and when (CLOCK_MONOTONIC), so an overlap can
+        // be told with the faults around it.
+        let mut journal: Vec<(u128, String)> = Vec::new();
         for n in 0..faults {
             let fault = Fault::pick(&mut rng);
             let leader = pool.leader();
+            let target = leader.map_or("no single leader".to_owned(), |i| {
+                format!("leader {} pid {}", pool.agents[i].identity, pool.agents[i].pid())
+            });
+            journal.push((now_mono_ns(), format!("fault {n} {fault:?} ({target}; lock pids {:?})", locks.running())));
             match fault {
                 Fault::KillLeader | Fault::TermLeader | Fault::StopLeader => {
                     let Some(i) = leader else { continue };
@@ -362,9 +369,17 @@ async fn chaos() {
         }
         let terms = all.len();
         let found = overlaps(all);
+        let around = found.first().map_or(String::new(), |(a, b)| {
+            let (from, to) = (a.start.saturating_sub(5_000_000_000), b.start + 1_000_000_000);
+            journal
+                .iter()
+                .filter(|(t, _)| (from..=to).contains(t))
+                .map(|(t, what)| format!("\n  {t}: {what}"))
+                .collect()
+        });
         assert!(
             found.is_empty(),
-            "{} overlapping leadership terms (seed {seed}), first: {:?}",
+            "{} overlapping leadership terms (seed {seed}), first: {:?}; faults from 5 s before it:{around}",
             found.len(),
             found.first()
         );
