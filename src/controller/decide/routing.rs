@@ -487,21 +487,29 @@ pub fn stale<'a>(
 ) -> Vec<(&'static str, String)> {
     let want = spec.map(|s| s.name.clone());
     let want_slice = want.as_deref().map(slice_name);
-    let pick = |kind: &'static str,
-                keep: Option<&str>,
-                metas: &mut dyn Iterator<Item = &'a ObjectMeta>| {
-        metas
-            .filter(|m| owner.owns(m))
-            .filter_map(|m| m.name.clone())
-            .filter(|n| Some(n.as_str()) != keep)
-            .map(|n| (kind, n))
-            .collect::<Vec<_>>()
-    };
-    let mut services = services;
-    let mut slices = slices;
-    let mut out = pick("Service", want.as_deref(), &mut services);
-    out.extend(pick("EndpointSlice", want_slice.as_deref(), &mut slices));
+    let mut out = ours_except(owner, "Service", want.as_deref(), services);
+    out.extend(ours_except(
+        owner,
+        "EndpointSlice",
+        want_slice.as_deref(),
+        slices,
+    ));
     out
+}
+
+/// `(kind, name)` of each object of `metas` that is ours and not `keep`.
+fn ours_except<'a>(
+    owner: &Owner,
+    kind: &'static str,
+    keep: Option<&str>,
+    metas: impl Iterator<Item = &'a ObjectMeta>,
+) -> Vec<(&'static str, String)> {
+    metas
+        .filter(|m| owner.owns(m))
+        .filter_map(|m| m.name.clone())
+        .filter(|n| Some(n.as_str()) != keep)
+        .map(|n| (kind, n))
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::LeaderPolicy;
-use crate::api::keys::FIELD_MANAGER;
 use crate::api::keys::conditions::reasons;
+use crate::controller::api_error::create_or_apply;
 use crate::controller::context::{Context, ReconcileError, api_err, is_status};
 use crate::controller::decide::PodView;
 use crate::controller::decide::routing::{self, Owner, Problem, Write};
@@ -72,7 +72,7 @@ pub async fn pass(ctx: &Context, key: &PoolKey) -> Routed {
     let failed = stale_failed
         || condition
             .as_ref()
-            .is_some_and(|c| c.1 == crate::api::keys::conditions::reasons::SERVICE_ERROR);
+            .is_some_and(|c| c.1 == reasons::SERVICE_ERROR);
     let changed = ctx.with_memory(key, |m| {
         let changed = m.routing != condition;
         m.routing = condition;
@@ -212,12 +212,7 @@ where
         }
         Write::Apply(obj) => apply(&api, key, kind, &obj).await.map(|()| None),
         Write::Recreate(obj) => {
-            let name = obj.name_any();
-            match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(err) if is_status(&err, 404) => {}
-                Err(err) => return Err(api_err("delete", kind, &key.namespace, &name)(err)),
-            }
+            delete(&api, key, kind, &obj.name_any()).await?;
             Box::pin(write(ctx, key, owner, kind, Write::Create(obj))).await
         }
     }
@@ -238,18 +233,24 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let name = obj.name_any();
-    let mut body = serde_json::to_value(obj).unwrap_or_default();
-    body["apiVersion"] = json!(K::api_version(&()));
-    body["kind"] = json!(K::kind(&()));
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map(|_| ())
-    .map_err(api_err("apply", kind, &key.namespace, &name))
+    create_or_apply(api, false, obj, kind, &key.namespace, &obj.name_any()).await
+}
+
+/// Deletes `name`: `true` if it was there (one already gone is fine).
+async fn delete<K>(
+    api: &Api<K>,
+    key: &PoolKey,
+    kind: &'static str,
+    name: &str,
+) -> Result<bool, ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_status(&err, 404) => Ok(false),
+        Err(err) => Err(api_err("delete", kind, &key.namespace, name)(err)),
+    }
 }
 
 /// Deletes routing objects of the pool that are not the wanted ones (only
@@ -268,24 +269,12 @@ async fn remove_stale(
         slices.iter().map(|s| &s.metadata),
     );
     for (kind, name) in stale {
-        let result = match kind {
-            "Service" => ctx
-                .api::<Service>(key)
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            _ => ctx
-                .api::<EndpointSlice>(key)
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
+        let deleted = match kind {
+            "Service" => delete(&ctx.api::<Service>(key), key, kind, &name).await?,
+            _ => delete(&ctx.api::<EndpointSlice>(key), key, kind, &name).await?,
         };
-        match result {
-            Ok(()) => {
-                info!(pool = %key, %kind, %name, "deleted a leader Service's {kind} no longer in spec.leaderService")
-            }
-            Err(err) if is_status(&err, 404) => {}
-            Err(err) => return Err(api_err("delete", kind, &key.namespace, &name)(err)),
+        if deleted {
+            info!(pool = %key, %kind, %name, "deleted a leader Service's {kind} no longer in spec.leaderService");
         }
     }
     Ok(())
