@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use common::records::monotonic_ns;
 use common::workloads::stable_holder;
-use common::zen_lead_host::{register_webhook, start_controller};
+use common::zen_lead_host::{Controller, register_webhook, start_controller};
 use common::{
     client, eventually, from_json, kubeconfig_path, outcome, records_dir, with_namespace,
 };
@@ -49,6 +49,15 @@ fn on_real_node(spec: serde_json::Value) -> serde_json::Value {
     spec["tolerations"] =
         json!([{"key": "zen-lead.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]);
     spec
+}
+
+/// zen-lead's controller for `ns` as a host process, with its webhook
+/// registered for the namespace; the records directory.
+async fn zen_lead(client: &Client, ns: &str) -> (std::path::PathBuf, Controller) {
+    let dir = records_dir(ns);
+    let controller = start_controller(ns, &dir).await;
+    register_webhook(client, ns, &controller).await;
+    (dir, controller)
 }
 
 /// The pool: a LeaderPolicy (with the leader Service when `leader_service`),
@@ -521,9 +530,7 @@ async fn the_leader_service_routes_to_the_leader_only_and_follows_a_hand_off() {
     let client = client().await;
     common::apply_crd(&client, &zen_lead::api::crd()).await;
     with_namespace(&client, "leader-svc", |client, ns| async move {
-        let dir = records_dir(&ns);
-        let controller = start_controller(&ns, &dir).await;
-        let _hook = register_webhook(&client, &ns, &controller).await;
+        let (dir, _controller) = zen_lead(&client, &ns).await;
         create_pool(&client, &ns, true).await;
         create_role_service(&client, &ns).await;
         let leader = stable_holder(&client, &ns, POOL).await;
@@ -771,9 +778,7 @@ async fn a_pool_pods_own_token_can_neither_change_the_leader_service_nor_claim_i
     let client = client().await;
     common::apply_crd(&client, &zen_lead::api::crd()).await;
     with_namespace(&client, "leader-svc-fence", |client, ns| async move {
-        let dir = records_dir(&ns);
-        let controller = start_controller(&ns, &dir).await;
-        let _hook = register_webhook(&client, &ns, &controller).await;
+        let (dir, _controller) = zen_lead(&client, &ns).await;
         create_pool(&client, &ns, true).await;
         let leader = stable_holder(&client, &ns, POOL).await;
         eventually(
@@ -1147,9 +1152,7 @@ async fn bench_routing_switch() {
     let client = client().await;
     common::apply_crd(&client, &zen_lead::api::crd()).await;
     with_namespace(&client, "bench-routing", |client, ns| async move {
-        let dir = records_dir(&ns);
-        let controller = start_controller(&ns, &dir).await;
-        let _hook = register_webhook(&client, &ns, &controller).await;
+        let (dir, _controller) = zen_lead(&client, &ns).await;
         let (seen, watching) = watch_switch(&client, &ns);
         let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let rules = watch_rules(&ns, seen.clone(), polling.clone());
